@@ -1,0 +1,338 @@
+//! The event contract: CloudEvents 1.0 JSON on `ai.usage` and `credit.commands`, parsed and
+//! checked into typed inputs, or rejected with a reason fit for the dead-letter topic.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::credits::Credits;
+use crate::lots::{LotKind, PaymentMethod, Policy};
+
+/// A parsed event: the envelope's attributes and its typed body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    /// The product service that sent it: the "service" of the reports.
+    pub source: String,
+    /// The account (`subject`).
+    pub account: String,
+    /// When it happened; the arrival time when the event does not say.
+    pub time: DateTime<Utc>,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Usage(Usage),
+    Grant(Grant),
+    Void(Void),
+    Settings(Settings),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// `ai.usage` data: one AI call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    pub user: String,
+    pub feature: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default = "one")]
+    pub quantity: Credits,
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn one() -> Credits {
+    Credits::from_whole(1)
+}
+
+/// `credit.grant` data: a new lot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    #[serde(default)]
+    pub lot: Option<String>,
+    #[serde(default = "ai_pool")]
+    pub pool: String,
+    pub kind: LotKind,
+    pub credits: Credits,
+    #[serde(default)]
+    pub effective_at: Option<DateTime<Utc>>,
+    /// Absent or null: never expires (unless `valid_days` is set).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub valid_days: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub payment: Option<Payment>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn ai_pool() -> String {
+    "ai".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payment {
+    pub method: PaymentMethod,
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+/// `credit.void` data: a refund takes a lot's credits out of the balance.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Void {
+    pub lot: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `account.settings` data: what this slice of tally acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub admins: Option<Vec<String>>,
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+/// Why an event cannot be applied. The text goes into the dead-letter header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a CloudEvent: {0}")]
+    NotCloudEvent(String),
+    #[error("no subject: the account id goes in `subject`")]
+    NoSubject,
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("bad data for {ty}: {problem}")]
+    BadData { ty: String, problem: String },
+    #[error("quantity must not be negative, got {0}")]
+    NegativeQuantity(Credits),
+    #[error("event time {time} is more than {skew_secs} s in the future")]
+    InFuture { time: DateTime<Utc>, skew_secs: i64 },
+    #[error("event time {time} is older than the allowed lateness of {lateness_secs} s")]
+    TooLate {
+        time: DateTime<Utc>,
+        lateness_secs: i64,
+    },
+    #[error("{0}")]
+    Price(#[from] crate::pricing::PriceError),
+    #[error("{0}")]
+    Command(String),
+}
+
+impl Rejection {
+    /// A short stable code for the dead-letter header `tally.reason.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotJson(_) => "not_json",
+            Rejection::NotCloudEvent(_) => "not_cloudevent",
+            Rejection::NoSubject => "no_subject",
+            Rejection::UnknownType(_) => "unknown_type",
+            Rejection::BadData { .. } => "bad_data",
+            Rejection::NegativeQuantity(_) => "negative_quantity",
+            Rejection::InFuture { .. } => "time_in_future",
+            Rejection::TooLate { .. } => "too_late",
+            Rejection::Price(crate::pricing::PriceError::UnknownFeature { .. }) => {
+                "unknown_feature"
+            }
+            Rejection::Price(_) => "unpriceable",
+            Rejection::Command(_) => "bad_command",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    specversion: Option<&'a str>,
+    id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    time: Option<&'a str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses one Kafka payload. `arrival` stands in for a missing `time`.
+pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection> {
+    let envelope: Envelope = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Rejection::NotJson(e.to_string())
+        } else {
+            Rejection::NotCloudEvent(e.to_string())
+        }
+    })?;
+    let missing = |attr: &str| Rejection::NotCloudEvent(format!("missing `{attr}`"));
+    match envelope.specversion {
+        Some("1.0") => {}
+        Some(other) => {
+            return Err(Rejection::NotCloudEvent(format!(
+                "specversion `{other}`, expected `1.0`"
+            )))
+        }
+        None => return Err(missing("specversion")),
+    }
+    let id = envelope.id.filter(|s| !s.is_empty()).ok_or_else(|| missing("id"))?;
+    let source = envelope
+        .source
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| missing("source"))?;
+    let ty = envelope.ty.filter(|s| !s.is_empty()).ok_or_else(|| missing("type"))?;
+    let account = envelope
+        .subject
+        .filter(|s| !s.trim().is_empty())
+        .ok_or(Rejection::NoSubject)?;
+    let time = match envelope.time {
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map_err(|e| Rejection::NotCloudEvent(format!("time `{text}`: {e}")))?
+            .with_timezone(&Utc),
+        None => arrival,
+    };
+    let data = envelope.data.map(RawValue::get).unwrap_or("null");
+    let bad = |e: serde_json::Error| Rejection::BadData {
+        ty: ty.clone(),
+        problem: e.to_string(),
+    };
+    let body = match ty.as_str() {
+        "ai.usage" => {
+            let usage: Usage = serde_json::from_str(data).map_err(bad)?;
+            if usage.feature.is_empty() {
+                return Err(Rejection::BadData {
+                    ty,
+                    problem: "`feature` must not be empty".into(),
+                });
+            }
+            if usage.quantity.is_negative() {
+                return Err(Rejection::NegativeQuantity(usage.quantity));
+            }
+            Body::Usage(usage)
+        }
+        "credit.grant" => Body::Grant(serde_json::from_str(data).map_err(bad)?),
+        "credit.void" => Body::Void(serde_json::from_str(data).map_err(bad)?),
+        "account.settings" => Body::Settings(serde_json::from_str(data).map_err(bad)?),
+        _ => return Err(Rejection::UnknownType(ty)),
+    };
+    Ok(Event {
+        id,
+        source,
+        account,
+        time,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival() -> DateTime<Utc> {
+        "2026-11-20T09:15:05Z".parse().unwrap()
+    }
+
+    fn usage(data: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"production-room",
+               "subject":"acme","time":"2026-11-20T09:15:02Z","data":{data}}}"#
+        )
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let e = parse(
+            usage(r#"{"user":"kim@acme.kr","feature":"image_generation","variant":"mid","quantity":1,"status":"succeeded"}"#).as_bytes(),
+            arrival(),
+        )
+        .unwrap();
+        assert_eq!(e.account, "acme");
+        assert_eq!(e.source, "production-room");
+        let Body::Usage(u) = e.body else { panic!("not usage") };
+        assert_eq!(u.variant.as_deref(), Some("mid"));
+        assert_eq!(u.quantity, Credits::from_whole(1));
+    }
+
+    #[test]
+    fn quantity_and_status_default() {
+        let e = parse(usage(r#"{"user":"u","feature":"erase"}"#).as_bytes(), arrival()).unwrap();
+        let Body::Usage(u) = e.body else { panic!("not usage") };
+        assert_eq!((u.quantity, u.status), (Credits::from_whole(1), Status::Succeeded));
+    }
+
+    #[test]
+    fn rejections_name_the_problem() {
+        let cases: Vec<(String, &str)> = vec![
+            ("{not json".into(), "not_json"),
+            (r#"{"hello":"world"}"#.into(), "not_cloudevent"),
+            (
+                r#"{"specversion":"1.0","type":"ai.usage","id":"1","source":"s","data":{}}"#.into(),
+                "no_subject",
+            ),
+            (usage(r#"{"user":"u"}"#), "bad_data"),
+            (usage(r#"{"user":"u","feature":"erase","quantity":-2}"#), "negative_quantity"),
+            (usage(r#"{"user":"u","feature":"erase","quantity":"lots"}"#), "bad_data"),
+            (
+                r#"{"specversion":"1.0","type":"ai.teleport","id":"1","source":"s","subject":"a"}"#
+                    .into(),
+                "unknown_type",
+            ),
+            (
+                r#"{"specversion":"0.3","type":"ai.usage","id":"1","source":"s","subject":"a"}"#
+                    .into(),
+                "not_cloudevent",
+            ),
+        ];
+        for (payload, code) in cases {
+            let err = parse(payload.as_bytes(), arrival()).unwrap_err();
+            assert_eq!(err.code(), code, "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn grant_parses_with_payment_and_null_expiry() {
+        let payload = r#"{"specversion":"1.0","type":"credit.grant","id":"g-1","source":"billing",
+            "subject":"acme","time":"2026-11-01T00:00:00Z",
+            "data":{"kind":"purchased","credits":"2500","expires_at":null,
+                    "payment":{"method":"card","reference":"inv-123"}}}"#;
+        let e = parse(payload.as_bytes(), arrival()).unwrap();
+        let Body::Grant(g) = e.body else { panic!("not a grant") };
+        assert_eq!(g.credits, Credits::from_whole(2500));
+        assert_eq!(g.pool, "ai");
+        assert_eq!(g.expires_at, None);
+        assert_eq!(g.payment.unwrap().method, PaymentMethod::Card);
+    }
+}

@@ -1,0 +1,55 @@
+//! Ledger entries: what the core decided, one row per call, grant or void.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+use crate::credits::Credits;
+use crate::event::Status;
+use crate::lots::{LotKind, PaymentMethod, Payment};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryType {
+    Usage,
+    Grant,
+    Void,
+}
+
+impl EntryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::Usage => "usage",
+            EntryType::Grant => "grant",
+            EntryType::Void => "void",
+        }
+    }
+}
+
+/// One ledger row. Usage rows carry `credits` = the call's price, `paid` = which lots
+/// paid how much, `shortfall` = what no lot could pay. Grants carry the granted credits and
+/// voids the removed credits as a negative amount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerEntry {
+    pub entry_type: EntryType,
+    pub account: String,
+    pub time: DateTime<Utc>,
+    /// The calendar day of `time` in the account's time zone.
+    pub day: NaiveDate,
+    pub service: String,
+    pub user: String,
+    pub feature: String,
+    pub variant: String,
+    pub quantity: Credits,
+    pub status: Status,
+    pub pool: String,
+    pub credits: Credits,
+    pub paid: Vec<Payment>,
+    pub shortfall: Credits,
+    pub matrix_version: String,
+    pub event_id: String,
+    pub lot: String,
+    pub lot_kind: Option<LotKind>,
+    pub payment_method: Option<PaymentMethod>,
+    pub payment_reference: String,
+    pub comment: String,
+}

@@ -1,0 +1,19 @@
+//! tally's pure core: pricing, lots, debits and decisions as functions of state and input,
+//! with no I/O and no clock, so they can be tested, property-tested and replayed.
+
+pub mod account;
+pub mod book;
+pub mod credits;
+pub mod dedup;
+pub mod event;
+pub mod ledger;
+pub mod lots;
+pub mod pricing;
+
+pub use account::{AccountState, PoolBalance, Rules};
+pub use book::{Book, Outcome};
+pub use credits::Credits;
+pub use event::Rejection;
+pub use ledger::{EntryType, LedgerEntry};
+pub use lots::{Lot, LotKind, Policy};
+pub use pricing::CostMatrix;
