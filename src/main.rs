@@ -1,1 +1,229 @@
-fn main() {}
+//! `tally`: meters AI usage in credits. Parses the command line, loads config, sets up
+//! logging and signals, and hands over to the command.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Parser, Subcommand};
+use tally::cli::commands::{self, GrantArgs};
+use tally::config::Config;
+use tally::store::reads::By;
+use tally_core::{Credits, LotKind};
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Meters AI usage in credits: Kafka in, priced lot debits out to ClickHouse")]
+struct Cli {
+    /// Config file; every key can be overridden by TALLY_<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "TALLY_CONFIG", default_value = "config/tally.toml")]
+    config: PathBuf,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the ClickHouse schema and the Kafka topics; safe to run again.
+    Migrate,
+    /// Consume usage and commands until stopped (Ctrl-C or SIGTERM drain, flush and commit).
+    Run {
+        /// Exit once everything up to the end offsets seen at start is applied and committed.
+        #[arg(long)]
+        drain: bool,
+    },
+    /// Grant credits to an account (sends a credit.grant command).
+    Grant {
+        account: String,
+        /// Credits, a decimal with at most 3 places.
+        #[arg(long)]
+        credits: Credits,
+        #[arg(long, value_parser = parse_kind)]
+        kind: LotKind,
+        #[arg(long, default_value = "ai")]
+        pool: String,
+        /// Lot id (default: the event id).
+        #[arg(long)]
+        lot: Option<String>,
+        /// RFC 3339 expiry; without it and --valid-days the lot never expires.
+        #[arg(long, conflicts_with = "valid_days")]
+        expires_at: Option<DateTime<Utc>>,
+        /// Days of validity from now.
+        #[arg(long)]
+        valid_days: Option<u32>,
+        /// Lower pays first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// card or cash.
+        #[arg(long, value_parser = ["card", "cash"])]
+        payment_method: Option<String>,
+        #[arg(long, requires = "payment_method")]
+        payment_reference: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+        /// The CloudEvent source recorded with the grant.
+        #[arg(long, default_value = "tally-cli")]
+        source: String,
+    },
+    /// Send CloudEvents from a JSON-lines file (`-` for stdin) to their topics.
+    Send { file: PathBuf },
+    /// Available credits of an account, per pool and kind.
+    Balance {
+        account: String,
+        /// Balance at this time (RFC 3339) instead of now.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Usage reports.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+    },
+    /// The ledger of an account: calls, grants and voids with the lots that paid.
+    Ledger {
+        account: String,
+        /// From this time (RFC 3339 or YYYY-MM-DD, UTC), inclusive.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// Until this time (RFC 3339 or YYYY-MM-DD, UTC), exclusive.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Report {
+    /// Calls and credits per day, by account and the chosen dimensions.
+    Daily {
+        /// First day (YYYY-MM-DD), in the accounts' time zones.
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day, inclusive.
+        #[arg(long)]
+        to: NaiveDate,
+        #[arg(long)]
+        account: Option<String>,
+        /// Group by service, user or feature; repeat for several.
+        #[arg(long, value_enum)]
+        by: Vec<By>,
+    },
+}
+
+fn parse_kind(text: &str) -> Result<LotKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}` is not one of included, promotional, purchased"))
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+        .map_err(|_| format!("`{text}` is neither RFC 3339 nor YYYY-MM-DD"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (config, rules) = Config::load(&cli.config, std::env::vars())
+        .context("invalid configuration")?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let json = cli.json;
+    match cli.command {
+        Command::Migrate => rt.block_on(commands::migrate(&config, json)),
+        Command::Run { drain } => {
+            let shutdown = Arc::new(AtomicBool::new(false));
+            rt.spawn(watch_signals(shutdown.clone()));
+            let handle = rt.handle().clone();
+            // The consumer loop blocks; it runs on its own thread and reaches async
+            // clients through the runtime handle.
+            std::thread::Builder::new()
+                .name("tally-run".into())
+                .spawn(move || commands::run(config, rules, drain, json, shutdown, handle))
+                .context("cannot start the run thread")?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the run thread panicked"))?
+        }
+        Command::Grant {
+            account,
+            credits,
+            kind,
+            pool,
+            lot,
+            expires_at,
+            valid_days,
+            priority,
+            payment_method,
+            payment_reference,
+            comment,
+            source,
+        } => rt.block_on(commands::grant(
+            &config,
+            GrantArgs {
+                account,
+                credits,
+                kind,
+                pool,
+                lot,
+                expires_at,
+                valid_days,
+                priority,
+                payment_method,
+                payment_reference,
+                comment,
+                source,
+            },
+            json,
+        )),
+        Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
+        Command::Balance { account, at } => {
+            rt.block_on(commands::balance(&config, &account, at.unwrap_or_else(Utc::now), json))
+        }
+        Command::Report {
+            report: Report::Daily { from, to, account, by },
+        } => rt.block_on(commands::daily(&config, from, to, account.as_deref(), &by, json)),
+        Command::Ledger { account, from, to } => rt.block_on(commands::ledger(
+            &config,
+            &account,
+            from.unwrap_or(DateTime::UNIX_EPOCH),
+            to.unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
+            json,
+        )),
+    }
+}
+
+/// Sets `shutdown` on Ctrl-C or SIGTERM: the run loop then drains, flushes and commits.
+async fn watch_signals(shutdown: Arc<AtomicBool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining, flushing and committing");
+    shutdown.store(true, Ordering::Relaxed);
+}

@@ -121,7 +121,7 @@ impl AccountState {
             &usage.feature,
             usage.variant.as_deref(),
             usage.quantity,
-            event.time,
+            arrival,
         )?;
         let mut entry = self.entry(rules, event, EntryType::Usage);
         entry.user = usage.user.clone();

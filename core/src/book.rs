@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::account::{AccountState, Rules};
 use crate::dedup::{self, Seen};
-use crate::event::{self, Rejection};
+use crate::event::{self, Event, Rejection};
 use crate::ledger::LedgerEntry;
 
 /// What became of one payload.
@@ -35,7 +35,17 @@ impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Outcome {
-        let event = match event::parse(payload, arrival) {
+        self.apply(rules, event::parse(payload, arrival), arrival)
+    }
+
+    /// Applies an event parsed earlier (the shell parses first to order events by time).
+    pub fn apply(
+        &mut self,
+        rules: &Rules,
+        parsed: Result<Event, Rejection>,
+        arrival: DateTime<Utc>,
+    ) -> Outcome {
+        let event = match parsed {
             Ok(event) => event,
             Err(rejection) => return Outcome::Rejected(rejection),
         };

@@ -1,0 +1,930 @@
+//! The domain rules, checked end to end through the public API: Kafka payloads (CloudEvents
+//! JSON) go into `Book::process`, and the outcome, ledger entries and account state are
+//! checked against the rules of the design brief.
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use tally_core::account::balance;
+use tally_core::event::Status;
+use tally_core::{
+    Book, CostMatrix, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection,
+    Rules,
+};
+
+const MATRIX: &str = r#"
+[[versions]]
+name = "2026-01"
+effective_from = "2026-01-01T00:00:00Z"
+[versions.features]
+text_to_image = { pool = "ai", cost = 8 }
+erase = { pool = "ai", cost = 7 }
+upscale = { pool = "ai", cost = 0 }
+image_generation = { pool = "ai", variants = { short = 5, mid = 10, long = 20 } }
+audio_generation = { pool = "ai", variants = { short = 15, mid = 30, long = 50 } }
+video_generation = { pool = "ai", variants = { short = 25, mid = 50, long = 100 } }
+regeneration = { pool = "ai", variants = { short = 1, long = 2 } }
+deep_scan = { pool = "scan", cost = 1 }
+translation = { pool = "ai", per_unit = "0.002", unit = "character" }
+
+[[versions]]
+name = "2026-12"
+effective_from = "2026-12-01T00:00:00Z"
+[versions.features]
+text_to_image = { pool = "ai", cost = 9 }
+erase = { pool = "ai", cost = 7 }
+upscale = { pool = "ai", cost = 0 }
+deep_scan = { pool = "scan", cost = 1 }
+"#;
+
+fn rules() -> Rules {
+    let matrix: CostMatrix = toml::from_str(MATRIX).expect("matrix parses");
+    matrix.validate().expect("matrix is valid");
+    Rules {
+        matrix,
+        default_timezone: chrono_tz::Asia::Seoul,
+        default_policy: Policy::EarliestExpiry,
+        max_lateness: TimeDelta::days(7),
+        max_future_skew: TimeDelta::minutes(5),
+        dedup_window: TimeDelta::hours(24),
+    }
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    text.parse().expect("RFC 3339 time")
+}
+
+fn whole(n: i64) -> Credits {
+    Credits::from_whole(n)
+}
+
+/// A CloudEvent payload for account `acme` from source `production-room`.
+fn event(ty: &str, id: &str, time: &str, data: &str) -> String {
+    event_from("acme", "production-room", ty, id, time, data)
+}
+
+fn event_from(account: &str, source: &str, ty: &str, id: &str, time: &str, data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","type":"{ty}","id":"{id}","source":"{source}",
+            "subject":"{account}","time":"{time}","data":{data}}}"#
+    )
+}
+
+fn usage(id: &str, time: &str, data: &str) -> String {
+    event("ai.usage", id, time, data)
+}
+
+struct Harness {
+    rules: Rules,
+    book: Book,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            rules: rules(),
+            book: Book::default(),
+        }
+    }
+
+    fn send(&mut self, payload: &str, arrival: DateTime<Utc>) -> Outcome {
+        self.book.process(&self.rules, payload.as_bytes(), arrival)
+    }
+
+    /// Sends a payload that arrives exactly at its event time and must be applied.
+    fn ok(&mut self, payload: &str, time: &str) -> Vec<LedgerEntry> {
+        self.ok_at(payload, at(time))
+    }
+
+    fn ok_at(&mut self, payload: &str, arrival: DateTime<Utc>) -> Vec<LedgerEntry> {
+        match self.send(payload, arrival) {
+            Outcome::Applied { entries, .. } => entries,
+            other => panic!("expected Applied for {payload}, got {other:?}"),
+        }
+    }
+
+    /// Sends a usage event and returns its single ledger entry.
+    fn call(&mut self, id: &str, time: &str, data: &str) -> LedgerEntry {
+        let mut entries = self.ok(&usage(id, time, data), time);
+        assert_eq!(entries.len(), 1, "one ledger entry per call");
+        entries.remove(0)
+    }
+
+    fn rejected(&mut self, payload: &str, arrival: DateTime<Utc>) -> Rejection {
+        match self.send(payload, arrival) {
+            Outcome::Rejected(rejection) => rejection,
+            other => panic!("expected Rejected for {payload}, got {other:?}"),
+        }
+    }
+
+    fn grant(&mut self, id: &str, time: &str, data: &str) -> LedgerEntry {
+        let mut entries = self.ok(&event("credit.grant", id, time, data), time);
+        assert_eq!(entries.len(), 1, "one ledger entry per grant");
+        entries.remove(0)
+    }
+
+    fn lots(&self) -> &[Lot] {
+        &self.book.accounts["acme"].lots
+    }
+
+    fn lot(&self, id: &str) -> &Lot {
+        self.lots()
+            .iter()
+            .find(|lot| lot.id == id)
+            .unwrap_or_else(|| panic!("no lot {id}"))
+    }
+
+    fn available(&self, pool: &str, time: &str) -> Credits {
+        balance(self.lots(), at(time))
+            .get(pool)
+            .map(|b| b.available)
+            .unwrap_or_default()
+    }
+}
+
+/// (lot, credits) of each payment of an entry.
+fn paid(entry: &LedgerEntry) -> Vec<(&str, Credits)> {
+    entry
+        .paid
+        .iter()
+        .map(|p| (p.lot.as_str(), p.credits))
+        .collect()
+}
+
+fn paid_lots(entry: &LedgerEntry) -> Vec<&str> {
+    entry.paid.iter().map(|p| p.lot.as_str()).collect()
+}
+
+const T0: &str = "2026-11-01T00:00:00Z";
+
+// ---------------------------------------------------------------- costs
+
+#[test]
+fn every_feature_costs_what_the_matrix_says_and_debits_that_much() {
+    let mut h = Harness::new();
+    h.grant("big", T0, r#"{"kind":"purchased","credits":10000}"#);
+    let cases = [
+        ("text_to_image", None, 8),
+        ("erase", None, 7),
+        ("upscale", None, 0),
+        ("image_generation", Some("short"), 5),
+        ("image_generation", Some("mid"), 10),
+        ("image_generation", Some("long"), 20),
+        ("audio_generation", Some("short"), 15),
+        ("audio_generation", Some("mid"), 30),
+        ("audio_generation", Some("long"), 50),
+        ("video_generation", Some("short"), 25),
+        ("video_generation", Some("mid"), 50),
+        ("video_generation", Some("long"), 100),
+        ("regeneration", Some("short"), 1),
+        ("regeneration", Some("long"), 2),
+    ];
+    let mut left = whole(10000);
+    for (i, (feature, variant, cost)) in cases.into_iter().enumerate() {
+        let data = match variant {
+            Some(v) => format!(r#"{{"user":"kim","feature":"{feature}","variant":"{v}"}}"#),
+            None => format!(r#"{{"user":"kim","feature":"{feature}"}}"#),
+        };
+        let e = h.call(&format!("evt-{i}"), "2026-11-02T00:00:00Z", &data);
+        assert_eq!(e.credits, whole(cost), "{feature} {variant:?}");
+        assert_eq!(e.pool, "ai");
+        let paid_total: Credits = e.paid.iter().map(|p| p.credits).sum();
+        assert_eq!(paid_total, whole(cost), "{feature} {variant:?} paid");
+        assert_eq!(e.shortfall, Credits::ZERO);
+        left -= whole(cost);
+        assert_eq!(h.lot("big").remaining, left, "{feature} {variant:?} debited");
+    }
+}
+
+#[test]
+fn a_free_feature_debits_nothing() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":10}"#);
+    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"upscale"}"#);
+    assert_eq!(e.credits, Credits::ZERO);
+    assert!(e.paid.is_empty(), "{:?}", e.paid);
+    assert_eq!(e.shortfall, Credits::ZERO);
+    assert_eq!(h.lot("g").remaining, whole(10));
+}
+
+#[test]
+fn quantity_multiplies_the_cost() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"text_to_image","quantity":3}"#,
+    );
+    assert_eq!(e.quantity, whole(3));
+    assert_eq!(e.credits, whole(24));
+    assert_eq!(h.lot("g").remaining, whole(76));
+}
+
+#[test]
+fn per_unit_rate_times_quantity_rounds_up_to_a_thousandth() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":1}"#);
+    // 0.002 x 0.75 = 0.0015 is charged 0.002, never 0.001 (or free).
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"translation","quantity":"0.75"}"#,
+    );
+    assert_eq!(e.credits, Credits::from_milli(2));
+    // 0.002 x 0.001 = 0.000002 is still charged a thousandth.
+    let e = h.call(
+        "u2",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"translation","quantity":0.001}"#,
+    );
+    assert_eq!(e.credits, Credits::from_milli(1));
+    // Exact products are not rounded: 0.002 x 250 = 0.5.
+    let e = h.call(
+        "u3",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"translation","quantity":250}"#,
+    );
+    assert_eq!(e.credits, Credits::from_milli(500));
+    assert_eq!(h.lot("g").remaining, Credits::from_milli(1000 - 2 - 1 - 500));
+}
+
+#[test]
+fn deep_scan_is_paid_from_the_scan_pool_only() {
+    let mut h = Harness::new();
+    h.grant("monthly", T0, r#"{"kind":"included","credits":100}"#);
+    let e = h.call("s1", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"deep_scan"}"#);
+    assert_eq!(e.pool, "scan");
+    assert_eq!(e.credits, whole(1));
+    assert!(e.paid.is_empty(), "ai credits paid for a scan: {:?}", e.paid);
+    assert_eq!(e.shortfall, whole(1));
+    assert_eq!(h.lot("monthly").remaining, whole(100));
+
+    h.grant("scans", T0, r#"{"kind":"purchased","pool":"scan","credits":5}"#);
+    let e = h.call("s2", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"deep_scan"}"#);
+    assert_eq!(paid(&e), [("scans", whole(1))]);
+    // And an ai call never touches scan credits.
+    let e = h.call("t", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(paid(&e), [("monthly", whole(7))]);
+    assert_eq!(h.lot("scans").remaining, whole(4));
+    assert_eq!(h.available("scan", "2026-11-02T00:00:00Z"), whole(4));
+    assert_eq!(h.available("ai", "2026-11-02T00:00:00Z"), whole(93));
+}
+
+#[test]
+fn unknown_feature_or_variant_is_rejected_never_free() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    let time = "2026-11-02T00:00:00Z";
+    for (data, code) in [
+        (r#"{"user":"kim","feature":"teleport"}"#, "unknown_feature"),
+        (r#"{"user":"kim","feature":"teleport","status":"failed"}"#, "unknown_feature"),
+        (r#"{"user":"kim","feature":"image_generation","variant":"huge"}"#, "unpriceable"),
+        (r#"{"user":"kim","feature":"image_generation"}"#, "unpriceable"),
+    ] {
+        let before = h.book.accounts["acme"].clone();
+        let r = h.rejected(&usage("u", time, data), at(time));
+        assert_eq!(r.code(), code, "{data}: {r}");
+        assert!(matches!(r, Rejection::Price(_)), "{r:?}");
+        assert_eq!(h.book.accounts["acme"], before, "a rejected call changed the account");
+    }
+}
+
+#[test]
+fn a_call_is_priced_by_the_matrix_version_in_force_at_its_time() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    // Happened in the old version's time, arrived after the new one took effect.
+    let late = "2026-11-30T23:59:59Z";
+    let e = h.ok_at(
+        &usage("u1", late, r#"{"user":"kim","feature":"text_to_image"}"#),
+        at("2026-12-01T00:01:00Z"),
+    );
+    assert_eq!((e[0].credits, e[0].matrix_version.as_str()), (whole(8), "2026-01"));
+    let e = h.call(
+        "u2",
+        "2026-12-01T00:00:00Z",
+        r#"{"user":"kim","feature":"text_to_image"}"#,
+    );
+    assert_eq!((e.credits, e.matrix_version.as_str()), (whole(9), "2026-12"));
+    // A feature the newer version dropped is unknown from then on.
+    let time = "2026-12-02T00:00:00Z";
+    let r = h.rejected(
+        &usage("u3", time, r#"{"user":"kim","feature":"image_generation","variant":"mid"}"#),
+        at(time),
+    );
+    assert_eq!(r.code(), "unknown_feature");
+    assert_eq!(h.lot("g").remaining, whole(100 - 8 - 9));
+}
+
+// ---------------------------------------------------------------- debit order
+
+#[test]
+fn the_lot_that_expires_soonest_pays_first_whatever_its_kind() {
+    // [000]: a purchase that expires before the monthly allowance goes first.
+    let mut h = Harness::new();
+    h.grant(
+        "month",
+        T0,
+        r#"{"kind":"included","credits":10,"expires_at":"2026-12-01T00:00:00Z"}"#,
+    );
+    h.grant(
+        "pack",
+        T0,
+        r#"{"kind":"purchased","credits":10,"expires_at":"2026-11-20T00:00:00Z"}"#,
+    );
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"video_generation","variant":"short"}"#,
+    );
+    assert_eq!(paid(&e), [("pack", whole(10)), ("month", whole(10))]);
+    assert_eq!(e.paid[0].kind, LotKind::Purchased);
+    assert_eq!(e.paid[1].kind, LotKind::Included);
+    assert_eq!(e.shortfall, whole(5));
+}
+
+#[test]
+fn never_expiring_lots_pay_after_expiring_ones() {
+    let mut h = Harness::new();
+    h.grant("forever", T0, r#"{"kind":"included","credits":10,"expires_at":null}"#);
+    h.grant(
+        "dated",
+        T0,
+        r#"{"kind":"purchased","credits":10,"expires_at":"2027-10-01T00:00:00Z"}"#,
+    );
+    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(paid_lots(&e), ["dated"]);
+}
+
+#[test]
+fn explicit_priority_lower_first_and_before_unprioritised_lots() {
+    let mut h = Harness::new();
+    h.grant(
+        "soonest",
+        T0,
+        r#"{"kind":"included","credits":5,"expires_at":"2026-11-03T00:00:00Z"}"#,
+    );
+    h.grant("p7", T0, r#"{"kind":"purchased","credits":5,"priority":7}"#);
+    h.grant(
+        "p2",
+        T0,
+        r#"{"kind":"promotional","credits":5,"priority":2,"expires_at":"2027-01-01T00:00:00Z"}"#,
+    );
+    h.grant("neg", T0, r#"{"kind":"purchased","credits":5,"priority":-1}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"image_generation","variant":"long"}"#,
+    );
+    assert_eq!(paid_lots(&e), ["neg", "p2", "p7", "soonest"]);
+    assert_eq!(e.shortfall, Credits::ZERO);
+}
+
+#[test]
+fn ties_break_included_then_promotional_then_purchased_then_oldest_grant() {
+    let mut h = Harness::new();
+    let same = r#""credits":2,"expires_at":"2026-12-01T00:00:00Z""#;
+    h.grant("bought", T0, &format!(r#"{{"kind":"purchased",{same}}}"#));
+    h.grant("promo-old", T0, &format!(r#"{{"kind":"promotional",{same}}}"#));
+    h.grant("plan", T0, &format!(r#"{{"kind":"included",{same}}}"#));
+    h.grant("promo-new", T0, &format!(r#"{{"kind":"promotional",{same}}}"#));
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
+    assert_eq!(
+        paid(&e),
+        [
+            ("plan", whole(2)),
+            ("promo-old", whole(2)),
+            ("promo-new", whole(2)),
+            ("bought", whole(1)),
+        ]
+    );
+    // The same tie among explicit priorities.
+    let mut h = Harness::new();
+    h.grant("b", T0, r#"{"kind":"purchased","credits":1,"priority":1}"#);
+    h.grant("a", T0, r#"{"kind":"purchased","credits":1,"priority":1}"#);
+    h.grant("i", T0, r#"{"kind":"included","credits":1,"priority":1}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"image_generation","variant":"short"}"#,
+    );
+    assert_eq!(paid_lots(&e), ["i", "b", "a"]);
+}
+
+#[test]
+fn a_call_at_2359_on_the_last_day_uses_that_cycles_allowance() {
+    let mut h = Harness::new();
+    h.grant(
+        "nov",
+        T0,
+        r#"{"kind":"included","credits":100,"expires_at":"2026-12-01T00:00:00Z"}"#,
+    );
+    // December's allowance is granted ahead of time, effective at the cycle start.
+    h.grant(
+        "dec",
+        "2026-11-30T12:00:00Z",
+        r#"{"kind":"included","credits":100,"effective_at":"2026-12-01T00:00:00Z",
+            "expires_at":"2027-01-01T00:00:00Z"}"#,
+    );
+    // Made at 23:59 on the last day, arriving after midnight: November pays.
+    let e = h.ok_at(
+        &usage("u1", "2026-11-30T23:59:00Z", r#"{"user":"kim","feature":"erase"}"#),
+        at("2026-12-01T00:00:30Z"),
+    );
+    assert_eq!(paid_lots(&e[0]), ["nov"]);
+    // Made at midnight (even if it arrived before the late one): December pays.
+    let e = h.call("u2", "2026-12-01T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(paid_lots(&e), ["dec"]);
+    // Before December's lot is effective, it cannot pay.
+    let e = h.ok_at(
+        &usage("u3", "2026-11-30T23:59:59Z", r#"{"user":"kim","feature":"erase"}"#),
+        at("2026-12-01T00:01:00Z"),
+    );
+    assert_eq!(paid_lots(&e[0]), ["nov"]);
+    assert_eq!(h.lot("nov").remaining, whole(86));
+    assert_eq!(h.lot("dec").remaining, whole(93));
+}
+
+#[test]
+fn a_call_costing_more_than_the_lots_hold_takes_it_all_and_records_the_shortfall() {
+    let mut h = Harness::new();
+    h.grant("a", T0, r#"{"kind":"included","credits":"10.5"}"#);
+    h.grant("b", T0, r#"{"kind":"purchased","credits":4}"#);
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"audio_generation","variant":"mid"}"#,
+    );
+    assert_eq!(e.credits, whole(30));
+    assert_eq!(paid(&e), [("a", Credits::from_milli(10_500)), ("b", whole(4))]);
+    assert_eq!(e.shortfall, Credits::from_milli(15_500));
+    assert!(h.lots().iter().all(|l| l.remaining == Credits::ZERO));
+    let e = h.call("u2", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert!(e.paid.is_empty());
+    assert_eq!((e.credits, e.shortfall), (whole(7), whole(7)));
+}
+
+#[test]
+fn kind_order_policy_is_chosen_per_account_by_settings() {
+    let grants = |h: &mut Harness, account: &str| {
+        for (id, data) in [
+            (
+                "pack",
+                r#"{"kind":"purchased","credits":10,"expires_at":"2026-11-10T00:00:00Z"}"#,
+            ),
+            (
+                "month",
+                r#"{"kind":"included","credits":10,"expires_at":"2026-12-01T00:00:00Z"}"#,
+            ),
+        ] {
+            h.ok(&event_from(account, "billing", "credit.grant", id, T0, data), T0);
+        }
+    };
+    let mut h = Harness::new();
+    grants(&mut h, "acme");
+    grants(&mut h, "globex");
+    let settings = event_from(
+        "globex",
+        "admin",
+        "account.settings",
+        "s1",
+        T0,
+        r#"{"policy":"kind_order"}"#,
+    );
+    assert!(h.ok(&settings, T0).is_empty(), "settings write no ledger entry");
+    assert_eq!(
+        h.book.accounts["globex"].policy(&h.rules),
+        Policy::KindOrder
+    );
+    let time = "2026-11-02T00:00:00Z";
+    let call = r#"{"user":"kim","feature":"text_to_image"}"#;
+    let acme = h.ok(&event_from("acme", "room", "ai.usage", "u", time, call), time);
+    let globex = h.ok(&event_from("globex", "room", "ai.usage", "u", time, call), time);
+    assert_eq!(paid_lots(&acme[0]), ["pack"], "default: earliest expiry");
+    assert_eq!(paid_lots(&globex[0]), ["month"], "kind_order: included first");
+
+    // And back to the earliest expiry.
+    let settings = event_from(
+        "globex",
+        "admin",
+        "account.settings",
+        "s2",
+        time,
+        r#"{"policy":"earliest_expiry"}"#,
+    );
+    h.ok(&settings, time);
+    let globex = h.ok(&event_from("globex", "room", "ai.usage", "u2", time, call), time);
+    assert_eq!(paid_lots(&globex[0]), ["pack"]);
+}
+
+#[test]
+fn kind_order_still_puts_explicit_priority_first() {
+    let mut h = Harness::new();
+    h.ok(&event("account.settings", "s", T0, r#"{"policy":"kind_order"}"#), T0);
+    h.grant("month", T0, r#"{"kind":"included","credits":10}"#);
+    h.grant("pack", T0, r#"{"kind":"purchased","credits":10,"priority":0}"#);
+    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(paid_lots(&e), ["pack"]);
+}
+
+// ---------------------------------------------------------------- failed calls
+
+#[test]
+fn a_failed_call_debits_nothing_and_is_logged_as_failed() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"video_generation","variant":"long","status":"failed"}"#,
+    );
+    assert_eq!(e.entry_type, EntryType::Usage);
+    assert_eq!(e.status, Status::Failed);
+    assert_eq!(e.credits, Credits::ZERO);
+    assert!(e.paid.is_empty());
+    assert_eq!(e.shortfall, Credits::ZERO);
+    assert_eq!((e.feature.as_str(), e.user.as_str()), ("video_generation", "kim"));
+    assert_eq!(h.lot("g").remaining, whole(100));
+    // A failed call with no credits at all records no shortfall either.
+    let mut h = Harness::new();
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase","status":"failed"}"#,
+    );
+    assert_eq!((e.credits, e.shortfall), (Credits::ZERO, Credits::ZERO));
+}
+
+// ---------------------------------------------------------------- dedup
+
+#[test]
+fn the_same_event_within_the_dedup_window_is_a_duplicate_and_changes_nothing() {
+    let mut h = Harness::new();
+    let time = "2026-11-02T00:00:00Z";
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    let call = usage("evt-7f3a", time, r#"{"user":"kim","feature":"erase"}"#);
+    h.ok(&call, time);
+    let before = h.book.accounts["acme"].clone();
+    for later in [TimeDelta::zero(), TimeDelta::hours(1), TimeDelta::hours(24) - TimeDelta::seconds(1)] {
+        match h.send(&call, at(time) + later) {
+            Outcome::Duplicate { account } => assert_eq!(account, "acme"),
+            other => panic!("expected Duplicate after {later}, got {other:?}"),
+        }
+    }
+    assert_eq!(h.book.accounts["acme"], before);
+    assert_eq!(h.lot("g").remaining, whole(93));
+    // A redelivered grant is a duplicate too, not a `lot already exists` rejection.
+    let grant = event("credit.grant", "g2", T0, r#"{"kind":"purchased","credits":5}"#);
+    h.ok(&grant, T0);
+    assert!(matches!(h.send(&grant, at(T0)), Outcome::Duplicate { .. }));
+}
+
+#[test]
+fn the_same_event_after_the_dedup_window_is_charged_again() {
+    let mut h = Harness::new();
+    let time = "2026-11-02T00:00:00Z";
+    h.grant("g", T0, r#"{"kind":"included","credits":100}"#);
+    let call = usage("evt-1", time, r#"{"user":"kim","feature":"erase"}"#);
+    h.ok(&call, time);
+    let e = h.ok_at(&call, at(time) + TimeDelta::hours(24));
+    assert_eq!(e[0].credits, whole(7));
+    assert_eq!(h.lot("g").remaining, whole(86));
+}
+
+#[test]
+fn dedup_is_per_account_source_and_id() {
+    let mut h = Harness::new();
+    let time = "2026-11-02T00:00:00Z";
+    let call = r#"{"user":"kim","feature":"erase"}"#;
+    h.ok(&event_from("acme", "room", "ai.usage", "e1", time, call), time);
+    for (account, source, id) in [("acme", "studio", "e1"), ("globex", "room", "e1"), ("acme", "room", "e2")] {
+        let payload = event_from(account, source, "ai.usage", id, time, call);
+        assert!(
+            matches!(h.send(&payload, at(time)), Outcome::Applied { .. }),
+            "({account}, {source}, {id}) taken for a duplicate"
+        );
+    }
+}
+
+#[test]
+fn a_rejected_event_does_not_enter_the_dedup_set() {
+    let mut h = Harness::new();
+    // A grant rejected for its data, then corrected under the same id.
+    let bad = event("credit.grant", "g-1", T0, r#"{"kind":"purchased","credits":0}"#);
+    assert!(matches!(h.rejected(&bad, at(T0)), Rejection::Command(_)));
+    let good = event("credit.grant", "g-1", T0, r#"{"kind":"purchased","credits":50}"#);
+    h.ok(&good, T0);
+    // A call rejected for arriving too early, delivered again in time.
+    let time = "2026-11-02T00:00:00Z";
+    let call = usage("u-1", time, r#"{"user":"kim","feature":"erase"}"#);
+    let r = h.rejected(&call, at(time) - TimeDelta::hours(1));
+    assert!(matches!(r, Rejection::InFuture { .. }), "{r:?}");
+    h.ok(&call, time);
+    assert_eq!(h.lot("g-1").remaining, whole(43));
+}
+
+#[test]
+fn a_rejected_first_event_leaves_no_account_behind() {
+    let mut h = Harness::new();
+    let time = "2026-11-02T00:00:00Z";
+    h.rejected(&usage("u", time, r#"{"user":"kim","feature":"teleport"}"#), at(time));
+    assert!(h.book.accounts.is_empty());
+}
+
+// ---------------------------------------------------------------- time
+
+#[test]
+fn an_event_beyond_the_future_skew_is_rejected_in_future() {
+    let mut h = Harness::new();
+    let arrival = at("2026-11-02T00:00:00Z");
+    let call = |id: &str, time: DateTime<Utc>| {
+        usage(id, &time.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#)
+    };
+    let r = h.rejected(
+        &call("u1", arrival + TimeDelta::minutes(5) + TimeDelta::seconds(1)),
+        arrival,
+    );
+    assert!(matches!(r, Rejection::InFuture { skew_secs: 300, .. }), "{r:?}");
+    assert_eq!(r.code(), "time_in_future");
+    h.ok_at(&call("u2", arrival + TimeDelta::minutes(5)), arrival);
+}
+
+#[test]
+fn an_event_older_than_the_lateness_is_rejected_too_late() {
+    let mut h = Harness::new();
+    let arrival = at("2026-11-20T00:00:00Z");
+    let call = |id: &str, time: DateTime<Utc>| {
+        usage(id, &time.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#)
+    };
+    let r = h.rejected(
+        &call("u1", arrival - TimeDelta::days(7) - TimeDelta::seconds(1)),
+        arrival,
+    );
+    assert!(matches!(r, Rejection::TooLate { lateness_secs: 604_800, .. }), "{r:?}");
+    assert_eq!(r.code(), "too_late");
+    h.ok_at(&call("u2", arrival - TimeDelta::days(7)), arrival);
+    // Commands are held to the same window.
+    let grant = event(
+        "credit.grant",
+        "g",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind":"purchased","credits":5}"#,
+    );
+    assert!(matches!(h.rejected(&grant, arrival), Rejection::TooLate { .. }));
+}
+
+// ---------------------------------------------------------------- grants and voids
+
+#[test]
+fn the_lot_id_defaults_to_the_event_id() {
+    let mut h = Harness::new();
+    let e = h.grant(
+        "inv-123",
+        T0,
+        r#"{"kind":"purchased","credits":2500,"payment":{"method":"card","reference":"inv-123"},
+            "comment":"pack"}"#,
+    );
+    assert_eq!(e.entry_type, EntryType::Grant);
+    assert_eq!(e.lot, "inv-123");
+    assert_eq!(e.credits, whole(2500));
+    assert_eq!(e.lot_kind, Some(LotKind::Purchased));
+    assert_eq!(e.pool, "ai");
+    assert_eq!(e.payment_reference, "inv-123");
+    let lot = h.lot("inv-123");
+    assert_eq!((lot.granted, lot.remaining), (whole(2500), whole(2500)));
+    assert_eq!(lot.effective_at, at(T0));
+    assert_eq!(lot.expires_at, None);
+    let e = h.grant("evt-2", T0, r#"{"lot":"named","kind":"promotional","credits":1}"#);
+    assert_eq!(e.lot, "named");
+    assert_eq!(h.lots().len(), 2);
+}
+
+#[test]
+fn a_duplicate_lot_id_is_rejected() {
+    let mut h = Harness::new();
+    h.grant("e1", T0, r#"{"lot":"pack-1","kind":"purchased","credits":10}"#);
+    let before = h.book.accounts["acme"].clone();
+    let r = h.rejected(
+        &event("credit.grant", "e2", T0, r#"{"lot":"pack-1","kind":"purchased","credits":99}"#),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    // The default id clashes too.
+    let r = h.rejected(
+        &event("credit.grant", "pack-1", T0, r#"{"kind":"purchased","credits":99}"#),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    assert_eq!(h.book.accounts["acme"], before);
+}
+
+#[test]
+fn valid_days_computes_the_expiry() {
+    let mut h = Harness::new();
+    h.grant("p", T0, r#"{"kind":"purchased","credits":10,"valid_days":360}"#);
+    assert_eq!(h.lot("p").expires_at, Some(at(T0) + TimeDelta::days(360)));
+    // Counted from when the lot takes effect.
+    h.grant(
+        "q",
+        T0,
+        r#"{"kind":"purchased","credits":10,"valid_days":30,"effective_at":"2026-11-10T00:00:00Z"}"#,
+    );
+    assert_eq!(h.lot("q").expires_at, Some(at("2026-12-10T00:00:00Z")));
+    // Usable until the last instant, not at the expiry.
+    let last = at(T0) + TimeDelta::days(360) - TimeDelta::seconds(1);
+    let e = h.ok_at(
+        &usage("u1", &last.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#),
+        last,
+    );
+    assert_eq!(paid_lots(&e[0]), ["p"]);
+    let end = at(T0) + TimeDelta::days(360);
+    let e = h.ok_at(
+        &usage("u2", &end.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#),
+        end,
+    );
+    assert!(e[0].paid.is_empty());
+    assert_eq!(e[0].shortfall, whole(7));
+}
+
+#[test]
+fn expires_at_and_valid_days_together_are_rejected() {
+    let mut h = Harness::new();
+    let r = h.rejected(
+        &event(
+            "credit.grant",
+            "g",
+            T0,
+            r#"{"kind":"purchased","credits":10,"valid_days":30,"expires_at":"2026-12-01T00:00:00Z"}"#,
+        ),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    assert!(h.book.accounts.is_empty());
+}
+
+#[test]
+fn a_lot_that_would_expire_before_it_takes_effect_is_rejected() {
+    let mut h = Harness::new();
+    let r = h.rejected(
+        &event(
+            "credit.grant",
+            "g",
+            T0,
+            r#"{"kind":"purchased","credits":10,"expires_at":"2026-10-01T00:00:00Z"}"#,
+        ),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+}
+
+#[test]
+fn non_positive_credits_are_rejected() {
+    let mut h = Harness::new();
+    for (i, credits) in ["0", "-5", "\"-0.001\"", "\"0.000\""].into_iter().enumerate() {
+        let r = h.rejected(
+            &event(
+                "credit.grant",
+                &format!("g{i}"),
+                T0,
+                &format!(r#"{{"kind":"promotional","credits":{credits}}}"#),
+            ),
+            at(T0),
+        );
+        assert!(matches!(r, Rejection::Command(_)), "{credits}: {r:?}");
+    }
+    assert!(h.book.accounts.is_empty());
+    // The smallest positive amount is fine.
+    h.grant("tiny", T0, r#"{"kind":"promotional","credits":"0.001"}"#);
+}
+
+#[test]
+fn void_removes_the_remaining_credits_and_the_lot_never_pays_again() {
+    let mut h = Harness::new();
+    h.grant("pack", T0, r#"{"kind":"purchased","credits":100,"payment":{"method":"cash"}}"#);
+    h.grant("promo", T0, r#"{"kind":"promotional","credits":5}"#);
+    let time = "2026-11-02T00:00:00Z";
+    h.call(
+        "u1",
+        time,
+        r#"{"user":"kim","feature":"audio_generation","variant":"mid"}"#,
+    );
+    // The promo (included < promotional < purchased on a tie of never-expiring lots) paid 5.
+    assert_eq!(h.lot("pack").remaining, whole(75));
+    let e = h.ok(
+        &event("credit.void", "v1", time, r#"{"lot":"pack","reason":"refund"}"#),
+        time,
+    );
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].entry_type, EntryType::Void);
+    assert_eq!(e[0].credits, whole(-75));
+    assert_eq!(e[0].lot, "pack");
+    assert_eq!(e[0].lot_kind, Some(LotKind::Purchased));
+    assert_eq!(e[0].comment, "refund");
+    let lot = h.lot("pack");
+    assert!(lot.voided);
+    assert_eq!(lot.remaining, Credits::ZERO);
+    assert_eq!(h.available("ai", time), Credits::ZERO);
+
+    let e = h.call("u2", time, r#"{"user":"kim","feature":"erase"}"#);
+    assert!(e.paid.is_empty(), "a voided lot paid: {:?}", e.paid);
+    assert_eq!(e.shortfall, whole(7));
+
+    // Voiding again, or voiding a lot that does not exist, is rejected.
+    let r = h.rejected(&event("credit.void", "v2", time, r#"{"lot":"pack"}"#), at(time));
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    let r = h.rejected(&event("credit.void", "v3", time, r#"{"lot":"nope"}"#), at(time));
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    // A voided lot keeps its id.
+    let r = h.rejected(
+        &event("credit.grant", "g9", time, r#"{"lot":"pack","kind":"purchased","credits":1}"#),
+        at(time),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+}
+
+// ---------------------------------------------------------------- days and time zones
+
+#[test]
+fn the_ledger_day_is_the_calendar_day_in_the_accounts_time_zone() {
+    let mut h = Harness::new();
+    let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+    let g = h.grant("g", "2026-11-20T15:30:00Z", r#"{"kind":"included","credits":100}"#);
+    // 00:30 on the 21st in Seoul (UTC+9).
+    assert_eq!(g.day, day("2026-11-21"));
+    let e = h.call("u1", "2026-11-20T16:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(e.day, day("2026-11-21"));
+    let e = h.call("u2", "2026-11-20T14:59:59Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(e.day, day("2026-11-20"));
+
+    let time = "2026-11-20T16:00:01Z";
+    h.ok(
+        &event("account.settings", "s", time, r#"{"timezone":"America/New_York"}"#),
+        time,
+    );
+    // 11:00 on the 20th in New York (UTC-5).
+    let e = h.call("u3", "2026-11-20T16:00:02Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(e.day, day("2026-11-20"));
+    let e = h.call("u4", "2026-11-21T04:59:59Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(e.day, day("2026-11-20"));
+    let e = h.call("u5", "2026-11-21T05:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    assert_eq!(e.day, day("2026-11-21"));
+    // Another account keeps the default.
+    let time = "2026-11-20T16:00:00Z";
+    let other = h.ok(
+        &event_from("globex", "room", "ai.usage", "x", time, r#"{"user":"a","feature":"erase"}"#),
+        time,
+    );
+    assert_eq!(other[0].day, day("2026-11-21"));
+}
+
+#[test]
+fn an_unknown_time_zone_is_rejected() {
+    let mut h = Harness::new();
+    h.grant("g", T0, r#"{"kind":"included","credits":1}"#);
+    let r = h.rejected(
+        &event("account.settings", "s", T0, r#"{"timezone":"Mars/Olympus"}"#),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    assert_eq!(h.book.accounts["acme"].timezone, None);
+}
+
+// ---------------------------------------------------------------- balance
+
+#[test]
+fn balance_excludes_expired_voided_and_not_yet_effective_lots() {
+    let mut h = Harness::new();
+    h.grant("live", T0, r#"{"kind":"included","credits":10}"#);
+    h.grant(
+        "expiring",
+        T0,
+        r#"{"kind":"purchased","credits":20,"expires_at":"2026-11-10T00:00:00Z"}"#,
+    );
+    h.grant(
+        "later",
+        T0,
+        r#"{"kind":"promotional","credits":40,"effective_at":"2026-11-05T00:00:00Z"}"#,
+    );
+    h.grant("voided", T0, r#"{"kind":"purchased","credits":80}"#);
+    h.grant("scan", T0, r#"{"kind":"purchased","pool":"scan","credits":3}"#);
+    h.ok(&event("credit.void", "v", T0, r#"{"lot":"voided"}"#), T0);
+
+    let at_ = |s: &str| h.book.accounts["acme"].balance(at(s));
+    let b = at_("2026-11-02T00:00:00Z");
+    assert_eq!(b["ai"].available, whole(30));
+    assert_eq!(b["ai"].by_kind["included"], whole(10));
+    assert_eq!(b["ai"].by_kind["purchased"], whole(20));
+    assert_eq!(b["ai"].by_kind["promotional"], Credits::ZERO);
+    assert_eq!(b["scan"].available, whole(3));
+    let b = at_("2026-11-05T00:00:00Z");
+    assert_eq!(b["ai"].available, whole(70));
+    assert_eq!(b["ai"].by_kind["promotional"], whole(40));
+    let b = at_("2026-11-10T00:00:00Z");
+    assert_eq!(b["ai"].available, whole(50));
+    assert_eq!(b["ai"].by_kind["purchased"], Credits::ZERO);
+    // The free function agrees with the method.
+    assert_eq!(balance(h.lots(), at("2026-11-10T00:00:00Z")), b);
+}

@@ -1,0 +1,337 @@
+//! The handlers behind each `tally` command: read config, talk to the edges, print.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Value};
+use tally_core::{Credits, LotKind};
+
+use super::table;
+use crate::config::Config;
+use crate::kafka;
+use crate::store::reads::{self, By};
+use crate::store::rows::{from_day_number, from_seconds};
+use crate::store::{self, schema};
+
+fn credits(milli: i64) -> Credits {
+    Credits::from_milli(milli)
+}
+
+pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
+    let server = store::server_client(&config.clickhouse);
+    schema::migrate(&server, &config.clickhouse.database)
+        .await
+        .with_context(|| format!("cannot create the schema at {}", config.clickhouse.url))?;
+    kafka::create_topics(&config.kafka)
+        .await
+        .with_context(|| format!("cannot create topics at {}", config.kafka.brokers))?;
+    let k = &config.kafka;
+    if json {
+        println!(
+            "{}",
+            json!({"database": config.clickhouse.database,
+                   "topics": [k.usage_topic, k.commands_topic, k.dlq_topic],
+                   "partitions": k.partitions})
+        );
+    } else {
+        println!(
+            "schema ready in database `{}`; topics `{}`, `{}` ({} partitions each) and `{}` ready",
+            config.clickhouse.database, k.usage_topic, k.commands_topic, k.partitions, k.dlq_topic
+        );
+    }
+    Ok(())
+}
+
+pub fn run(
+    config: Config,
+    rules: tally_core::Rules,
+    drain: bool,
+    json: bool,
+    shutdown: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let summary = crate::run::run(config, rules, drain, shutdown, rt)?;
+    let c = summary.counts;
+    if json {
+        println!(
+            "{}",
+            json!({"applied": c.applied, "duplicates": c.duplicates,
+                   "rejected": c.rejected, "flushes": summary.flushes})
+        );
+    } else {
+        println!(
+            "applied {} events, {} duplicates skipped, {} rejected to the dead-letter topic, {} flushes",
+            c.applied, c.duplicates, c.rejected, summary.flushes
+        );
+    }
+    Ok(())
+}
+
+/// The fields of `tally grant`.
+pub struct GrantArgs {
+    pub account: String,
+    pub credits: Credits,
+    pub kind: LotKind,
+    pub pool: String,
+    pub lot: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub valid_days: Option<u32>,
+    pub priority: Option<i32>,
+    pub payment_method: Option<String>,
+    pub payment_reference: Option<String>,
+    pub comment: Option<String>,
+    pub source: String,
+}
+
+pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Result<()> {
+    let id = format!("grant-{}", uuid::Uuid::new_v4());
+    let mut data = json!({"pool": args.pool, "kind": args.kind, "credits": args.credits});
+    let fields = [
+        ("lot", args.lot.map(Value::from)),
+        ("expires_at", args.expires_at.map(|t| Value::from(t.to_rfc3339()))),
+        ("valid_days", args.valid_days.map(Value::from)),
+        ("priority", args.priority.map(Value::from)),
+        ("comment", args.comment.map(Value::from)),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            data[key] = value;
+        }
+    }
+    if let Some(method) = args.payment_method {
+        data["payment"] = json!({"method": method, "reference": args.payment_reference});
+    }
+    let event = json!({
+        "specversion": "1.0", "type": "credit.grant", "id": id, "source": args.source,
+        "subject": args.account, "time": Utc::now().to_rfc3339(), "data": data,
+    });
+    let producer = kafka::producer(&config.kafka)?;
+    let payload = serde_json::to_vec(&event)?;
+    let (partition, offset) = kafka::send(&producer, &config.kafka.commands_topic, Some(&args.account), &payload)
+        .await
+        .context("cannot send the grant")?;
+    if json {
+        println!("{}", json!({"event": event, "partition": partition, "offset": offset}));
+    } else {
+        println!(
+            "grant {id} of {} {} credits to `{}` sent ({}/{partition}@{offset}); it applies when `tally run` reads it",
+            args.credits, args.kind.as_str(), args.account, config.kafka.commands_topic
+        );
+    }
+    Ok(())
+}
+
+/// Sends CloudEvents from a JSON-lines file (`-` for stdin), each to its topic by type,
+/// keyed by its subject.
+pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
+    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        ))
+    };
+    let producer = kafka::producer(&config.kafka)?;
+    let mut chunk: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (number, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read line {}", file.display(), number + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Lines that are not events are sent as they are, to usage: tally's consumer is
+        // the one that judges them (and dead-letters them with the reason).
+        let parsed: Option<Value> = serde_json::from_str(&line).ok();
+        let ty = parsed.as_ref().and_then(|v| v["type"].as_str()).unwrap_or("ai.usage");
+        let topic = if ty == "ai.usage" { &config.kafka.usage_topic } else { &config.kafka.commands_topic };
+        let key = parsed.as_ref().and_then(|v| v["subject"].as_str()).map(str::to_string);
+        *counts.entry(topic.clone()).or_default() += 1;
+        chunk.push((topic.clone(), key, line));
+        if chunk.len() >= 10_000 {
+            send_chunk(&producer, &std::mem::take(&mut chunk)).await?;
+        }
+    }
+    send_chunk(&producer, &chunk).await?;
+    if json {
+        println!("{}", json!({"sent": counts}));
+    } else {
+        for (topic, n) in counts {
+            println!("sent {n} events to {topic}");
+        }
+    }
+    Ok(())
+}
+
+async fn send_chunk(
+    producer: &rdkafka::producer::FutureProducer,
+    chunk: &[(String, Option<String>, String)],
+) -> anyhow::Result<()> {
+    let deliveries = chunk
+        .iter()
+        .map(|(topic, key, line)| kafka::send(producer, topic, key.as_deref(), line.as_bytes()));
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery?;
+    }
+    Ok(())
+}
+
+pub async fn balance(config: &Config, account: &str, at: DateTime<Utc>, json: bool) -> anyhow::Result<()> {
+    let client = store::client(&config.clickhouse);
+    let lots = reads::lots(&client, account).await.context("cannot read lots")?;
+    let pools = tally_core::account::balance(&lots, at);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({"account": account, "at": at.to_rfc3339(), "pools": pools}))?);
+        return Ok(());
+    }
+    if pools.is_empty() {
+        println!("account `{account}` has no credits");
+        return Ok(());
+    }
+    println!("balance of `{account}` at {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|(pool, b)| {
+            let mut row = vec![pool.clone(), b.available.to_string()];
+            row.extend(LotKind::ALL.iter().map(|k| b.by_kind.get(k.as_str()).copied().unwrap_or_default().to_string()));
+            row
+        })
+        .collect();
+    table::print(&["pool", "available", "included", "promotional", "purchased"], &rows);
+    Ok(())
+}
+
+pub async fn daily(
+    config: &Config,
+    from: NaiveDate,
+    to: NaiveDate,
+    account: Option<&str>,
+    by: &[By],
+    json: bool,
+) -> anyhow::Result<()> {
+    if to < from {
+        bail!("--to {to} is before --from {from}");
+    }
+    let client = store::client(&config.clickhouse);
+    let rows = reads::daily(&client, from, to, account, by).await.context("cannot read daily usage")?;
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut row = json!({
+                    "day": from_day_number(r.day).to_string(), "account": r.account,
+                    "calls": r.calls, "failed_calls": r.failed_calls, "credits": credits(r.credits),
+                    "by_kind": {"included": credits(r.included), "promotional": credits(r.promotional),
+                                "purchased": credits(r.purchased)},
+                    "shortfall": credits(r.shortfall),
+                });
+                for b in by {
+                    let value = match b {
+                        By::Service => &r.service,
+                        By::User => &r.user,
+                        By::Feature => &r.feature,
+                    };
+                    row[b.column()] = json!(value);
+                }
+                row
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let mut header = vec!["day", "account"];
+    header.extend(by.iter().map(|b| b.column()));
+    header.extend(["calls", "failed", "credits", "shortfall"]);
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![from_day_number(r.day).to_string(), r.account.clone()];
+            for b in by {
+                row.push(match b {
+                    By::Service => r.service.clone(),
+                    By::User => r.user.clone(),
+                    By::Feature => r.feature.clone(),
+                });
+            }
+            row.extend([r.calls.to_string(), r.failed_calls.to_string(), credits(r.credits).to_string(), credits(r.shortfall).to_string()]);
+            row
+        })
+        .collect();
+    table::print(&header, &table_rows);
+    Ok(())
+}
+
+pub async fn ledger(
+    config: &Config,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = store::client(&config.clickhouse);
+    let rows = reads::ledger(&client, account, from, to).await.context("cannot read the ledger")?;
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let paid: Vec<Value> = r
+                    .paid_lots
+                    .iter()
+                    .zip(&r.paid_kinds)
+                    .zip(&r.paid_credits)
+                    .map(|((lot, kind), c)| json!({"lot": lot, "kind": kind, "credits": credits(*c)}))
+                    .collect();
+                json!({
+                    "entry_id": r.entry_id, "type": r.entry_type,
+                    "time": from_seconds(r.time).to_rfc3339(), "day": from_day_number(r.day).to_string(),
+                    "account": r.account, "service": r.service, "user": r.user, "feature": r.feature,
+                    "variant": r.variant, "quantity": credits(r.quantity), "status": r.status,
+                    "pool": r.pool, "credits": credits(r.credits), "paid": paid,
+                    "shortfall": credits(r.shortfall), "matrix_version": r.matrix_version,
+                    "event_id": r.event_id, "lot": r.lot, "lot_kind": r.lot_kind,
+                    "payment_method": r.payment_method, "payment_reference": r.payment_reference,
+                    "comment": r.comment,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let paid = r
+                .paid_lots
+                .iter()
+                .zip(&r.paid_credits)
+                .map(|(lot, c)| format!("{lot}:{}", credits(*c)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let what = match r.entry_type.as_str() {
+                "usage" if r.variant.is_empty() => r.feature.clone(),
+                "usage" => format!("{}/{}", r.feature, r.variant),
+                _ => format!("{} {}", r.lot_kind, r.lot),
+            };
+            vec![
+                from_seconds(r.time).format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.entry_type.clone(),
+                r.service.clone(),
+                r.user.clone(),
+                what,
+                r.status.clone(),
+                credits(r.credits).to_string(),
+                paid,
+                credits(r.shortfall).to_string(),
+            ]
+        })
+        .collect();
+    table::print(
+        &["time (UTC)", "type", "service", "user", "feature / lot", "status", "credits", "paid by", "shortfall"],
+        &table_rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! Settings: a TOML file, overridden key by key by `TALLY_...` environment variables,
+//! checked without touching the network.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use chrono_tz::Tz;
+use serde::Deserialize;
+use tally_core::{CostMatrix, Policy, Rules};
+
+/// Everything tally reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where events come from and rejected events go.
+    pub kafka: KafkaConfig,
+    /// Where the ledger, rollups, lots, balances and checkpoints live.
+    pub clickhouse: ClickHouseConfig,
+    /// Batching of writes and commits.
+    pub pipeline: PipelineConfig,
+    /// The credit rules every account is held to.
+    pub rules: RulesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port,...`).
+    pub brokers: String,
+    /// Consumer group of `tally run`; every process of one deployment shares it.
+    pub group_id: String,
+    /// Topic of `ai.usage` events, keyed by account.
+    pub usage_topic: String,
+    /// Topic of credit and account commands, keyed by account, co-partitioned with usage.
+    pub commands_topic: String,
+    /// Dead-letter topic: rejected events with their reason in headers.
+    pub dlq_topic: String,
+    /// Partitions for the topics `tally migrate` creates.
+    pub partitions: i32,
+    /// How long an event waits for the other topic of its partition before it is applied.
+    #[serde(with = "humantime_serde")]
+    pub max_idle: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding tally's tables; `tally migrate` creates it.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password; prefer TALLY_CLICKHOUSE__PASSWORD over writing it in the file.
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Longest time between two flushes of outputs and offsets.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Most events applied between two flushes.
+    pub max_batch_events: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Path of the cost matrix, relative to the config file's folder.
+    pub matrix: PathBuf,
+    /// Default time zone of accounts (IANA name).
+    pub timezone: String,
+    /// Default consumption policy: `earliest_expiry` or `kind_order`.
+    pub policy: Policy,
+    /// Oldest accepted event, relative to its arrival.
+    #[serde(with = "humantime_serde")]
+    pub max_lateness: Duration,
+    /// Furthest accepted event in the future, relative to its arrival.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Window after an event's first arrival in which the same source and id is a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+/// A config that cannot be used, named by file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {problem}")]
+    Key {
+        file: String,
+        key: String,
+        problem: String,
+    },
+}
+
+/// Environment variables that are not config keys.
+const NOT_KEYS: [&str; 2] = ["TALLY_CONFIG", "TALLY_LOG"];
+
+impl Config {
+    /// Reads `path`, applies `TALLY_...` overrides from `env`, and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Rules), ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            file: file.clone(),
+            message: e.message().to_string(),
+        })?;
+        let mut overridden = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("TALLY_") else { continue };
+            if NOT_KEYS.contains(&name.as_str()) {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            apply_override(&mut value, &keys, &raw).map_err(|problem| ConfigError::Key {
+                file: format!("{file} (environment {name})"),
+                key: keys.join("."),
+                problem,
+            })?;
+            overridden.push((keys.join("."), name));
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                let key = e.path().to_string();
+                let origin = overridden
+                    .iter()
+                    .find(|(k, _)| key.starts_with(k.as_str()))
+                    .map(|(_, env)| format!("{file} (environment {env})"))
+                    .unwrap_or_else(|| file.clone());
+                ConfigError::Key {
+                    file: origin,
+                    key,
+                    problem: e.into_inner().message().to_string(),
+                }
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules = config.validate(&file, base)?;
+        Ok((config, rules))
+    }
+
+    /// Checks every value without the network and builds the core's rules.
+    pub fn validate(&self, file: &str, base: &Path) -> Result<Rules, ConfigError> {
+        let key_err = |key: &str, problem: String| ConfigError::Key {
+            file: file.to_string(),
+            key: key.to_string(),
+            problem,
+        };
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.usage_topic", &k.usage_topic),
+            ("kafka.commands_topic", &k.commands_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+            ("clickhouse.user", &self.clickhouse.user),
+        ] {
+            if value.trim().is_empty() {
+                return Err(key_err(key, "must not be empty".into()));
+            }
+        }
+        if k.usage_topic == k.commands_topic
+            || k.dlq_topic == k.usage_topic
+            || k.dlq_topic == k.commands_topic
+        {
+            return Err(key_err(
+                "kafka.dlq_topic",
+                "usage, commands and dead-letter topics must be three different topics".into(),
+            ));
+        }
+        if k.partitions < 1 {
+            return Err(key_err("kafka.partitions", "must be at least 1".into()));
+        }
+        if !(self.clickhouse.url.starts_with("http://") || self.clickhouse.url.starts_with("https://")) {
+            return Err(key_err(
+                "clickhouse.url",
+                format!("`{}` is not an http:// or https:// URL", self.clickhouse.url),
+            ));
+        }
+        let db = &self.clickhouse.database;
+        if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(key_err(
+                "clickhouse.database",
+                format!("`{db}` must be letters, digits and underscores"),
+            ));
+        }
+        if self.pipeline.flush_interval.is_zero() {
+            return Err(key_err("pipeline.flush_interval", "must be more than zero".into()));
+        }
+        if self.pipeline.max_batch_events == 0 || self.pipeline.max_batch_events > 500_000 {
+            // One checkpoint must fit one ClickHouse block (about a million rows) to commit
+            // atomically.
+            return Err(key_err(
+                "pipeline.max_batch_events",
+                "must be between 1 and 500000".into(),
+            ));
+        }
+        let timezone: Tz = self.rules.timezone.parse().map_err(|_| {
+            key_err(
+                "rules.timezone",
+                format!("`{}` is not an IANA time zone", self.rules.timezone),
+            )
+        })?;
+        let delta = |key: &str, d: Duration| {
+            TimeDelta::from_std(d).map_err(|_| key_err(key, "is too long".into()))
+        };
+        let matrix_path = base.join(&self.rules.matrix);
+        let matrix_file = matrix_path.display().to_string();
+        let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
+            file: file.to_string(),
+            key: "rules.matrix".into(),
+            problem: format!("cannot read {matrix_file}: {e}"),
+        })?;
+        let matrix: CostMatrix = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+            .map_err(|e| ConfigError::Key {
+                file: matrix_file.clone(),
+                key: e.path().to_string(),
+                problem: e.into_inner().message().to_string(),
+            })?;
+        matrix.validate().map_err(|e| ConfigError::Key {
+            file: matrix_file.clone(),
+            key: e.key,
+            problem: e.problem,
+        })?;
+        Ok(Rules {
+            matrix,
+            default_timezone: timezone,
+            default_policy: self.rules.policy,
+            max_lateness: delta("rules.max_lateness", self.rules.max_lateness)?,
+            max_future_skew: delta("rules.max_future_skew", self.rules.max_future_skew)?,
+            dedup_window: delta("rules.dedup_window", self.rules.dedup_window)?,
+        })
+    }
+}
+
+/// Sets `keys` in `table` to `raw`, typed like the value it replaces.
+fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for key in parents {
+        current = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a section"))?;
+    }
+    let value = match current.get(last) {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.parse()
+                .map_err(|_| format!("`{raw}` is not an integer"))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            raw.parse()
+                .map_err(|_| format!("`{raw}` is not true or false"))?,
+        ),
+        Some(toml::Value::Float(_)) => {
+            return Err("float settings cannot be overridden".into());
+        }
+        _ => toml::Value::String(raw.to_string()),
+    };
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tally.toml")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn shipped_config_loads() {
+        let (config, rules) = Config::load(&shipped(), env(&[])).unwrap();
+        assert_eq!(config.kafka.usage_topic, "ai.usage");
+        assert_eq!(rules.default_timezone, chrono_tz::Asia::Seoul);
+        assert_eq!(rules.max_lateness, TimeDelta::days(35));
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_KAFKA__BROKERS", "10.0.0.1:9092"),
+                ("TALLY_KAFKA__PARTITIONS", "12"),
+                ("TALLY_CLICKHOUSE__DATABASE", "tally_test"),
+                ("TALLY_LOG", "debug"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "10.0.0.1:9092");
+        assert_eq!(config.kafka.partitions, 12);
+        assert_eq!(config.clickhouse.database, "tally_test");
+    }
+
+    #[test]
+    fn bad_values_name_file_key_and_problem() {
+        let cases = [
+            ("TALLY_KAFKA__PARTITIONS", "many", "kafka.partitions", "not an integer"),
+            ("TALLY_KAFKA__BROKER", "x", "kafka.broker", "unknown field"),
+            ("TALLY_RULES__TIMEZONE", "Mars/Olympus", "rules.timezone", "IANA"),
+            ("TALLY_RULES__MAX_LATENESS", "soon", "rules.max_lateness", ""),
+            ("TALLY_CLICKHOUSE__URL", "ftp://x", "clickhouse.url", "http"),
+            ("TALLY_CLICKHOUSE__DATABASE", "a-b", "clickhouse.database", "letters"),
+            ("TALLY_KAFKA__DLQ_TOPIC", "ai.usage", "kafka.dlq_topic", "different"),
+        ];
+        for (name, value, key, problem) in cases {
+            let err = Config::load(&shipped(), env(&[(name, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("tally.toml"), "{text}");
+            assert!(text.contains(key), "{name}: {text}");
+            assert!(text.contains(problem), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load(Path::new("/nonexistent/tally.toml"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tally.toml"));
+    }
+}

@@ -1,0 +1,142 @@
+//! Kafka at the edge: client settings, the producer for commands and dead letters, and
+//! topic creation.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("Kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("cannot create topic `{topic}`: {problem}")]
+    CreateTopic { topic: String, problem: String },
+    #[error("cannot deliver to `{topic}`: {problem}")]
+    Delivery { topic: String, problem: String },
+}
+
+/// Settings of the `tally run` consumer. Offsets are managed by tally (ClickHouse holds
+/// the commit point); Kafka's group offsets are committed after it, for lag monitoring.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Range gives one consumer the same partition number of both topics, so one
+        // writer sees all of an account's usage and commands.
+        .set("partition.assignment.strategy", "range")
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "50");
+    client
+}
+
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// A rejected event on its way to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+/// Sends `letters` to `dlq_topic` with the reason in headers, and waits for every
+/// acknowledgement.
+pub async fn send_dead_letters(
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    letters: &[DeadLetter],
+) -> Result<(), KafkaError> {
+    let mut deliveries = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let offset = letter.offset.to_string();
+        let partition = letter.partition.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "tally.reason", value: Some(&letter.reason) })
+            .insert(Header { key: "tally.reason.code", value: Some(letter.code) })
+            .insert(Header { key: "tally.source.topic", value: Some(&letter.topic) })
+            .insert(Header { key: "tally.source.partition", value: Some(&partition) })
+            .insert(Header { key: "tally.source.offset", value: Some(&offset) });
+        let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic)
+            .payload(&letter.payload)
+            .headers(headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key);
+        }
+        deliveries.push(producer.send(record, Duration::from_secs(30)));
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery.map_err(|(e, _)| KafkaError::Delivery {
+            topic: dlq_topic.to_string(),
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Sends one event keyed by its account.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    payload: &[u8],
+) -> Result<(i32, i64), KafkaError> {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(|delivery| (delivery.partition, delivery.offset))
+        .map_err(|(e, _)| KafkaError::Delivery {
+            topic: topic.to_string(),
+            problem: e.to_string(),
+        })
+}
+
+/// Creates the usage and commands topics with `partitions` each, and the dead-letter
+/// topic; topics that exist are left as they are.
+pub async fn create_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    let topics = [
+        NewTopic::new(&config.usage_topic, config.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&config.commands_topic, config.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&config.dlq_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::CreateTopic {
+                    topic,
+                    problem: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}

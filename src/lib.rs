@@ -1,0 +1,8 @@
+//! tally's shell around the pure core (`tally-core`): config, Kafka, ClickHouse, the run
+//! loop and the command line. Decisions live in the core; this crate moves data.
+
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod run;
+pub mod store;

@@ -1,0 +1,563 @@
+//! `tally run`: consume both topics, apply events through the core, and flush outputs and
+//! the checkpoint to ClickHouse. One thread owns the consumer; rebalance callbacks run on
+//! it, inside `poll`, so a revoke flushes and commits before the partitions go.
+
+pub mod merge;
+pub mod partition;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tally_core::Rules;
+use tokio::runtime::Handle;
+
+use self::merge::{Pending, Which};
+use self::partition::{Counts, PartitionWork};
+use crate::config::Config;
+use crate::kafka::{self, DeadLetter};
+use crate::store::{self, checkpoint, writes};
+
+/// Events applied per partition between two polls, so polling stays regular.
+const APPLY_BUDGET: usize = 10_000;
+/// Messages taken from the consumer before applying them.
+const POLL_BATCH: usize = 5_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a run did, for the caller's summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub counts: Counts,
+    pub flushes: u64,
+}
+
+/// A flush that has been built and not yet committed; retried as it is until it lands.
+struct Flush {
+    batch: writes::Batch,
+    dead_letters: Vec<DeadLetter>,
+    dead_letters_sent: bool,
+    partitions: Vec<i32>,
+}
+
+struct Pipeline {
+    rules: Rules,
+    config: Config,
+    store: clickhouse::Client,
+    producer: FutureProducer,
+    rt: Handle,
+    stream: String,
+    parts: BTreeMap<i32, PartitionWork>,
+    pending: Option<Flush>,
+    last_flush: Instant,
+    applied_since_flush: usize,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    shutdown: Arc<AtomicBool>,
+    summary: Summary,
+}
+
+impl Pipeline {
+    fn topics(&self) -> (&str, &str) {
+        (&self.config.kafka.usage_topic, &self.config.kafka.commands_topic)
+    }
+
+    /// Loads the state of newly assigned partitions and returns where to start reading.
+    /// Retries while ClickHouse is unavailable: nothing may be read before the state is.
+    fn assign(&mut self, partitions: &BTreeSet<i32>) -> BTreeMap<i32, (Option<i64>, Option<i64>)> {
+        let mut starts = BTreeMap::new();
+        for &partition in partitions {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let now = Utc::now().timestamp_micros().max(0) as u64;
+                let window = self.rules.dedup_window.num_seconds();
+                let loaded = self.rt.block_on(checkpoint::claim_and_load(
+                    &self.store,
+                    &self.stream,
+                    partition as u32,
+                    now,
+                    window,
+                ));
+                match loaded {
+                    Ok(restored) => {
+                        tracing::info!(
+                            partition,
+                            accounts = restored.book.accounts.len(),
+                            usage_offset = ?restored.usage_offset,
+                            commands_offset = ?restored.commands_offset,
+                            "partition assigned"
+                        );
+                        starts.insert(partition, (restored.usage_offset, restored.commands_offset));
+                        self.parts.insert(partition, PartitionWork::new(partition, restored));
+                        break;
+                    }
+                    Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
+                        tracing::warn!(partition, error = %e, "cannot load partition state, retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "shutting down before partition state loaded");
+                        break;
+                    }
+                }
+            }
+        }
+        starts
+    }
+
+    fn ingest(&mut self, message: &BorrowedMessage<'_>) {
+        let which = if message.topic() == self.config.kafka.usage_topic {
+            Which::Usage
+        } else {
+            Which::Commands
+        };
+        let Some(work) = self.parts.get_mut(&message.partition()) else {
+            return;
+        };
+        let side = work.side_mut(which);
+        if message.offset() < side.received_next {
+            return;
+        }
+        side.received_next = message.offset() + 1;
+        side.high = side.high.max(side.received_next);
+        let arrival = message
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let payload = message.payload().unwrap_or_default();
+        side.queue.push_back(Pending {
+            offset: message.offset(),
+            arrival,
+            parsed: tally_core::event::parse(payload, arrival),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            received: Instant::now(),
+        });
+    }
+
+    fn apply_ready(&mut self, now: Instant) {
+        if self.pending.is_some() {
+            return;
+        }
+        let max_idle = self.config.kafka.max_idle;
+        let (usage_topic, commands_topic) =
+            (self.config.kafka.usage_topic.clone(), self.config.kafka.commands_topic.clone());
+        for work in self.parts.values_mut() {
+            let budget = self
+                .config
+                .pipeline
+                .max_batch_events
+                .saturating_sub(self.applied_since_flush)
+                .min(APPLY_BUDGET);
+            self.applied_since_flush += work.apply_ready(
+                &self.rules,
+                (&usage_topic, &commands_topic),
+                now,
+                max_idle,
+                budget,
+            );
+        }
+    }
+
+    fn flush_due(&self, now: Instant) -> bool {
+        match (&self.pending, self.retry_at) {
+            (Some(_), Some(at)) => now >= at,
+            (Some(_), None) => true,
+            (None, _) => {
+                self.applied_since_flush >= self.config.pipeline.max_batch_events
+                    || now.duration_since(self.last_flush) >= self.config.pipeline.flush_interval
+            }
+        }
+    }
+
+    /// Writes outputs, then the checkpoint. Returns the group offsets to commit to Kafka
+    /// once it has landed.
+    fn flush(&mut self) -> anyhow::Result<Option<TopicPartitionList>> {
+        self.last_flush = Instant::now();
+        if self.pending.is_none() {
+            let mut batch = writes::Batch::default();
+            let mut dead_letters = Vec::new();
+            let now_secs = Utc::now().timestamp().max(0) as u32;
+            let mut partitions = Vec::new();
+            for work in self.parts.values_mut() {
+                if work.drain_into(&mut batch, &mut dead_letters, &self.stream, now_secs) {
+                    partitions.push(work.partition);
+                }
+            }
+            self.applied_since_flush = 0;
+            if partitions.is_empty() {
+                return Ok(None);
+            }
+            self.pending = Some(Flush {
+                batch,
+                dead_letters,
+                dead_letters_sent: false,
+                partitions,
+            });
+        }
+        let Some(flush) = self.pending.as_mut() else { return Ok(None) };
+        let result = self.rt.block_on(async {
+            if !flush.dead_letters_sent {
+                kafka::send_dead_letters(&self.producer, &self.config.kafka.dlq_topic, &flush.dead_letters)
+                    .await
+                    .context("dead-letter topic")?;
+                flush.dead_letters_sent = true;
+            }
+            writes::write(&self.store, &flush.batch).await.context("ClickHouse")
+        });
+        if let Err(e) = result {
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            return Err(e);
+        }
+        let flush = self.pending.take().expect("pending flush checked above");
+        self.retry_at = None;
+        self.backoff = Duration::from_millis(200);
+        self.summary.flushes += 1;
+        let (usage_topic, commands_topic) = self.topics();
+        let mut offsets = TopicPartitionList::new();
+        for partition in &flush.partitions {
+            if let Some(work) = self.parts.get(partition) {
+                offsets.add_partition_offset(usage_topic, *partition, Offset::Offset(work.usage.applied_next))?;
+                offsets.add_partition_offset(commands_topic, *partition, Offset::Offset(work.commands.applied_next))?;
+            }
+        }
+        for partition in &flush.partitions {
+            if let Some(work) = self.parts.get_mut(partition) {
+                work.committed(&self.rules);
+            }
+        }
+        tracing::debug!(
+            ledger_rows = flush.batch.ledger.len(),
+            dead_letters = flush.dead_letters.len(),
+            "flushed"
+        );
+        Ok(Some(offsets))
+    }
+
+    /// Flushes with retries, for revoke and shutdown; gives up after `attempts`, leaving
+    /// the uncommitted tail to be replayed by the next owner.
+    fn flush_before_leaving(&mut self, attempts: u32) -> Option<TopicPartitionList> {
+        for attempt in 1..=attempts {
+            match self.flush() {
+                Ok(offsets) => return offsets,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "flush failed");
+                    if attempt < attempts {
+                        std::thread::sleep(self.backoff);
+                    }
+                }
+            }
+        }
+        tracing::error!("giving up the flush; the next owner replays from the last checkpoint");
+        self.pending = None;
+        None
+    }
+
+    fn counts(&self) -> Counts {
+        let mut total = self.summary.counts;
+        for work in self.parts.values() {
+            total.applied += work.counts.applied;
+            total.duplicates += work.counts.duplicates;
+            total.rejected += work.counts.rejected;
+        }
+        total
+    }
+
+    /// Forgets every partition (after a revoke), keeping their counts.
+    fn release_all(&mut self) {
+        self.summary.counts = self.counts();
+        self.parts.clear();
+        self.pending = None;
+        self.applied_since_flush = 0;
+    }
+
+    /// Every assigned partition has applied everything up to `ends` and nothing is
+    /// waiting to be written.
+    fn drained(&self, ends: &BTreeMap<(Which, i32), i64>) -> bool {
+        !self.parts.is_empty()
+            && self.pending.is_none()
+            && self.parts.values().all(|work| {
+                let end = |which| ends.get(&(which, work.partition)).copied().unwrap_or(0);
+                work.usage.applied_next >= end(Which::Usage)
+                    && work.commands.applied_next >= end(Which::Commands)
+            })
+    }
+}
+
+struct TallyContext {
+    pipeline: Arc<Mutex<Pipeline>>,
+}
+
+impl TallyContext {
+    fn lock(&self) -> MutexGuard<'_, Pipeline> {
+        lock(&self.pipeline)
+    }
+}
+
+fn lock(pipeline: &Mutex<Pipeline>) -> MutexGuard<'_, Pipeline> {
+    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientContext for TallyContext {}
+
+impl ConsumerContext for TallyContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let mut pipeline = self.lock();
+                let starts = pipeline.assign(&partitions);
+                let usage_topic = pipeline.config.kafka.usage_topic.clone();
+                drop(pipeline);
+                let mut assignment = TopicPartitionList::new();
+                for element in tpl.elements() {
+                    let Some((usage, commands)) = starts.get(&element.partition()) else {
+                        continue;
+                    };
+                    let start = if element.topic() == usage_topic { usage } else { commands };
+                    let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                    if let Err(e) = assignment.add_partition_offset(element.topic(), element.partition(), offset) {
+                        tracing::error!(error = %e, "cannot build assignment");
+                    }
+                }
+                if let Err(e) = consumer.assign(&assignment) {
+                    tracing::error!(error = %e, "cannot assign partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut pipeline = self.lock();
+                let offsets = pipeline.flush_before_leaving(5);
+                let revoked = pipeline.parts.len();
+                pipeline.release_all();
+                drop(pipeline);
+                if let Some(offsets) = offsets {
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                        tracing::warn!(error = %e, "cannot commit group offsets on revoke");
+                    }
+                }
+                tracing::info!(partitions = revoked, "partitions revoked");
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!(error = %e, "cannot unassign partitions");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                self.lock().release_all();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Consumes until `shutdown` is set, or, with `drain`, until everything up to the end
+/// offsets seen at start is applied and committed.
+pub fn run(
+    config: Config,
+    rules: Rules,
+    drain: bool,
+    shutdown: Arc<AtomicBool>,
+    rt: Handle,
+) -> anyhow::Result<Summary> {
+    let store = store::client(&config.clickhouse);
+    rt.block_on(store::check(&store)).with_context(|| {
+        format!(
+            "ClickHouse at {} (database `{}`) is not ready; run `tally migrate` first",
+            config.clickhouse.url, config.clickhouse.database
+        )
+    })?;
+    let producer = kafka::producer(&config.kafka)?;
+    let kafka_config = config.kafka.clone();
+    let stream = format!("{}+{}", kafka_config.usage_topic, kafka_config.commands_topic);
+    let pipeline = Arc::new(Mutex::new(Pipeline {
+        rules,
+        config,
+        store,
+        producer,
+        rt,
+        stream,
+        parts: BTreeMap::new(),
+        pending: None,
+        last_flush: Instant::now(),
+        applied_since_flush: 0,
+        retry_at: None,
+        backoff: Duration::from_millis(200),
+        shutdown: shutdown.clone(),
+        summary: Summary::default(),
+    }));
+    let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
+        .create_with_context(TallyContext { pipeline: pipeline.clone() })
+        .context("cannot create the Kafka consumer")?;
+    let ends = end_offsets(&consumer, &kafka_config)?;
+    consumer
+        .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
+        .context("cannot subscribe")?;
+    tracing::info!(
+        brokers = %kafka_config.brokers,
+        group = %kafka_config.group_id,
+        usage_topic = %kafka_config.usage_topic,
+        commands_topic = %kafka_config.commands_topic,
+        drain,
+        "consuming"
+    );
+
+    let mut last_watermarks = Instant::now();
+    let mut paused = false;
+    while !shutdown.load(Ordering::Relaxed) {
+        let mut polled = 0;
+        while polled < POLL_BATCH {
+            let timeout = if polled == 0 { Duration::from_millis(20) } else { Duration::ZERO };
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    lock(&pipeline).ingest(&message);
+                    polled += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let now = Instant::now();
+        let mut p = lock(&pipeline);
+        p.apply_ready(now);
+        if p.parts.values().any(PartitionWork::waiting)
+            && now.duration_since(last_watermarks) >= Duration::from_millis(50)
+        {
+            last_watermarks = now;
+            refresh_highs(&consumer, &mut p);
+            p.apply_ready(now);
+        }
+        if p.flush_due(now) {
+            match p.flush() {
+                Ok(offsets) => {
+                    if paused {
+                        paused = false;
+                        resume(&consumer);
+                        tracing::info!("writes succeed again, consumption resumed");
+                    }
+                    if let Some(offsets) = offsets {
+                        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                            tracing::warn!(error = %e, "cannot commit group offsets");
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !paused {
+                        paused = true;
+                        pause(&consumer);
+                    }
+                    tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
+                }
+            }
+        }
+        if drain && p.drained(&ends) {
+            // Everything up to the end offsets is applied; flush until nothing is left.
+            match p.flush() {
+                Ok(Some(offsets)) => {
+                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+                        tracing::warn!(error = %e, "cannot commit group offsets");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "flush failed, retrying"),
+            }
+        }
+    }
+
+    let offsets = lock(&pipeline).flush_before_leaving(if drain { 20 } else { 10 });
+    if let Some(offsets) = offsets {
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            tracing::warn!(error = %e, "cannot commit group offsets at shutdown");
+        }
+    }
+    drop(consumer);
+    let p = lock(&pipeline);
+    let summary = Summary { counts: p.counts(), flushes: p.summary.flushes };
+    Ok(summary)
+}
+
+/// End offsets of every partition of both topics now; both must have the same partitions.
+fn end_offsets(
+    consumer: &BaseConsumer<TallyContext>,
+    config: &crate::config::KafkaConfig,
+) -> anyhow::Result<BTreeMap<(Which, i32), i64>> {
+    let mut ends = BTreeMap::new();
+    let mut counts = Vec::new();
+    for (which, topic) in [(Which::Usage, &config.usage_topic), (Which::Commands, &config.commands_topic)] {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read metadata of topic `{topic}` from {}", config.brokers))?;
+        let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            bail!("topic `{topic}` does not exist; run `tally migrate`");
+        };
+        if meta.partitions().is_empty() {
+            bail!("topic `{topic}` does not exist or has no partitions; run `tally migrate`");
+        }
+        counts.push(meta.partitions().len());
+        for partition in meta.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .with_context(|| format!("cannot read the end of {topic}/{}", partition.id()))?;
+            ends.insert((which, partition.id()), high);
+        }
+    }
+    if counts[0] != counts[1] {
+        bail!(
+            "topics `{}` ({} partitions) and `{}` ({} partitions) must have the same number of \
+             partitions: an account's usage and commands must reach the same consumer",
+            config.usage_topic,
+            counts[0],
+            config.commands_topic,
+            counts[1]
+        );
+    }
+    Ok(ends)
+}
+
+/// Asks the broker for the end of every side that another side is waiting on.
+fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
+    let (usage_topic, commands_topic) = (p.config.kafka.usage_topic.clone(), p.config.kafka.commands_topic.clone());
+    for work in p.parts.values_mut().filter(|w| w.waiting()) {
+        for (which, topic) in [(Which::Usage, &usage_topic), (Which::Commands, &commands_topic)] {
+            let partition = work.partition;
+            let side = work.side_mut(which);
+            if side.queue.is_empty() {
+                if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
+                    side.high = high;
+                }
+            }
+        }
+    }
+}
+
+fn pause(consumer: &BaseConsumer<TallyContext>) {
+    if let Ok(assignment) = consumer.assignment() {
+        if let Err(e) = consumer.pause(&assignment) {
+            tracing::warn!(error = %e, "cannot pause consumption");
+        }
+    }
+}
+
+fn resume(consumer: &BaseConsumer<TallyContext>) {
+    if let Ok(assignment) = consumer.assignment() {
+        if let Err(e) = consumer.resume(&assignment) {
+            tracing::warn!(error = %e, "cannot resume consumption");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! One assigned partition: its book of accounts, its two sides, and the outputs waiting
+//! for the next flush.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use tally_core::{Book, Outcome, Rules};
+
+use super::merge::{self, Pending, Side, Which};
+use crate::kafka::DeadLetter;
+use crate::store::checkpoint::{Commit, Restored};
+use crate::store::rows::{balance_rows, day_number, from_seconds, LedgerRow, LotRow};
+use crate::store::writes::Batch;
+
+/// Counters for logs and status.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+pub struct PartitionWork {
+    pub partition: i32,
+    pub book: Book,
+    pub usage: Side,
+    pub commands: Side,
+    /// Version of the next flush.
+    pub version: u64,
+    /// Latest broker timestamp applied, in seconds.
+    pub arrival_high: i64,
+    touched: HashSet<String>,
+    ledger: Vec<LedgerRow>,
+    days: BTreeMap<String, BTreeSet<u16>>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Offsets applied since the last flush, so an idle partition writes nothing.
+    dirty: bool,
+    pub counts: Counts,
+}
+
+impl PartitionWork {
+    pub fn new(partition: i32, restored: Restored) -> Self {
+        PartitionWork {
+            partition,
+            book: restored.book,
+            usage: Side::starting_at(restored.usage_offset.unwrap_or(0)),
+            commands: Side::starting_at(restored.commands_offset.unwrap_or(0)),
+            version: restored.version + 1,
+            arrival_high: restored.arrival_high,
+            touched: HashSet::new(),
+            ledger: Vec::new(),
+            days: BTreeMap::new(),
+            dead_letters: Vec::new(),
+            dirty: false,
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn side_mut(&mut self, which: Which) -> &mut Side {
+        match which {
+            Which::Usage => &mut self.usage,
+            Which::Commands => &mut self.commands,
+        }
+    }
+
+    /// Whether a side is holding events back for the other.
+    pub fn waiting(&self) -> bool {
+        self.usage.queue.is_empty() != self.commands.queue.is_empty()
+    }
+
+    /// Applies every event that may go now, at most `budget`; returns how many.
+    pub fn apply_ready(
+        &mut self,
+        rules: &Rules,
+        topics: (&str, &str),
+        now: Instant,
+        max_idle: Duration,
+        budget: usize,
+    ) -> usize {
+        let mut applied = 0;
+        while applied < budget {
+            let Some(which) = merge::next(&self.usage, &self.commands, now, max_idle) else {
+                break;
+            };
+            let Some(pending) = self.side_mut(which).queue.pop_front() else { break };
+            let topic = match which {
+                Which::Usage => topics.0,
+                Which::Commands => topics.1,
+            };
+            let offset = pending.offset;
+            self.apply(rules, topic, pending);
+            self.side_mut(which).applied_next = offset + 1;
+            applied += 1;
+        }
+        applied
+    }
+
+    fn apply(&mut self, rules: &Rules, topic: &str, pending: Pending) {
+        let Pending {
+            offset,
+            arrival,
+            parsed,
+            key,
+            payload,
+            ..
+        } = pending;
+        match self.book.apply(rules, parsed, arrival) {
+            Outcome::Applied { account, entries } => {
+                self.counts.applied += 1;
+                for (i, entry) in entries.into_iter().enumerate() {
+                    let entry_id = if i == 0 {
+                        format!("{topic}/{}/{offset}", self.partition)
+                    } else {
+                        format!("{topic}/{}/{offset}#{i}", self.partition)
+                    };
+                    if entry.entry_type == tally_core::EntryType::Usage {
+                        self.days
+                            .entry(account.clone())
+                            .or_default()
+                            .insert(day_number(entry.day));
+                    }
+                    // Version is set when the flush is built.
+                    self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+                }
+                self.touched.insert(account);
+            }
+            Outcome::Duplicate { .. } => self.counts.duplicates += 1,
+            Outcome::Rejected(rejection) => {
+                self.counts.rejected += 1;
+                tracing::info!(
+                    topic,
+                    partition = self.partition,
+                    offset,
+                    reason = %rejection,
+                    "event rejected to the dead-letter topic"
+                );
+                self.dead_letters.push(DeadLetter {
+                    topic: topic.to_string(),
+                    partition: self.partition,
+                    offset,
+                    key,
+                    payload,
+                    code: rejection.code(),
+                    reason: rejection.to_string(),
+                });
+            }
+        }
+        self.arrival_high = self.arrival_high.max(arrival.timestamp());
+        self.dirty = true;
+    }
+
+    /// Moves this partition's outputs since the last flush into `batch`, with the rows
+    /// that commit them. Returns false when there was nothing to write.
+    pub fn drain_into(
+        &mut self,
+        batch: &mut Batch,
+        dead_letters: &mut Vec<DeadLetter>,
+        stream: &str,
+        now_secs: u32,
+    ) -> bool {
+        if !self.dirty {
+            return false;
+        }
+        let version = self.version;
+        for mut row in self.ledger.drain(..) {
+            row.version = version;
+            batch.ledger.push(row);
+        }
+        let as_of = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
+        let commit = Commit {
+            stream,
+            partition: self.partition as u32,
+            version,
+            usage_offset: self.usage.applied_next,
+            commands_offset: self.commands.applied_next,
+            arrival_high: self.arrival_high,
+            written_at: now_secs,
+        };
+        for account in self.touched.drain() {
+            if let Some(state) = self.book.accounts.get(&account) {
+                for lot in &state.lots {
+                    batch.lots.push(LotRow::new(&account, lot, version));
+                }
+                batch
+                    .balances
+                    .extend(balance_rows(&account, &state.lots, as_of, version));
+                batch.checkpoint.push(commit.state(&account, state));
+            }
+        }
+        for (account, days) in std::mem::take(&mut self.days) {
+            batch.touched_days.entry(account).or_default().extend(days);
+        }
+        for (key, seen_at) in self.book.seen.take_fresh() {
+            batch.checkpoint.push(commit.seen(key, seen_at));
+        }
+        batch.checkpoint.push(commit.offsets());
+        dead_letters.append(&mut self.dead_letters);
+        self.dirty = false;
+        true
+    }
+
+    /// After the flush that included this partition committed.
+    pub fn committed(&mut self, rules: &Rules) {
+        self.version += 1;
+        self.book
+            .seen
+            .expire(from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)), rules.dedup_window);
+    }
+}

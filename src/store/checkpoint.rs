@@ -1,0 +1,184 @@
+//! The commit point: loading a partition's state and offsets on assignment, and the rows
+//! that commit a flush.
+
+use clickhouse::Client;
+use tally_core::{AccountState, Book};
+
+use super::rows::CheckpointRow;
+use super::StoreError;
+
+/// What a new owner of a partition starts from.
+pub struct Restored {
+    /// First version this owner writes with: above anything any earlier owner wrote.
+    pub version: u64,
+    /// Next offsets to read; `None` when nothing was ever committed.
+    pub usage_offset: Option<i64>,
+    pub commands_offset: Option<i64>,
+    /// Latest broker timestamp (seconds) applied before the checkpoint.
+    pub arrival_high: i64,
+    pub book: Book,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct OffsetsRow {
+    usage_offset: i64,
+    commands_offset: i64,
+    arrival_high: i64,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct StateRow {
+    account: String,
+    state: String,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct SeenRow {
+    key_hi: u64,
+    key_lo: u64,
+    seen_at: i64,
+}
+
+const WHERE_PARTITION: &str = "stream = ? AND partition = ?";
+
+/// Claims `partition` for this process and loads its committed state.
+///
+/// The claim row raises the partition's version above every version written so far,
+/// including the one flush a crashed owner may have written without committing (its
+/// version is at most the committed maximum plus one), so this owner's rows always
+/// replace theirs.
+pub async fn claim_and_load(
+    client: &Client,
+    stream: &str,
+    partition: u32,
+    now_micros: u64,
+    dedup_window_secs: i64,
+) -> Result<Restored, StoreError> {
+    let highest: u64 = client
+        .query(&format!("SELECT max(version) FROM checkpoints WHERE {WHERE_PARTITION}"))
+        .bind(stream)
+        .bind(partition)
+        .fetch_one()
+        .await?;
+    let version = now_micros.max(highest + 2);
+    let mut insert = client.insert::<CheckpointRow>("checkpoints").await?;
+    insert
+        .write(&CheckpointRow {
+            stream: stream.to_string(),
+            partition,
+            row_kind: "claim".into(),
+            account: String::new(),
+            key_hi: 0,
+            key_lo: 0,
+            version,
+            usage_offset: 0,
+            commands_offset: 0,
+            arrival_high: 0,
+            state: String::new(),
+            seen_at: 0,
+            written_at: (now_micros / 1_000_000) as u32,
+        })
+        .await?;
+    insert.end().await?;
+
+    let offsets: Option<OffsetsRow> = client
+        .query(&format!(
+            "SELECT usage_offset, commands_offset, arrival_high FROM checkpoints FINAL \
+             WHERE {WHERE_PARTITION} AND row_kind = 'offsets'"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .fetch_optional()
+        .await?;
+    let mut book = Book::default();
+    let states: Vec<StateRow> = client
+        .query(&format!(
+            "SELECT account, state FROM checkpoints FINAL \
+             WHERE {WHERE_PARTITION} AND row_kind = 'state'"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .fetch_all()
+        .await?;
+    for row in states {
+        let state: AccountState =
+            serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+                account: row.account.clone(),
+                problem: e.to_string(),
+            })?;
+        book.accounts.insert(row.account, state);
+    }
+    let arrival_high = offsets.as_ref().map_or(0, |o| o.arrival_high);
+    let seen: Vec<SeenRow> = client
+        .query(&format!(
+            "SELECT key_hi, key_lo, seen_at FROM checkpoints FINAL \
+             WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ?"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(arrival_high - dedup_window_secs)
+        .fetch_all()
+        .await?;
+    for row in seen {
+        book.seen
+            .restore((u128::from(row.key_hi) << 64) | u128::from(row.key_lo), row.seen_at);
+    }
+    Ok(Restored {
+        version,
+        usage_offset: offsets.as_ref().map(|o| o.usage_offset),
+        commands_offset: offsets.as_ref().map(|o| o.commands_offset),
+        arrival_high,
+        book,
+    })
+}
+
+/// The rows of one partition's commit.
+pub struct Commit<'a> {
+    pub stream: &'a str,
+    pub partition: u32,
+    pub version: u64,
+    pub usage_offset: i64,
+    pub commands_offset: i64,
+    pub arrival_high: i64,
+    pub written_at: u32,
+}
+
+impl Commit<'_> {
+    fn row(&self, row_kind: &str) -> CheckpointRow {
+        CheckpointRow {
+            stream: self.stream.to_string(),
+            partition: self.partition,
+            row_kind: row_kind.to_string(),
+            account: String::new(),
+            key_hi: 0,
+            key_lo: 0,
+            version: self.version,
+            usage_offset: self.usage_offset,
+            commands_offset: self.commands_offset,
+            arrival_high: self.arrival_high,
+            state: String::new(),
+            seen_at: 0,
+            written_at: self.written_at,
+        }
+    }
+
+    pub fn offsets(&self) -> CheckpointRow {
+        self.row("offsets")
+    }
+
+    pub fn state(&self, account: &str, state: &AccountState) -> CheckpointRow {
+        let mut row = self.row("state");
+        row.account = account.to_string();
+        // Serializing plain data with string keys cannot fail.
+        row.state = serde_json::to_string(state).unwrap_or_default();
+        row
+    }
+
+    pub fn seen(&self, key: u128, seen_at: i64) -> CheckpointRow {
+        let mut row = self.row("seen");
+        row.key_hi = (key >> 64) as u64;
+        row.key_lo = key as u64;
+        row.seen_at = seen_at;
+        row
+    }
+}

@@ -1,0 +1,206 @@
+//! Rows as ClickHouse stores them (credits in thousandths, times in seconds, days since
+//! 1970-01-01), and their conversion from the core's types.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use tally_core::account::balance;
+use tally_core::{Credits, LedgerEntry, Lot, LotKind};
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct LedgerRow {
+    pub entry_id: String,
+    pub account: String,
+    pub entry_type: String,
+    pub time: u32,
+    pub day: u16,
+    pub service: String,
+    pub user: String,
+    pub feature: String,
+    pub variant: String,
+    pub quantity: i64,
+    pub status: String,
+    pub pool: String,
+    pub credits: i64,
+    pub paid_lots: Vec<String>,
+    pub paid_kinds: Vec<String>,
+    pub paid_credits: Vec<i64>,
+    pub shortfall: i64,
+    pub matrix_version: String,
+    pub event_id: String,
+    pub lot: String,
+    pub lot_kind: String,
+    pub payment_method: String,
+    pub payment_reference: String,
+    pub comment: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct LotRow {
+    pub account: String,
+    pub lot: String,
+    pub pool: String,
+    pub kind: String,
+    pub granted: i64,
+    pub remaining: i64,
+    pub effective_at: u32,
+    pub expires_at: u32,
+    pub never_expires: u8,
+    pub priority: i32,
+    pub has_priority: u8,
+    pub seq: u64,
+    pub voided: u8,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct BalanceRow {
+    pub account: String,
+    pub pool: String,
+    pub available: i64,
+    pub included: i64,
+    pub promotional: i64,
+    pub purchased: i64,
+    pub as_of: u32,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct CheckpointRow {
+    pub stream: String,
+    pub partition: u32,
+    pub row_kind: String,
+    pub account: String,
+    pub key_hi: u64,
+    pub key_lo: u64,
+    pub version: u64,
+    pub usage_offset: i64,
+    pub commands_offset: i64,
+    pub arrival_high: i64,
+    pub state: String,
+    pub seen_at: i64,
+    pub written_at: u32,
+}
+
+pub fn seconds(at: DateTime<Utc>) -> u32 {
+    u32::try_from(at.timestamp().max(0)).unwrap_or(u32::MAX)
+}
+
+pub fn from_seconds(secs: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(i64::from(secs), 0).unwrap_or_default()
+}
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+
+pub fn day_number(day: NaiveDate) -> u16 {
+    u16::try_from((day - EPOCH).num_days().max(0)).unwrap_or(u16::MAX)
+}
+
+pub fn from_day_number(days: u16) -> NaiveDate {
+    EPOCH + chrono::TimeDelta::days(i64::from(days))
+}
+
+impl LedgerRow {
+    pub fn new(entry_id: String, entry: LedgerEntry, version: u64) -> Self {
+        let mut paid_lots = Vec::with_capacity(entry.paid.len());
+        let mut paid_kinds = Vec::with_capacity(entry.paid.len());
+        let mut paid_credits = Vec::with_capacity(entry.paid.len());
+        for payment in entry.paid {
+            paid_lots.push(payment.lot);
+            paid_kinds.push(payment.kind.as_str().to_string());
+            paid_credits.push(payment.credits.milli());
+        }
+        LedgerRow {
+            entry_id,
+            account: entry.account,
+            entry_type: entry.entry_type.as_str().to_string(),
+            time: seconds(entry.time),
+            day: day_number(entry.day),
+            service: entry.service,
+            user: entry.user,
+            feature: entry.feature,
+            variant: entry.variant,
+            quantity: entry.quantity.milli(),
+            status: entry.status.as_str().to_string(),
+            pool: entry.pool,
+            credits: entry.credits.milli(),
+            paid_lots,
+            paid_kinds,
+            paid_credits,
+            shortfall: entry.shortfall.milli(),
+            matrix_version: entry.matrix_version,
+            event_id: entry.event_id,
+            lot: entry.lot,
+            lot_kind: entry.lot_kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+            payment_method: entry
+                .payment_method
+                .map(|m| format!("{m:?}").to_lowercase())
+                .unwrap_or_default(),
+            payment_reference: entry.payment_reference,
+            comment: entry.comment,
+            version,
+        }
+    }
+}
+
+impl LotRow {
+    pub fn new(account: &str, lot: &Lot, version: u64) -> Self {
+        LotRow {
+            account: account.to_string(),
+            lot: lot.id.clone(),
+            pool: lot.pool.clone(),
+            kind: lot.kind.as_str().to_string(),
+            granted: lot.granted.milli(),
+            remaining: lot.remaining.milli(),
+            effective_at: seconds(lot.effective_at),
+            expires_at: lot.expires_at.map(seconds).unwrap_or(0),
+            never_expires: u8::from(lot.expires_at.is_none()),
+            priority: lot.priority.unwrap_or(0),
+            has_priority: u8::from(lot.priority.is_some()),
+            seq: lot.seq,
+            voided: u8::from(lot.voided),
+            version,
+        }
+    }
+
+    /// Back to the core's lot, for balances computed at read time.
+    pub fn to_lot(&self) -> Lot {
+        Lot {
+            id: self.lot.clone(),
+            pool: self.pool.clone(),
+            kind: match self.kind.as_str() {
+                "included" => LotKind::Included,
+                "promotional" => LotKind::Promotional,
+                _ => LotKind::Purchased,
+            },
+            granted: Credits::from_milli(self.granted),
+            remaining: Credits::from_milli(self.remaining),
+            effective_at: from_seconds(self.effective_at),
+            expires_at: (self.never_expires == 0).then(|| from_seconds(self.expires_at)),
+            priority: (self.has_priority == 1).then_some(self.priority),
+            seq: self.seq,
+            voided: self.voided == 1,
+        }
+    }
+}
+
+/// One balance row per pool of `lots`, as of `at`.
+pub fn balance_rows(account: &str, lots: &[Lot], at: DateTime<Utc>, version: u64) -> Vec<BalanceRow> {
+    balance(lots, at)
+        .into_iter()
+        .map(|(pool, b)| {
+            let kind = |k: LotKind| b.by_kind.get(k.as_str()).copied().unwrap_or_default().milli();
+            BalanceRow {
+                account: account.to_string(),
+                pool,
+                available: b.available.milli(),
+                included: kind(LotKind::Included),
+                promotional: kind(LotKind::Promotional),
+                purchased: kind(LotKind::Purchased),
+                as_of: seconds(at),
+                version,
+            }
+        })
+        .collect()
+}
