@@ -121,7 +121,7 @@ impl AccountState {
             &usage.feature,
             usage.variant.as_deref(),
             usage.quantity,
-            arrival,
+            event.time,
         )?;
         let mut entry = self.entry(rules, event, EntryType::Usage);
         entry.user = usage.user.clone();
@@ -134,7 +134,13 @@ impl AccountState {
         entry.comment = usage.comment.clone().unwrap_or_default();
         if usage.status == Status::Succeeded {
             let policy = self.policy(rules);
-            let debit = lots::debit(&mut self.lots, price.pool, price.credits, event.time, policy);
+            let debit = lots::debit(
+                &mut self.lots,
+                price.pool,
+                price.credits,
+                event.time,
+                policy,
+            );
             entry.credits = price.credits;
             entry.paid = debit.paid;
             entry.shortfall = debit.shortfall;
@@ -161,9 +167,17 @@ impl AccountState {
         }
         let effective_at = grant.effective_at.unwrap_or(event.time);
         let expires_at = match (grant.expires_at, grant.valid_days) {
-            (Some(_), Some(_)) => return reject("give `expires_at` or `valid_days`, not both".into()),
+            (Some(_), Some(_)) => {
+                return reject("give `expires_at` or `valid_days`, not both".into())
+            }
             (Some(at), None) => Some(at),
-            (None, Some(days)) => Some(effective_at + TimeDelta::days(i64::from(days))),
+            (None, Some(days)) => {
+                // Checked: a huge `valid_days` must be rejected, not panic the consumer.
+                match effective_at.checked_add_signed(TimeDelta::days(i64::from(days))) {
+                    Some(end) => Some(end),
+                    None => return reject(format!("valid_days {days} is out of range")),
+                }
+            }
             (None, None) => None,
         };
         if expires_at.is_some_and(|end| end <= effective_at) {
@@ -198,12 +212,20 @@ impl AccountState {
         Ok(entry)
     }
 
-    fn void(&mut self, rules: &Rules, event: &Event, void: &Void) -> Result<LedgerEntry, Rejection> {
+    fn void(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        void: &Void,
+    ) -> Result<LedgerEntry, Rejection> {
         let Some(lot) = self.lots.iter_mut().find(|lot| lot.id == void.lot) else {
             return Err(Rejection::Command(format!("no lot `{}`", void.lot)));
         };
         if lot.voided {
-            return Err(Rejection::Command(format!("lot `{}` is already void", void.lot)));
+            return Err(Rejection::Command(format!(
+                "lot `{}` is already void",
+                void.lot
+            )));
         }
         let removed = lot.remaining;
         lot.remaining = Credits::ZERO;
@@ -220,14 +242,17 @@ impl AccountState {
 
     fn settings(&mut self, settings: &Settings) -> Result<(), Rejection> {
         let timezone = match &settings.timezone {
-            Some(name) => Some(name.parse::<Tz>().map_err(|_| {
-                Rejection::Command(format!("unknown time zone `{name}`"))
-            })?),
+            Some(name) => Some(
+                name.parse::<Tz>()
+                    .map_err(|_| Rejection::Command(format!("unknown time zone `{name}`")))?,
+            ),
             None => None,
         };
         if let Some(admins) = &settings.admins {
             if let Some(bad) = admins.iter().find(|a| !looks_like_address(a)) {
-                return Err(Rejection::Command(format!("`{bad}` is not an email address")));
+                return Err(Rejection::Command(format!(
+                    "`{bad}` is not an email address"
+                )));
             }
             self.admins = admins.clone();
         }

@@ -240,7 +240,9 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_plain_decimal() {
-        for text in ["", "abc", "1e3", "1.", ".5", "1.2.3", "+1", " 1", "1,5", "NaN"] {
+        for text in [
+            "", "abc", "1e3", "1.", ".5", "1.2.3", "+1", " 1", "1,5", "NaN",
+        ] {
             assert!(text.parse::<Credits>().is_err(), "{text:?} parsed");
         }
         assert_eq!(
@@ -262,7 +264,11 @@ mod tests {
         for milli in [0, 1, 999, 12_500, 2_500_000, 123_456_789, -4_321] {
             let credits = Credits::from_milli(milli);
             let json = serde_json::to_string(&credits).unwrap();
-            assert_eq!(serde_json::from_str::<Credits>(&json).unwrap(), credits, "{json}");
+            assert_eq!(
+                serde_json::from_str::<Credits>(&json).unwrap(),
+                credits,
+                "{json}"
+            );
         }
         assert_eq!(
             serde_json::from_str::<Credits>("\"7.25\"").unwrap(),
@@ -275,7 +281,10 @@ mod tests {
     #[test]
     fn times_rounds_fractions_of_a_thousandth_up() {
         let rate = Credits::from_milli(1); // 0.001 per unit
-        assert_eq!(rate.times(Credits::from_milli(500)), Some(Credits::from_milli(1)));
+        assert_eq!(
+            rate.times(Credits::from_milli(500)),
+            Some(Credits::from_milli(1))
+        );
         assert_eq!(
             Credits::from_whole(8).times(Credits::from_whole(3)),
             Some(Credits::from_whole(24))
@@ -284,6 +293,9 @@ mod tests {
             Credits::from_milli(333).times(Credits::from_milli(1_500)),
             Some(Credits::from_milli(500))
         );
-        assert_eq!(Credits::from_milli(i64::MAX).times(Credits::from_whole(2)), None);
+        assert_eq!(
+            Credits::from_milli(i64::MAX).times(Credits::from_whole(2)),
+            None
+        );
     }
 }

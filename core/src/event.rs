@@ -208,12 +208,18 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         }
         None => return Err(missing("specversion")),
     }
-    let id = envelope.id.filter(|s| !s.is_empty()).ok_or_else(|| missing("id"))?;
+    let id = envelope
+        .id
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| missing("id"))?;
     let source = envelope
         .source
         .filter(|s| !s.is_empty())
         .ok_or_else(|| missing("source"))?;
-    let ty = envelope.ty.filter(|s| !s.is_empty()).ok_or_else(|| missing("type"))?;
+    let ty = envelope
+        .ty
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| missing("type"))?;
     let account = envelope
         .subject
         .filter(|s| !s.trim().is_empty())
@@ -281,21 +287,33 @@ mod tests {
         .unwrap();
         assert_eq!(e.account, "acme");
         assert_eq!(e.source, "production-room");
-        let Body::Usage(u) = e.body else { panic!("not usage") };
+        let Body::Usage(u) = e.body else {
+            panic!("not usage")
+        };
         assert_eq!(u.variant.as_deref(), Some("mid"));
         assert_eq!(u.quantity, Credits::from_whole(1));
     }
 
     #[test]
     fn quantity_and_status_default() {
-        let e = parse(usage(r#"{"user":"u","feature":"erase"}"#).as_bytes(), arrival()).unwrap();
-        let Body::Usage(u) = e.body else { panic!("not usage") };
-        assert_eq!((u.quantity, u.status), (Credits::from_whole(1), Status::Succeeded));
+        let e = parse(
+            usage(r#"{"user":"u","feature":"erase"}"#).as_bytes(),
+            arrival(),
+        )
+        .unwrap();
+        let Body::Usage(u) = e.body else {
+            panic!("not usage")
+        };
+        assert_eq!(
+            (u.quantity, u.status),
+            (Credits::from_whole(1), Status::Succeeded)
+        );
     }
 
     #[test]
     fn rejections_name_the_problem() {
-        let cases: Vec<(String, &str)> = vec![
+        let cases: Vec<(String, &str)> =
+            vec![
             ("{not json".into(), "not_json"),
             (r#"{"hello":"world"}"#.into(), "not_cloudevent"),
             (
@@ -329,7 +347,9 @@ mod tests {
             "data":{"kind":"purchased","credits":"2500","expires_at":null,
                     "payment":{"method":"card","reference":"inv-123"}}}"#;
         let e = parse(payload.as_bytes(), arrival()).unwrap();
-        let Body::Grant(g) = e.body else { panic!("not a grant") };
+        let Body::Grant(g) = e.body else {
+            panic!("not a grant")
+        };
         assert_eq!(g.credits, Credits::from_whole(2500));
         assert_eq!(g.pool, "ai");
         assert_eq!(g.expires_at, None);

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::credits::Credits;
 use crate::event::Status;
-use crate::lots::{LotKind, PaymentMethod, Payment};
+use crate::lots::{LotKind, Payment, PaymentMethod};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -217,7 +217,10 @@ mod tests {
             lot("forever", LotKind::Included, 10, None, 0),
             lot("dated", LotKind::Purchased, 10, Some(28), 1),
         ];
-        assert_eq!(order(&mut lots, Policy::EarliestExpiry), ["dated", "forever"]);
+        assert_eq!(
+            order(&mut lots, Policy::EarliestExpiry),
+            ["dated", "forever"]
+        );
     }
 
     #[test]
@@ -229,7 +232,10 @@ mod tests {
         ];
         lots[1].priority = Some(5);
         lots[2].priority = Some(1);
-        assert_eq!(order(&mut lots, Policy::EarliestExpiry), ["p1", "p5", "soon"]);
+        assert_eq!(
+            order(&mut lots, Policy::EarliestExpiry),
+            ["p1", "p5", "soon"]
+        );
     }
 
     #[test]
@@ -263,9 +269,21 @@ mod tests {
         ];
         lots[1].effective_at = t(30);
         let at_2359: DateTime<Utc> = "2026-11-29T23:59:00Z".parse().unwrap();
-        let d = debit(&mut lots, "ai", Credits::from_whole(3), at_2359, Policy::EarliestExpiry);
+        let d = debit(
+            &mut lots,
+            "ai",
+            Credits::from_whole(3),
+            at_2359,
+            Policy::EarliestExpiry,
+        );
         assert_eq!(d.paid[0].lot, "november");
-        let d = debit(&mut lots, "ai", Credits::from_whole(3), t(30), Policy::EarliestExpiry);
+        let d = debit(
+            &mut lots,
+            "ai",
+            Credits::from_whole(3),
+            t(30),
+            Policy::EarliestExpiry,
+        );
         assert_eq!(d.paid[0].lot, "december");
     }
 
@@ -275,7 +293,13 @@ mod tests {
             lot("a", LotKind::Included, 5, Some(10), 0),
             lot("b", LotKind::Purchased, 3, Some(20), 1),
         ];
-        let d = debit(&mut lots, "ai", Credits::from_whole(10), t(5), Policy::EarliestExpiry);
+        let d = debit(
+            &mut lots,
+            "ai",
+            Credits::from_whole(10),
+            t(5),
+            Policy::EarliestExpiry,
+        );
         let paid: Vec<_> = d.paid.iter().map(|p| (p.lot.as_str(), p.credits)).collect();
         assert_eq!(
             paid,
@@ -296,7 +320,13 @@ mod tests {
         lots[0].pool = "scan".into();
         lots[1].voided = true;
         lots[3].effective_at = t(9);
-        let d = debit(&mut lots, "ai", Credits::from_whole(1), t(5), Policy::EarliestExpiry);
+        let d = debit(
+            &mut lots,
+            "ai",
+            Credits::from_whole(1),
+            t(5),
+            Policy::EarliestExpiry,
+        );
         assert!(d.paid.is_empty());
         assert_eq!(d.shortfall, Credits::from_whole(1));
     }

@@ -118,7 +118,10 @@ impl CostMatrix {
                     feature.per_unit.is_some(),
                 ];
                 if forms.iter().filter(|set| **set).count() != 1 {
-                    return Err(err(key, "set exactly one of `cost`, `variants`, `per_unit`"));
+                    return Err(err(
+                        key,
+                        "set exactly one of `cost`, `variants`, `per_unit`",
+                    ));
                 }
                 if let Some(variants) = &feature.variants {
                     if variants.is_empty() {
@@ -229,7 +232,12 @@ mod tests {
     fn fixed_cost_times_quantity() {
         let m = matrix();
         let p = m
-            .price("text_to_image", None, Credits::from_whole(3), at("2026-02-01T00:00:00Z"))
+            .price(
+                "text_to_image",
+                None,
+                Credits::from_whole(3),
+                at("2026-02-01T00:00:00Z"),
+            )
             .unwrap();
         assert_eq!(p.credits, Credits::from_whole(24));
         assert_eq!((p.pool, p.version), ("ai", "v1"));
@@ -239,7 +247,12 @@ mod tests {
     fn zero_cost_feature_is_free() {
         let m = matrix();
         let p = m
-            .price("upscale", None, Credits::from_whole(1), at("2026-02-01T00:00:00Z"))
+            .price(
+                "upscale",
+                None,
+                Credits::from_whole(1),
+                at("2026-02-01T00:00:00Z"),
+            )
             .unwrap();
         assert_eq!(p.credits, Credits::ZERO);
     }
@@ -250,7 +263,9 @@ mod tests {
         let t = at("2026-02-01T00:00:00Z");
         let one = Credits::from_whole(1);
         assert_eq!(
-            m.price("image_generation", Some("long"), one, t).unwrap().credits,
+            m.price("image_generation", Some("long"), one, t)
+                .unwrap()
+                .credits,
             Credits::from_whole(20)
         );
         assert!(matches!(
@@ -268,7 +283,12 @@ mod tests {
         // 0.002 x 0.75 = 0.0015, charged as 0.002.
         let m = matrix();
         let p = m
-            .price("translation", None, Credits::from_milli(750), at("2026-02-01T00:00:00Z"))
+            .price(
+                "translation",
+                None,
+                Credits::from_milli(750),
+                at("2026-02-01T00:00:00Z"),
+            )
             .unwrap();
         assert_eq!(p.credits, Credits::from_milli(2));
     }
@@ -277,7 +297,12 @@ mod tests {
     fn own_pool_for_scans() {
         let m = matrix();
         let p = m
-            .price("deep_scan", None, Credits::from_whole(1), at("2026-02-01T00:00:00Z"))
+            .price(
+                "deep_scan",
+                None,
+                Credits::from_whole(1),
+                at("2026-02-01T00:00:00Z"),
+            )
             .unwrap();
         assert_eq!(p.pool, "scan");
     }
@@ -286,10 +311,20 @@ mod tests {
     fn the_version_in_force_at_the_call_prices_it() {
         let m = matrix();
         let one = Credits::from_whole(1);
-        let before = m.price("text_to_image", None, one, at("2026-05-31T23:59:59Z")).unwrap();
-        let after = m.price("text_to_image", None, one, at("2026-06-01T00:00:00Z")).unwrap();
-        assert_eq!((before.credits, before.version), (Credits::from_whole(8), "v1"));
-        assert_eq!((after.credits, after.version), (Credits::from_whole(9), "v2"));
+        let before = m
+            .price("text_to_image", None, one, at("2026-05-31T23:59:59Z"))
+            .unwrap();
+        let after = m
+            .price("text_to_image", None, one, at("2026-06-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(
+            (before.credits, before.version),
+            (Credits::from_whole(8), "v1")
+        );
+        assert_eq!(
+            (after.credits, after.version),
+            (Credits::from_whole(9), "v2")
+        );
         // A feature dropped from the newer version is unknown from then on.
         assert!(matches!(
             m.price("upscale", None, one, at("2026-07-01T00:00:00Z")),
@@ -304,7 +339,12 @@ mod tests {
     #[test]
     fn unknown_feature_is_an_error_not_free() {
         assert!(matches!(
-            matrix().price("teleport", None, Credits::from_whole(1), at("2026-02-01T00:00:00Z")),
+            matrix().price(
+                "teleport",
+                None,
+                Credits::from_whole(1),
+                at("2026-02-01T00:00:00Z")
+            ),
             Err(PriceError::UnknownFeature { .. })
         ));
     }

@@ -298,6 +298,8 @@ fn run(history: &[(u32, Op)]) -> Result<(), TestCaseError> {
     let mut time: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
     let mut totals = Totals::default();
     let mut lot_ids: Vec<String> = Vec::new();
+    // The account's policy as the history set it, tracked apart from the engine.
+    let mut policy = rules.default_policy;
 
     for (step, (wait, op)) in history.iter().enumerate() {
         time += TimeDelta::minutes(i64::from(*wait));
@@ -330,10 +332,11 @@ fn run(history: &[(u32, Op)]) -> Result<(), TestCaseError> {
                     r#"{{"user":"u","feature":"{feature}"{variant},"quantity":{},"status":"{status}"}}"#,
                     milli_text(*quantity)
                 );
-                let (before, policy) = match book.accounts.get("acme") {
-                    Some(state) => (state.lots.clone(), state.policy(&rules)),
-                    None => (Vec::new(), rules.default_policy),
-                };
+                let before = book
+                    .accounts
+                    .get("acme")
+                    .map(|state| state.lots.clone())
+                    .unwrap_or_default();
                 let entries = applied(book.process(
                     &rules,
                     payload("ai.usage", &id, time, &data).as_bytes(),
@@ -355,11 +358,8 @@ fn run(history: &[(u32, Op)]) -> Result<(), TestCaseError> {
                     // Order: the engine's payments are the reference's greedy payments.
                     let (want, shortfall) =
                         reference_debit(&before, &e.pool, e.credits, time, policy);
-                    let got: Vec<(String, Credits)> = e
-                        .paid
-                        .iter()
-                        .map(|p| (p.lot.clone(), p.credits))
-                        .collect();
+                    let got: Vec<(String, Credits)> =
+                        e.paid.iter().map(|p| (p.lot.clone(), p.credits)).collect();
                     prop_assert_eq!(&got, &want, "policy {:?} at {}", policy, time);
                     prop_assert_eq!(e.shortfall, shortfall);
                     for p in &e.paid {
@@ -387,13 +387,18 @@ fn run(history: &[(u32, Op)]) -> Result<(), TestCaseError> {
                         totals.voided.insert(lot.clone(), -entries[0].credits);
                     }
                     Outcome::Rejected(_) => {
-                        prop_assert!(totals.voided.contains_key(lot), "void of a live lot rejected");
+                        prop_assert!(
+                            totals.voided.contains_key(lot),
+                            "void of a live lot rejected"
+                        );
                     }
-                    Outcome::Duplicate { .. } => prop_assert!(false, "fresh id taken for a duplicate"),
+                    Outcome::Duplicate { .. } => {
+                        prop_assert!(false, "fresh id taken for a duplicate")
+                    }
                 }
             }
-            Op::Policy(policy) => {
-                let name = match policy {
+            Op::Policy(new) => {
+                let name = match new {
                     Policy::EarliestExpiry => "earliest_expiry",
                     Policy::KindOrder => "kind_order",
                 };
@@ -404,6 +409,7 @@ fn run(history: &[(u32, Op)]) -> Result<(), TestCaseError> {
                     time,
                 ));
                 prop_assert!(entries.is_empty());
+                policy = *new;
             }
         }
 

@@ -190,7 +190,11 @@ fn every_feature_costs_what_the_matrix_says_and_debits_that_much() {
         assert_eq!(paid_total, whole(cost), "{feature} {variant:?} paid");
         assert_eq!(e.shortfall, Credits::ZERO);
         left -= whole(cost);
-        assert_eq!(h.lot("big").remaining, left, "{feature} {variant:?} debited");
+        assert_eq!(
+            h.lot("big").remaining,
+            left,
+            "{feature} {variant:?} debited"
+        );
     }
 }
 
@@ -198,7 +202,11 @@ fn every_feature_costs_what_the_matrix_says_and_debits_that_much() {
 fn a_free_feature_debits_nothing() {
     let mut h = Harness::new();
     h.grant("g", T0, r#"{"kind":"included","credits":10}"#);
-    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"upscale"}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"upscale"}"#,
+    );
     assert_eq!(e.credits, Credits::ZERO);
     assert!(e.paid.is_empty(), "{:?}", e.paid);
     assert_eq!(e.shortfall, Credits::ZERO);
@@ -244,25 +252,48 @@ fn per_unit_rate_times_quantity_rounds_up_to_a_thousandth() {
         r#"{"user":"kim","feature":"translation","quantity":250}"#,
     );
     assert_eq!(e.credits, Credits::from_milli(500));
-    assert_eq!(h.lot("g").remaining, Credits::from_milli(1000 - 2 - 1 - 500));
+    assert_eq!(
+        h.lot("g").remaining,
+        Credits::from_milli(1000 - 2 - 1 - 500)
+    );
 }
 
 #[test]
 fn deep_scan_is_paid_from_the_scan_pool_only() {
     let mut h = Harness::new();
     h.grant("monthly", T0, r#"{"kind":"included","credits":100}"#);
-    let e = h.call("s1", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"deep_scan"}"#);
+    let e = h.call(
+        "s1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"deep_scan"}"#,
+    );
     assert_eq!(e.pool, "scan");
     assert_eq!(e.credits, whole(1));
-    assert!(e.paid.is_empty(), "ai credits paid for a scan: {:?}", e.paid);
+    assert!(
+        e.paid.is_empty(),
+        "ai credits paid for a scan: {:?}",
+        e.paid
+    );
     assert_eq!(e.shortfall, whole(1));
     assert_eq!(h.lot("monthly").remaining, whole(100));
 
-    h.grant("scans", T0, r#"{"kind":"purchased","pool":"scan","credits":5}"#);
-    let e = h.call("s2", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"deep_scan"}"#);
+    h.grant(
+        "scans",
+        T0,
+        r#"{"kind":"purchased","pool":"scan","credits":5}"#,
+    );
+    let e = h.call(
+        "s2",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"deep_scan"}"#,
+    );
     assert_eq!(paid(&e), [("scans", whole(1))]);
     // And an ai call never touches scan credits.
-    let e = h.call("t", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "t",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(paid(&e), [("monthly", whole(7))]);
     assert_eq!(h.lot("scans").remaining, whole(4));
     assert_eq!(h.available("scan", "2026-11-02T00:00:00Z"), whole(4));
@@ -276,15 +307,27 @@ fn unknown_feature_or_variant_is_rejected_never_free() {
     let time = "2026-11-02T00:00:00Z";
     for (data, code) in [
         (r#"{"user":"kim","feature":"teleport"}"#, "unknown_feature"),
-        (r#"{"user":"kim","feature":"teleport","status":"failed"}"#, "unknown_feature"),
-        (r#"{"user":"kim","feature":"image_generation","variant":"huge"}"#, "unpriceable"),
-        (r#"{"user":"kim","feature":"image_generation"}"#, "unpriceable"),
+        (
+            r#"{"user":"kim","feature":"teleport","status":"failed"}"#,
+            "unknown_feature",
+        ),
+        (
+            r#"{"user":"kim","feature":"image_generation","variant":"huge"}"#,
+            "unpriceable",
+        ),
+        (
+            r#"{"user":"kim","feature":"image_generation"}"#,
+            "unpriceable",
+        ),
     ] {
         let before = h.book.accounts["acme"].clone();
         let r = h.rejected(&usage("u", time, data), at(time));
         assert_eq!(r.code(), code, "{data}: {r}");
         assert!(matches!(r, Rejection::Price(_)), "{r:?}");
-        assert_eq!(h.book.accounts["acme"], before, "a rejected call changed the account");
+        assert_eq!(
+            h.book.accounts["acme"], before,
+            "a rejected call changed the account"
+        );
     }
 }
 
@@ -298,17 +341,27 @@ fn a_call_is_priced_by_the_matrix_version_in_force_at_its_time() {
         &usage("u1", late, r#"{"user":"kim","feature":"text_to_image"}"#),
         at("2026-12-01T00:01:00Z"),
     );
-    assert_eq!((e[0].credits, e[0].matrix_version.as_str()), (whole(8), "2026-01"));
+    assert_eq!(
+        (e[0].credits, e[0].matrix_version.as_str()),
+        (whole(8), "2026-01")
+    );
     let e = h.call(
         "u2",
         "2026-12-01T00:00:00Z",
         r#"{"user":"kim","feature":"text_to_image"}"#,
     );
-    assert_eq!((e.credits, e.matrix_version.as_str()), (whole(9), "2026-12"));
+    assert_eq!(
+        (e.credits, e.matrix_version.as_str()),
+        (whole(9), "2026-12")
+    );
     // A feature the newer version dropped is unknown from then on.
     let time = "2026-12-02T00:00:00Z";
     let r = h.rejected(
-        &usage("u3", time, r#"{"user":"kim","feature":"image_generation","variant":"mid"}"#),
+        &usage(
+            "u3",
+            time,
+            r#"{"user":"kim","feature":"image_generation","variant":"mid"}"#,
+        ),
         at(time),
     );
     assert_eq!(r.code(), "unknown_feature");
@@ -345,13 +398,21 @@ fn the_lot_that_expires_soonest_pays_first_whatever_its_kind() {
 #[test]
 fn never_expiring_lots_pay_after_expiring_ones() {
     let mut h = Harness::new();
-    h.grant("forever", T0, r#"{"kind":"included","credits":10,"expires_at":null}"#);
+    h.grant(
+        "forever",
+        T0,
+        r#"{"kind":"included","credits":10,"expires_at":null}"#,
+    );
     h.grant(
         "dated",
         T0,
         r#"{"kind":"purchased","credits":10,"expires_at":"2027-10-01T00:00:00Z"}"#,
     );
-    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(paid_lots(&e), ["dated"]);
 }
 
@@ -369,7 +430,11 @@ fn explicit_priority_lower_first_and_before_unprioritised_lots() {
         T0,
         r#"{"kind":"promotional","credits":5,"priority":2,"expires_at":"2027-01-01T00:00:00Z"}"#,
     );
-    h.grant("neg", T0, r#"{"kind":"purchased","credits":5,"priority":-1}"#);
+    h.grant(
+        "neg",
+        T0,
+        r#"{"kind":"purchased","credits":5,"priority":-1}"#,
+    );
     let e = h.call(
         "u",
         "2026-11-02T00:00:00Z",
@@ -384,9 +449,17 @@ fn ties_break_included_then_promotional_then_purchased_then_oldest_grant() {
     let mut h = Harness::new();
     let same = r#""credits":2,"expires_at":"2026-12-01T00:00:00Z""#;
     h.grant("bought", T0, &format!(r#"{{"kind":"purchased",{same}}}"#));
-    h.grant("promo-old", T0, &format!(r#"{{"kind":"promotional",{same}}}"#));
+    h.grant(
+        "promo-old",
+        T0,
+        &format!(r#"{{"kind":"promotional",{same}}}"#),
+    );
     h.grant("plan", T0, &format!(r#"{{"kind":"included",{same}}}"#));
-    h.grant("promo-new", T0, &format!(r#"{{"kind":"promotional",{same}}}"#));
+    h.grant(
+        "promo-new",
+        T0,
+        &format!(r#"{{"kind":"promotional",{same}}}"#),
+    );
     let e = h.call(
         "u",
         "2026-11-02T00:00:00Z",
@@ -431,16 +504,28 @@ fn a_call_at_2359_on_the_last_day_uses_that_cycles_allowance() {
     );
     // Made at 23:59 on the last day, arriving after midnight: November pays.
     let e = h.ok_at(
-        &usage("u1", "2026-11-30T23:59:00Z", r#"{"user":"kim","feature":"erase"}"#),
+        &usage(
+            "u1",
+            "2026-11-30T23:59:00Z",
+            r#"{"user":"kim","feature":"erase"}"#,
+        ),
         at("2026-12-01T00:00:30Z"),
     );
     assert_eq!(paid_lots(&e[0]), ["nov"]);
     // Made at midnight (even if it arrived before the late one): December pays.
-    let e = h.call("u2", "2026-12-01T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u2",
+        "2026-12-01T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(paid_lots(&e), ["dec"]);
     // Before December's lot is effective, it cannot pay.
     let e = h.ok_at(
-        &usage("u3", "2026-11-30T23:59:59Z", r#"{"user":"kim","feature":"erase"}"#),
+        &usage(
+            "u3",
+            "2026-11-30T23:59:59Z",
+            r#"{"user":"kim","feature":"erase"}"#,
+        ),
         at("2026-12-01T00:01:00Z"),
     );
     assert_eq!(paid_lots(&e[0]), ["nov"]);
@@ -459,10 +544,17 @@ fn a_call_costing_more_than_the_lots_hold_takes_it_all_and_records_the_shortfall
         r#"{"user":"kim","feature":"audio_generation","variant":"mid"}"#,
     );
     assert_eq!(e.credits, whole(30));
-    assert_eq!(paid(&e), [("a", Credits::from_milli(10_500)), ("b", whole(4))]);
+    assert_eq!(
+        paid(&e),
+        [("a", Credits::from_milli(10_500)), ("b", whole(4))]
+    );
     assert_eq!(e.shortfall, Credits::from_milli(15_500));
     assert!(h.lots().iter().all(|l| l.remaining == Credits::ZERO));
-    let e = h.call("u2", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u2",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert!(e.paid.is_empty());
     assert_eq!((e.credits, e.shortfall), (whole(7), whole(7)));
 }
@@ -480,7 +572,10 @@ fn kind_order_policy_is_chosen_per_account_by_settings() {
                 r#"{"kind":"included","credits":10,"expires_at":"2026-12-01T00:00:00Z"}"#,
             ),
         ] {
-            h.ok(&event_from(account, "billing", "credit.grant", id, T0, data), T0);
+            h.ok(
+                &event_from(account, "billing", "credit.grant", id, T0, data),
+                T0,
+            );
         }
     };
     let mut h = Harness::new();
@@ -494,17 +589,30 @@ fn kind_order_policy_is_chosen_per_account_by_settings() {
         T0,
         r#"{"policy":"kind_order"}"#,
     );
-    assert!(h.ok(&settings, T0).is_empty(), "settings write no ledger entry");
+    assert!(
+        h.ok(&settings, T0).is_empty(),
+        "settings write no ledger entry"
+    );
     assert_eq!(
         h.book.accounts["globex"].policy(&h.rules),
         Policy::KindOrder
     );
     let time = "2026-11-02T00:00:00Z";
     let call = r#"{"user":"kim","feature":"text_to_image"}"#;
-    let acme = h.ok(&event_from("acme", "room", "ai.usage", "u", time, call), time);
-    let globex = h.ok(&event_from("globex", "room", "ai.usage", "u", time, call), time);
+    let acme = h.ok(
+        &event_from("acme", "room", "ai.usage", "u", time, call),
+        time,
+    );
+    let globex = h.ok(
+        &event_from("globex", "room", "ai.usage", "u", time, call),
+        time,
+    );
     assert_eq!(paid_lots(&acme[0]), ["pack"], "default: earliest expiry");
-    assert_eq!(paid_lots(&globex[0]), ["month"], "kind_order: included first");
+    assert_eq!(
+        paid_lots(&globex[0]),
+        ["month"],
+        "kind_order: included first"
+    );
 
     // And back to the earliest expiry.
     let settings = event_from(
@@ -516,17 +624,31 @@ fn kind_order_policy_is_chosen_per_account_by_settings() {
         r#"{"policy":"earliest_expiry"}"#,
     );
     h.ok(&settings, time);
-    let globex = h.ok(&event_from("globex", "room", "ai.usage", "u2", time, call), time);
+    let globex = h.ok(
+        &event_from("globex", "room", "ai.usage", "u2", time, call),
+        time,
+    );
     assert_eq!(paid_lots(&globex[0]), ["pack"]);
 }
 
 #[test]
 fn kind_order_still_puts_explicit_priority_first() {
     let mut h = Harness::new();
-    h.ok(&event("account.settings", "s", T0, r#"{"policy":"kind_order"}"#), T0);
+    h.ok(
+        &event("account.settings", "s", T0, r#"{"policy":"kind_order"}"#),
+        T0,
+    );
     h.grant("month", T0, r#"{"kind":"included","credits":10}"#);
-    h.grant("pack", T0, r#"{"kind":"purchased","credits":10,"priority":0}"#);
-    let e = h.call("u", "2026-11-02T00:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    h.grant(
+        "pack",
+        T0,
+        r#"{"kind":"purchased","credits":10,"priority":0}"#,
+    );
+    let e = h.call(
+        "u",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(paid_lots(&e), ["pack"]);
 }
 
@@ -546,7 +668,10 @@ fn a_failed_call_debits_nothing_and_is_logged_as_failed() {
     assert_eq!(e.credits, Credits::ZERO);
     assert!(e.paid.is_empty());
     assert_eq!(e.shortfall, Credits::ZERO);
-    assert_eq!((e.feature.as_str(), e.user.as_str()), ("video_generation", "kim"));
+    assert_eq!(
+        (e.feature.as_str(), e.user.as_str()),
+        ("video_generation", "kim")
+    );
     assert_eq!(h.lot("g").remaining, whole(100));
     // A failed call with no credits at all records no shortfall either.
     let mut h = Harness::new();
@@ -568,7 +693,11 @@ fn the_same_event_within_the_dedup_window_is_a_duplicate_and_changes_nothing() {
     let call = usage("evt-7f3a", time, r#"{"user":"kim","feature":"erase"}"#);
     h.ok(&call, time);
     let before = h.book.accounts["acme"].clone();
-    for later in [TimeDelta::zero(), TimeDelta::hours(1), TimeDelta::hours(24) - TimeDelta::seconds(1)] {
+    for later in [
+        TimeDelta::zero(),
+        TimeDelta::hours(1),
+        TimeDelta::hours(24) - TimeDelta::seconds(1),
+    ] {
         match h.send(&call, at(time) + later) {
             Outcome::Duplicate { account } => assert_eq!(account, "acme"),
             other => panic!("expected Duplicate after {later}, got {other:?}"),
@@ -577,7 +706,12 @@ fn the_same_event_within_the_dedup_window_is_a_duplicate_and_changes_nothing() {
     assert_eq!(h.book.accounts["acme"], before);
     assert_eq!(h.lot("g").remaining, whole(93));
     // A redelivered grant is a duplicate too, not a `lot already exists` rejection.
-    let grant = event("credit.grant", "g2", T0, r#"{"kind":"purchased","credits":5}"#);
+    let grant = event(
+        "credit.grant",
+        "g2",
+        T0,
+        r#"{"kind":"purchased","credits":5}"#,
+    );
     h.ok(&grant, T0);
     assert!(matches!(h.send(&grant, at(T0)), Outcome::Duplicate { .. }));
 }
@@ -599,8 +733,15 @@ fn dedup_is_per_account_source_and_id() {
     let mut h = Harness::new();
     let time = "2026-11-02T00:00:00Z";
     let call = r#"{"user":"kim","feature":"erase"}"#;
-    h.ok(&event_from("acme", "room", "ai.usage", "e1", time, call), time);
-    for (account, source, id) in [("acme", "studio", "e1"), ("globex", "room", "e1"), ("acme", "room", "e2")] {
+    h.ok(
+        &event_from("acme", "room", "ai.usage", "e1", time, call),
+        time,
+    );
+    for (account, source, id) in [
+        ("acme", "studio", "e1"),
+        ("globex", "room", "e1"),
+        ("acme", "room", "e2"),
+    ] {
         let payload = event_from(account, source, "ai.usage", id, time, call);
         assert!(
             matches!(h.send(&payload, at(time)), Outcome::Applied { .. }),
@@ -613,9 +754,19 @@ fn dedup_is_per_account_source_and_id() {
 fn a_rejected_event_does_not_enter_the_dedup_set() {
     let mut h = Harness::new();
     // A grant rejected for its data, then corrected under the same id.
-    let bad = event("credit.grant", "g-1", T0, r#"{"kind":"purchased","credits":0}"#);
+    let bad = event(
+        "credit.grant",
+        "g-1",
+        T0,
+        r#"{"kind":"purchased","credits":0}"#,
+    );
     assert!(matches!(h.rejected(&bad, at(T0)), Rejection::Command(_)));
-    let good = event("credit.grant", "g-1", T0, r#"{"kind":"purchased","credits":50}"#);
+    let good = event(
+        "credit.grant",
+        "g-1",
+        T0,
+        r#"{"kind":"purchased","credits":50}"#,
+    );
     h.ok(&good, T0);
     // A call rejected for arriving too early, delivered again in time.
     let time = "2026-11-02T00:00:00Z";
@@ -630,7 +781,10 @@ fn a_rejected_event_does_not_enter_the_dedup_set() {
 fn a_rejected_first_event_leaves_no_account_behind() {
     let mut h = Harness::new();
     let time = "2026-11-02T00:00:00Z";
-    h.rejected(&usage("u", time, r#"{"user":"kim","feature":"teleport"}"#), at(time));
+    h.rejected(
+        &usage("u", time, r#"{"user":"kim","feature":"teleport"}"#),
+        at(time),
+    );
     assert!(h.book.accounts.is_empty());
 }
 
@@ -641,13 +795,23 @@ fn an_event_beyond_the_future_skew_is_rejected_in_future() {
     let mut h = Harness::new();
     let arrival = at("2026-11-02T00:00:00Z");
     let call = |id: &str, time: DateTime<Utc>| {
-        usage(id, &time.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#)
+        usage(
+            id,
+            &time.to_rfc3339(),
+            r#"{"user":"kim","feature":"erase"}"#,
+        )
     };
     let r = h.rejected(
-        &call("u1", arrival + TimeDelta::minutes(5) + TimeDelta::seconds(1)),
+        &call(
+            "u1",
+            arrival + TimeDelta::minutes(5) + TimeDelta::seconds(1),
+        ),
         arrival,
     );
-    assert!(matches!(r, Rejection::InFuture { skew_secs: 300, .. }), "{r:?}");
+    assert!(
+        matches!(r, Rejection::InFuture { skew_secs: 300, .. }),
+        "{r:?}"
+    );
     assert_eq!(r.code(), "time_in_future");
     h.ok_at(&call("u2", arrival + TimeDelta::minutes(5)), arrival);
 }
@@ -657,13 +821,26 @@ fn an_event_older_than_the_lateness_is_rejected_too_late() {
     let mut h = Harness::new();
     let arrival = at("2026-11-20T00:00:00Z");
     let call = |id: &str, time: DateTime<Utc>| {
-        usage(id, &time.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#)
+        usage(
+            id,
+            &time.to_rfc3339(),
+            r#"{"user":"kim","feature":"erase"}"#,
+        )
     };
     let r = h.rejected(
         &call("u1", arrival - TimeDelta::days(7) - TimeDelta::seconds(1)),
         arrival,
     );
-    assert!(matches!(r, Rejection::TooLate { lateness_secs: 604_800, .. }), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Rejection::TooLate {
+                lateness_secs: 604_800,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
     assert_eq!(r.code(), "too_late");
     h.ok_at(&call("u2", arrival - TimeDelta::days(7)), arrival);
     // Commands are held to the same window.
@@ -673,7 +850,10 @@ fn an_event_older_than_the_lateness_is_rejected_too_late() {
         "2026-11-01T00:00:00Z",
         r#"{"kind":"purchased","credits":5}"#,
     );
-    assert!(matches!(h.rejected(&grant, arrival), Rejection::TooLate { .. }));
+    assert!(matches!(
+        h.rejected(&grant, arrival),
+        Rejection::TooLate { .. }
+    ));
 }
 
 // ---------------------------------------------------------------- grants and voids
@@ -697,7 +877,11 @@ fn the_lot_id_defaults_to_the_event_id() {
     assert_eq!((lot.granted, lot.remaining), (whole(2500), whole(2500)));
     assert_eq!(lot.effective_at, at(T0));
     assert_eq!(lot.expires_at, None);
-    let e = h.grant("evt-2", T0, r#"{"lot":"named","kind":"promotional","credits":1}"#);
+    let e = h.grant(
+        "evt-2",
+        T0,
+        r#"{"lot":"named","kind":"promotional","credits":1}"#,
+    );
     assert_eq!(e.lot, "named");
     assert_eq!(h.lots().len(), 2);
 }
@@ -705,16 +889,30 @@ fn the_lot_id_defaults_to_the_event_id() {
 #[test]
 fn a_duplicate_lot_id_is_rejected() {
     let mut h = Harness::new();
-    h.grant("e1", T0, r#"{"lot":"pack-1","kind":"purchased","credits":10}"#);
+    h.grant(
+        "e1",
+        T0,
+        r#"{"lot":"pack-1","kind":"purchased","credits":10}"#,
+    );
     let before = h.book.accounts["acme"].clone();
     let r = h.rejected(
-        &event("credit.grant", "e2", T0, r#"{"lot":"pack-1","kind":"purchased","credits":99}"#),
+        &event(
+            "credit.grant",
+            "e2",
+            T0,
+            r#"{"lot":"pack-1","kind":"purchased","credits":99}"#,
+        ),
         at(T0),
     );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
     // The default id clashes too.
     let r = h.rejected(
-        &event("credit.grant", "pack-1", T0, r#"{"kind":"purchased","credits":99}"#),
+        &event(
+            "credit.grant",
+            "pack-1",
+            T0,
+            r#"{"kind":"purchased","credits":99}"#,
+        ),
         at(T0),
     );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
@@ -724,7 +922,11 @@ fn a_duplicate_lot_id_is_rejected() {
 #[test]
 fn valid_days_computes_the_expiry() {
     let mut h = Harness::new();
-    h.grant("p", T0, r#"{"kind":"purchased","credits":10,"valid_days":360}"#);
+    h.grant(
+        "p",
+        T0,
+        r#"{"kind":"purchased","credits":10,"valid_days":360}"#,
+    );
     assert_eq!(h.lot("p").expires_at, Some(at(T0) + TimeDelta::days(360)));
     // Counted from when the lot takes effect.
     h.grant(
@@ -736,13 +938,21 @@ fn valid_days_computes_the_expiry() {
     // Usable until the last instant, not at the expiry.
     let last = at(T0) + TimeDelta::days(360) - TimeDelta::seconds(1);
     let e = h.ok_at(
-        &usage("u1", &last.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#),
+        &usage(
+            "u1",
+            &last.to_rfc3339(),
+            r#"{"user":"kim","feature":"erase"}"#,
+        ),
         last,
     );
     assert_eq!(paid_lots(&e[0]), ["p"]);
     let end = at(T0) + TimeDelta::days(360);
     let e = h.ok_at(
-        &usage("u2", &end.to_rfc3339(), r#"{"user":"kim","feature":"erase"}"#),
+        &usage(
+            "u2",
+            &end.to_rfc3339(),
+            r#"{"user":"kim","feature":"erase"}"#,
+        ),
         end,
     );
     assert!(e[0].paid.is_empty());
@@ -783,7 +993,10 @@ fn a_lot_that_would_expire_before_it_takes_effect_is_rejected() {
 #[test]
 fn non_positive_credits_are_rejected() {
     let mut h = Harness::new();
-    for (i, credits) in ["0", "-5", "\"-0.001\"", "\"0.000\""].into_iter().enumerate() {
+    for (i, credits) in ["0", "-5", "\"-0.001\"", "\"0.000\""]
+        .into_iter()
+        .enumerate()
+    {
         let r = h.rejected(
             &event(
                 "credit.grant",
@@ -803,7 +1016,11 @@ fn non_positive_credits_are_rejected() {
 #[test]
 fn void_removes_the_remaining_credits_and_the_lot_never_pays_again() {
     let mut h = Harness::new();
-    h.grant("pack", T0, r#"{"kind":"purchased","credits":100,"payment":{"method":"cash"}}"#);
+    h.grant(
+        "pack",
+        T0,
+        r#"{"kind":"purchased","credits":100,"payment":{"method":"cash"}}"#,
+    );
     h.grant("promo", T0, r#"{"kind":"promotional","credits":5}"#);
     let time = "2026-11-02T00:00:00Z";
     h.call(
@@ -814,7 +1031,12 @@ fn void_removes_the_remaining_credits_and_the_lot_never_pays_again() {
     // The promo (included < promotional < purchased on a tie of never-expiring lots) paid 5.
     assert_eq!(h.lot("pack").remaining, whole(75));
     let e = h.ok(
-        &event("credit.void", "v1", time, r#"{"lot":"pack","reason":"refund"}"#),
+        &event(
+            "credit.void",
+            "v1",
+            time,
+            r#"{"lot":"pack","reason":"refund"}"#,
+        ),
         time,
     );
     assert_eq!(e.len(), 1);
@@ -833,13 +1055,24 @@ fn void_removes_the_remaining_credits_and_the_lot_never_pays_again() {
     assert_eq!(e.shortfall, whole(7));
 
     // Voiding again, or voiding a lot that does not exist, is rejected.
-    let r = h.rejected(&event("credit.void", "v2", time, r#"{"lot":"pack"}"#), at(time));
+    let r = h.rejected(
+        &event("credit.void", "v2", time, r#"{"lot":"pack"}"#),
+        at(time),
+    );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
-    let r = h.rejected(&event("credit.void", "v3", time, r#"{"lot":"nope"}"#), at(time));
+    let r = h.rejected(
+        &event("credit.void", "v3", time, r#"{"lot":"nope"}"#),
+        at(time),
+    );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
     // A voided lot keeps its id.
     let r = h.rejected(
-        &event("credit.grant", "g9", time, r#"{"lot":"pack","kind":"purchased","credits":1}"#),
+        &event(
+            "credit.grant",
+            "g9",
+            time,
+            r#"{"lot":"pack","kind":"purchased","credits":1}"#,
+        ),
         at(time),
     );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
@@ -851,30 +1084,66 @@ fn void_removes_the_remaining_credits_and_the_lot_never_pays_again() {
 fn the_ledger_day_is_the_calendar_day_in_the_accounts_time_zone() {
     let mut h = Harness::new();
     let day = |s: &str| s.parse::<NaiveDate>().unwrap();
-    let g = h.grant("g", "2026-11-20T15:30:00Z", r#"{"kind":"included","credits":100}"#);
+    let g = h.grant(
+        "g",
+        "2026-11-20T15:30:00Z",
+        r#"{"kind":"included","credits":100}"#,
+    );
     // 00:30 on the 21st in Seoul (UTC+9).
     assert_eq!(g.day, day("2026-11-21"));
-    let e = h.call("u1", "2026-11-20T16:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u1",
+        "2026-11-20T16:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(e.day, day("2026-11-21"));
-    let e = h.call("u2", "2026-11-20T14:59:59Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u2",
+        "2026-11-20T14:59:59Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(e.day, day("2026-11-20"));
 
     let time = "2026-11-20T16:00:01Z";
     h.ok(
-        &event("account.settings", "s", time, r#"{"timezone":"America/New_York"}"#),
+        &event(
+            "account.settings",
+            "s",
+            time,
+            r#"{"timezone":"America/New_York"}"#,
+        ),
         time,
     );
     // 11:00 on the 20th in New York (UTC-5).
-    let e = h.call("u3", "2026-11-20T16:00:02Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u3",
+        "2026-11-20T16:00:02Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(e.day, day("2026-11-20"));
-    let e = h.call("u4", "2026-11-21T04:59:59Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u4",
+        "2026-11-21T04:59:59Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(e.day, day("2026-11-20"));
-    let e = h.call("u5", "2026-11-21T05:00:00Z", r#"{"user":"kim","feature":"erase"}"#);
+    let e = h.call(
+        "u5",
+        "2026-11-21T05:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
     assert_eq!(e.day, day("2026-11-21"));
     // Another account keeps the default.
     let time = "2026-11-20T16:00:00Z";
     let other = h.ok(
-        &event_from("globex", "room", "ai.usage", "x", time, r#"{"user":"a","feature":"erase"}"#),
+        &event_from(
+            "globex",
+            "room",
+            "ai.usage",
+            "x",
+            time,
+            r#"{"user":"a","feature":"erase"}"#,
+        ),
         time,
     );
     assert_eq!(other[0].day, day("2026-11-21"));
@@ -885,7 +1154,12 @@ fn an_unknown_time_zone_is_rejected() {
     let mut h = Harness::new();
     h.grant("g", T0, r#"{"kind":"included","credits":1}"#);
     let r = h.rejected(
-        &event("account.settings", "s", T0, r#"{"timezone":"Mars/Olympus"}"#),
+        &event(
+            "account.settings",
+            "s",
+            T0,
+            r#"{"timezone":"Mars/Olympus"}"#,
+        ),
         at(T0),
     );
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
@@ -909,7 +1183,11 @@ fn balance_excludes_expired_voided_and_not_yet_effective_lots() {
         r#"{"kind":"promotional","credits":40,"effective_at":"2026-11-05T00:00:00Z"}"#,
     );
     h.grant("voided", T0, r#"{"kind":"purchased","credits":80}"#);
-    h.grant("scan", T0, r#"{"kind":"purchased","pool":"scan","credits":3}"#);
+    h.grant(
+        "scan",
+        T0,
+        r#"{"kind":"purchased","pool":"scan","credits":3}"#,
+    );
     h.ok(&event("credit.void", "v", T0, r#"{"lot":"voided"}"#), T0);
 
     let at_ = |s: &str| h.book.accounts["acme"].balance(at(s));
@@ -927,4 +1205,20 @@ fn balance_excludes_expired_voided_and_not_yet_effective_lots() {
     assert_eq!(b["ai"].by_kind["purchased"], Credits::ZERO);
     // The free function agrees with the method.
     assert_eq!(balance(h.lots(), at("2026-11-10T00:00:00Z")), b);
+}
+
+#[test]
+fn a_valid_days_too_large_for_the_calendar_is_rejected_not_a_panic() {
+    let mut h = Harness::new();
+    let r = h.rejected(
+        &event(
+            "credit.grant",
+            "g",
+            T0,
+            r#"{"kind":"purchased","credits":10,"valid_days":4294967295}"#,
+        ),
+        at(T0),
+    );
+    assert!(matches!(r, Rejection::Command(_)), "{r:?}");
+    assert!(h.book.accounts.is_empty());
 }
