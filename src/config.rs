@@ -124,7 +124,9 @@ impl Config {
         })?;
         let mut overridden = Vec::new();
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("TALLY_") else { continue };
+            let Some(rest) = name.strip_prefix("TALLY_") else {
+                continue;
+            };
             if NOT_KEYS.contains(&name.as_str()) {
                 continue;
             }
@@ -187,10 +189,15 @@ impl Config {
         if k.partitions < 1 {
             return Err(key_err("kafka.partitions", "must be at least 1".into()));
         }
-        if !(self.clickhouse.url.starts_with("http://") || self.clickhouse.url.starts_with("https://")) {
+        if !(self.clickhouse.url.starts_with("http://")
+            || self.clickhouse.url.starts_with("https://"))
+        {
             return Err(key_err(
                 "clickhouse.url",
-                format!("`{}` is not an http:// or https:// URL", self.clickhouse.url),
+                format!(
+                    "`{}` is not an http:// or https:// URL",
+                    self.clickhouse.url
+                ),
             ));
         }
         let db = &self.clickhouse.database;
@@ -201,7 +208,10 @@ impl Config {
             ));
         }
         if self.pipeline.flush_interval.is_zero() {
-            return Err(key_err("pipeline.flush_interval", "must be more than zero".into()));
+            return Err(key_err(
+                "pipeline.flush_interval",
+                "must be more than zero".into(),
+            ));
         }
         if self.pipeline.max_batch_events == 0 || self.pipeline.max_batch_events > 500_000 {
             // One checkpoint must fit one ClickHouse block (about a million rows) to commit
@@ -229,10 +239,10 @@ impl Config {
         })?;
         let matrix: CostMatrix = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
             .map_err(|e| ConfigError::Key {
-                file: matrix_file.clone(),
-                key: e.path().to_string(),
-                problem: e.into_inner().message().to_string(),
-            })?;
+            file: matrix_file.clone(),
+            key: e.path().to_string(),
+            problem: e.into_inner().message().to_string(),
+        })?;
         matrix.validate().map_err(|e| ConfigError::Key {
             file: matrix_file.clone(),
             key: e.key,
@@ -287,7 +297,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -319,13 +332,38 @@ mod tests {
     #[test]
     fn bad_values_name_file_key_and_problem() {
         let cases = [
-            ("TALLY_KAFKA__PARTITIONS", "many", "kafka.partitions", "not an integer"),
+            (
+                "TALLY_KAFKA__PARTITIONS",
+                "many",
+                "kafka.partitions",
+                "not an integer",
+            ),
             ("TALLY_KAFKA__BROKER", "x", "kafka.broker", "unknown field"),
-            ("TALLY_RULES__TIMEZONE", "Mars/Olympus", "rules.timezone", "IANA"),
-            ("TALLY_RULES__MAX_LATENESS", "soon", "rules.max_lateness", ""),
+            (
+                "TALLY_RULES__TIMEZONE",
+                "Mars/Olympus",
+                "rules.timezone",
+                "IANA",
+            ),
+            (
+                "TALLY_RULES__MAX_LATENESS",
+                "soon",
+                "rules.max_lateness",
+                "",
+            ),
             ("TALLY_CLICKHOUSE__URL", "ftp://x", "clickhouse.url", "http"),
-            ("TALLY_CLICKHOUSE__DATABASE", "a-b", "clickhouse.database", "letters"),
-            ("TALLY_KAFKA__DLQ_TOPIC", "ai.usage", "kafka.dlq_topic", "different"),
+            (
+                "TALLY_CLICKHOUSE__DATABASE",
+                "a-b",
+                "clickhouse.database",
+                "letters",
+            ),
+            (
+                "TALLY_KAFKA__DLQ_TOPIC",
+                "ai.usage",
+                "kafka.dlq_topic",
+                "different",
+            ),
         ];
         for (name, value, key, problem) in cases {
             let err = Config::load(&shipped(), env(&[(name, value)])).unwrap_err();

@@ -72,11 +72,26 @@ pub async fn send_dead_letters(
         let offset = letter.offset.to_string();
         let partition = letter.partition.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "tally.reason", value: Some(&letter.reason) })
-            .insert(Header { key: "tally.reason.code", value: Some(letter.code) })
-            .insert(Header { key: "tally.source.topic", value: Some(&letter.topic) })
-            .insert(Header { key: "tally.source.partition", value: Some(&partition) })
-            .insert(Header { key: "tally.source.offset", value: Some(&offset) });
+            .insert(Header {
+                key: "tally.reason",
+                value: Some(&letter.reason),
+            })
+            .insert(Header {
+                key: "tally.reason.code",
+                value: Some(letter.code),
+            })
+            .insert(Header {
+                key: "tally.source.topic",
+                value: Some(&letter.topic),
+            })
+            .insert(Header {
+                key: "tally.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "tally.source.offset",
+                value: Some(&offset),
+            });
         let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic)
             .payload(&letter.payload)
             .headers(headers);
@@ -122,8 +137,16 @@ pub async fn create_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
         .set("bootstrap.servers", &config.brokers)
         .create()?;
     let topics = [
-        NewTopic::new(&config.usage_topic, config.partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&config.commands_topic, config.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &config.usage_topic,
+            config.partitions,
+            TopicReplication::Fixed(1),
+        ),
+        NewTopic::new(
+            &config.commands_topic,
+            config.partitions,
+            TopicReplication::Fixed(1),
+        ),
         NewTopic::new(&config.dlq_topic, 1, TopicReplication::Fixed(1)),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

@@ -14,10 +14,19 @@ use tally::store::reads::By;
 use tally_core::{Credits, LotKind};
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Meters AI usage in credits: Kafka in, priced lot debits out to ClickHouse")]
+#[command(
+    name = "tally",
+    version,
+    about = "Meters AI usage in credits: Kafka in, priced lot debits out to ClickHouse"
+)]
 struct Cli {
     /// Config file; every key can be overridden by TALLY_<SECTION>__<KEY>.
-    #[arg(long, global = true, env = "TALLY_CONFIG", default_value = "config/tally.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_CONFIG",
+        default_value = "config/tally.toml"
+    )]
     config: PathBuf,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
@@ -136,8 +145,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (config, rules) = Config::load(&cli.config, std::env::vars())
-        .context("invalid configuration")?;
+    let (config, rules) =
+        Config::load(&cli.config, std::env::vars()).context("invalid configuration")?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let json = cli.json;
     match cli.command {
@@ -187,12 +196,28 @@ fn main() -> anyhow::Result<()> {
             json,
         )),
         Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
-        Command::Balance { account, at } => {
-            rt.block_on(commands::balance(&config, &account, at.unwrap_or_else(Utc::now), json))
-        }
+        Command::Balance { account, at } => rt.block_on(commands::balance(
+            &config,
+            &account,
+            at.unwrap_or_else(Utc::now),
+            json,
+        )),
         Command::Report {
-            report: Report::Daily { from, to, account, by },
-        } => rt.block_on(commands::daily(&config, from, to, account.as_deref(), &by, json)),
+            report:
+                Report::Daily {
+                    from,
+                    to,
+                    account,
+                    by,
+                },
+        } => rt.block_on(commands::daily(
+            &config,
+            from,
+            to,
+            account.as_deref(),
+            &by,
+            json,
+        )),
         Command::Ledger { account, from, to } => rt.block_on(commands::ledger(
             &config,
             &account,
@@ -208,15 +233,16 @@ async fn watch_signals(shutdown: Arc<AtomicBool>) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGTERM");
-                let _ = ctrl_c.await;
-                shutdown.store(true, Ordering::Relaxed);
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -6,10 +6,16 @@ fn tally(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
         .envs(env.iter().copied())
-        .env("TALLY_CONFIG", concat!(env!("CARGO_MANIFEST_DIR"), "/config/tally.toml"))
+        .env(
+            "TALLY_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/tally.toml"),
+        )
         .output()
         .expect("tally runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -21,7 +27,10 @@ fn bad_config_refuses_to_start_with_file_key_and_problem() {
 
     let (ok, stderr) = tally(&["run"], &[("TALLY_RULES__TIMEZONE", "Mars/Base")]);
     assert!(!ok);
-    assert!(stderr.contains("rules.timezone") && stderr.contains("Mars/Base"), "{stderr}");
+    assert!(
+        stderr.contains("rules.timezone") && stderr.contains("Mars/Base"),
+        "{stderr}"
+    );
 }
 
 #[test]

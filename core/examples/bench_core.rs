@@ -7,8 +7,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tally_core::{Book, CostMatrix, Outcome, Policy, Rules};
 
 fn main() {
-    let events: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(2_000_000);
-    let matrix: CostMatrix = toml::from_str(include_str!("../../config/matrix.toml")).expect("matrix");
+    let events: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000_000);
+    let matrix: CostMatrix =
+        toml::from_str(include_str!("../../config/matrix.toml")).expect("matrix");
     let rules = Rules {
         matrix,
         default_timezone: chrono_tz::Asia::Seoul,
@@ -21,14 +25,21 @@ fn main() {
     let accounts = 10_000;
     let mut book = Book::default();
     for a in 0..accounts {
-        for (kind, credits, expiry) in [("included", 1_000_000, "\"2026-12-01T00:00:00Z\""), ("purchased", 5_000_000, "null")] {
+        for (kind, credits, expiry) in [
+            ("included", 1_000_000, "\"2026-12-01T00:00:00Z\""),
+            ("purchased", 5_000_000, "null"),
+        ] {
             let grant = format!(
                 r#"{{"specversion":"1.0","type":"credit.grant","id":"g-{kind}-{a}","source":"billing","subject":"acct-{a}","time":"2026-11-19T00:00:00Z","data":{{"kind":"{kind}","credits":{credits},"expires_at":{expiry}}}}}"#
             );
             book.process(&rules, grant.as_bytes(), start);
         }
     }
-    let features = [("image_generation", "\"mid\""), ("text_to_image", "null"), ("video_generation", "\"long\"")];
+    let features = [
+        ("image_generation", "\"mid\""),
+        ("text_to_image", "null"),
+        ("video_generation", "\"long\""),
+    ];
     let payloads: Vec<Vec<u8>> = (0..events)
         .map(|i| {
             let (feature, variant) = features[i % features.len()];

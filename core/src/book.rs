@@ -1,8 +1,6 @@
 //! The state of one partition: its accounts and dedup window, and the decision for one
 //! Kafka payload (applied, duplicate or rejected).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 
 use crate::account::{AccountState, Rules};
@@ -27,7 +25,7 @@ pub enum Outcome {
 /// Accounts of one partition, owned by exactly one writer.
 #[derive(Debug, Default)]
 pub struct Book {
-    pub accounts: HashMap<String, AccountState>,
+    pub accounts: rustc_hash::FxHashMap<String, AccountState>,
     pub seen: Seen,
 }
 

@@ -2,6 +2,7 @@
 //! charged again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -15,10 +16,32 @@ pub fn key(account: &str, source: &str, id: &str) -> u128 {
     hasher.digest128()
 }
 
+/// Keys are already uniform hashes: hashing them again would only cost time.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
+}
+
 /// First arrivals still inside the window, and those not yet persisted.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
-    first: HashMap<u128, i64>,
+    first: HashMap<u128, i64, BuildHasherDefault<KeyHasher>>,
     fresh: Vec<(u128, i64)>,
 }
 

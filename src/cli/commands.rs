@@ -93,7 +93,10 @@ pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Resu
     let mut data = json!({"pool": args.pool, "kind": args.kind, "credits": args.credits});
     let fields = [
         ("lot", args.lot.map(Value::from)),
-        ("expires_at", args.expires_at.map(|t| Value::from(t.to_rfc3339()))),
+        (
+            "expires_at",
+            args.expires_at.map(|t| Value::from(t.to_rfc3339())),
+        ),
         ("valid_days", args.valid_days.map(Value::from)),
         ("priority", args.priority.map(Value::from)),
         ("comment", args.comment.map(Value::from)),
@@ -112,11 +115,19 @@ pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Resu
     });
     let producer = kafka::producer(&config.kafka)?;
     let payload = serde_json::to_vec(&event)?;
-    let (partition, offset) = kafka::send(&producer, &config.kafka.commands_topic, Some(&args.account), &payload)
-        .await
-        .context("cannot send the grant")?;
+    let (partition, offset) = kafka::send(
+        &producer,
+        &config.kafka.commands_topic,
+        Some(&args.account),
+        &payload,
+    )
+    .await
+    .context("cannot send the grant")?;
     if json {
-        println!("{}", json!({"event": event, "partition": partition, "offset": offset}));
+        println!(
+            "{}",
+            json!({"event": event, "partition": partition, "offset": offset})
+        );
     } else {
         println!(
             "grant {id} of {} {} credits to `{}` sent ({}/{partition}@{offset}); it applies when `tally run` reads it",
@@ -140,16 +151,27 @@ pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()
     let mut chunk: Vec<(String, Option<String>, String)> = Vec::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for (number, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read line {}", file.display(), number + 1))?;
+        let line =
+            line.with_context(|| format!("{}: cannot read line {}", file.display(), number + 1))?;
         if line.trim().is_empty() {
             continue;
         }
         // Lines that are not events are sent as they are, to usage: tally's consumer is
         // the one that judges them (and dead-letters them with the reason).
         let parsed: Option<Value> = serde_json::from_str(&line).ok();
-        let ty = parsed.as_ref().and_then(|v| v["type"].as_str()).unwrap_or("ai.usage");
-        let topic = if ty == "ai.usage" { &config.kafka.usage_topic } else { &config.kafka.commands_topic };
-        let key = parsed.as_ref().and_then(|v| v["subject"].as_str()).map(str::to_string);
+        let ty = parsed
+            .as_ref()
+            .and_then(|v| v["type"].as_str())
+            .unwrap_or("ai.usage");
+        let topic = if ty == "ai.usage" {
+            &config.kafka.usage_topic
+        } else {
+            &config.kafka.commands_topic
+        };
+        let key = parsed
+            .as_ref()
+            .and_then(|v| v["subject"].as_str())
+            .map(str::to_string);
         *counts.entry(topic.clone()).or_default() += 1;
         chunk.push((topic.clone(), key, line));
         if chunk.len() >= 10_000 {
@@ -180,28 +202,52 @@ async fn send_chunk(
     Ok(())
 }
 
-pub async fn balance(config: &Config, account: &str, at: DateTime<Utc>, json: bool) -> anyhow::Result<()> {
+pub async fn balance(
+    config: &Config,
+    account: &str,
+    at: DateTime<Utc>,
+    json: bool,
+) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    let lots = reads::lots(&client, account).await.context("cannot read lots")?;
+    let lots = reads::lots(&client, account)
+        .await
+        .context("cannot read lots")?;
     let pools = tally_core::account::balance(&lots, at);
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"account": account, "at": at.to_rfc3339(), "pools": pools}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"account": account, "at": at.to_rfc3339(), "pools": pools})
+            )?
+        );
         return Ok(());
     }
     if pools.is_empty() {
         println!("account `{account}` has no credits");
         return Ok(());
     }
-    println!("balance of `{account}` at {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+    println!(
+        "balance of `{account}` at {}",
+        at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
     let rows: Vec<Vec<String>> = pools
         .iter()
         .map(|(pool, b)| {
             let mut row = vec![pool.clone(), b.available.to_string()];
-            row.extend(LotKind::ALL.iter().map(|k| b.by_kind.get(k.as_str()).copied().unwrap_or_default().to_string()));
+            row.extend(LotKind::ALL.iter().map(|k| {
+                b.by_kind
+                    .get(k.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string()
+            }));
             row
         })
         .collect();
-    table::print(&["pool", "available", "included", "promotional", "purchased"], &rows);
+    table::print(
+        &["pool", "available", "included", "promotional", "purchased"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -217,7 +263,9 @@ pub async fn daily(
         bail!("--to {to} is before --from {from}");
     }
     let client = store::client(&config.clickhouse);
-    let rows = reads::daily(&client, from, to, account, by).await.context("cannot read daily usage")?;
+    let rows = reads::daily(&client, from, to, account, by)
+        .await
+        .context("cannot read daily usage")?;
     if json {
         let out: Vec<Value> = rows
             .iter()
@@ -257,7 +305,12 @@ pub async fn daily(
                     By::Feature => r.feature.clone(),
                 });
             }
-            row.extend([r.calls.to_string(), r.failed_calls.to_string(), credits(r.credits).to_string(), credits(r.shortfall).to_string()]);
+            row.extend([
+                r.calls.to_string(),
+                r.failed_calls.to_string(),
+                credits(r.credits).to_string(),
+                credits(r.shortfall).to_string(),
+            ]);
             row
         })
         .collect();
@@ -273,7 +326,9 @@ pub async fn ledger(
     json: bool,
 ) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    let rows = reads::ledger(&client, account, from, to).await.context("cannot read the ledger")?;
+    let rows = reads::ledger(&client, account, from, to)
+        .await
+        .context("cannot read the ledger")?;
     if json {
         let out: Vec<Value> = rows
             .iter()
@@ -330,7 +385,17 @@ pub async fn ledger(
         })
         .collect();
     table::print(
-        &["time (UTC)", "type", "service", "user", "feature / lot", "status", "credits", "paid by", "shortfall"],
+        &[
+            "time (UTC)",
+            "type",
+            "service",
+            "user",
+            "feature / lot",
+            "status",
+            "credits",
+            "paid by",
+            "shortfall",
+        ],
         &table_rows,
     );
     Ok(())

@@ -19,7 +19,9 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
             !rows.is_empty()
                 && rows.iter().all(|r| {
                     r.get(i).is_some_and(|c| {
-                        !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
+                        !c.is_empty()
+                            && c.chars()
+                                .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
                     })
                 })
         })
@@ -45,7 +47,15 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         out
     };
     let mut out = line(header.to_vec());
-    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
     for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
@@ -58,7 +68,10 @@ mod tests {
     fn aligns_columns_and_right_aligns_numbers() {
         let text = super::render(
             &["account", "credits"],
-            &[vec!["acme".into(), "12.5".into()], vec!["globex-kr".into(), "3".into()]],
+            &[
+                vec!["acme".into(), "12.5".into()],
+                vec!["globex-kr".into(), "3".into()],
+            ],
         );
         assert_eq!(
             text,

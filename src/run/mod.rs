@@ -66,7 +66,10 @@ struct Pipeline {
 
 impl Pipeline {
     fn topics(&self) -> (&str, &str) {
-        (&self.config.kafka.usage_topic, &self.config.kafka.commands_topic)
+        (
+            &self.config.kafka.usage_topic,
+            &self.config.kafka.commands_topic,
+        )
     }
 
     /// Loads the state of newly assigned partitions and returns where to start reading.
@@ -95,7 +98,8 @@ impl Pipeline {
                             "partition assigned"
                         );
                         starts.insert(partition, (restored.usage_offset, restored.commands_offset));
-                        self.parts.insert(partition, PartitionWork::new(partition, restored));
+                        self.parts
+                            .insert(partition, PartitionWork::new(partition, restored));
                         break;
                     }
                     Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
@@ -149,8 +153,10 @@ impl Pipeline {
             return;
         }
         let max_idle = self.config.kafka.max_idle;
-        let (usage_topic, commands_topic) =
-            (self.config.kafka.usage_topic.clone(), self.config.kafka.commands_topic.clone());
+        let (usage_topic, commands_topic) = (
+            self.config.kafka.usage_topic.clone(),
+            self.config.kafka.commands_topic.clone(),
+        );
         for work in self.parts.values_mut() {
             let budget = self
                 .config
@@ -204,15 +210,23 @@ impl Pipeline {
                 partitions,
             });
         }
-        let Some(flush) = self.pending.as_mut() else { return Ok(None) };
+        let Some(flush) = self.pending.as_mut() else {
+            return Ok(None);
+        };
         let result = self.rt.block_on(async {
             if !flush.dead_letters_sent {
-                kafka::send_dead_letters(&self.producer, &self.config.kafka.dlq_topic, &flush.dead_letters)
-                    .await
-                    .context("dead-letter topic")?;
+                kafka::send_dead_letters(
+                    &self.producer,
+                    &self.config.kafka.dlq_topic,
+                    &flush.dead_letters,
+                )
+                .await
+                .context("dead-letter topic")?;
                 flush.dead_letters_sent = true;
             }
-            writes::write(&self.store, &flush.batch).await.context("ClickHouse")
+            writes::write(&self.store, &flush.batch)
+                .await
+                .context("ClickHouse")
         });
         if let Err(e) = result {
             self.retry_at = Some(Instant::now() + self.backoff);
@@ -227,8 +241,16 @@ impl Pipeline {
         let mut offsets = TopicPartitionList::new();
         for partition in &flush.partitions {
             if let Some(work) = self.parts.get(partition) {
-                offsets.add_partition_offset(usage_topic, *partition, Offset::Offset(work.usage.applied_next))?;
-                offsets.add_partition_offset(commands_topic, *partition, Offset::Offset(work.commands.applied_next))?;
+                offsets.add_partition_offset(
+                    usage_topic,
+                    *partition,
+                    Offset::Offset(work.usage.applied_next),
+                )?;
+                offsets.add_partition_offset(
+                    commands_topic,
+                    *partition,
+                    Offset::Offset(work.commands.applied_next),
+                )?;
             }
         }
         for partition in &flush.partitions {
@@ -305,7 +327,9 @@ impl TallyContext {
 }
 
 fn lock(pipeline: &Mutex<Pipeline>) -> MutexGuard<'_, Pipeline> {
-    pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pipeline
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ClientContext for TallyContext {}
@@ -319,7 +343,8 @@ impl ConsumerContext for TallyContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let partitions: BTreeSet<i32> =
+                    tpl.elements().iter().map(|e| e.partition()).collect();
                 let mut pipeline = self.lock();
                 let starts = pipeline.assign(&partitions);
                 let usage_topic = pipeline.config.kafka.usage_topic.clone();
@@ -329,9 +354,17 @@ impl ConsumerContext for TallyContext {
                     let Some((usage, commands)) = starts.get(&element.partition()) else {
                         continue;
                     };
-                    let start = if element.topic() == usage_topic { usage } else { commands };
+                    let start = if element.topic() == usage_topic {
+                        usage
+                    } else {
+                        commands
+                    };
                     let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
-                    if let Err(e) = assignment.add_partition_offset(element.topic(), element.partition(), offset) {
+                    if let Err(e) = assignment.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        offset,
+                    ) {
                         tracing::error!(error = %e, "cannot build assignment");
                     }
                 }
@@ -382,7 +415,10 @@ pub fn run(
     })?;
     let producer = kafka::producer(&config.kafka)?;
     let kafka_config = config.kafka.clone();
-    let stream = format!("{}+{}", kafka_config.usage_topic, kafka_config.commands_topic);
+    let stream = format!(
+        "{}+{}",
+        kafka_config.usage_topic, kafka_config.commands_topic
+    );
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         config,
@@ -400,7 +436,9 @@ pub fn run(
         summary: Summary::default(),
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
-        .create_with_context(TallyContext { pipeline: pipeline.clone() })
+        .create_with_context(TallyContext {
+            pipeline: pipeline.clone(),
+        })
         .context("cannot create the Kafka consumer")?;
     let ends = end_offsets(&consumer, &kafka_config)?;
     consumer
@@ -420,7 +458,11 @@ pub fn run(
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
         while polled < POLL_BATCH {
-            let timeout = if polled == 0 { Duration::from_millis(20) } else { Duration::ZERO };
+            let timeout = if polled == 0 {
+                Duration::from_millis(20)
+            } else {
+                Duration::ZERO
+            };
             match consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     lock(&pipeline).ingest(&message);
@@ -488,7 +530,10 @@ pub fn run(
     }
     drop(consumer);
     let p = lock(&pipeline);
-    let summary = Summary { counts: p.counts(), flushes: p.summary.flushes };
+    let summary = Summary {
+        counts: p.counts(),
+        flushes: p.summary.flushes,
+    };
     Ok(summary)
 }
 
@@ -499,10 +544,18 @@ fn end_offsets(
 ) -> anyhow::Result<BTreeMap<(Which, i32), i64>> {
     let mut ends = BTreeMap::new();
     let mut counts = Vec::new();
-    for (which, topic) in [(Which::Usage, &config.usage_topic), (Which::Commands, &config.commands_topic)] {
+    for (which, topic) in [
+        (Which::Usage, &config.usage_topic),
+        (Which::Commands, &config.commands_topic),
+    ] {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("cannot read metadata of topic `{topic}` from {}", config.brokers))?;
+            .with_context(|| {
+                format!(
+                    "cannot read metadata of topic `{topic}` from {}",
+                    config.brokers
+                )
+            })?;
         let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
             bail!("topic `{topic}` does not exist; run `tally migrate`");
         };
@@ -532,13 +585,21 @@ fn end_offsets(
 
 /// Asks the broker for the end of every side that another side is waiting on.
 fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
-    let (usage_topic, commands_topic) = (p.config.kafka.usage_topic.clone(), p.config.kafka.commands_topic.clone());
+    let (usage_topic, commands_topic) = (
+        p.config.kafka.usage_topic.clone(),
+        p.config.kafka.commands_topic.clone(),
+    );
     for work in p.parts.values_mut().filter(|w| w.waiting()) {
-        for (which, topic) in [(Which::Usage, &usage_topic), (Which::Commands, &commands_topic)] {
+        for (which, topic) in [
+            (Which::Usage, &usage_topic),
+            (Which::Commands, &commands_topic),
+        ] {
             let partition = work.partition;
             let side = work.side_mut(which);
             if side.queue.is_empty() {
-                if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)) {
+                if let Ok((_, high)) =
+                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(1))
+                {
                     side.high = high;
                 }
             }

@@ -82,7 +82,9 @@ impl PartitionWork {
             let Some(which) = merge::next(&self.usage, &self.commands, now, max_idle) else {
                 break;
             };
-            let Some(pending) = self.side_mut(which).queue.pop_front() else { break };
+            let Some(pending) = self.side_mut(which).queue.pop_front() else {
+                break;
+            };
             let topic = match which {
                 Which::Usage => topics.0,
                 Which::Commands => topics.1,
@@ -202,8 +204,9 @@ impl PartitionWork {
     /// After the flush that included this partition committed.
     pub fn committed(&mut self, rules: &Rules) {
         self.version += 1;
-        self.book
-            .seen
-            .expire(from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)), rules.dedup_window);
+        self.book.seen.expire(
+            from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)),
+            rules.dedup_window,
+        );
     }
 }

@@ -55,7 +55,9 @@ pub async fn claim_and_load(
     dedup_window_secs: i64,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
-        .query(&format!("SELECT max(version) FROM checkpoints WHERE {WHERE_PARTITION}"))
+        .query(&format!(
+            "SELECT max(version) FROM checkpoints WHERE {WHERE_PARTITION}"
+        ))
         .bind(stream)
         .bind(partition)
         .fetch_one()
@@ -120,8 +122,10 @@ pub async fn claim_and_load(
         .fetch_all()
         .await?;
     for row in seen {
-        book.seen
-            .restore((u128::from(row.key_hi) << 64) | u128::from(row.key_lo), row.seen_at);
+        book.seen.restore(
+            (u128::from(row.key_hi) << 64) | u128::from(row.key_lo),
+            row.seen_at,
+        );
     }
     Ok(Restored {
         version,

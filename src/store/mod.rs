@@ -37,6 +37,9 @@ pub fn server_client(config: &ClickHouseConfig) -> Client {
 
 /// Checks that the server answers and the schema exists.
 pub async fn check(client: &Client) -> Result<(), StoreError> {
-    client.query("SELECT count() FROM checkpoints").fetch_one::<u64>().await?;
+    client
+        .query("SELECT count() FROM checkpoints")
+        .fetch_one::<u64>()
+        .await?;
     Ok(())
 }

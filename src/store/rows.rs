@@ -132,7 +132,10 @@ impl LedgerRow {
             matrix_version: entry.matrix_version,
             event_id: entry.event_id,
             lot: entry.lot,
-            lot_kind: entry.lot_kind.map(|k| k.as_str().to_string()).unwrap_or_default(),
+            lot_kind: entry
+                .lot_kind
+                .map(|k| k.as_str().to_string())
+                .unwrap_or_default(),
             payment_method: entry
                 .payment_method
                 .map(|m| format!("{m:?}").to_lowercase())
@@ -186,11 +189,22 @@ impl LotRow {
 }
 
 /// One balance row per pool of `lots`, as of `at`.
-pub fn balance_rows(account: &str, lots: &[Lot], at: DateTime<Utc>, version: u64) -> Vec<BalanceRow> {
+pub fn balance_rows(
+    account: &str,
+    lots: &[Lot],
+    at: DateTime<Utc>,
+    version: u64,
+) -> Vec<BalanceRow> {
     balance(lots, at)
         .into_iter()
         .map(|(pool, b)| {
-            let kind = |k: LotKind| b.by_kind.get(k.as_str()).copied().unwrap_or_default().milli();
+            let kind = |k: LotKind| {
+                b.by_kind
+                    .get(k.as_str())
+                    .copied()
+                    .unwrap_or_default()
+                    .milli()
+            };
             BalanceRow {
                 account: account.to_string(),
                 pool,

@@ -68,7 +68,10 @@ async fn recompute_daily(
             .map(|(account, _)| quote(account))
             .collect::<Vec<_>>()
             .join(",");
-        let days: BTreeSet<u16> = chunk.iter().flat_map(|(_, days)| days.iter().copied()).collect();
+        let days: BTreeSet<u16> = chunk
+            .iter()
+            .flat_map(|(_, days)| days.iter().copied())
+            .collect();
         let day_list = days
             .iter()
             .map(|d| format!("toDate({d})"))

@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
@@ -48,11 +48,20 @@ impl Deployment {
         vec![
             ("TALLY_CONFIG".into(), config.display().to_string()),
             ("TALLY_KAFKA__BROKERS".into(), brokers()),
-            ("TALLY_KAFKA__GROUP_ID".into(), format!("{}-group", self.name)),
+            (
+                "TALLY_KAFKA__GROUP_ID".into(),
+                format!("{}-group", self.name),
+            ),
             ("TALLY_KAFKA__USAGE_TOPIC".into(), self.usage_topic.clone()),
-            ("TALLY_KAFKA__COMMANDS_TOPIC".into(), self.commands_topic.clone()),
+            (
+                "TALLY_KAFKA__COMMANDS_TOPIC".into(),
+                self.commands_topic.clone(),
+            ),
             ("TALLY_KAFKA__DLQ_TOPIC".into(), self.dlq_topic.clone()),
-            ("TALLY_KAFKA__PARTITIONS".into(), self.partitions.to_string()),
+            (
+                "TALLY_KAFKA__PARTITIONS".into(),
+                self.partitions.to_string(),
+            ),
             ("TALLY_CLICKHOUSE__DATABASE".into(), self.database.clone()),
             ("TALLY_PIPELINE__FLUSH_INTERVAL".into(), "200ms".into()),
         ]
@@ -103,7 +112,8 @@ impl Deployment {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.tally_ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tally {args:?} printed non-JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("tally {args:?} printed non-JSON ({e}): {out}"))
     }
 
     /// Sends events through `tally send`, each to its topic by type, keyed by subject.
@@ -114,7 +124,11 @@ impl Deployment {
 
     pub fn send_lines(&self, lines: &str) {
         let out = self.tally_with_input(&["send", "-"], lines);
-        assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "send failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `tally run --drain`: applies everything sent so far, then exits.
@@ -145,7 +159,10 @@ impl Deployment {
         let (_, high) = consumer
             .fetch_watermarks(&self.dlq_topic, 0, Duration::from_secs(10))
             .expect("dead-letter topic exists");
-        assert_eq!(high as usize, expected, "dead-letter topic holds {high} messages");
+        assert_eq!(
+            high as usize, expected,
+            "dead-letter topic holds {high} messages"
+        );
         consumer.subscribe(&[&self.dlq_topic]).expect("subscribe");
         let mut letters = Vec::new();
         while letters.len() < expected {
@@ -165,7 +182,10 @@ impl Deployment {
                     ));
                 }
                 Some(Err(e)) => panic!("reading the dead-letter topic: {e}"),
-                None => panic!("dead-letter topic: only {} of {expected} messages arrived", letters.len()),
+                None => panic!(
+                    "dead-letter topic: only {} of {expected} messages arrived",
+                    letters.len()
+                ),
             }
         }
         letters
@@ -206,7 +226,11 @@ pub fn grant(id: &str, account: &str, at: DateTime<Utc>, data: Value) -> Value {
 pub fn milli(value: &Value) -> i64 {
     match value {
         Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default() * 1000,
-        Value::Number(n) => n.to_string().parse::<tally_core::Credits>().map(|c| c.milli()).unwrap_or(i64::MIN),
+        Value::Number(n) => n
+            .to_string()
+            .parse::<tally_core::Credits>()
+            .map(|c| c.milli())
+            .unwrap_or(i64::MIN),
         other => panic!("not a credits number: {other}"),
     }
 }
