@@ -163,3 +163,30 @@ pub async fn create_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     }
     Ok(())
 }
+
+/// The partition's end as of the consumer's last fetch response, read from librdkafka's
+/// cache without a request. The fetch responses are what to trust: tansu 0.6 answers a
+/// ListOffsets(latest) request with the base offset of the last batch plus one, which
+/// falls short whenever the last batch holds several records.
+pub fn fetched_high_watermark<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer lives as long as `consumer`; `topic` is a valid C string
+    // for the duration of the call; `low` and `high` are valid for writes.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}

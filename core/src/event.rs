@@ -231,13 +231,22 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         None => arrival,
     };
     let data = envelope.data.map(RawValue::get).unwrap_or("null");
-    let bad = |e: serde_json::Error| Rejection::BadData {
-        ty: ty.clone(),
-        problem: e.to_string(),
+    let bad = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let problem = if path == "." || path.is_empty() {
+            inner.to_string()
+        } else {
+            format!("`{path}`: {inner}")
+        };
+        Rejection::BadData {
+            ty: ty.clone(),
+            problem,
+        }
     };
     let body = match ty.as_str() {
         "ai.usage" => {
-            let usage: Usage = serde_json::from_str(data).map_err(bad)?;
+            let usage: Usage = data_of(data).map_err(bad)?;
             if usage.feature.is_empty() {
                 return Err(Rejection::BadData {
                     ty,
@@ -249,9 +258,9 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
             }
             Body::Usage(usage)
         }
-        "credit.grant" => Body::Grant(serde_json::from_str(data).map_err(bad)?),
-        "credit.void" => Body::Void(serde_json::from_str(data).map_err(bad)?),
-        "account.settings" => Body::Settings(serde_json::from_str(data).map_err(bad)?),
+        "credit.grant" => Body::Grant(data_of(data).map_err(bad)?),
+        "credit.void" => Body::Void(data_of(data).map_err(bad)?),
+        "account.settings" => Body::Settings(data_of(data).map_err(bad)?),
         _ => return Err(Rejection::UnknownType(ty)),
     };
     Ok(Event {
@@ -261,6 +270,13 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         time,
         body,
     })
+}
+
+/// Deserializes `data`, keeping the path of the field that failed.
+fn data_of<'de, T: Deserialize<'de>>(
+    data: &'de str,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(data))
 }
 
 #[cfg(test)]

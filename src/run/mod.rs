@@ -304,15 +304,52 @@ impl Pipeline {
     }
 
     /// Every assigned partition has applied everything up to `ends` and nothing is
-    /// waiting to be written.
-    fn drained(&self, ends: &BTreeMap<(Which, i32), i64>) -> bool {
+    /// waiting to be written. An end is only known once a fetch response confirmed it.
+    fn drained(&self, ends: &Ends) -> bool {
         !self.parts.is_empty()
             && self.pending.is_none()
             && self.parts.values().all(|work| {
-                let end = |which| ends.get(&(which, work.partition)).copied().unwrap_or(0);
-                work.usage.applied_next >= end(Which::Usage)
-                    && work.commands.applied_next >= end(Which::Commands)
+                [Which::Usage, Which::Commands].iter().all(|&which| {
+                    let side = match which {
+                        Which::Usage => &work.usage,
+                        Which::Commands => &work.commands,
+                    };
+                    ends.confirmed(which, work.partition)
+                        .is_some_and(|end| side.applied_next >= end)
+                })
             })
+    }
+}
+
+/// End offsets seen at start: the broker's ListOffsets answer, raised by the first
+/// fetch response's high watermark of each partition.
+struct Ends {
+    listed: BTreeMap<(Which, i32), i64>,
+    confirmed: BTreeMap<(Which, i32), i64>,
+}
+
+impl Ends {
+    fn confirmed(&self, which: Which, partition: i32) -> Option<i64> {
+        self.confirmed.get(&(which, partition)).copied()
+    }
+
+    fn confirm(
+        &mut self,
+        consumer: &BaseConsumer<TallyContext>,
+        topics: (&str, &str),
+        partitions: &[i32],
+    ) {
+        for &partition in partitions {
+            for (which, topic) in [(Which::Usage, topics.0), (Which::Commands, topics.1)] {
+                if self.confirmed.contains_key(&(which, partition)) {
+                    continue;
+                }
+                if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
+                    let listed = self.listed.get(&(which, partition)).copied().unwrap_or(0);
+                    self.confirmed.insert((which, partition), high.max(listed));
+                }
+            }
+        }
     }
 }
 
@@ -440,7 +477,10 @@ pub fn run(
             pipeline: pipeline.clone(),
         })
         .context("cannot create the Kafka consumer")?;
-    let ends = end_offsets(&consumer, &kafka_config)?;
+    let mut ends = Ends {
+        listed: end_offsets(&consumer, &kafka_config)?,
+        confirmed: BTreeMap::new(),
+    };
     consumer
         .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
         .context("cannot subscribe")?;
@@ -453,7 +493,6 @@ pub fn run(
         "consuming"
     );
 
-    let mut last_watermarks = Instant::now();
     let mut paused = false;
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
@@ -478,12 +517,11 @@ pub fn run(
         let now = Instant::now();
         let mut p = lock(&pipeline);
         p.apply_ready(now);
-        if p.parts.values().any(PartitionWork::waiting)
-            && now.duration_since(last_watermarks) >= Duration::from_millis(50)
-        {
-            last_watermarks = now;
-            refresh_highs(&consumer, &mut p);
-            p.apply_ready(now);
+        refresh_highs(&consumer, &mut p);
+        p.apply_ready(now);
+        if drain {
+            let partitions: Vec<i32> = p.parts.keys().copied().collect();
+            ends.confirm(&consumer, p.topics(), &partitions);
         }
         if p.flush_due(now) {
             match p.flush() {
@@ -583,7 +621,8 @@ fn end_offsets(
     Ok(ends)
 }
 
-/// Asks the broker for the end of every side that another side is waiting on.
+/// Updates the known end of every side another side is waiting on, from the consumer's
+/// last fetch responses (no request is sent).
 fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
     let (usage_topic, commands_topic) = (
         p.config.kafka.usage_topic.clone(),
@@ -596,12 +635,8 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
         ] {
             let partition = work.partition;
             let side = work.side_mut(which);
-            if side.queue.is_empty() {
-                if let Ok((_, high)) =
-                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(1))
-                {
-                    side.high = high;
-                }
+            if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
+                side.high = side.high.max(high);
             }
         }
     }

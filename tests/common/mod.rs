@@ -147,7 +147,8 @@ impl Deployment {
         }
     }
 
-    /// Reads every message of the dead-letter topic: (payload, reason code, reason).
+    /// Reads the first `expected` messages of the dead-letter topic: (payload, reason code,
+    /// reason).
     pub fn dead_letters(&self, expected: usize) -> Vec<(String, String, String)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -156,16 +157,12 @@ impl Deployment {
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        let (_, high) = consumer
-            .fetch_watermarks(&self.dlq_topic, 0, Duration::from_secs(10))
-            .expect("dead-letter topic exists");
-        assert_eq!(
-            high as usize, expected,
-            "dead-letter topic holds {high} messages"
-        );
         consumer.subscribe(&[&self.dlq_topic]).expect("subscribe");
         let mut letters = Vec::new();
-        while letters.len() < expected {
+        // A bound on a wait that should end at once, not a synchronisation: poll returns
+        // early on group events, so it is called until the messages are in.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while letters.len() < expected && std::time::Instant::now() < deadline {
             match consumer.poll(Duration::from_secs(30)) {
                 Some(Ok(m)) => {
                     let header = |name: &str| {
@@ -182,12 +179,10 @@ impl Deployment {
                     ));
                 }
                 Some(Err(e)) => panic!("reading the dead-letter topic: {e}"),
-                None => panic!(
-                    "dead-letter topic: only {} of {expected} messages arrived",
-                    letters.len()
-                ),
+                None => {}
             }
         }
+        assert_eq!(letters.len(), expected, "dead-letter messages: {letters:?}");
         letters
     }
 }
