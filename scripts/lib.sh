@@ -36,14 +36,16 @@ start_bg() {
 # port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 
-# wait_for NAME CHECK...: poll CHECK until it succeeds or DEADLINE passes; on timeout show
-# the log tail of NAME and fail.
+# wait_for NAME CHECK...: poll CHECK until it succeeds; fail with the log tail of NAME if its
+# process (pid file) died or DEADLINE passed.
 wait_for() {
   local name=$1; shift
-  local end=$((SECONDS + DEADLINE))
+  local end=$((SECONDS + DEADLINE)) why=""
   until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= end)); then
-      log "$name did not answer within ${DEADLINE}s; last lines of $LOGS/$name.log:"
+    if [[ -s $STACK/$name.pid ]] && ! pid_alive "$name"; then why="its process exited"
+    elif ((SECONDS >= end)); then why="it did not answer within ${DEADLINE}s"; fi
+    if [[ -n $why ]]; then
+      log "$name failed: $why; last lines of $LOGS/$name.log:"
       tail -n 40 "$LOGS/$name.log" >&2 2>/dev/null || true
       die "$name not ready"
     fi

@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 stop_service tansu "tansu broker --listener-url tcp://$HOST:$KAFKA_PORT"
+rm -f "$STACK/tansu.storage"
 stop_service maildev "$STACK/maildev/node_modules/.bin/maildev"
 stop_service clickhouse "clickhouse-server --config-file=$STACK/clickhouse/config.xml"
 

@@ -115,6 +115,7 @@ start_tansu() {
   local storage="memory://tansu/"
   # sqlite://NAME is resolved relative to the working directory, which start_bg sets.
   [[ ${TALLY_STACK_STORAGE:-memory} == sqlite ]] && storage="sqlite://tansu.db"
+  echo "${TALLY_STACK_STORAGE:-memory}" >"$STACK/tansu.storage"
   RUST_LOG="${TANSU_RUST_LOG:-warn}" start_bg tansu "$STACK/tansu" "$TANSU" broker \
     --listener-url "tcp://$HOST:$KAFKA_PORT" \
     --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
@@ -149,6 +150,9 @@ version=$(curl -sf "http://$HOST:$CH_HTTP_PORT/" --data-binary 'SELECT version()
   die "clickhouse: SELECT version() failed"
 log "clickhouse ready on $HOST:$CH_HTTP_PORT (http), $HOST:$CH_TCP_PORT (native), version $version"
 wait_for tansu kafka_metadata
-log "tansu ready on $HOST:$KAFKA_PORT (storage: ${TALLY_STACK_STORAGE:-memory})"
+running=$(cat "$STACK/tansu.storage" 2>/dev/null || echo unknown)
+log "tansu ready on $HOST:$KAFKA_PORT (storage: $running)"
+[[ $running == "${TALLY_STACK_STORAGE:-memory}" ]] ||
+  log "WARNING: tansu was already running with storage '$running'; run stack-down.sh to switch"
 wait_for maildev maildev_up
 log "maildev ready: smtp $HOST:$SMTP_PORT, web/api http://$HOST:$MAILDEV_WEB_PORT/email"

@@ -18,11 +18,8 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         .map(|i| {
             !rows.is_empty()
                 && rows.iter().all(|r| {
-                    r.get(i).is_some_and(|c| {
-                        !c.is_empty()
-                            && c.chars()
-                                .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
-                    })
+                    r.get(i)
+                        .is_some_and(|c| c.parse::<tally_core::Credits>().is_ok())
                 })
         })
         .collect();
@@ -67,15 +64,16 @@ mod tests {
     #[test]
     fn aligns_columns_and_right_aligns_numbers() {
         let text = super::render(
-            &["account", "credits"],
+            &["day", "account", "credits"],
             &[
-                vec!["acme".into(), "12.5".into()],
-                vec!["globex-kr".into(), "3".into()],
+                vec!["2026-11-20".into(), "acme".into(), "12.5".into()],
+                vec!["2026-11-21".into(), "globex-kr".into(), "3".into()],
             ],
         );
         assert_eq!(
             text,
-            "account    credits\n---------  -------\nacme          12.5\nglobex-kr        3\n"
+            "day         account    credits\n----------  ---------  -------\n\
+             2026-11-20  acme          12.5\n2026-11-21  globex-kr        3\n"
         );
     }
 }
