@@ -21,6 +21,16 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The credit rules every account is held to.
     pub rules: RulesConfig,
+    /// Where `tally run` reports its own status.
+    pub status: StatusConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Address of `tally run`'s status endpoint (`host:port`), read by `tally status`;
+    /// empty to serve none.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +229,14 @@ impl Config {
             return Err(key_err(
                 "pipeline.max_batch_events",
                 "must be between 1 and 500000".into(),
+            ));
+        }
+        if !self.status.listen.is_empty()
+            && self.status.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(key_err(
+                "status.listen",
+                format!("`{}` is not host:port", self.status.listen),
             ));
         }
         let timezone: Tz = self.rules.timezone.parse().map_err(|_| {

@@ -190,3 +190,66 @@ pub fn fetched_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
 }
+
+/// End offsets of every partition of `topics`, as the brokers' fetch responses state them
+/// (see [`fetched_high_watermark`]); `None` for a partition that did not answer in time.
+pub fn end_offsets(
+    config: &KafkaConfig,
+    topics: &[&str],
+) -> Result<std::collections::BTreeMap<(String, i32), Option<i64>>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{}-status", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in metadata.topics().iter().filter(|t| t.name() == *topic) {
+            for p in t.partitions() {
+                assignment.add_partition_offset(topic, p.id(), rdkafka::Offset::End)?;
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut ends = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        for element in assignment.elements() {
+            let high = fetched_high_watermark(&consumer, element.topic(), element.partition());
+            ends.insert((element.topic().to_string(), element.partition()), high);
+        }
+        if ends.values().all(Option::is_some) || std::time::Instant::now() >= deadline {
+            return Ok(ends);
+        }
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+}
+
+/// The consumer group's committed offsets for `topics`.
+pub fn group_offsets(
+    config: &KafkaConfig,
+    partitions: &[(String, i32)],
+) -> Result<std::collections::BTreeMap<(String, i32), i64>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}

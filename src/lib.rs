@@ -5,4 +5,5 @@ pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod run;
+pub mod status;
 pub mod store;

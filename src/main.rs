@@ -87,6 +87,9 @@ enum Command {
         #[arg(long)]
         at: Option<DateTime<Utc>>,
     },
+    /// The running process, and per partition: committed offset, end offset, lag and last
+    /// checkpoint.
+    Status,
     /// Usage reports.
     Report {
         #[command(subcommand)]
@@ -195,6 +198,7 @@ fn main() -> anyhow::Result<()> {
             },
             json,
         )),
+        Command::Status => rt.block_on(commands::status(&config, json)),
         Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
         Command::Balance { account, at } => rt.block_on(commands::balance(
             &config,

@@ -55,7 +55,23 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
-    let summary = crate::run::run(config, rules, drain, shutdown, rt)?;
+    let status = crate::status::Shared::default();
+    {
+        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        s.state = "starting".into();
+        s.group = config.kafka.group_id.clone();
+        s.pid = std::process::id();
+    }
+    if !config.status.listen.is_empty() {
+        let listen = config.status.listen.clone();
+        let shared = status.clone();
+        rt.spawn(async move {
+            if let Err(e) = crate::status::serve(listen.clone(), shared).await {
+                tracing::warn!(listen = %listen, error = %e, "no status endpoint");
+            }
+        });
+    }
+    let summary = crate::run::run(config, rules, drain, shutdown, rt, status)?;
     let c = summary.counts;
     if json {
         println!(
@@ -397,6 +413,120 @@ pub async fn ledger(
             "shortfall",
         ],
         &table_rows,
+    );
+    Ok(())
+}
+
+/// `tally status`: the running process, and per partition the checkpointed offset, the
+/// end offset, the lag and the last checkpoint time.
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let k = &config.kafka;
+    let process = if config.status.listen.is_empty() {
+        Err("no status endpoint configured".to_string())
+    } else {
+        crate::status::fetch(&config.status.listen)
+            .await
+            .map_err(|e| format!("no `tally run` answers at {}: {e}", config.status.listen))
+    };
+    let stream = crate::run::stream_name(k);
+    let checkpoints = reads::checkpoints(&store::client(&config.clickhouse), &stream)
+        .await
+        .map_err(|e| format!("{e}"));
+    let (topics, k2) = ([k.usage_topic.clone(), k.commands_topic.clone()], k.clone());
+    let kafka_view = tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let ends = kafka::end_offsets(&k2, &names)?;
+        let keys: Vec<(String, i32)> = ends.keys().cloned().collect();
+        let group = kafka::group_offsets(&k2, &keys)?;
+        Ok::<_, kafka::KafkaError>((ends, group))
+    })
+    .await?
+    .map_err(|e| e.to_string());
+
+    let mut partitions = Vec::new();
+    if let Ok((ends, group)) = &kafka_view {
+        for ((topic, partition), end) in ends {
+            let checkpoint = checkpoints
+                .as_ref()
+                .ok()
+                .and_then(|all| all.iter().find(|c| c.partition as i32 == *partition));
+            let committed = checkpoint.map(|c| {
+                if *topic == k.usage_topic {
+                    c.usage_offset
+                } else {
+                    c.commands_offset
+                }
+            });
+            partitions.push(json!({
+                "topic": topic, "partition": partition,
+                "committed": committed.unwrap_or(0),
+                "group_committed": group.get(&(topic.clone(), *partition)),
+                "end": end,
+                "lag": end.map(|e| (e - committed.unwrap_or(0)).max(0)),
+                "last_checkpoint": checkpoint.map(|c| from_seconds(c.written_at).to_rfc3339()),
+            }));
+        }
+    }
+    let report = json!({
+        "process": match &process { Ok(p) => serde_json::to_value(p)?, Err(e) => json!({"state": "unreachable", "reason": e}) },
+        "clickhouse": match &checkpoints { Ok(_) => json!("ok"), Err(e) => json!(e) },
+        "kafka": match &kafka_view { Ok(_) => json!("ok"), Err(e) => json!(e) },
+        "partitions": partitions,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    match &process {
+        Ok(p) => println!(
+            "tally run (pid {}, group {}): {}{}",
+            p.pid,
+            p.group,
+            p.state,
+            p.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        Err(e) => println!("tally run: {e}"),
+    }
+    if let Err(e) = &checkpoints {
+        println!("ClickHouse: {e}");
+    }
+    if let Err(e) = &kafka_view {
+        println!("Kafka: {e}");
+    }
+    let rows: Vec<Vec<String>> = partitions
+        .iter()
+        .map(|p| {
+            let text = |v: &Value| match v {
+                Value::Null => "-".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            [
+                "topic",
+                "partition",
+                "committed",
+                "end",
+                "lag",
+                "last_checkpoint",
+            ]
+            .iter()
+            .map(|k| text(&p[*k]))
+            .collect()
+        })
+        .collect();
+    table::print(
+        &[
+            "topic",
+            "partition",
+            "committed",
+            "end",
+            "lag",
+            "last checkpoint",
+        ],
+        &rows,
     );
     Ok(())
 }

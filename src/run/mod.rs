@@ -62,6 +62,7 @@ struct Pipeline {
     backoff: Duration,
     shutdown: Arc<AtomicBool>,
     summary: Summary,
+    last_checkpoint: Option<DateTime<Utc>>,
 }
 
 impl Pipeline {
@@ -237,6 +238,7 @@ impl Pipeline {
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
+        self.last_checkpoint = Some(Utc::now());
         let (usage_topic, commands_topic) = self.topics();
         let mut offsets = TopicPartitionList::new();
         for partition in &flush.partitions {
@@ -293,6 +295,27 @@ impl Pipeline {
             total.rejected += work.counts.rejected;
         }
         total
+    }
+
+    /// Copies what `tally status` shows into `status`.
+    fn report(&self, status: &mut crate::status::ProcessStatus) {
+        let counts = self.counts();
+        status.applied = counts.applied;
+        status.duplicates = counts.duplicates;
+        status.rejected = counts.rejected;
+        status.flushes = self.summary.flushes;
+        status.last_checkpoint = self.last_checkpoint.map(|t| t.to_rfc3339());
+        status.partitions = self
+            .parts
+            .values()
+            .map(|w| crate::status::PartitionStatus {
+                partition: w.partition,
+                usage_applied: w.usage.applied_next,
+                commands_applied: w.commands.applied_next,
+                usage_received: w.usage.received_next,
+                commands_received: w.commands.received_next,
+            })
+            .collect();
     }
 
     /// Forgets every partition (after a revoke), keeping their counts.
@@ -442,6 +465,7 @@ pub fn run(
     drain: bool,
     shutdown: Arc<AtomicBool>,
     rt: Handle,
+    status: crate::status::Shared,
 ) -> anyhow::Result<Summary> {
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
@@ -471,6 +495,7 @@ pub fn run(
         backoff: Duration::from_millis(200),
         shutdown: shutdown.clone(),
         summary: Summary::default(),
+        last_checkpoint: None,
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -494,6 +519,7 @@ pub fn run(
     );
 
     let mut paused = false;
+    set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
         while polled < POLL_BATCH {
@@ -528,6 +554,7 @@ pub fn run(
                 Ok(offsets) => {
                     if paused {
                         paused = false;
+                        set_state(&status, "running", None);
                         resume(&consumer);
                         tracing::info!("writes succeed again, consumption resumed");
                     }
@@ -542,10 +569,12 @@ pub fn run(
                         paused = true;
                         pause(&consumer);
                     }
+                    set_state(&status, "paused", Some(format!("{e:#}")));
                     tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
                 }
             }
         }
+        p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
             match p.flush() {
@@ -560,6 +589,7 @@ pub fn run(
         }
     }
 
+    set_state(&status, "stopping", None);
     let offsets = lock(&pipeline).flush_before_leaving(if drain { 20 } else { 10 });
     if let Some(offsets) = offsets {
         if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
@@ -573,6 +603,11 @@ pub fn run(
         flushes: p.summary.flushes,
     };
     Ok(summary)
+}
+
+/// The name checkpoints are stored under: the pair of topics they cover.
+pub fn stream_name(config: &crate::config::KafkaConfig) -> String {
+    format!("{}+{}", config.usage_topic, config.commands_topic)
 }
 
 /// End offsets of every partition of both topics now; both must have the same partitions.
@@ -640,6 +675,12 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
             }
         }
     }
+}
+
+fn set_state(status: &crate::status::Shared, state: &str, reason: Option<String>) {
+    let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+    status.state = state.to_string();
+    status.reason = reason;
 }
 
 fn pause(consumer: &BaseConsumer<TallyContext>) {

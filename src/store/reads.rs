@@ -121,3 +121,27 @@ pub async fn ledger(
         .fetch_all()
         .await?)
 }
+
+/// The last checkpoint of one partition.
+#[derive(Debug, Clone, Row, Deserialize)]
+pub struct CheckpointSummary {
+    pub partition: u32,
+    pub usage_offset: i64,
+    pub commands_offset: i64,
+    pub written_at: u32,
+}
+
+/// The committed offsets of every partition of `stream`.
+pub async fn checkpoints(
+    client: &Client,
+    stream: &str,
+) -> Result<Vec<CheckpointSummary>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT partition, usage_offset, commands_offset, written_at FROM checkpoints FINAL \
+             WHERE stream = ? AND row_kind = 'offsets' ORDER BY partition",
+        )
+        .bind(stream)
+        .fetch_all()
+        .await?)
+}
