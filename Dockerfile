@@ -9,5 +9,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /src/target/release/tally /usr/local/bin/tally
+COPY config/ /etc/tally/
+ENV TALLY_CONFIG=/etc/tally/tally.toml
 ENTRYPOINT ["tally"]
 CMD ["run"]

@@ -2,6 +2,7 @@
 # Creates Kafka topics idempotently: scripts/create-topics.sh NAME:PARTITIONS [NAME:PARTITIONS...]
 # against $KAFKA_BROKERS (default 127.0.0.1:9092) with the tansu CLI; existing topics are kept.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 (($#)) || die "usage: $0 NAME:PARTITIONS [NAME:PARTITIONS...]"

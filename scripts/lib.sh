@@ -1,4 +1,5 @@
 # Shared helpers and settings for the local-stack scripts (sourced, not run).
+# shellcheck shell=bash disable=SC2034  # settings are used by the scripts that source this
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="$ROOT/.stack"
@@ -29,8 +30,11 @@ start_bg() {
   local name=$1 dir=$2; shift 2
   mkdir -p "$LOGS" "$dir"
   echo "=== $(date -Is) starting: $*" >>"$LOGS/$name.log"
-  (cd "$dir" && setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STACK/$name.pid" "$@" \
-     >>"$LOGS/$name.log" 2>&1 </dev/null &)
+  # Redirect the whole subshell and exec through it, so that no process keeps the caller's
+  # stdout open (a `stack-up.sh | tail` would hang) and the pid file names the service itself.
+  # shellcheck disable=SC2016  # $$, $0 and $@ belong to the inner bash
+  (cd "$dir" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STACK/$name.pid" "$@") \
+    >>"$LOGS/$name.log" 2>&1 </dev/null &
 }
 
 # port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.

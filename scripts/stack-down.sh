@@ -2,6 +2,7 @@
 # Stops the local stack started by stack-up.sh. Idempotent. --clean also removes its data and
 # logs (ClickHouse data, tansu SQLite file, mails), keeping the maildev npm install.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 stop_service tansu "tansu broker --listener-url tcp://$HOST:$KAFKA_PORT"

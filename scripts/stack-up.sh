@@ -3,6 +3,7 @@
 # (Kafka API) 9092, maildev SMTP 1025 + REST 1080. Idempotent; TALLY_STACK_STORAGE=sqlite
 # gives tansu durable storage in .stack/tansu/ instead of memory.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$LOGS"
 
