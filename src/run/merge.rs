@@ -28,23 +28,24 @@ impl Pending {
 }
 
 /// One topic's side of a partition.
-#[derive(Default)]
 pub struct Side {
     pub queue: VecDeque<Pending>,
     /// Next offset to apply: the side's committed position.
     pub applied_next: i64,
     /// Next offset to receive.
     pub received_next: i64,
-    /// The latest known end of the topic partition.
+    /// The latest known end of the topic partition; `i64::MAX` until a fetch response
+    /// told us, so an unknown side is never taken for caught up.
     pub high: i64,
 }
 
 impl Side {
     pub fn starting_at(offset: i64) -> Side {
         Side {
+            queue: VecDeque::new(),
             applied_next: offset,
             received_next: offset,
-            ..Side::default()
+            high: i64::MAX,
         }
     }
 

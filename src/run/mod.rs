@@ -132,7 +132,6 @@ impl Pipeline {
             return;
         }
         side.received_next = message.offset() + 1;
-        side.high = side.high.max(side.received_next);
         let arrival = message
             .timestamp()
             .to_millis()
@@ -671,7 +670,7 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
             let partition = work.partition;
             let side = work.side_mut(which);
             if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
-                side.high = side.high.max(high);
+                side.high = high;
             }
         }
     }

@@ -64,6 +64,11 @@ impl Deployment {
             ),
             ("TALLY_CLICKHOUSE__DATABASE".into(), self.database.clone()),
             ("TALLY_PIPELINE__FLUSH_INTERVAL".into(), "200ms".into()),
+            // Every test sends its events before tally reads them, so waiting for the
+            // other topic always ends by seeing its end; the idle bound never decides the
+            // order, and two runs over the same events apply them in the same order.
+            ("TALLY_KAFKA__MAX_IDLE".into(), "60s".into()),
+            ("TALLY_STATUS__LISTEN".into(), String::new()),
         ]
     }
 
@@ -131,9 +136,31 @@ impl Deployment {
         );
     }
 
-    /// `tally run --drain`: applies everything sent so far, then exits.
+    /// `tally run --drain`: applies everything sent so far, then exits. A drain that has
+    /// not finished in ten minutes is killed and fails the test with its log.
     pub fn drain(&self) -> Value {
-        self.json(&["run", "--drain"])
+        let mut child = self
+            .command()
+            .args(["--json", "run", "--drain"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally run starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while child.try_wait().expect("wait works").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("tally run exits");
+        assert!(
+            out.status.success(),
+            "tally run --drain failed or hung: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("run prints a JSON summary")
     }
 
     pub fn balance(&self, account: &str) -> Value {
@@ -185,6 +212,148 @@ impl Deployment {
         assert_eq!(letters.len(), expected, "dead-letter messages: {letters:?}");
         letters
     }
+}
+
+impl Deployment {
+    /// Runs SQL against this deployment's database and returns the TSV answer.
+    pub fn sql(&self, query: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body"])
+            .arg(format!("http://127.0.0.1:8123/?database={}", self.database))
+            .arg("--data-binary")
+            .arg(query)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "{query}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Everything a billing system reads, in a form two deployments can be compared by:
+    /// lots, ledger rows (without their Kafka positions, which name the topic) and daily
+    /// rollups.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            lots: self.sql(
+                "SELECT account, lot, pool, kind, granted, remaining, voided \
+                 FROM lots FINAL ORDER BY account, lot",
+            ),
+            ledger: self.sql(
+                "SELECT account, event_id, entry_type, time, day, service, user, feature, \
+                 variant, quantity, status, pool, credits, paid_lots, paid_credits, shortfall \
+                 FROM ledger FINAL ORDER BY account, event_id, entry_type",
+            ),
+            ledger_rows: self
+                .sql("SELECT count() FROM ledger FINAL")
+                .trim()
+                .parse()
+                .expect("a count"),
+            daily: self.sql(
+                "SELECT day, account, service, user, feature, calls, failed_calls, credits, \
+                 included, promotional, purchased, shortfall \
+                 FROM daily_usage FINAL ORDER BY day, account, service, user, feature",
+            ),
+        }
+    }
+
+    /// Starts `tally run` in the background with `env` on top of the deployment's.
+    pub fn spawn_run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        self.command()
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tally run starts")
+    }
+}
+
+/// What two runs over the same events must agree on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub lots: String,
+    pub ledger: String,
+    pub ledger_rows: u64,
+    pub daily: String,
+}
+
+impl Snapshot {
+    /// Asserts equality with a readable first difference instead of two huge strings.
+    pub fn assert_same(&self, clean: &Snapshot, what: &str) {
+        for (name, got, want) in [
+            ("lots", &self.lots, &clean.lots),
+            ("ledger", &self.ledger, &clean.ledger),
+            ("daily", &self.daily, &clean.daily),
+        ] {
+            let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+            if let Some(i) = (0..g.len().max(w.len())).find(|&i| g.get(i) != w.get(i)) {
+                panic!(
+                    "{what}: {name} differs from the clean run at row {i} of {}/{}:\n  got  {:?}\n  want {:?}",
+                    g.len(),
+                    w.len(),
+                    g.get(i),
+                    w.get(i)
+                );
+            }
+        }
+        assert_eq!(self.ledger_rows, clean.ledger_rows, "{what}: ledger rows");
+    }
+}
+
+/// A deterministic workload: grants for `accounts` accounts, then `events` calls over a
+/// few hours with top-ups mid-stream, so lots run out, split and fall short.
+pub fn workload(accounts: usize, events: usize, seed: u64) -> Vec<Value> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let start = hours_ago(20);
+    let soon = rfc3339(Utc::now() + TimeDelta::days(10));
+    let mut out = Vec::with_capacity(events + accounts * 3);
+    for a in 0..accounts {
+        let account = format!("acct-{a:04}");
+        out.push(grant(
+            &format!("plan-{a}"),
+            &account,
+            start - TimeDelta::hours(1),
+            json!({"kind": "included", "credits": rng.gen_range(100..2000), "expires_at": soon}),
+        ));
+        out.push(grant(&format!("pack-{a}"), &account, start - TimeDelta::hours(1),
+            json!({"kind": "purchased", "credits": rng.gen_range(0..3) * 2500 + 1, "expires_at": null})));
+    }
+    let features: [(&str, Option<&str>); 6] = [
+        ("image_generation", Some("mid")),
+        ("text_to_image", None),
+        ("video_generation", Some("short")),
+        ("erase", None),
+        ("regeneration", Some("long")),
+        ("deep_scan", None),
+    ];
+    let step = (TimeDelta::hours(18).num_milliseconds() / events.max(1) as i64).max(1);
+    for i in 0..events {
+        let at = start + TimeDelta::milliseconds(step * i as i64);
+        let account = format!("acct-{:04}", rng.gen_range(0..accounts));
+        if i % 997 == 0 {
+            out.push(grant(
+                &format!("topup-{i}"),
+                &account,
+                at,
+                json!({"kind": "promotional", "credits": 50, "valid_days": 30}),
+            ));
+        }
+        let (feature, variant) = features[rng.gen_range(0..features.len())];
+        let mut data = json!({"user": format!("user-{}", rng.gen_range(0..5)), "feature": feature});
+        if let Some(v) = variant {
+            data["variant"] = json!(v);
+        }
+        if rng.gen_ratio(1, 20) {
+            data["status"] = json!("failed");
+        }
+        out.push(usage(&format!("u{i}"), &account, at, data));
+    }
+    out
 }
 
 impl Drop for Deployment {

@@ -1,0 +1,137 @@
+//! Exactly once on the real services: crashes, rebalances and duplicate deliveries leave
+//! the same lots, ledger and daily rollups as one clean run over the same events.
+
+mod common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{workload, Deployment, Snapshot};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+/// One clean `--drain` run over `events` in a deployment of its own.
+fn clean_run(partitions: i32, events: &[Value]) -> Snapshot {
+    let d = Deployment::new(partitions);
+    d.send(events);
+    d.drain();
+    d.snapshot()
+}
+
+fn kill(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
+
+/// Stops a `tally run` with SIGTERM and requires the clean exit: drained, flushed,
+/// committed.
+fn terminate(child: Child) {
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("tally run exits");
+    assert!(
+        out.status.success(),
+        "tally run did not exit 0 on SIGTERM: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn claims(d: &Deployment) -> u64 {
+    // Every start claims each partition it gets: the version that beats the crashed run.
+    d.sql("SELECT count() FROM checkpoints WHERE row_kind = 'claim'")
+        .trim()
+        .parse()
+        .expect("count")
+}
+
+#[test]
+fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
+    let events = workload(300, 100_000, 11);
+    let clean = clean_run(4, &events);
+
+    let d = Deployment::new(4);
+    d.send(&events);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let started = Instant::now();
+    let mut kills = 0;
+    while kills < 5 {
+        let child = d.spawn_run(&[], &[]);
+        // The crash schedule, not a synchronisation: kill after a random moment.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..2500)));
+        kill(child);
+        kills += 1;
+    }
+    let summary = d.drain();
+    eprintln!(
+        "crash test: {} events, {kills} SIGKILLs, {} restarts, last run applied {}, {:?}",
+        events.len(),
+        kills + 1,
+        summary["applied"],
+        started.elapsed()
+    );
+    assert!(
+        claims(&d) >= 4 * (kills as u64 + 1),
+        "every restart claimed the partitions"
+    );
+    d.snapshot().assert_same(&clean, "after 5 SIGKILLs");
+}
+
+#[test]
+fn three_consumers_with_one_killed_and_one_added_equal_one_clean_run() {
+    let events = workload(120, 30_000, 12);
+    let clean = clean_run(6, &events);
+
+    let d = Deployment::new(6);
+    d.send(&events);
+    let started = Instant::now();
+    let mut group: Vec<Child> = (0..3).map(|_| d.spawn_run(&[], &[])).collect();
+    // Mid-stream, by the clock: one member dies without warning, another joins.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(group.remove(0));
+    group.push(d.spawn_run(&[], &[]));
+    std::thread::sleep(Duration::from_millis(1500));
+    for child in group {
+        terminate(child);
+    }
+    let summary = d.drain();
+    eprintln!(
+        "rebalance test: {} events, 3 consumers, 1 killed, 1 added, final drain applied {}, {:?}",
+        events.len(),
+        summary["applied"],
+        started.elapsed()
+    );
+    d.snapshot().assert_same(&clean, "after a rebalance");
+}
+
+#[test]
+fn every_event_delivered_two_or_three_times_is_charged_once() {
+    let events = workload(80, 20_000, 13);
+    let clean = clean_run(3, &events);
+
+    // Each copy goes somewhere after its original, as a producer's retry would: later
+    // offsets, never ahead of the first delivery.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut placed: Vec<(usize, usize, &Value)> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        placed.push((i, placed.len(), event));
+        for _ in 0..rng.gen_range(1..=2) {
+            placed.push((i + rng.gen_range(1..=3_000), placed.len(), event));
+        }
+    }
+    placed.sort_by_key(|&(position, seq, _)| (position, seq));
+    let redelivered: Vec<Value> = placed.into_iter().map(|(_, _, e)| e.clone()).collect();
+    let d = Deployment::new(3);
+    d.send(&redelivered);
+    let summary = d.drain();
+    assert_eq!(
+        summary["duplicates"].as_u64(),
+        Some((redelivered.len() - events.len()) as u64),
+        "{summary}"
+    );
+    d.snapshot()
+        .assert_same(&clean, "with every event delivered 2-3 times");
+}

@@ -1,0 +1,109 @@
+//! ClickHouse stopped mid-stream and started again: tally pauses, says why, resumes, and
+//! ends where one clean run ends. Alone in its test binary because it stops the shared
+//! ClickHouse server (cargo runs test binaries one after another).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{workload, Deployment};
+use serde_json::Value;
+
+fn stack(script: &str, args: &[&str]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let status = Command::new("bash")
+        .arg(format!("{root}/scripts/{script}"))
+        .args(args)
+        .status()
+        .expect("stack script runs");
+    assert!(status.success(), "{script} {args:?} failed");
+}
+
+/// Polls `check` until it holds: a bound on waiting for another process to change state.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn clickhouse_outage_pauses_then_resumes_and_loses_nothing() {
+    let events = workload(100, 40_000, 21);
+    let clean = {
+        let d = Deployment::new(2);
+        d.send(&events);
+        d.drain();
+        d.snapshot()
+    };
+
+    let d = Deployment::new(2);
+    d.send(&events);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let status = || -> Value {
+        let out = d
+            .command()
+            .args(["--json", "status"])
+            .env("TALLY_STATUS__LISTEN", &listen)
+            .output()
+            .expect("tally status runs");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let started = Instant::now();
+    let run = d.spawn_run(&[], &[("TALLY_STATUS__LISTEN", &listen)]);
+    eventually("some events are checkpointed", || {
+        status()["process"]["flushes"].as_u64().unwrap_or(0) > 0
+    });
+
+    stack("stack-down.sh", &["clickhouse"]);
+    eventually(
+        "tally status says paused, with ClickHouse as the reason",
+        || {
+            let s = status();
+            s["process"]["state"] == "paused"
+                && s["process"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("ClickHouse"))
+        },
+    );
+    let paused = status();
+    assert!(
+        paused["clickhouse"].as_str() != Some("ok"),
+        "status reads checkpoints while ClickHouse is down: {paused}"
+    );
+
+    stack("stack-up.sh", &[]);
+    eventually("tally status says running again", || {
+        status()["process"]["state"] == "running"
+    });
+
+    let pid = run.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let out = run.wait_with_output().expect("tally run exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.drain();
+    eprintln!(
+        "outage test: {} events, ClickHouse stopped and restarted once, {:?}",
+        events.len(),
+        started.elapsed()
+    );
+    d.snapshot()
+        .assert_same(&clean, "after a ClickHouse outage");
+}
