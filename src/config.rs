@@ -40,6 +40,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group of `tally run`; every process of one deployment shares it.
     pub group_id: String,
+    /// Static group membership: a stable name per process (e.g. a StatefulSet pod name),
+    /// so a restarted process takes its partitions back at once. Empty: dynamic members.
+    pub instance_id: String,
     /// Topic of `ai.usage` events, keyed by account.
     pub usage_topic: String,
     /// Topic of credit and account commands, keyed by account, co-partitioned with usage.
@@ -48,9 +51,55 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Partitions for the topics `tally migrate` creates.
     pub partitions: i32,
+    /// Which partitions this process owns: `group` (the consumer group decides and
+    /// rebalances), `all`, or a list such as `0,1,2`.
+    pub assignment: Assignment,
     /// How long an event waits for the other topic of its partition before it is applied.
     #[serde(with = "humantime_serde")]
     pub max_idle: Duration,
+}
+
+/// How a `tally run` process gets its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// The consumer group assigns and rebalances (several processes share the topics).
+    Group,
+    /// This process owns every partition.
+    All,
+    /// This process owns exactly these partitions.
+    Listed(Vec<i32>),
+}
+
+impl Assignment {
+    /// `None` for group assignment; otherwise the partitions to own (`None` inside: all).
+    pub fn partitions(&self) -> Option<Option<Vec<i32>>> {
+        match self {
+            Assignment::Group => None,
+            Assignment::All => Some(None),
+            Assignment::Listed(list) => Some(Some(list.clone())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Assignment {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.trim() {
+            "group" => Ok(Assignment::Group),
+            "all" => Ok(Assignment::All),
+            list => list
+                .split(',')
+                .map(|p| p.trim().parse::<i32>().ok().filter(|p| *p >= 0))
+                .collect::<Option<Vec<i32>>>()
+                .filter(|l| !l.is_empty())
+                .map(Assignment::Listed)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not `group`, `all` or a list of partitions like `0,1,2`"
+                    ))
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -37,6 +37,9 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "50");
+    if !config.instance_id.is_empty() {
+        client.set("group.instance.id", &config.instance_id);
+    }
     client
 }
 

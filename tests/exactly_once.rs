@@ -40,14 +40,6 @@ fn terminate(child: Child) {
     );
 }
 
-fn claims(d: &Deployment) -> u64 {
-    // Every start claims each partition it gets: the version that beats the crashed run.
-    d.sql("SELECT count() FROM checkpoints WHERE row_kind = 'claim'")
-        .trim()
-        .parse()
-        .expect("count")
-}
-
 #[test]
 fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
     let events = workload(300, 100_000, 11);
@@ -73,35 +65,75 @@ fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
         summary["applied"],
         started.elapsed()
     );
+    let last = summary["applied"].as_u64().unwrap_or(0) as usize;
     assert!(
-        claims(&d) >= 4 * (kills as u64 + 1),
-        "every restart claimed the partitions"
+        last > 0 && last < events.len(),
+        "the kills fell mid-stream: the killed runs committed part of the work"
     );
     d.snapshot().assert_same(&clean, "after 5 SIGKILLs");
 }
 
 #[test]
-fn three_consumers_with_one_killed_and_one_added_equal_one_clean_run() {
-    let events = workload(120, 30_000, 12);
+fn three_processes_with_one_killed_and_its_partitions_moved_equal_one_clean_run() {
+    let events = workload(120, 60_000, 12);
     let clean = clean_run(6, &events);
 
     let d = Deployment::new(6);
     d.send(&events);
     let started = Instant::now();
-    let mut group: Vec<Child> = (0..3).map(|_| d.spawn_run(&[], &[])).collect();
-    // Mid-stream, by the clock: one member dies without warning, another joins.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Three processes split the six partitions; the split is static because the local
+    // broker's group coordinator stalls after a member dies (docs/guarantees.md). What is
+    // under test is tally's part: a partition moving to another process mid-stream.
+    let member = |owned: &str| d.spawn_run(&[], &[("TALLY_KAFKA__ASSIGNMENT", owned)]);
+    let mut group: Vec<Child> = ["0,1", "2,3", "4,5"]
+        .iter()
+        .map(|owned| member(owned))
+        .collect();
+    let committed = |partitions: &str| -> u64 {
+        d.sql(&format!(
+            "SELECT sum(usage_offset) + sum(commands_offset) FROM checkpoints FINAL \
+             WHERE row_kind = 'offsets' AND partition IN ({partitions})"
+        ))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    };
+    // Mid-stream: as soon as the first process has committed something, it dies without
+    // warning, and a new process takes over its partitions from their last checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while committed("0, 1") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first process never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(group.remove(0));
-    group.push(d.spawn_run(&[], &[]));
-    std::thread::sleep(Duration::from_millis(1500));
+    let at_kill = committed("0, 1, 2, 3, 4, 5");
+    assert!(
+        at_kill < events.len() as u64,
+        "killed after the end: {at_kill}"
+    );
+    group.push(member("0,1"));
+    // A bound on waiting for the group to catch up: committed offsets cover every event.
+    loop {
+        let committed = committed("0, 1, 2, 3, 4, 5");
+        if committed == events.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group stopped at {committed} of {}",
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for child in group {
         terminate(child);
     }
-    let summary = d.drain();
     eprintln!(
-        "rebalance test: {} events, 3 consumers, 1 killed, 1 added, final drain applied {}, {:?}",
+        "rebalance test: {} events, 3 processes on 6 partitions, 1 killed at {at_kill} committed, its 2 partitions moved to a new process, {:?}",
         events.len(),
-        summary["applied"],
         started.elapsed()
     );
     d.snapshot().assert_same(&clean, "after a rebalance");

@@ -118,6 +118,23 @@ impl Pipeline {
         starts
     }
 
+    /// Claims `partitions` and returns the assignment of both topics at their
+    /// checkpointed offsets.
+    fn claim(&mut self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
+        let starts = self.assign(partitions);
+        let (usage_topic, commands_topic) = self.topics();
+        let mut assignment = TopicPartitionList::new();
+        for (partition, (usage, commands)) in starts {
+            for (topic, start) in [(usage_topic, usage), (commands_topic, commands)] {
+                let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                if let Err(e) = assignment.add_partition_offset(topic, partition, offset) {
+                    tracing::error!(error = %e, "cannot build assignment");
+                }
+            }
+        }
+        assignment
+    }
+
     fn ingest(&mut self, message: &BorrowedMessage<'_>) {
         let which = if message.topic() == self.config.kafka.usage_topic {
             Which::Usage
@@ -404,29 +421,7 @@ impl ConsumerContext for TallyContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions: BTreeSet<i32> =
                     tpl.elements().iter().map(|e| e.partition()).collect();
-                let mut pipeline = self.lock();
-                let starts = pipeline.assign(&partitions);
-                let usage_topic = pipeline.config.kafka.usage_topic.clone();
-                drop(pipeline);
-                let mut assignment = TopicPartitionList::new();
-                for element in tpl.elements() {
-                    let Some((usage, commands)) = starts.get(&element.partition()) else {
-                        continue;
-                    };
-                    let start = if element.topic() == usage_topic {
-                        usage
-                    } else {
-                        commands
-                    };
-                    let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
-                    if let Err(e) = assignment.add_partition_offset(
-                        element.topic(),
-                        element.partition(),
-                        offset,
-                    ) {
-                        tracing::error!(error = %e, "cannot build assignment");
-                    }
-                }
+                let assignment = self.lock().claim(&partitions);
                 if let Err(e) = consumer.assign(&assignment) {
                     tracing::error!(error = %e, "cannot assign partitions");
                 }
@@ -505,9 +500,35 @@ pub fn run(
         listed: end_offsets(&consumer, &kafka_config)?,
         confirmed: BTreeMap::new(),
     };
-    consumer
-        .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
-        .context("cannot subscribe")?;
+    match kafka_config.assignment.partitions() {
+        None => consumer
+            .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
+            .context("cannot subscribe")?,
+        Some(listed) => {
+            // This process owns these partitions outright: no group rebalances.
+            let partitions: BTreeSet<i32> = match listed {
+                Some(chosen) => chosen.into_iter().collect(),
+                None => ends
+                    .listed
+                    .keys()
+                    .map(|(_, partition)| *partition)
+                    .collect(),
+            };
+            if let Some(missing) = partitions
+                .iter()
+                .find(|p| !ends.listed.contains_key(&(Which::Usage, **p)))
+            {
+                bail!(
+                    "kafka.assignment names partition {missing}, but topic `{}` has no such partition",
+                    kafka_config.usage_topic
+                );
+            }
+            let assignment = lock(&pipeline).claim(&partitions);
+            consumer
+                .assign(&assignment)
+                .context("cannot assign partitions")?;
+        }
+    }
     tracing::info!(
         brokers = %kafka_config.brokers,
         group = %kafka_config.group_id,

@@ -139,9 +139,15 @@ impl Deployment {
     /// `tally run --drain`: applies everything sent so far, then exits. A drain that has
     /// not finished in ten minutes is killed and fails the test with its log.
     pub fn drain(&self) -> Value {
+        self.drain_with(&[])
+    }
+
+    /// `drain` with `env` on top of the deployment's.
+    pub fn drain_with(&self, env: &[(&str, &str)]) -> Value {
         let mut child = self
             .command()
             .args(["--json", "run", "--drain"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
