@@ -273,8 +273,7 @@ impl Config {
             ));
         }
         if self.pipeline.max_batch_events == 0 || self.pipeline.max_batch_events > 500_000 {
-            // One checkpoint must fit one ClickHouse block (about a million rows) to commit
-            // atomically.
+            // Bounds the memory a flush holds and the size of one checkpoint INSERT.
             return Err(key_err(
                 "pipeline.max_batch_events",
                 "must be between 1 and 500000".into(),

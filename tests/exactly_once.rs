@@ -91,8 +91,10 @@ fn three_processes_with_one_killed_and_its_partitions_moved_equal_one_clean_run(
         .collect();
     let committed = |partitions: &str| -> u64 {
         d.sql(&format!(
-            "SELECT sum(usage_offset) + sum(commands_offset) FROM checkpoints FINAL \
-             WHERE row_kind = 'offsets' AND partition IN ({partitions})"
+            "SELECT sum(u) + sum(c) FROM (SELECT partition, \
+             argMax(usage_offset, version) AS u, argMax(commands_offset, version) AS c \
+             FROM checkpoints WHERE row_kind = 'offsets' AND partition IN ({partitions}) \
+             GROUP BY partition)"
         ))
         .trim()
         .parse()

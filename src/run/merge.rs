@@ -37,6 +37,12 @@ pub struct Side {
     /// The latest known end of the topic partition; `i64::MAX` until a fetch response
     /// told us, so an unknown side is never taken for caught up.
     pub high: i64,
+    /// Where a gap in offsets was last met and the partition read again from the start.
+    /// A broker must return the record batch that contains the fetch offset; tansu 0.6
+    /// returns the next batch instead, so a seek into the middle of a batch (a restart
+    /// from a checkpoint) would skip records. One rewind per position finds them; a gap
+    /// met again at the same position is real (compaction, transaction markers).
+    pub rewound_at: Option<i64>,
 }
 
 impl Side {
@@ -46,6 +52,7 @@ impl Side {
             applied_next: offset,
             received_next: offset,
             high: i64::MAX,
+            rewound_at: None,
         }
     }
 
@@ -119,6 +126,7 @@ mod tests {
             applied_next: 0,
             received_next,
             high,
+            rewound_at: None,
         }
     }
 

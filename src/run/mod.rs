@@ -135,18 +135,40 @@ impl Pipeline {
         assignment
     }
 
-    fn ingest(&mut self, message: &BorrowedMessage<'_>) {
+    /// Queues one message. Returns `Rewind` when the message skips offsets and the
+    /// partition must be read again from its beginning (see [`merge::Side::rewound_at`]).
+    fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Ingest {
         let which = if message.topic() == self.config.kafka.usage_topic {
             Which::Usage
         } else {
             Which::Commands
         };
         let Some(work) = self.parts.get_mut(&message.partition()) else {
-            return;
+            return Ingest::Queued;
         };
         let side = work.side_mut(which);
         if message.offset() < side.received_next {
-            return;
+            return Ingest::Queued;
+        }
+        if message.offset() > side.received_next {
+            if side.rewound_at != Some(side.received_next) {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    expected = side.received_next,
+                    got = message.offset(),
+                    "offsets skipped; reading the partition again from its beginning"
+                );
+                side.rewound_at = Some(side.received_next);
+                return Ingest::Rewind;
+            }
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                expected = side.received_next,
+                got = message.offset(),
+                "offsets skipped again after a rewind; taking the gap as real"
+            );
         }
         side.received_next = message.offset() + 1;
         let arrival = message
@@ -163,6 +185,7 @@ impl Pipeline {
             payload: payload.to_vec(),
             received: Instant::now(),
         });
+        Ingest::Queued
     }
 
     fn apply_ready(&mut self, now: Instant) {
@@ -392,6 +415,12 @@ impl Ends {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Ingest {
+    Queued,
+    Rewind,
+}
+
 struct TallyContext {
     pipeline: Arc<Mutex<Pipeline>>,
 }
@@ -550,7 +579,19 @@ pub fn run(
             };
             match consumer.poll(timeout) {
                 Some(Ok(message)) => {
-                    lock(&pipeline).ingest(&message);
+                    if lock(&pipeline).ingest(&message) == Ingest::Rewind {
+                        let (topic, partition) = (message.topic().to_string(), message.partition());
+                        drop(message);
+                        if let Err(e) = consumer.seek(
+                            &topic,
+                            partition,
+                            Offset::Beginning,
+                            Duration::from_secs(10),
+                        ) {
+                            tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
+                        }
+                        break;
+                    }
                     polled += 1;
                 }
                 Some(Err(e)) => {

@@ -41,6 +41,10 @@ struct SeenRow {
 
 const WHERE_PARTITION: &str = "stream = ? AND partition = ?";
 
+/// The versions of a partition's complete flushes: those whose offsets row landed.
+const COMPLETE: &str = "SELECT version FROM checkpoints \
+     WHERE stream = ? AND partition = ? AND row_kind = 'offsets'";
+
 /// Claims `partition` for this process and loads its committed state.
 ///
 /// The claim row raises the partition's version above every version written so far,
@@ -85,8 +89,8 @@ pub async fn claim_and_load(
 
     let offsets: Option<OffsetsRow> = client
         .query(&format!(
-            "SELECT usage_offset, commands_offset, arrival_high FROM checkpoints FINAL \
-             WHERE {WHERE_PARTITION} AND row_kind = 'offsets'"
+            "SELECT usage_offset, commands_offset, arrival_high FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'offsets' ORDER BY version DESC LIMIT 1"
         ))
         .bind(stream)
         .bind(partition)
@@ -95,9 +99,12 @@ pub async fn claim_and_load(
     let mut book = Book::default();
     let states: Vec<StateRow> = client
         .query(&format!(
-            "SELECT account, state FROM checkpoints FINAL \
-             WHERE {WHERE_PARTITION} AND row_kind = 'state'"
+            "SELECT account, argMax(state, version) FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'state' AND version IN ({COMPLETE}) \
+             GROUP BY account"
         ))
+        .bind(stream)
+        .bind(partition)
         .bind(stream)
         .bind(partition)
         .fetch_all()
@@ -113,12 +120,15 @@ pub async fn claim_and_load(
     let arrival_high = offsets.as_ref().map_or(0, |o| o.arrival_high);
     let seen: Vec<SeenRow> = client
         .query(&format!(
-            "SELECT key_hi, key_lo, seen_at FROM checkpoints FINAL \
-             WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ?"
+            "SELECT key_hi, key_lo, min(seen_at) FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ? \
+             AND version IN ({COMPLETE}) GROUP BY key_hi, key_lo"
         ))
         .bind(stream)
         .bind(partition)
         .bind(arrival_high - dedup_window_secs)
+        .bind(stream)
+        .bind(partition)
         .fetch_all()
         .await?;
     for row in seen {

@@ -138,8 +138,9 @@ pub async fn checkpoints(
 ) -> Result<Vec<CheckpointSummary>, StoreError> {
     Ok(client
         .query(
-            "SELECT partition, usage_offset, commands_offset, written_at FROM checkpoints FINAL \
-             WHERE stream = ? AND row_kind = 'offsets' ORDER BY partition",
+            "SELECT partition, argMax(usage_offset, version), argMax(commands_offset, version), \
+             max(written_at) FROM checkpoints \
+             WHERE stream = ? AND row_kind = 'offsets' GROUP BY partition ORDER BY partition",
         )
         .bind(stream)
         .fetch_all()

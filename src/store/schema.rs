@@ -88,9 +88,12 @@ const TABLES: [&str; 5] = [
         version UInt64
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (account, pool)",
-    // The commit point. One INSERT per flush carries, per partition, the next offsets, the
-    // state of every account that changed and the new dedup keys; it is one block in one
-    // table partition, so it lands whole or not at all.
+    // The commit point. One INSERT per flush carries, per partition, the state of every
+    // account that changed, the new dedup keys and, last, the partition's next offsets.
+    // ClickHouse 18.16 keeps the rows it had parsed when a client dies mid-INSERT, so a
+    // flush's rows only count once its offsets row exists (written last, it proves the
+    // rows before it arrived). Plain MergeTree: a torn flush's rows must never replace a
+    // complete one's, as a ReplacingMergeTree merge would.
     "CREATE TABLE IF NOT EXISTS checkpoints (
         stream String,
         partition UInt32,
@@ -105,8 +108,8 @@ const TABLES: [&str; 5] = [
         state String,
         seen_at Int64,
         written_at DateTime
-    ) ENGINE = ReplacingMergeTree(version)
-    ORDER BY (stream, partition, row_kind, account, key_hi, key_lo)",
+    ) ENGINE = MergeTree
+    ORDER BY (stream, partition, row_kind, version)",
 ];
 
 /// Creates `database` and every table in it.
