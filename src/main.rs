@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 use tally::cli::commands::{self, GrantArgs};
 use tally::config::Config;
 use tally::store::reads::By;
-use tally_core::{Credits, LotKind};
 
 #[derive(Parser)]
 #[command(
@@ -46,38 +45,7 @@ enum Command {
         drain: bool,
     },
     /// Grant credits to an account (sends a credit.grant command).
-    Grant {
-        account: String,
-        /// Credits, a decimal with at most 3 places.
-        #[arg(long)]
-        credits: Credits,
-        #[arg(long, value_parser = parse_kind)]
-        kind: LotKind,
-        #[arg(long, default_value = "ai")]
-        pool: String,
-        /// Lot id (default: the event id).
-        #[arg(long)]
-        lot: Option<String>,
-        /// RFC 3339 expiry; without it and --valid-days the lot never expires.
-        #[arg(long, conflicts_with = "valid_days")]
-        expires_at: Option<DateTime<Utc>>,
-        /// Days of validity from now.
-        #[arg(long)]
-        valid_days: Option<u32>,
-        /// Lower pays first.
-        #[arg(long)]
-        priority: Option<i32>,
-        /// card or cash.
-        #[arg(long, value_parser = ["card", "cash"])]
-        payment_method: Option<String>,
-        #[arg(long, requires = "payment_method")]
-        payment_reference: Option<String>,
-        #[arg(long)]
-        comment: Option<String>,
-        /// The CloudEvent source recorded with the grant.
-        #[arg(long, default_value = "tally-cli")]
-        source: String,
-    },
+    Grant(GrantArgs),
     /// Send CloudEvents from a JSON-lines file (`-` for stdin) to their topics.
     Send { file: PathBuf },
     /// Available credits of an account, per pool and kind.
@@ -125,11 +93,6 @@ enum Report {
     },
 }
 
-fn parse_kind(text: &str) -> Result<LotKind, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|_| format!("`{text}` is not one of included, promotional, purchased"))
-}
-
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
@@ -167,37 +130,7 @@ fn main() -> anyhow::Result<()> {
                 .join()
                 .map_err(|_| anyhow::anyhow!("the run thread panicked"))?
         }
-        Command::Grant {
-            account,
-            credits,
-            kind,
-            pool,
-            lot,
-            expires_at,
-            valid_days,
-            priority,
-            payment_method,
-            payment_reference,
-            comment,
-            source,
-        } => rt.block_on(commands::grant(
-            &config,
-            GrantArgs {
-                account,
-                credits,
-                kind,
-                pool,
-                lot,
-                expires_at,
-                valid_days,
-                priority,
-                payment_method,
-                payment_reference,
-                comment,
-                source,
-            },
-            json,
-        )),
+        Command::Grant(args) => rt.block_on(commands::grant(&config, args, json)),
         Command::Status => rt.block_on(commands::status(&config, json)),
         Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
         Command::Balance { account, at } => rt.block_on(commands::balance(

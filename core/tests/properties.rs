@@ -2,13 +2,13 @@
 //! grants, voids, settings and calls, checked against a small independent reference; and
 //! the fixed-point arithmetic of `Credits`.
 
+mod common;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
-use tally_core::{
-    Book, CostMatrix, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rules,
-};
+use tally_core::{Book, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rules};
 
 const MATRIX: &str = r#"
 [[versions]]
@@ -26,16 +26,7 @@ translation = { pool = "ai", per_unit = "0.002", unit = "character" }
 "#;
 
 fn rules() -> Rules {
-    let matrix: CostMatrix = toml::from_str(MATRIX).expect("matrix parses");
-    matrix.validate().expect("matrix is valid");
-    Rules {
-        matrix,
-        default_timezone: chrono_tz::Asia::Seoul,
-        default_policy: Policy::EarliestExpiry,
-        max_lateness: TimeDelta::days(7),
-        max_future_skew: TimeDelta::minutes(5),
-        dedup_window: TimeDelta::hours(24),
-    }
+    common::rules(MATRIX)
 }
 
 /// (feature, variant) of the calls a history may make.

@@ -2,12 +2,13 @@
 //! JSON) go into `Book::process`, and the outcome, ledger entries and account state are
 //! checked against the rules of the design brief.
 
+mod common;
+
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use tally_core::account::balance;
 use tally_core::event::Status;
 use tally_core::{
-    Book, CostMatrix, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection,
-    Rules,
+    Book, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection, Rules,
 };
 
 const MATRIX: &str = r#"
@@ -36,16 +37,7 @@ deep_scan = { pool = "scan", cost = 1 }
 "#;
 
 fn rules() -> Rules {
-    let matrix: CostMatrix = toml::from_str(MATRIX).expect("matrix parses");
-    matrix.validate().expect("matrix is valid");
-    Rules {
-        matrix,
-        default_timezone: chrono_tz::Asia::Seoul,
-        default_policy: Policy::EarliestExpiry,
-        max_lateness: TimeDelta::days(7),
-        max_future_skew: TimeDelta::minutes(5),
-        dedup_window: TimeDelta::hours(24),
-    }
+    common::rules(MATRIX)
 }
 
 fn at(text: &str) -> DateTime<Utc> {

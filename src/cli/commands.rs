@@ -88,20 +88,45 @@ pub fn run(
     Ok(())
 }
 
-/// The fields of `tally grant`.
+/// The arguments of `tally grant`.
+#[derive(Debug, clap::Args)]
 pub struct GrantArgs {
     pub account: String,
+    /// Credits, a decimal with at most 3 places.
+    #[arg(long)]
     pub credits: Credits,
+    /// included, promotional or purchased.
+    #[arg(long, value_parser = parse_kind)]
     pub kind: LotKind,
+    #[arg(long, default_value = "ai")]
     pub pool: String,
+    /// Lot id (default: the event id).
+    #[arg(long)]
     pub lot: Option<String>,
+    /// RFC 3339 expiry; without it and --valid-days the lot never expires.
+    #[arg(long, conflicts_with = "valid_days")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Days of validity from now.
+    #[arg(long)]
     pub valid_days: Option<u32>,
+    /// Lower pays first.
+    #[arg(long)]
     pub priority: Option<i32>,
+    /// card or cash.
+    #[arg(long, value_parser = ["card", "cash"])]
     pub payment_method: Option<String>,
+    #[arg(long, requires = "payment_method")]
     pub payment_reference: Option<String>,
+    #[arg(long)]
     pub comment: Option<String>,
+    /// The CloudEvent source recorded with the grant.
+    #[arg(long, default_value = "tally-cli")]
     pub source: String,
+}
+
+fn parse_kind(text: &str) -> Result<LotKind, String> {
+    serde_json::from_value(Value::String(text.to_string()))
+        .map_err(|_| format!("`{text}` is not one of included, promotional, purchased"))
 }
 
 pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Result<()> {
