@@ -53,7 +53,7 @@ fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
     while kills < 5 {
         let child = d.spawn_run(&[], &[]);
         // The crash schedule, not a synchronisation: kill after a random moment.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..2500)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..4000)));
         kill(child);
         kills += 1;
     }
