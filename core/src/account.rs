@@ -12,6 +12,10 @@ use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Policy};
 use crate::pricing::CostMatrix;
 
+/// The largest single grant: a trillion credits. Bounding grants keeps every sum of lots
+/// far from the limits of the fixed-point integers.
+pub const MAX_GRANT: Credits = Credits::from_whole(1_000_000_000_000);
+
 /// The rules every account is held to, from config.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -161,6 +165,12 @@ impl AccountState {
         }
         if !grant.credits.is_positive() {
             return reject(format!("credits must be positive, got {}", grant.credits));
+        }
+        if grant.credits > MAX_GRANT {
+            return reject(format!(
+                "credits must be at most {MAX_GRANT} per grant, got {}",
+                grant.credits
+            ));
         }
         if grant.pool.trim().is_empty() {
             return reject("pool must not be empty".into());

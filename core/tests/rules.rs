@@ -1214,3 +1214,20 @@ fn a_valid_days_too_large_for_the_calendar_is_rejected_not_a_panic() {
     assert!(matches!(r, Rejection::Command(_)), "{r:?}");
     assert!(h.book.accounts.is_empty());
 }
+
+#[test]
+fn a_grant_above_a_trillion_credits_is_rejected() {
+    let rules = rules();
+    let mut book = Book::default();
+    let payload = event(
+        "credit.grant",
+        "g-huge",
+        "2026-11-20T09:00:00Z",
+        r#"{"kind": "purchased", "credits": "1000000000000.001"}"#,
+    );
+    let outcome = book.process(&rules, payload.as_bytes(), at("2026-11-20T09:00:01Z"));
+    assert!(
+        matches!(&outcome, Outcome::Rejected(Rejection::Command(reason)) if reason.contains("at most")),
+        "{outcome:?}"
+    );
+}
