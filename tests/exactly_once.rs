@@ -169,3 +169,66 @@ fn every_event_delivered_two_or_three_times_is_charged_once() {
     d.snapshot()
         .assert_same(&clean, "with every event delivered 2-3 times");
 }
+
+#[test]
+fn three_group_members_with_one_killed_and_restarted_equal_one_clean_run() {
+    let events = workload(120, 60_000, 14);
+    let clean = clean_run(6, &events);
+
+    let d = Deployment::new(6);
+    d.send(&events);
+    let started = Instant::now();
+    // One consumer group, range assignment, static members: a killed member that comes
+    // back under its name takes its partitions back (docs/guarantees.md explains why the
+    // local broker needs the static names).
+    let member = |id: &str| {
+        d.spawn_run(
+            &[],
+            &[
+                ("TALLY_KAFKA__ASSIGNMENT", "group"),
+                ("TALLY_KAFKA__INSTANCE_ID", id),
+            ],
+        )
+    };
+    let mut group: Vec<Child> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
+    let committed = || -> u64 {
+        d.sql(
+            "SELECT sum(u) + sum(c) FROM (SELECT partition, \
+             argMax(usage_offset, version) AS u, argMax(commands_offset, version) AS c \
+             FROM checkpoints WHERE row_kind = 'offsets' GROUP BY partition)",
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while committed() == 0 {
+        assert!(Instant::now() < deadline, "the group never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(group.remove(0));
+    let at_kill = committed();
+    assert!(
+        at_kill < events.len() as u64,
+        "killed after the end: {at_kill}"
+    );
+    group.push(member("a"));
+    while committed() < events.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the group stopped at {} of {}",
+            committed(),
+            events.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for child in group {
+        terminate(child);
+    }
+    eprintln!(
+        "group test: {} events, 3 members of one group on 6 partitions, 1 killed at {at_kill} committed and restarted, {:?}",
+        events.len(),
+        started.elapsed()
+    );
+    d.snapshot().assert_same(&clean, "after a group rebalance");
+}
