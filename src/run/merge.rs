@@ -43,6 +43,8 @@ pub struct Side {
     /// from a checkpoint) would skip records. One rewind per position finds them; a gap
     /// met again at the same position is real (compaction, transaction markers).
     pub rewound_at: Option<i64>,
+    /// When the last record arrived (or the side was assigned).
+    pub last_received: Instant,
 }
 
 impl Side {
@@ -53,6 +55,7 @@ impl Side {
             received_next: offset,
             high: i64::MAX,
             rewound_at: None,
+            last_received: Instant::now(),
         }
     }
 
@@ -127,6 +130,7 @@ mod tests {
             received_next,
             high,
             rewound_at: None,
+            last_received: Instant::now(),
         }
     }
 

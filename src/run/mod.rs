@@ -31,6 +31,9 @@ const APPLY_BUDGET: usize = 10_000;
 /// Messages taken from the consumer before applying them.
 const POLL_BATCH: usize = 5_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a side may sit behind its known end with nothing arriving before it is read
+/// again from the start.
+const STALL: Duration = Duration::from_secs(2);
 
 /// What a run did, for the caller's summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -171,6 +174,7 @@ impl Pipeline {
             );
         }
         side.received_next = message.offset() + 1;
+        side.last_received = Instant::now();
         let arrival = message
             .timestamp()
             .to_millis()
@@ -604,7 +608,7 @@ pub fn run(
         let now = Instant::now();
         let mut p = lock(&pipeline);
         p.apply_ready(now);
-        refresh_highs(&consumer, &mut p);
+        refresh_highs(&consumer, &mut p, now);
         p.apply_ready(now);
         if drain {
             let partitions: Vec<i32> = p.parts.keys().copied().collect();
@@ -719,12 +723,14 @@ fn end_offsets(
 
 /// Updates the known end of every side another side is waiting on, from the consumer's
 /// last fetch responses (no request is sent).
-fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
+fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: Instant) {
     let (usage_topic, commands_topic) = (
         p.config.kafka.usage_topic.clone(),
         p.config.kafka.commands_topic.clone(),
     );
-    for work in p.parts.values_mut().filter(|w| w.waiting()) {
+    // While a flush is pending, consumption is paused on purpose: nothing is stalled.
+    let paused = p.pending.is_some();
+    for work in p.parts.values_mut() {
         for (which, topic) in [
             (Which::Usage, &usage_topic),
             (Which::Commands, &commands_topic),
@@ -733,6 +739,29 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline) {
             let side = work.side_mut(which);
             if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
                 side.high = high;
+            }
+            // Behind the end and nothing arriving: the broker skipped to a batch after
+            // our position, or there is none after it (see `Side::rewound_at`).
+            if !paused
+                && side.received_next < side.high
+                && side.high != i64::MAX
+                && now.duration_since(side.last_received) >= STALL
+                && side.rewound_at != Some(side.received_next)
+            {
+                tracing::warn!(
+                    topic = %topic,
+                    partition,
+                    position = side.received_next,
+                    end = side.high,
+                    "no records arrive before the end; reading the partition again from its beginning"
+                );
+                side.rewound_at = Some(side.received_next);
+                side.last_received = now;
+                if let Err(e) =
+                    consumer.seek(topic, partition, Offset::Beginning, Duration::from_secs(10))
+                {
+                    tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
+                }
             }
         }
     }
