@@ -20,6 +20,11 @@ fn main() {
         max_lateness: TimeDelta::days(35),
         max_future_skew: TimeDelta::minutes(5),
         dedup_window: TimeDelta::hours(24),
+        plans: Default::default(),
+        expiry_grace: TimeDelta::minutes(5),
+        flex_enabled: true,
+        flex_threshold: tally_core::Credits::from_whole(1000),
+        settle_shortfall: true,
     };
     let start: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().expect("time");
     let accounts = 10_000;
@@ -55,7 +60,7 @@ fn main() {
     let began = Instant::now();
     let mut applied = 0u64;
     for payload in &payloads {
-        if let Outcome::Applied { .. } = book.process(&rules, payload, arrival) {
+        if let Outcome::Applied { .. } = book.process(&rules, payload, arrival).outcome {
             applied += 1;
         }
     }

@@ -7,14 +7,21 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
-use crate::event::{Body, Event, Grant, Rejection, Settings, Status, Usage, Void};
+use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::ledger::{EntryType, LedgerEntry};
-use crate::lots::{self, Lot, LotKind, Policy};
+use crate::lots::{self, Lot, LotKind, Payment, Policy};
+use crate::plans::{self, Plan, Subscription};
 use crate::pricing::CostMatrix;
 
 /// The largest single grant: a trillion credits. Bounding grants keeps every sum of lots
 /// far from the limits of the fixed-point integers.
 pub const MAX_GRANT: Credits = Credits::from_whole(1_000_000_000_000);
+
+/// "Expiring soon" in balances: within 14 days [000].
+pub const EXPIRING_WITHIN: TimeDelta = TimeDelta::days(14);
+
+/// The service named on entries that no event caused (expiries, cycle allowances).
+pub const SERVICE: &str = "tally";
 
 /// The rules every account is held to, from config.
 #[derive(Debug, Clone)]
@@ -27,6 +34,16 @@ pub struct Rules {
     /// Events newer than this, relative to their arrival, are rejected.
     pub max_future_skew: TimeDelta,
     pub dedup_window: TimeDelta,
+    /// Plans by name.
+    pub plans: BTreeMap<String, Plan>,
+    /// How long after its end a lot still pays for late calls before its expiry is written.
+    pub expiry_grace: TimeDelta,
+    /// Whether flex is on for accounts that do not say.
+    pub flex_enabled: bool,
+    /// Flex allowed per cycle when neither the account nor its plan says.
+    pub flex_threshold: Credits,
+    /// Whether a grant first pays outstanding shortfall, for accounts that do not say.
+    pub settle_shortfall: bool,
 }
 
 /// Everything tally remembers about one account.
@@ -43,6 +60,30 @@ pub struct AccountState {
     pub locale: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Subscription>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flex_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flex_threshold: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_shortfall: Option<bool>,
+    /// Flex used in the period that started at `flex_period`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flex_used: Credits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flex_period: Option<DateTime<Utc>>,
+    /// Usage no lot or flex could pay, per pool, not yet settled by a grant.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shortfall: BTreeMap<String, Credits>,
+}
+
+/// Flex of one account as of some time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlexView {
+    pub enabled: bool,
+    pub threshold: Credits,
+    pub used: Credits,
 }
 
 /// Available credits of one pool.
@@ -50,6 +91,8 @@ pub struct AccountState {
 pub struct PoolBalance {
     pub available: Credits,
     pub by_kind: BTreeMap<&'static str, Credits>,
+    /// Of `available`, what expires within [`EXPIRING_WITHIN`].
+    pub expiring_soon: Credits,
 }
 
 impl AccountState {
@@ -59,6 +102,189 @@ impl AccountState {
 
     pub fn policy(&self, rules: &Rules) -> Policy {
         self.policy.unwrap_or(rules.default_policy)
+    }
+
+    pub fn flex_enabled(&self, rules: &Rules) -> bool {
+        self.flex_enabled.unwrap_or(rules.flex_enabled)
+    }
+
+    /// The account's own threshold, else its plan's, else the default.
+    pub fn flex_threshold(&self, rules: &Rules) -> Credits {
+        self.flex_threshold
+            .or_else(|| {
+                self.subscription
+                    .as_ref()
+                    .and_then(|s| s.plan.flex_threshold)
+            })
+            .unwrap_or(rules.flex_threshold)
+    }
+
+    pub fn settles_shortfall(&self, rules: &Rules) -> bool {
+        self.settle_shortfall.unwrap_or(rules.settle_shortfall)
+    }
+
+    /// Start of the flex period a call at `at` counts in: the plan's current cycle, or the
+    /// calendar month without a plan. Never before the period already counting, so a late
+    /// call cannot reopen a closed period.
+    fn flex_period_at(&self, rules: &Rules, at: DateTime<Utc>) -> DateTime<Utc> {
+        let period = match &self.subscription {
+            Some(s) => s.cycle_start,
+            None => plans::month_start(self.timezone(rules), at),
+        };
+        self.flex_period.map_or(period, |p| p.max(period))
+    }
+
+    /// Flex as it stands for a call at `at`.
+    pub fn flex(&self, rules: &Rules, at: DateTime<Utc>) -> FlexView {
+        let used = if self.flex_period == Some(self.flex_period_at(rules, at)) {
+            self.flex_used
+        } else {
+            Credits::ZERO
+        };
+        FlexView {
+            enabled: self.flex_enabled(rules),
+            threshold: self.flex_threshold(rules),
+            used,
+        }
+    }
+
+    /// When something falls due on this account's own: the next cycle, or a lot's expiry
+    /// (plus the grace for late calls).
+    pub fn next_deadline(&self, rules: &Rules) -> Option<DateTime<Utc>> {
+        let issue = self.subscription.as_ref().map(|s| s.cycle_end);
+        let expiry = self
+            .lots
+            .iter()
+            .filter(|lot| !lot.expired && !lot.voided)
+            .filter_map(|lot| lot.expires_at?.checked_add_signed(rules.expiry_grace))
+            .min();
+        match (issue, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Writes what fell due by `clock`, oldest first: expiries of lots whose end plus
+    /// the grace has passed, and the allowances of cycles that have started.
+    pub fn advance(
+        &mut self,
+        rules: &Rules,
+        account: &str,
+        clock: DateTime<Utc>,
+    ) -> Vec<LedgerEntry> {
+        let mut entries = Vec::new();
+        loop {
+            let issue = self
+                .subscription
+                .as_ref()
+                .map(|s| s.cycle_end)
+                .filter(|end| *end <= clock);
+            let expiry = self
+                .lots
+                .iter()
+                .enumerate()
+                .filter(|(_, lot)| !lot.expired && !lot.voided)
+                .filter_map(|(i, lot)| {
+                    let end = lot.expires_at?;
+                    let due = end.checked_add_signed(rules.expiry_grace)?;
+                    (due <= clock).then_some((end, lot.seq, i))
+                })
+                .min();
+            let expiry_first = match (issue, expiry) {
+                (None, None) => break,
+                (Some(start), Some((end, _, _))) => end <= start,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+            };
+            match expiry {
+                Some((_, _, i)) if expiry_first => entries.extend(self.expire(rules, account, i)),
+                _ => entries.extend(self.next_cycle(rules, account)),
+            }
+        }
+        entries
+    }
+
+    fn expire(&mut self, rules: &Rules, account: &str, index: usize) -> Option<LedgerEntry> {
+        let tz = self.timezone(rules);
+        let lot = &mut self.lots[index];
+        lot.expired = true;
+        let left = std::mem::replace(&mut lot.remaining, Credits::ZERO);
+        let at = lot.expires_at?;
+        if !left.is_positive() {
+            return None;
+        }
+        let mut entry = blank_entry(account, at, tz, SERVICE, "");
+        entry.id = Some(format!("expiry/{}", lot.id));
+        entry.entry_type = EntryType::Expiry;
+        entry.pool = lot.pool.clone();
+        entry.credits = -left;
+        entry.lot = lot.id.clone();
+        entry.lot_kind = Some(lot.kind);
+        Some(entry)
+    }
+
+    /// Turns the subscription over to its next cycle and issues that cycle's allowance.
+    fn next_cycle(&mut self, rules: &Rules, account: &str) -> Option<LedgerEntry> {
+        let s = self.subscription.as_mut()?;
+        s.cycle += 1;
+        s.cycle_start = s.cycle_end;
+        s.cycle_end = plans::cycle_start(s.anchor, s.timezone, s.plan.period, s.cycle + 1);
+        let (start, end) = (s.cycle_start, s.cycle_end);
+        self.issue_allowance(rules, account, start, end, None)
+    }
+
+    /// The `included` lot of one cycle, with its grant entry. `event` names the command
+    /// that started the cycle, if one did; otherwise the entry gets a stable id.
+    fn issue_allowance(
+        &mut self,
+        rules: &Rules,
+        account: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event: Option<&Event>,
+    ) -> Option<LedgerEntry> {
+        let s = self.subscription.as_ref()?;
+        if !s.plan.credits.is_positive() || until <= from {
+            return None;
+        }
+        let date = from.with_timezone(&s.timezone).format("%Y-%m-%d");
+        let mut id = format!("{}:{date}", s.name);
+        if self.lots.iter().any(|lot| lot.id == id) {
+            id = format!("{id}#{}", self.next_seq);
+        }
+        let (name, plan, payment, cycle) = (s.name.clone(), s.plan.clone(), s.payment, s.cycle);
+        self.lots.push(Lot {
+            id: id.clone(),
+            pool: plan.pool.clone(),
+            kind: LotKind::Included,
+            granted: plan.credits,
+            remaining: plan.credits,
+            effective_at: from,
+            expires_at: Some(until),
+            priority: None,
+            seq: self.next_seq,
+            voided: false,
+            expired: false,
+            from_plan: true,
+        });
+        self.next_seq += 1;
+        let tz = self.timezone(rules);
+        let mut entry = match event {
+            Some(event) => blank_entry(account, event.time, tz, &event.source, &event.id),
+            None => {
+                let mut entry = blank_entry(account, from, tz, SERVICE, "");
+                entry.id = Some(format!("grant/{id}"));
+                entry
+            }
+        };
+        entry.entry_type = EntryType::Grant;
+        entry.pool = plan.pool;
+        entry.credits = plan.credits;
+        entry.lot = id;
+        entry.lot_kind = Some(LotKind::Included);
+        entry.payment_method = payment;
+        entry.comment = format!("plan {name}, cycle {cycle}");
+        Some(entry)
     }
 
     /// Applies one event and returns the ledger entries it produced.
@@ -82,36 +308,24 @@ impl AccountState {
         }
         match &event.body {
             Body::Usage(usage) => self.usage(rules, event, usage).map(|e| vec![e]),
-            Body::Grant(grant) => self.grant(rules, event, grant).map(|e| vec![e]),
+            Body::Grant(grant) => self.grant(rules, event, grant),
             Body::Void(void) => self.void(rules, event, void).map(|e| vec![e]),
+            Body::Plan(change) => self.plan(rules, event, change),
             Body::Settings(settings) => self.settings(settings).map(|()| Vec::new()),
+            Body::Tick => Ok(Vec::new()),
         }
     }
 
     fn entry(&self, rules: &Rules, event: &Event, entry_type: EntryType) -> LedgerEntry {
-        LedgerEntry {
-            entry_type,
-            account: event.account.clone(),
-            time: event.time,
-            day: event.time.with_timezone(&self.timezone(rules)).date_naive(),
-            service: event.source.clone(),
-            user: String::new(),
-            feature: String::new(),
-            variant: String::new(),
-            quantity: Credits::ZERO,
-            status: Status::Succeeded,
-            pool: String::new(),
-            credits: Credits::ZERO,
-            paid: Vec::new(),
-            shortfall: Credits::ZERO,
-            matrix_version: String::new(),
-            event_id: event.id.clone(),
-            lot: String::new(),
-            lot_kind: None,
-            payment_method: None,
-            payment_reference: String::new(),
-            comment: String::new(),
-        }
+        let mut entry = blank_entry(
+            &event.account,
+            event.time,
+            self.timezone(rules),
+            &event.source,
+            &event.id,
+        );
+        entry.entry_type = entry_type;
+        entry
     }
 
     fn usage(
@@ -148,6 +362,27 @@ impl AccountState {
             entry.credits = price.credits;
             entry.paid = debit.paid;
             entry.shortfall = debit.shortfall;
+            if entry.shortfall.is_positive() && self.flex_enabled(rules) {
+                let period = self.flex_period_at(rules, event.time);
+                if self.flex_period != Some(period) {
+                    self.flex_period = Some(period);
+                    self.flex_used = Credits::ZERO;
+                }
+                let room = (self.flex_threshold(rules) - self.flex_used).max(Credits::ZERO);
+                let take = room.min(entry.shortfall);
+                if take.is_positive() {
+                    self.flex_used += take;
+                    entry.shortfall -= take;
+                    entry.paid.push(Payment {
+                        lot: FLEX_LOT.to_string(),
+                        kind: LotKind::Flex,
+                        credits: take,
+                    });
+                }
+            }
+            if entry.shortfall.is_positive() {
+                *self.shortfall.entry(entry.pool.clone()).or_default() += entry.shortfall;
+            }
         }
         Ok(entry)
     }
@@ -157,8 +392,11 @@ impl AccountState {
         rules: &Rules,
         event: &Event,
         grant: &Grant,
-    ) -> Result<LedgerEntry, Rejection> {
+    ) -> Result<Vec<LedgerEntry>, Rejection> {
         let reject = |problem: String| Err(Rejection::Command(problem));
+        if grant.kind == LotKind::Flex {
+            return reject("kind `flex` cannot be granted: flex is postpaid overage".into());
+        }
         let id = grant.lot.clone().unwrap_or_else(|| event.id.clone());
         if self.lots.iter().any(|lot| lot.id == id) {
             return reject(format!("lot `{id}` already exists"));
@@ -204,6 +442,8 @@ impl AccountState {
             priority: grant.priority,
             seq: self.next_seq,
             voided: false,
+            expired: false,
+            from_plan: false,
         };
         self.next_seq += 1;
         self.lots.push(lot);
@@ -219,7 +459,88 @@ impl AccountState {
             .and_then(|p| p.reference.clone())
             .unwrap_or_default();
         entry.comment = grant.comment.clone().unwrap_or_default();
-        Ok(entry)
+        let mut entries = vec![entry];
+        entries.extend(self.settle(rules, event));
+        Ok(entries)
+    }
+
+    /// The newest lot first pays what its pool owes, if the account settles shortfall.
+    fn settle(&mut self, rules: &Rules, event: &Event) -> Option<LedgerEntry> {
+        if !self.settles_shortfall(rules) {
+            return None;
+        }
+        let lot = self.lots.last_mut()?;
+        let owed = self.shortfall.get_mut(&lot.pool)?;
+        let amount = (*owed).min(lot.remaining);
+        if !amount.is_positive() {
+            return None;
+        }
+        *owed -= amount;
+        if !owed.is_positive() {
+            self.shortfall.remove(&lot.pool);
+        }
+        lot.remaining -= amount;
+        let payment = Payment {
+            lot: lot.id.clone(),
+            kind: lot.kind,
+            credits: amount,
+        };
+        let pool = lot.pool.clone();
+        let mut entry = self.entry(rules, event, EntryType::Settlement);
+        entry.pool = pool;
+        entry.credits = amount;
+        entry.lot = payment.lot.clone();
+        entry.lot_kind = Some(payment.kind);
+        entry.paid = vec![payment];
+        entry.comment = "outstanding shortfall settled by this grant".into();
+        Some(entry)
+    }
+
+    fn plan(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        change: &PlanChange,
+    ) -> Result<Vec<LedgerEntry>, Rejection> {
+        let Some(plan) = rules.plans.get(&change.plan) else {
+            let known: Vec<&str> = rules.plans.keys().map(String::as_str).collect();
+            return Err(Rejection::Command(format!(
+                "unknown plan `{}`; known: {}",
+                change.plan,
+                known.join(", ")
+            )));
+        };
+        let anchor = change.anchor.unwrap_or(event.time);
+        if anchor > event.time {
+            return Err(Rejection::Command(format!(
+                "anchor {anchor} is after the command's time {}; send the command when the plan starts",
+                event.time
+            )));
+        }
+        // A plan change ends the current allowance now and starts a fresh cycle [002].
+        for lot in &mut self.lots {
+            if lot.from_plan && !lot.expired && !lot.voided {
+                lot.expires_at = Some(lot.expires_at.map_or(event.time, |e| e.min(event.time)));
+            }
+        }
+        let tz = self.timezone(rules);
+        let (cycle, cycle_start, cycle_end) = plans::cycle_at(anchor, tz, plan.period, event.time);
+        self.subscription = Some(Subscription {
+            name: change.plan.clone(),
+            plan: plan.clone(),
+            anchor,
+            timezone: tz,
+            payment: change.payment.as_ref().map(|p| p.method),
+            cycle,
+            cycle_start,
+            cycle_end,
+        });
+        self.flex_period = Some(event.time.max(cycle_start));
+        self.flex_used = Credits::ZERO;
+        Ok(self
+            .issue_allowance(rules, &event.account, event.time, cycle_end, Some(event))
+            .into_iter()
+            .collect())
     }
 
     fn void(
@@ -234,6 +555,12 @@ impl AccountState {
         if lot.voided {
             return Err(Rejection::Command(format!(
                 "lot `{}` is already void",
+                void.lot
+            )));
+        }
+        if lot.expired {
+            return Err(Rejection::Command(format!(
+                "lot `{}` has expired",
                 void.lot
             )));
         }
@@ -275,6 +602,25 @@ impl AccountState {
         if settings.locale.is_some() {
             self.locale = settings.locale.clone();
         }
+        if let Some(flex) = &settings.flex {
+            if flex
+                .threshold
+                .is_some_and(|t| t.is_negative() || t > MAX_GRANT)
+            {
+                return Err(Rejection::Command(format!(
+                    "flex threshold must be between 0 and {MAX_GRANT}"
+                )));
+            }
+            if flex.enabled.is_some() {
+                self.flex_enabled = flex.enabled;
+            }
+            if flex.threshold.is_some() {
+                self.flex_threshold = flex.threshold;
+            }
+        }
+        if settings.settle_shortfall.is_some() {
+            self.settle_shortfall = settings.settle_shortfall;
+        }
         Ok(())
     }
 
@@ -287,6 +633,7 @@ impl AccountState {
 /// Credits available at `at` in `lots`, per pool and kind.
 pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance> {
     let mut pools: BTreeMap<String, PoolBalance> = BTreeMap::new();
+    let soon = at.checked_add_signed(EXPIRING_WITHIN).unwrap_or(at);
     for lot in lots {
         let pool = pools.entry(lot.pool.clone()).or_default();
         for kind in LotKind::ALL {
@@ -295,9 +642,49 @@ pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance>
         if lot.usable(&lot.pool, at) {
             pool.available += lot.remaining;
             *pool.by_kind.entry(lot.kind.as_str()).or_default() += lot.remaining;
+            if lot.expires_at.is_some_and(|end| end <= soon) {
+                pool.expiring_soon += lot.remaining;
+            }
         }
     }
     pools
+}
+
+/// The name flex payments carry in place of a lot id.
+pub const FLEX_LOT: &str = "flex";
+
+/// An entry with only its account, time, service and event filled in.
+fn blank_entry(
+    account: &str,
+    time: DateTime<Utc>,
+    tz: Tz,
+    service: &str,
+    event_id: &str,
+) -> LedgerEntry {
+    LedgerEntry {
+        id: None,
+        entry_type: EntryType::Usage,
+        account: account.to_string(),
+        time,
+        day: time.with_timezone(&tz).date_naive(),
+        service: service.to_string(),
+        user: String::new(),
+        feature: String::new(),
+        variant: String::new(),
+        quantity: Credits::ZERO,
+        status: Status::Succeeded,
+        pool: String::new(),
+        credits: Credits::ZERO,
+        paid: Vec::new(),
+        shortfall: Credits::ZERO,
+        matrix_version: String::new(),
+        event_id: event_id.to_string(),
+        lot: String::new(),
+        lot_kind: None,
+        payment_method: None,
+        payment_reference: String::new(),
+        comment: String::new(),
+    }
 }
 
 /// A plain check that keeps header-breaking text out; real validation happens at send time.
@@ -305,4 +692,8 @@ fn looks_like_address(text: &str) -> bool {
     let mut parts = text.split('@');
     matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None)
         if !l.is_empty() && d.contains('.') && !text.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>'))
+}
+
+fn is_zero(credits: &Credits) -> bool {
+    credits.is_zero()
 }

@@ -1,5 +1,7 @@
-//! The state of one partition: its accounts and dedup window, and the decision for one
-//! Kafka payload (applied, duplicate or rejected).
+//! The state of one partition: its accounts, dedup window and clock, and the decision for
+//! one Kafka payload (applied, duplicate or rejected) plus what fell due before it.
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
@@ -20,6 +22,16 @@ pub enum Outcome {
     Duplicate { account: String },
     /// Goes to the dead-letter topic with this reason.
     Rejected(Rejection),
+    /// A clock tick: nothing to apply.
+    Tick,
+}
+
+/// One payload's effect: the entries that fell due as the clock reached its arrival (each
+/// names its account), then the payload's own outcome.
+#[derive(Debug)]
+pub struct Step {
+    pub due: Vec<LedgerEntry>,
+    pub outcome: Outcome,
 }
 
 /// Accounts of one partition, owned by exactly one writer.
@@ -27,12 +39,19 @@ pub enum Outcome {
 pub struct Book {
     pub accounts: rustc_hash::FxHashMap<String, AccountState>,
     pub seen: Seen,
+    /// The latest arrival applied: the partition's clock. It only moves forward, and only
+    /// with the log, so a replay expires lots and turns cycles at the same points.
+    pub clock: Option<DateTime<Utc>>,
+    /// (deadline, account) for every account with something due; built on first use.
+    timers: BTreeSet<(DateTime<Utc>, String)>,
+    deadlines: rustc_hash::FxHashMap<String, DateTime<Utc>>,
+    timers_built: bool,
 }
 
 impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
-    pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Outcome {
+    pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
         self.apply(rules, event::parse(payload, arrival), arrival)
     }
 
@@ -42,11 +61,76 @@ impl Book {
         rules: &Rules,
         parsed: Result<Event, Rejection>,
         arrival: DateTime<Utc>,
+    ) -> Step {
+        let due = self.advance(rules, arrival);
+        let outcome = self.decide(rules, parsed, arrival);
+        if let Outcome::Applied { account, .. } = &outcome {
+            self.schedule(rules, account);
+        }
+        Step { due, outcome }
+    }
+
+    /// Moves the clock to `now` (never back) and writes what fell due on every account.
+    pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Vec<LedgerEntry> {
+        if !self.timers_built {
+            let accounts: Vec<String> = self.accounts.keys().cloned().collect();
+            for account in accounts {
+                self.schedule(rules, &account);
+            }
+            self.timers_built = true;
+        }
+        let clock = self.clock.map_or(now, |c| c.max(now));
+        self.clock = Some(clock);
+        let mut due = Vec::new();
+        while let Some((at, account)) = self.timers.first().cloned() {
+            if at > clock {
+                break;
+            }
+            if let Some(state) = self.accounts.get_mut(&account) {
+                due.extend(state.advance(rules, &account, clock));
+            }
+            self.schedule(rules, &account);
+        }
+        due
+    }
+
+    /// Files `account` under its next deadline, replacing the old one.
+    fn schedule(&mut self, rules: &Rules, account: &str) {
+        let next = self
+            .accounts
+            .get(account)
+            .and_then(|state| state.next_deadline(rules));
+        let old = self.deadlines.get(account).copied();
+        if old == next {
+            return;
+        }
+        if let Some(old) = old {
+            self.timers.remove(&(old, account.to_string()));
+        }
+        match next {
+            Some(at) => {
+                self.timers.insert((at, account.to_string()));
+                self.deadlines.insert(account.to_string(), at);
+            }
+            None => {
+                self.deadlines.remove(account);
+            }
+        }
+    }
+
+    fn decide(
+        &mut self,
+        rules: &Rules,
+        parsed: Result<Event, Rejection>,
+        arrival: DateTime<Utc>,
     ) -> Outcome {
         let event = match parsed {
             Ok(event) => event,
             Err(rejection) => return Outcome::Rejected(rejection),
         };
+        if matches!(event.body, crate::event::Body::Tick) {
+            return Outcome::Tick;
+        }
         let key = dedup::key(&event.account, &event.source, &event.id);
         if self.seen.is_duplicate(key, arrival, rules.dedup_window) {
             return Outcome::Duplicate {

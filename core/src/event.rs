@@ -26,7 +26,11 @@ pub enum Body {
     Usage(Usage),
     Grant(Grant),
     Void(Void),
+    Plan(PlanChange),
     Settings(Settings),
+    /// `tally.tick`: only moves the partition's clock, so lots expire and cycles turn over
+    /// on accounts that send nothing.
+    Tick,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -111,7 +115,32 @@ pub struct Void {
     pub reason: Option<String>,
 }
 
-/// `account.settings` data: what this slice of tally acts on.
+/// `account.plan` data: assigns a plan and starts a new cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChange {
+    /// A plan name from config (`[plans.<name>]`).
+    pub plan: String,
+    /// Where the cycles are counted from; default the event time. Not after the event.
+    #[serde(default)]
+    pub anchor: Option<DateTime<Utc>>,
+    /// How the subscription is paid; a cash-paid plan shows as cash top-ups [000].
+    #[serde(default)]
+    pub payment: Option<Payment>,
+}
+
+/// The `flex` part of `account.settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexSettings {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Flex credits allowed per cycle.
+    #[serde(default)]
+    pub threshold: Option<Credits>,
+}
+
+/// `account.settings` data: any subset of the account's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -123,6 +152,11 @@ pub struct Settings {
     pub admins: Option<Vec<String>>,
     #[serde(default)]
     pub policy: Option<Policy>,
+    #[serde(default)]
+    pub flex: Option<FlexSettings>,
+    /// Whether the next grant first pays outstanding shortfall.
+    #[serde(default)]
+    pub settle_shortfall: Option<bool>,
 }
 
 /// Why an event cannot be applied. The text goes into the dead-letter header.
@@ -174,6 +208,9 @@ impl Rejection {
     }
 }
 
+/// The type of a clock tick, sent by `tally run` (or `tally tick`) to every partition.
+pub const TICK: &str = "tally.tick";
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     specversion: Option<&'a str>,
@@ -220,10 +257,13 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         .ty
         .filter(|s| !s.is_empty())
         .ok_or_else(|| missing("type"))?;
-    let account = envelope
-        .subject
-        .filter(|s| !s.trim().is_empty())
-        .ok_or(Rejection::NoSubject)?;
+    let subject = envelope.subject.filter(|s| !s.trim().is_empty());
+    let account = match (subject, ty.as_str()) {
+        (Some(account), _) => account,
+        // A tick belongs to a partition, not an account.
+        (None, TICK) => String::new(),
+        (None, _) => return Err(Rejection::NoSubject),
+    };
     let time = match envelope.time {
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map_err(|e| Rejection::NotCloudEvent(format!("time `{text}`: {e}")))?
@@ -260,7 +300,9 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         }
         "credit.grant" => Body::Grant(data_of(data).map_err(bad)?),
         "credit.void" => Body::Void(data_of(data).map_err(bad)?),
+        "account.plan" => Body::Plan(data_of(data).map_err(bad)?),
         "account.settings" => Body::Settings(data_of(data).map_err(bad)?),
+        TICK => Body::Tick,
         _ => return Err(Rejection::UnknownType(ty)),
     };
     Ok(Event {

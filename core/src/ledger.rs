@@ -13,6 +13,10 @@ pub enum EntryType {
     Usage,
     Grant,
     Void,
+    /// What was left of a lot when it expired, as a negative amount.
+    Expiry,
+    /// Outstanding shortfall paid by a new grant.
+    Settlement,
 }
 
 impl EntryType {
@@ -21,6 +25,8 @@ impl EntryType {
             EntryType::Usage => "usage",
             EntryType::Grant => "grant",
             EntryType::Void => "void",
+            EntryType::Expiry => "expiry",
+            EntryType::Settlement => "settlement",
         }
     }
 }
@@ -30,6 +36,10 @@ impl EntryType {
 /// voids the removed credits as a negative amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
+    /// Set on entries that no single event caused (expiries, cycle allowances): a stable
+    /// id, so writing one twice replaces it. Otherwise the shell names the entry after the
+    /// event's position.
+    pub id: Option<String>,
     pub entry_type: EntryType,
     pub account: String,
     pub time: DateTime<Utc>,

@@ -8,10 +8,11 @@ pub mod dedup;
 pub mod event;
 pub mod ledger;
 pub mod lots;
+pub mod plans;
 pub mod pricing;
 
 pub use account::{AccountState, PoolBalance, Rules};
-pub use book::{Book, Outcome};
+pub use book::{Book, Outcome, Step};
 pub use credits::Credits;
 pub use event::Rejection;
 pub use ledger::{EntryType, LedgerEntry};

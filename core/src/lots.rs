@@ -15,6 +15,8 @@ pub enum LotKind {
     Promotional,
     /// A prepaid pack.
     Purchased,
+    /// Postpaid overage once every lot is empty. Never a lot: it only appears on payments.
+    Flex,
 }
 
 impl LotKind {
@@ -25,6 +27,7 @@ impl LotKind {
             LotKind::Included => "included",
             LotKind::Promotional => "promotional",
             LotKind::Purchased => "purchased",
+            LotKind::Flex => "flex",
         }
     }
 
@@ -34,6 +37,7 @@ impl LotKind {
             LotKind::Included => 0,
             LotKind::Promotional => 1,
             LotKind::Purchased => 2,
+            LotKind::Flex => 3,
         }
     }
 }
@@ -73,12 +77,19 @@ pub struct Lot {
     /// Grant order within the account: the last tie-breaker.
     pub seq: u64,
     pub voided: bool,
+    /// Its expiry has been written to the ledger; what was left is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
+    /// Issued by the account's plan for one cycle (a plan change ends it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_plan: bool,
 }
 
 impl Lot {
     /// Whether this lot can pay for a call in `pool` made at `at`.
     pub fn usable(&self, pool: &str, at: DateTime<Utc>) -> bool {
         !self.voided
+            && !self.expired
             && self.remaining.is_positive()
             && self.pool == pool
             && self.effective_at <= at
@@ -177,6 +188,8 @@ mod tests {
             priority: None,
             seq,
             voided: false,
+            expired: false,
+            from_plan: false,
         }
     }
 

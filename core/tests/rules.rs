@@ -78,7 +78,9 @@ impl Harness {
     }
 
     fn send(&mut self, payload: &str, arrival: DateTime<Utc>) -> Outcome {
-        self.book.process(&self.rules, payload.as_bytes(), arrival)
+        self.book
+            .process(&self.rules, payload.as_bytes(), arrival)
+            .outcome
     }
 
     /// Sends a payload that arrives exactly at its event time and must be applied.
@@ -1225,7 +1227,9 @@ fn a_grant_above_a_trillion_credits_is_rejected() {
         "2026-11-20T09:00:00Z",
         r#"{"kind": "purchased", "credits": "1000000000000.001"}"#,
     );
-    let outcome = book.process(&rules, payload.as_bytes(), at("2026-11-20T09:00:01Z"));
+    let outcome = book
+        .process(&rules, payload.as_bytes(), at("2026-11-20T09:00:01Z"))
+        .outcome;
     assert!(
         matches!(&outcome, Outcome::Rejected(Rejection::Command(reason)) if reason.contains("at most")),
         "{outcome:?}"

@@ -1,0 +1,204 @@
+//! Plans and billing cycles: what a plan issues each cycle, and where its cycles begin and
+//! end on the account's calendar.
+
+use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::credits::Credits;
+use crate::lots::PaymentMethod;
+
+/// How long one billing cycle lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Month,
+    Year,
+}
+
+impl Period {
+    pub fn months(self) -> i32 {
+        match self {
+            Period::Month => 1,
+            Period::Year => 12,
+        }
+    }
+}
+
+/// One plan as written in config, e.g. `[plans.pro]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Credits of the `included` lot issued at the start of every cycle (0: none).
+    pub credits: Credits,
+    /// The pool the allowance goes to.
+    #[serde(default = "ai_pool")]
+    pub pool: String,
+    /// `month` or `year`; a yearly plan issues a year's credits up front.
+    pub period: Period,
+    /// Flex credits allowed per cycle once every lot is empty; unset: the default in
+    /// `rules.flex_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flex_threshold: Option<Credits>,
+}
+
+fn ai_pool() -> String {
+    "ai".to_string()
+}
+
+/// An account's plan as assigned: its terms are copied, so a later change of the config
+/// does not rewrite a running subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub name: String,
+    pub plan: Plan,
+    /// Cycle 0 starts here; later cycles start on the same day and time of the month.
+    pub anchor: DateTime<Utc>,
+    /// The calendar the cycles follow: the account's time zone when the plan was assigned.
+    pub timezone: Tz,
+    /// How the subscription is paid, for the history (cash-paid plans show as cash top-ups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentMethod>,
+    /// The current cycle.
+    pub cycle: u32,
+    pub cycle_start: DateTime<Utc>,
+    pub cycle_end: DateTime<Utc>,
+}
+
+/// Start of cycle `n` of a calendar anchored at `anchor` in `tz`. An anchor on the 31st
+/// falls on the last day of shorter months, and comes back to the 31st after them.
+pub fn cycle_start(anchor: DateTime<Utc>, tz: Tz, period: Period, n: u32) -> DateTime<Utc> {
+    let local = anchor.with_timezone(&tz).naive_local();
+    let n = i32::try_from(n).unwrap_or(i32::MAX / 24);
+    let month_index = local.year() * 12 + local.month0() as i32 + n * period.months();
+    let (year, month) = (
+        month_index.div_euclid(12),
+        month_index.rem_euclid(12) as u32 + 1,
+    );
+    let day = local.day().min(days_in_month(year, month));
+    match NaiveDate::from_ymd_opt(year, month, day) {
+        Some(date) => resolve(tz, date.and_time(local.time())),
+        None => DateTime::<Utc>::MAX_UTC,
+    }
+}
+
+/// The cycle containing `at`: its number, start and end. Before the anchor: cycle 0.
+pub fn cycle_at(
+    anchor: DateTime<Utc>,
+    tz: Tz,
+    period: Period,
+    at: DateTime<Utc>,
+) -> (u32, DateTime<Utc>, DateTime<Utc>) {
+    let a = anchor.with_timezone(&tz);
+    let t = at.with_timezone(&tz);
+    let months = (t.year() - a.year()) * 12 + t.month0() as i32 - a.month0() as i32;
+    let mut n = u32::try_from((months / period.months()).max(0)).unwrap_or(0);
+    // The estimate is off by at most one either way (day and time within the month).
+    while n > 0 && cycle_start(anchor, tz, period, n) > at {
+        n -= 1;
+    }
+    while cycle_start(anchor, tz, period, n + 1) <= at {
+        n += 1;
+    }
+    (
+        n,
+        cycle_start(anchor, tz, period, n),
+        cycle_start(anchor, tz, period, n + 1),
+    )
+}
+
+/// Start of the calendar month containing `at` in `tz`: the flex period of an account
+/// without a plan.
+pub fn month_start(tz: Tz, at: DateTime<Utc>) -> DateTime<Utc> {
+    let local = at.with_timezone(&tz).naive_local();
+    match NaiveDate::from_ymd_opt(local.year(), local.month(), 1) {
+        Some(first) => resolve(tz, first.and_time(chrono::NaiveTime::MIN)),
+        None => at,
+    }
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    NaiveDate::from_ymd_opt(next_year, next_month, 1)
+        .and_then(|d| d.pred_opt())
+        .map_or(28, |d| d.day())
+}
+
+/// A local time as an instant. In a daylight-saving gap the local time does not exist, so
+/// the first instant after the gap is taken; in an overlap, the earlier of the two.
+fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+        LocalResult::None => match tz.from_local_datetime(&(local + TimeDelta::hours(1))) {
+            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+            LocalResult::None => local.and_utc(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn anchor_on_the_31st_falls_on_the_last_day_of_shorter_months() {
+        let anchor = utc("2026-01-31T00:00:00Z");
+        let starts: Vec<String> = (0..4)
+            .map(|n| {
+                cycle_start(anchor, Tz::UTC, Period::Month, n)
+                    .format("%Y-%m-%d")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            ["2026-01-31", "2026-02-28", "2026-03-31", "2026-04-30"]
+        );
+    }
+
+    #[test]
+    fn cycles_follow_the_account_calendar() {
+        // Midnight on the 1st in Seoul is 15:00 UTC the day before.
+        let anchor = utc("2026-10-31T15:00:00Z");
+        let seoul = chrono_tz::Asia::Seoul;
+        // 23:59:59 on 30 November in Seoul is still the first cycle.
+        let (n, start, end) = cycle_at(anchor, seoul, Period::Month, utc("2026-11-30T14:59:59Z"));
+        assert_eq!(
+            (n, start, end),
+            (0, utc("2026-10-31T15:00:00Z"), utc("2026-11-30T15:00:00Z"))
+        );
+        let (n, start, end) = cycle_at(anchor, seoul, Period::Month, utc("2026-11-30T15:00:00Z"));
+        assert_eq!(
+            (n, start, end),
+            (1, utc("2026-11-30T15:00:00Z"), utc("2026-12-31T15:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn yearly_cycles_and_times_before_the_anchor() {
+        let anchor = utc("2024-02-29T00:00:00Z");
+        let (n, start, end) = cycle_at(anchor, Tz::UTC, Period::Year, utc("2025-03-01T00:00:00Z"));
+        assert_eq!(
+            (n, start, end),
+            (1, utc("2025-02-28T00:00:00Z"), utc("2026-02-28T00:00:00Z"))
+        );
+        let (n, start, _) = cycle_at(anchor, Tz::UTC, Period::Year, utc("2020-01-01T00:00:00Z"));
+        assert_eq!((n, start), (0, anchor));
+    }
+
+    #[test]
+    fn month_start_in_the_account_time_zone() {
+        assert_eq!(
+            month_start(chrono_tz::Asia::Seoul, utc("2026-11-30T16:00:00Z")),
+            utc("2026-11-30T15:00:00Z")
+        );
+    }
+}
