@@ -1,13 +1,16 @@
 //! Settings: a TOML file, overridden key by key by `TALLY_...` environment variables,
 //! checked without touching the network.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use serde::Deserialize;
-use tally_core::{CostMatrix, Policy, Rules};
+use tally_core::account::MAX_GRANT;
+use tally_core::plans::Plan;
+use tally_core::{CostMatrix, Credits, Policy, Rules};
 
 /// Everything tally reads at start-up.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +26,9 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Where `tally run` reports its own status.
     pub status: StatusConfig,
+    /// Plans by name, assigned to accounts by `account.plan` commands.
+    #[serde(default)]
+    pub plans: BTreeMap<String, Plan>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +129,10 @@ pub struct PipelineConfig {
     pub flush_interval: Duration,
     /// Most events applied between two flushes.
     pub max_batch_events: usize,
+    /// How often `tally run` sends a clock tick to each partition it owns, so lots expire
+    /// and cycles turn over on accounts that send nothing; `0s` sends none.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +153,23 @@ pub struct RulesConfig {
     /// Window after an event's first arrival in which the same source and id is a duplicate.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// How long after its end a lot still pays for calls that arrive late, before its
+    /// expiry is written.
+    #[serde(with = "humantime_serde")]
+    pub expiry_grace: Duration,
+    /// Whether a grant first pays the account's outstanding shortfall.
+    pub settle_shortfall: bool,
+    /// Postpaid overage once every lot is empty.
+    pub flex: FlexConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexConfig {
+    /// Whether flex is on for accounts that do not say.
+    pub enabled: bool,
+    /// Flex credits allowed per cycle when neither the account nor its plan says.
+    pub threshold: Credits,
 }
 
 /// A config that cannot be used, named by file and key.
@@ -287,6 +314,47 @@ impl Config {
                 format!("`{}` is not host:port", self.status.listen),
             ));
         }
+        if self.pipeline.tick_interval > Duration::ZERO
+            && self.pipeline.tick_interval < Duration::from_secs(1)
+        {
+            return Err(key_err(
+                "pipeline.tick_interval",
+                "must be 0s (no ticks) or at least 1s".into(),
+            ));
+        }
+        let credits_in_range = |c: Credits| !c.is_negative() && c <= MAX_GRANT;
+        if !credits_in_range(self.rules.flex.threshold) {
+            return Err(key_err(
+                "rules.flex.threshold",
+                format!("must be between 0 and {MAX_GRANT}"),
+            ));
+        }
+        for (name, plan) in &self.plans {
+            if name.trim().is_empty() || name.contains(char::is_whitespace) {
+                return Err(key_err(
+                    &format!("plans.{name}"),
+                    "a plan name must be one word".into(),
+                ));
+            }
+            if !credits_in_range(plan.credits) {
+                return Err(key_err(
+                    &format!("plans.{name}.credits"),
+                    format!("must be between 0 and {MAX_GRANT}"),
+                ));
+            }
+            if plan.flex_threshold.is_some_and(|t| !credits_in_range(t)) {
+                return Err(key_err(
+                    &format!("plans.{name}.flex_threshold"),
+                    format!("must be between 0 and {MAX_GRANT}"),
+                ));
+            }
+            if plan.pool.trim().is_empty() {
+                return Err(key_err(
+                    &format!("plans.{name}.pool"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
         let timezone: Tz = self.rules.timezone.parse().map_err(|_| {
             key_err(
                 "rules.timezone",
@@ -321,6 +389,11 @@ impl Config {
             max_lateness: delta("rules.max_lateness", self.rules.max_lateness)?,
             max_future_skew: delta("rules.max_future_skew", self.rules.max_future_skew)?,
             dedup_window: delta("rules.dedup_window", self.rules.dedup_window)?,
+            plans: self.plans.clone(),
+            expiry_grace: delta("rules.expiry_grace", self.rules.expiry_grace)?,
+            flex_enabled: self.rules.flex.enabled,
+            flex_threshold: self.rules.flex.threshold,
+            settle_shortfall: self.rules.settle_shortfall,
         })
     }
 }
@@ -375,6 +448,23 @@ mod tests {
         assert_eq!(config.kafka.usage_topic, "ai.usage");
         assert_eq!(rules.default_timezone, chrono_tz::Asia::Seoul);
         assert_eq!(rules.max_lateness, TimeDelta::days(35));
+        let monthly: Vec<(&str, i64)> = ["free", "pro", "enterprise", "standard"]
+            .iter()
+            .map(|name| (*name, rules.plans[*name].credits.milli() / 1000))
+            .collect();
+        assert_eq!(
+            monthly,
+            [
+                ("free", 0),
+                ("pro", 100),
+                ("enterprise", 500),
+                ("standard", 1500)
+            ]
+        );
+        assert_eq!(
+            rules.plans["contract"].credits,
+            Credits::from_whole(200_000)
+        );
     }
 
     #[test]
@@ -429,6 +519,24 @@ mod tests {
                 "ai.usage",
                 "kafka.dlq_topic",
                 "different",
+            ),
+            (
+                "TALLY_PLANS__PRO__CREDITS",
+                "-5",
+                "plans.pro.credits",
+                "between 0",
+            ),
+            (
+                "TALLY_PLANS__PRO__PERIOD",
+                "fortnight",
+                "plans.pro.period",
+                "unknown variant",
+            ),
+            (
+                "TALLY_RULES__FLEX__THRESHOLD",
+                "-1",
+                "rules.flex.threshold",
+                "between 0",
             ),
         ];
         for (name, value, key, problem) in cases {

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
@@ -131,6 +133,80 @@ pub async fn send(
             topic: topic.to_string(),
             problem: e.to_string(),
         })
+}
+
+/// Sends a `tally.tick` stamped `at` (event time and broker timestamp) to `partitions` of
+/// the commands topic, or to all of them; returns how many were sent.
+pub async fn send_ticks(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    partitions: Option<&[i32]>,
+    at: DateTime<Utc>,
+) -> Result<usize, KafkaError> {
+    let topic = config.commands_topic.as_str();
+    let partitions: Vec<i32> = match partitions {
+        Some(list) => list.to_vec(),
+        None => {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect()
+        }
+    };
+    let millis = at.timestamp_millis();
+    let payloads: Vec<(i32, Vec<u8>)> = partitions
+        .iter()
+        .map(|partition| (*partition, tick_payload(*partition, at)))
+        .collect();
+    let deliveries = payloads.iter().map(|(partition, payload)| {
+        let record = FutureRecord::<str, [u8]>::to(topic)
+            .partition(*partition)
+            .timestamp(millis)
+            .payload(payload);
+        producer.send(record, Duration::from_secs(30))
+    });
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery.map_err(|(e, _)| KafkaError::Delivery {
+            topic: topic.to_string(),
+            problem: e.to_string(),
+        })?;
+    }
+    Ok(partitions.len())
+}
+
+/// Queues a tick for each of `partitions` without waiting for delivery: the run loop must
+/// not block on it, and a lost tick is harmless (the next one moves the clock further).
+pub fn enqueue_ticks(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    partitions: &[i32],
+    at: DateTime<Utc>,
+) {
+    for &partition in partitions {
+        let payload = tick_payload(partition, at);
+        let record = FutureRecord::<str, [u8]>::to(&config.commands_topic)
+            .partition(partition)
+            .timestamp(at.timestamp_millis())
+            .payload(&payload);
+        if let Err((e, _)) = producer.send_result(record) {
+            tracing::warn!(partition, error = %e, "cannot queue a clock tick");
+        }
+    }
+}
+
+fn tick_payload(partition: i32, at: DateTime<Utc>) -> Vec<u8> {
+    serde_json::json!({
+        "specversion": "1.0", "type": tally_core::event::TICK,
+        "id": format!("tick-{partition}-{}", at.timestamp_millis()), "source": "tally",
+        "time": at.to_rfc3339(),
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Creates the usage and commands topics with `partitions` each, and the dead-letter

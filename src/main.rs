@@ -48,7 +48,8 @@ enum Command {
     Grant(GrantArgs),
     /// Send CloudEvents from a JSON-lines file (`-` for stdin) to their topics.
     Send { file: PathBuf },
-    /// Available credits of an account, per pool and kind.
+    /// Available credits of an account per pool and kind, used this cycle, expiring
+    /// within 14 days, shortfall, flex and plan.
     Balance {
         account: String,
         /// Balance at this time (RFC 3339) instead of now.
@@ -63,6 +64,24 @@ enum Command {
         #[command(subcommand)]
         report: Report,
     },
+    /// Credits granted and expired, voids and settlements, with their type (plan
+    /// subscription, top-up by card or cash, promotional).
+    History {
+        account: String,
+        /// Only purchased packs, with validity and payment.
+        #[arg(long)]
+        purchases: bool,
+    },
+    /// Send a clock tick to every partition, so lots expire and cycles turn over on
+    /// accounts that send nothing (`tally run` also sends them every
+    /// `pipeline.tick_interval`).
+    Tick {
+        /// The tick's time (RFC 3339); default now.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The plans in config.
+    Plans,
     /// The ledger of an account: calls, grants and voids with the lots that paid.
     Ledger {
         account: String,
@@ -91,6 +110,26 @@ enum Report {
         #[arg(long, value_enum)]
         by: Vec<By>,
     },
+    /// Allocated, consumed, expired, carried forward and remaining credits, free and
+    /// purchased apart, for a month or a custom range of days.
+    Monthly {
+        /// The month (YYYY-MM); or give --from and --to.
+        #[arg(long, value_parser = parse_month, conflicts_with_all = ["from", "to"])]
+        month: Option<NaiveDate>,
+        /// First day (YYYY-MM-DD), in the accounts' time zones.
+        #[arg(long, requires = "to")]
+        from: Option<NaiveDate>,
+        /// Last day, inclusive.
+        #[arg(long, requires = "from")]
+        to: Option<NaiveDate>,
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+fn parse_month(text: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d")
+        .map_err(|_| format!("`{text}` is not a month like 2026-11"))
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -135,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
         Command::Balance { account, at } => rt.block_on(commands::balance(
             &config,
+            &rules,
             &account,
             at.unwrap_or_else(Utc::now),
             json,
@@ -155,6 +195,40 @@ fn main() -> anyhow::Result<()> {
             &by,
             json,
         )),
+        Command::Report {
+            report:
+                Report::Monthly {
+                    month,
+                    from,
+                    to,
+                    account,
+                },
+        } => {
+            let (from, to) = match (month, from, to) {
+                (Some(first), _, _) => {
+                    let next = first
+                        .checked_add_months(chrono::Months::new(1))
+                        .context("month out of range")?;
+                    (first, next)
+                }
+                (None, Some(from), Some(to)) => (from, to + chrono::TimeDelta::days(1)),
+                _ => anyhow::bail!("give --month YYYY-MM, or --from and --to"),
+            };
+            rt.block_on(commands::monthly(
+                &config,
+                from,
+                to,
+                account.as_deref(),
+                json,
+            ))
+        }
+        Command::History { account, purchases } => {
+            rt.block_on(commands::history(&config, &account, purchases, json))
+        }
+        Command::Tick { at } => {
+            rt.block_on(commands::tick(&config, at.unwrap_or_else(Utc::now), json))
+        }
+        Command::Plans => commands::plans(&rules, json),
         Command::Ledger { account, from, to } => rt.block_on(commands::ledger(
             &config,
             &account,

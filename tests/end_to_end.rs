@@ -114,10 +114,12 @@ fn usage_is_priced_debited_in_order_and_reported() {
                {"lot": "g-pack", "kind": "purchased", "credits": 26}])
     );
     let scan = row("u6");
+    // Two scan credits were left; flex (on by default) pays the third.
     assert_eq!(
         (milli(&scan["credits"]), milli(&scan["shortfall"])),
-        (3_000, 1_000)
+        (3_000, 0)
     );
+    assert_eq!(scan["paid"][1], json!({"lot": "flex", "kind": "flex", "credits": 1}));
     assert_eq!(scan["pool"], "scan");
 
     let day = |at: chrono::DateTime<Utc>| {
@@ -184,7 +186,7 @@ fn rollups_use_the_account_time_zone() {
     assert_eq!(
         report,
         json!([{"day": seoul_day, "account": "kr", "feature": "erase", "calls": 1, "failed_calls": 0,
-                "credits": 7, "by_kind": {"included": 0, "promotional": 7, "purchased": 0}, "shortfall": 0}])
+                "credits": 7, "by_kind": {"included": 0, "promotional": 7, "purchased": 0, "flex": 0}, "shortfall": 0}])
     );
 }
 
@@ -274,10 +276,13 @@ fn bad_input_goes_to_the_dead_letter_topic_and_the_consumer_keeps_going() {
     );
     assert!(letters[4].2.contains("teleport"), "{}", letters[4].2);
     assert!(letters[6].2.contains("quantity"), "{}", letters[6].2);
-    // The good event after all that was charged: 7 credits of shortfall, nothing granted.
+    // The good event after all that was charged: nothing was granted, so flex paid.
     let ledger = d.ledger("acme");
     assert_eq!(ledger.len(), 1);
-    assert_eq!(milli(&ledger[0]["shortfall"]), 7_000);
+    assert_eq!(
+        ledger[0]["paid"],
+        json!([{"lot": "flex", "kind": "flex", "credits": 7}])
+    );
 }
 
 #[test]

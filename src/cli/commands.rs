@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{json, Value};
-use tally_core::{Credits, LotKind};
+use tally_core::plans;
+use tally_core::{Credits, LotKind, Rules};
 
 use super::table;
 use crate::config::Config;
@@ -245,25 +246,68 @@ async fn send_chunk(
 
 pub async fn balance(
     config: &Config,
+    rules: &Rules,
     account: &str,
     at: DateTime<Utc>,
     json: bool,
 ) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    let lots = reads::lots(&client, account)
+    let state = reads::account_state(&client, account)
         .await
-        .context("cannot read lots")?;
-    let pools = tally_core::account::balance(&lots, at);
+        .context("cannot read the account's state")?
+        .unwrap_or_default();
+    let pools = state.balance(at);
+    let flex = state.flex(rules, at);
+    let cycle_start = match &state.subscription {
+        Some(s) => s.cycle_start,
+        None => plans::month_start(state.timezone(rules), at),
+    };
+    let used: BTreeMap<String, i64> = reads::used_since(&client, account, cycle_start)
+        .await
+        .context("cannot read usage of this cycle")?
+        .into_iter()
+        .map(|row| (row.pool, row.credits))
+        .collect();
+    let mut names: Vec<&String> = pools.keys().chain(used.keys()).collect();
+    names.extend(state.shortfall.keys());
+    names.sort();
+    names.dedup();
+    let pool_json: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|pool| {
+            let b = pools.get(*pool).cloned().unwrap_or_default();
+            let mut by_kind = serde_json::Map::new();
+            for kind in LotKind::ALL {
+                let c = b.by_kind.get(kind.as_str()).copied().unwrap_or_default();
+                by_kind.insert(kind.as_str().into(), json!(c));
+            }
+            (
+                pool.to_string(),
+                json!({
+                    "available": b.available,
+                    "by_kind": by_kind,
+                    "used_this_cycle": credits(used.get(*pool).copied().unwrap_or(0)),
+                    "expiring_within_14_days": b.expiring_soon,
+                    "shortfall": state.shortfall.get(*pool).copied().unwrap_or_default(),
+                }),
+            )
+        })
+        .collect();
+    let plan = state.subscription.as_ref().map(|s| {
+        json!({"name": s.name, "cycle": s.cycle, "cycle_start": s.cycle_start.to_rfc3339(),
+               "cycle_end": s.cycle_end.to_rfc3339()})
+    });
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"account": account, "at": at.to_rfc3339(), "pools": pools})
-            )?
-        );
+        let out = json!({
+            "account": account, "at": at.to_rfc3339(), "plan": plan,
+            "cycle_start": cycle_start.to_rfc3339(),
+            "flex": {"enabled": flex.enabled, "threshold": flex.threshold, "used": flex.used},
+            "pools": pool_json,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    if pools.is_empty() {
+    if names.is_empty() {
         println!("account `{account}` has no credits");
         return Ok(());
     }
@@ -271,22 +315,355 @@ pub async fn balance(
         "balance of `{account}` at {}",
         at.format("%Y-%m-%d %H:%M:%S UTC")
     );
-    let rows: Vec<Vec<String>> = pools
+    match &state.subscription {
+        Some(s) => println!(
+            "plan {}: cycle {} from {} to {}",
+            s.name,
+            s.cycle,
+            s.cycle_start.format("%Y-%m-%d %H:%M UTC"),
+            s.cycle_end.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => println!(
+            "no plan; this cycle is the calendar month from {}",
+            cycle_start.format("%Y-%m-%d %H:%M UTC")
+        ),
+    }
+    let rows: Vec<Vec<String>> = pool_json
         .iter()
-        .map(|(pool, b)| {
-            let mut row = vec![pool.clone(), b.available.to_string()];
-            row.extend(LotKind::ALL.iter().map(|k| {
-                b.by_kind
-                    .get(k.as_str())
-                    .copied()
-                    .unwrap_or_default()
-                    .to_string()
-            }));
+        .map(|(pool, p)| {
+            let mut row = vec![pool.clone(), text(&p["available"])];
+            row.extend(LotKind::ALL.iter().map(|k| text(&p["by_kind"][k.as_str()])));
+            row.push(text(&p["used_this_cycle"]));
+            row.push(text(&p["expiring_within_14_days"]));
+            row.push(text(&p["shortfall"]));
             row
         })
         .collect();
     table::print(
-        &["pool", "available", "included", "promotional", "purchased"],
+        &[
+            "pool",
+            "available",
+            "included",
+            "promotional",
+            "purchased",
+            "used this cycle",
+            "expiring in 14 days",
+            "shortfall",
+        ],
+        &rows,
+    );
+    println!(
+        "flex: {}, {} of {} used this cycle",
+        if flex.enabled { "on" } else { "off" },
+        flex.used,
+        flex.threshold
+    );
+    Ok(())
+}
+
+/// A credits value from JSON as people read it.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Allocated, consumed, expired, carried forward and remaining credits per account and
+/// pool for local days `from..to` (exclusive), free (included and promotional) and
+/// purchased apart.
+pub async fn monthly(
+    config: &Config,
+    from: NaiveDate,
+    to: NaiveDate,
+    account: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if to <= from {
+        bail!("--to must be after --from");
+    }
+    let client = store::client(&config.clickhouse);
+    let flows = reads::flows(&client, from, to, account)
+        .await
+        .context("cannot read the ledger")?;
+    let summary = summarize(&flows);
+    if json {
+        let rows: Vec<Value> = summary
+            .iter()
+            .map(|((account, pool), s)| {
+                json!({"account": account, "pool": pool, "from": from.to_string(),
+                       "to": to.to_string(), "free": s.free, "purchased": s.purchased,
+                       "flex": credits(s.flex), "shortfall": credits(s.shortfall),
+                       "consumed": credits(s.free.consumed.milli() + s.purchased.consumed.milli() + s.flex)})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("credits from {from} to {to} (exclusive), in each account's time zone");
+    let mut rows = Vec::new();
+    for ((account, pool), s) in &summary {
+        for (name, part) in [("free", &s.free), ("purchased", &s.purchased)] {
+            rows.push(vec![
+                account.clone(),
+                pool.clone(),
+                name.to_string(),
+                part.carried_forward.to_string(),
+                part.allocated.to_string(),
+                part.consumed.to_string(),
+                part.expired.to_string(),
+                part.voided.to_string(),
+                part.remaining.to_string(),
+            ]);
+        }
+        rows.push(vec![
+            account.clone(),
+            pool.clone(),
+            "flex".into(),
+            String::new(),
+            String::new(),
+            credits(s.flex).to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    table::print(
+        &[
+            "account",
+            "pool",
+            "credits",
+            "carried forward",
+            "allocated",
+            "consumed",
+            "expired",
+            "voided",
+            "remaining",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// One side (free or purchased) of the monthly summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Movement {
+    pub carried_forward: Credits,
+    pub allocated: Credits,
+    pub consumed: Credits,
+    pub expired: Credits,
+    pub voided: Credits,
+    pub remaining: Credits,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub free: Movement,
+    pub purchased: Movement,
+    /// Thousandths.
+    pub flex: i64,
+    pub shortfall: i64,
+}
+
+/// Folds the ledger's flows into opening balance, movements and closing balance.
+pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
+    let mut out: BTreeMap<(String, String), Summary> = BTreeMap::new();
+    for flow in flows {
+        let summary = out
+            .entry((flow.account.clone(), flow.pool.clone()))
+            .or_default();
+        let amount = credits(flow.credits);
+        if flow.kind == "shortfall" {
+            summary.shortfall += flow.credits;
+            continue;
+        }
+        if flow.kind == LotKind::Flex.as_str() {
+            if flow.in_range == 1 {
+                summary.flex += flow.credits;
+            }
+            continue;
+        }
+        let part = if flow.kind == LotKind::Purchased.as_str() {
+            &mut summary.purchased
+        } else {
+            &mut summary.free
+        };
+        // Grants add; calls and settlements take what lots paid; expiries and voids are
+        // stored as negative amounts.
+        let change = match flow.entry_type.as_str() {
+            "grant" => amount,
+            "usage" | "settlement" => -amount,
+            _ => amount,
+        };
+        if flow.in_range == 0 {
+            part.carried_forward += change;
+            continue;
+        }
+        match flow.entry_type.as_str() {
+            "grant" => part.allocated += amount,
+            "usage" | "settlement" => part.consumed += amount,
+            "expiry" => part.expired -= amount,
+            _ => part.voided -= amount,
+        }
+    }
+    for summary in out.values_mut() {
+        for part in [&mut summary.free, &mut summary.purchased] {
+            part.remaining =
+                part.carried_forward + part.allocated - part.consumed - part.expired - part.voided;
+        }
+    }
+    out
+}
+
+/// How credits arrived or left, as the history names it [000].
+pub fn history_type(row: &crate::store::rows::LedgerRow) -> &'static str {
+    match (
+        row.entry_type.as_str(),
+        row.lot_kind.as_str(),
+        row.payment_method.as_str(),
+    ) {
+        ("expiry", ..) => "expired",
+        ("void", ..) => "voided",
+        ("settlement", ..) => "shortfall settled",
+        (_, _, "cash") => "top-up (cash)",
+        (_, _, "card") => "top-up (card)",
+        (_, "included", _) => "plan subscription",
+        (_, "purchased", _) => "top-up",
+        _ => "promotional",
+    }
+}
+
+/// Grants, expiries, voids and settlements of an account; `purchases` keeps only bought
+/// packs, with their validity and payment.
+pub async fn history(
+    config: &Config,
+    account: &str,
+    purchases: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = store::client(&config.clickhouse);
+    let mut rows = reads::history(&client, account)
+        .await
+        .context("cannot read the ledger")?;
+    if purchases {
+        rows.retain(|r| r.entry_type == "grant" && r.lot_kind == "purchased");
+    }
+    let lots: BTreeMap<String, tally_core::Lot> = reads::lots(&client, account)
+        .await
+        .context("cannot read lots")?
+        .into_iter()
+        .map(|lot| (lot.id.clone(), lot))
+        .collect();
+    let expires = |lot: &str| {
+        lots.get(lot)
+            .map(|l| {
+                l.expires_at
+                    .map(|e| e.to_rfc3339())
+                    .unwrap_or_else(|| "never".into())
+            })
+            .unwrap_or_default()
+    };
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({"time": from_seconds(r.time).to_rfc3339(), "type": history_type(r),
+                       "entry_type": r.entry_type, "pool": r.pool, "credits": credits(r.credits),
+                       "lot": r.lot, "kind": r.lot_kind, "expires_at": expires(&r.lot),
+                       "payment_method": r.payment_method, "payment_reference": r.payment_reference,
+                       "comment": r.comment})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!(
+            "no {} for `{account}`",
+            if purchases { "purchases" } else { "history" }
+        );
+        return Ok(());
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                from_seconds(r.time).format("%Y-%m-%d %H:%M:%S").to_string(),
+                history_type(r).to_string(),
+                r.pool.clone(),
+                credits(r.credits).to_string(),
+                r.lot.clone(),
+                expires(&r.lot),
+                r.payment_reference.clone(),
+                r.comment.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "time (UTC)",
+            "type",
+            "pool",
+            "credits",
+            "lot",
+            "expires",
+            "reference",
+            "comment",
+        ],
+        &table_rows,
+    );
+    Ok(())
+}
+
+/// Sends a clock tick to every partition of the commands topic, stamped `at`, so lots
+/// expire and cycles turn over up to then.
+pub async fn tick(config: &Config, at: DateTime<Utc>, json: bool) -> anyhow::Result<()> {
+    let producer = kafka::producer(&config.kafka)?;
+    let sent = kafka::send_ticks(&producer, &config.kafka, None, at)
+        .await
+        .context("cannot send ticks")?;
+    if json {
+        println!("{}", json!({"at": at.to_rfc3339(), "partitions": sent}));
+    } else {
+        println!(
+            "tick at {} sent to {} partitions of {}",
+            at.to_rfc3339(),
+            sent,
+            config.kafka.commands_topic
+        );
+    }
+    Ok(())
+}
+
+/// The plans in config.
+pub fn plans(rules: &Rules, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rules.plans)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = rules
+        .plans
+        .iter()
+        .map(|(name, plan)| {
+            vec![
+                name.clone(),
+                plan.credits.to_string(),
+                plan.pool.clone(),
+                format!("{:?}", plan.period).to_lowercase(),
+                plan.flex_threshold
+                    .unwrap_or(rules.flex_threshold)
+                    .to_string(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "plan",
+            "credits per cycle",
+            "pool",
+            "cycle",
+            "flex threshold",
+        ],
         &rows,
     );
     Ok(())
@@ -315,7 +692,7 @@ pub async fn daily(
                     "day": from_day_number(r.day).to_string(), "account": r.account,
                     "calls": r.calls, "failed_calls": r.failed_calls, "credits": credits(r.credits),
                     "by_kind": {"included": credits(r.included), "promotional": credits(r.promotional),
-                                "purchased": credits(r.purchased)},
+                                "purchased": credits(r.purchased), "flex": credits(r.flex)},
                     "shortfall": credits(r.shortfall),
                 });
                 for b in by {
@@ -334,7 +711,7 @@ pub async fn daily(
     }
     let mut header = vec!["day", "account"];
     header.extend(by.iter().map(|b| b.column()));
-    header.extend(["calls", "failed", "credits", "shortfall"]);
+    header.extend(["calls", "failed", "credits", "flex", "shortfall"]);
     let table_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -350,6 +727,7 @@ pub async fn daily(
                 r.calls.to_string(),
                 r.failed_calls.to_string(),
                 credits(r.credits).to_string(),
+                credits(r.flex).to_string(),
                 credits(r.shortfall).to_string(),
             ]);
             row

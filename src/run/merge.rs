@@ -95,7 +95,7 @@ pub fn next(usage: &Side, commands: &Side, now: Instant, max_idle: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_core::event::{Body, Settings};
+    use tally_core::event::Body;
 
     fn pending(offset: i64, time: Option<&str>, received: Instant) -> Pending {
         let parsed = match time {
@@ -104,12 +104,7 @@ mod tests {
                 source: "s".into(),
                 account: "a".into(),
                 time: t.parse().unwrap(),
-                body: Body::Settings(Settings {
-                    timezone: None,
-                    locale: None,
-                    admins: None,
-                    policy: None,
-                }),
+                body: Body::Tick,
             }),
             None => Err(Rejection::NoSubject),
         };

@@ -503,6 +503,7 @@ pub fn run(
     })?;
     let producer = kafka::producer(&config.kafka)?;
     let kafka_config = config.kafka.clone();
+    let tick_interval = config.pipeline.tick_interval;
     let stream = format!(
         "{}+{}",
         kafka_config.usage_topic, kafka_config.commands_topic
@@ -572,6 +573,9 @@ pub fn run(
     );
 
     let mut paused = false;
+    // A drain reads up to fixed ends, so it sends no ticks of its own.
+    let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
+    let mut last_tick: Option<Instant> = None;
     set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
@@ -607,6 +611,13 @@ pub fn run(
         }
         let now = Instant::now();
         let mut p = lock(&pipeline);
+        if let Some(every) = tick_every {
+            if !p.parts.is_empty() && last_tick.is_none_or(|t| now.duration_since(t) >= every) {
+                last_tick = Some(now);
+                let partitions: Vec<i32> = p.parts.keys().copied().collect();
+                kafka::enqueue_ticks(&p.producer, &kafka_config, &partitions, Utc::now());
+            }
+        }
         p.apply_ready(now);
         refresh_highs(&consumer, &mut p, now);
         p.apply_ready(now);

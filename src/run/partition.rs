@@ -106,26 +106,25 @@ impl PartitionWork {
             payload,
             ..
         } = pending;
-        match self.book.apply(rules, parsed, arrival) {
+        let step = self.book.apply(rules, parsed, arrival);
+        for entry in step.due {
+            let entry_id = entry.id.clone().unwrap_or_default();
+            self.record(entry_id, entry);
+        }
+        match step.outcome {
             Outcome::Applied { account, entries } => {
                 self.counts.applied += 1;
                 for (i, entry) in entries.into_iter().enumerate() {
-                    let entry_id = if i == 0 {
-                        format!("{topic}/{}/{offset}", self.partition)
-                    } else {
-                        format!("{topic}/{}/{offset}#{i}", self.partition)
+                    let entry_id = match &entry.id {
+                        Some(id) => id.clone(),
+                        None if i == 0 => format!("{topic}/{}/{offset}", self.partition),
+                        None => format!("{topic}/{}/{offset}#{i}", self.partition),
                     };
-                    if entry.entry_type == tally_core::EntryType::Usage {
-                        self.days
-                            .entry(account.clone())
-                            .or_default()
-                            .insert(day_number(entry.day));
-                    }
-                    // Version is set when the flush is built.
-                    self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+                    self.record(entry_id, entry);
                 }
                 self.touched.insert(account);
             }
+            Outcome::Tick => {}
             Outcome::Duplicate { .. } => self.counts.duplicates += 1,
             Outcome::Rejected(rejection) => {
                 self.counts.rejected += 1;
@@ -149,6 +148,21 @@ impl PartitionWork {
         }
         self.arrival_high = self.arrival_high.max(arrival.timestamp());
         self.dirty = true;
+    }
+
+    /// Keeps one ledger entry for the next flush and notes what it touched.
+    fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry) {
+        if entry.entry_type == tally_core::EntryType::Usage {
+            self.days
+                .entry(entry.account.clone())
+                .or_default()
+                .insert(day_number(entry.day));
+        }
+        if !self.touched.contains(&entry.account) {
+            self.touched.insert(entry.account.clone());
+        }
+        // Version is set when the flush is built.
+        self.ledger.push(LedgerRow::new(entry_id, entry, 0));
     }
 
     /// Moves this partition's outputs since the last flush into `batch`, with the rows

@@ -118,6 +118,9 @@ pub async fn claim_and_load(
         book.accounts.insert(row.account, state);
     }
     let arrival_high = offsets.as_ref().map_or(0, |o| o.arrival_high);
+    book.clock = (arrival_high > 0)
+        .then(|| chrono::DateTime::from_timestamp(arrival_high, 0))
+        .flatten();
     let seen: Vec<SeenRow> = client
         .query(&format!(
             "SELECT key_hi, key_lo, min(seen_at) FROM checkpoints \

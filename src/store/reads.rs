@@ -1,10 +1,10 @@
-//! The reads behind `tally balance`, `tally report daily` and `tally ledger`. Every read
-//! uses FINAL, so a row written twice by a retry or a replay counts once.
+//! The reads behind `tally balance`, `report daily`, `report monthly`, `ledger` and
+//! `history`. Every read uses FINAL, so a row written twice by a retry or a replay counts once.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clickhouse::{Client, Row};
 use serde::Deserialize;
-use tally_core::Lot;
+use tally_core::{AccountState, Lot};
 
 use super::rows::{day_number, LedgerRow, LotRow};
 use super::writes::quote;
@@ -63,6 +63,7 @@ pub struct DailyRow {
     pub promotional: i64,
     pub purchased: i64,
     pub shortfall: i64,
+    pub flex: i64,
 }
 
 /// Daily usage from `from` to `to` inclusive, grouped by day, account and `by`.
@@ -87,7 +88,7 @@ pub async fn daily(
         .unwrap_or_default();
     let sql = format!(
         "SELECT day, account, {}, {}, {}, sum(calls), sum(failed_calls), sum(credits), \
-         sum(included), sum(promotional), sum(purchased), sum(shortfall) \
+         sum(included), sum(promotional), sum(purchased), sum(shortfall), sum(flex) \
          FROM daily_usage FINAL \
          WHERE day >= toDate({}) AND day <= toDate({}) {account_filter} \
          GROUP BY {} ORDER BY {}",
@@ -143,6 +144,122 @@ pub async fn checkpoints(
              WHERE stream = ? AND row_kind = 'offsets' GROUP BY partition ORDER BY partition",
         )
         .bind(stream)
+        .fetch_all()
+        .await?)
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct StateText {
+    state: String,
+}
+
+/// The account's state as of the last committed flush, if any flush included it.
+pub async fn account_state(
+    client: &Client,
+    account: &str,
+) -> Result<Option<AccountState>, StoreError> {
+    let row: Option<StateText> = client
+        .query(
+            "SELECT argMax(state, version) AS state FROM checkpoints \
+             WHERE row_kind = 'state' AND account = ? \
+             AND (stream, partition, version) IN \
+                 (SELECT stream, partition, version FROM checkpoints WHERE row_kind = 'offsets') \
+             GROUP BY account",
+        )
+        .bind(account)
+        .fetch_optional()
+        .await?;
+    row.map(|row| {
+        serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+            account: account.to_string(),
+            problem: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+#[derive(Debug, Row, Deserialize)]
+pub struct PoolSum {
+    pub pool: String,
+    pub credits: i64,
+}
+
+/// Credits of successful calls per pool from `since` on (thousandths).
+pub async fn used_since(
+    client: &Client,
+    account: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<PoolSum>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT pool, sum(credits) FROM ledger FINAL \
+             WHERE account = ? AND entry_type = 'usage' AND time >= toDateTime(?) \
+             GROUP BY pool ORDER BY pool",
+        )
+        .bind(account)
+        .bind(super::rows::seconds(since))
+        .fetch_all()
+        .await?)
+}
+
+/// One flow of credits in the monthly summary: per account, pool, entry type and kind,
+/// whether it falls before the range or in it. Thousandths.
+#[derive(Debug, Clone, Row, Deserialize)]
+pub struct Flow {
+    pub account: String,
+    pub pool: String,
+    pub entry_type: String,
+    pub kind: String,
+    pub in_range: u8,
+    pub credits: i64,
+}
+
+/// Every movement of credits up to `to` (exclusive, local days), split at `from`: grants,
+/// expiries and voids by lot kind, and what lots and flex paid for calls and settlements.
+pub async fn flows(
+    client: &Client,
+    from: NaiveDate,
+    to: NaiveDate,
+    account: Option<&str>,
+) -> Result<Vec<Flow>, StoreError> {
+    let (from, to) = (day_number(from), day_number(to));
+    let account_filter = account
+        .map(|a| format!("AND account = {}", quote(a)))
+        .unwrap_or_default();
+    let lots_sql = format!(
+        "SELECT account, pool, entry_type, lot_kind AS kind, toUInt8(day >= toDate({from})) AS in_range, \
+         sum(credits) AS credits FROM ledger FINAL \
+         WHERE entry_type IN ('grant', 'expiry', 'void') AND day < toDate({to}) {account_filter} \
+         GROUP BY account, pool, entry_type, kind, in_range"
+    );
+    let paid_sql = format!(
+        "SELECT account, pool, entry_type, kind, toUInt8(day >= toDate({from})) AS in_range, \
+         sum(paid) AS credits FROM ledger FINAL \
+         ARRAY JOIN paid_kinds AS kind, paid_credits AS paid \
+         WHERE entry_type IN ('usage', 'settlement') AND day < toDate({to}) {account_filter} \
+         GROUP BY account, pool, entry_type, kind, in_range"
+    );
+    let shortfall_sql = format!(
+        "SELECT account, pool, entry_type, 'shortfall' AS kind, toUInt8(1) AS in_range, \
+         sum(shortfall) AS credits FROM ledger FINAL \
+         WHERE entry_type = 'usage' AND day >= toDate({from}) AND day < toDate({to}) \
+         {account_filter} GROUP BY account, pool, entry_type"
+    );
+    let mut flows: Vec<Flow> = client.query(&lots_sql).fetch_all().await?;
+    flows.extend(client.query(&paid_sql).fetch_all::<Flow>().await?);
+    flows.extend(client.query(&shortfall_sql).fetch_all::<Flow>().await?);
+    Ok(flows)
+}
+
+/// Grants, expiries, voids and settlements of `account`, oldest first.
+pub async fn history(client: &Client, account: &str) -> Result<Vec<LedgerRow>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT ?fields FROM ledger FINAL \
+             WHERE account = ? AND entry_type IN ('grant', 'expiry', 'void', 'settlement') \
+             ORDER BY time, entry_id",
+        )
+        .bind(account)
         .fetch_all()
         .await?)
 }

@@ -52,6 +52,8 @@ pub struct LotRow {
     pub seq: u64,
     pub voided: u8,
     pub version: u64,
+    pub expired: u8,
+    pub from_plan: u8,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -164,6 +166,8 @@ impl LotRow {
             seq: lot.seq,
             voided: u8::from(lot.voided),
             version,
+            expired: u8::from(lot.expired),
+            from_plan: u8::from(lot.from_plan),
         }
     }
 
@@ -184,6 +188,8 @@ impl LotRow {
             priority: (self.has_priority == 1).then_some(self.priority),
             seq: self.seq,
             voided: self.voided == 1,
+            expired: self.expired == 1,
+            from_plan: self.from_plan == 1,
         }
     }
 }

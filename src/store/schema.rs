@@ -54,7 +54,8 @@ const TABLES: [&str; 5] = [
         promotional Int64,
         purchased Int64,
         shortfall Int64,
-        version UInt64
+        version UInt64,
+        flex Int64
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(day)
     ORDER BY (account, day, service, user, feature)",
@@ -73,7 +74,9 @@ const TABLES: [&str; 5] = [
         has_priority UInt8,
         seq UInt64,
         voided UInt8,
-        version UInt64
+        version UInt64,
+        expired UInt8,
+        from_plan UInt8
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (account, lot)",
     // Available credits per pool and kind as of the account's latest event.
@@ -112,6 +115,14 @@ const TABLES: [&str; 5] = [
     ORDER BY (stream, partition, row_kind, version)",
 ];
 
+/// Columns added after the first release, appended at the end of their tables, so a
+/// database created by an earlier `tally migrate` is brought up to date.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("daily_usage", "flex", "Int64"),
+    ("lots", "expired", "UInt8"),
+    ("lots", "from_plan", "UInt8"),
+];
+
 /// Creates `database` and every table in it.
 pub async fn migrate(server: &Client, database: &str) -> Result<(), StoreError> {
     server
@@ -121,6 +132,24 @@ pub async fn migrate(server: &Client, database: &str) -> Result<(), StoreError> 
     let client = server.clone().with_database(database);
     for table in TABLES {
         client.query(table).execute().await?;
+    }
+    for (table, column, ty) in ADDED_COLUMNS {
+        // 18.16 has no ADD COLUMN IF NOT EXISTS, so look first.
+        let present: u64 = client
+            .query(
+                "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+            )
+            .bind(database)
+            .bind(table)
+            .bind(column)
+            .fetch_one()
+            .await?;
+        if present == 0 {
+            client
+                .query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                .execute()
+                .await?;
+        }
     }
     Ok(())
 }

@@ -83,13 +83,14 @@ async fn recompute_daily(
         let sql = format!(
             "INSERT INTO daily_usage \
              SELECT day, account, service, user, feature, count(), countIf(status = 'failed'), \
-             sum(credits), {}, {}, {}, sum(shortfall), max(version) \
+             sum(credits), {}, {}, {}, sum(shortfall), max(version), {} \
              FROM ledger FINAL \
              WHERE entry_type = 'usage' AND account IN ({account_list}) AND day IN ({day_list}) \
              GROUP BY day, account, service, user, feature",
             kind("included"),
             kind("promotional"),
             kind("purchased"),
+            kind("flex"),
         );
         client.query(&sql).execute().await?;
     }

@@ -1,0 +1,1101 @@
+//! Property tests: random histories of CloudEvents (grants, usage, voids, plans, settings,
+//! ticks, duplicates, late and future events, jumps in time) go both to the engine
+//! (`tally_core::Book`) and to the reference model in `reference/`, and after every step
+//! the outcome, the event's ledger entries, the entries that fell due, every account's lots,
+//! shortfall, flex, subscription and balance must be identical. The model also checks
+//! that credits are conserved.
+
+mod common;
+mod reference;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeDelta, Utc};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::{json, Map, Value};
+use tally_core::event::Status;
+use tally_core::lots::PaymentMethod;
+use tally_core::{AccountState, Book, Credits, LedgerEntry, LotKind, Outcome, Policy, Rules};
+
+use reference::{AccountView, BalanceView, Data, GrantData, Input, Model, SettingsData, UsageData};
+
+type Time = DateTime<Utc>;
+
+/// The test matrix of `rules.rs`: a second version from December drops most features.
+const MATRIX: &str = r#"
+[[versions]]
+name = "2026-01"
+effective_from = "2026-01-01T00:00:00Z"
+[versions.features]
+text_to_image = { pool = "ai", cost = 8 }
+erase = { pool = "ai", cost = 7 }
+upscale = { pool = "ai", cost = 0 }
+image_generation = { pool = "ai", variants = { short = 5, mid = 10, long = 20 } }
+audio_generation = { pool = "ai", variants = { short = 15, mid = 30, long = 50 } }
+video_generation = { pool = "ai", variants = { short = 25, mid = 50, long = 100 } }
+regeneration = { pool = "ai", variants = { short = 1, long = 2 } }
+deep_scan = { pool = "scan", cost = 1 }
+translation = { pool = "ai", per_unit = "0.002", unit = "character" }
+
+[[versions]]
+name = "2026-12"
+effective_from = "2026-12-01T00:00:00Z"
+[versions.features]
+text_to_image = { pool = "ai", cost = 9 }
+erase = { pool = "ai", cost = 7 }
+upscale = { pool = "ai", cost = 0 }
+deep_scan = { pool = "scan", cost = 1 }
+"#;
+
+const ACCOUNTS: [&str; 3] = ["acme", "globex", "initech"];
+const PLANS: [&str; 7] = [
+    "free",
+    "pro",
+    "pro_yearly",
+    "enterprise",
+    "standard",
+    "contract",
+    "platinum", // unknown
+];
+const FEATURES: [(&str, &[&str]); 10] = [
+    ("text_to_image", &[]),
+    ("erase", &[]),
+    ("upscale", &[]),
+    ("image_generation", &["short", "mid", "long"]),
+    ("audio_generation", &["short", "mid", "long"]),
+    ("video_generation", &["short", "mid", "long"]),
+    ("regeneration", &["short", "long"]),
+    ("deep_scan", &[]),
+    ("translation", &[]),
+    ("teleport", &[]), // unknown
+];
+const TIMEZONES: [&str; 4] = ["Asia/Seoul", "UTC", "America/New_York", "Mars/Olympus_Mons"];
+/// Anchors around calendar edges: a New York 01:30 that repeats on 1 November 2026, New York
+/// 02:30s that do not exist on 14 March 2027, the 31st in Seoul, 29 February.
+const SPECIAL_ANCHORS: [&str; 7] = [
+    "2026-01-01T06:30:00Z",
+    "2026-01-14T07:30:00Z",
+    "2026-03-14T06:30:00Z",
+    "2026-01-31T00:00:00Z",
+    "2025-12-31T14:59:59Z",
+    "2026-01-30T15:00:00Z",
+    "2024-02-29T03:00:00Z",
+];
+const MILLI_PER_CREDIT: i64 = 1000;
+const MAX_GRANT_MILLI: i64 = 1_000_000_000_000 * MILLI_PER_CREDIT;
+
+// ---------------------------------------------------------------------------------------
+// Generated histories.
+
+#[derive(Debug, Clone)]
+struct Config {
+    accounts: usize,
+    flex_enabled: bool,
+    flex_threshold_milli: i64,
+    settle: bool,
+    grace_secs: i64,
+    kind_order: bool,
+    /// Seconds after 2026-06-01T00:00:00Z.
+    start_secs: i64,
+}
+
+#[derive(Debug, Clone)]
+enum Timing {
+    OnTime,
+    /// The event happened this many ms before it arrived.
+    Late(i64),
+    /// The event claims to happen this many ms after it arrived.
+    Future(i64),
+}
+
+#[derive(Debug, Clone)]
+enum Expiry {
+    Absent,
+    Null,
+    /// expires_at = effective + this many seconds (may be <= 0: rejected).
+    At(i64),
+    Days(u32),
+    /// Both expires_at and valid_days: rejected.
+    Both(u32),
+}
+
+#[derive(Debug, Clone)]
+struct GrantOp {
+    /// 0: default (the event id), 1-3: a fixed name, 4: an existing lot's id.
+    lot: u8,
+    existing: usize,
+    /// 0: absent, 1: "ai", 2: "scan", 3: "" (rejected).
+    pool: u8,
+    /// 0 included, 1 promotional, 2 purchased, 3 flex (rejected).
+    kind: u8,
+    credits_milli: i64,
+    /// effective_at = event time + this many seconds.
+    effective: Option<i64>,
+    expiry: Expiry,
+    priority: Option<i32>,
+    /// 0: none, 1: card, 2: card with a reference, 3: cash.
+    payment: u8,
+    comment: bool,
+}
+
+#[derive(Debug, Clone)]
+struct UsageOp {
+    feature: usize,
+    /// 0: none, 1-3: a variant of the feature, 4: unknown.
+    variant: u8,
+    quantity: Option<i64>,
+    /// 0: absent, 1: succeeded, 2: failed.
+    status: u8,
+    user: u8,
+}
+
+#[derive(Debug, Clone)]
+enum AnchorOp {
+    Default,
+    /// The event's UTC date `months` back, on `day` (clamped), at `secs` after midnight UTC.
+    Back {
+        months: u32,
+        day: u32,
+        secs: u32,
+    },
+    Special(usize),
+    /// After the event time: rejected.
+    After(i64),
+}
+
+#[derive(Debug, Clone)]
+struct SettingsOp {
+    tz: Option<usize>,
+    locale: bool,
+    /// Some(true): a valid address, Some(false): not an address.
+    admins: Option<bool>,
+    /// 0 earliest_expiry, 1 kind_order, 2 unknown.
+    policy: Option<u8>,
+    flex: Option<(Option<bool>, Option<u8>)>,
+    settle: Option<bool>,
+}
+
+const THRESHOLDS: [i64; 7] = [
+    0,
+    5_000,
+    20_500,
+    100_000,
+    MAX_GRANT_MILLI,
+    -1_000,              // rejected
+    MAX_GRANT_MILLI + 1, // rejected
+];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Grant(GrantOp),
+    Usage(UsageOp),
+    /// `None`: a lot that does not exist; else an existing lot by index.
+    Void {
+        target: Option<usize>,
+        reason: bool,
+    },
+    Plan {
+        plan: usize,
+        anchor: AnchorOp,
+        payment: u8,
+    },
+    Settings(SettingsOp),
+    Tick {
+        with_time: bool,
+    },
+    NoSubject,
+    UnknownType,
+    /// Sends an earlier payload again.
+    Resend {
+        back: usize,
+    },
+    /// Sends an earlier payload again around the end of its dedup window.
+    ResendAtWindowEdge {
+        back: usize,
+        delta_ms: i64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    advance_ms: i64,
+    timing: Timing,
+    account: usize,
+    op: Op,
+}
+
+/// Relative weights of the kinds of op.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    grant: u32,
+    usage: u32,
+    void: u32,
+    plan: u32,
+    settings: u32,
+    tick: u32,
+    bad: u32,
+    resend: u32,
+    /// Weight of the big jumps (3 to 40 days) among the advances.
+    big_jumps: u32,
+}
+
+const GENERAL: Mix = Mix {
+    grant: 5,
+    usage: 8,
+    void: 2,
+    plan: 2,
+    settings: 2,
+    tick: 2,
+    bad: 1,
+    resend: 2,
+    big_jumps: 1,
+};
+
+/// Plans, cycles, expiry and time zones: fewer calls, more plan changes and big jumps.
+const CALENDAR: Mix = Mix {
+    grant: 3,
+    usage: 4,
+    void: 1,
+    plan: 5,
+    settings: 3,
+    tick: 4,
+    bad: 0,
+    resend: 1,
+    big_jumps: 4,
+};
+
+/// Consumption: priorities, policies, flex, shortfall and settlement.
+const SPENDING: Mix = Mix {
+    grant: 6,
+    usage: 14,
+    void: 2,
+    plan: 1,
+    settings: 3,
+    tick: 1,
+    bad: 0,
+    resend: 1,
+    big_jumps: 1,
+};
+
+fn config() -> impl Strategy<Value = Config> {
+    (
+        2usize..=3,
+        any::<bool>(),
+        prop::sample::select(vec![0i64, 10_000, 50_000, 1_000_000]),
+        any::<bool>(),
+        prop_oneof![Just(0i64), 0i64..=600],
+        any::<bool>(),
+        0i64..(228 * 86_400),
+    )
+        .prop_map(
+            |(
+                accounts,
+                flex_enabled,
+                flex_threshold_milli,
+                settle,
+                grace_secs,
+                kind_order,
+                start_secs,
+            )| {
+                Config {
+                    accounts,
+                    flex_enabled,
+                    flex_threshold_milli,
+                    settle,
+                    grace_secs,
+                    kind_order,
+                    start_secs,
+                }
+            },
+        )
+}
+
+fn advance(big_jumps: u32) -> impl Strategy<Value = i64> {
+    let secs = prop_oneof![
+        4 => Just(0i64),
+        6 => 0i64..120,
+        5 => 0i64..(6 * 3600),
+        3 => 0i64..(3 * 86_400),
+        big_jumps => (3 * 86_400i64)..(40 * 86_400),
+    ];
+    let jitter = prop_oneof![9 => Just(0i64), 1 => 1i64..1000];
+    (secs, jitter).prop_map(|(s, j)| s * 1000 + j)
+}
+
+fn timing() -> impl Strategy<Value = Timing> {
+    prop_oneof![
+        14 => Just(Timing::OnTime),
+        3 => (1i64..(3 * 86_400_000)).prop_map(Timing::Late),
+        1 => (6 * 86_400_000i64..(10 * 86_400_000)).prop_map(Timing::Late),
+        1 => (1i64..290_000).prop_map(Timing::Future),
+        1 => (290_000i64..700_000).prop_map(Timing::Future),
+    ]
+}
+
+fn expiry() -> impl Strategy<Value = Expiry> {
+    prop_oneof![
+        4 => Just(Expiry::Absent),
+        1 => Just(Expiry::Null),
+        4 => prop_oneof![
+            8 => 1i64..(60 * 86_400),
+            1 => (-86_400i64)..=0,
+            1 => 1i64..3600,
+        ]
+        .prop_map(Expiry::At),
+        3 => prop_oneof![10 => 1u32..=400, 1 => Just(0u32)].prop_map(Expiry::Days),
+        1 => (1u32..30).prop_map(Expiry::Both),
+    ]
+}
+
+fn credits_milli() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        6 => (1i64..=200).prop_map(|c| c * MILLI_PER_CREDIT),
+        3 => 1i64..=50_000,
+        2 => (1i64..=5).prop_map(|c| c * MILLI_PER_CREDIT),
+        1 => prop::sample::select(vec![0, -5_000, MAX_GRANT_MILLI, MAX_GRANT_MILLI + 1]),
+    ]
+}
+
+fn grant_op() -> impl Strategy<Value = GrantOp> {
+    (
+        (
+            prop_oneof![6 => Just(0u8), 3 => 1u8..=3, 1 => Just(4u8)],
+            any::<usize>(),
+            prop_oneof![4 => Just(0u8), 4 => Just(1u8), 3 => Just(2u8), 1 => Just(3u8)],
+            prop_oneof![6 => 0u8..=2, 1 => Just(3u8)],
+            credits_milli(),
+        ),
+        (
+            prop_oneof![
+                3 => Just(None),
+                1 => (-5 * 86_400i64..10 * 86_400).prop_map(Some),
+                1 => (1i64..3600).prop_map(Some),
+            ],
+            expiry(),
+            prop_oneof![4 => Just(None), 1 => (-2i32..5).prop_map(Some)],
+            0u8..=3,
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (lot, existing, pool, kind, credits_milli),
+                (effective, expiry, priority, payment, comment),
+            )| {
+                GrantOp {
+                    lot,
+                    existing,
+                    pool,
+                    kind,
+                    credits_milli,
+                    effective,
+                    expiry,
+                    priority,
+                    payment,
+                    comment,
+                }
+            },
+        )
+}
+
+fn usage_op() -> impl Strategy<Value = UsageOp> {
+    (
+        prop_oneof![20 => 0usize..9, 1 => Just(9usize)],
+        prop_oneof![10 => 0u8..=3, 1 => Just(4u8)],
+        prop_oneof![
+            4 => Just(None),
+            2 => (0i64..=4).prop_map(|q| Some(q * MILLI_PER_CREDIT)),
+            1 => (1i64..5000).prop_map(Some),
+            1 => (100i64..20_000).prop_map(|q| Some(q * MILLI_PER_CREDIT)),
+        ],
+        prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+        0u8..3,
+    )
+        .prop_map(|(feature, variant, quantity, status, user)| UsageOp {
+            feature,
+            variant,
+            quantity,
+            status,
+            user,
+        })
+}
+
+fn anchor_op() -> impl Strategy<Value = AnchorOp> {
+    prop_oneof![
+        3 => Just(AnchorOp::Default),
+        5 => (
+            0u32..15,
+            prop_oneof![2 => 28u32..=31, 1 => 1u32..=31],
+            0u32..86_400,
+        )
+            .prop_map(|(months, day, secs)| AnchorOp::Back { months, day, secs }),
+        2 => (0..SPECIAL_ANCHORS.len()).prop_map(AnchorOp::Special),
+        1 => (1i64..(30 * 86_400)).prop_map(AnchorOp::After),
+    ]
+}
+
+fn settings_op() -> impl Strategy<Value = SettingsOp> {
+    (
+        prop_oneof![2 => Just(None), 3 => (0usize..3).prop_map(Some), 1 => Just(Some(3usize))],
+        prop_oneof![3 => Just(false), 1 => Just(true)],
+        prop_oneof![4 => Just(None), 1 => any::<bool>().prop_map(Some)],
+        prop_oneof![2 => Just(None), 3 => (0u8..2).prop_map(Some), 1 => Just(Some(2u8))],
+        prop_oneof![
+            2 => Just(None),
+            3 => (
+                prop::option::of(any::<bool>()),
+                prop_oneof![
+                    1 => Just(None),
+                    3 => (0u8..5).prop_map(Some),
+                    1 => (5u8..7).prop_map(Some),
+                ],
+            )
+                .prop_map(Some),
+        ],
+        prop::option::of(any::<bool>()),
+    )
+        .prop_map(|(tz, locale, admins, policy, flex, settle)| SettingsOp {
+            tz,
+            locale,
+            admins,
+            policy,
+            flex,
+            settle,
+        })
+}
+
+fn op(mix: Mix) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        mix.grant => grant_op().prop_map(Op::Grant),
+        mix.usage => usage_op().prop_map(Op::Usage),
+        mix.void => (
+            prop_oneof![4 => any::<usize>().prop_map(Some), 1 => Just(None)],
+            any::<bool>(),
+        )
+            .prop_map(|(target, reason)| Op::Void { target, reason }),
+        mix.plan => (0..PLANS.len(), anchor_op(), 0u8..3)
+            .prop_map(|(plan, anchor, payment)| Op::Plan { plan, anchor, payment }),
+        mix.settings => settings_op().prop_map(Op::Settings),
+        mix.tick => any::<bool>().prop_map(|with_time| Op::Tick { with_time }),
+        mix.bad => prop_oneof![Just(Op::NoSubject), Just(Op::UnknownType)],
+        mix.resend => prop_oneof![
+            4 => (0usize..6).prop_map(|back| Op::Resend { back }),
+            1 => (0usize..6, -2_000i64..2_000)
+                .prop_map(|(back, delta_ms)| Op::ResendAtWindowEdge { back, delta_ms }),
+        ],
+    ]
+}
+
+fn steps(mix: Mix, len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (advance(mix.big_jumps), timing(), 0usize..3, op(mix)).prop_map(
+            |(advance_ms, timing, account, op)| Step {
+                advance_ms,
+                timing,
+                account,
+                op,
+            },
+        ),
+        len,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// From a generated step to an input (using the model's state for "an existing lot") and
+// from an input to the JSON payload the engine parses.
+
+fn rules_for(cfg: &Config) -> Rules {
+    let mut rules = common::rules(MATRIX);
+    rules.flex_enabled = cfg.flex_enabled;
+    rules.flex_threshold = Credits::from_milli(cfg.flex_threshold_milli);
+    rules.settle_shortfall = cfg.settle;
+    rules.expiry_grace = TimeDelta::seconds(cfg.grace_secs);
+    rules.default_policy = if cfg.kind_order {
+        Policy::KindOrder
+    } else {
+        Policy::EarliestExpiry
+    };
+    rules
+}
+
+fn at(text: &str) -> Time {
+    text.parse().expect("RFC 3339")
+}
+
+fn existing_lot(model: &Model, account: &str, index: usize) -> Option<String> {
+    let lots = &model.accounts.get(account)?.lots;
+    if lots.is_empty() {
+        return None;
+    }
+    Some(lots[index % lots.len()].id.clone())
+}
+
+/// The event's UTC date `months` back, on `day` of that month or its last day.
+fn back_anchor(time: Time, months: u32, day: u32, secs: u32) -> Time {
+    let index = time.year() * 12 + time.month0() as i32 - months as i32;
+    let (year, month) = (index.div_euclid(12), index.rem_euclid(12) as u32 + 1);
+    let date = (1..=day)
+        .rev()
+        .find_map(|d| NaiveDate::from_ymd_opt(year, month, d))
+        .expect("a day of the month");
+    date.and_hms_opt(0, 0, 0).expect("midnight").and_utc() + TimeDelta::seconds(i64::from(secs))
+}
+
+fn method(code: u8) -> Option<PaymentMethod> {
+    match code {
+        1 | 2 => Some(PaymentMethod::Card),
+        3 => Some(PaymentMethod::Cash),
+        _ => None,
+    }
+}
+
+fn input_for(step: &Step, index: usize, cfg: &Config, time: Time, model: &Model) -> Input {
+    let account = ACCOUNTS[step.account % cfg.accounts].to_string();
+    let id = format!("evt-{index}");
+    let command = |data: Data, ty: &str| Input {
+        ty: ty.to_string(),
+        id: id.clone(),
+        source: "billing".to_string(),
+        subject: Some(account.clone()),
+        time: Some(time),
+        data,
+    };
+    match &step.op {
+        Op::Grant(g) => {
+            let lot = match g.lot {
+                0 => None,
+                1 => Some("pack-a".to_string()),
+                2 => Some("pack-b".to_string()),
+                3 => Some("promo".to_string()),
+                _ => existing_lot(model, &account, g.existing).or(Some("pack-a".to_string())),
+            };
+            let pool = match g.pool {
+                0 => None,
+                1 => Some("ai".to_string()),
+                2 => Some("scan".to_string()),
+                _ => Some(String::new()),
+            };
+            let kind = [
+                LotKind::Included,
+                LotKind::Promotional,
+                LotKind::Purchased,
+                LotKind::Flex,
+            ][usize::from(g.kind)];
+            let effective_at = g.effective.map(|s| time + TimeDelta::seconds(s));
+            let from = effective_at.unwrap_or(time);
+            let (expires_at, valid_days) = match g.expiry {
+                Expiry::Absent => (None, None),
+                Expiry::Null => (Some(None), None),
+                Expiry::At(s) => (Some(Some(from + TimeDelta::seconds(s))), None),
+                Expiry::Days(d) => (None, Some(d)),
+                Expiry::Both(d) => (Some(Some(from + TimeDelta::days(i64::from(d)))), Some(d)),
+            };
+            let payment = method(g.payment).map(|m| (m, (g.payment == 2).then(|| "inv-7".into())));
+            command(
+                Data::Grant(GrantData {
+                    lot,
+                    pool,
+                    kind,
+                    credits: Credits::from_milli(g.credits_milli),
+                    effective_at,
+                    expires_at,
+                    valid_days,
+                    priority: g.priority,
+                    payment,
+                    comment: g.comment.then(|| "top-up".to_string()),
+                }),
+                "credit.grant",
+            )
+        }
+        Op::Usage(u) => {
+            let (feature, variants) = FEATURES[u.feature];
+            let variant = match u.variant {
+                0 => None,
+                4 => Some("bogus".to_string()),
+                v => variants
+                    .get(usize::from(v - 1) % variants.len().max(1))
+                    .map(|v| v.to_string()),
+            };
+            Input {
+                ty: "ai.usage".to_string(),
+                id,
+                source: ["production-room", "studio"][index % 2].to_string(),
+                subject: Some(account),
+                time: Some(time),
+                data: Data::Usage(UsageData {
+                    user: format!("user{}@acme.kr", u.user),
+                    feature: feature.to_string(),
+                    variant,
+                    quantity: u.quantity.map(Credits::from_milli),
+                    status: match u.status {
+                        0 => None,
+                        1 => Some(Status::Succeeded),
+                        _ => Some(Status::Failed),
+                    },
+                }),
+            }
+        }
+        Op::Void { target, reason } => {
+            let lot = target
+                .and_then(|i| existing_lot(model, &account, i))
+                .unwrap_or_else(|| "no-such-lot".to_string());
+            command(
+                Data::Void {
+                    lot,
+                    reason: reason.then(|| "refund".to_string()),
+                },
+                "credit.void",
+            )
+        }
+        Op::Plan {
+            plan,
+            anchor,
+            payment,
+        } => {
+            let anchor = match anchor {
+                AnchorOp::Default => None,
+                AnchorOp::Back { months, day, secs } => {
+                    Some(back_anchor(time, *months, *day, *secs))
+                }
+                AnchorOp::Special(i) => Some(at(SPECIAL_ANCHORS[*i])),
+                AnchorOp::After(s) => Some(time + TimeDelta::seconds(*s)),
+            };
+            command(
+                Data::Plan {
+                    plan: PLANS[*plan].to_string(),
+                    anchor,
+                    payment: method(*payment),
+                },
+                "account.plan",
+            )
+        }
+        Op::Settings(s) => command(
+            Data::Settings(SettingsData {
+                timezone: s.tz.map(|i| TIMEZONES[i].to_string()),
+                locale: s.locale.then(|| "ko".to_string()),
+                admins: s
+                    .admins
+                    .map(|ok| vec![if ok { "ops@acme.kr" } else { "not an address" }.to_string()]),
+                policy: s
+                    .policy
+                    .map(|p| ["earliest_expiry", "kind_order", "cheapest"][usize::from(p)].into()),
+                flex: s.flex.map(|(enabled, threshold)| {
+                    (
+                        enabled,
+                        threshold.map(|t| Credits::from_milli(THRESHOLDS[usize::from(t)])),
+                    )
+                }),
+                settle_shortfall: s.settle,
+            }),
+            "account.settings",
+        ),
+        Op::Tick { with_time } => Input {
+            ty: reference::TICK.to_string(),
+            id: format!("tick-{index}"),
+            source: "tally".to_string(),
+            subject: None,
+            time: with_time.then_some(time),
+            data: Data::None,
+        },
+        Op::NoSubject => Input {
+            subject: None,
+            ..command(Data::None, "credit.void")
+        },
+        Op::UnknownType => command(Data::None, "ai.teleport"),
+        Op::Resend { .. } | Op::ResendAtWindowEdge { .. } => unreachable!("resent as is"),
+    }
+}
+
+fn time_json(t: Time) -> Value {
+    Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+fn credits_json(c: Credits) -> Value {
+    if c.milli() % MILLI_PER_CREDIT == 0 {
+        json!(c.milli() / MILLI_PER_CREDIT)
+    } else {
+        Value::String(c.to_string())
+    }
+}
+
+fn to_json(input: &Input) -> String {
+    let mut event = Map::new();
+    event.insert("specversion".into(), json!("1.0"));
+    event.insert("type".into(), json!(input.ty));
+    event.insert("id".into(), json!(input.id));
+    event.insert("source".into(), json!(input.source));
+    if let Some(subject) = &input.subject {
+        event.insert("subject".into(), json!(subject));
+    }
+    if let Some(time) = input.time {
+        event.insert("time".into(), time_json(time));
+    }
+    let mut data = Map::new();
+    let mut put = |key: &str, value: Value| {
+        data.insert(key.to_string(), value);
+    };
+    match &input.data {
+        Data::None => {}
+        Data::Usage(u) => {
+            put("user", json!(u.user));
+            put("feature", json!(u.feature));
+            if let Some(v) = &u.variant {
+                put("variant", json!(v));
+            }
+            if let Some(q) = u.quantity {
+                put("quantity", credits_json(q));
+            }
+            if let Some(s) = u.status {
+                put("status", json!(s.as_str()));
+            }
+        }
+        Data::Grant(g) => {
+            if let Some(lot) = &g.lot {
+                put("lot", json!(lot));
+            }
+            if let Some(pool) = &g.pool {
+                put("pool", json!(pool));
+            }
+            put("kind", json!(g.kind.as_str()));
+            put("credits", credits_json(g.credits));
+            if let Some(t) = g.effective_at {
+                put("effective_at", time_json(t));
+            }
+            match g.expires_at {
+                None => {}
+                Some(None) => put("expires_at", Value::Null),
+                Some(Some(t)) => put("expires_at", time_json(t)),
+            }
+            if let Some(days) = g.valid_days {
+                put("valid_days", json!(days));
+            }
+            if let Some(p) = g.priority {
+                put("priority", json!(p));
+            }
+            if let Some((method, reference)) = &g.payment {
+                let mut payment = json!({ "method": method });
+                if let Some(r) = reference {
+                    payment["reference"] = json!(r);
+                }
+                put("payment", payment);
+            }
+            if let Some(c) = &g.comment {
+                put("comment", json!(c));
+            }
+        }
+        Data::Void { lot, reason } => {
+            put("lot", json!(lot));
+            if let Some(r) = reason {
+                put("reason", json!(r));
+            }
+        }
+        Data::Plan {
+            plan,
+            anchor,
+            payment,
+        } => {
+            put("plan", json!(plan));
+            if let Some(a) = anchor {
+                put("anchor", time_json(*a));
+            }
+            if let Some(m) = payment {
+                put("payment", json!({ "method": m }));
+            }
+        }
+        Data::Settings(s) => {
+            if let Some(tz) = &s.timezone {
+                put("timezone", json!(tz));
+            }
+            if let Some(l) = &s.locale {
+                put("locale", json!(l));
+            }
+            if let Some(a) = &s.admins {
+                put("admins", json!(a));
+            }
+            if let Some(p) = &s.policy {
+                put("policy", json!(p));
+            }
+            if let Some((enabled, threshold)) = s.flex {
+                let mut flex = Map::new();
+                if let Some(e) = enabled {
+                    flex.insert("enabled".into(), json!(e));
+                }
+                if let Some(t) = threshold {
+                    flex.insert("threshold".into(), credits_json(t));
+                }
+                put("flex", Value::Object(flex));
+            }
+            if let Some(s) = s.settle_shortfall {
+                put("settle_shortfall", json!(s));
+            }
+        }
+    }
+    if !matches!(input.data, Data::None) || input.ty == "ai.teleport" {
+        event.insert("data".into(), Value::Object(data));
+    }
+    Value::Object(event).to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine's results in the model's terms.
+
+fn outcome_of(outcome: Outcome) -> reference::Outcome {
+    match outcome {
+        Outcome::Applied { account, entries } => reference::Outcome::Applied { account, entries },
+        Outcome::Duplicate { account } => reference::Outcome::Duplicate { account },
+        Outcome::Rejected(_) => reference::Outcome::Rejected,
+        Outcome::Tick => reference::Outcome::Tick,
+    }
+}
+
+fn per_account(entries: &[LedgerEntry]) -> BTreeMap<String, Vec<LedgerEntry>> {
+    let mut grouped: BTreeMap<String, Vec<LedgerEntry>> = BTreeMap::new();
+    for entry in entries {
+        grouped
+            .entry(entry.account.clone())
+            .or_default()
+            .push(entry.clone());
+    }
+    grouped
+}
+
+fn engine_balance(state: &AccountState, at: Time) -> BalanceView {
+    state
+        .balance(at)
+        .into_iter()
+        .filter(|(_, b)| b.available.is_positive() || !b.expiring_soon.is_zero())
+        .map(|(pool, b)| {
+            let by_kind = b
+                .by_kind
+                .into_iter()
+                .filter(|(_, c)| !c.is_zero())
+                .collect();
+            (pool, (b.available, by_kind, b.expiring_soon))
+        })
+        .collect()
+}
+
+fn engine_view(state: &AccountState, clock: Time) -> AccountView {
+    let mut lots: Vec<reference::LotView> = state
+        .lots
+        .iter()
+        .map(|l| {
+            (
+                l.id.clone(),
+                l.pool.clone(),
+                l.kind,
+                l.granted,
+                l.remaining,
+                l.effective_at,
+                l.expires_at,
+                l.priority,
+                l.seq,
+                l.voided,
+                l.expired,
+                l.from_plan,
+            )
+        })
+        .collect();
+    lots.sort_by_key(|l| l.8);
+    AccountView {
+        lots,
+        next_seq: state.next_seq,
+        shortfall: state
+            .shortfall
+            .iter()
+            .filter(|(_, c)| !c.is_zero())
+            .map(|(p, c)| (p.clone(), *c))
+            .collect(),
+        flex_used: state.flex_used,
+        flex_period: state.flex_period,
+        subscription: state
+            .subscription
+            .as_ref()
+            .map(|s| (s.name.clone(), s.cycle, s.cycle_start, s.cycle_end)),
+        timezone: state.timezone,
+        policy: state.policy,
+        flex_enabled: state.flex_enabled,
+        flex_threshold: state.flex_threshold,
+        settle_shortfall: state.settle_shortfall,
+        balance: engine_balance(state, clock),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+struct Sent {
+    input: Input,
+    payload: String,
+    arrival: Time,
+}
+
+fn run(cfg: &Config, steps: &[Step]) -> Result<(), TestCaseError> {
+    let rules = rules_for(cfg);
+    let mut book = Book::default();
+    let mut model = Model::default();
+    let mut arrival = at("2026-06-01T00:00:00Z") + TimeDelta::seconds(cfg.start_secs);
+    let mut sent: Vec<Sent> = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        arrival += TimeDelta::milliseconds(step.advance_ms);
+        let (input, payload) = match step.op {
+            Op::Resend { back } | Op::ResendAtWindowEdge { back, .. } if !sent.is_empty() => {
+                let earlier = &sent[sent.len() - 1 - back % sent.len()];
+                if let Op::ResendAtWindowEdge { delta_ms, .. } = step.op {
+                    let edge =
+                        earlier.arrival + rules.dedup_window + TimeDelta::milliseconds(delta_ms);
+                    arrival = arrival.max(edge);
+                }
+                (earlier.input.clone(), earlier.payload.clone())
+            }
+            Op::Resend { .. } | Op::ResendAtWindowEdge { .. } => continue,
+            _ => {
+                let time = match step.timing {
+                    Timing::OnTime => arrival,
+                    Timing::Late(ms) => arrival - TimeDelta::milliseconds(ms),
+                    Timing::Future(ms) => arrival + TimeDelta::milliseconds(ms),
+                };
+                let input = input_for(step, index, cfg, time, &model);
+                let payload = to_json(&input);
+                (input, payload)
+            }
+        };
+        let engine = book.process(&rules, payload.as_bytes(), arrival);
+        let expected = model.process(&rules, &input, arrival);
+        let context = || format!("step {index}, arrival {arrival}, payload {payload}");
+
+        prop_assert_eq!(
+            outcome_of(engine.outcome),
+            expected.outcome,
+            "{}",
+            context()
+        );
+        prop_assert_eq!(
+            per_account(&engine.due),
+            per_account(&expected.due),
+            "due entries; {}",
+            context()
+        );
+        prop_assert_eq!(book.clock, model.clock, "clock; {}", context());
+        let clock = model.clock.expect("a clock after a step");
+        let engine_accounts: Vec<&String> = {
+            let mut names: Vec<&String> = book.accounts.keys().collect();
+            names.sort();
+            names
+        };
+        let model_accounts: Vec<&String> = model.accounts.keys().collect();
+        prop_assert_eq!(engine_accounts, model_accounts, "accounts; {}", context());
+        for (name, account) in &model.accounts {
+            prop_assert_eq!(
+                engine_view(&book.accounts[name], clock),
+                account.view(clock),
+                "account {}; {}",
+                name,
+                context()
+            );
+        }
+        model
+            .check_conservation()
+            .map_err(|problem| TestCaseError::fail(format!("{problem}; {}", context())))?;
+        sent.push(Sent {
+            input,
+            payload,
+            arrival,
+        });
+    }
+    Ok(())
+}
+
+fn proptest_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // Keep failures out of the source tree; a failure prints its minimal history.
+        failure_persistence: None,
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(768))]
+
+    /// Everything at once.
+    #[test]
+    fn engine_agrees_with_the_model(cfg in config(), steps in steps(GENERAL, 20..60)) {
+        run(&cfg, &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(512))]
+
+    /// Plans, cycle turns, expiries and time zones over months.
+    #[test]
+    fn engine_agrees_on_plans_cycles_and_expiry(cfg in config(), steps in steps(CALENDAR, 20..60)) {
+        run(&cfg, &steps)?;
+    }
+
+    /// Order of consumption, flex, shortfall and settlement.
+    #[test]
+    fn engine_agrees_on_spending(cfg in config(), steps in steps(SPENDING, 20..60)) {
+        run(&cfg, &steps)?;
+    }
+}
+
+/// The generators reach what they are meant to: a fixed history through the harness, so a
+/// broken harness (e.g. every event rejected) cannot pass silently.
+#[test]
+fn harness_applies_a_plain_history() {
+    let cfg = Config {
+        accounts: 2,
+        flex_enabled: true,
+        flex_threshold_milli: 10_000,
+        settle: true,
+        grace_secs: 0,
+        kind_order: false,
+        start_secs: 0,
+    };
+    let rules = rules_for(&cfg);
+    let mut model = Model::default();
+    let t0 = at("2026-06-01T00:00:00Z");
+    let plan = Step {
+        advance_ms: 0,
+        timing: Timing::OnTime,
+        account: 0,
+        op: Op::Plan {
+            plan: 1,
+            anchor: AnchorOp::Default,
+            payment: 1,
+        },
+    };
+    let call = Step {
+        advance_ms: 0,
+        timing: Timing::OnTime,
+        account: 0,
+        op: Op::Usage(UsageOp {
+            feature: 0,
+            variant: 0,
+            quantity: Some(20_000),
+            status: 0,
+            user: 0,
+        }),
+    };
+    let mut book = Book::default();
+    for (i, step) in [plan, call].iter().enumerate() {
+        let input = input_for(step, i, &cfg, t0, &model);
+        let payload = to_json(&input);
+        let expected = model.process(&rules, &input, t0);
+        let engine = book.process(&rules, payload.as_bytes(), t0);
+        assert!(matches!(
+            expected.outcome,
+            reference::Outcome::Applied { .. }
+        ));
+        assert_eq!(outcome_of(engine.outcome), expected.outcome);
+    }
+    // 100 included, then 20 × 8 = 160: 100 from the plan, 10 flex, 50 short.
+    let acme = &model.accounts["acme"];
+    assert_eq!(acme.shortfall["ai"], Credits::from_whole(50));
+    assert_eq!(acme.flex_used, Credits::from_whole(10));
+    assert_eq!(acme.view(t0), engine_view(&book.accounts["acme"], t0));
+}
