@@ -120,10 +120,14 @@ pub async fn send(
     topic: &str,
     key: Option<&str>,
     payload: &[u8],
+    timestamp: Option<DateTime<Utc>>,
 ) -> Result<(i32, i64), KafkaError> {
     let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
     if let Some(key) = key {
         record = record.key(key);
+    }
+    if let Some(at) = timestamp {
+        record = record.timestamp(at.timestamp_millis());
     }
     producer
         .send(record, Duration::from_secs(30))

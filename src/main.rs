@@ -47,7 +47,13 @@ enum Command {
     /// Grant credits to an account (sends a credit.grant command).
     Grant(GrantArgs),
     /// Send CloudEvents from a JSON-lines file (`-` for stdin) to their topics.
-    Send { file: PathBuf },
+    Send {
+        file: PathBuf,
+        /// Stamp each record with its event's `time` as the broker timestamp, to replay
+        /// history: lateness, dedup windows, expiry and cycles then follow that time.
+        #[arg(long)]
+        stamp_event_time: bool,
+    },
     /// Available credits of an account per pool and kind, used this cycle, expiring
     /// within 14 days, shortfall, flex and plan.
     Balance {
@@ -171,7 +177,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Grant(args) => rt.block_on(commands::grant(&config, args, json)),
         Command::Status => rt.block_on(commands::status(&config, json)),
-        Command::Send { file } => rt.block_on(commands::send(&config, &file, json)),
+        Command::Send {
+            file,
+            stamp_event_time,
+        } => rt.block_on(commands::send(&config, &file, stamp_event_time, json)),
         Command::Balance { account, at } => rt.block_on(commands::balance(
             &config,
             &rules,

@@ -162,6 +162,7 @@ pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Resu
         &config.kafka.commands_topic,
         Some(&args.account),
         &payload,
+        None,
     )
     .await
     .context("cannot send the grant")?;
@@ -181,7 +182,12 @@ pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Resu
 
 /// Sends CloudEvents from a JSON-lines file (`-` for stdin), each to its topic by type,
 /// keyed by its subject.
-pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()> {
+pub async fn send(
+    config: &Config,
+    file: &Path,
+    stamp_event_time: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let reader: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -190,7 +196,7 @@ pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()
         ))
     };
     let producer = kafka::producer(&config.kafka)?;
-    let mut chunk: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut chunk: Vec<Outgoing> = Vec::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for (number, line) in reader.lines().enumerate() {
         let line =
@@ -214,8 +220,22 @@ pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()
             .as_ref()
             .and_then(|v| v["subject"].as_str())
             .map(str::to_string);
+        let timestamp = if stamp_event_time {
+            let time = parsed.as_ref().and_then(|v| v["time"].as_str());
+            let at = time.and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            match at {
+                Some(at) => Some(at.with_timezone(&Utc)),
+                None => bail!(
+                    "{}: line {} has no RFC 3339 `time` to stamp it with",
+                    file.display(),
+                    number + 1
+                ),
+            }
+        } else {
+            None
+        };
         *counts.entry(topic.clone()).or_default() += 1;
-        chunk.push((topic.clone(), key, line));
+        chunk.push((topic.clone(), key, line, timestamp));
         if chunk.len() >= 10_000 {
             send_chunk(&producer, &std::mem::take(&mut chunk)).await?;
         }
@@ -231,13 +251,16 @@ pub async fn send(config: &Config, file: &Path, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// Topic, key, payload and broker timestamp of one line to send.
+type Outgoing = (String, Option<String>, String, Option<DateTime<Utc>>);
+
 async fn send_chunk(
     producer: &rdkafka::producer::FutureProducer,
-    chunk: &[(String, Option<String>, String)],
+    chunk: &[Outgoing],
 ) -> anyhow::Result<()> {
-    let deliveries = chunk
-        .iter()
-        .map(|(topic, key, line)| kafka::send(producer, topic, key.as_deref(), line.as_bytes()));
+    let deliveries = chunk.iter().map(|(topic, key, line, at)| {
+        kafka::send(producer, topic, key.as_deref(), line.as_bytes(), *at)
+    });
     for delivery in futures::future::join_all(deliveries).await {
         delivery?;
     }
