@@ -67,6 +67,8 @@ fn usage(id: &str, time: &str, data: &str) -> String {
 struct Harness {
     rules: Rules,
     book: Book,
+    /// Entries that fell due (expiries, cycle allowances), oldest first.
+    due: Vec<LedgerEntry>,
 }
 
 impl Harness {
@@ -74,13 +76,28 @@ impl Harness {
         Harness {
             rules: rules(),
             book: Book::default(),
+            due: Vec::new(),
         }
     }
 
     fn send(&mut self, payload: &str, arrival: DateTime<Utc>) -> Outcome {
-        self.book
-            .process(&self.rules, payload.as_bytes(), arrival)
-            .outcome
+        let step = self.book.process(&self.rules, payload.as_bytes(), arrival);
+        self.due.extend(step.due);
+        step.outcome
+    }
+
+    /// A clock tick arriving at `time`; returns what fell due.
+    fn tick(&mut self, time: &str) -> Vec<LedgerEntry> {
+        let payload = format!(
+            r#"{{"specversion":"1.0","type":"tally.tick","id":"tick-{time}","source":"tally","time":"{time}"}}"#
+        );
+        let before = self.due.len();
+        assert!(matches!(self.send(&payload, at(time)), Outcome::Tick));
+        self.due.split_off(before)
+    }
+
+    fn plan(&mut self, id: &str, time: &str, data: &str) -> Vec<LedgerEntry> {
+        self.ok(&event("account.plan", id, time, data), time)
     }
 
     /// Sends a payload that arrives exactly at its event time and must be applied.
@@ -1234,4 +1251,361 @@ fn a_grant_above_a_trillion_credits_is_rejected() {
         matches!(&outcome, Outcome::Rejected(Rejection::Command(reason)) if reason.contains("at most")),
         "{outcome:?}"
     );
+}
+
+// ---- Plans, cycles, expiry, flex and shortfall [000][002][003][004] ----
+
+#[test]
+fn a_plan_issues_its_allowance_each_cycle_and_the_unused_part_expires() {
+    let mut h = Harness::new();
+    // Midnight on 1 October in Seoul.
+    let issued = h.plan(
+        "p1",
+        "2026-10-10T00:00:00Z",
+        r#"{"plan": "pro", "anchor": "2026-09-30T15:00:00Z"}"#,
+    );
+    assert_eq!(issued.len(), 1);
+    assert_eq!(
+        (issued[0].credits, issued[0].lot.as_str()),
+        (whole(100), "pro:2026-10-10")
+    );
+    assert_eq!(
+        h.lot("pro:2026-10-10").expires_at,
+        Some(at("2026-10-31T15:00:00Z"))
+    );
+    h.call(
+        "u1",
+        "2026-10-12T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    // No traffic: a tick after the cycle end and the grace does the rest.
+    let due = h.tick("2026-11-01T00:00:00Z");
+    let summary: Vec<(EntryType, Credits, &str)> = due
+        .iter()
+        .map(|e| (e.entry_type, e.credits, e.lot.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (EntryType::Expiry, whole(-93), "pro:2026-10-10"),
+            (EntryType::Grant, whole(100), "pro:2026-11-01"),
+        ]
+    );
+    assert_eq!(due[0].id.as_deref(), Some("expiry/pro:2026-10-10"));
+    assert_eq!(h.available("ai", "2026-11-01T00:00:00Z"), whole(100));
+    // Nothing is written twice, however often the clock is told.
+    assert!(h.tick("2026-11-01T00:00:00Z").is_empty());
+    assert!(h.tick("2026-11-02T00:00:00Z").is_empty());
+}
+
+#[test]
+fn a_lot_pays_for_late_calls_within_the_grace_and_not_after() {
+    let mut h = Harness::new();
+    h.plan(
+        "p1",
+        "2026-10-10T00:00:00Z",
+        r#"{"plan": "pro", "anchor": "2026-09-30T15:00:00Z"}"#,
+    );
+    // Made at 23:59 on 31 October in Seoul, arriving 3 minutes late: October pays.
+    let late = usage(
+        "u1",
+        "2026-10-31T14:59:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    let entries = h.ok_at(&late, at("2026-10-31T15:02:00Z"));
+    assert_eq!(paid(&entries[0]), [("pro:2026-10-10", whole(7))]);
+    // Once the grace has passed the lot's expiry is written; a later arrival cannot use it.
+    h.tick("2026-10-31T15:05:00Z");
+    let later = usage(
+        "u2",
+        "2026-10-31T14:59:30Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    let entries = h.ok_at(&later, at("2026-10-31T15:06:00Z"));
+    assert!(paid(&entries[0])
+        .iter()
+        .all(|(lot, _)| *lot != "pro:2026-10-10"));
+}
+
+#[test]
+fn a_plan_change_mid_cycle_starts_a_fresh_cycle() {
+    let mut h = Harness::new();
+    h.plan("p1", "2026-10-01T00:00:00Z", r#"{"plan": "pro"}"#);
+    h.call(
+        "u1",
+        "2026-10-05T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    let issued = h.plan("p2", "2026-10-15T00:00:00Z", r#"{"plan": "enterprise"}"#);
+    assert_eq!(issued[0].credits, whole(500));
+    // The old allowance ends at the change; the new cycle runs a month from it [002].
+    assert_eq!(
+        h.lot("pro:2026-10-01").expires_at,
+        Some(at("2026-10-15T00:00:00Z"))
+    );
+    assert_eq!(
+        h.lot("enterprise:2026-10-15").expires_at,
+        Some(at("2026-11-15T00:00:00Z"))
+    );
+    let due = h.tick("2026-10-15T00:10:00Z");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].entry_type, due[0].credits),
+        (EntryType::Expiry, whole(-93))
+    );
+    assert_eq!(h.available("ai", "2026-10-16T00:00:00Z"), whole(500));
+}
+
+#[test]
+fn an_anchor_on_the_31st_renews_on_the_last_day_of_shorter_months() {
+    let mut h = Harness::new();
+    h.ok(
+        &event(
+            "account.settings",
+            "s1",
+            "2027-01-01T00:00:00Z",
+            r#"{"timezone": "UTC"}"#,
+        ),
+        "2027-01-01T00:00:00Z",
+    );
+    h.plan("p1", "2027-01-31T00:00:00Z", r#"{"plan": "pro"}"#);
+    let due = h.tick("2027-03-31T01:00:00Z");
+    let grants: Vec<&str> = due
+        .iter()
+        .filter(|e| e.entry_type == EntryType::Grant)
+        .map(|e| e.lot.as_str())
+        .collect();
+    assert_eq!(grants, ["pro:2027-02-28", "pro:2027-03-31"]);
+}
+
+#[test]
+fn a_yearly_plan_issues_a_years_credits_up_front() {
+    let mut h = Harness::new();
+    let issued = h.plan("p1", "2026-11-01T00:00:00Z", r#"{"plan": "pro_yearly"}"#);
+    assert_eq!(issued[0].credits, whole(1200));
+    assert!(h.tick("2027-10-31T00:00:00Z").is_empty());
+    assert_eq!(
+        h.tick("2027-11-01T00:10:00Z").len(),
+        2,
+        "expiry and the next year"
+    );
+}
+
+#[test]
+fn plans_are_checked() {
+    let mut h = Harness::new();
+    let e = h.rejected(
+        &event(
+            "account.plan",
+            "p1",
+            "2026-11-01T00:00:00Z",
+            r#"{"plan": "platinum"}"#,
+        ),
+        at("2026-11-01T00:00:00Z"),
+    );
+    assert!(e.to_string().contains("unknown plan `platinum`"), "{e}");
+    let e = h.rejected(
+        &event(
+            "account.plan",
+            "p2",
+            "2026-11-01T00:00:00Z",
+            r#"{"plan": "pro", "anchor": "2026-11-02T00:00:00Z"}"#,
+        ),
+        at("2026-11-01T00:00:00Z"),
+    );
+    assert!(e.to_string().contains("after the command"), "{e}");
+    // The free plan issues nothing but still has cycles.
+    assert!(h
+        .plan("p3", "2026-11-01T00:00:00Z", r#"{"plan": "free"}"#)
+        .is_empty());
+    assert!(h.book.accounts["acme"].subscription.is_some());
+}
+
+fn flex_rules(h: &mut Harness) {
+    h.rules.flex_enabled = true;
+    h.rules.flex_threshold = whole(10);
+}
+
+#[test]
+fn flex_pays_once_every_lot_is_empty_up_to_the_threshold_per_cycle() {
+    let mut h = Harness::new();
+    flex_rules(&mut h);
+    h.grant(
+        "g1",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "purchased", "credits": 5}"#,
+    );
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "text_to_image"}"#,
+    );
+    assert_eq!(paid(&e), [("g1", whole(5)), ("flex", whole(3))]);
+    assert_eq!(e.paid[1].kind, LotKind::Flex);
+    let e = h.call(
+        "u2",
+        "2026-11-03T00:00:00Z",
+        r#"{"user": "u", "feature": "text_to_image"}"#,
+    );
+    assert_eq!(paid(&e), [("flex", whole(7))]);
+    assert_eq!(e.shortfall, whole(1), "the threshold of 10 is reached");
+    // A new calendar month (no plan) is a new flex period.
+    let e = h.call(
+        "u3",
+        "2026-12-01T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    assert_eq!(
+        (paid(&e), e.shortfall),
+        (vec![("flex", whole(7))], Credits::ZERO)
+    );
+}
+
+#[test]
+fn flex_can_be_switched_off_per_account_and_thresholds_set() {
+    let mut h = Harness::new();
+    flex_rules(&mut h);
+    h.ok(
+        &event(
+            "account.settings",
+            "s1",
+            "2026-11-01T00:00:00Z",
+            r#"{"flex": {"enabled": false}}"#,
+        ),
+        "2026-11-01T00:00:00Z",
+    );
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    assert_eq!((e.paid.len(), e.shortfall), (0, whole(7)));
+    h.ok(
+        &event(
+            "account.settings",
+            "s2",
+            "2026-11-02T00:00:00Z",
+            r#"{"flex": {"enabled": true, "threshold": 100}}"#,
+        ),
+        "2026-11-02T00:00:00Z",
+    );
+    let e = h.call(
+        "u2",
+        "2026-11-03T00:00:00Z",
+        r#"{"user": "u", "feature": "video_generation", "variant": "long"}"#,
+    );
+    assert_eq!(paid(&e), [("flex", whole(100))]);
+    let e = h.rejected(
+        &event(
+            "credit.grant",
+            "g1",
+            "2026-11-03T00:00:00Z",
+            r#"{"kind": "flex", "credits": 5}"#,
+        ),
+        at("2026-11-03T00:00:00Z"),
+    );
+    assert!(e.to_string().contains("flex"), "{e}");
+}
+
+#[test]
+fn the_next_grant_settles_outstanding_shortfall_with_an_entry() {
+    let mut h = Harness::new();
+    h.rules.settle_shortfall = true;
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "text_to_image"}"#,
+    );
+    assert_eq!(e.shortfall, whole(8));
+    assert_eq!(h.book.accounts["acme"].shortfall["ai"], whole(8));
+    let entries = h.ok(
+        &event(
+            "credit.grant",
+            "g1",
+            "2026-11-03T00:00:00Z",
+            r#"{"kind": "purchased", "credits": 5}"#,
+        ),
+        "2026-11-03T00:00:00Z",
+    );
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (entries[1].entry_type, entries[1].credits),
+        (EntryType::Settlement, whole(5))
+    );
+    assert_eq!(h.lot("g1").remaining, Credits::ZERO);
+    assert_eq!(h.book.accounts["acme"].shortfall["ai"], whole(3));
+    let entries = h.ok(
+        &event(
+            "credit.grant",
+            "g2",
+            "2026-11-04T00:00:00Z",
+            r#"{"kind": "purchased", "credits": 10}"#,
+        ),
+        "2026-11-04T00:00:00Z",
+    );
+    assert_eq!(entries[1].credits, whole(3));
+    assert_eq!(h.lot("g2").remaining, whole(7));
+    assert!(h.book.accounts["acme"].shortfall.is_empty());
+    // Switched off per account: grants leave shortfall alone.
+    h.ok(
+        &event(
+            "account.settings",
+            "s1",
+            "2026-11-05T00:00:00Z",
+            r#"{"settle_shortfall": false}"#,
+        ),
+        "2026-11-05T00:00:00Z",
+    );
+    h.call(
+        "u2",
+        "2026-11-05T00:00:00Z",
+        r#"{"user": "u", "feature": "video_generation", "variant": "short"}"#,
+    );
+    let entries = h.ok(
+        &event(
+            "credit.grant",
+            "g3",
+            "2026-11-06T00:00:00Z",
+            r#"{"kind": "purchased", "credits": 10}"#,
+        ),
+        "2026-11-06T00:00:00Z",
+    );
+    assert_eq!(entries.len(), 1);
+}
+
+#[test]
+fn an_expired_lot_cannot_be_voided_and_a_voided_lot_does_not_expire() {
+    let mut h = Harness::new();
+    h.grant(
+        "g1",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "promotional", "credits": 5, "expires_at": "2026-11-02T00:00:00Z"}"#,
+    );
+    h.grant(
+        "g2",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "promotional", "credits": 5, "expires_at": "2026-11-02T00:00:00Z"}"#,
+    );
+    h.ok(
+        &event(
+            "credit.void",
+            "v1",
+            "2026-11-01T01:00:00Z",
+            r#"{"lot": "g2"}"#,
+        ),
+        "2026-11-01T01:00:00Z",
+    );
+    let due = h.tick("2026-11-03T00:00:00Z");
+    assert_eq!(due.len(), 1, "only the live lot expires: {due:?}");
+    assert_eq!(due[0].lot, "g1");
+    let e = h.rejected(
+        &event(
+            "credit.void",
+            "v2",
+            "2026-11-03T00:00:00Z",
+            r#"{"lot": "g1"}"#,
+        ),
+        at("2026-11-03T00:00:00Z"),
+    );
+    assert!(e.to_string().contains("expired"), "{e}");
 }
