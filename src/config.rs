@@ -9,6 +9,7 @@ use chrono::TimeDelta;
 use chrono_tz::Tz;
 use serde::Deserialize;
 use tally_core::account::MAX_GRANT;
+use tally_core::alerts::AlertRules;
 use tally_core::plans::Plan;
 use tally_core::{CostMatrix, Credits, Policy, Rules};
 
@@ -161,6 +162,24 @@ pub struct RulesConfig {
     pub settle_shortfall: bool,
     /// Postpaid overage once every lot is empty.
     pub flex: FlexConfig,
+    /// Default low-credit alert thresholds, applied to every pool; accounts override them
+    /// with `account.settings {"alerts": {...}}`.
+    pub alerts: AlertThresholds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertThresholds {
+    /// Whether accounts that do not say get alerts at all.
+    pub enabled: bool,
+    /// Alert when a pool's available balance falls below this; 0: never.
+    pub low_balance: Credits,
+    /// Alert when this percentage of the cycle's included credits is used; 0: never.
+    pub included_used_percent: u32,
+    /// Alert when the pool is empty and calls start going unpaid.
+    pub shortfall: bool,
+    /// Alert when more than this expires within 14 days; 0: never.
+    pub expiring_min: Credits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +342,20 @@ impl Config {
             ));
         }
         let credits_in_range = |c: Credits| !c.is_negative() && c <= MAX_GRANT;
+        for (key, value) in [
+            ("rules.alerts.low_balance", self.rules.alerts.low_balance),
+            ("rules.alerts.expiring_min", self.rules.alerts.expiring_min),
+        ] {
+            if !credits_in_range(value) {
+                return Err(key_err(key, format!("must be between 0 and {MAX_GRANT}")));
+            }
+        }
+        if self.rules.alerts.included_used_percent > 100 {
+            return Err(key_err(
+                "rules.alerts.included_used_percent",
+                "must be at most 100".into(),
+            ));
+        }
         if !credits_in_range(self.rules.flex.threshold) {
             return Err(key_err(
                 "rules.flex.threshold",
@@ -394,6 +427,13 @@ impl Config {
             flex_enabled: self.rules.flex.enabled,
             flex_threshold: self.rules.flex.threshold,
             settle_shortfall: self.rules.settle_shortfall,
+            alerts: AlertRules {
+                enabled: self.rules.alerts.enabled,
+                low_balance: self.rules.alerts.low_balance,
+                included_used_percent: self.rules.alerts.included_used_percent,
+                shortfall: self.rules.alerts.shortfall,
+                expiring_min: self.rules.alerts.expiring_min,
+            },
         })
     }
 }

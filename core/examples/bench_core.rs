@@ -25,6 +25,7 @@ fn main() {
         flex_enabled: true,
         flex_threshold: tally_core::Credits::from_whole(1000),
         settle_shortfall: true,
+        alerts: Default::default(),
     };
     let start: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().expect("time");
     let accounts = 10_000;

@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{AlertRules, AlertSettings, Marks};
 use crate::credits::Credits;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::ledger::{EntryType, LedgerEntry};
@@ -44,6 +45,8 @@ pub struct Rules {
     pub flex_threshold: Credits,
     /// Whether a grant first pays outstanding shortfall, for accounts that do not say.
     pub settle_shortfall: bool,
+    /// Low-credit alert thresholds for accounts that do not set their own.
+    pub alerts: AlertRules,
 }
 
 /// Everything tally remembers about one account.
@@ -76,6 +79,12 @@ pub struct AccountState {
     /// Usage no lot or flex could pay, per pool, not yet settled by a grant.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shortfall: BTreeMap<String, Credits>,
+    /// The account's own alert thresholds.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub alerts: AlertSettings,
+    /// Where each alert threshold stands, so it fires once per crossing and cycle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alert_marks: Marks,
 }
 
 /// Flex of one account as of some time.
@@ -618,8 +627,27 @@ impl AccountState {
                 self.flex_threshold = flex.threshold;
             }
         }
+        if let Some(alerts) = &settings.alerts {
+            if alerts.included_used_percent.is_some_and(|p| p > 100) {
+                return Err(Rejection::Command(
+                    "alerts.included_used_percent must be at most 100".into(),
+                ));
+            }
+            let bad = [alerts.low_balance, alerts.expiring_min]
+                .into_iter()
+                .flatten()
+                .any(|c| c.is_negative() || c > MAX_GRANT);
+            if bad {
+                return Err(Rejection::Command(format!(
+                    "alert thresholds must be between 0 and {MAX_GRANT}"
+                )));
+            }
+        }
         if settings.settle_shortfall.is_some() {
             self.settle_shortfall = settings.settle_shortfall;
+        }
+        if let Some(alerts) = &settings.alerts {
+            self.alerts.merge(alerts);
         }
         Ok(())
     }
@@ -692,6 +720,10 @@ fn looks_like_address(text: &str) -> bool {
     let mut parts = text.split('@');
     matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None)
         if !l.is_empty() && d.contains('.') && !text.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>'))
+}
+
+fn is_default(settings: &AlertSettings) -> bool {
+    *settings == AlertSettings::default()
 }
 
 fn is_zero(credits: &Credits) -> bool {

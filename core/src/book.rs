@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use crate::account::{AccountState, Rules};
+use crate::alerts::Alert;
 use crate::dedup::{self, Seen};
 use crate::event::{self, Event, Rejection};
 use crate::ledger::LedgerEntry;
@@ -32,6 +33,8 @@ pub enum Outcome {
 pub struct Step {
     pub due: Vec<LedgerEntry>,
     pub outcome: Outcome,
+    /// Low-credit alerts that fired on the accounts this payload or the clock changed.
+    pub alerts: Vec<Alert>,
 }
 
 /// Accounts of one partition, owned by exactly one writer.
@@ -64,10 +67,25 @@ impl Book {
     ) -> Step {
         let due = self.advance(rules, arrival);
         let outcome = self.decide(rules, parsed, arrival);
+        let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
         if let Outcome::Applied { account, .. } = &outcome {
             self.schedule(rules, account);
+            changed.push(account);
         }
-        Step { due, outcome }
+        changed.sort_unstable();
+        changed.dedup();
+        let at = self.clock.unwrap_or(arrival);
+        let mut alerts = Vec::new();
+        for account in changed {
+            if let Some(state) = self.accounts.get_mut(account) {
+                alerts.extend(crate::alerts::evaluate(state, rules, account, at));
+            }
+        }
+        Step {
+            due,
+            outcome,
+            alerts,
+        }
     }
 
     /// Moves the clock to `now` (never back) and writes what fell due on every account.

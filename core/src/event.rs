@@ -157,6 +157,9 @@ pub struct Settings {
     /// Whether the next grant first pays outstanding shortfall.
     #[serde(default)]
     pub settle_shortfall: Option<bool>,
+    /// Low-credit alert thresholds.
+    #[serde(default)]
+    pub alerts: Option<crate::alerts::AlertSettings>,
 }
 
 /// Why an event cannot be applied. The text goes into the dead-letter header.

@@ -6,6 +6,7 @@ mod common;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use tally_core::account::balance;
+use tally_core::alerts::{Alert, AlertKind, AlertRules};
 use tally_core::event::Status;
 use tally_core::{
     Book, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection, Rules,
@@ -69,6 +70,8 @@ struct Harness {
     book: Book,
     /// Entries that fell due (expiries, cycle allowances), oldest first.
     due: Vec<LedgerEntry>,
+    /// Alerts that fired, oldest first.
+    alerts: Vec<Alert>,
 }
 
 impl Harness {
@@ -77,12 +80,14 @@ impl Harness {
             rules: rules(),
             book: Book::default(),
             due: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 
     fn send(&mut self, payload: &str, arrival: DateTime<Utc>) -> Outcome {
         let step = self.book.process(&self.rules, payload.as_bytes(), arrival);
         self.due.extend(step.due);
+        self.alerts.extend(step.alerts);
         step.outcome
     }
 
@@ -1608,4 +1613,165 @@ fn an_expired_lot_cannot_be_voided_and_a_voided_lot_does_not_expire() {
         at("2026-11-03T00:00:00Z"),
     );
     assert!(e.to_string().contains("expired"), "{e}");
+}
+
+// ---- Low-credit alerts [000][002][003][004] ----
+
+fn alerting(rules: AlertRules) -> Harness {
+    let mut h = Harness::new();
+    h.rules.alerts = rules;
+    h.ok(
+        &event(
+            "account.settings",
+            "s-admins",
+            "2026-11-01T00:00:00Z",
+            r#"{"admins": ["ops@acme.kr"], "locale": "ko"}"#,
+        ),
+        "2026-11-01T00:00:00Z",
+    );
+    h
+}
+
+fn fired(h: &Harness) -> Vec<(AlertKind, Credits, Credits)> {
+    h.alerts
+        .iter()
+        .map(|a| (a.kind, a.threshold, a.balance))
+        .collect()
+}
+
+#[test]
+fn a_low_balance_alert_fires_once_per_crossing_and_cycle() {
+    let mut h = alerting(AlertRules {
+        enabled: true,
+        low_balance: whole(20),
+        ..AlertRules::default()
+    });
+    h.grant(
+        "g1",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "purchased", "credits": 30}"#,
+    );
+    let erase = r#"{"user": "u", "feature": "erase"}"#;
+    h.call("u1", "2026-11-02T00:00:00Z", erase);
+    assert!(h.alerts.is_empty(), "23 left is above 20");
+    h.call("u2", "2026-11-02T01:00:00Z", erase);
+    assert_eq!(fired(&h), [(AlertKind::LowBalance, whole(20), whole(16))]);
+    let alert = &h.alerts[0];
+    assert_eq!(
+        (alert.locale.as_str(), alert.recipients.clone()),
+        ("ko", vec!["ops@acme.kr".to_string()])
+    );
+    h.call("u3", "2026-11-02T02:00:00Z", erase);
+    assert_eq!(h.alerts.len(), 1, "still below: no second alert");
+    // A grant lifts it above (re-armed), but it already fired this cycle.
+    h.grant(
+        "g2",
+        "2026-11-03T00:00:00Z",
+        r#"{"kind": "purchased", "credits": 50}"#,
+    );
+    h.call(
+        "u4",
+        "2026-11-03T01:00:00Z",
+        r#"{"user": "u", "feature": "video_generation", "variant": "mid"}"#,
+    );
+    assert_eq!(h.alerts.len(), 1, "at most once per cycle");
+    // Next month (the calendar cycle without a plan): re-armed by a grant, it fires again.
+    h.grant(
+        "g3",
+        "2026-12-01T00:00:00Z",
+        r#"{"kind": "purchased", "credits": 15}"#,
+    );
+    h.call("u5", "2026-12-01T01:00:00Z", erase);
+    assert_eq!(h.alerts.len(), 2);
+    assert_ne!(h.alerts[0].id, h.alerts[1].id);
+}
+
+#[test]
+fn included_use_and_shortfall_alerts() {
+    let mut h = alerting(AlertRules {
+        enabled: true,
+        included_used_percent: 80,
+        shortfall: true,
+        ..AlertRules::default()
+    });
+    h.plan("p1", "2026-11-01T00:00:00Z", r#"{"plan": "pro"}"#);
+    let video = r#"{"user": "u", "feature": "video_generation", "variant": "mid"}"#;
+    h.call("u1", "2026-11-02T00:00:00Z", video);
+    assert!(h.alerts.is_empty(), "50 of 100 used");
+    h.call(
+        "u2",
+        "2026-11-02T01:00:00Z",
+        r#"{"user": "u", "feature": "audio_generation", "variant": "mid"}"#,
+    );
+    assert_eq!(fired(&h), [(AlertKind::IncludedUsed, whole(80), whole(20))]);
+    h.call(
+        "u3",
+        "2026-11-02T02:00:00Z",
+        r#"{"user": "u", "feature": "audio_generation", "variant": "mid"}"#,
+    );
+    assert_eq!(
+        fired(&h)[1],
+        (AlertKind::Shortfall, Credits::ZERO, Credits::ZERO),
+        "flex is off in these rules, so 10 go unpaid"
+    );
+    // The next cycle's allowance re-arms both; nothing fires until they are crossed again.
+    h.tick("2026-12-01T01:00:00Z");
+    assert_eq!(h.alerts.len(), 2);
+}
+
+#[test]
+fn alerts_are_decided_the_same_way_on_a_replay() {
+    let run = || {
+        let mut h = alerting(AlertRules {
+            enabled: true,
+            low_balance: whole(10),
+            ..AlertRules::default()
+        });
+        h.grant(
+            "g1",
+            "2026-11-01T00:00:00Z",
+            r#"{"kind": "purchased", "credits": 12}"#,
+        );
+        h.call(
+            "u1",
+            "2026-11-02T00:00:00Z",
+            r#"{"user": "u", "feature": "erase"}"#,
+        );
+        h.alerts
+    };
+    let (first, second) = (run(), run());
+    assert_eq!(first.len(), 1);
+    assert_eq!(first, second, "same alert, same id");
+}
+
+#[test]
+fn accounts_without_admins_or_with_alerts_off_get_none() {
+    let mut h = Harness::new();
+    h.rules.alerts = AlertRules {
+        enabled: true,
+        shortfall: true,
+        ..AlertRules::default()
+    };
+    h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    assert!(h.alerts.is_empty(), "no admins to tell");
+    let mut h = alerting(h.rules.alerts.clone());
+    h.ok(
+        &event(
+            "account.settings",
+            "s2",
+            "2026-11-01T00:00:00Z",
+            r#"{"alerts": {"enabled": false}}"#,
+        ),
+        "2026-11-01T00:00:00Z",
+    );
+    h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "erase"}"#,
+    );
+    assert!(h.alerts.is_empty(), "switched off by the account");
 }

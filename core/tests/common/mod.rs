@@ -31,5 +31,6 @@ pub fn rules(matrix: &str) -> Rules {
         flex_enabled: false,
         flex_threshold: Credits::from_whole(50),
         settle_shortfall: false,
+        alerts: Default::default(),
     }
 }

@@ -1,0 +1,257 @@
+//! Low-credit alert decisions: which thresholds an account's pools crossed downward, fired
+//! once per threshold per cycle and re-armed when the pool is back above it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::account::{AccountState, Rules};
+use crate::credits::Credits;
+use crate::plans;
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The pool's balance fell below the account's limit [004].
+    LowBalance,
+    /// A share (80% by default) of the cycle's included credits is used [002].
+    IncludedUsed,
+    /// The pool is empty and calls go unpaid [003].
+    Shortfall,
+    /// More than a minimum of credits expires within 14 days [000].
+    Expiring,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 4] = [
+        AlertKind::LowBalance,
+        AlertKind::IncludedUsed,
+        AlertKind::Shortfall,
+        AlertKind::Expiring,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::LowBalance => "low_balance",
+            AlertKind::IncludedUsed => "included_used",
+            AlertKind::Shortfall => "shortfall",
+            AlertKind::Expiring => "expiring",
+        }
+    }
+}
+
+/// Thresholds for every pool, from config; an account's settings override each one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRules {
+    pub enabled: bool,
+    /// Alert when the available balance falls below this; 0: never.
+    pub low_balance: Credits,
+    /// Alert when this percentage of the cycle's included credits is used; 0: never.
+    pub included_used_percent: u32,
+    /// Alert when calls start going unpaid.
+    pub shortfall: bool,
+    /// Alert when more than this expires within 14 days; 0: never.
+    pub expiring_min: Credits,
+}
+
+impl Default for AlertRules {
+    fn default() -> Self {
+        AlertRules {
+            enabled: false,
+            low_balance: Credits::ZERO,
+            included_used_percent: 0,
+            shortfall: false,
+            expiring_min: Credits::ZERO,
+        }
+    }
+}
+
+/// The `alerts` part of `account.settings`, also kept in the account's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_balance: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub included_used_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiring_min: Option<Credits>,
+}
+
+impl AlertSettings {
+    /// Lays `other`'s values over these.
+    pub fn merge(&mut self, other: &AlertSettings) {
+        self.enabled = other.enabled.or(self.enabled);
+        self.low_balance = other.low_balance.or(self.low_balance);
+        self.included_used_percent = other.included_used_percent.or(self.included_used_percent);
+        self.shortfall = other.shortfall.or(self.shortfall);
+        self.expiring_min = other.expiring_min.or(self.expiring_min);
+    }
+
+    /// The thresholds in force: these settings over the rules' defaults.
+    pub fn effective(&self, rules: &AlertRules) -> AlertRules {
+        AlertRules {
+            enabled: self.enabled.unwrap_or(rules.enabled),
+            low_balance: self.low_balance.unwrap_or(rules.low_balance),
+            included_used_percent: self
+                .included_used_percent
+                .unwrap_or(rules.included_used_percent),
+            shortfall: self.shortfall.unwrap_or(rules.shortfall),
+            expiring_min: self.expiring_min.unwrap_or(rules.expiring_min),
+        }
+    }
+}
+
+/// Where one (pool, kind) threshold stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Below the threshold already: it must rise above before it can fire again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tripped: bool,
+    /// Start of the cycle it last fired in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_in: Option<DateTime<Utc>>,
+}
+
+/// One alert to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// Stable: account, pool, kind and cycle, so a replay decides the same alert.
+    pub id: String,
+    pub account: String,
+    pub pool: String,
+    pub kind: AlertKind,
+    pub threshold: Credits,
+    /// The pool's available balance when it fired.
+    pub balance: Credits,
+    pub time: DateTime<Utc>,
+    pub cycle_start: DateTime<Utc>,
+    pub locale: String,
+    pub recipients: Vec<String>,
+}
+
+/// The key of a mark in the account's state.
+fn mark_key(pool: &str, kind: AlertKind) -> String {
+    format!("{pool}/{}", kind.as_str())
+}
+
+/// Checks every threshold of every pool of the account at `at` and returns the alerts that
+/// fire now, updating the account's marks. Accounts without admins are not checked:
+/// there is nobody to tell.
+pub fn evaluate(
+    state: &mut AccountState,
+    rules: &Rules,
+    account: &str,
+    at: DateTime<Utc>,
+) -> Vec<Alert> {
+    let limits = state.alerts.effective(&rules.alerts);
+    if !limits.enabled || state.admins.is_empty() {
+        return Vec::new();
+    }
+    let cycle_start = match &state.subscription {
+        Some(s) => s.cycle_start,
+        None => plans::month_start(state.timezone(rules), at),
+    };
+    let balances = state.balance(at);
+    let mut pools: Vec<&String> = balances.keys().chain(state.shortfall.keys()).collect();
+    pools.sort();
+    pools.dedup();
+    let mut checks: Vec<(String, AlertKind, bool, Credits, Credits)> = Vec::new();
+    for pool in pools {
+        let b = balances.get(pool).cloned().unwrap_or_default();
+        if limits.low_balance.is_positive() {
+            checks.push((
+                pool.clone(),
+                AlertKind::LowBalance,
+                b.available < limits.low_balance,
+                limits.low_balance,
+                b.available,
+            ));
+        }
+        if limits.shortfall {
+            let owed = state.shortfall.get(pool).copied().unwrap_or_default();
+            checks.push((
+                pool.clone(),
+                AlertKind::Shortfall,
+                owed.is_positive(),
+                Credits::ZERO,
+                b.available,
+            ));
+        }
+        if limits.expiring_min.is_positive() {
+            checks.push((
+                pool.clone(),
+                AlertKind::Expiring,
+                b.expiring_soon > limits.expiring_min,
+                limits.expiring_min,
+                b.available,
+            ));
+        }
+        if limits.included_used_percent > 0 {
+            // The allowance of the current cycle.
+            let allowance = state.lots.iter().rev().find(|lot| {
+                lot.from_plan
+                    && lot.pool == *pool
+                    && lot.effective_at >= cycle_start
+                    && !lot.expired
+                    && !lot.voided
+            });
+            if let Some(lot) = allowance {
+                let used = lot.granted - lot.remaining;
+                let share = i128::from(lot.granted.milli())
+                    * i128::from(limits.included_used_percent.min(100))
+                    / 100;
+                let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
+                checks.push((
+                    pool.clone(),
+                    AlertKind::IncludedUsed,
+                    used >= line,
+                    line,
+                    b.available,
+                ));
+            }
+        }
+    }
+    let mut fired = Vec::new();
+    for (pool, kind, below, threshold, balance) in checks {
+        let mark = state.alert_marks.entry(mark_key(&pool, kind)).or_default();
+        if !below {
+            mark.tripped = false;
+            continue;
+        }
+        if mark.tripped {
+            continue;
+        }
+        mark.tripped = true;
+        if mark.fired_in == Some(cycle_start) {
+            continue;
+        }
+        mark.fired_in = Some(cycle_start);
+        fired.push(Alert {
+            id: format!(
+                "{account}/{pool}/{}/{}",
+                kind.as_str(),
+                cycle_start.timestamp()
+            ),
+            account: account.to_string(),
+            pool,
+            kind,
+            threshold,
+            balance,
+            time: at,
+            cycle_start,
+            locale: state.locale.clone().unwrap_or_else(|| "en".into()),
+            recipients: state.admins.clone(),
+        });
+    }
+    fired
+}
+
+/// Marks of an account, by "pool/kind".
+pub type Marks = BTreeMap<String, Mark>;
