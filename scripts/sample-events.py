@@ -43,26 +43,29 @@ def main():
     now = (datetime.fromisoformat(args.now.replace("Z", "+00:00")) if args.now
            else datetime.now(timezone.utc)).replace(microsecond=0)
     start = (now - timedelta(days=args.days)).replace(hour=0, minute=0, second=0)
-    month_end = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
     out = []
     grant_at = start - timedelta(hours=1)
-    # Plan allowances (expire at the end of the month), packs and promotions [000][004].
-    out.append(event("credit.grant", "acme-plan", "billing", "acme", grant_at,
-                     {"kind": "included", "credits": 1500, "expires_at": ts(month_end),
-                      "comment": "standard plan, monthly allowance"}))
+    # Plans with cycles anchored at midnight on the 1st in Seoul (their allowances expire
+    # at the end of the cycle), packs and promotions [000][004]; admins get low-credit
+    # emails in their language.
+    anchor = start.replace(day=1) - timedelta(hours=9)
+    for account, plan, admin, locale in [("acme", "standard", "ops@acme.example", "en"),
+                                         ("globex", "enterprise", "admin@globex.example", "en"),
+                                         ("initech", "pro", "it@initech.example", "ko")]:
+        out.append(event("account.settings", f"{account}-settings", "billing", account,
+                         grant_at - timedelta(minutes=1),
+                         {"admins": [admin], "locale": locale}))
+        out.append(event("account.plan", f"{account}-plan", "billing", account, grant_at,
+                         {"plan": plan, "anchor": ts(anchor)}))
     out.append(event("credit.grant", "acme-pack-1", "billing", "acme", grant_at,
                      {"kind": "purchased", "credits": 2500, "valid_days": 360,
                       "payment": {"method": "card", "reference": "inv-1001"}}))
     out.append(event("credit.grant", "acme-scan", "billing", "acme", grant_at,
                      {"kind": "purchased", "pool": "scan", "credits": 20,
                       "payment": {"method": "card", "reference": "inv-1002"}}))
-    out.append(event("credit.grant", "globex-plan", "billing", "globex", grant_at,
-                     {"kind": "included", "credits": 500, "expires_at": ts(month_end)}))
     out.append(event("credit.grant", "globex-promo", "billing", "globex", grant_at,
                      {"kind": "promotional", "credits": 100, "valid_days": 30,
                       "comment": "welcome bonus"}))
-    out.append(event("credit.grant", "initech-plan", "billing", "initech", grant_at,
-                     {"kind": "included", "credits": 100, "expires_at": ts(month_end)}))
     n = 0
     for day in range(args.days):
         for _ in range(args.calls_per_day):
