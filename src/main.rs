@@ -73,6 +73,8 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         to: Option<DateTime<Utc>>,
     },
+    /// Low-credit alerts of an account and what became of their emails.
+    Alerts { account: String },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             to.unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
             json,
         )),
+        Command::Alerts { account } => rt.block_on(commands::alerts(&config, &account, json)),
     }
 }
 

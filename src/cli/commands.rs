@@ -442,6 +442,73 @@ pub async fn ledger(
     Ok(())
 }
 
+/// `tally alerts ACCOUNT`: every alert of the account, oldest first, with its email's
+/// status, attempts, recipients, times and error.
+pub async fn alerts(config: &Config, account: &str, json: bool) -> anyhow::Result<()> {
+    let client = store::client(&config.clickhouse);
+    let rows = store::alerts::of_account(&client, account)
+        .await
+        .context("cannot read the alerts")?;
+    let when = |secs: u32| (secs > 0).then(|| from_seconds(secs).to_rfc3339());
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "alert_id": r.alert_id, "account": r.account, "pool": r.pool, "kind": r.kind,
+                    "threshold": credits(r.threshold), "balance": credits(r.balance),
+                    "time": from_seconds(r.time).to_rfc3339(), "locale": r.locale,
+                    "recipients": r.recipients, "status": r.status, "attempts": r.attempts,
+                    "error": r.error, "digest_of": r.digest_of, "sent_in": r.sent_in,
+                    "created_at": from_seconds(r.created_at).to_rfc3339(),
+                    "sent_at": when(r.sent_at), "updated_at": from_seconds(r.updated_at).to_rfc3339(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let short = |secs: u32| from_seconds(secs).format("%Y-%m-%d %H:%M:%S").to_string();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let status = if r.sent_in.is_empty() {
+                r.status.clone()
+            } else {
+                format!("{} (sent in {})", r.status, r.sent_in)
+            };
+            vec![
+                short(r.time),
+                r.kind.clone(),
+                r.pool.clone(),
+                credits(r.threshold).to_string(),
+                credits(r.balance).to_string(),
+                status,
+                r.attempts.to_string(),
+                r.recipients.join(" "),
+                when(r.sent_at).map_or("-".into(), |_| short(r.sent_at)),
+                r.error.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "time (UTC)",
+            "kind",
+            "pool",
+            "threshold",
+            "balance",
+            "status",
+            "attempts",
+            "recipients",
+            "sent (UTC)",
+            "error",
+        ],
+        &table_rows,
+    );
+    Ok(())
+}
+
 /// `tally status`: the running process, and per partition the checkpointed offset, the
 /// end offset, the lag and the last checkpoint time.
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
