@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
-use tally::cli::commands::{self, GrantArgs};
+use tally::cli::commands::{self, GrantArgs, TestEmailArgs};
 use tally::config::Config;
 use tally::store::reads::By;
 
@@ -75,6 +75,9 @@ enum Command {
     },
     /// Low-credit alerts of an account and what became of their emails.
     Alerts { account: String },
+    /// Send a sample low-balance email for an account (its balance and top usage this
+    /// month) through the configured SMTP server, recorded and rate-limited like any alert.
+    TestEmail(TestEmailArgs),
 }
 
 #[derive(Subcommand)]
@@ -165,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             json,
         )),
         Command::Alerts { account } => rt.block_on(commands::alerts(&config, &account, json)),
+        Command::TestEmail(args) => rt.block_on(commands::test_email(&config, args, json)),
     }
 }
 
