@@ -21,7 +21,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use tally_core::Credits;
 
-pub use worker::{Closed, Notifier, NotifierHandle, NotifyError, ShutdownReport};
+pub use worker::{
+    pending_row, AlertSender, Closed, Notifier, NotifierHandle, NotifyError, ShutdownReport,
+};
 
 /// An alert the core has decided to send, in the shell's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]

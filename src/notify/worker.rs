@@ -282,6 +282,21 @@ impl Tracked {
     }
 }
 
+/// The row recording `alert` as pending, for a caller that writes it with its own outputs
+/// (in the flush, before the checkpoint that commits the decision), so that no crash
+/// between that commit and the notifier's own record can lose the alert. Version 1 and
+/// times taken from the alert: a replay writes the very same row, and every row the
+/// notifier writes later replaces it. Submit the alert as well; the notifier takes the
+/// row over.
+pub fn pending_row(alert: &Alert) -> AlertRow {
+    let mut t = Tracked::new(alert.clone());
+    t.created_at = alert.time;
+    let mut row = t.row(status::PENDING, Vec::new(), "");
+    row.updated_at = row.created_at;
+    row.version = 1;
+    row
+}
+
 fn split(pairs: &[(String, Credits)]) -> (Vec<String>, Vec<i64>) {
     pairs.iter().map(|(n, c)| (n.clone(), c.milli())).unzip()
 }
