@@ -462,8 +462,12 @@ impl Worker {
                 });
             }
             Err(wait) => {
-                tracing::info!(account = %account, alert = %t.alert.id,
+                tracing::debug!(account = %account, alert = %t.alert.id,
                     retry_in = ?wait, "per-account email limit reached; alert held for a digest");
+                if !self.held.contains_key(&account) {
+                    tracing::info!(account = %account, retry_in = ?wait,
+                        "per-account email limit reached; holding alerts for a digest");
+                }
                 let row = t.row(status::SUPPRESSED, Vec::new(), "");
                 self.stage(row);
                 let retry_at = Instant::now() + wait;

@@ -75,30 +75,32 @@ pub async fn of_account(client: &Client, account: &str) -> Result<Vec<AlertRow>,
         .await?)
 }
 
+/// Pairs looked up per query: keeps each query well under ClickHouse's query size limit.
+const FIND_PER_QUERY: usize = 500;
+
 /// The stored rows of these (account, alert id) pairs, where they exist.
 pub async fn find(client: &Client, keys: &[(&str, &str)]) -> Result<Vec<AlertRow>, StoreError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Both columns are the sorting key, the same in every version of a row, so the
-    // filter cannot prefer an older version over the newest one.
-    let mut accounts: Vec<String> = keys.iter().map(|(a, _)| quote(a)).collect();
-    accounts.sort();
-    accounts.dedup();
-    let ids: Vec<String> = keys.iter().map(|(_, id)| quote(id)).collect();
-    let sql = format!(
-        "SELECT ?fields FROM alerts FINAL WHERE account IN ({}) AND alert_id IN ({})",
-        accounts.join(", "),
-        ids.join(", ")
-    );
-    let rows: Vec<AlertRow> = client.query(&sql).fetch_all().await?;
-    Ok(rows
-        .into_iter()
-        .filter(|r| {
-            keys.iter()
+    let mut found = Vec::new();
+    for chunk in keys.chunks(FIND_PER_QUERY) {
+        // Both columns are the sorting key, the same in every version of a row, so the
+        // filter cannot prefer an older version over the newest one.
+        let mut accounts: Vec<String> = chunk.iter().map(|(a, _)| quote(a)).collect();
+        accounts.sort();
+        accounts.dedup();
+        let ids: Vec<String> = chunk.iter().map(|(_, id)| quote(id)).collect();
+        let sql = format!(
+            "SELECT ?fields FROM alerts FINAL WHERE account IN ({}) AND alert_id IN ({})",
+            accounts.join(", "),
+            ids.join(", ")
+        );
+        let rows: Vec<AlertRow> = client.query(&sql).fetch_all().await?;
+        found.extend(rows.into_iter().filter(|r| {
+            chunk
+                .iter()
                 .any(|(a, id)| r.account == *a && r.alert_id == *id)
-        })
-        .collect())
+        }));
+    }
+    Ok(found)
 }
 
 /// Alerts created since `since` that still wait for delivery: pending, or held back and
