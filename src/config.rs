@@ -30,6 +30,104 @@ pub struct Config {
     /// Plans by name, assigned to accounts by `account.plan` commands.
     #[serde(default)]
     pub plans: BTreeMap<String, Plan>,
+    /// The mail server that low-credit emails go through.
+    pub smtp: SmtpConfig,
+    /// How low-credit emails are rate-limited, retried and worded.
+    pub notify: NotifyConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// SMTP server host name (also the name its TLS certificate must carry).
+    pub host: String,
+    /// SMTP server port: 25 or 1025 for plain, 587 for STARTTLS, 465 for TLS.
+    pub port: u16,
+    /// `none` (plain text, local capture servers only), `starttls` (upgrade required) or
+    /// `tls` (TLS from the first byte).
+    pub security: SmtpSecurity,
+    /// User for SMTP AUTH; empty to send without logging in.
+    pub username: String,
+    /// Password for SMTP AUTH. Only from the environment (TALLY_SMTP__PASSWORD), never
+    /// written in the file; never logged.
+    #[serde(default)]
+    pub password: Secret,
+    /// Absolute path of a file holding the SMTP password (e.g. a mounted secret), read at
+    /// start-up; instead of TALLY_SMTP__PASSWORD. Empty: none.
+    pub password_file: PathBuf,
+    /// Sender of the emails, e.g. `tally <alerts@example.com>`.
+    pub from: String,
+    /// Longest wait for the server on each SMTP command.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// A credential: readable by the code that needs it, printed as `***` everywhere else.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Emails to one account at most, per `per_account_period`; alerts over it are held
+    /// and folded into the account's next email (a digest).
+    pub per_account: u32,
+    /// The period of `per_account`.
+    #[serde(with = "humantime_serde")]
+    pub per_account_period: Duration,
+    /// Emails a second at most, over all accounts (the SMTP provider's quota); emails over
+    /// it wait, none is held back.
+    pub global_per_second: u32,
+    /// Attempts to send one email before it is recorded as failed.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; it doubles after each failure.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// At start, alerts recorded but not yet sent (a crashed process's) are sent if they
+    /// were created within this window; older ones are left as they are. 0 to send none.
+    #[serde(with = "humantime_serde")]
+    pub resend_within: Duration,
+    /// Prefix of every subject, e.g. the product's name.
+    pub product_name: String,
+    /// Where admins buy more credits; linked from every email.
+    pub purchase_url: String,
+    /// How to buy more credits, in English.
+    pub purchase_text_en: String,
+    /// How to buy more credits, in Korean.
+    pub purchase_text_ko: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,6 +486,8 @@ impl Config {
                 ));
             }
         }
+        self.validate_smtp(&key_err)?;
+        self.validate_notify(&key_err)?;
         let timezone: Tz = self.rules.timezone.parse().map_err(|_| {
             key_err(
                 "rules.timezone",
@@ -435,6 +535,129 @@ impl Config {
                 expiring_min: self.rules.alerts.expiring_min,
             },
         })
+    }
+}
+
+impl Config {
+    fn validate_smtp(
+        &self,
+        key_err: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let s = &self.smtp;
+        if s.host.trim().is_empty() || s.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(key_err("smtp.host", "must be a host name".into()));
+        }
+        if s.port == 0 {
+            return Err(key_err("smtp.port", "must be between 1 and 65535".into()));
+        }
+        s.from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| key_err("smtp.from", format!("`{}` is not an address: {e}", s.from)))?;
+        if s.timeout.is_zero() {
+            return Err(key_err("smtp.timeout", "must be more than zero".into()));
+        }
+        let has_file = !s.password_file.as_os_str().is_empty();
+        if has_file && !s.password.is_empty() {
+            return Err(key_err(
+                "smtp.password_file",
+                "give the password either in TALLY_SMTP__PASSWORD or in a file, not both".into(),
+            ));
+        }
+        if has_file {
+            if !s.password_file.is_absolute() {
+                return Err(key_err(
+                    "smtp.password_file",
+                    format!("`{}` must be an absolute path", s.password_file.display()),
+                ));
+            }
+            if !s.password_file.is_file() {
+                return Err(key_err(
+                    "smtp.password_file",
+                    format!("`{}` is not a readable file", s.password_file.display()),
+                ));
+            }
+        }
+        if s.username.is_empty() && (has_file || !s.password.is_empty()) {
+            return Err(key_err(
+                "smtp.username",
+                "a password is set but no user name".into(),
+            ));
+        }
+        if !s.username.is_empty() && !has_file && s.password.is_empty() {
+            return Err(key_err(
+                "smtp.username",
+                "needs a password in TALLY_SMTP__PASSWORD or smtp.password_file".into(),
+            ));
+        }
+        if !s.username.is_empty() && s.security == SmtpSecurity::None {
+            // AUTH over plain text would hand the password to anyone on the path.
+            return Err(key_err(
+                "smtp.security",
+                "must be `starttls` or `tls` when a user name is set".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_notify(
+        &self,
+        key_err: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let n = &self.notify;
+        for (key, value) in [
+            ("notify.per_account", n.per_account),
+            ("notify.global_per_second", n.global_per_second),
+            ("notify.max_attempts", n.max_attempts),
+        ] {
+            if value == 0 {
+                return Err(key_err(key, "must be at least 1".into()));
+            }
+        }
+        if n.per_account_period.is_zero() || (n.per_account_period / n.per_account).is_zero() {
+            return Err(key_err(
+                "notify.per_account_period",
+                "must be more than zero".into(),
+            ));
+        }
+        if n.initial_backoff.is_zero() {
+            return Err(key_err(
+                "notify.initial_backoff",
+                "must be more than zero".into(),
+            ));
+        }
+        if n.max_backoff < n.initial_backoff {
+            return Err(key_err(
+                "notify.max_backoff",
+                "must be at least notify.initial_backoff".into(),
+            ));
+        }
+        let url_ok =
+            (n.purchase_url.starts_with("https://") || n.purchase_url.starts_with("http://"))
+                && !n.purchase_url.chars().any(|c| {
+                    c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>'
+                });
+        if !url_ok {
+            return Err(key_err(
+                "notify.purchase_url",
+                format!("`{}` is not an http:// or https:// URL", n.purchase_url),
+            ));
+        }
+        for (key, value) in [
+            ("notify.product_name", &n.product_name),
+            ("notify.purchase_text_en", &n.purchase_text_en),
+            ("notify.purchase_text_ko", &n.purchase_text_ko),
+        ] {
+            if value.trim().is_empty() {
+                return Err(key_err(key, "must not be empty".into()));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(key_err(
+                    key,
+                    "must be one line without control characters".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -586,6 +809,90 @@ mod tests {
             assert!(text.contains(key), "{name}: {text}");
             assert!(text.contains(problem), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn smtp_and_notify_settings_are_checked() {
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Vars, &str, &str); 11] = [
+            (
+                &[("TALLY_SMTP__SECURITY", "ssl")],
+                "smtp.security",
+                "unknown variant",
+            ),
+            (
+                &[("TALLY_SMTP__PORT", "0")],
+                "smtp.port",
+                "between 1 and 65535",
+            ),
+            (&[("TALLY_SMTP__PORT", "70000")], "smtp.port", ""),
+            (
+                &[("TALLY_SMTP__FROM", "nobody")],
+                "smtp.from",
+                "not an address",
+            ),
+            (
+                &[("TALLY_SMTP__USERNAME", "mailer")],
+                "smtp.username",
+                "needs a password",
+            ),
+            (
+                &[
+                    ("TALLY_SMTP__USERNAME", "mailer"),
+                    ("TALLY_SMTP__PASSWORD", "hunter2"),
+                ],
+                "smtp.security",
+                "starttls",
+            ),
+            (
+                &[("TALLY_SMTP__PASSWORD_FILE", "secrets/smtp")],
+                "smtp.password_file",
+                "absolute",
+            ),
+            (
+                &[("TALLY_NOTIFY__PER_ACCOUNT", "0")],
+                "notify.per_account",
+                "at least 1",
+            ),
+            (
+                &[("TALLY_NOTIFY__PER_ACCOUNT_PERIOD", "soon")],
+                "notify.per_account_period",
+                "",
+            ),
+            (
+                &[("TALLY_NOTIFY__MAX_BACKOFF", "1ms")],
+                "notify.max_backoff",
+                "at least",
+            ),
+            (
+                &[("TALLY_NOTIFY__PURCHASE_URL", "javascript:alert(1)")],
+                "notify.purchase_url",
+                "URL",
+            ),
+        ];
+        for (vars, key, problem) in cases {
+            let text = Config::load(&shipped(), env(vars)).unwrap_err().to_string();
+            assert!(text.contains(key), "{vars:?}: {text}");
+            assert!(text.contains(problem), "{vars:?}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn smtp_password_comes_from_the_environment_and_is_never_printed() {
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_SMTP__USERNAME", "mailer"),
+                ("TALLY_SMTP__PASSWORD", "hunter2"),
+                ("TALLY_SMTP__SECURITY", "starttls"),
+                ("TALLY_SMTP__PORT", "587"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.smtp.password.expose(), "hunter2");
+        assert_eq!(config.smtp.security, SmtpSecurity::Starttls);
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! tally's shell around the pure core (`tally-core`): config, Kafka, ClickHouse, the run
-//! loop and the command line. Decisions live in the core; this crate moves data.
+//! loop, low-credit emails and the command line. Decisions live in the core; this crate
+//! moves data.
 
 pub mod cli;
 pub mod config;
 pub mod kafka;
+pub mod notify;
 pub mod run;
 pub mod status;
 pub mod store;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
-use tally::cli::commands::{self, GrantArgs};
+use tally::cli::commands::{self, GrantArgs, TestEmailArgs};
 use tally::config::Config;
 use tally::store::reads::By;
 
@@ -98,6 +98,11 @@ enum Command {
         #[arg(long, value_parser = parse_time)]
         to: Option<DateTime<Utc>>,
     },
+    /// Low-credit alerts of an account and what became of their emails.
+    Alerts { account: String },
+    /// Send a sample low-balance email for an account (its balance and top usage this
+    /// month) through the configured SMTP server, recorded and rate-limited like any alert.
+    TestEmail(TestEmailArgs),
 }
 
 #[derive(Subcommand)]
@@ -245,6 +250,8 @@ fn main() -> anyhow::Result<()> {
             to.unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
             json,
         )),
+        Command::Alerts { account } => rt.block_on(commands::alerts(&config, &account, json)),
+        Command::TestEmail(args) => rt.block_on(commands::test_email(&config, args, json)),
     }
 }
 

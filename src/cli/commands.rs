@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{json, Value};
 use tally_core::plans;
 use tally_core::{Credits, LotKind, Rules};
@@ -840,6 +840,178 @@ pub async fn ledger(
         ],
         &table_rows,
     );
+    Ok(())
+}
+
+/// `tally alerts ACCOUNT`: every alert of the account, oldest first, with its email's
+/// status, attempts, recipients, times and error.
+pub async fn alerts(config: &Config, account: &str, json: bool) -> anyhow::Result<()> {
+    let client = store::client(&config.clickhouse);
+    let rows = store::alerts::of_account(&client, account)
+        .await
+        .context("cannot read the alerts")?;
+    let when = |secs: u32| (secs > 0).then(|| from_seconds(secs).to_rfc3339());
+    if json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "alert_id": r.alert_id, "account": r.account, "pool": r.pool, "kind": r.kind,
+                    "threshold": credits(r.threshold), "balance": credits(r.balance),
+                    "time": from_seconds(r.time).to_rfc3339(), "locale": r.locale,
+                    "recipients": r.recipients, "status": r.status, "attempts": r.attempts,
+                    "error": r.error, "digest_of": r.digest_of, "sent_in": r.sent_in,
+                    "created_at": from_seconds(r.created_at).to_rfc3339(),
+                    "sent_at": when(r.sent_at), "updated_at": from_seconds(r.updated_at).to_rfc3339(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let short = |secs: u32| from_seconds(secs).format("%Y-%m-%d %H:%M:%S").to_string();
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let status = if r.sent_in.is_empty() {
+                r.status.clone()
+            } else {
+                format!("{} (sent in {})", r.status, r.sent_in)
+            };
+            vec![
+                short(r.time),
+                r.kind.clone(),
+                r.pool.clone(),
+                credits(r.threshold).to_string(),
+                credits(r.balance).to_string(),
+                status,
+                r.attempts.to_string(),
+                r.recipients.join(" "),
+                when(r.sent_at).map_or("-".into(), |_| short(r.sent_at)),
+                r.error.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "time (UTC)",
+            "kind",
+            "pool",
+            "threshold",
+            "balance",
+            "status",
+            "attempts",
+            "recipients",
+            "sent (UTC)",
+            "error",
+        ],
+        &table_rows,
+    );
+    Ok(())
+}
+
+/// The arguments of `tally test-email`.
+#[derive(Debug, clap::Args)]
+pub struct TestEmailArgs {
+    pub account: String,
+    /// Recipient; repeat for several.
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// `en` or `ko`.
+    #[arg(long, default_value = "en")]
+    pub locale: String,
+    #[arg(long, default_value = "ai")]
+    pub pool: String,
+    /// The threshold the sample alert says was crossed.
+    #[arg(long, default_value = "500")]
+    pub threshold: Credits,
+    /// How long to wait for delivery before giving up (the alert stays pending and
+    /// `tally run` sends it when it starts).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
+}
+
+/// `tally test-email`: one low-balance alert for `account`, with its current balance and
+/// its top features and users this month, through the real notifier.
+pub async fn test_email(config: &Config, args: TestEmailArgs, json: bool) -> anyhow::Result<()> {
+    use crate::notify::{Alert, AlertKind, Notifier};
+    let client = store::client(&config.clickhouse);
+    let now = Utc::now();
+    let lots = reads::lots(&client, &args.account)
+        .await
+        .context("cannot read lots")?;
+    let balance = tally_core::account::balance(&lots, now)
+        .get(&args.pool)
+        .map(|b| b.available)
+        .unwrap_or_default();
+    let month = now.date_naive().with_day(1).unwrap_or(now.date_naive());
+    let top = |by: By| {
+        let client = client.clone();
+        let account = args.account.clone();
+        async move {
+            let rows = reads::daily(&client, month, now.date_naive(), Some(&account), &[by])
+                .await
+                .context("cannot read daily usage")?;
+            let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+            for r in rows {
+                let name = match by {
+                    By::Feature => r.feature,
+                    By::User => r.user,
+                    By::Service => r.service,
+                };
+                *sums.entry(name).or_default() += r.credits;
+            }
+            let mut top: Vec<(String, Credits)> = sums
+                .into_iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(n, c)| (n, credits(c)))
+                .collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            top.truncate(5);
+            anyhow::Ok(top)
+        }
+    };
+    let alert = Alert {
+        id: format!("test-{}", uuid::Uuid::new_v4()),
+        account: args.account.clone(),
+        pool: args.pool.clone(),
+        kind: AlertKind::LowBalance,
+        threshold: args.threshold,
+        balance,
+        time: now,
+        locale: args.locale.clone(),
+        recipients: args.to.clone(),
+        top_features: top(By::Feature).await?,
+        top_users: top(By::User).await?,
+    };
+    let id = alert.id.clone();
+    let notifier = Notifier::spawn(&config.smtp, &config.notify, client)
+        .context("cannot set up the mailer")?;
+    notifier
+        .submit(vec![alert])
+        .context("the notifier stopped")?;
+    let report = notifier.shutdown(args.wait).await;
+    let server = format!("{}:{}", config.smtp.host, config.smtp.port);
+    if json {
+        println!(
+            "{}",
+            json!({"alert_id": id, "server": server, "sent": report.sent,
+                   "failed": report.failed, "pending": report.left_pending + report.left_held})
+        );
+    } else if report.sent > 0 {
+        println!(
+            "test email {id} sent through {server}; `tally alerts {}` shows it",
+            args.account
+        );
+    }
+    if report.sent == 0 {
+        bail!(
+            "test email {id} not delivered through {server} ({} failed, {} still pending); `tally alerts {}` has the error",
+            report.failed,
+            report.left_pending + report.left_held,
+            args.account
+        );
+    }
     Ok(())
 }
 

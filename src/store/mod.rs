@@ -1,6 +1,7 @@
-//! ClickHouse: the schema, the rows tally writes, the checkpoint that commits them, and the
-//! reads behind the reports.
+//! ClickHouse: the schema, the rows tally writes, the checkpoint that commits them, the
+//! reads behind the reports, and the record of low-credit alerts.
 
+pub mod alerts;
 pub mod checkpoint;
 pub mod reads;
 pub mod rows;

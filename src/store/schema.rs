@@ -8,7 +8,7 @@ use super::StoreError;
 /// Tables that tally rewrites are ReplacingMergeTree keyed by what identifies a row and
 /// versioned by a number that grows across restarts, so a retried or replayed write
 /// replaces the earlier one instead of adding to it. Reads use FINAL.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     // One row per call, grant or void. entry_id is the Kafka position of the event.
     "CREATE TABLE IF NOT EXISTS ledger (
         entry_id String,
@@ -113,6 +113,35 @@ const TABLES: [&str; 5] = [
         written_at DateTime
     ) ENGINE = MergeTree
     ORDER BY (stream, partition, row_kind, version)",
+    // One row per low-credit alert; every change of its delivery status writes the whole
+    // row again with a higher version. created_at never changes, so filtering on it (or on
+    // the key) before FINAL's deduplication cannot pick an outdated version. Credits are
+    // thousandths; sent_at is 0 until the alert went out.
+    "CREATE TABLE IF NOT EXISTS alerts (
+        alert_id String,
+        account String,
+        pool String,
+        kind String,
+        threshold Int64,
+        balance Int64,
+        time DateTime,
+        locale String,
+        recipients Array(String),
+        top_features Array(String),
+        top_feature_credits Array(Int64),
+        top_users Array(String),
+        top_user_credits Array(Int64),
+        status String,
+        attempts UInt32,
+        error String,
+        digest_of Array(String),
+        sent_in String,
+        created_at DateTime,
+        sent_at DateTime,
+        updated_at DateTime,
+        version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (account, alert_id)",
 ];
 
 /// Columns added after the first release, appended at the end of their tables, so a

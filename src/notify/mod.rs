@@ -1,0 +1,137 @@
+//! Low-credit emails: the delivery half of alerts. The core decides that an alert fires;
+//! this module records it, rate-limits it, renders it, sends it over SMTP and retries it.
+//!
+//! ```no_run
+//! # async fn example(config: tally::config::Config, alert: tally::notify::Alert) {
+//! use tally::notify::Notifier;
+//! let store = tally::store::client(&config.clickhouse);
+//! let notifier = Notifier::spawn(&config.smtp, &config.notify, store).expect("valid settings");
+//! notifier.submit(vec![alert]).ok(); // never waits for ClickHouse or SMTP
+//! let report = notifier.shutdown(std::time::Duration::from_secs(5)).await;
+//! # }
+//! ```
+
+pub mod limits;
+pub mod mailer;
+pub mod templates;
+pub mod worker;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use tally_core::Credits;
+
+pub use worker::{
+    pending_row, AlertSender, Closed, Notifier, NotifierHandle, NotifyError, ShutdownReport,
+};
+
+/// An alert the core has decided to send, in the shell's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// Deterministic id given by the caller (e.g. account, pool, kind, threshold and
+    /// cycle), so an alert decided again by a replay is recognised and not sent twice.
+    pub id: String,
+    pub account: String,
+    pub pool: String,
+    pub kind: AlertKind,
+    /// The threshold that was crossed: a balance for `LowBalance`, the 80% mark for
+    /// `IncludedUsed`, zero for `Shortfall`, the minimum for `Expiring`.
+    pub threshold: Credits,
+    /// The balance when the alert fired; for `Expiring`, the credits expiring within 14 days.
+    pub balance: Credits,
+    /// When the threshold was crossed (the event's time).
+    pub time: DateTime<Utc>,
+    /// The account's locale: `ko` (or `ko-KR`, ...) for Korean, anything else English.
+    pub locale: String,
+    /// The account's admins; invalid addresses are skipped and noted on the alert.
+    pub recipients: Vec<String>,
+    /// Features with the most credits this cycle, largest first.
+    pub top_features: Vec<(String, Credits)>,
+    /// Users with the most credits this cycle, largest first.
+    pub top_users: Vec<(String, Credits)>,
+}
+
+/// Which threshold an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// The balance fell below the account's absolute limit.
+    LowBalance,
+    /// 80% of the cycle's included credits are used.
+    IncludedUsed,
+    /// The balance is empty and shortfall begins.
+    Shortfall,
+    /// Credits expiring within 14 days exceed the minimum.
+    Expiring,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 4] = [
+        AlertKind::LowBalance,
+        AlertKind::IncludedUsed,
+        AlertKind::Shortfall,
+        AlertKind::Expiring,
+    ];
+
+    /// The name stored in the alerts table and printed by `tally alerts`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::LowBalance => "low_balance",
+            AlertKind::IncludedUsed => "included_used",
+            AlertKind::Shortfall => "shortfall",
+            AlertKind::Expiring => "expiring",
+        }
+    }
+
+    /// The kind named `name` by `as_str`.
+    pub fn parse(name: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The languages emails are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locale {
+    En,
+    Ko,
+}
+
+impl Locale {
+    /// Korean for `ko` and its regional forms (`ko-KR`, `ko_KR`), English for anything else.
+    pub fn from_tag(tag: &str) -> Locale {
+        let language = tag.trim().split(['-', '_']).next().unwrap_or_default();
+        if language.eq_ignore_ascii_case("ko") {
+            Locale::Ko
+        } else {
+            Locale::En
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in AlertKind::ALL {
+            assert_eq!(AlertKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(AlertKind::parse("other"), None);
+    }
+
+    #[test]
+    fn korean_only_for_ko_tags() {
+        for tag in ["ko", "KO", "ko-KR", "ko_KR", " ko "] {
+            assert_eq!(Locale::from_tag(tag), Locale::Ko, "{tag}");
+        }
+        for tag in ["en", "", "kor", "ja", "en-US", "k"] {
+            assert_eq!(Locale::from_tag(tag), Locale::En, "{tag}");
+        }
+    }
+}
