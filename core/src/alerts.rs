@@ -128,7 +128,8 @@ pub struct Alert {
     pub pool: String,
     pub kind: AlertKind,
     pub threshold: Credits,
-    /// The pool's available balance when it fired.
+    /// The pool's available balance when it fired; for `Expiring`, what expires within
+    /// 14 days.
     pub balance: Credits,
     pub time: DateTime<Utc>,
     pub cycle_start: DateTime<Utc>,
@@ -190,7 +191,7 @@ pub fn evaluate(
                 AlertKind::Expiring,
                 b.expiring_soon > limits.expiring_min,
                 limits.expiring_min,
-                b.available,
+                b.expiring_soon,
             ));
         }
         if limits.included_used_percent > 0 {

@@ -2,6 +2,7 @@
 //! the checkpoint to ClickHouse. One thread owns the consumer; rebalance callbacks run on
 //! it, inside `poll`, so a revoke flushes and commits before the partitions go.
 
+pub mod alerting;
 pub mod merge;
 pub mod partition;
 
@@ -48,6 +49,8 @@ struct Flush {
     dead_letters: Vec<DeadLetter>,
     dead_letters_sent: bool,
     partitions: Vec<i32>,
+    /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
+    mails: Option<Vec<crate::notify::Alert>>,
 }
 
 struct Pipeline {
@@ -66,6 +69,9 @@ struct Pipeline {
     shutdown: Arc<AtomicBool>,
     summary: Summary,
     last_checkpoint: Option<DateTime<Utc>>,
+    /// Mails low-credit alerts in the background; never blocks consumption.
+    /// Taken at shutdown to stop it.
+    notifier: Option<crate::notify::NotifierHandle>,
 }
 
 impl Pipeline {
@@ -252,6 +258,7 @@ impl Pipeline {
                 dead_letters,
                 dead_letters_sent: false,
                 partitions,
+                mails: None,
             });
         }
         let Some(flush) = self.pending.as_mut() else {
@@ -268,7 +275,16 @@ impl Pipeline {
                 .context("dead-letter topic")?;
                 flush.dead_letters_sent = true;
             }
-            writes::write(&self.store, &flush.batch)
+            writes::write_outputs(&self.store, &flush.batch)
+                .await
+                .context("ClickHouse")?;
+            if flush.mails.is_none() {
+                let mails = alerting::record(&self.store, &flush.batch.alerts)
+                    .await
+                    .context("ClickHouse: alerts")?;
+                flush.mails = Some(mails);
+            }
+            writes::commit(&self.store, &flush.batch)
                 .await
                 .context("ClickHouse")
         });
@@ -277,7 +293,16 @@ impl Pipeline {
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             return Err(e);
         }
-        let flush = self.pending.take().expect("pending flush checked above");
+        let mut flush = self.pending.take().expect("pending flush checked above");
+        if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
+            for mail in &mails {
+                tracing::info!(account = %mail.account, pool = %mail.pool, kind = mail.kind.as_str(), "low-credit alert");
+            }
+            let submitted = self.notifier.as_ref().map(|n| n.submit(mails));
+            if !matches!(submitted, Some(Ok(()))) {
+                tracing::error!("the notifier has stopped; alerts stay pending in ClickHouse and are sent at the next start");
+            }
+        }
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
@@ -484,6 +509,10 @@ impl ConsumerContext for TallyContext {
     }
 }
 
+/// How long the notifier may go on sending after the last flush; what it has not sent by
+/// then stays pending in ClickHouse for the next start.
+const NOTIFIER_GRACE: Duration = Duration::from_secs(15);
+
 /// Consumes until `shutdown` is set, or, with `drain`, until everything up to the end
 /// offsets seen at start is applied and committed.
 pub fn run(
@@ -502,6 +531,13 @@ pub fn run(
         )
     })?;
     let producer = kafka::producer(&config.kafka)?;
+    let notifier = crate::notify::Notifier::spawn_on(
+        &rt,
+        &config.smtp,
+        &config.notify,
+        store::client(&config.clickhouse),
+    )
+    .context("cannot start the low-credit email notifier")?;
     let kafka_config = config.kafka.clone();
     let tick_interval = config.pipeline.tick_interval;
     let stream = format!(
@@ -516,6 +552,7 @@ pub fn run(
         rt,
         stream,
         parts: BTreeMap::new(),
+        notifier: Some(notifier),
         pending: None,
         last_flush: Instant::now(),
         applied_since_flush: 0,
@@ -673,7 +710,17 @@ pub fn run(
         }
     }
     drop(consumer);
-    let p = lock(&pipeline);
+    let mut p = lock(&pipeline);
+    if let Some(notifier) = p.notifier.take() {
+        let report = p.rt.block_on(notifier.shutdown(NOTIFIER_GRACE));
+        tracing::info!(
+            sent = report.sent,
+            failed = report.failed,
+            left_pending = report.left_pending,
+            left_held = report.left_held,
+            "notifier stopped"
+        );
+    }
     let summary = Summary {
         counts: p.counts(),
         flushes: p.summary.flushes,

@@ -33,6 +33,8 @@ pub struct PartitionWork {
     ledger: Vec<LedgerRow>,
     days: BTreeMap<String, BTreeSet<u16>>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Low-credit alerts decided since the last flush.
+    alerts: Vec<tally_core::alerts::Alert>,
     /// Offsets applied since the last flush, so an idle partition writes nothing.
     dirty: bool,
     pub counts: Counts,
@@ -51,6 +53,7 @@ impl PartitionWork {
             ledger: Vec::new(),
             days: BTreeMap::new(),
             dead_letters: Vec::new(),
+            alerts: Vec::new(),
             dirty: false,
             counts: Counts::default(),
         }
@@ -107,6 +110,7 @@ impl PartitionWork {
             ..
         } = pending;
         let step = self.book.apply(rules, parsed, arrival);
+        self.alerts.extend(step.alerts);
         for entry in step.due {
             let entry_id = entry.id.clone().unwrap_or_default();
             self.record(entry_id, entry);
@@ -211,6 +215,7 @@ impl PartitionWork {
         }
         batch.checkpoint.push(commit.offsets());
         dead_letters.append(&mut self.dead_letters);
+        batch.alerts.append(&mut self.alerts);
         self.dirty = false;
         true
     }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use clickhouse::{Client, Row};
 use serde::Deserialize;
-use tally_core::{AccountState, Lot};
+use tally_core::{AccountState, Credits, Lot};
 
 use super::rows::{day_number, LedgerRow, LotRow};
 use super::writes::quote;
@@ -262,4 +262,36 @@ pub async fn history(client: &Client, account: &str) -> Result<Vec<LedgerRow>, S
         .bind(account)
         .fetch_all()
         .await?)
+}
+
+/// The `limit` features or users (`column`) with the most credits in `account`'s calls
+/// since `since`, largest first.
+pub async fn top_usage(
+    client: &Client,
+    account: &str,
+    column: By,
+    since: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<(String, Credits)>, StoreError> {
+    #[derive(Row, Deserialize)]
+    struct Top {
+        name: String,
+        credits: i64,
+    }
+    let sql = format!(
+        "SELECT {} AS name, sum(credits) AS credits FROM ledger FINAL \
+         WHERE account = ? AND entry_type = 'usage' AND time >= toDateTime(?) \
+         GROUP BY name HAVING credits > 0 ORDER BY credits DESC, name LIMIT {limit}",
+        column.column()
+    );
+    let rows: Vec<Top> = client
+        .query(&sql)
+        .bind(account)
+        .bind(super::rows::seconds(since))
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|t| (t.name, Credits::from_milli(t.credits)))
+        .collect())
 }

@@ -17,6 +17,8 @@ pub struct Batch {
     /// Days (since 1970) with new usage, per account: their rollups are recomputed.
     pub touched_days: BTreeMap<String, BTreeSet<u16>>,
     pub checkpoint: Vec<CheckpointRow>,
+    /// Low-credit alerts the core decided; recorded before the checkpoint, mailed after.
+    pub alerts: Vec<tally_core::alerts::Alert>,
 }
 
 impl Batch {
@@ -28,15 +30,19 @@ impl Batch {
 /// Accounts per rollup query: keeps each query well under ClickHouse's query size limit.
 const ROLLUP_ACCOUNTS_PER_QUERY: usize = 500;
 
-/// Writes `batch`. Safe to call again with the same batch after any failure: every output
-/// replaces what an earlier attempt wrote, and the checkpoint is the last write.
-pub async fn write(client: &Client, batch: &Batch) -> Result<(), StoreError> {
+/// Everything but the commit: ledger, lots, balances and the rollups. Safe to call again
+/// with the same batch after any failure: every output replaces what an earlier attempt
+/// wrote, and the checkpoint (`commit`) is the last write.
+pub async fn write_outputs(client: &Client, batch: &Batch) -> Result<(), StoreError> {
     insert_all(client, "ledger", &batch.ledger).await?;
     insert_all(client, "lots", &batch.lots).await?;
     insert_all(client, "balances", &batch.balances).await?;
-    recompute_daily(client, &batch.touched_days).await?;
-    insert_all(client, "checkpoints", &batch.checkpoint).await?;
-    Ok(())
+    recompute_daily(client, &batch.touched_days).await
+}
+
+/// The commit point: the checkpoint rows, offsets last.
+pub async fn commit(client: &Client, batch: &Batch) -> Result<(), StoreError> {
+    insert_all(client, "checkpoints", &batch.checkpoint).await
 }
 
 async fn insert_all<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), StoreError>

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod maildev;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
