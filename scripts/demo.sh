@@ -45,5 +45,22 @@ step "tally report daily --from $from --to $to --account acme --by user"
 tally report daily --from "$from" --to "$to" --account acme --by user
 step "tally ledger acme (last 8 rows)"
 tally ledger acme | tail -n 8
+step "tally report monthly --month $(date -u +%Y-%m)"
+tally report monthly --month "$(date -u +%Y-%m)"
+step "tally history acme"
+tally history acme
+
+for account in acme globex initech; do
+  step "tally alerts $account (low-credit emails decided and sent by tally run)"
+  tally alerts "$account"
+done
+step "low-credit emails captured by maildev (http://127.0.0.1:1080)"
+curl -sf http://127.0.0.1:1080/email | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    to = ", ".join(a["address"] for a in m.get("to", []))
+    print(f"{m.get(\"date\", \"\")}  to {to}: {m.get(\"subject\", \"\")}")
+'
 step "done"
+echo "Open http://127.0.0.1:1080 to read the emails (HTML and text), or: curl http://127.0.0.1:1080/email"
 echo "Try: TALLY_CLICKHOUSE__DATABASE=tally_demo target/release/tally balance acme --json"
