@@ -59,7 +59,7 @@ curl -sf http://127.0.0.1:1080/email | python3 -c '
 import json, sys
 for m in json.load(sys.stdin):
     to = ", ".join(a["address"] for a in m.get("to", []))
-    print(f"{m.get(\"date\", \"\")}  to {to}: {m.get(\"subject\", \"\")}")
+    print(m.get("date", ""), " to", to + ":", m.get("subject", ""))
 '
 step "done"
 echo "Open http://127.0.0.1:1080 to read the emails (HTML and text), or: curl http://127.0.0.1:1080/email"

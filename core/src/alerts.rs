@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountState, Rules};
+use crate::account::{AccountState, Rules, EXPIRING_WITHIN};
 use crate::credits::Credits;
 use crate::plans;
 
@@ -186,12 +186,22 @@ pub fn evaluate(
             ));
         }
         if limits.expiring_min.is_positive() {
+            // Bought and free grants only: a cycle's allowance always ends with its cycle,
+            // and the included-use alert covers it.
+            let soon = at.checked_add_signed(EXPIRING_WITHIN).unwrap_or(at);
+            let expiring: Credits = state
+                .lots
+                .iter()
+                .filter(|lot| !lot.from_plan && lot.usable(pool, at))
+                .filter(|lot| lot.expires_at.is_some_and(|end| end <= soon))
+                .map(|lot| lot.remaining)
+                .sum();
             checks.push((
                 pool.clone(),
                 AlertKind::Expiring,
-                b.expiring_soon > limits.expiring_min,
+                expiring > limits.expiring_min,
                 limits.expiring_min,
-                b.expiring_soon,
+                expiring,
             ));
         }
         if limits.included_used_percent > 0 {

@@ -1775,3 +1775,25 @@ fn accounts_without_admins_or_with_alerts_off_get_none() {
     );
     assert!(h.alerts.is_empty(), "switched off by the account");
 }
+
+#[test]
+fn an_expiring_alert_counts_bought_and_free_grants_not_the_cycle_allowance() {
+    let mut h = alerting(AlertRules {
+        enabled: true,
+        expiring_min: whole(100),
+        ..AlertRules::default()
+    });
+    // The allowance ends within 14 days, as every month's does: no alert.
+    h.plan(
+        "p1",
+        "2026-11-20T00:00:00Z",
+        r#"{"plan": "standard", "anchor": "2026-10-31T15:00:00Z"}"#,
+    );
+    assert!(h.alerts.is_empty(), "{:?}", h.alerts);
+    h.grant(
+        "promo",
+        "2026-11-21T00:00:00Z",
+        r#"{"kind": "promotional", "credits": 150, "valid_days": 10}"#,
+    );
+    assert_eq!(fired(&h), [(AlertKind::Expiring, whole(100), whole(150))]);
+}

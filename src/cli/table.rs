@@ -16,10 +16,12 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let numeric: Vec<bool> = (0..header.len())
         .map(|i| {
-            !rows.is_empty()
+            // Blank cells (not applicable) do not make a column of numbers text.
+            rows.iter().any(|r| r.get(i).is_some_and(|c| !c.is_empty()))
                 && rows.iter().all(|r| {
-                    r.get(i)
-                        .is_some_and(|c| c.parse::<tally_core::Credits>().is_ok())
+                    r.get(i).is_some_and(|c| {
+                        c.is_empty() || c.parse::<tally_core::Credits>().is_ok()
+                    })
                 })
         })
         .collect();
