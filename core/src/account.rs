@@ -586,20 +586,46 @@ impl AccountState {
         Ok(entry)
     }
 
+    /// Checks every field first and only then changes anything, so a rejected command
+    /// leaves the account as it was.
     fn settings(&mut self, settings: &Settings) -> Result<(), Rejection> {
+        let reject = |problem: String| Err(Rejection::Command(problem));
         let timezone = match &settings.timezone {
-            Some(name) => Some(
-                name.parse::<Tz>()
-                    .map_err(|_| Rejection::Command(format!("unknown time zone `{name}`")))?,
-            ),
+            Some(name) => match name.parse::<Tz>() {
+                Ok(tz) => Some(tz),
+                Err(_) => return reject(format!("unknown time zone `{name}`")),
+            },
             None => None,
         };
-        if let Some(admins) = &settings.admins {
-            if let Some(bad) = admins.iter().find(|a| !looks_like_address(a)) {
-                return Err(Rejection::Command(format!(
-                    "`{bad}` is not an email address"
-                )));
+        if let Some(bad) = settings
+            .admins
+            .iter()
+            .flatten()
+            .find(|a| !looks_like_address(a))
+        {
+            return reject(format!("`{bad}` is not an email address"));
+        }
+        let out_of_range = |c: Credits| c.is_negative() || c > MAX_GRANT;
+        if let Some(flex) = &settings.flex {
+            if flex.threshold.is_some_and(out_of_range) {
+                return reject(format!("flex threshold must be between 0 and {MAX_GRANT}"));
             }
+        }
+        if let Some(alerts) = &settings.alerts {
+            if alerts.included_used_percent.is_some_and(|p| p > 100) {
+                return reject("alerts.included_used_percent must be at most 100".into());
+            }
+            if [alerts.low_balance, alerts.expiring_min]
+                .into_iter()
+                .flatten()
+                .any(out_of_range)
+            {
+                return reject(format!(
+                    "alert thresholds must be between 0 and {MAX_GRANT}"
+                ));
+            }
+        }
+        if let Some(admins) = &settings.admins {
             self.admins = admins.clone();
         }
         if timezone.is_some() {
@@ -612,35 +638,11 @@ impl AccountState {
             self.locale = settings.locale.clone();
         }
         if let Some(flex) = &settings.flex {
-            if flex
-                .threshold
-                .is_some_and(|t| t.is_negative() || t > MAX_GRANT)
-            {
-                return Err(Rejection::Command(format!(
-                    "flex threshold must be between 0 and {MAX_GRANT}"
-                )));
-            }
             if flex.enabled.is_some() {
                 self.flex_enabled = flex.enabled;
             }
             if flex.threshold.is_some() {
                 self.flex_threshold = flex.threshold;
-            }
-        }
-        if let Some(alerts) = &settings.alerts {
-            if alerts.included_used_percent.is_some_and(|p| p > 100) {
-                return Err(Rejection::Command(
-                    "alerts.included_used_percent must be at most 100".into(),
-                ));
-            }
-            let bad = [alerts.low_balance, alerts.expiring_min]
-                .into_iter()
-                .flatten()
-                .any(|c| c.is_negative() || c > MAX_GRANT);
-            if bad {
-                return Err(Rejection::Command(format!(
-                    "alert thresholds must be between 0 and {MAX_GRANT}"
-                )));
             }
         }
         if settings.settle_shortfall.is_some() {

@@ -46,7 +46,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Restores a key persisted by an earlier run.
+    /// Restores a key persisted by an earlier run (first arrival in milliseconds).
     pub fn restore(&mut self, key: u128, first_arrival: i64) {
         self.first.insert(key, first_arrival);
     }
@@ -55,12 +55,13 @@ impl Seen {
     pub fn is_duplicate(&self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> bool {
         self.first
             .get(&key)
-            .is_some_and(|first| arrival.timestamp() < first + window.num_seconds())
+            .is_some_and(|first| arrival.timestamp_millis() < first + window.num_milliseconds())
     }
 
-    /// Records the first arrival of `key`.
+    /// Records the first arrival of `key`, in milliseconds: a window counted in whole
+    /// seconds would let a copy arriving just under the window's end be charged again.
     pub fn record(&mut self, key: u128, arrival: DateTime<Utc>) {
-        let at = arrival.timestamp();
+        let at = arrival.timestamp_millis();
         self.first.insert(key, at);
         self.fresh.push((key, at));
     }
@@ -72,7 +73,7 @@ impl Seen {
 
     /// Forgets keys whose window closed before `now`.
     pub fn expire(&mut self, now: DateTime<Utc>, window: TimeDelta) {
-        let horizon = now.timestamp() - window.num_seconds();
+        let horizon = now.timestamp_millis() - window.num_milliseconds();
         self.first.retain(|_, first| *first >= horizon);
     }
 

@@ -129,7 +129,8 @@ fn days_in_month(year: i32, month: u32) -> u32 {
 }
 
 /// A local time as an instant. In a daylight-saving gap the local time does not exist, so
-/// the first instant after the gap is taken; in an overlap, the earlier of the two.
+/// it is read with the offset from before the gap (02:30 becomes 03:30 after a one-hour
+/// gap); in an overlap, the earlier of the two instants is taken.
 fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     match tz.from_local_datetime(&local) {
         LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),

@@ -19,9 +19,8 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
             // Blank cells (not applicable) do not make a column of numbers text.
             rows.iter().any(|r| r.get(i).is_some_and(|c| !c.is_empty()))
                 && rows.iter().all(|r| {
-                    r.get(i).is_some_and(|c| {
-                        c.is_empty() || c.parse::<tally_core::Credits>().is_ok()
-                    })
+                    r.get(i)
+                        .is_some_and(|c| c.is_empty() || c.parse::<tally_core::Credits>().is_ok())
                 })
         })
         .collect();

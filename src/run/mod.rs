@@ -90,7 +90,7 @@ impl Pipeline {
             let mut backoff = Duration::from_millis(200);
             loop {
                 let now = Utc::now().timestamp_micros().max(0) as u64;
-                let window = self.rules.dedup_window.num_seconds();
+                let window = self.rules.dedup_window.num_milliseconds();
                 let loaded = self.rt.block_on(checkpoint::claim_and_load(
                     &self.store,
                     &self.stream,

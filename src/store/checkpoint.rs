@@ -56,7 +56,7 @@ pub async fn claim_and_load(
     stream: &str,
     partition: u32,
     now_micros: u64,
-    dedup_window_secs: i64,
+    dedup_window_millis: i64,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
         .query(&format!(
@@ -129,7 +129,7 @@ pub async fn claim_and_load(
         ))
         .bind(stream)
         .bind(partition)
-        .bind(arrival_high - dedup_window_secs)
+        .bind(arrival_high.saturating_mul(1000) - dedup_window_millis)
         .bind(stream)
         .bind(partition)
         .fetch_all()

@@ -22,7 +22,6 @@ pub type Time = DateTime<Utc>;
 pub const TICK: &str = "tally.tick";
 pub const SERVICE: &str = "tally";
 const MAX_CREDITS: i64 = 1_000_000_000_000_000; // 1e12 credits in thousandths
-const DEFAULT_TZ: Tz = chrono_tz::Asia::Seoul;
 
 // ---------------------------------------------------------------------------------------
 // Inputs: one CloudEvent, typed.
@@ -502,16 +501,23 @@ struct Event<'a> {
 // One account.
 
 impl Account {
-    fn tz(&self) -> Tz {
-        self.timezone.unwrap_or(DEFAULT_TZ)
+    /// The account's time zone, else the configured default.
+    fn tz(&self, rules: &Rules) -> Tz {
+        self.timezone.unwrap_or(rules.default_timezone)
     }
 
     fn flows(&mut self, pool: &str) -> &mut Flows {
         self.flows.entry(pool.to_string()).or_default()
     }
 
-    fn entry(&self, event: &Event, entry_type: EntryType) -> LedgerEntry {
-        let mut entry = blank(event.account, event.time, self.tz(), event.source, event.id);
+    fn entry(&self, rules: &Rules, event: &Event, entry_type: EntryType) -> LedgerEntry {
+        let mut entry = blank(
+            event.account,
+            event.time,
+            self.tz(rules),
+            event.source,
+            event.id,
+        );
         entry.entry_type = entry_type;
         entry
     }
@@ -542,21 +548,21 @@ impl Account {
             }
             match (expiry, turn) {
                 (None, None) => return,
-                (Some(i), None) => self.expire(i, name, out),
-                (None, Some(_)) => self.turn_cycle(name, out),
+                (Some(i), None) => self.expire(rules, i, name, out),
+                (None, Some(_)) => self.turn_cycle(rules, name, out),
                 (Some(i), Some(cycle_end)) => {
                     if self.lots[i].expires_at.expect("expiring") <= cycle_end {
-                        self.expire(i, name, out);
+                        self.expire(rules, i, name, out);
                     } else {
-                        self.turn_cycle(name, out);
+                        self.turn_cycle(rules, name, out);
                     }
                 }
             }
         }
     }
 
-    fn expire(&mut self, i: usize, name: &str, out: &mut Vec<LedgerEntry>) {
-        let tz = self.tz();
+    fn expire(&mut self, rules: &Rules, i: usize, name: &str, out: &mut Vec<LedgerEntry>) {
+        let tz = self.tz(rules);
         let lot = &mut self.lots[i];
         lot.expired = true;
         let left = lot.remaining;
@@ -576,8 +582,8 @@ impl Account {
         }
     }
 
-    fn turn_cycle(&mut self, name: &str, out: &mut Vec<LedgerEntry>) {
-        let tz = self.tz();
+    fn turn_cycle(&mut self, rules: &Rules, name: &str, out: &mut Vec<LedgerEntry>) {
+        let tz = self.tz(rules);
         let s = self.subscription.as_mut().expect("subscribed");
         s.cycle += 1;
         s.start = s.end;
@@ -631,7 +637,7 @@ impl Account {
             .price(&u.feature, u.variant.as_deref(), quantity, event.time)
             .map_err(|_| ())?;
         let (price_credits, pool) = (price.credits, price.pool.to_string());
-        let mut entry = self.entry(event, EntryType::Usage);
+        let mut entry = self.entry(rules, event, EntryType::Usage);
         entry.user = u.user.clone();
         entry.feature = u.feature.clone();
         entry.variant = u.variant.clone().unwrap_or_default();
@@ -671,7 +677,7 @@ impl Account {
         if left > Credits::ZERO && flex_on {
             let mut period = match &self.subscription {
                 Some(s) => s.start,
-                None => month_start(self.tz(), event.time),
+                None => month_start(self.tz(rules), event.time),
             };
             if let Some(stored) = self.flex_period {
                 if stored > period {
@@ -754,7 +760,7 @@ impl Account {
             from_plan: false,
         });
         self.flows(&pool).granted += g.credits;
-        let mut entry = self.entry(event, EntryType::Grant);
+        let mut entry = self.entry(rules, event, EntryType::Grant);
         entry.pool = pool.clone();
         entry.credits = g.credits;
         entry.lot = id.clone();
@@ -780,7 +786,7 @@ impl Account {
                     self.shortfall.remove(&pool);
                 }
                 self.flows(&pool).settled += amount;
-                let mut entry = self.entry(event, EntryType::Settlement);
+                let mut entry = self.entry(rules, event, EntryType::Settlement);
                 entry.pool = pool;
                 entry.credits = amount;
                 entry.paid = vec![Payment {
@@ -799,7 +805,7 @@ impl Account {
 
     fn void(
         &mut self,
-        _rules: &Rules,
+        rules: &Rules,
         event: &Event,
         lot_id: &str,
         reason: Option<&str>,
@@ -815,7 +821,7 @@ impl Account {
         self.lots[i].voided = true;
         let (pool, kind) = (self.lots[i].pool.clone(), self.lots[i].kind);
         self.flows(&pool).voided += removed;
-        let mut entry = self.entry(event, EntryType::Void);
+        let mut entry = self.entry(rules, event, EntryType::Void);
         entry.credits = -removed;
         entry.lot = lot_id.to_string();
         entry.lot_kind = Some(kind);
@@ -847,7 +853,7 @@ impl Account {
                 });
             }
         }
-        let tz = self.tz();
+        let tz = self.tz(rules);
         let months = terms.period.months() as u32;
         let cycle = cycle_containing(anchor, tz, months, event.time);
         let s = Subscription {
@@ -873,7 +879,7 @@ impl Account {
         let mut entries = Vec::new();
         if s.credits > Credits::ZERO {
             let id = self.new_plan_lot(&s, event.time, s.end);
-            let mut entry = self.entry(event, EntryType::Grant);
+            let mut entry = self.entry(rules, event, EntryType::Grant);
             entry.pool = s.pool.clone();
             entry.credits = s.credits;
             entry.lot = id;
