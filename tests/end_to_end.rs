@@ -119,7 +119,10 @@ fn usage_is_priced_debited_in_order_and_reported() {
         (milli(&scan["credits"]), milli(&scan["shortfall"])),
         (3_000, 0)
     );
-    assert_eq!(scan["paid"][1], json!({"lot": "flex", "kind": "flex", "credits": 1}));
+    assert_eq!(
+        scan["paid"][1],
+        json!({"lot": "flex", "kind": "flex", "credits": 1})
+    );
     assert_eq!(scan["pool"], "scan");
 
     let day = |at: chrono::DateTime<Utc>| {
