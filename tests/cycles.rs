@@ -247,3 +247,41 @@ fn a_month_boundary_expires_the_old_allowance_and_issues_the_new_one() {
     assert_eq!(purchases[0]["payment_reference"], "inv-1");
     assert_eq!(purchases[0]["expires_at"], "2027-10-06T00:00:00+00:00");
 }
+
+#[test]
+fn tally_run_ticks_so_a_lot_expires_without_any_traffic() {
+    let d = Deployment::new(2);
+    // Granted two hours ago, ended an hour ago; nothing else is ever sent for globex.
+    let granted = common::hours_ago(2);
+    d.send(&[grant(
+        "g-old",
+        "globex",
+        granted,
+        json!({"kind": "promotional", "credits": 30,
+               "expires_at": common::rfc3339(common::hours_ago(1))}),
+    )]);
+    let mut run = d.spawn_run(&[], &[("TALLY_PIPELINE__TICK_INTERVAL", "1s")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let expired = loop {
+        let ledger = d.ledger("globex");
+        if let Some(row) = ledger.iter().find(|r| r["type"] == "expiry") {
+            break row.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("no expiry written by tally run's own ticks: {ledger:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status();
+    let out = run.wait_with_output().expect("tally run exits");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(milli(&expired["credits"]), -30_000);
+    assert_eq!(expired["entry_id"], "expiry/g-old");
+}
