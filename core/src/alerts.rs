@@ -231,7 +231,15 @@ pub fn evaluate(
     }
     let mut fired = Vec::new();
     for (pool, kind, below, threshold, balance) in checks {
-        let mark = state.alert_marks.entry(mark_key(&pool, kind)).or_default();
+        // A balance limit fires on a crossing: a pool that has never been above it (a
+        // small pack of another pool, say) has nothing to cross yet.
+        let mark = state
+            .alert_marks
+            .entry(mark_key(&pool, kind))
+            .or_insert(Mark {
+                tripped: kind == AlertKind::LowBalance,
+                fired_in: None,
+            });
         if !below {
             mark.tripped = false;
             continue;

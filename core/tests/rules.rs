@@ -1646,6 +1646,13 @@ fn a_low_balance_alert_fires_once_per_crossing_and_cycle() {
         low_balance: whole(20),
         ..AlertRules::default()
     });
+    // A pool that starts below the limit has not crossed it.
+    h.grant(
+        "scan",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "purchased", "pool": "scan", "credits": 5}"#,
+    );
+    assert!(h.alerts.is_empty(), "{:?}", h.alerts);
     h.grant(
         "g1",
         "2026-11-01T00:00:00Z",
