@@ -32,6 +32,20 @@ pub struct PartitionStatus {
     pub commands_applied: i64,
     pub usage_received: i64,
     pub commands_received: i64,
+    /// The end of each side as the last fetch response gave it; absent until one did.
+    #[serde(default)]
+    pub usage_end: Option<i64>,
+    #[serde(default)]
+    pub commands_end: Option<i64>,
+    /// The side whose next event is held back (`usage` or `commands`), if any ...
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// ... the side it waits for ...
+    #[serde(default)]
+    pub waiting_for: Option<String>,
+    /// ... and why: that side's end is unknown, it lags, or it idles at its end.
+    #[serde(default)]
+    pub wait_reason: Option<String>,
 }
 
 pub type Shared = Arc<Mutex<ProcessStatus>>;

@@ -1126,5 +1126,17 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    if let Ok(p) = &process {
+        for part in &p.partitions {
+            if let (Some(waiting), Some(waiting_for), Some(reason)) =
+                (&part.waiting, &part.waiting_for, &part.wait_reason)
+            {
+                println!(
+                    "partition {}: {waiting} waits for {waiting_for}: {reason}",
+                    part.partition
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -1,10 +1,14 @@
-//! Merging an account partition's two topics by event time, holding an event back briefly
-//! while the other topic may still deliver something earlier.
+//! Merging an account partition's two topics by event time, as Kafka Streams does for
+//! co-partitioned inputs since KIP-695: an event waits, however long, while the other
+//! topic is known (or not known not) to hold records tally has not received; `max_idle`
+//! bounds only the wait for a side that has received everything up to its end.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tally_core::event::Event;
 use tally_core::Rejection;
 
@@ -37,6 +41,10 @@ pub struct Side {
     /// The latest known end of the topic partition; `i64::MAX` until a fetch response
     /// told us, so an unknown side is never taken for caught up.
     pub high: i64,
+    /// Since when this side has been seen at its end (everything up to `high` received)
+    /// by the run loop; `None` while it lags, before it was seen there, and after a pause
+    /// (a paused consumer fetches nothing, so the end it knows may be old).
+    pub at_end_since: Option<Instant>,
     /// Where a gap in offsets was last met and the partition read again from the start.
     /// A broker must return the record batch that contains the fetch offset; tansu 0.6
     /// returns the next batch instead, so a seek into the middle of a batch (a restart
@@ -54,41 +62,145 @@ impl Side {
             applied_next: offset,
             received_next: offset,
             high: i64::MAX,
+            at_end_since: None,
             rewound_at: None,
             last_received: Instant::now(),
         }
     }
 
-    /// Nothing more to receive as far as we know.
-    pub fn caught_up(&self) -> bool {
-        self.queue.is_empty() && self.received_next >= self.high
+    /// Everything up to the known end has been received (it may not be applied yet).
+    pub fn at_end(&self) -> bool {
+        self.high != i64::MAX && self.received_next >= self.high
+    }
+
+    /// Takes a new end from a fetch response and notes when the side was first seen at
+    /// it. Records received since (see [`Side::received`]) reset the idle clock.
+    pub fn observe_end(&mut self, high: Option<i64>, now: Instant) {
+        if let Some(high) = high {
+            self.high = high;
+        }
+        if !self.at_end() {
+            self.at_end_since = None;
+        } else if self.at_end_since.is_none() {
+            self.at_end_since = Some(now);
+        }
+    }
+
+    /// Called for each record received: the side moved, so it must be seen at its end
+    /// again before anything waits out `max_idle` on it.
+    pub fn received(&mut self, offset: i64, now: Instant) {
+        self.received_next = offset + 1;
+        self.last_received = now;
+        self.at_end_since = None;
+    }
+
+    /// The end this side knows may be old (the consumer was paused or blocked).
+    pub fn forget_idle(&mut self) {
+        self.at_end_since = None;
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Which {
     Usage,
     Commands,
 }
 
-/// Which side's head to apply next, or `None` to wait. Commands win ties, so a grant made
-/// at the same instant as a call pays for it.
-pub fn next(usage: &Side, commands: &Side, now: Instant, max_idle: Duration) -> Option<Which> {
-    let waited = |p: &Pending| now.duration_since(p.received) >= max_idle;
+impl Which {
+    pub fn other(self) -> Which {
+        match self {
+            Which::Usage => Which::Commands,
+            Which::Commands => Which::Usage,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Which::Usage => "usage",
+            Which::Commands => "commands",
+        }
+    }
+}
+
+/// Why an event at the head of one side is held back for the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// No fetch response has told the other side's end yet.
+    EndUnknown,
+    /// The broker holds records of the other side that are not received yet.
+    Lagging { received: i64, end: i64 },
+    /// The other side has received up to its end; it gets `max_idle` to receive more.
+    IdleAtEnd,
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::EndUnknown => f.write_str("its end is not known yet"),
+            WaitReason::Lagging { received, end } => write!(
+                f,
+                "the broker holds {} records not received yet (received up to {received}, end {end})",
+                end - received
+            ),
+            WaitReason::IdleAtEnd => f.write_str("it is at its end; waiting up to max_idle"),
+        }
+    }
+}
+
+/// What the merge decides for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Apply(Which),
+    /// The head of `waiting` is held back for the other side.
+    Wait {
+        waiting: Which,
+        reason: WaitReason,
+    },
+    /// Nothing received and not applied.
+    Empty,
+}
+
+/// Which side's head to apply next, or why to wait. Commands win ties, so a grant made at
+/// the same instant as a call pays for it.
+pub fn next(usage: &Side, commands: &Side, now: Instant, max_idle: Duration) -> Decision {
     match (usage.queue.front(), commands.queue.front()) {
-        (Some(u), Some(c)) => match (u.time(), c.time()) {
-            (None, _) => Some(Which::Usage),
-            (_, None) => Some(Which::Commands),
-            (Some(tu), Some(tc)) if tc <= tu => Some(Which::Commands),
-            _ => Some(Which::Usage),
-        },
-        (Some(u), None) => {
-            (u.time().is_none() || commands.caught_up() || waited(u)).then_some(Which::Usage)
+        (Some(u), Some(c)) => Decision::Apply(match (u.time(), c.time()) {
+            (None, _) => Which::Usage,
+            (_, None) => Which::Commands,
+            (Some(tu), Some(tc)) if tc <= tu => Which::Commands,
+            _ => Which::Usage,
+        }),
+        (Some(u), None) => alone(Which::Usage, u, commands, now, max_idle),
+        (None, Some(c)) => alone(Which::Commands, c, usage, now, max_idle),
+        (None, None) => Decision::Empty,
+    }
+}
+
+/// The head of one side while the other side has nothing received: it goes only once the
+/// other side is at its end and has stayed there `max_idle` since the head arrived.
+fn alone(which: Which, head: &Pending, other: &Side, now: Instant, max_idle: Duration) -> Decision {
+    if head.time().is_none() {
+        return Decision::Apply(which);
+    }
+    let wait = |reason| Decision::Wait {
+        waiting: which,
+        reason,
+    };
+    if other.high == i64::MAX {
+        return wait(WaitReason::EndUnknown);
+    }
+    if !other.at_end() {
+        return wait(WaitReason::Lagging {
+            received: other.received_next,
+            end: other.high,
+        });
+    }
+    match other.at_end_since {
+        Some(since) if now.saturating_duration_since(since.max(head.received)) >= max_idle => {
+            Decision::Apply(which)
         }
-        (None, Some(c)) => {
-            (c.time().is_none() || usage.caught_up() || waited(c)).then_some(Which::Commands)
-        }
-        (None, None) => None,
+        _ => wait(WaitReason::IdleAtEnd),
     }
 }
 
@@ -124,34 +236,115 @@ mod tests {
             applied_next: 0,
             received_next,
             high,
+            at_end_since: None,
             rewound_at: None,
             last_received: Instant::now(),
         }
     }
 
     const IDLE: Duration = Duration::from_millis(200);
+    const TEN: &str = "2026-11-20T10:00:00Z";
 
     #[test]
     fn earlier_event_time_goes_first_and_commands_win_ties() {
         let now = Instant::now();
-        let u = side(vec![pending(0, Some("2026-11-20T10:00:00Z"), now)], 1, 1);
+        let u = side(vec![pending(0, Some(TEN), now)], 1, 1);
         let c = side(vec![pending(0, Some("2026-11-20T09:00:00Z"), now)], 1, 1);
-        assert_eq!(next(&u, &c, now, IDLE), Some(Which::Commands));
-        let c = side(vec![pending(0, Some("2026-11-20T10:00:00Z"), now)], 1, 1);
-        assert_eq!(next(&u, &c, now, IDLE), Some(Which::Commands));
+        assert_eq!(next(&u, &c, now, IDLE), Decision::Apply(Which::Commands));
+        let c = side(vec![pending(0, Some(TEN), now)], 1, 1);
+        assert_eq!(next(&u, &c, now, IDLE), Decision::Apply(Which::Commands));
         let c = side(vec![pending(0, Some("2026-11-20T11:00:00Z"), now)], 1, 1);
-        assert_eq!(next(&u, &c, now, IDLE), Some(Which::Usage));
+        assert_eq!(next(&u, &c, now, IDLE), Decision::Apply(Which::Usage));
     }
 
     #[test]
-    fn waits_for_a_lagging_side_until_idle_or_caught_up() {
+    fn a_lagging_side_is_waited_for_however_long() {
         let start = Instant::now();
-        let u = side(vec![pending(0, Some("2026-11-20T10:00:00Z"), start)], 1, 1);
-        let lagging = side(vec![], 3, 5);
-        assert_eq!(next(&u, &lagging, start, IDLE), None);
-        assert_eq!(next(&u, &lagging, start + IDLE, IDLE), Some(Which::Usage));
-        let caught_up = side(vec![], 5, 5);
-        assert_eq!(next(&u, &caught_up, start, IDLE), Some(Which::Usage));
+        let u = side(vec![pending(0, Some(TEN), start)], 1, 1);
+        let mut lagging = side(vec![], 3, 5);
+        lagging.observe_end(None, start);
+        let an_hour = start + Duration::from_secs(3600);
+        assert_eq!(
+            next(&u, &lagging, an_hour, IDLE),
+            Decision::Wait {
+                waiting: Which::Usage,
+                reason: WaitReason::Lagging {
+                    received: 3,
+                    end: 5
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_side_whose_end_is_unknown_counts_as_lagging() {
+        let start = Instant::now();
+        let c = side(vec![pending(0, Some(TEN), start)], 1, 1);
+        let unknown = Side::starting_at(0);
+        assert_eq!(
+            next(&unknown, &c, start + Duration::from_secs(3600), IDLE),
+            Decision::Wait {
+                waiting: Which::Commands,
+                reason: WaitReason::EndUnknown
+            }
+        );
+    }
+
+    #[test]
+    fn a_side_at_its_end_gets_max_idle_counted_from_the_later_of_arrival_and_seen_at_end() {
+        let start = Instant::now();
+        let mut other = side(vec![], 5, 5);
+        other.observe_end(None, start);
+        // Seen at its end long ago: the head still waits max_idle from its own arrival.
+        let late = start + Duration::from_secs(10);
+        let u = side(vec![pending(0, Some(TEN), late)], 1, 1);
+        assert!(matches!(
+            next(&u, &other, late, IDLE),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            next(&u, &other, late + IDLE, IDLE),
+            Decision::Apply(Which::Usage)
+        );
+        // A record received resets the idle clock until the side is seen at its end again.
+        other.received(5, late);
+        other.high = 6;
+        assert!(matches!(
+            next(&u, &other, late + IDLE * 5, IDLE),
+            Decision::Wait {
+                reason: WaitReason::IdleAtEnd,
+                ..
+            }
+        ));
+        other.observe_end(Some(6), late + IDLE * 5);
+        assert_eq!(
+            next(&u, &other, late + IDLE * 6, IDLE),
+            Decision::Apply(Which::Usage)
+        );
+    }
+
+    #[test]
+    fn a_higher_end_makes_a_side_lag_again_and_a_pause_forgets_idle_time() {
+        let start = Instant::now();
+        let u = side(vec![pending(0, Some(TEN), start)], 1, 1);
+        let mut other = side(vec![], 5, 5);
+        other.observe_end(None, start);
+        other.observe_end(Some(7), start);
+        assert_eq!(other.at_end_since, None);
+        assert!(matches!(
+            next(&u, &other, start + IDLE * 10, IDLE),
+            Decision::Wait {
+                reason: WaitReason::Lagging { .. },
+                ..
+            }
+        ));
+        let mut other = side(vec![], 5, 5);
+        other.observe_end(None, start);
+        other.forget_idle();
+        assert!(matches!(
+            next(&u, &other, start + IDLE * 10, IDLE),
+            Decision::Wait { .. }
+        ));
     }
 
     #[test]
@@ -159,7 +352,10 @@ mod tests {
         let now = Instant::now();
         let u = side(vec![pending(0, None, now)], 1, 1);
         let c = side(vec![pending(0, Some("2026-11-20T09:00:00Z"), now)], 1, 1);
-        assert_eq!(next(&u, &c, now, IDLE), Some(Which::Usage));
-        assert_eq!(next(&u, &side(vec![], 0, 9), now, IDLE), Some(Which::Usage));
+        assert_eq!(next(&u, &c, now, IDLE), Decision::Apply(Which::Usage));
+        assert_eq!(
+            next(&u, &side(vec![], 0, 9), now, IDLE),
+            Decision::Apply(Which::Usage)
+        );
     }
 }

@@ -179,8 +179,7 @@ impl Pipeline {
                 "offsets skipped again after a rewind; taking the gap as real"
             );
         }
-        side.received_next = message.offset() + 1;
-        side.last_received = Instant::now();
+        side.received(message.offset(), Instant::now());
         let arrival = message
             .timestamp()
             .to_millis()
@@ -382,6 +381,11 @@ impl Pipeline {
                 commands_applied: w.commands.applied_next,
                 usage_received: w.usage.received_next,
                 commands_received: w.commands.received_next,
+                usage_end: (w.usage.high != i64::MAX).then_some(w.usage.high),
+                commands_end: (w.commands.high != i64::MAX).then_some(w.commands.high),
+                waiting: w.wait.map(|(which, _)| which.as_str().to_string()),
+                waiting_for: w.wait.map(|(which, _)| which.other().as_str().to_string()),
+                wait_reason: w.wait.map(|(_, reason)| reason.to_string()),
             })
             .collect();
     }
@@ -669,6 +673,11 @@ pub fn run(
                         paused = false;
                         set_state(&status, "running", None);
                         resume(&consumer);
+                        // Nothing was fetched while paused: the ends known are old.
+                        for work in p.parts.values_mut() {
+                            work.usage.forget_idle();
+                            work.commands.forget_idle();
+                        }
                         tracing::info!("writes succeed again, consumption resumed");
                     }
                     if let Some(offsets) = offsets {
@@ -795,9 +804,10 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
         ] {
             let partition = work.partition;
             let side = work.side_mut(which);
-            if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
-                side.high = high;
-            }
+            side.observe_end(
+                kafka::fetched_high_watermark(consumer, topic, partition),
+                now,
+            );
             // Behind the end and nothing arriving: the broker skipped to a batch after
             // our position, or there is none after it (see `Side::rewound_at`).
             if !paused

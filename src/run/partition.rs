@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tally_core::{Book, Outcome, Rules};
 
-use super::merge::{self, Pending, Side, Which};
+use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use crate::kafka::DeadLetter;
 use crate::store::checkpoint::{Commit, Restored};
 use crate::store::rows::{balance_rows, day_number, from_seconds, LedgerRow, LotRow};
@@ -38,6 +38,8 @@ pub struct PartitionWork {
     /// Offsets applied since the last flush, so an idle partition writes nothing.
     dirty: bool,
     pub counts: Counts,
+    /// The side held back at the last apply, and why, for `tally status`.
+    pub wait: Option<(Which, WaitReason)>,
 }
 
 impl PartitionWork {
@@ -56,6 +58,7 @@ impl PartitionWork {
             alerts: Vec::new(),
             dirty: false,
             counts: Counts::default(),
+            wait: None,
         }
     }
 
@@ -64,11 +67,6 @@ impl PartitionWork {
             Which::Usage => &mut self.usage,
             Which::Commands => &mut self.commands,
         }
-    }
-
-    /// Whether a side is holding events back for the other.
-    pub fn waiting(&self) -> bool {
-        self.usage.queue.is_empty() != self.commands.queue.is_empty()
     }
 
     /// Applies every event that may go now, at most `budget`; returns how many.
@@ -82,9 +80,18 @@ impl PartitionWork {
     ) -> usize {
         let mut applied = 0;
         while applied < budget {
-            let Some(which) = merge::next(&self.usage, &self.commands, now, max_idle) else {
-                break;
+            let which = match merge::next(&self.usage, &self.commands, now, max_idle) {
+                Decision::Apply(which) => which,
+                Decision::Wait { waiting, reason } => {
+                    self.wait = Some((waiting, reason));
+                    break;
+                }
+                Decision::Empty => {
+                    self.wait = None;
+                    break;
+                }
             };
+            self.wait = None;
             let Some(pending) = self.side_mut(which).queue.pop_front() else {
                 break;
             };

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod expected;
 pub mod maildev;
+#[path = "../../core/tests/reference/mod.rs"]
+pub mod reference;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -45,7 +48,8 @@ impl Deployment {
         deployment
     }
 
-    fn env(&self) -> Vec<(String, String)> {
+    /// The environment every `tally` of this deployment runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
         let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/tally.toml");
         vec![
             ("TALLY_CONFIG".into(), config.display().to_string()),
@@ -69,10 +73,6 @@ impl Deployment {
             // Tests count the records they sent against committed offsets, so `tally run`
             // sends no ticks of its own; tests that need time to pass send `tally tick`.
             ("TALLY_PIPELINE__TICK_INTERVAL".into(), "0s".into()),
-            // Every test sends its events before tally reads them, so waiting for the
-            // other topic always ends by seeing its end; the idle bound never decides the
-            // order, and two runs over the same events apply them in the same order.
-            ("TALLY_KAFKA__MAX_IDLE".into(), "60s".into()),
             ("TALLY_STATUS__LISTEN".into(), String::new()),
         ]
     }
@@ -268,6 +268,47 @@ impl Deployment {
                  FROM daily_usage FINAL ORDER BY day, account, service, user, feature",
             ),
         }
+    }
+
+    /// How many records of both topics the checkpoints say are applied and committed: the
+    /// sum over partitions of the latest checkpointed next offsets.
+    pub fn committed(&self) -> u64 {
+        self.sql(
+            "SELECT sum(u) + sum(c) FROM (SELECT partition, \
+             argMax(usage_offset, version) AS u, argMax(commands_offset, version) AS c \
+             FROM checkpoints WHERE row_kind = 'offsets' GROUP BY partition)",
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    }
+
+    /// Starts `tally run`, and SIGKILLs it `jitter` after the checkpoints first cover at
+    /// least `target` records, so a crash falls at a chosen share of the work whatever
+    /// the machine's speed. Returns what the checkpoints covered after the kill.
+    pub fn run_and_kill_at(&self, target: u64, jitter: Duration) -> u64 {
+        let mut child = self.spawn_run(&[], &[]);
+        // A bound on a wait for progress, not a synchronisation.
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while self.committed() < target {
+            if let Some(status) = child.try_wait().expect("wait works") {
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "tally run exited ({status}) before the checkpoints reached {target}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpoints never reached {target}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The crash schedule: how far past the share the kill falls.
+        std::thread::sleep(jitter);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        self.committed()
     }
 
     /// Starts `tally run` in the background with `env` on top of the deployment's.
