@@ -232,6 +232,15 @@ pub struct PipelineConfig {
     /// and cycles turn over on accounts that send nothing; `0s` sends none.
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    /// A partition's whole state is written as a snapshot, and the checkpoint rows it
+    /// supersedes deleted, once the account states and daily totals written since the last
+    /// snapshot exceed twice the live ones, and at least this many.
+    #[serde(default = "default_snapshot_min_rows")]
+    pub snapshot_min_rows: usize,
+}
+
+fn default_snapshot_min_rows() -> usize {
+    20_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -77,6 +77,11 @@ impl Seen {
         self.first.retain(|_, first| *first >= horizon);
     }
 
+    /// Every key in the window with its first arrival, for a snapshot.
+    pub fn all(&self) -> impl Iterator<Item = (u128, i64)> + '_ {
+        self.first.iter().map(|(key, at)| (*key, *at))
+    }
+
     pub fn len(&self) -> usize {
         self.first.len()
     }

@@ -5,6 +5,7 @@
 pub mod alerting;
 pub mod merge;
 pub mod partition;
+pub mod rollup;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,12 +92,18 @@ impl Pipeline {
             loop {
                 let now = Utc::now().timestamp_micros().max(0) as u64;
                 let window = self.rules.dedup_window.num_milliseconds();
+                let rules = &self.rules;
                 let loaded = self.rt.block_on(checkpoint::claim_and_load(
                     &self.store,
                     &self.stream,
                     partition as u32,
                     now,
                     window,
+                    |arrival_high| {
+                        let clock =
+                            chrono::DateTime::from_timestamp(arrival_high, 0).unwrap_or_default();
+                        partition::first_open_day(clock, rules)
+                    },
                 ));
                 match loaded {
                     Ok(restored) => {
@@ -244,7 +251,13 @@ impl Pipeline {
             let now_secs = Utc::now().timestamp().max(0) as u32;
             let mut partitions = Vec::new();
             for work in self.parts.values_mut() {
-                if work.drain_into(&mut batch, &mut dead_letters, &self.stream, now_secs) {
+                if work.drain_into(
+                    &mut batch,
+                    &mut dead_letters,
+                    &self.stream,
+                    now_secs,
+                    self.config.pipeline.snapshot_min_rows,
+                ) {
                     partitions.push(work.partition);
                 }
             }
@@ -325,6 +338,26 @@ impl Pipeline {
         for partition in &flush.partitions {
             if let Some(work) = self.parts.get_mut(partition) {
                 work.committed(&self.rules);
+                if let Some(version) = work.snapshot_pending.take() {
+                    // The snapshot holds everything live: older checkpoint rows are dead.
+                    // A failure only leaves them for the next snapshot to delete.
+                    let pruned = self.rt.block_on(checkpoint::delete_before(
+                        &self.store,
+                        &self.stream,
+                        *partition as u32,
+                        version,
+                    ));
+                    match pruned {
+                        Ok(()) => tracing::info!(
+                            partition,
+                            version,
+                            "partition snapshotted; older checkpoint rows deleted"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
+                        }
+                    }
+                }
             }
         }
         tracing::debug!(

@@ -1,12 +1,13 @@
 //! One assigned partition: its book of accounts, its two sides, and the outputs waiting
 //! for the next flush.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tally_core::{Book, Outcome, Rules};
 
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
+use super::rollup::{self, Rollups};
 use crate::kafka::DeadLetter;
 use crate::store::checkpoint::{Commit, Restored};
 use crate::store::rows::{balance_rows, day_number, from_seconds, LedgerRow, LotRow};
@@ -31,13 +32,19 @@ pub struct PartitionWork {
     pub arrival_high: i64,
     touched: HashSet<String>,
     ledger: Vec<LedgerRow>,
-    days: BTreeMap<String, BTreeSet<u16>>,
+    /// Running totals of the days still open to late events.
+    rollups: Rollups,
     pub dead_letters: Vec<DeadLetter>,
     /// Low-credit alerts decided since the last flush.
     alerts: Vec<tally_core::alerts::Alert>,
     /// Offsets applied since the last flush, so an idle partition writes nothing.
     dirty: bool,
     pub counts: Counts,
+    /// Checkpoint rows written since the last snapshot of the whole partition.
+    rows_since_snapshot: usize,
+    /// Set when the flush being written is a snapshot: after it commits, every older
+    /// checkpoint row of the partition can go.
+    pub snapshot_pending: Option<u64>,
     /// The side held back at the last apply, and why, for `tally status`.
     pub wait: Option<(Which, WaitReason)>,
 }
@@ -53,12 +60,14 @@ impl PartitionWork {
             arrival_high: restored.arrival_high,
             touched: HashSet::new(),
             ledger: Vec::new(),
-            days: BTreeMap::new(),
+            rollups: Rollups::restore(restored.days),
             dead_letters: Vec::new(),
             alerts: Vec::new(),
             dirty: false,
             counts: Counts::default(),
             wait: None,
+            rows_since_snapshot: 0,
+            snapshot_pending: None,
         }
     }
 
@@ -163,12 +172,7 @@ impl PartitionWork {
 
     /// Keeps one ledger entry for the next flush and notes what it touched.
     fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry) {
-        if entry.entry_type == tally_core::EntryType::Usage {
-            self.days
-                .entry(entry.account.clone())
-                .or_default()
-                .insert(day_number(entry.day));
-        }
+        self.rollups.add(&entry);
         if !self.touched.contains(&entry.account) {
             self.touched.insert(entry.account.clone());
         }
@@ -184,6 +188,7 @@ impl PartitionWork {
         dead_letters: &mut Vec<DeadLetter>,
         stream: &str,
         now_secs: u32,
+        snapshot_min_rows: usize,
     ) -> bool {
         if !self.dirty {
             return false;
@@ -203,7 +208,23 @@ impl PartitionWork {
             arrival_high: self.arrival_high,
             written_at: now_secs,
         };
-        for account in self.touched.drain() {
+        let first_row = batch.checkpoint.len();
+        // A snapshot once the rows written since the last one outgrow the live state
+        // twice over: restart reads stay bounded by live accounts, open days and the
+        // dedup window, and the log they supersede is deleted after the commit.
+        let live = self.book.accounts.len() + self.rollups.len();
+        let snapshot = self.rows_since_snapshot > snapshot_min_rows.max(2 * live);
+        if snapshot {
+            self.touched.clear();
+            let _ = self.rollups.take_changed();
+            let _ = self.book.seen.take_fresh();
+        }
+        let accounts: Vec<String> = if snapshot {
+            self.book.accounts.keys().cloned().collect()
+        } else {
+            self.touched.drain().collect()
+        };
+        for account in accounts {
             if let Some(state) = self.book.accounts.get(&account) {
                 for lot in &state.lots {
                     batch.lots.push(LotRow::new(&account, lot, version));
@@ -214,11 +235,30 @@ impl PartitionWork {
                 batch.checkpoint.push(commit.state(&account, state));
             }
         }
-        for (account, days) in std::mem::take(&mut self.days) {
-            batch.touched_days.entry(account).or_default().extend(days);
+        let days = if snapshot {
+            self.rollups.all()
+        } else {
+            self.rollups.take_changed()
+        };
+        let superseding = batch.checkpoint.len() - first_row + days.len();
+        for (account, day) in days {
+            batch.daily.push(rollup::daily_row(&account, &day, version));
+            batch.checkpoint.push(commit.day(&account, &day));
         }
-        for (key, seen_at) in self.book.seen.take_fresh() {
+        let seen: Vec<(u128, i64)> = if snapshot {
+            self.book.seen.all().collect()
+        } else {
+            self.book.seen.take_fresh()
+        };
+        for (key, seen_at) in seen {
             batch.checkpoint.push(commit.seen(key, seen_at));
+        }
+        if snapshot {
+            self.rows_since_snapshot = 0;
+            self.snapshot_pending = Some(version);
+        } else {
+            // Dedup keys are not superseded, only expired: they do not count.
+            self.rows_since_snapshot += superseding;
         }
         batch.checkpoint.push(commit.offsets());
         dead_letters.append(&mut self.dead_letters);
@@ -230,9 +270,15 @@ impl PartitionWork {
     /// After the flush that included this partition committed.
     pub fn committed(&mut self, rules: &Rules) {
         self.version += 1;
-        self.book.seen.expire(
-            from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)),
-            rules.dedup_window,
-        );
+        let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
+        self.book.seen.expire(clock, rules.dedup_window);
+        self.rollups.close_before(first_open_day(clock, rules));
     }
+}
+
+/// The first day an event may still be applied to: older ones are later than the
+/// lateness allows. One day of margin covers every time zone.
+pub fn first_open_day(clock: chrono::DateTime<chrono::Utc>, rules: &Rules) -> u16 {
+    let earliest = clock - rules.max_lateness;
+    day_number(earliest.date_naive()).saturating_sub(1)
 }

@@ -6,6 +6,7 @@ use tally_core::{AccountState, Book};
 
 use super::rows::CheckpointRow;
 use super::StoreError;
+use crate::run::rollup::StoredDay;
 
 /// What a new owner of a partition starts from.
 pub struct Restored {
@@ -17,6 +18,8 @@ pub struct Restored {
     /// Latest broker timestamp (seconds) applied before the checkpoint.
     pub arrival_high: i64,
     pub book: Book,
+    /// Committed totals of the days still open to late events.
+    pub days: Vec<(String, StoredDay)>,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -57,6 +60,7 @@ pub async fn claim_and_load(
     partition: u32,
     now_micros: u64,
     dedup_window_millis: i64,
+    first_open_day: impl Fn(i64) -> u16,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
         .query(&format!(
@@ -140,13 +144,59 @@ pub async fn claim_and_load(
             row.seen_at,
         );
     }
+    let days: Vec<StateRow> = client
+        .query(&format!(
+            "SELECT account, argMax(state, version) FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'day' AND key_hi >= ? \
+             AND version IN ({COMPLETE}) GROUP BY account, key_hi, key_lo"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(first_open_day(arrival_high))
+        .bind(stream)
+        .bind(partition)
+        .fetch_all()
+        .await?;
+    let days = days
+        .into_iter()
+        .map(|row| {
+            let day: StoredDay =
+                serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+                    account: row.account.clone(),
+                    problem: format!("daily totals: {e}"),
+                })?;
+            Ok((row.account, day))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Restored {
+        days,
         version,
         usage_offset: offsets.as_ref().map(|o| o.usage_offset),
         commands_offset: offsets.as_ref().map(|o| o.commands_offset),
         arrival_high,
         book,
     })
+}
+
+/// Deletes a partition's checkpoint rows older than `version`, once the snapshot written
+/// with `version` has committed (its rows hold every live account, open day and dedup
+/// key). ClickHouse runs the deletion as a mutation in the background.
+pub async fn delete_before(
+    client: &Client,
+    stream: &str,
+    partition: u32,
+    version: u64,
+) -> Result<(), StoreError> {
+    client
+        .query(&format!(
+            "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ?"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(version)
+        .execute()
+        .await?;
+    Ok(())
 }
 
 /// The rows of one partition's commit.
@@ -188,6 +238,17 @@ impl Commit<'_> {
         row.account = account.to_string();
         // Serializing plain data with string keys cannot fail.
         row.state = serde_json::to_string(state).unwrap_or_default();
+        row
+    }
+
+    /// The committed totals of one open day of `account`.
+    pub fn day(&self, account: &str, day: &StoredDay) -> CheckpointRow {
+        let mut row = self.row("day");
+        row.account = account.to_string();
+        row.key_hi = u64::from(day.key.day);
+        row.key_lo = day.key.group_hash();
+        // Plain data with string keys serializes.
+        row.state = serde_json::to_string(day).unwrap_or_default();
         row
     }
 

@@ -56,6 +56,25 @@ pub struct LotRow {
     pub from_plan: u8,
 }
 
+/// One `daily_usage` row as tally writes it: absolute totals of one open day.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct DailyUsageRow {
+    pub day: u16,
+    pub account: String,
+    pub service: String,
+    pub user: String,
+    pub feature: String,
+    pub calls: u64,
+    pub failed_calls: u64,
+    pub credits: i64,
+    pub included: i64,
+    pub promotional: i64,
+    pub purchased: i64,
+    pub shortfall: i64,
+    pub version: u64,
+    pub flex: i64,
+}
+
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 pub struct BalanceRow {
     pub account: String,

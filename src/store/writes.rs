@@ -1,11 +1,9 @@
 //! Writing one flush: outputs first, each idempotent, then the checkpoint that commits them.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use clickhouse::{Client, Row};
 use serde::Serialize;
 
-use super::rows::{BalanceRow, CheckpointRow, LedgerRow, LotRow};
+use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LedgerRow, LotRow};
 use super::StoreError;
 
 /// Everything one flush writes.
@@ -14,8 +12,8 @@ pub struct Batch {
     pub ledger: Vec<LedgerRow>,
     pub lots: Vec<LotRow>,
     pub balances: Vec<BalanceRow>,
-    /// Days (since 1970) with new usage, per account: their rollups are recomputed.
-    pub touched_days: BTreeMap<String, BTreeSet<u16>>,
+    /// Absolute totals of every open day that changed.
+    pub daily: Vec<DailyUsageRow>,
     pub checkpoint: Vec<CheckpointRow>,
     /// Low-credit alerts the core decided; recorded before the checkpoint, mailed after.
     pub alerts: Vec<tally_core::alerts::Alert>,
@@ -27,17 +25,20 @@ impl Batch {
     }
 }
 
-/// Accounts per rollup query: keeps each query well under ClickHouse's query size limit.
-const ROLLUP_ACCOUNTS_PER_QUERY: usize = 500;
-
-/// Everything but the commit: ledger, lots, balances and the rollups. Safe to call again
-/// with the same batch after any failure: every output replaces what an earlier attempt
-/// wrote, and the checkpoint (`commit`) is the last write.
+/// Everything but the commit: ledger, lots, balances and the rollups, side by side. Safe
+/// to call again with the same batch after any failure: every output replaces what an
+/// earlier attempt wrote, and the checkpoint (`commit`) is the last write.
 pub async fn write_outputs(client: &Client, batch: &Batch) -> Result<(), StoreError> {
-    insert_all(client, "ledger", &batch.ledger).await?;
-    insert_all(client, "lots", &batch.lots).await?;
-    insert_all(client, "balances", &batch.balances).await?;
-    recompute_daily(client, &batch.touched_days).await
+    let (ledger, lots, balances, daily) = tokio::join!(
+        insert_all(client, "ledger", &batch.ledger),
+        insert_all(client, "lots", &batch.lots),
+        insert_all(client, "balances", &batch.balances),
+        insert_all(client, "daily_usage", &batch.daily),
+    );
+    ledger?;
+    lots?;
+    balances?;
+    daily
 }
 
 /// The commit point: the checkpoint rows, offsets last.
@@ -57,49 +58,6 @@ where
         insert.write(row).await?;
     }
     insert.end().await?;
-    Ok(())
-}
-
-/// Recomputes the daily rollups of the touched (account, day)s from the ledger, as
-/// absolute values versioned by the newest ledger row they include, so a recompute never
-/// adds to an earlier one and an older recompute never wins.
-async fn recompute_daily(
-    client: &Client,
-    touched: &BTreeMap<String, BTreeSet<u16>>,
-) -> Result<(), StoreError> {
-    let accounts: Vec<(&String, &BTreeSet<u16>)> = touched.iter().collect();
-    for chunk in accounts.chunks(ROLLUP_ACCOUNTS_PER_QUERY) {
-        let account_list = chunk
-            .iter()
-            .map(|(account, _)| quote(account))
-            .collect::<Vec<_>>()
-            .join(",");
-        let days: BTreeSet<u16> = chunk
-            .iter()
-            .flat_map(|(_, days)| days.iter().copied())
-            .collect();
-        let day_list = days
-            .iter()
-            .map(|d| format!("toDate({d})"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let kind = |k: &str| {
-            format!("sum(arraySum(arrayFilter((c, k) -> k = '{k}', paid_credits, paid_kinds)))")
-        };
-        let sql = format!(
-            "INSERT INTO daily_usage \
-             SELECT day, account, service, user, feature, count(), countIf(status = 'failed'), \
-             sum(credits), {}, {}, {}, sum(shortfall), max(version), {} \
-             FROM ledger FINAL \
-             WHERE entry_type = 'usage' AND account IN ({account_list}) AND day IN ({day_list}) \
-             GROUP BY day, account, service, user, feature",
-            kind("included"),
-            kind("promotional"),
-            kind("purchased"),
-            kind("flex"),
-        );
-        client.query(&sql).execute().await?;
-    }
     Ok(())
 }
 

@@ -257,4 +257,30 @@ pub fn assert_matches(d: &super::Deployment, expected: &Expected, what: &str) {
             "{what}: remaining credits of lot {key:?}"
         );
     }
+    // The daily rollups add up to the usage entries the rules prescribe, per account.
+    let daily = d.sql(
+        "SELECT account, sum(calls), sum(credits), sum(shortfall) FROM daily_usage FINAL \
+         GROUP BY account FORMAT TSV",
+    );
+    let got: BTreeMap<String, (i64, i64, i64)> = daily
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let n = |i: usize| f[i].parse::<i64>().expect("a number");
+            (f[0].to_string(), (n(1), n(2), n(3)))
+        })
+        .collect();
+    let mut want: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for ((account, _, entry_type), paid) in &expected.ledger {
+        if entry_type == "usage" {
+            let totals = want.entry(account.clone()).or_default();
+            totals.0 += 1;
+            totals.1 += paid.credits;
+            totals.2 += paid.shortfall;
+        }
+    }
+    assert_eq!(
+        got, want,
+        "{what}: daily rollups (calls, credits, shortfall) per account"
+    );
 }

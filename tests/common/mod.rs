@@ -74,6 +74,9 @@ impl Deployment {
             // sends no ticks of its own; tests that need time to pass send `tally tick`.
             ("TALLY_PIPELINE__TICK_INTERVAL".into(), "0s".into()),
             ("TALLY_STATUS__LISTEN".into(), String::new()),
+            // Snapshots and the deletion of what they supersede happen in every test, also
+            // between the crashes of the crash tests.
+            ("TALLY_PIPELINE__SNAPSHOT_MIN_ROWS".into(), "1000".into()),
         ]
     }
 

@@ -1,0 +1,101 @@
+//! Cost that does not grow with history: the checkpoint log is compacted by snapshots, the
+//! daily rollups are written from running totals, and a restart from a compacted
+//! checkpoint continues exactly where the rules say.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use common::{expected, grant, hours_ago, usage, Deployment};
+use serde_json::{json, Value};
+
+const ACCOUNTS: usize = 20;
+
+/// Grants, then calls of one user and feature per account over a few hours: few open days,
+/// so the live state is small and many small flushes supersede it many times over.
+fn events(from: usize, to: usize) -> Vec<Value> {
+    let start = hours_ago(12);
+    let mut out = Vec::new();
+    if from == 0 {
+        for a in 0..ACCOUNTS {
+            out.push(grant(
+                &format!("pack-{a}"),
+                &format!("acct-{a:02}"),
+                start - TimeDelta::hours(1),
+                json!({"kind": "purchased", "credits": 400 + 150 * a, "expires_at": null}),
+            ));
+        }
+    }
+    for i in from..to {
+        let at = start + TimeDelta::seconds(i as i64);
+        out.push(usage(
+            &format!("c{i}"),
+            &format!("acct-{:02}", i % ACCOUNTS),
+            at,
+            json!({"user": "kim", "feature": "erase"}),
+        ));
+    }
+    out
+}
+
+#[test]
+fn snapshots_delete_the_superseded_log_and_a_restart_from_one_loses_nothing() {
+    let d = Deployment::new(2);
+    let small = [
+        ("TALLY_PIPELINE__MAX_BATCH_EVENTS", "100"),
+        ("TALLY_PIPELINE__SNAPSHOT_MIN_ROWS", "200"),
+    ];
+    let first = events(0, 8_000);
+    d.send(&first);
+    let summary = d.drain_with(&small);
+    let flushes = summary["flushes"].as_u64().unwrap_or(0);
+    assert!(
+        flushes >= 60,
+        "too few flushes to supersede anything: {summary}"
+    );
+
+    // Deletions run as mutations in the background; wait for them (a bound, not a sync).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mutations = |done: u8| -> u64 {
+        d.sql(&format!(
+            "SELECT count() FROM system.mutations WHERE database = '{}' \
+             AND table = 'checkpoints' AND is_done = {done}",
+            d.database
+        ))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    };
+    while mutations(0) > 0 {
+        assert!(Instant::now() < deadline, "the deletions never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(mutations(1) > 0, "no snapshot deleted anything");
+    let versions: u64 = d
+        .sql("SELECT uniqExact(version) FROM checkpoints WHERE row_kind = 'state'")
+        .trim()
+        .parse()
+        .expect("a count");
+    eprintln!(
+        "compaction: {flushes} flushes, {versions} flush versions of account states left, {} \
+         checkpoint rows",
+        d.sql("SELECT count() FROM checkpoints").trim()
+    );
+    assert!(
+        versions * 3 < flushes,
+        "{versions} of {flushes} flushes still have account states in the checkpoint"
+    );
+
+    // A new run starts from the compacted checkpoint and goes on.
+    let second = events(8_000, 12_000);
+    d.send(&second);
+    d.drain();
+    let all: Vec<Value> = first.into_iter().chain(second).collect();
+    let rules = expected::rules(&d.env());
+    expected::assert_matches(
+        &d,
+        &expected::expect(&rules, &all, Utc::now()),
+        "after compaction",
+    );
+}
