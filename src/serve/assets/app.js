@@ -150,7 +150,7 @@ async function usageChart(by) {
   return chart(rows, by, st.from, st.to);
 }
 
-async function overview(main) {
+async function overviewPage(main) {
   const b = await get(`/v1/accounts/${acct()}/balance`);
   const cards = el('div', { class: 'cards' });
   for (const [pool, p] of Object.entries(b.pools)) {
@@ -169,7 +169,7 @@ async function overview(main) {
     el('h2', {}, t('by_service')), periodPicker(() => render()), await usageChart('service'));
 }
 
-async function usage(main) {
+async function usagePage(main) {
   main.append(periodPicker(() => render()), el('h2', {}, t('by_service')), await usageChart('service'), el('h2', {}, t('by_user')), await usageChart('user'));
   const rows = await get('/v1/reports/daily?' + q({ from: st.from, to: st.to, account: st.account, by: 'service,user' }));
   main.append(el('h2', {}, t('usage')), table([
@@ -177,7 +177,7 @@ async function usage(main) {
     { label: 'calls', get: (r) => r.calls, num: 1 }, { label: 'failed', get: (r) => r.failed_calls, num: 1 }, { label: 'credits', get: (r) => r.credits, num: 1 }], rows));
 }
 
-async function history(main) {
+async function historyPage(main) {
   const [all, bought] = await Promise.all([get(`/v1/accounts/${acct()}/history`), get(`/v1/accounts/${acct()}/history?purchases=true`)]);
   const cols = [{ label: 'time', get: (r) => when(r.time) }, { label: 'type', get: (r) => r.type }, { label: 'pool', get: (r) => r.pool },
     { label: 'credits', get: (r) => r.credits, num: 1 }, { label: 'expires', get: (r) => r.expires_at === 'never' ? t('never') : when(r.expires_at) }, { label: 'comment', get: (r) => r.comment }];
@@ -185,7 +185,7 @@ async function history(main) {
     el('h2', {}, t('purchases')), table(cols.concat([{ label: 'reference', get: (r) => r.payment_reference }]), bought));
 }
 
-async function ledger(main) {
+async function ledgerPage(main) {
   const page = await api(`/v1/accounts/${acct()}/ledger?` + q({ limit: 100, cursor: st.cursor }));
   const download = el('button', { type: 'button', onclick: async () => {
     const r = await api(`/v1/accounts/${acct()}/ledger?limit=1000`, 'text/csv');
@@ -199,7 +199,7 @@ async function ledger(main) {
   if (page.next) main.append(el('p', {}, el('button', { type: 'button', onclick: () => { st.cursor = page.next; render(); } }, t('more'))));
 }
 
-async function monthly(main) {
+async function monthlyPage(main) {
   const month = el('input', { type: 'month', value: st.month });
   main.append(el('div', { class: 'period' }, el('label', {}, t('month'), ' ', month),
     el('button', { type: 'button', onclick: () => { st.month = month.value; render(); } }, t('apply'))));
@@ -211,7 +211,7 @@ async function monthly(main) {
     { label: 'voided', get: (r) => r.voided, num: 1 }, { label: 'remaining', get: (r) => r.remaining, num: 1 }], flat));
 }
 
-async function matrix(main) {
+async function matrixPage(main) {
   const [m, plans] = await Promise.all([get('/v1/matrix'), get('/v1/plans')]);
   const rows = [];
   for (const v of m.versions) for (const [f, p] of Object.entries(v.features)) {
@@ -249,7 +249,7 @@ async function render() {
   $('error').hidden = true;
   try {
     if (!st.account) throw new ApiError(404, t('nothing'));
-    await Promise.all([notice(), { overview, usage, history, ledger, monthly, matrix }[st.page](main)]);
+    await Promise.all([notice(), { overview: overviewPage, usage: usagePage, history: historyPage, ledger: ledgerPage, monthly: monthlyPage, matrix: matrixPage }[st.page](main)]);
   } catch (e) {
     $('error').textContent = e.message;
     $('error').hidden = false;
