@@ -61,6 +61,32 @@ for m in json.load(sys.stdin):
     to = ", ".join(a["address"] for a in m.get("to", []))
     print(m.get("date", ""), " to", to + ":", m.get("subject", ""))
 '
+step "tally serve (HTTP API, ingest and dashboard) in the background"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$ROOT/scripts/lib.sh"
+# The demo's own server from an earlier run, if any, by its pid file.
+if pid_alive serve; then kill "$(cat "$STACK/serve.pid")"; fi
+listen="${TALLY_SERVE__LISTEN:-127.0.0.1:8080}"
+key_file="$STACK/demo-api-keys"
+if [[ ! -s $key_file ]]; then
+  umask 077
+  printf 'admin=demo-admin-%s\naccount:acme=demo-acme-%s\n' \
+    "$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" "$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" >"$key_file"
+fi
+admin_key=$(sed -n 's/^admin=//p' "$key_file")
+acme_key=$(sed -n 's/^account:acme=//p' "$key_file")
+TALLY_SERVE__LISTEN="$listen" TALLY_SERVE__KEYS_FILE="$key_file" \
+  start_bg serve "$ROOT" "$ROOT/target/release/tally" serve
+for _ in $(seq 1 100); do
+  curl -sf "http://$listen/healthz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://$listen/healthz" >/dev/null || die "tally serve did not start; see $LOGS/serve.log"
+curl -sf -H "Authorization: Bearer $admin_key" "http://$listen/v1/accounts/acme/balance" | head -c 300; echo
+
 step "done"
 echo "Open http://127.0.0.1:1080 to read the emails (HTML and text), or: curl http://127.0.0.1:1080/email"
 echo "Try: TALLY_CLICKHOUSE__DATABASE=tally_demo target/release/tally balance acme --json"
+echo "API keys (in $key_file): admin $admin_key, acme only $acme_key"
+echo "API: curl -H 'Authorization: Bearer $admin_key' http://$listen/v1/reports/daily?from=$from\&to=$to\&by=service"
+echo "Dashboard: http://$listen/#key=$admin_key"

@@ -20,6 +20,7 @@ missing=()
 command -v clickhouse-client >/dev/null || missing+=(clickhouse-client)
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v chromium >/dev/null || missing+=(chromium)   # the dashboard's browser test
 if ((${#missing[@]})); then log "apt-get install ${missing[*]}"; apt_install "${missing[@]}"; fi
 
 if [[ ! -x $MAILDEV ]]; then

@@ -34,6 +34,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// How low-credit emails are rate-limited, retried and worded.
     pub notify: NotifyConfig,
+    /// `tally serve`: the HTTP API, ingest and dashboard.
+    pub serve: crate::serve::settings::ServeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -497,6 +499,9 @@ impl Config {
         }
         self.validate_smtp(&key_err)?;
         self.validate_notify(&key_err)?;
+        self.serve
+            .validate()
+            .map_err(|(key, problem)| key_err(key, problem))?;
         let timezone: Tz = self.rules.timezone.parse().map_err(|_| {
             key_err(
                 "rules.timezone",

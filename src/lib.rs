@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod notify;
+pub mod report;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod store;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
-use tally::cli::commands::{self, GrantArgs, TestEmailArgs};
+use tally::cli::events::{self, GrantArgs};
+use tally::cli::ops::{self, TestEmailArgs};
+use tally::cli::reports;
 use tally::config::Config;
 use tally::store::reads::By;
 
@@ -38,6 +40,9 @@ struct Cli {
 enum Command {
     /// Create the ClickHouse schema and the Kafka topics; safe to run again.
     Migrate,
+    /// Serve the HTTP API, event ingest and the dashboard on `serve.listen` until Ctrl-C or
+    /// SIGTERM.
+    Serve,
     /// Consume usage and commands until stopped (Ctrl-C or SIGTERM drain, flush and commit).
     Run {
         /// Exit once everything up to the end offsets seen at start is applied and committed.
@@ -88,6 +93,8 @@ enum Command {
     },
     /// The plans in config.
     Plans,
+    /// The credit cost matrix in config, every version.
+    Matrix,
     /// The ledger of an account: calls, grants and voids with the lots that paid.
     Ledger {
         account: String,
@@ -166,7 +173,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let json = cli.json;
     match cli.command {
-        Command::Migrate => rt.block_on(commands::migrate(&config, json)),
+        Command::Migrate => rt.block_on(ops::migrate(&config, json)),
         Command::Run { drain } => {
             let shutdown = Arc::new(AtomicBool::new(false));
             rt.spawn(watch_signals(shutdown.clone()));
@@ -175,18 +182,24 @@ fn main() -> anyhow::Result<()> {
             // clients through the runtime handle.
             std::thread::Builder::new()
                 .name("tally-run".into())
-                .spawn(move || commands::run(config, rules, drain, json, shutdown, handle))
+                .spawn(move || ops::run(config, rules, drain, json, shutdown, handle))
                 .context("cannot start the run thread")?
                 .join()
                 .map_err(|_| anyhow::anyhow!("the run thread panicked"))?
         }
-        Command::Grant(args) => rt.block_on(commands::grant(&config, args, json)),
-        Command::Status => rt.block_on(commands::status(&config, json)),
+        Command::Serve => {
+            let shutdown = Arc::new(AtomicBool::new(false));
+            rt.block_on(tally::serve::run(config, rules, async move {
+                watch_signals(shutdown).await;
+            }))
+        }
+        Command::Grant(args) => rt.block_on(events::grant(&config, args, json)),
+        Command::Status => rt.block_on(ops::status(&config, json)),
         Command::Send {
             file,
             stamp_event_time,
-        } => rt.block_on(commands::send(&config, &file, stamp_event_time, json)),
-        Command::Balance { account, at } => rt.block_on(commands::balance(
+        } => rt.block_on(events::send(&config, &file, stamp_event_time, json)),
+        Command::Balance { account, at } => rt.block_on(reports::balance(
             &config,
             &rules,
             &account,
@@ -201,7 +214,7 @@ fn main() -> anyhow::Result<()> {
                     account,
                     by,
                 },
-        } => rt.block_on(commands::daily(
+        } => rt.block_on(reports::daily(
             &config,
             from,
             to,
@@ -228,7 +241,7 @@ fn main() -> anyhow::Result<()> {
                 (None, Some(from), Some(to)) => (from, to + chrono::TimeDelta::days(1)),
                 _ => anyhow::bail!("give --month YYYY-MM, or --from and --to"),
             };
-            rt.block_on(commands::monthly(
+            rt.block_on(reports::monthly(
                 &config,
                 from,
                 to,
@@ -237,21 +250,22 @@ fn main() -> anyhow::Result<()> {
             ))
         }
         Command::History { account, purchases } => {
-            rt.block_on(commands::history(&config, &account, purchases, json))
+            rt.block_on(reports::history(&config, &account, purchases, json))
         }
         Command::Tick { at } => {
-            rt.block_on(commands::tick(&config, at.unwrap_or_else(Utc::now), json))
+            rt.block_on(events::tick(&config, at.unwrap_or_else(Utc::now), json))
         }
-        Command::Plans => commands::plans(&rules, json),
-        Command::Ledger { account, from, to } => rt.block_on(commands::ledger(
+        Command::Plans => reports::plans(&rules, json),
+        Command::Matrix => reports::matrix(&rules, json),
+        Command::Ledger { account, from, to } => rt.block_on(reports::ledger(
             &config,
             &account,
             from.unwrap_or(DateTime::UNIX_EPOCH),
             to.unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
             json,
         )),
-        Command::Alerts { account } => rt.block_on(commands::alerts(&config, &account, json)),
-        Command::TestEmail(args) => rt.block_on(commands::test_email(&config, args, json)),
+        Command::Alerts { account } => rt.block_on(reports::alerts(&config, &account, json)),
+        Command::TestEmail(args) => rt.block_on(ops::test_email(&config, args, json)),
     }
 }
 

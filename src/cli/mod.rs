@@ -1,4 +1,7 @@
-//! The command line: one module per command family, and the table printer they share.
+//! The command line, one module per command family: operating (`migrate`, `run`,
+//! `status`, `test-email`), sending events (`grant`, `send`, `tick`), reports, and the
+//! HTTP server (`serve`).
 
-pub mod commands;
-pub mod table;
+pub mod events;
+pub mod ops;
+pub mod reports;

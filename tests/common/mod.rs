@@ -7,6 +7,7 @@ pub mod expected;
 pub mod maildev;
 #[path = "../../core/tests/reference/mod.rs"]
 pub mod reference;
+pub mod server;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Plain aligned tables for people; scripts use `--json`.
+//! Plain aligned tables for people and CSV for spreadsheets: the one renderer of every report.
 
 /// Prints `rows` under `header`, numbers right-aligned.
 pub fn print(header: &[&str], rows: &[Vec<String>]) {
@@ -60,8 +60,52 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `rows` under `header` as CSV (RFC 4180: fields with commas, quotes or line breaks are
+/// quoted); cells that a spreadsheet would run as a formula are prefixed with `'`.
+pub fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
+    let field = |cell: &str| {
+        let cell = if cell.starts_with(['=', '+', '@', '\t', '\r'])
+            || (cell.starts_with('-') && cell.parse::<tally_core::Credits>().is_err())
+        {
+            format!("'{cell}")
+        } else {
+            cell.to_string()
+        };
+        if cell.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", cell.replace('"', "\"\""))
+        } else {
+            cell
+        }
+    };
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    };
+    line(header.iter().map(|h| field(h)).collect());
+    for row in rows {
+        line(row.iter().map(|c| field(c)).collect());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn csv_quotes_and_defuses_formulas() {
+        let text = super::csv(
+            &["user", "credits"],
+            &[
+                vec!["kim, \"k\"".into(), "-1.5".into()],
+                vec!["=cmd()".into(), "3".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "user,credits\r\n\"kim, \"\"k\"\"\",-1.5\r\n'=cmd(),3\r\n"
+        );
+    }
+
     #[test]
     fn aligns_columns_and_right_aligns_numbers() {
         let text = super::render(

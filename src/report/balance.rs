@@ -1,0 +1,183 @@
+//! `tally balance` / `GET /v1/accounts/{account}/balance`: per pool, available credits by
+//! kind, used this cycle, expiring within 14 days and shortfall; the plan and flex.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use clickhouse::Client;
+use serde::Serialize;
+use tally_core::account::FlexView;
+use tally_core::{plans, Credits, LotKind, Rules};
+
+use super::{credits, rfc3339, ReportError, Tabular};
+use crate::store::reads;
+
+/// The balance of one account at one time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Balance {
+    pub account: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    /// The account's plan and its current cycle, if it has one.
+    pub plan: Option<PlanCycle>,
+    /// Start of the cycle `used_this_cycle` counts from (the calendar month without a plan).
+    #[serde(serialize_with = "rfc3339")]
+    pub cycle_start: DateTime<Utc>,
+    pub flex: FlexView,
+    pub pools: BTreeMap<String, PoolReport>,
+}
+
+/// A plan's current cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanCycle {
+    pub name: String,
+    pub cycle: u32,
+    #[serde(serialize_with = "rfc3339")]
+    pub cycle_start: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
+    pub cycle_end: DateTime<Utc>,
+}
+
+/// One pool of the balance.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PoolReport {
+    pub available: Credits,
+    /// Available credits by lot kind (included, promotional, purchased).
+    pub by_kind: BTreeMap<String, Credits>,
+    pub used_this_cycle: Credits,
+    pub expiring_within_14_days: Credits,
+    pub shortfall: Credits,
+}
+
+/// Reads the balance of `account` at `at`.
+pub async fn load(
+    client: &Client,
+    rules: &Rules,
+    account: &str,
+    at: DateTime<Utc>,
+) -> Result<Balance, ReportError> {
+    let state = reads::account_state(client, account)
+        .await
+        .map_err(ReportError::read("the account's state"))?
+        .unwrap_or_default();
+    let pools = state.balance(at);
+    let flex = state.flex(rules, at);
+    let cycle_start = match &state.subscription {
+        Some(s) => s.cycle_start,
+        None => plans::month_start(state.timezone(rules), at),
+    };
+    let used: BTreeMap<String, i64> = reads::used_since(client, account, cycle_start)
+        .await
+        .map_err(ReportError::read("usage of this cycle"))?
+        .into_iter()
+        .map(|row| (row.pool, row.credits))
+        .collect();
+    let mut names: Vec<&String> = pools.keys().chain(used.keys()).collect();
+    names.extend(state.shortfall.keys());
+    names.sort();
+    names.dedup();
+    let pools = names
+        .iter()
+        .map(|pool| {
+            let b = pools.get(*pool).cloned().unwrap_or_default();
+            let by_kind = LotKind::ALL
+                .iter()
+                .map(|kind| {
+                    let c = b.by_kind.get(kind.as_str()).copied().unwrap_or_default();
+                    (kind.as_str().to_string(), c)
+                })
+                .collect();
+            let report = PoolReport {
+                available: b.available,
+                by_kind,
+                used_this_cycle: credits(used.get(*pool).copied().unwrap_or(0)),
+                expiring_within_14_days: b.expiring_soon,
+                shortfall: state.shortfall.get(*pool).copied().unwrap_or_default(),
+            };
+            (pool.to_string(), report)
+        })
+        .collect();
+    let plan = state.subscription.as_ref().map(|s| PlanCycle {
+        name: s.name.clone(),
+        cycle: s.cycle,
+        cycle_start: s.cycle_start,
+        cycle_end: s.cycle_end,
+    });
+    Ok(Balance {
+        account: account.to_string(),
+        at,
+        plan,
+        cycle_start,
+        flex,
+        pools,
+    })
+}
+
+impl Tabular for Balance {
+    fn header(&self) -> Vec<&'static str> {
+        vec![
+            "pool",
+            "available",
+            "included",
+            "promotional",
+            "purchased",
+            "used this cycle",
+            "expiring in 14 days",
+            "shortfall",
+        ]
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.pools
+            .iter()
+            .map(|(pool, p)| {
+                let mut row = vec![pool.clone(), p.available.to_string()];
+                row.extend(LotKind::ALL.iter().map(|k| {
+                    p.by_kind
+                        .get(k.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                        .to_string()
+                }));
+                row.push(p.used_this_cycle.to_string());
+                row.push(p.expiring_within_14_days.to_string());
+                row.push(p.shortfall.to_string());
+                row
+            })
+            .collect()
+    }
+
+    fn title(&self) -> Option<String> {
+        let plan = match &self.plan {
+            Some(s) => format!(
+                "plan {}: cycle {} from {} to {}",
+                s.name,
+                s.cycle,
+                s.cycle_start.format("%Y-%m-%d %H:%M UTC"),
+                s.cycle_end.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => format!(
+                "no plan; this cycle is the calendar month from {}",
+                self.cycle_start.format("%Y-%m-%d %H:%M UTC")
+            ),
+        };
+        Some(format!(
+            "balance of `{}` at {}\n{plan}",
+            self.account,
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        ))
+    }
+
+    fn footer(&self) -> Option<String> {
+        Some(format!(
+            "flex: {}, {} of {} used this cycle",
+            if self.flex.enabled { "on" } else { "off" },
+            self.flex.used,
+            self.flex.threshold
+        ))
+    }
+
+    fn empty(&self) -> Option<String> {
+        Some(format!("account `{}` has no credits", self.account))
+    }
+}

@@ -1,0 +1,152 @@
+//! `tally history` / `GET /v1/accounts/{account}/history`: credits granted and expired,
+//! voids and settlements, typed as the product names them [000]; or only purchases.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use clickhouse::Client;
+use serde::Serialize;
+use tally_core::Credits;
+
+use super::{credits, rfc3339, short_time, ReportError, Tabular};
+use crate::store::reads;
+use crate::store::rows::{from_seconds, LedgerRow};
+
+/// The history of one account, oldest first.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct History {
+    #[serde(skip)]
+    pub account: String,
+    #[serde(skip)]
+    pub purchases: bool,
+    pub entries: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: DateTime<Utc>,
+    /// plan subscription, top-up (card), top-up (cash), top-up, promotional, expired,
+    /// voided, shortfall settled.
+    #[serde(rename = "type")]
+    pub history_type: &'static str,
+    pub entry_type: String,
+    pub pool: String,
+    pub credits: Credits,
+    pub lot: String,
+    pub kind: String,
+    /// RFC 3339, `never`, or empty when the lot is unknown.
+    pub expires_at: String,
+    pub payment_method: String,
+    pub payment_reference: String,
+    pub comment: String,
+}
+
+/// How credits arrived or left, as the history names it [000].
+pub fn history_type(row: &LedgerRow) -> &'static str {
+    match (
+        row.entry_type.as_str(),
+        row.lot_kind.as_str(),
+        row.payment_method.as_str(),
+    ) {
+        ("expiry", ..) => "expired",
+        ("void", ..) => "voided",
+        ("settlement", ..) => "shortfall settled",
+        (_, _, "cash") => "top-up (cash)",
+        (_, _, "card") => "top-up (card)",
+        (_, "included", _) => "plan subscription",
+        (_, "purchased", _) => "top-up",
+        _ => "promotional",
+    }
+}
+
+/// Reads the history of `account`; `purchases` keeps only bought packs.
+pub async fn load(client: &Client, account: &str, purchases: bool) -> Result<History, ReportError> {
+    let mut rows = reads::history(client, account)
+        .await
+        .map_err(ReportError::read("the ledger"))?;
+    if purchases {
+        rows.retain(|r| r.entry_type == "grant" && r.lot_kind == "purchased");
+    }
+    let lots: BTreeMap<String, tally_core::Lot> = reads::lots(client, account)
+        .await
+        .map_err(ReportError::read("lots"))?
+        .into_iter()
+        .map(|lot| (lot.id.clone(), lot))
+        .collect();
+    let expires = |lot: &str| {
+        lots.get(lot)
+            .map(|l| {
+                l.expires_at
+                    .map(|e| e.to_rfc3339())
+                    .unwrap_or_else(|| "never".into())
+            })
+            .unwrap_or_default()
+    };
+    Ok(History {
+        account: account.to_string(),
+        purchases,
+        entries: rows
+            .iter()
+            .map(|r| HistoryEntry {
+                time: from_seconds(r.time),
+                history_type: history_type(r),
+                entry_type: r.entry_type.clone(),
+                pool: r.pool.clone(),
+                credits: credits(r.credits),
+                lot: r.lot.clone(),
+                kind: r.lot_kind.clone(),
+                expires_at: expires(&r.lot),
+                payment_method: r.payment_method.clone(),
+                payment_reference: r.payment_reference.clone(),
+                comment: r.comment.clone(),
+            })
+            .collect(),
+    })
+}
+
+impl Tabular for History {
+    fn header(&self) -> Vec<&'static str> {
+        vec![
+            "time (UTC)",
+            "type",
+            "pool",
+            "credits",
+            "lot",
+            "expires",
+            "reference",
+            "comment",
+        ]
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.entries
+            .iter()
+            .map(|r| {
+                vec![
+                    short_time(&r.time),
+                    r.history_type.to_string(),
+                    r.pool.clone(),
+                    r.credits.to_string(),
+                    r.lot.clone(),
+                    r.expires_at.clone(),
+                    r.payment_reference.clone(),
+                    r.comment.clone(),
+                ]
+            })
+            .collect()
+    }
+
+    fn empty(&self) -> Option<String> {
+        Some(format!(
+            "no {} for `{}`",
+            if self.purchases {
+                "purchases"
+            } else {
+                "history"
+            },
+            self.account
+        ))
+    }
+}

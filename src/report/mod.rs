@@ -1,0 +1,117 @@
+//! Typed read models: one struct per report, serialized to the JSON that `tally ... --json`
+//! prints and the HTTP API answers, and rendered as a table (people) or CSV (spreadsheets)
+//! by one renderer. The CLI, the API and the dashboard all read these.
+
+pub mod alerts;
+pub mod balance;
+pub mod catalog;
+pub mod daily;
+pub mod history;
+pub mod ledger;
+pub mod monthly;
+pub mod table;
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use tally_core::Credits;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    /// A parameter out of range; names it.
+    #[error("`{param}`: {problem}")]
+    BadParameter {
+        param: &'static str,
+        problem: String,
+    },
+}
+
+impl ReportError {
+    /// Wraps a store error with what was being read.
+    pub fn read(what: &'static str) -> impl FnOnce(StoreError) -> ReportError {
+        move |source| ReportError::Read { what, source }
+    }
+}
+
+/// A report that prints as a table: a header and rows of cells, plus optional lines of
+/// text around it. The CLI prints [`Tabular::text`]; the API answers [`Tabular::csv`].
+pub trait Tabular {
+    fn header(&self) -> Vec<&'static str>;
+    fn rows(&self) -> Vec<Vec<String>>;
+    /// A line printed before the table (not part of CSV).
+    fn title(&self) -> Option<String> {
+        None
+    }
+    /// A line printed after the table (not part of CSV).
+    fn footer(&self) -> Option<String> {
+        None
+    }
+    /// What to print instead of an empty table.
+    fn empty(&self) -> Option<String> {
+        None
+    }
+
+    /// The report for people.
+    fn text(&self) -> String {
+        let rows = self.rows();
+        if rows.is_empty() {
+            if let Some(empty) = self.empty() {
+                return format!("{empty}\n");
+            }
+        }
+        let mut out = String::new();
+        if let Some(title) = self.title() {
+            out.push_str(&title);
+            out.push('\n');
+        }
+        out.push_str(&table::render(&self.header(), &rows));
+        if let Some(footer) = self.footer() {
+            out.push_str(&footer);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The report as CSV (RFC 4180), the same columns as the table.
+    fn csv(&self) -> String {
+        table::csv(&self.header(), &self.rows())
+    }
+}
+
+/// The JSON of a report, as `--json` prints it and the API answers it.
+pub fn to_json<T: Serialize>(report: &T) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// Times in reports: RFC 3339 with `+00:00`.
+pub fn rfc3339<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339())
+}
+
+/// Optional times in reports.
+pub fn rfc3339_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => s.serialize_str(&at.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
+
+pub(crate) fn credits(milli: i64) -> Credits {
+    Credits::from_milli(milli)
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, UTC, for tables.
+pub(crate) fn short_time(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}

@@ -1,0 +1,197 @@
+//! `tally report monthly` / `GET /v1/reports/monthly`: per account and pool, free
+//! (included and promotional) and purchased apart: carried forward, allocated, consumed,
+//! expired, voided, remaining; flex and shortfall.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use clickhouse::Client;
+use serde::Serialize;
+use tally_core::{Credits, LotKind};
+
+use super::{credits, ReportError, Tabular};
+use crate::store::reads;
+
+/// The summary of local days `from..to` (exclusive).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Monthly {
+    #[serde(skip)]
+    pub from: NaiveDate,
+    #[serde(skip)]
+    pub to: NaiveDate,
+    pub rows: Vec<MonthlyEntry>,
+}
+
+/// One account and pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonthlyEntry {
+    pub account: String,
+    pub pool: String,
+    pub from: NaiveDate,
+    /// Exclusive.
+    pub to: NaiveDate,
+    pub free: Movement,
+    pub purchased: Movement,
+    pub flex: Credits,
+    pub shortfall: Credits,
+    /// What lots and flex paid in the range, all kinds together.
+    pub consumed: Credits,
+}
+
+/// One side (free or purchased) of the monthly summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Movement {
+    pub carried_forward: Credits,
+    pub allocated: Credits,
+    pub consumed: Credits,
+    pub expired: Credits,
+    pub voided: Credits,
+    pub remaining: Credits,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub free: Movement,
+    pub purchased: Movement,
+    /// Thousandths.
+    pub flex: i64,
+    pub shortfall: i64,
+}
+
+/// Reads local days `from..to` (exclusive), of `account` or of all accounts.
+pub async fn load(
+    client: &Client,
+    from: NaiveDate,
+    to: NaiveDate,
+    account: Option<&str>,
+) -> Result<Monthly, ReportError> {
+    if to <= from {
+        return Err(ReportError::BadParameter {
+            param: "to",
+            problem: format!("must be after from {from}"),
+        });
+    }
+    let flows = reads::flows(client, from, to, account)
+        .await
+        .map_err(ReportError::read("the ledger"))?;
+    let rows = summarize(&flows)
+        .into_iter()
+        .map(|((account, pool), s)| MonthlyEntry {
+            account,
+            pool,
+            from,
+            to,
+            free: s.free,
+            purchased: s.purchased,
+            flex: credits(s.flex),
+            shortfall: credits(s.shortfall),
+            consumed: credits(s.free.consumed.milli() + s.purchased.consumed.milli() + s.flex),
+        })
+        .collect();
+    Ok(Monthly { from, to, rows })
+}
+
+/// Folds the ledger's flows into opening balance, movements and closing balance.
+pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
+    let mut out: BTreeMap<(String, String), Summary> = BTreeMap::new();
+    for flow in flows {
+        let summary = out
+            .entry((flow.account.clone(), flow.pool.clone()))
+            .or_default();
+        let amount = credits(flow.credits);
+        if flow.kind == "shortfall" {
+            summary.shortfall += flow.credits;
+            continue;
+        }
+        if flow.kind == LotKind::Flex.as_str() {
+            if flow.in_range == 1 {
+                summary.flex += flow.credits;
+            }
+            continue;
+        }
+        let part = if flow.kind == LotKind::Purchased.as_str() {
+            &mut summary.purchased
+        } else {
+            &mut summary.free
+        };
+        // Grants add; calls and settlements take what lots paid; expiries and voids are
+        // stored as negative amounts.
+        let change = match flow.entry_type.as_str() {
+            "grant" => amount,
+            "usage" | "settlement" => -amount,
+            _ => amount,
+        };
+        if flow.in_range == 0 {
+            part.carried_forward += change;
+            continue;
+        }
+        match flow.entry_type.as_str() {
+            "grant" => part.allocated += amount,
+            "usage" | "settlement" => part.consumed += amount,
+            "expiry" => part.expired -= amount,
+            _ => part.voided -= amount,
+        }
+    }
+    for summary in out.values_mut() {
+        for part in [&mut summary.free, &mut summary.purchased] {
+            part.remaining =
+                part.carried_forward + part.allocated - part.consumed - part.expired - part.voided;
+        }
+    }
+    out
+}
+
+impl Tabular for Monthly {
+    fn header(&self) -> Vec<&'static str> {
+        vec![
+            "account",
+            "pool",
+            "credits",
+            "carried forward",
+            "allocated",
+            "consumed",
+            "expired",
+            "voided",
+            "remaining",
+        ]
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for r in &self.rows {
+            for (name, part) in [("free", &r.free), ("purchased", &r.purchased)] {
+                rows.push(vec![
+                    r.account.clone(),
+                    r.pool.clone(),
+                    name.to_string(),
+                    part.carried_forward.to_string(),
+                    part.allocated.to_string(),
+                    part.consumed.to_string(),
+                    part.expired.to_string(),
+                    part.voided.to_string(),
+                    part.remaining.to_string(),
+                ]);
+            }
+            rows.push(vec![
+                r.account.clone(),
+                r.pool.clone(),
+                "flex".into(),
+                String::new(),
+                String::new(),
+                r.flex.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        rows
+    }
+
+    fn title(&self) -> Option<String> {
+        Some(format!(
+            "credits from {} to {} (exclusive), in each account's time zone",
+            self.from, self.to
+        ))
+    }
+}

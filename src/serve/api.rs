@@ -1,0 +1,491 @@
+//! The read API under `/v1`: each body is the JSON of the report's typed model, byte for
+//! byte what `tally ... --json` prints; reports, the ledger and the other tables also as
+//! CSV (`Accept: text/csv` or `?format=csv`). Bad parameters get 400 naming the parameter.
+
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use super::keys::Scope;
+use super::Shared;
+use crate::report::{self, ReportError, Tabular};
+use crate::store::reads::By;
+
+/// An error answer: status and a JSON body naming the problem (and the parameter).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required: Authorization: Bearer TOKEN")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("`{param}`: {problem}")]
+    BadParameter { param: String, problem: String },
+    #[error("no such resource")]
+    NotFound,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn bad(param: &str, problem: impl Into<String>) -> ApiError {
+        ApiError::BadParameter {
+            param: param.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = json!({"error": self.to_string()});
+        if let ApiError::BadParameter { param, .. } = &self {
+            body["parameter"] = json!(param);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A report error as an answer; store errors are logged and counted.
+fn report_error(state: &Shared, e: ReportError) -> ApiError {
+    match e {
+        ReportError::BadParameter { param, problem } => ApiError::bad(param, problem),
+        other => {
+            state.metrics.clickhouse_errors.inc();
+            tracing::error!(error = %other, "read failed");
+            ApiError::Unavailable(other.to_string())
+        }
+    }
+}
+
+/// The caller, from its bearer token.
+pub struct Caller(pub Scope);
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        state
+            .keys
+            .scope_of(token)
+            .map(Caller)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl Caller {
+    /// 403 unless this key may read `account`.
+    pub fn may_read(&self, account: &str) -> Result<(), ApiError> {
+        if self.0.can_read(account) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this key may not read account `{account}`"
+            )))
+        }
+    }
+}
+
+/// The query string's parameters, in order; unknown names are refused.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: Option<String>, known: &[&str]) -> Result<Params, ApiError> {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::bad("query", e.to_string()))?;
+        for (name, _) in &pairs {
+            if !known.contains(&name.as_str()) && name != "format" {
+                return Err(ApiError::bad(
+                    name,
+                    format!("unknown parameter; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    fn one(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::bad(name, "given more than once"));
+        }
+        Ok(first)
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn date(&self, name: &str) -> Result<Option<NaiveDate>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
+                    ApiError::bad(name, format!("`{v}` is not a date like 2026-11-20"))
+                })
+            })
+            .transpose()
+    }
+
+    fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.one(name)?
+            .map(|v| {
+                parse_time(v).ok_or_else(|| {
+                    ApiError::bad(name, format!("`{v}` is neither RFC 3339 nor YYYY-MM-DD"))
+                })
+            })
+            .transpose()
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.one(name)? {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::bad(
+                name,
+                format!("`{other}` is not true or false"),
+            )),
+        }
+    }
+
+    fn csv(&self, headers: &HeaderMap) -> Result<bool, ApiError> {
+        match self.one("format")? {
+            Some("csv") => return Ok(true),
+            Some("json") => return Ok(false),
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "format",
+                    format!("`{other}` is not json or csv"),
+                ))
+            }
+            None => {}
+        }
+        Ok(headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/csv")))
+    }
+}
+
+/// RFC 3339, or a day (midnight UTC), as the CLI takes them.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+}
+
+/// The model as JSON (what `--json` prints) or CSV.
+fn respond<T: Serialize + Tabular>(model: &T, csv: bool) -> Result<Response, ApiError> {
+    if csv {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            model.csv(),
+        )
+            .into_response());
+    }
+    let body = report::to_json(model).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /v1/whoami`: the caller's scope, for the dashboard.
+pub async fn whoami(caller: Caller) -> Response {
+    match caller.0 {
+        Scope::Admin => Json(json!({"scope": "admin"})),
+        Scope::Account(account) => Json(json!({"scope": "account", "account": account})),
+    }
+    .into_response()
+}
+
+/// `GET /v1/accounts`: the accounts this key may read.
+pub async fn accounts(State(state): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    let accounts: Vec<String> = match &caller.0 {
+        Scope::Account(own) => vec![own.clone()],
+        Scope::Admin => state
+            .client
+            .query("SELECT account FROM lots GROUP BY account ORDER BY account")
+            .fetch_all::<String>()
+            .await
+            .map_err(|e| report_error(&state, ReportError::Store(e.into())))?,
+    };
+    Ok(Json(accounts).into_response())
+}
+
+/// `GET /v1/accounts/{account}/balance?at=`
+pub async fn balance(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(account): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.may_read(&account)?;
+    let params = Params::parse(query, &["at"])?;
+    let at = params.time("at")?.unwrap_or_else(Utc::now);
+    let model = report::balance::load(&state.client, &state.rules, &account, at)
+        .await
+        .map_err(|e| report_error(&state, e))?;
+    respond(&model, params.csv(&headers)?)
+}
+
+/// `GET /v1/accounts/{account}/ledger?from&to&limit&cursor`: one page; the next page's
+/// cursor is in `x-next-cursor` and `link` (`rel="next"`).
+pub async fn ledger(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(account): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.may_read(&account)?;
+    let params = Params::parse(query, &["from", "to", "limit", "cursor"])?;
+    let from = params.time("from")?.unwrap_or(DateTime::UNIX_EPOCH);
+    let to = params
+        .time("to")?
+        .unwrap_or_else(|| Utc::now() + TimeDelta::days(1));
+    if to <= from {
+        return Err(ApiError::bad("to", "must be after `from`"));
+    }
+    let max = state.config.serve.page_size;
+    let limit = match params.one("limit")? {
+        None => max,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad("limit", format!("must be a number from 1 to {max}")))?,
+    };
+    let cursor = params
+        .one("cursor")?
+        .map(|c| {
+            report::ledger::Cursor::decode(c)
+                .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API gave out"))
+        })
+        .transpose()?;
+    let (page, next) =
+        report::ledger::page(&state.client, &account, from, to, cursor.as_ref(), limit)
+            .await
+            .map_err(|e| report_error(&state, e))?;
+    let mut response = respond(&page, params.csv(&headers)?)?;
+    if let Some(next) = next {
+        let cursor = next.encode();
+        let mut link = format!(
+            "</v1/accounts/{}/ledger?from={}&to={}&limit={limit}&cursor={cursor}>; rel=\"next\"",
+            urlencode(&account),
+            urlencode(&from.to_rfc3339()),
+            urlencode(&to.to_rfc3339()),
+        );
+        link.retain(|c| c != '\n');
+        for (name, value) in [("x-next-cursor", cursor), ("link", link)] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+    }
+    Ok(response)
+}
+
+fn urlencode(text: &str) -> String {
+    serde_urlencoded::to_string([("", text)])
+        .map(|s| s.trim_start_matches('=').to_string())
+        .unwrap_or_default()
+}
+
+/// `GET /v1/accounts/{account}/history?purchases=true`
+pub async fn history(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(account): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.may_read(&account)?;
+    let params = Params::parse(query, &["purchases"])?;
+    let purchases = params.flag("purchases")?;
+    let model = report::history::load(&state.client, &account, purchases)
+        .await
+        .map_err(|e| report_error(&state, e))?;
+    respond(&model, params.csv(&headers)?)
+}
+
+/// `GET /v1/accounts/{account}/alerts`
+pub async fn alerts(
+    State(state): State<Shared>,
+    caller: Caller,
+    Path(account): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.may_read(&account)?;
+    let params = Params::parse(query, &[])?;
+    let model = report::alerts::load(&state.client, &account)
+        .await
+        .map_err(|e| report_error(&state, e))?;
+    respond(&model, params.csv(&headers)?)
+}
+
+/// The account a report covers: an account key reads only its own.
+fn report_account(caller: &Caller, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+    match (&caller.0, asked) {
+        (Scope::Admin, asked) => Ok(asked.map(str::to_string)),
+        (Scope::Account(own), None) => Ok(Some(own.clone())),
+        (Scope::Account(_), Some(asked)) => {
+            caller.may_read(asked)?;
+            Ok(Some(asked.to_string()))
+        }
+    }
+}
+
+/// `GET /v1/reports/daily?from&to&by&account`
+pub async fn daily(
+    State(state): State<Shared>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["from", "to", "by", "account"])?;
+    let from = params
+        .date("from")?
+        .ok_or_else(|| ApiError::bad("from", "required (YYYY-MM-DD)"))?;
+    let to = params
+        .date("to")?
+        .ok_or_else(|| ApiError::bad("to", "required (YYYY-MM-DD)"))?;
+    if (to - from).num_days() > 3660 {
+        return Err(ApiError::bad("to", "at most ten years after `from`"));
+    }
+    let mut by = Vec::new();
+    for name in params.all("by") {
+        let b = match name {
+            "service" => By::Service,
+            "user" => By::User,
+            "feature" => By::Feature,
+            other => {
+                return Err(ApiError::bad(
+                    "by",
+                    format!("`{other}` is not service, user or feature"),
+                ))
+            }
+        };
+        if !by.contains(&b) {
+            by.push(b);
+        }
+    }
+    let account = report_account(&caller, params.one("account")?)?;
+    let model = report::daily::load(&state.client, from, to, account.as_deref(), &by)
+        .await
+        .map_err(|e| report_error(&state, e))?;
+    respond(&model, params.csv(&headers)?)
+}
+
+/// `GET /v1/reports/monthly?month=YYYY-MM` or `?from&to` (inclusive days), `&account`.
+pub async fn monthly(
+    State(state): State<Shared>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["month", "from", "to", "account"])?;
+    let month = params
+        .one("month")?
+        .map(|m| {
+            NaiveDate::parse_from_str(&format!("{m}-01"), "%Y-%m-%d")
+                .map_err(|_| ApiError::bad("month", format!("`{m}` is not a month like 2026-11")))
+        })
+        .transpose()?;
+    let (from, to) = match (month, params.date("from")?, params.date("to")?) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            return Err(ApiError::bad(
+                "month",
+                "give `month` or `from` and `to`, not both",
+            ))
+        }
+        (Some(first), None, None) => {
+            let next = first
+                .checked_add_months(chrono::Months::new(1))
+                .ok_or_else(|| ApiError::bad("month", "out of range"))?;
+            (first, next)
+        }
+        (None, Some(from), Some(to)) => (from, to + TimeDelta::days(1)),
+        (None, Some(_), None) => return Err(ApiError::bad("to", "required with `from`")),
+        (None, None, Some(_)) => return Err(ApiError::bad("from", "required with `to`")),
+        (None, None, None) => {
+            return Err(ApiError::bad("month", "give `month` or `from` and `to`"))
+        }
+    };
+    let account = report_account(&caller, params.one("account")?)?;
+    let model = report::monthly::load(&state.client, from, to, account.as_deref())
+        .await
+        .map_err(|e| report_error(&state, e))?;
+    respond(&model, params.csv(&headers)?)
+}
+
+/// `GET /v1/matrix`: the cost matrix, every version.
+pub async fn matrix(
+    State(state): State<Shared>,
+    _caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &[])?;
+    respond(
+        &report::catalog::Matrix::of(&state.rules),
+        params.csv(&headers)?,
+    )
+}
+
+/// `GET /v1/plans`: the plans in config.
+pub async fn plans(
+    State(state): State<Shared>,
+    _caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &[])?;
+    respond(
+        &report::catalog::Plans::of(&state.rules),
+        params.csv(&headers)?,
+    )
+}
+
+/// `GET /v1/openapi.json`: the API's OpenAPI 3 document.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}

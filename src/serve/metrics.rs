@@ -1,0 +1,83 @@
+//! Prometheus metrics of `tally serve` (the `prometheus` crate's registry and text
+//! format): HTTP requests by route and status, their duration, ingested and rejected
+//! events, ClickHouse errors.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric `tally serve` exposes at `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by matched route, method and status code.
+    pub http_requests: IntCounterVec,
+    /// Request duration by matched route, in seconds.
+    pub http_seconds: HistogramVec,
+    /// Ingested events by topic, once the broker acknowledged them.
+    pub ingested: IntCounterVec,
+    /// Ingested events refused, by reason code.
+    pub rejected: IntCounterVec,
+    /// Reads that failed in ClickHouse.
+    pub clickhouse_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "tally_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tally_http_request_duration_seconds",
+                "HTTP request duration by route",
+            ),
+            &["route"],
+        )?;
+        let ingested = IntCounterVec::new(
+            Opts::new(
+                "tally_ingest_events_total",
+                "Events taken by POST /v1/events and acknowledged by the broker, by topic",
+            ),
+            &["topic"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "tally_ingest_rejected_total",
+                "Events refused by POST /v1/events, by reason code",
+            ),
+            &["reason"],
+        )?;
+        let clickhouse_errors = IntCounter::new(
+            "tally_clickhouse_errors_total",
+            "Reads of tally serve that failed in ClickHouse",
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_seconds.clone()))?;
+        registry.register(Box::new(ingested.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(clickhouse_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_seconds,
+            ingested,
+            rejected,
+            clickhouse_errors,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

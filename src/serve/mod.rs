@@ -1,0 +1,186 @@
+//! `tally serve`: a stateless HTTP server. It reads ClickHouse for the JSON API under
+//! `/v1` and the dashboard at `/`, and produces ingested events to Kafka. Any number of
+//! copies can run behind a load balancer: nothing is kept between requests.
+
+pub mod api;
+pub mod dashboard;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod settings;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::producer::FutureProducer;
+use serde_json::json;
+use tally_core::Rules;
+
+use crate::config::Config;
+use crate::kafka;
+use crate::store;
+use keys::KeySet;
+use metrics::Metrics;
+
+/// What every request handler reads.
+pub struct AppState {
+    pub config: Config,
+    pub rules: Rules,
+    pub client: clickhouse::Client,
+    pub producer: FutureProducer,
+    pub keys: KeySet,
+    pub metrics: Metrics,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The keys from TALLY_SERVE__KEYS and `serve.keys_file`.
+pub fn load_keys(config: &Config) -> anyhow::Result<KeySet> {
+    let s = &config.serve;
+    let mut keys = KeySet::parse(s.keys.expose(), ',').context("TALLY_SERVE__KEYS")?;
+    if !s.keys_file.as_os_str().is_empty() {
+        let text = std::fs::read_to_string(&s.keys_file)
+            .with_context(|| format!("cannot read serve.keys_file {}", s.keys_file.display()))?;
+        keys.extend(
+            KeySet::parse(&text, '\n')
+                .with_context(|| format!("serve.keys_file {}", s.keys_file.display()))?,
+        );
+    }
+    if keys.is_empty() {
+        anyhow::bail!("no API keys: set TALLY_SERVE__KEYS=\"admin=TOKEN,...\" or serve.keys_file");
+    }
+    Ok(keys)
+}
+
+/// The application: API, ingest, dashboard, health and metrics.
+pub fn router(state: Shared) -> Router {
+    let max_body = state.config.serve.max_body_bytes;
+    Router::new()
+        .route("/v1/whoami", get(api::whoami))
+        .route("/v1/accounts", get(api::accounts))
+        .route("/v1/accounts/{account}/balance", get(api::balance))
+        .route("/v1/accounts/{account}/ledger", get(api::ledger))
+        .route("/v1/accounts/{account}/history", get(api::history))
+        .route("/v1/accounts/{account}/alerts", get(api::alerts))
+        .route("/v1/reports/daily", get(api::daily))
+        .route("/v1/reports/monthly", get(api::monthly))
+        .route("/v1/matrix", get(api::matrix))
+        .route("/v1/plans", get(api::plans))
+        .route("/v1/openapi.json", get(api::openapi))
+        .route(
+            "/v1/events",
+            post(ingest::post_events).layer(DefaultBodyLimit::max(max_body)),
+        )
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Builds the state and serves on `serve.listen` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    rules: Rules,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let keys = load_keys(&config)?;
+    let producer = kafka::producer(&config.kafka).context("cannot create the Kafka producer")?;
+    let state = Arc::new(AppState {
+        client: store::client(&config.clickhouse),
+        producer,
+        keys,
+        metrics: Metrics::new().context("cannot register metrics")?,
+        rules,
+        config,
+    });
+    let listen = state.config.serve.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr().context("no local address")?;
+    tracing::info!(listen = %local, "tally serve listening; dashboard at http://{local}/");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    Ok(())
+}
+
+/// Counts every request by matched route and status, and times it.
+async fn track(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    m.http_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when ClickHouse answers with the schema and the broker gives metadata.
+async fn readyz(State(state): State<Shared>) -> Response {
+    let clickhouse = match store::check(&state.client).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let producer = state.producer.clone();
+    let topic = state.config.kafka.usage_topic.clone();
+    let kafka = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(3))
+            .map(|_| "ok".to_string())
+            .unwrap_or_else(|e| format!("Kafka: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| format!("Kafka check failed: {e}"));
+    let ready = clickhouse == "ok" && kafka == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "clickhouse": clickhouse, "kafka": kafka})),
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    api::ApiError::NotFound.into_response()
+}

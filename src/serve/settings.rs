@@ -1,0 +1,76 @@
+//! The `[serve]` section of the config: where `tally serve` listens, its API keys, and the
+//! limits of its ingest and pages. Checked without the network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::keys::KeySet;
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address `tally serve` listens on (`host:port`).
+    pub listen: String,
+    /// Absolute path of a file of API keys, one `SCOPE=TOKEN` a line (`#` comments), read
+    /// at start-up; empty: none. SCOPE is `admin` or `account:ID`.
+    pub keys_file: PathBuf,
+    /// API keys as `SCOPE=TOKEN` separated by commas. Only from the environment
+    /// (TALLY_SERVE__KEYS), never written in the file; never logged.
+    #[serde(default)]
+    pub keys: Secret,
+    /// Largest request body `POST /v1/events` takes, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one batch of `POST /v1/events`.
+    pub max_batch: usize,
+    /// Rows of the ledger per page: the default and the largest `limit`.
+    pub page_size: u64,
+    /// Longest wait for the broker to acknowledge ingested events.
+    #[serde(with = "humantime_serde")]
+    pub ingest_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Checks every value; `Err((key, problem))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "serve.listen",
+                format!("`{}` is not host:port", self.listen),
+            ));
+        }
+        if !self.keys_file.as_os_str().is_empty() {
+            if !self.keys_file.is_absolute() {
+                return Err((
+                    "serve.keys_file",
+                    format!("`{}` must be an absolute path", self.keys_file.display()),
+                ));
+            }
+            if !self.keys_file.is_file() {
+                return Err((
+                    "serve.keys_file",
+                    format!("`{}` is not a readable file", self.keys_file.display()),
+                ));
+            }
+        }
+        KeySet::parse(self.keys.expose(), ',').map_err(|e| ("serve.keys", e.to_string()))?;
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 64 * 1024 * 1024 {
+            return Err((
+                "serve.max_body_bytes",
+                "must be between 1024 and 67108864".into(),
+            ));
+        }
+        if self.max_batch == 0 || self.max_batch > 100_000 {
+            return Err(("serve.max_batch", "must be between 1 and 100000".into()));
+        }
+        if self.page_size == 0 || self.page_size > 100_000 {
+            return Err(("serve.page_size", "must be between 1 and 100000".into()));
+        }
+        if self.ingest_timeout.is_zero() {
+            return Err(("serve.ingest_timeout", "must be more than zero".into()));
+        }
+        Ok(())
+    }
+}
