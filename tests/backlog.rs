@@ -18,8 +18,6 @@ const ACCOUNTS: usize = 400;
 const CALLS: usize = 100_000;
 /// text_to_image costs 8 credits in every version of the shipped matrix.
 const PRICE: i64 = 8;
-/// Commands before the grants, per account.
-const SETTINGS_PER_ACCOUNT: usize = 0;
 /// The shipped `rules.flex.threshold`.
 const FLEX: i64 = 1000;
 
@@ -67,18 +65,6 @@ fn backlog(seed: u64) -> (Vec<Value>, Vec<Value>, BTreeMap<String, Plan>) {
     let granted_at = Utc::now() - TimeDelta::days(3) - TimeDelta::hours(1);
     let mut grants = Vec::new();
     let mut plans = BTreeMap::new();
-    // Settings changes before the grants would make the commands side a backlog of its own
-    // (off: with 10,000 of them tansu stops answering some partitions' fetches; see the
-    // notes of the backlog issue).
-    for n in 0..SETTINGS_PER_ACCOUNT {
-        for a in 0..ACCOUNTS {
-            let at = granted_at - TimeDelta::minutes((SETTINGS_PER_ACCOUNT - n) as i64);
-            grants.push(json!({"specversion": "1.0", "type": "account.settings",
-                "id": format!("settings-{a}-{n}"), "source": "admin", "subject": format!("acct-{a:04}"),
-                "time": rfc3339(at), "data": {"locale": if n % 2 == 0 { "ko" } else { "en" },
-                "admins": [format!("ops-{n}@acct-{a}.example")]}}));
-        }
-    }
     for a in 0..ACCOUNTS {
         let account = format!("acct-{a:04}");
         let plan = Plan {
@@ -245,10 +231,9 @@ fn a_usage_backlog_read_with_restarts_is_paid_in_order() {
     assert_paid_in_order(&d, &plans, "with restarts");
 }
 
-/// How many commands the backlog sent: settings and grants.
+/// How many grants the backlog sent.
 fn d_grants(plans: &BTreeMap<String, Plan>) -> usize {
-    ACCOUNTS * SETTINGS_PER_ACCOUNT
-        + plans
+    plans
         .values()
         .map(|p| usize::from(p.promotional > 0) + usize::from(p.purchased > 0))
         .sum::<usize>()
