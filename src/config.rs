@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_core::account::MAX_GRANT;
 use tally_core::alerts::AlertRules;
 use tally_core::plans::Plan;
 use tally_core::{CostMatrix, Credits, Policy, Rules};
 
 /// Everything tally reads at start-up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where events come from and rejected events go.
     pub kafka: KafkaConfig,
@@ -27,8 +27,8 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Where `tally run` reports its own status.
     pub status: StatusConfig,
-    /// Plans by name, assigned to accounts by `account.plan` commands.
-    #[serde(default)]
+    /// Plans by name, assigned to accounts by `account.plan` commands. A file's `[plans]`
+    /// replaces the default plans as a whole.
     pub plans: BTreeMap<String, Plan>,
     /// The mail server that low-credit emails go through.
     pub smtp: SmtpConfig,
@@ -36,8 +36,8 @@ pub struct Config {
     pub notify: NotifyConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// SMTP server host name (also the name its TLS certificate must carry).
     pub host: String,
@@ -50,7 +50,6 @@ pub struct SmtpConfig {
     pub username: String,
     /// Password for SMTP AUTH. Only from the environment (TALLY_SMTP__PASSWORD), never
     /// written in the file; never logged.
-    #[serde(default)]
     pub password: Secret,
     /// Absolute path of a file holding the SMTP password (e.g. a mounted secret), read at
     /// start-up; instead of TALLY_SMTP__PASSWORD. Empty: none.
@@ -63,7 +62,7 @@ pub struct SmtpConfig {
 }
 
 /// How the connection to the SMTP server is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
     None,
@@ -75,6 +74,13 @@ pub enum SmtpSecurity {
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    /// Always empty: a secret is never written out, whatever serializes the config.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("")
+    }
+}
 
 impl Secret {
     pub fn new(value: String) -> Secret {
@@ -96,8 +102,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// Emails to one account at most, per `per_account_period`; alerts over it are held
     /// and folded into the account's next email (a digest).
@@ -130,16 +136,16 @@ pub struct NotifyConfig {
     pub purchase_text_ko: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
     /// Address of `tally run`'s status endpoint (`host:port`), read by `tally status`;
     /// empty to serve none.
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`host:port,...`).
     pub brokers: String,
@@ -186,6 +192,19 @@ impl Assignment {
     }
 }
 
+impl Serialize for Assignment {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Assignment::Group => serializer.serialize_str("group"),
+            Assignment::All => serializer.serialize_str("all"),
+            Assignment::Listed(list) => {
+                let text: Vec<String> = list.iter().map(i32::to_string).collect();
+                serializer.serialize_str(&text.join(","))
+            }
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Assignment {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -207,21 +226,30 @@ impl<'de> Deserialize<'de> for Assignment {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (plain HTTP only: this build has no TLS
+    /// for ClickHouse, so `https://` is refused at start-up rather than at the first query).
     pub url: String,
     /// Database holding tally's tables; `tally migrate` creates it.
     pub database: String,
     /// User name.
     pub user: String,
-    /// Password; prefer TALLY_CLICKHOUSE__PASSWORD over writing it in the file.
-    pub password: String,
+    /// Password. Only from the environment (TALLY_CLICKHOUSE__PASSWORD), never written in
+    /// the file; never logged.
+    pub password: Secret,
+    /// Absolute path of a file holding the password (e.g. a mounted secret), read at
+    /// start-up; instead of TALLY_CLICKHOUSE__PASSWORD. Empty: none.
+    pub password_file: PathBuf,
+    /// Longest wait on each ClickHouse call (connecting, sending, and each wait for the
+    /// answer), so a hung server fails the call instead of blocking tally.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Longest time between two flushes of outputs and offsets.
     #[serde(with = "humantime_serde")]
@@ -232,10 +260,14 @@ pub struct PipelineConfig {
     /// and cycles turn over on accounts that send nothing; `0s` sends none.
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    /// Longest time `tally run` takes to drain, flush and commit after Ctrl-C or SIGTERM;
+    /// then it exits anyway, and what was not committed is replayed at the next start.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     /// Path of the cost matrix, relative to the config file's folder.
     pub matrix: PathBuf,
@@ -265,8 +297,8 @@ pub struct RulesConfig {
     pub alerts: AlertThresholds,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AlertThresholds {
     /// Whether accounts that do not say get alerts at all.
     pub enabled: bool,
@@ -280,13 +312,201 @@ pub struct AlertThresholds {
     pub expiring_min: Credits,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FlexConfig {
     /// Whether flex is on for accounts that do not say.
     pub enabled: bool,
     /// Flex credits allowed per cycle when neither the account nor its plan says.
     pub threshold: Credits,
+}
+
+// ---------------------------------------------------------------- defaults
+//
+// The values of the shipped config/tally.toml, in code, so a file may give only what
+// differs and tally starts with none. README.md's table of settings is checked against
+// these by tests/config_defaults.rs.
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            pipeline: PipelineConfig::default(),
+            rules: RulesConfig::default(),
+            status: StatusConfig::default(),
+            plans: default_plans(),
+            smtp: SmtpConfig::default(),
+            notify: NotifyConfig::default(),
+        }
+    }
+}
+
+/// The shipped plans: free 0 (no flex), pro 100, enterprise 500 and standard 1,500 a
+/// month, pro_yearly 1,200 a year, and a contract of 200,000 a year with flex up to
+/// 1,000,000 a cycle.
+fn default_plans() -> BTreeMap<String, Plan> {
+    use tally_core::plans::Period;
+    let plan = |credits: i64, period: Period, flex: Option<i64>| Plan {
+        credits: Credits::from_whole(credits),
+        pool: "ai".into(),
+        period,
+        flex_threshold: flex.map(Credits::from_whole),
+    };
+    BTreeMap::from([
+        ("free".to_string(), plan(0, Period::Month, Some(0))),
+        ("pro".to_string(), plan(100, Period::Month, None)),
+        ("pro_yearly".to_string(), plan(1200, Period::Year, None)),
+        ("enterprise".to_string(), plan(500, Period::Month, None)),
+        ("standard".to_string(), plan(1500, Period::Month, None)),
+        (
+            "contract".to_string(),
+            plan(200_000, Period::Year, Some(1_000_000)),
+        ),
+    ])
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "tally".into(),
+            instance_id: String::new(),
+            usage_topic: "ai.usage".into(),
+            commands_topic: "credit.commands".into(),
+            dlq_topic: "tally.dlq".into(),
+            partitions: 6,
+            assignment: Assignment::All,
+            max_idle: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tally".into(),
+            user: "default".into(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            flush_interval: Duration::from_secs(1),
+            max_batch_events: 50_000,
+            tick_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            matrix: PathBuf::from(DEFAULT_MATRIX),
+            timezone: "Asia/Seoul".into(),
+            policy: Policy::EarliestExpiry,
+            max_lateness: Duration::from_secs(35 * 86_400),
+            max_future_skew: Duration::from_secs(5 * 60),
+            dedup_window: Duration::from_secs(24 * 3_600),
+            expiry_grace: Duration::from_secs(5 * 60),
+            settle_shortfall: true,
+            flex: FlexConfig::default(),
+            alerts: AlertThresholds::default(),
+        }
+    }
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            enabled: true,
+            low_balance: Credits::from_whole(100),
+            included_used_percent: 80,
+            shortfall: true,
+            expiring_min: Credits::from_whole(100),
+        }
+    }
+}
+
+impl Default for FlexConfig {
+    fn default() -> Self {
+        FlexConfig {
+            enabled: true,
+            threshold: Credits::from_whole(1000),
+        }
+    }
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 1025,
+            security: SmtpSecurity::None,
+            username: String::new(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
+            from: "tally <alerts@tally.local>".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            per_account: 3,
+            per_account_period: Duration::from_secs(3_600),
+            global_per_second: 10,
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(5 * 60),
+            resend_within: Duration::from_secs(86_400),
+            product_name: "tally".into(),
+            purchase_url: "https://billing.example.com/credits".into(),
+            purchase_text_en: "Top up credits in Billing > Credits. Purchased credits stay \
+                               valid for 360 days from purchase."
+                .into(),
+            purchase_text_ko: "결제 > 크레딧에서 [크레딧 충전하기]를 눌러 추가로 구매할 수 \
+                               있습니다. 충전한 크레딧은 구매일로부터 360일 동안 사용할 수 \
+                               있습니다."
+                .into(),
+        }
+    }
+}
+
+/// The default `rules.matrix`.
+const DEFAULT_MATRIX: &str = "matrix.toml";
+
+/// The shipped cost matrix, built in: used when tally runs without a config file and no
+/// `matrix.toml` is found next to where it runs.
+const BUILTIN_MATRIX: &str = include_str!("../config/matrix.toml");
+
+/// The default config file, used only when it exists.
+pub const DEFAULT_PATH: &str = "config/tally.toml";
+
+impl Config {
+    /// Every key with its default, as TOML: what a file's keys and `TALLY_...` variables
+    /// are typed and checked against.
+    pub fn default_table() -> toml::Table {
+        // Serializing plain structs of strings, numbers, booleans and maps cannot fail.
+        toml::Table::try_from(Config::default()).unwrap_or_default()
+    }
 }
 
 /// A config that cannot be used, named by file and key.
@@ -311,20 +531,38 @@ pub enum ConfigError {
 const NOT_KEYS: [&str; 2] = ["TALLY_CONFIG", "TALLY_LOG"];
 
 impl Config {
-    /// Reads `path`, applies `TALLY_...` overrides from `env`, and validates.
+    /// Reads `path`, applies `TALLY_...` overrides from `env`, and validates. The file must
+    /// exist; keys it leaves out take their defaults.
     pub fn load(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Rules), ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            file: file.clone(),
-            message: e.message().to_string(),
-        })?;
+        Config::load_from(Some(path), env)
+    }
+
+    /// Like `load`, without a file (`None`): every key from its default or `env`.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Rules), ConfigError> {
+        let file = match path {
+            Some(path) => path.display().to_string(),
+            None => "(no config file)".to_string(),
+        };
+        let mut value = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    file: file.clone(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = Config::default_table();
         let mut overridden = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("TALLY_") else {
@@ -334,15 +572,17 @@ impl Config {
                 continue;
             }
             let keys: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-            apply_override(&mut value, &keys, &raw).map_err(|problem| ConfigError::Key {
-                file: format!("{file} (environment {name})"),
-                key: keys.join("."),
-                problem,
+            apply_override(&mut value, &defaults, &keys, &raw).map_err(|problem| {
+                ConfigError::Key {
+                    file: format!("{file} (environment {name})"),
+                    key: keys.join("."),
+                    problem,
+                }
             })?;
             overridden.push((keys.join("."), name));
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 let origin = overridden
                     .iter()
@@ -355,13 +595,34 @@ impl Config {
                     problem: e.into_inner().message().to_string(),
                 }
             })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = path.map(|p| p.parent().unwrap_or(Path::new(".")));
         let rules = config.validate(&file, base)?;
+        config.read_secrets(&file)?;
         Ok((config, rules))
     }
 
-    /// Checks every value without the network and builds the core's rules.
-    pub fn validate(&self, file: &str, base: &Path) -> Result<Rules, ConfigError> {
+    /// Reads `clickhouse.password_file` into `clickhouse.password`, so the client never
+    /// touches the file and the password is held only as a `Secret`.
+    fn read_secrets(&mut self, file: &str) -> Result<(), ConfigError> {
+        let c = &mut self.clickhouse;
+        if c.password_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&c.password_file).map_err(|e| ConfigError::Key {
+            file: file.to_string(),
+            key: "clickhouse.password_file".into(),
+            problem: format!("cannot read `{}`: {e}", c.password_file.display()),
+        })?;
+        // Files written by editors and `echo` end with a newline that is not part of it.
+        c.password = Secret::new(text.trim_end_matches(['\r', '\n']).to_string());
+        Ok(())
+    }
+
+    /// Checks every value without the network and builds the core's rules. `base` is the
+    /// config file's folder (relative paths start there); `None` without a file: then they
+    /// start in the working directory, and a default `rules.matrix` that is not there is
+    /// the built-in copy of the shipped matrix.
+    pub fn validate(&self, file: &str, base: Option<&Path>) -> Result<Rules, ConfigError> {
         let key_err = |key: &str, problem: String| ConfigError::Key {
             file: file.to_string(),
             key: key.to_string(),
@@ -392,17 +653,40 @@ impl Config {
         if k.partitions < 1 {
             return Err(key_err("kafka.partitions", "must be at least 1".into()));
         }
-        if !(self.clickhouse.url.starts_with("http://")
-            || self.clickhouse.url.starts_with("https://"))
-        {
+        let url = &self.clickhouse.url;
+        if url.starts_with("https://") {
+            // The clickhouse client is built without TLS: refuse now rather than fail at
+            // the first query.
             return Err(key_err(
                 "clickhouse.url",
                 format!(
-                    "`{}` is not an http:// or https:// URL",
-                    self.clickhouse.url
+                    "`{url}`: https:// is not supported by this build (no TLS for ClickHouse); \
+                     use http:// on a private network, or a local TLS-terminating proxy"
                 ),
             ));
         }
+        if !url.starts_with("http://") || url.len() == "http://".len() {
+            return Err(key_err(
+                "clickhouse.url",
+                format!("`{url}` is not an http:// URL"),
+            ));
+        }
+        if self.clickhouse.timeout.is_zero() {
+            return Err(key_err("clickhouse.timeout", "must be more than zero".into()));
+        }
+        if self.pipeline.shutdown_timeout.is_zero() {
+            return Err(key_err(
+                "pipeline.shutdown_timeout",
+                "must be more than zero".into(),
+            ));
+        }
+        validate_password_file(
+            &key_err,
+            "clickhouse.password_file",
+            "TALLY_CLICKHOUSE__PASSWORD",
+            &self.clickhouse.password_file,
+            &self.clickhouse.password,
+        )?;
         let db = &self.clickhouse.database;
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(key_err(
@@ -497,13 +781,21 @@ impl Config {
         let delta = |key: &str, d: Duration| {
             TimeDelta::from_std(d).map_err(|_| key_err(key, "is too long".into()))
         };
-        let matrix_path = base.join(&self.rules.matrix);
-        let matrix_file = matrix_path.display().to_string();
-        let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
-            file: file.to_string(),
-            key: "rules.matrix".into(),
-            problem: format!("cannot read {matrix_file}: {e}"),
-        })?;
+        let matrix_path = base.unwrap_or(Path::new(".")).join(&self.rules.matrix);
+        let builtin = base.is_none()
+            && self.rules.matrix == Path::new(DEFAULT_MATRIX)
+            && !matrix_path.exists();
+        let (matrix_file, text) = if builtin {
+            ("(built-in matrix.toml)".to_string(), BUILTIN_MATRIX.to_string())
+        } else {
+            let matrix_file = matrix_path.display().to_string();
+            let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
+                file: file.to_string(),
+                key: "rules.matrix".into(),
+                problem: format!("cannot read {matrix_file}: {e}"),
+            })?;
+            (matrix_file, text)
+        };
         let matrix: CostMatrix = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
             .map_err(|e| ConfigError::Key {
             file: matrix_file.clone(),
@@ -557,26 +849,13 @@ impl Config {
             return Err(key_err("smtp.timeout", "must be more than zero".into()));
         }
         let has_file = !s.password_file.as_os_str().is_empty();
-        if has_file && !s.password.is_empty() {
-            return Err(key_err(
-                "smtp.password_file",
-                "give the password either in TALLY_SMTP__PASSWORD or in a file, not both".into(),
-            ));
-        }
-        if has_file {
-            if !s.password_file.is_absolute() {
-                return Err(key_err(
-                    "smtp.password_file",
-                    format!("`{}` must be an absolute path", s.password_file.display()),
-                ));
-            }
-            if !s.password_file.is_file() {
-                return Err(key_err(
-                    "smtp.password_file",
-                    format!("`{}` is not a readable file", s.password_file.display()),
-                ));
-            }
-        }
+        validate_password_file(
+            key_err,
+            "smtp.password_file",
+            "TALLY_SMTP__PASSWORD",
+            &s.password_file,
+            &s.password,
+        )?;
         if s.username.is_empty() && (has_file || !s.password.is_empty()) {
             return Err(key_err(
                 "smtp.username",
@@ -661,18 +940,64 @@ impl Config {
     }
 }
 
-/// Sets `keys` in `table` to `raw`, typed like the value it replaces.
-fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+/// A password given in a file (absolute path, readable) or the environment, not both.
+fn validate_password_file(
+    key_err: &impl Fn(&str, String) -> ConfigError,
+    key: &str,
+    variable: &str,
+    file: &Path,
+    password: &Secret,
+) -> Result<(), ConfigError> {
+    if file.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if !password.is_empty() {
+        return Err(key_err(
+            key,
+            format!("give the password either in {variable} or in a file, not both"),
+        ));
+    }
+    if !file.is_absolute() {
+        return Err(key_err(
+            key,
+            format!("`{}` must be an absolute path", file.display()),
+        ));
+    }
+    if !file.is_file() {
+        return Err(key_err(
+            key,
+            format!("`{}` is not a readable file", file.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `keys` in `table` to `raw`, typed like the value it replaces, or like the key's
+/// default in `defaults` when the file does not set it (so `TALLY_KAFKA__PARTITIONS=3`
+/// is an integer with no file at all). A section the file lacks starts as its default
+/// (so one plan's key can be overridden without writing the plan's other keys).
+fn apply_override(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    keys: &[String],
+    raw: &str,
+) -> Result<(), String> {
     let (last, parents) = keys.split_last().ok_or("empty key")?;
     let mut current = table;
+    let mut default = Some(defaults);
     for key in parents {
+        let section_default = default.and_then(|d| d.get(key)).and_then(|v| v.as_table());
         current = current
             .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .or_insert_with(|| toml::Value::Table(section_default.cloned().unwrap_or_default()))
             .as_table_mut()
             .ok_or_else(|| format!("`{key}` is not a section"))?;
+        default = section_default;
     }
-    let value = match current.get(last) {
+    let like = current
+        .get(last)
+        .or_else(|| default.and_then(|d| d.get(last)));
+    let value = match like {
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             raw.parse()
                 .map_err(|_| format!("`{raw}` is not an integer"))?,

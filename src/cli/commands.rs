@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde_json::{json, Value};
 use tally_core::plans;
-use tally_core::{Credits, LotKind, Rules};
+use tally_core::{Credits, EntryType, LotKind, Rules};
 
 use super::table;
 use crate::config::Config;
@@ -409,7 +409,7 @@ pub async fn monthly(
     let flows = reads::flows(&client, from, to, account)
         .await
         .context("cannot read the ledger")?;
-    let summary = summarize(&flows);
+    let summary = summarize(&flows).context("cannot read the ledger")?;
     if json {
         let rows: Vec<Value> = summary
             .iter()
@@ -489,44 +489,55 @@ pub struct Summary {
 }
 
 /// Folds the ledger's flows into opening balance, movements and closing balance.
-pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
+/// A stored entry type or lot kind that is unknown is an error, never counted as some
+/// default movement.
+pub fn summarize(
+    flows: &[reads::Flow],
+) -> Result<BTreeMap<(String, String), Summary>, store::StoreError> {
     let mut out: BTreeMap<(String, String), Summary> = BTreeMap::new();
     for flow in flows {
         let summary = out
             .entry((flow.account.clone(), flow.pool.clone()))
             .or_default();
         let amount = credits(flow.credits);
+        let entry_type = store::stored(
+            &store::ENTRY_TYPES,
+            EntryType::as_str,
+            "ledger",
+            "entry_type",
+            &flow.entry_type,
+        )?;
         if flow.kind == "shortfall" {
             summary.shortfall += flow.credits;
             continue;
         }
-        if flow.kind == LotKind::Flex.as_str() {
+        let kind = store::stored(&store::LOT_KINDS, LotKind::as_str, "ledger", "kind", &flow.kind)?;
+        if kind == LotKind::Flex {
             if flow.in_range == 1 {
                 summary.flex += flow.credits;
             }
             continue;
         }
-        let part = if flow.kind == LotKind::Purchased.as_str() {
+        let part = if kind == LotKind::Purchased {
             &mut summary.purchased
         } else {
             &mut summary.free
         };
         // Grants add; calls and settlements take what lots paid; expiries and voids are
         // stored as negative amounts.
-        let change = match flow.entry_type.as_str() {
-            "grant" => amount,
-            "usage" | "settlement" => -amount,
-            _ => amount,
+        let change = match entry_type {
+            EntryType::Usage | EntryType::Settlement => -amount,
+            EntryType::Grant | EntryType::Expiry | EntryType::Void => amount,
         };
         if flow.in_range == 0 {
             part.carried_forward += change;
             continue;
         }
-        match flow.entry_type.as_str() {
-            "grant" => part.allocated += amount,
-            "usage" | "settlement" => part.consumed += amount,
-            "expiry" => part.expired -= amount,
-            _ => part.voided -= amount,
+        match entry_type {
+            EntryType::Grant => part.allocated += amount,
+            EntryType::Usage | EntryType::Settlement => part.consumed += amount,
+            EntryType::Expiry => part.expired -= amount,
+            EntryType::Void => part.voided -= amount,
         }
     }
     for summary in out.values_mut() {
@@ -535,25 +546,43 @@ pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
                 part.carried_forward + part.allocated - part.consumed - part.expired - part.voided;
         }
     }
-    out
+    Ok(out)
 }
 
 /// How credits arrived or left, as the history names it [000].
-pub fn history_type(row: &crate::store::rows::LedgerRow) -> &'static str {
-    match (
-        row.entry_type.as_str(),
-        row.lot_kind.as_str(),
-        row.payment_method.as_str(),
-    ) {
-        ("expiry", ..) => "expired",
-        ("void", ..) => "voided",
-        ("settlement", ..) => "shortfall settled",
-        (_, _, "cash") => "top-up (cash)",
-        (_, _, "card") => "top-up (card)",
-        (_, "included", _) => "plan subscription",
-        (_, "purchased", _) => "top-up",
-        _ => "promotional",
+/// Unknown stored names are an error naming table, column and value.
+pub fn history_type(row: &crate::store::rows::LedgerRow) -> Result<&'static str, store::StoreError> {
+    let entry_type = store::stored(
+        &store::ENTRY_TYPES,
+        EntryType::as_str,
+        "ledger",
+        "entry_type",
+        &row.entry_type,
+    )?;
+    match entry_type {
+        EntryType::Expiry => return Ok("expired"),
+        EntryType::Void => return Ok("voided"),
+        EntryType::Settlement => return Ok("shortfall settled"),
+        EntryType::Grant | EntryType::Usage => {}
     }
+    match row.payment_method.as_str() {
+        "cash" => return Ok("top-up (cash)"),
+        "card" => return Ok("top-up (card)"),
+        "" => {}
+        other => {
+            return Err(store::StoreError::UnknownValue {
+                table: "ledger",
+                column: "payment_method",
+                value: other.to_string(),
+            })
+        }
+    }
+    let kind = store::stored(&store::LOT_KINDS, LotKind::as_str, "ledger", "lot_kind", &row.lot_kind)?;
+    Ok(match kind {
+        LotKind::Included => "plan subscription",
+        LotKind::Purchased => "top-up",
+        LotKind::Promotional | LotKind::Flex => "promotional",
+    })
 }
 
 /// Grants, expiries, voids and settlements of an account; `purchases` keeps only bought
@@ -586,11 +615,17 @@ pub async fn history(
             })
             .unwrap_or_default()
     };
+    let types = rows
+        .iter()
+        .map(history_type)
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot read the ledger")?;
     if json {
         let out: Vec<Value> = rows
             .iter()
-            .map(|r| {
-                json!({"time": from_seconds(r.time).to_rfc3339(), "type": history_type(r),
+            .zip(&types)
+            .map(|(r, ty)| {
+                json!({"time": from_seconds(r.time).to_rfc3339(), "type": ty,
                        "entry_type": r.entry_type, "pool": r.pool, "credits": credits(r.credits),
                        "lot": r.lot, "kind": r.lot_kind, "expires_at": expires(&r.lot),
                        "payment_method": r.payment_method, "payment_reference": r.payment_reference,
@@ -609,10 +644,11 @@ pub async fn history(
     }
     let table_rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
+        .zip(&types)
+        .map(|(r, ty)| {
             vec![
                 from_seconds(r.time).format("%Y-%m-%d %H:%M:%S").to_string(),
-                history_type(r).to_string(),
+                ty.to_string(),
                 r.pool.clone(),
                 credits(r.credits).to_string(),
                 r.lot.clone(),
