@@ -672,7 +672,10 @@ impl Config {
             ));
         }
         if self.clickhouse.timeout.is_zero() {
-            return Err(key_err("clickhouse.timeout", "must be more than zero".into()));
+            return Err(key_err(
+                "clickhouse.timeout",
+                "must be more than zero".into(),
+            ));
         }
         if self.pipeline.shutdown_timeout.is_zero() {
             return Err(key_err(
@@ -786,7 +789,10 @@ impl Config {
             && self.rules.matrix == Path::new(DEFAULT_MATRIX)
             && !matrix_path.exists();
         let (matrix_file, text) = if builtin {
-            ("(built-in matrix.toml)".to_string(), BUILTIN_MATRIX.to_string())
+            (
+                "(built-in matrix.toml)".to_string(),
+                BUILTIN_MATRIX.to_string(),
+            )
         } else {
             let matrix_file = matrix_path.display().to_string();
             let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
@@ -1224,5 +1230,161 @@ mod tests {
     fn missing_file_is_named() {
         let err = Config::load(Path::new("/nonexistent/tally.toml"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/tally.toml"));
+    }
+
+    #[test]
+    fn clickhouse_password_is_a_secret_from_the_environment_or_a_file() {
+        let (config, _) =
+            Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__PASSWORD", "s3cret")])).unwrap();
+        assert_eq!(config.clickhouse.password.expose(), "s3cret");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let table = toml::Table::try_from(&config).unwrap();
+        assert!(!table.to_string().contains("s3cret"));
+
+        let dir = std::env::temp_dir().join(format!("tally-ch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.display().to_string();
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__PASSWORD_FILE", path.as_str())]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.password.expose(), "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+        let both = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__PASSWORD_FILE", path.as_str()),
+                ("TALLY_CLICKHOUSE__PASSWORD", "s3cret"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("clickhouse.password_file") && both.contains("not both"),
+            "{both}"
+        );
+        assert!(!both.contains("s3cret"), "{both}");
+        let relative = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__PASSWORD_FILE", "secrets/ch")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(relative.contains("absolute"), "{relative}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn clickhouse_https_and_zero_timeouts_are_refused_at_start() {
+        for (name, value, key, problem) in [
+            (
+                "TALLY_CLICKHOUSE__URL",
+                "https://ch.example.com:8443",
+                "clickhouse.url",
+                "https:// is not supported",
+            ),
+            (
+                "TALLY_CLICKHOUSE__TIMEOUT",
+                "0s",
+                "clickhouse.timeout",
+                "more than zero",
+            ),
+            (
+                "TALLY_CLICKHOUSE__TIMEOUT",
+                "soon",
+                "clickhouse.timeout",
+                "",
+            ),
+            (
+                "TALLY_PIPELINE__SHUTDOWN_TIMEOUT",
+                "0s",
+                "pipeline.shutdown_timeout",
+                "more than zero",
+            ),
+        ] {
+            let text = Config::load(&shipped(), env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains(key), "{name}: {text}");
+            assert!(text.contains(problem), "{name}: {text}");
+        }
+        let (config, _) =
+            Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__TIMEOUT", "5s")])).unwrap();
+        assert_eq!(config.clickhouse.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn no_file_means_every_default_and_typed_environment_overrides() {
+        let (config, rules) = Config::load_from(
+            None,
+            env(&[
+                ("TALLY_KAFKA__PARTITIONS", "3"),
+                ("TALLY_KAFKA__BROKERS", "kafka:9092"),
+                ("TALLY_RULES__FLEX__ENABLED", "false"),
+                ("TALLY_PLANS__PRO__CREDITS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.partitions, 3);
+        assert_eq!(config.kafka.brokers, "kafka:9092");
+        assert!(!config.rules.flex.enabled);
+        // One key of a default plan overridden, its other keys kept.
+        assert_eq!(rules.plans["pro"].credits, Credits::from_whole(250));
+        assert_eq!(rules.plans.len(), 6);
+        // Without a file the shipped matrix is built in.
+        assert!(rules
+            .matrix
+            .price(
+                "erase",
+                None,
+                Credits::from_whole(1),
+                "2026-11-20T00:00:00Z".parse().unwrap()
+            )
+            .is_ok());
+        let err = Config::load_from(None, env(&[("TALLY_KAFKA__PARTITIONS", "three")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(no config file)") && err.contains("kafka.partitions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_in_code_are_the_shipped_file() {
+        // The shipped file only writes out the defaults: loading it or nothing is the same.
+        let (from_file, _) = Config::load(&shipped(), env(&[])).unwrap();
+        let (from_code, _) = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            toml::Table::try_from(&from_file).unwrap(),
+            toml::Table::try_from(&from_code).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_partial_file_takes_defaults_for_the_rest() {
+        let dir = std::env::temp_dir().join(format!("tally-partial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/matrix.toml"),
+            dir.join("matrix.toml"),
+        )
+        .unwrap();
+        let file = dir.join("tally.toml");
+        std::fs::write(&file, "[kafka]\npartitions = 12\n").unwrap();
+        let (config, _) = Config::load(&file, env(&[])).unwrap();
+        assert_eq!(config.kafka.partitions, 12);
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
+        std::fs::write(&file, "[kafka]\npartitons = 12\n").unwrap();
+        let err = Config::load(&file, env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.partitons") && err.contains("unknown field"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

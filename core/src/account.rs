@@ -360,11 +360,7 @@ impl AccountState {
                     price.credits
                 )));
             }
-            let owed = self
-                .shortfall
-                .get(price.pool)
-                .copied()
-                .unwrap_or_default();
+            let owed = self.shortfall.get(price.pool).copied().unwrap_or_default();
             if owed.checked_add(price.credits).is_none() {
                 return Err(Rejection::OutOfRange(format!(
                     "the outstanding shortfall of pool `{}` would overflow",

@@ -438,8 +438,10 @@ mod tests {
     fn quantities_and_credits_are_exact_or_rejected() {
         let quantity = |q: &str| {
             parse(
-                usage(&format!(r#"{{"user":"u","feature":"translation","quantity":{q}}}"#))
-                    .as_bytes(),
+                usage(&format!(
+                    r#"{{"user":"u","feature":"translation","quantity":{q}}}"#
+                ))
+                .as_bytes(),
                 arrival(),
             )
             .map(|e| match e.body {

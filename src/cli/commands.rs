@@ -511,7 +511,13 @@ pub fn summarize(
             summary.shortfall += flow.credits;
             continue;
         }
-        let kind = store::stored(&store::LOT_KINDS, LotKind::as_str, "ledger", "kind", &flow.kind)?;
+        let kind = store::stored(
+            &store::LOT_KINDS,
+            LotKind::as_str,
+            "ledger",
+            "kind",
+            &flow.kind,
+        )?;
         if kind == LotKind::Flex {
             if flow.in_range == 1 {
                 summary.flex += flow.credits;
@@ -551,7 +557,9 @@ pub fn summarize(
 
 /// How credits arrived or left, as the history names it [000].
 /// Unknown stored names are an error naming table, column and value.
-pub fn history_type(row: &crate::store::rows::LedgerRow) -> Result<&'static str, store::StoreError> {
+pub fn history_type(
+    row: &crate::store::rows::LedgerRow,
+) -> Result<&'static str, store::StoreError> {
     let entry_type = store::stored(
         &store::ENTRY_TYPES,
         EntryType::as_str,
@@ -577,7 +585,13 @@ pub fn history_type(row: &crate::store::rows::LedgerRow) -> Result<&'static str,
             })
         }
     }
-    let kind = store::stored(&store::LOT_KINDS, LotKind::as_str, "ledger", "lot_kind", &row.lot_kind)?;
+    let kind = store::stored(
+        &store::LOT_KINDS,
+        LotKind::as_str,
+        "ledger",
+        "lot_kind",
+        &row.lot_kind,
+    )?;
     Ok(match kind {
         LotKind::Included => "plan subscription",
         LotKind::Purchased => "top-up",

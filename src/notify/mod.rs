@@ -16,7 +16,6 @@ pub mod mailer;
 pub mod templates;
 pub mod worker;
 
-
 use chrono::{DateTime, Utc};
 use tally_core::Credits;
 

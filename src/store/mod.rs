@@ -124,18 +124,36 @@ mod tests {
             err.to_string(),
             "table `lots`, column `kind`: unknown value `gift`"
         );
-        let err = stored(&AlertKind::ALL, AlertKind::as_str, "alerts", "kind", "lowbalance")
-            .unwrap_err();
+        let err = stored(
+            &AlertKind::ALL,
+            AlertKind::as_str,
+            "alerts",
+            "kind",
+            "lowbalance",
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "table `alerts`, column `kind`: unknown value `lowbalance`"
         );
         for kind in AlertKind::ALL {
-            let back = stored(&AlertKind::ALL, AlertKind::as_str, "alerts", "kind", kind.as_str());
+            let back = stored(
+                &AlertKind::ALL,
+                AlertKind::as_str,
+                "alerts",
+                "kind",
+                kind.as_str(),
+            );
             assert_eq!(back.unwrap(), kind);
         }
         for entry in ENTRY_TYPES {
-            let back = stored(&ENTRY_TYPES, |e| e.as_str(), "ledger", "entry_type", entry.as_str());
+            let back = stored(
+                &ENTRY_TYPES,
+                |e| e.as_str(),
+                "ledger",
+                "entry_type",
+                entry.as_str(),
+            );
             assert_eq!(back.unwrap(), entry);
         }
     }
