@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use chrono_tz::Tz;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_core::account::MAX_GRANT;
 use tally_core::alerts::AlertRules;
 use tally_core::plans::Plan;
 use tally_core::{CostMatrix, Credits, Policy, Rules};
 
 /// Everything tally reads at start-up.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where events come from and rejected events go.
     pub kafka: KafkaConfig,
@@ -27,8 +27,8 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Where `tally run` reports its own status.
     pub status: StatusConfig,
-    /// Plans by name, assigned to accounts by `account.plan` commands.
-    #[serde(default)]
+    /// Plans by name, assigned to accounts by `account.plan` commands. A file's `[plans]`
+    /// replaces the default plans as a whole.
     pub plans: BTreeMap<String, Plan>,
     /// The mail server that low-credit emails go through.
     pub smtp: SmtpConfig,
@@ -38,8 +38,8 @@ pub struct Config {
     pub serve: crate::serve::settings::ServeConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// SMTP server host name (also the name its TLS certificate must carry).
     pub host: String,
@@ -52,7 +52,6 @@ pub struct SmtpConfig {
     pub username: String,
     /// Password for SMTP AUTH. Only from the environment (TALLY_SMTP__PASSWORD), never
     /// written in the file; never logged.
-    #[serde(default)]
     pub password: Secret,
     /// Absolute path of a file holding the SMTP password (e.g. a mounted secret), read at
     /// start-up; instead of TALLY_SMTP__PASSWORD. Empty: none.
@@ -65,7 +64,7 @@ pub struct SmtpConfig {
 }
 
 /// How the connection to the SMTP server is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
     None,
@@ -77,6 +76,13 @@ pub enum SmtpSecurity {
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    /// Always empty: a secret is never written out, whatever serializes the config.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("")
+    }
+}
 
 impl Secret {
     pub fn new(value: String) -> Secret {
@@ -98,8 +104,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// Emails to one account at most, per `per_account_period`; alerts over it are held
     /// and folded into the account's next email (a digest).
@@ -132,16 +138,16 @@ pub struct NotifyConfig {
     pub purchase_text_ko: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
     /// Address of `tally run`'s status endpoint (`host:port`), read by `tally status`;
     /// empty to serve none.
     pub listen: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated (`host:port,...`).
     pub brokers: String,
@@ -188,6 +194,19 @@ impl Assignment {
     }
 }
 
+impl Serialize for Assignment {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Assignment::Group => serializer.serialize_str("group"),
+            Assignment::All => serializer.serialize_str("all"),
+            Assignment::Listed(list) => {
+                let text: Vec<String> = list.iter().map(i32::to_string).collect();
+                serializer.serialize_str(&text.join(","))
+            }
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Assignment {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
@@ -209,21 +228,30 @@ impl<'de> Deserialize<'de> for Assignment {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (plain HTTP only: this build has no TLS
+    /// for ClickHouse, so `https://` is refused at start-up rather than at the first query).
     pub url: String,
     /// Database holding tally's tables; `tally migrate` creates it.
     pub database: String,
     /// User name.
     pub user: String,
-    /// Password; prefer TALLY_CLICKHOUSE__PASSWORD over writing it in the file.
-    pub password: String,
+    /// Password. Only from the environment (TALLY_CLICKHOUSE__PASSWORD), never written in
+    /// the file; never logged.
+    pub password: Secret,
+    /// Absolute path of a file holding the password (e.g. a mounted secret), read at
+    /// start-up; instead of TALLY_CLICKHOUSE__PASSWORD. Empty: none.
+    pub password_file: PathBuf,
+    /// Longest wait on each ClickHouse call (connecting, sending, and each wait for the
+    /// answer), so a hung server fails the call instead of blocking tally.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Longest time between two flushes of outputs and offsets.
     #[serde(with = "humantime_serde")]
@@ -237,16 +265,15 @@ pub struct PipelineConfig {
     /// A partition's whole state is written as a snapshot, and the checkpoint rows it
     /// supersedes deleted, once the account states and daily totals written since the last
     /// snapshot exceed twice the live ones, and at least this many.
-    #[serde(default = "default_snapshot_min_rows")]
     pub snapshot_min_rows: usize,
+    /// Longest time `tally run` takes to drain, flush and commit after Ctrl-C or SIGTERM;
+    /// then it exits anyway, and what was not committed is replayed at the next start.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
-fn default_snapshot_min_rows() -> usize {
-    20_000
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     /// Path of the cost matrix, relative to the config file's folder.
     pub matrix: PathBuf,
@@ -276,8 +303,8 @@ pub struct RulesConfig {
     pub alerts: AlertThresholds,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AlertThresholds {
     /// Whether accounts that do not say get alerts at all.
     pub enabled: bool,
@@ -291,13 +318,203 @@ pub struct AlertThresholds {
     pub expiring_min: Credits,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FlexConfig {
     /// Whether flex is on for accounts that do not say.
     pub enabled: bool,
     /// Flex credits allowed per cycle when neither the account nor its plan says.
     pub threshold: Credits,
+}
+
+// ---------------------------------------------------------------- defaults
+//
+// The values of the shipped config/tally.toml, in code, so a file may give only what
+// differs and tally starts with none. README.md's table of settings is checked against
+// these by tests/config_defaults.rs.
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            pipeline: PipelineConfig::default(),
+            rules: RulesConfig::default(),
+            status: StatusConfig::default(),
+            plans: default_plans(),
+            smtp: SmtpConfig::default(),
+            notify: NotifyConfig::default(),
+            serve: crate::serve::settings::ServeConfig::default(),
+        }
+    }
+}
+
+/// The shipped plans: free 0 (no flex), pro 100, enterprise 500 and standard 1,500 a
+/// month, pro_yearly 1,200 a year, and a contract of 200,000 a year with flex up to
+/// 1,000,000 a cycle.
+fn default_plans() -> BTreeMap<String, Plan> {
+    use tally_core::plans::Period;
+    let plan = |credits: i64, period: Period, flex: Option<i64>| Plan {
+        credits: Credits::from_whole(credits),
+        pool: "ai".into(),
+        period,
+        flex_threshold: flex.map(Credits::from_whole),
+    };
+    BTreeMap::from([
+        ("free".to_string(), plan(0, Period::Month, Some(0))),
+        ("pro".to_string(), plan(100, Period::Month, None)),
+        ("pro_yearly".to_string(), plan(1200, Period::Year, None)),
+        ("enterprise".to_string(), plan(500, Period::Month, None)),
+        ("standard".to_string(), plan(1500, Period::Month, None)),
+        (
+            "contract".to_string(),
+            plan(200_000, Period::Year, Some(1_000_000)),
+        ),
+    ])
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "tally".into(),
+            instance_id: String::new(),
+            usage_topic: "ai.usage".into(),
+            commands_topic: "credit.commands".into(),
+            dlq_topic: "tally.dlq".into(),
+            partitions: 6,
+            assignment: Assignment::All,
+            max_idle: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tally".into(),
+            user: "default".into(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            flush_interval: Duration::from_secs(1),
+            max_batch_events: 50_000,
+            tick_interval: Duration::from_secs(60),
+            snapshot_min_rows: 20_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            matrix: PathBuf::from(DEFAULT_MATRIX),
+            timezone: "Asia/Seoul".into(),
+            policy: Policy::EarliestExpiry,
+            max_lateness: Duration::from_secs(35 * 86_400),
+            max_future_skew: Duration::from_secs(5 * 60),
+            dedup_window: Duration::from_secs(24 * 3_600),
+            expiry_grace: Duration::from_secs(5 * 60),
+            settle_shortfall: true,
+            flex: FlexConfig::default(),
+            alerts: AlertThresholds::default(),
+        }
+    }
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        AlertThresholds {
+            enabled: true,
+            low_balance: Credits::from_whole(100),
+            included_used_percent: 80,
+            shortfall: true,
+            expiring_min: Credits::from_whole(100),
+        }
+    }
+}
+
+impl Default for FlexConfig {
+    fn default() -> Self {
+        FlexConfig {
+            enabled: true,
+            threshold: Credits::from_whole(1000),
+        }
+    }
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: 1025,
+            security: SmtpSecurity::None,
+            username: String::new(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
+            from: "tally <alerts@tally.local>".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            per_account: 3,
+            per_account_period: Duration::from_secs(3_600),
+            global_per_second: 10,
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(5 * 60),
+            resend_within: Duration::from_secs(86_400),
+            product_name: "tally".into(),
+            purchase_url: "https://billing.example.com/credits".into(),
+            purchase_text_en: "Top up credits in Billing > Credits. Purchased credits stay \
+                               valid for 360 days from purchase."
+                .into(),
+            purchase_text_ko: "결제 > 크레딧에서 [크레딧 충전하기]를 눌러 추가로 구매할 수 \
+                               있습니다. 충전한 크레딧은 구매일로부터 360일 동안 사용할 수 \
+                               있습니다."
+                .into(),
+        }
+    }
+}
+
+/// The default `rules.matrix`.
+const DEFAULT_MATRIX: &str = "matrix.toml";
+
+/// The shipped cost matrix, built in: used when tally runs without a config file and no
+/// `matrix.toml` is found next to where it runs.
+const BUILTIN_MATRIX: &str = include_str!("../config/matrix.toml");
+
+/// The default config file, used only when it exists.
+pub const DEFAULT_PATH: &str = "config/tally.toml";
+
+impl Config {
+    /// Every key with its default, as TOML: what a file's keys and `TALLY_...` variables
+    /// are typed and checked against.
+    pub fn default_table() -> toml::Table {
+        // Serializing plain structs of strings, numbers, booleans and maps cannot fail.
+        toml::Table::try_from(Config::default()).unwrap_or_default()
+    }
 }
 
 /// A config that cannot be used, named by file and key.
@@ -322,20 +539,38 @@ pub enum ConfigError {
 const NOT_KEYS: [&str; 2] = ["TALLY_CONFIG", "TALLY_LOG"];
 
 impl Config {
-    /// Reads `path`, applies `TALLY_...` overrides from `env`, and validates.
+    /// Reads `path`, applies `TALLY_...` overrides from `env`, and validates. The file must
+    /// exist; keys it leaves out take their defaults.
     pub fn load(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Rules), ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            file: file.clone(),
-            message: e.message().to_string(),
-        })?;
+        Config::load_from(Some(path), env)
+    }
+
+    /// Like `load`, without a file (`None`): every key from its default or `env`.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Rules), ConfigError> {
+        let file = match path {
+            Some(path) => path.display().to_string(),
+            None => "(no config file)".to_string(),
+        };
+        let mut value = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: file.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    file: file.clone(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = Config::default_table();
         let mut overridden = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("TALLY_") else {
@@ -345,15 +580,17 @@ impl Config {
                 continue;
             }
             let keys: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-            apply_override(&mut value, &keys, &raw).map_err(|problem| ConfigError::Key {
-                file: format!("{file} (environment {name})"),
-                key: keys.join("."),
-                problem,
+            apply_override(&mut value, &defaults, &keys, &raw).map_err(|problem| {
+                ConfigError::Key {
+                    file: format!("{file} (environment {name})"),
+                    key: keys.join("."),
+                    problem,
+                }
             })?;
             overridden.push((keys.join("."), name));
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(value))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 let origin = overridden
                     .iter()
@@ -366,13 +603,34 @@ impl Config {
                     problem: e.into_inner().message().to_string(),
                 }
             })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = path.map(|p| p.parent().unwrap_or(Path::new(".")));
         let rules = config.validate(&file, base)?;
+        config.read_secrets(&file)?;
         Ok((config, rules))
     }
 
-    /// Checks every value without the network and builds the core's rules.
-    pub fn validate(&self, file: &str, base: &Path) -> Result<Rules, ConfigError> {
+    /// Reads `clickhouse.password_file` into `clickhouse.password`, so the client never
+    /// touches the file and the password is held only as a `Secret`.
+    fn read_secrets(&mut self, file: &str) -> Result<(), ConfigError> {
+        let c = &mut self.clickhouse;
+        if c.password_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&c.password_file).map_err(|e| ConfigError::Key {
+            file: file.to_string(),
+            key: "clickhouse.password_file".into(),
+            problem: format!("cannot read `{}`: {e}", c.password_file.display()),
+        })?;
+        // Files written by editors and `echo` end with a newline that is not part of it.
+        c.password = Secret::new(text.trim_end_matches(['\r', '\n']).to_string());
+        Ok(())
+    }
+
+    /// Checks every value without the network and builds the core's rules. `base` is the
+    /// config file's folder (relative paths start there); `None` without a file: then they
+    /// start in the working directory, and a default `rules.matrix` that is not there is
+    /// the built-in copy of the shipped matrix.
+    pub fn validate(&self, file: &str, base: Option<&Path>) -> Result<Rules, ConfigError> {
         let key_err = |key: &str, problem: String| ConfigError::Key {
             file: file.to_string(),
             key: key.to_string(),
@@ -403,17 +661,43 @@ impl Config {
         if k.partitions < 1 {
             return Err(key_err("kafka.partitions", "must be at least 1".into()));
         }
-        if !(self.clickhouse.url.starts_with("http://")
-            || self.clickhouse.url.starts_with("https://"))
-        {
+        let url = &self.clickhouse.url;
+        if url.starts_with("https://") {
+            // The clickhouse client is built without TLS: refuse now rather than fail at
+            // the first query.
             return Err(key_err(
                 "clickhouse.url",
                 format!(
-                    "`{}` is not an http:// or https:// URL",
-                    self.clickhouse.url
+                    "`{url}`: https:// is not supported by this build (no TLS for ClickHouse); \
+                     use http:// on a private network, or a local TLS-terminating proxy"
                 ),
             ));
         }
+        if !url.starts_with("http://") || url.len() == "http://".len() {
+            return Err(key_err(
+                "clickhouse.url",
+                format!("`{url}` is not an http:// URL"),
+            ));
+        }
+        if self.clickhouse.timeout.is_zero() {
+            return Err(key_err(
+                "clickhouse.timeout",
+                "must be more than zero".into(),
+            ));
+        }
+        if self.pipeline.shutdown_timeout.is_zero() {
+            return Err(key_err(
+                "pipeline.shutdown_timeout",
+                "must be more than zero".into(),
+            ));
+        }
+        validate_password_file(
+            &key_err,
+            "clickhouse.password_file",
+            "TALLY_CLICKHOUSE__PASSWORD",
+            &self.clickhouse.password_file,
+            &self.clickhouse.password,
+        )?;
         let db = &self.clickhouse.database;
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(key_err(
@@ -511,13 +795,24 @@ impl Config {
         let delta = |key: &str, d: Duration| {
             TimeDelta::from_std(d).map_err(|_| key_err(key, "is too long".into()))
         };
-        let matrix_path = base.join(&self.rules.matrix);
-        let matrix_file = matrix_path.display().to_string();
-        let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
-            file: file.to_string(),
-            key: "rules.matrix".into(),
-            problem: format!("cannot read {matrix_file}: {e}"),
-        })?;
+        let matrix_path = base.unwrap_or(Path::new(".")).join(&self.rules.matrix);
+        let builtin = base.is_none()
+            && self.rules.matrix == Path::new(DEFAULT_MATRIX)
+            && !matrix_path.exists();
+        let (matrix_file, text) = if builtin {
+            (
+                "(built-in matrix.toml)".to_string(),
+                BUILTIN_MATRIX.to_string(),
+            )
+        } else {
+            let matrix_file = matrix_path.display().to_string();
+            let text = std::fs::read_to_string(&matrix_path).map_err(|e| ConfigError::Key {
+                file: file.to_string(),
+                key: "rules.matrix".into(),
+                problem: format!("cannot read {matrix_file}: {e}"),
+            })?;
+            (matrix_file, text)
+        };
         let matrix: CostMatrix = serde_path_to_error::deserialize(toml::Deserializer::new(&text))
             .map_err(|e| ConfigError::Key {
             file: matrix_file.clone(),
@@ -571,26 +866,13 @@ impl Config {
             return Err(key_err("smtp.timeout", "must be more than zero".into()));
         }
         let has_file = !s.password_file.as_os_str().is_empty();
-        if has_file && !s.password.is_empty() {
-            return Err(key_err(
-                "smtp.password_file",
-                "give the password either in TALLY_SMTP__PASSWORD or in a file, not both".into(),
-            ));
-        }
-        if has_file {
-            if !s.password_file.is_absolute() {
-                return Err(key_err(
-                    "smtp.password_file",
-                    format!("`{}` must be an absolute path", s.password_file.display()),
-                ));
-            }
-            if !s.password_file.is_file() {
-                return Err(key_err(
-                    "smtp.password_file",
-                    format!("`{}` is not a readable file", s.password_file.display()),
-                ));
-            }
-        }
+        validate_password_file(
+            key_err,
+            "smtp.password_file",
+            "TALLY_SMTP__PASSWORD",
+            &s.password_file,
+            &s.password,
+        )?;
         if s.username.is_empty() && (has_file || !s.password.is_empty()) {
             return Err(key_err(
                 "smtp.username",
@@ -675,18 +957,64 @@ impl Config {
     }
 }
 
-/// Sets `keys` in `table` to `raw`, typed like the value it replaces.
-fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+/// A password given in a file (absolute path, readable) or the environment, not both.
+fn validate_password_file(
+    key_err: &impl Fn(&str, String) -> ConfigError,
+    key: &str,
+    variable: &str,
+    file: &Path,
+    password: &Secret,
+) -> Result<(), ConfigError> {
+    if file.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if !password.is_empty() {
+        return Err(key_err(
+            key,
+            format!("give the password either in {variable} or in a file, not both"),
+        ));
+    }
+    if !file.is_absolute() {
+        return Err(key_err(
+            key,
+            format!("`{}` must be an absolute path", file.display()),
+        ));
+    }
+    if !file.is_file() {
+        return Err(key_err(
+            key,
+            format!("`{}` is not a readable file", file.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `keys` in `table` to `raw`, typed like the value it replaces, or like the key's
+/// default in `defaults` when the file does not set it (so `TALLY_KAFKA__PARTITIONS=3`
+/// is an integer with no file at all). A section the file lacks starts as its default
+/// (so one plan's key can be overridden without writing the plan's other keys).
+fn apply_override(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    keys: &[String],
+    raw: &str,
+) -> Result<(), String> {
     let (last, parents) = keys.split_last().ok_or("empty key")?;
     let mut current = table;
+    let mut default = Some(defaults);
     for key in parents {
+        let section_default = default.and_then(|d| d.get(key)).and_then(|v| v.as_table());
         current = current
             .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .or_insert_with(|| toml::Value::Table(section_default.cloned().unwrap_or_default()))
             .as_table_mut()
             .ok_or_else(|| format!("`{key}` is not a section"))?;
+        default = section_default;
     }
-    let value = match current.get(last) {
+    let like = current
+        .get(last)
+        .or_else(|| default.and_then(|d| d.get(last)));
+    let value = match like {
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             raw.parse()
                 .map_err(|_| format!("`{raw}` is not an integer"))?,
@@ -913,5 +1241,161 @@ mod tests {
     fn missing_file_is_named() {
         let err = Config::load(Path::new("/nonexistent/tally.toml"), env(&[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/tally.toml"));
+    }
+
+    #[test]
+    fn clickhouse_password_is_a_secret_from_the_environment_or_a_file() {
+        let (config, _) =
+            Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__PASSWORD", "s3cret")])).unwrap();
+        assert_eq!(config.clickhouse.password.expose(), "s3cret");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let table = toml::Table::try_from(&config).unwrap();
+        assert!(!table.to_string().contains("s3cret"));
+
+        let dir = std::env::temp_dir().join(format!("tally-ch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.display().to_string();
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__PASSWORD_FILE", path.as_str())]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.password.expose(), "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+        let both = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__PASSWORD_FILE", path.as_str()),
+                ("TALLY_CLICKHOUSE__PASSWORD", "s3cret"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("clickhouse.password_file") && both.contains("not both"),
+            "{both}"
+        );
+        assert!(!both.contains("s3cret"), "{both}");
+        let relative = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__PASSWORD_FILE", "secrets/ch")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(relative.contains("absolute"), "{relative}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn clickhouse_https_and_zero_timeouts_are_refused_at_start() {
+        for (name, value, key, problem) in [
+            (
+                "TALLY_CLICKHOUSE__URL",
+                "https://ch.example.com:8443",
+                "clickhouse.url",
+                "https:// is not supported",
+            ),
+            (
+                "TALLY_CLICKHOUSE__TIMEOUT",
+                "0s",
+                "clickhouse.timeout",
+                "more than zero",
+            ),
+            (
+                "TALLY_CLICKHOUSE__TIMEOUT",
+                "soon",
+                "clickhouse.timeout",
+                "",
+            ),
+            (
+                "TALLY_PIPELINE__SHUTDOWN_TIMEOUT",
+                "0s",
+                "pipeline.shutdown_timeout",
+                "more than zero",
+            ),
+        ] {
+            let text = Config::load(&shipped(), env(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains(key), "{name}: {text}");
+            assert!(text.contains(problem), "{name}: {text}");
+        }
+        let (config, _) =
+            Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__TIMEOUT", "5s")])).unwrap();
+        assert_eq!(config.clickhouse.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn no_file_means_every_default_and_typed_environment_overrides() {
+        let (config, rules) = Config::load_from(
+            None,
+            env(&[
+                ("TALLY_KAFKA__PARTITIONS", "3"),
+                ("TALLY_KAFKA__BROKERS", "kafka:9092"),
+                ("TALLY_RULES__FLEX__ENABLED", "false"),
+                ("TALLY_PLANS__PRO__CREDITS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.partitions, 3);
+        assert_eq!(config.kafka.brokers, "kafka:9092");
+        assert!(!config.rules.flex.enabled);
+        // One key of a default plan overridden, its other keys kept.
+        assert_eq!(rules.plans["pro"].credits, Credits::from_whole(250));
+        assert_eq!(rules.plans.len(), 6);
+        // Without a file the shipped matrix is built in.
+        assert!(rules
+            .matrix
+            .price(
+                "erase",
+                None,
+                Credits::from_whole(1),
+                "2026-11-20T00:00:00Z".parse().unwrap()
+            )
+            .is_ok());
+        let err = Config::load_from(None, env(&[("TALLY_KAFKA__PARTITIONS", "three")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(no config file)") && err.contains("kafka.partitions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_in_code_are_the_shipped_file() {
+        // The shipped file only writes out the defaults: loading it or nothing is the same.
+        let (from_file, _) = Config::load(&shipped(), env(&[])).unwrap();
+        let (from_code, _) = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            toml::Table::try_from(&from_file).unwrap(),
+            toml::Table::try_from(&from_code).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_partial_file_takes_defaults_for_the_rest() {
+        let dir = std::env::temp_dir().join(format!("tally-partial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/matrix.toml"),
+            dir.join("matrix.toml"),
+        )
+        .unwrap();
+        let file = dir.join("tally.toml");
+        std::fs::write(&file, "[kafka]\npartitions = 12\n").unwrap();
+        let (config, _) = Config::load(&file, env(&[])).unwrap();
+        assert_eq!(config.kafka.partitions, 12);
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
+        std::fs::write(&file, "[kafka]\npartitons = 12\n").unwrap();
+        let err = Config::load(&file, env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("kafka.partitons") && err.contains("unknown field"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

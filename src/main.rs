@@ -21,14 +21,11 @@ use tally::store::reads::By;
     about = "Meters AI usage in credits: Kafka in, priced lot debits out to ClickHouse"
 )]
 struct Cli {
-    /// Config file; every key can be overridden by TALLY_<SECTION>__<KEY>.
-    #[arg(
-        long,
-        global = true,
-        env = "TALLY_CONFIG",
-        default_value = "config/tally.toml"
-    )]
-    config: PathBuf,
+    /// Config file; every key can be overridden by TALLY_<SECTION>__<KEY>. Default:
+    /// config/tally.toml if it exists, else every key's default (a file given here must
+    /// exist).
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -168,15 +165,25 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // An explicit file must exist; the default one is optional, so tally also starts
+    // with only TALLY_... variables (e.g. in a container without a config file).
+    let path = cli.config.clone().or_else(|| {
+        let default = PathBuf::from(tally::config::DEFAULT_PATH);
+        default.exists().then_some(default)
+    });
     let (config, rules) =
-        Config::load(&cli.config, std::env::vars()).context("invalid configuration")?;
+        Config::load_from(path.as_deref(), std::env::vars()).context("invalid configuration")?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let json = cli.json;
     match cli.command {
         Command::Migrate => rt.block_on(ops::migrate(&config, json)),
         Command::Run { drain } => {
             let shutdown = Arc::new(AtomicBool::new(false));
-            rt.spawn(watch_signals(shutdown.clone()));
+            rt.spawn(watch_signals(
+                shutdown.clone(),
+                config.pipeline.shutdown_timeout,
+                Arc::new(tokio::sync::Notify::new()),
+            ));
             let handle = rt.handle().clone();
             // The consumer loop blocks; it runs on its own thread and reaches async
             // clients through the runtime handle.
@@ -189,8 +196,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let shutdown = Arc::new(AtomicBool::new(false));
+            let stopping = Arc::new(tokio::sync::Notify::new());
+            rt.spawn(watch_signals(
+                shutdown,
+                config.pipeline.shutdown_timeout,
+                stopping.clone(),
+            ));
             rt.block_on(tally::serve::run(config, rules, async move {
-                watch_signals(shutdown).await;
+                stopping.notified().await;
             }))
         }
         Command::Grant(args) => rt.block_on(events::grant(&config, args, json)),
@@ -269,28 +282,76 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Sets `shutdown` on Ctrl-C or SIGTERM: the run loop then drains, flushes and commits.
-async fn watch_signals(shutdown: Arc<AtomicBool>) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM");
-                    let _ = ctrl_c.await;
-                    shutdown.store(true, Ordering::Relaxed);
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// Exit code after a second Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_SECOND_SIGNAL: i32 = 130;
+/// Exit code when draining took longer than `pipeline.shutdown_timeout`.
+const EXIT_SHUTDOWN_DEADLINE: i32 = 124;
+
+/// Sets `shutdown` on the first Ctrl-C or SIGTERM: the run loop then drains, flushes and
+/// commits. A second signal exits at once, and so does the end of `deadline`: whatever was
+/// not committed is replayed at the next start, exactly as after a crash (the commit
+/// point is the checkpoint INSERT, so stopping anywhere else loses nothing). `stopping` is
+/// woken on the first signal, for servers that stop on a future.
+async fn watch_signals(
+    shutdown: Arc<AtomicBool>,
+    deadline: std::time::Duration,
+    stopping: Arc<tokio::sync::Notify>,
+) {
+    let mut signals = Signals::new();
+    tracing::debug!("watching for Ctrl-C and SIGTERM");
+    signals.next().await;
+    tracing::info!(
+        deadline = %humantime::format_duration(deadline),
+        "shutting down: draining, flushing and committing (a second Ctrl-C or SIGTERM exits at once)"
+    );
+    shutdown.store(true, Ordering::Relaxed);
+    stopping.notify_one();
+    tokio::select! {
+        _ = signals.next() => {
+            tracing::warn!("second signal: exiting now; what was not committed is replayed at the next start");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+        _ = tokio::time::sleep(deadline) => {
+            tracing::error!(
+                deadline = %humantime::format_duration(deadline),
+                "shutdown took longer than pipeline.shutdown_timeout: exiting; what was not committed is replayed at the next start"
+            );
+            std::process::exit(EXIT_SHUTDOWN_DEADLINE);
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: draining, flushing and committing");
-    shutdown.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and, on Unix, SIGTERM, as one stream of stop requests.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| tracing::error!(error = %e, "cannot watch SIGTERM"))
+                .ok();
+            Signals { term }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Signals cannot be watched: never report one.
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -350,6 +350,24 @@ impl AccountState {
             usage.quantity,
             event.time,
         )?;
+        if usage.status == Status::Succeeded {
+            // Sums of credits must stay exact: a call larger than any grant, or one whose
+            // shortfall the account's outstanding shortfall could not hold, is refused
+            // before anything is debited, never wrapped around.
+            if price.credits > MAX_GRANT {
+                return Err(Rejection::OutOfRange(format!(
+                    "the call costs {}, more than the most a call may cost ({MAX_GRANT})",
+                    price.credits
+                )));
+            }
+            let owed = self.shortfall.get(price.pool).copied().unwrap_or_default();
+            if owed.checked_add(price.credits).is_none() {
+                return Err(Rejection::OutOfRange(format!(
+                    "the outstanding shortfall of pool `{}` would overflow",
+                    price.pool
+                )));
+            }
+        }
         let mut entry = self.entry(rules, event, EntryType::Usage);
         entry.user = usage.user.clone();
         entry.feature = usage.feature.clone();
@@ -421,6 +439,18 @@ impl AccountState {
         }
         if grant.pool.trim().is_empty() {
             return reject("pool must not be empty".into());
+        }
+        // Balances sum the remaining credits of a pool's lots: that sum must stay exact.
+        let in_pool = self
+            .lots
+            .iter()
+            .filter(|lot| lot.pool == grant.pool)
+            .try_fold(grant.credits, |sum, lot| sum.checked_add(lot.remaining));
+        if in_pool.is_none() {
+            return Err(Rejection::OutOfRange(format!(
+                "pool `{}` would hold more credits than can be counted exactly",
+                grant.pool
+            )));
         }
         let effective_at = grant.effective_at.unwrap_or(event.time);
         let expires_at = match (grant.expires_at, grant.valid_days) {

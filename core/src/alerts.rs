@@ -10,8 +10,9 @@ use crate::account::{AccountState, Rules, EXPIRING_WITHIN};
 use crate::credits::Credits;
 use crate::plans;
 
-/// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// What an alert is about: the one kind of alert, decided here, stored in the `alerts`
+/// table by its `as_str` name and mailed by the notifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The pool's balance fell below the account's limit [004].
@@ -39,6 +40,12 @@ impl AlertKind {
             AlertKind::Shortfall => "shortfall",
             AlertKind::Expiring => "expiring",
         }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -50,8 +50,10 @@ impl Status {
     }
 }
 
-/// `ai.usage` data: one AI call.
+/// `ai.usage` data: one AI call. Unknown keys are rejected: a misspelt `"quantiy": 5`
+/// must go to the dead-letter topic, not be billed as the default quantity of 1.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Usage {
     pub user: String,
     pub feature: String,
@@ -188,6 +190,9 @@ pub enum Rejection {
     Price(#[from] crate::pricing::PriceError),
     #[error("{0}")]
     Command(String),
+    /// An amount that cannot be held exactly: refused rather than rounded or wrapped.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
 }
 
 impl Rejection {
@@ -207,6 +212,7 @@ impl Rejection {
             }
             Rejection::Price(_) => "unpriceable",
             Rejection::Command(_) => "bad_command",
+            Rejection::OutOfRange(_) => "out_of_range",
         }
     }
 }
@@ -415,5 +421,62 @@ mod tests {
         assert_eq!(g.pool, "ai");
         assert_eq!(g.expires_at, None);
         assert_eq!(g.payment.unwrap().method, PaymentMethod::Card);
+    }
+
+    #[test]
+    fn a_misspelt_usage_field_is_rejected_by_name() {
+        let err = parse(
+            usage(r#"{"user":"u","feature":"erase","quantiy":5}"#).as_bytes(),
+            arrival(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "bad_data");
+        assert!(err.to_string().contains("unknown field `quantiy`"), "{err}");
+    }
+
+    #[test]
+    fn quantities_and_credits_are_exact_or_rejected() {
+        let quantity = |q: &str| {
+            parse(
+                usage(&format!(
+                    r#"{{"user":"u","feature":"translation","quantity":{q}}}"#
+                ))
+                .as_bytes(),
+                arrival(),
+            )
+            .map(|e| match e.body {
+                Body::Usage(u) => u.quantity,
+                _ => panic!("not usage"),
+            })
+        };
+        assert_eq!(
+            quantity("12345678901234.567"),
+            Ok(Credits::from_milli(12_345_678_901_234_567))
+        );
+        assert_eq!(quantity("1e3"), Ok(Credits::from_whole(1000)));
+        assert_eq!(quantity(r#""1e3""#), Ok(Credits::from_whole(1000)));
+        assert_eq!(quantity("1.5e-2"), Ok(Credits::from_milli(15)));
+        for (q, reason) in [
+            ("0.10000000000000000001", "more than 3 decimals"),
+            (r#""0.10000000000000000001""#, "more than 3 decimals"),
+            ("1e-4", "more than 3 decimals"),
+            ("1e400", "out of range"),
+            (r#""1e400""#, "out of range"),
+            ("99999999999999999999", "out of range"),
+        ] {
+            let err = quantity(q).unwrap_err();
+            assert_eq!(err.code(), "bad_data", "{q}");
+            assert!(err.to_string().contains("`quantity`"), "{q}: {err}");
+            assert!(err.to_string().contains(reason), "{q}: {err}");
+        }
+        let grant = |credits: &str| {
+            let payload = format!(
+                r#"{{"specversion":"1.0","type":"credit.grant","id":"g","source":"b","subject":"a",
+                    "data":{{"kind":"purchased","credits":{credits}}}}}"#
+            );
+            parse(payload.as_bytes(), arrival())
+        };
+        assert!(grant("2500.1234").is_err());
+        assert!(grant("2.5e3").is_ok());
     }
 }

@@ -1804,3 +1804,54 @@ fn an_expiring_alert_counts_bought_and_free_grants_not_the_cycle_allowance() {
     );
     assert_eq!(fired(&h), [(AlertKind::Expiring, whole(100), whole(150))]);
 }
+
+// ---------------------------------------------------------------- exact sums
+
+/// Amounts that could only be held by wrapping an i64 are refused with a reason, never
+/// wrapped or rounded: a call above the most a call may cost, a shortfall that would
+/// overflow, a pool whose lots would sum past the range.
+#[test]
+fn sums_that_would_overflow_are_rejected_not_wrapped() {
+    let mut h = Harness::new();
+    // 0.002 a character: 5e14 characters cost exactly a trillion, 6e14 more than that.
+    let call = |q: &str| format!(r#"{{"user":"kim","feature":"translation","quantity":{q}}}"#);
+    let too_big = h.rejected(&usage("huge", T0, &call("6e14")), at(T0));
+    assert_eq!(too_big.code(), "out_of_range", "{too_big}");
+    let mut rejection = None;
+    for i in 0..10_000 {
+        match h.send(&usage(&format!("c{i}"), T0, &call("5e14")), at(T0)) {
+            Outcome::Applied { .. } => {}
+            Outcome::Rejected(r) => {
+                rejection = Some((i, r));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (i, r) = rejection.expect("the shortfall cannot grow without bound");
+    assert!(i > 9000, "rejected only at the edge of the range, at {i}");
+    assert_eq!(r.code(), "out_of_range", "{r}");
+    assert!(r.to_string().contains("shortfall"), "{r}");
+
+    let mut h = Harness::new();
+    let mut rejection = None;
+    for i in 0..10_000 {
+        let grant = event(
+            "credit.grant",
+            &format!("g{i}"),
+            T0,
+            r#"{"kind":"purchased","credits":1e12,"pool":"scan"}"#,
+        );
+        match h.send(&grant, at(T0)) {
+            Outcome::Applied { .. } => {}
+            Outcome::Rejected(r) => {
+                rejection = Some((i, r));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (i, r) = rejection.expect("a pool cannot grow without bound");
+    assert_eq!(i, 9223, "{r}");
+    assert_eq!(r.code(), "out_of_range", "{r}");
+}

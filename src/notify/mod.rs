@@ -16,8 +16,6 @@ pub mod mailer;
 pub mod templates;
 pub mod worker;
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use tally_core::Credits;
 
@@ -51,48 +49,8 @@ pub struct Alert {
     pub top_users: Vec<(String, Credits)>,
 }
 
-/// Which threshold an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AlertKind {
-    /// The balance fell below the account's absolute limit.
-    LowBalance,
-    /// 80% of the cycle's included credits are used.
-    IncludedUsed,
-    /// The balance is empty and shortfall begins.
-    Shortfall,
-    /// Credits expiring within 14 days exceed the minimum.
-    Expiring,
-}
-
-impl AlertKind {
-    pub const ALL: [AlertKind; 4] = [
-        AlertKind::LowBalance,
-        AlertKind::IncludedUsed,
-        AlertKind::Shortfall,
-        AlertKind::Expiring,
-    ];
-
-    /// The name stored in the alerts table and printed by `tally alerts`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertKind::LowBalance => "low_balance",
-            AlertKind::IncludedUsed => "included_used",
-            AlertKind::Shortfall => "shortfall",
-            AlertKind::Expiring => "expiring",
-        }
-    }
-
-    /// The kind named `name` by `as_str`.
-    pub fn parse(name: &str) -> Option<AlertKind> {
-        AlertKind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
-
-impl fmt::Display for AlertKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which threshold an alert is about: the core's, the one kind of alert there is.
+pub use tally_core::alerts::AlertKind;
 
 /// The languages emails are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +74,6 @@ impl Locale {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_round_trip_through_their_names() {
-        for kind in AlertKind::ALL {
-            assert_eq!(AlertKind::parse(kind.as_str()), Some(kind));
-        }
-        assert_eq!(AlertKind::parse("other"), None);
-    }
 
     #[test]
     fn korean_only_for_ko_tags() {

@@ -251,9 +251,16 @@ impl Tracked {
         }
     }
 
-    /// An alert as a crashed process recorded it; `None` if its kind is unknown.
-    fn from_row(row: AlertRow) -> Option<Tracked> {
-        let kind = AlertKind::parse(&row.kind)?;
+    /// An alert as a crashed process recorded it; an unknown kind is an error naming the
+    /// table, column and value.
+    fn from_row(row: AlertRow) -> Result<Tracked, crate::store::StoreError> {
+        let kind = crate::store::stored(
+            &AlertKind::ALL,
+            AlertKind::as_str,
+            "alerts",
+            "kind",
+            &row.kind,
+        )?;
         let join = |names: Vec<String>, credits: Vec<i64>| -> Vec<(String, Credits)> {
             names
                 .into_iter()
@@ -278,7 +285,7 @@ impl Tracked {
         tracked.attempts = row.attempts;
         tracked.created_at = from_seconds(row.created_at);
         tracked.version = row.version;
-        Some(tracked)
+        Ok(tracked)
     }
 }
 
@@ -613,9 +620,14 @@ impl Worker {
         for row in rows {
             let was_pending = row.status == status::PENDING;
             let (account, id) = (row.account.clone(), row.alert_id.clone());
-            let Some(t) = Tracked::from_row(row) else {
-                tracing::warn!(account = %account, alert = %id, "stored alert of unknown kind; skipped");
-                continue;
+            let t = match Tracked::from_row(row) {
+                Ok(t) => t,
+                Err(e) => {
+                    // Left as it is in the table (and logged with what is wrong), so the
+                    // other alerts still go out.
+                    tracing::error!(account = %account, alert = %id, error = %e, "stored alert cannot be read; not resent");
+                    continue;
+                }
             };
             self.known.insert(t.key());
             if was_pending {

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use clickhouse::Client;
 use serde::Serialize;
-use tally_core::Credits;
+use tally_core::{Credits, EntryType, LotKind};
 
 use super::{credits, rfc3339, short_time, ReportError, Tabular};
-use crate::store::reads;
 use crate::store::rows::{from_seconds, LedgerRow};
+use crate::store::{self, reads, StoreError};
 
 /// The history of one account, oldest first.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -43,22 +43,46 @@ pub struct HistoryEntry {
     pub comment: String,
 }
 
-/// How credits arrived or left, as the history names it [000].
-pub fn history_type(row: &LedgerRow) -> &'static str {
-    match (
-        row.entry_type.as_str(),
-        row.lot_kind.as_str(),
-        row.payment_method.as_str(),
-    ) {
-        ("expiry", ..) => "expired",
-        ("void", ..) => "voided",
-        ("settlement", ..) => "shortfall settled",
-        (_, _, "cash") => "top-up (cash)",
-        (_, _, "card") => "top-up (card)",
-        (_, "included", _) => "plan subscription",
-        (_, "purchased", _) => "top-up",
-        _ => "promotional",
+/// How credits arrived or left, as the history names it [000]. Unknown stored names are an
+/// error naming table, column and value.
+pub fn history_type(row: &LedgerRow) -> Result<&'static str, StoreError> {
+    let entry_type = store::stored(
+        &store::ENTRY_TYPES,
+        EntryType::as_str,
+        "ledger",
+        "entry_type",
+        &row.entry_type,
+    )?;
+    match entry_type {
+        EntryType::Expiry => return Ok("expired"),
+        EntryType::Void => return Ok("voided"),
+        EntryType::Settlement => return Ok("shortfall settled"),
+        EntryType::Grant | EntryType::Usage => {}
     }
+    match row.payment_method.as_str() {
+        "cash" => return Ok("top-up (cash)"),
+        "card" => return Ok("top-up (card)"),
+        "" => {}
+        other => {
+            return Err(StoreError::UnknownValue {
+                table: "ledger",
+                column: "payment_method",
+                value: other.to_string(),
+            })
+        }
+    }
+    let kind = store::stored(
+        &store::LOT_KINDS,
+        LotKind::as_str,
+        "ledger",
+        "lot_kind",
+        &row.lot_kind,
+    )?;
+    Ok(match kind {
+        LotKind::Included => "plan subscription",
+        LotKind::Purchased => "top-up",
+        LotKind::Promotional | LotKind::Flex => "promotional",
+    })
 }
 
 /// Reads the history of `account`; `purchases` keeps only bought packs.
@@ -84,14 +108,12 @@ pub async fn load(client: &Client, account: &str, purchases: bool) -> Result<His
             })
             .unwrap_or_default()
     };
-    Ok(History {
-        account: account.to_string(),
-        purchases,
-        entries: rows
-            .iter()
-            .map(|r| HistoryEntry {
+    let entries = rows
+        .iter()
+        .map(|r| {
+            Ok(HistoryEntry {
                 time: from_seconds(r.time),
-                history_type: history_type(r),
+                history_type: history_type(r).map_err(ReportError::read("the ledger"))?,
                 entry_type: r.entry_type.clone(),
                 pool: r.pool.clone(),
                 credits: credits(r.credits),
@@ -102,7 +124,12 @@ pub async fn load(client: &Client, account: &str, purchases: bool) -> Result<His
                 payment_reference: r.payment_reference.clone(),
                 comment: r.comment.clone(),
             })
-            .collect(),
+        })
+        .collect::<Result<Vec<_>, ReportError>>()?;
+    Ok(History {
+        account: account.to_string(),
+        purchases,
+        entries,
     })
 }
 

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use chrono::NaiveDate;
 use clickhouse::Client;
 use serde::Serialize;
-use tally_core::{Credits, LotKind};
+use tally_core::{Credits, EntryType, LotKind};
 
 use super::{credits, ReportError, Tabular};
-use crate::store::reads;
+use crate::store::{self, reads, StoreError};
 
 /// The summary of local days `from..to` (exclusive).
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +76,7 @@ pub async fn load(
         .await
         .map_err(ReportError::read("the ledger"))?;
     let rows = summarize(&flows)
+        .map_err(ReportError::read("the ledger"))?
         .into_iter()
         .map(|((account, pool), s)| MonthlyEntry {
             account,
@@ -93,44 +94,59 @@ pub async fn load(
 }
 
 /// Folds the ledger's flows into opening balance, movements and closing balance.
-pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
+/// A stored entry type or lot kind that is unknown is an error, never counted as some
+/// default movement.
+pub fn summarize(flows: &[reads::Flow]) -> Result<BTreeMap<(String, String), Summary>, StoreError> {
     let mut out: BTreeMap<(String, String), Summary> = BTreeMap::new();
     for flow in flows {
         let summary = out
             .entry((flow.account.clone(), flow.pool.clone()))
             .or_default();
         let amount = credits(flow.credits);
+        let entry_type = store::stored(
+            &store::ENTRY_TYPES,
+            EntryType::as_str,
+            "ledger",
+            "entry_type",
+            &flow.entry_type,
+        )?;
         if flow.kind == "shortfall" {
             summary.shortfall += flow.credits;
             continue;
         }
-        if flow.kind == LotKind::Flex.as_str() {
+        let kind = store::stored(
+            &store::LOT_KINDS,
+            LotKind::as_str,
+            "ledger",
+            "kind",
+            &flow.kind,
+        )?;
+        if kind == LotKind::Flex {
             if flow.in_range == 1 {
                 summary.flex += flow.credits;
             }
             continue;
         }
-        let part = if flow.kind == LotKind::Purchased.as_str() {
+        let part = if kind == LotKind::Purchased {
             &mut summary.purchased
         } else {
             &mut summary.free
         };
         // Grants add; calls and settlements take what lots paid; expiries and voids are
         // stored as negative amounts.
-        let change = match flow.entry_type.as_str() {
-            "grant" => amount,
-            "usage" | "settlement" => -amount,
-            _ => amount,
+        let change = match entry_type {
+            EntryType::Usage | EntryType::Settlement => -amount,
+            EntryType::Grant | EntryType::Expiry | EntryType::Void => amount,
         };
         if flow.in_range == 0 {
             part.carried_forward += change;
             continue;
         }
-        match flow.entry_type.as_str() {
-            "grant" => part.allocated += amount,
-            "usage" | "settlement" => part.consumed += amount,
-            "expiry" => part.expired -= amount,
-            _ => part.voided -= amount,
+        match entry_type {
+            EntryType::Grant => part.allocated += amount,
+            EntryType::Usage | EntryType::Settlement => part.consumed += amount,
+            EntryType::Expiry => part.expired -= amount,
+            EntryType::Void => part.voided -= amount,
         }
     }
     for summary in out.values_mut() {
@@ -139,7 +155,7 @@ pub fn summarize(flows: &[reads::Flow]) -> BTreeMap<(String, String), Summary> {
                 part.carried_forward + part.allocated - part.consumed - part.expired - part.voided;
         }
     }
-    out
+    Ok(out)
 }
 
 impl Tabular for Monthly {

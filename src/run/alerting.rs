@@ -5,7 +5,7 @@
 use clickhouse::Client;
 use tally_core::alerts::Alert as Decision;
 
-use crate::notify::{self, Alert, AlertKind};
+use crate::notify::{self, Alert};
 use crate::store::reads::{self, By};
 use crate::store::{alerts, StoreError};
 
@@ -18,12 +18,11 @@ const TOP: u64 = 5;
 pub async fn record(store: &Client, decisions: &[Decision]) -> Result<Vec<Alert>, StoreError> {
     let mut mails = Vec::with_capacity(decisions.len());
     for d in decisions {
-        let kind = AlertKind::parse(d.kind.as_str()).unwrap_or(AlertKind::LowBalance);
         mails.push(Alert {
             id: d.id.clone(),
             account: d.account.clone(),
             pool: d.pool.clone(),
-            kind,
+            kind: d.kind,
             threshold: d.threshold,
             balance: d.balance,
             time: d.time,

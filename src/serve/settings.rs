@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::keys::KeySet;
 use crate::config::Secret;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     /// Address `tally serve` listens on (`host:port`).
     pub listen: String,
@@ -19,7 +19,6 @@ pub struct ServeConfig {
     pub keys_file: PathBuf,
     /// API keys as `SCOPE=TOKEN` separated by commas. Only from the environment
     /// (TALLY_SERVE__KEYS), never written in the file; never logged.
-    #[serde(default)]
     pub keys: Secret,
     /// Largest request body `POST /v1/events` takes, in bytes.
     pub max_body_bytes: usize,
@@ -30,6 +29,20 @@ pub struct ServeConfig {
     /// Longest wait for the broker to acknowledge ingested events.
     #[serde(with = "humantime_serde")]
     pub ingest_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8080".into(),
+            keys_file: PathBuf::new(),
+            keys: Secret::default(),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            page_size: 1000,
+            ingest_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl ServeConfig {

@@ -8,7 +8,12 @@ pub mod rows;
 pub mod schema;
 pub mod writes;
 
+use std::time::Duration;
+
 use clickhouse::{Client, Compression};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
 
 use crate::config::ClickHouseConfig;
 
@@ -18,7 +23,51 @@ pub enum StoreError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("stored state of account `{account}` is unreadable: {problem}")]
     State { account: String, problem: String },
+    /// A stored name that no variant of its enum has: never guessed, always an error.
+    #[error("table `{table}`, column `{column}`: unknown value `{value}`")]
+    UnknownValue {
+        table: &'static str,
+        column: &'static str,
+        value: String,
+    },
 }
+
+/// The variant of `variants` whose stored name (`name`) is `value`, or an error naming the
+/// table, the column and the value: an unknown stored value is never read as a default.
+pub fn stored<T: Copy>(
+    variants: &[T],
+    name: impl Fn(T) -> &'static str,
+    table: &'static str,
+    column: &'static str,
+    value: &str,
+) -> Result<T, StoreError> {
+    variants
+        .iter()
+        .copied()
+        .find(|v| name(*v) == value)
+        .ok_or_else(|| StoreError::UnknownValue {
+            table,
+            column,
+            value: value.to_string(),
+        })
+}
+
+/// Every lot kind as stored, flex (payments only) included.
+pub const LOT_KINDS: [tally_core::LotKind; 4] = [
+    tally_core::LotKind::Included,
+    tally_core::LotKind::Promotional,
+    tally_core::LotKind::Purchased,
+    tally_core::LotKind::Flex,
+];
+
+/// Every ledger entry type as stored.
+pub const ENTRY_TYPES: [tally_core::EntryType; 5] = [
+    tally_core::EntryType::Usage,
+    tally_core::EntryType::Grant,
+    tally_core::EntryType::Void,
+    tally_core::EntryType::Expiry,
+    tally_core::EntryType::Settlement,
+];
 
 /// A client for the configured database. RowBinary without validation and without
 /// compression, so it also works against ClickHouse 18.16.
@@ -26,12 +75,28 @@ pub fn client(config: &ClickHouseConfig) -> Client {
     server_client(config).with_database(&config.database)
 }
 
-/// A client not bound to a database, for creating it.
+/// How long a pooled connection may sit idle; ClickHouse closes them after 3 s itself.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client not bound to a database, for creating it. Every call it makes is bounded by
+/// `clickhouse.timeout`: connecting, each write of the request and each wait for bytes of
+/// the answer, so a hung or blackholed server fails the call (with a timeout error) instead
+/// of blocking the run loop and its shutdown.
 pub fn server_client(config: &ClickHouseConfig) -> Client {
-    Client::default()
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let mut connector = hyper_timeout::TimeoutConnector::new(http);
+    connector.set_connect_timeout(Some(config.timeout));
+    connector.set_read_timeout(Some(config.timeout));
+    connector.set_write_timeout(Some(config.timeout));
+    let http_client = HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector);
+    Client::with_http_client(http_client)
         .with_url(&config.url)
         .with_user(&config.user)
-        .with_password(&config.password)
+        .with_password(config.password.expose())
         .with_validation(false)
         .with_compression(Compression::None)
 }
@@ -43,4 +108,53 @@ pub async fn check(client: &Client) -> Result<(), StoreError> {
         .fetch_one::<u64>()
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_core::alerts::AlertKind;
+
+    #[test]
+    fn unknown_stored_values_are_errors_naming_table_column_and_value() {
+        let lot = stored(&LOT_KINDS, |k| k.as_str(), "lots", "kind", "purchased");
+        assert_eq!(lot.unwrap(), tally_core::LotKind::Purchased);
+        let err = stored(&LOT_KINDS, |k| k.as_str(), "lots", "kind", "gift").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "table `lots`, column `kind`: unknown value `gift`"
+        );
+        let err = stored(
+            &AlertKind::ALL,
+            AlertKind::as_str,
+            "alerts",
+            "kind",
+            "lowbalance",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "table `alerts`, column `kind`: unknown value `lowbalance`"
+        );
+        for kind in AlertKind::ALL {
+            let back = stored(
+                &AlertKind::ALL,
+                AlertKind::as_str,
+                "alerts",
+                "kind",
+                kind.as_str(),
+            );
+            assert_eq!(back.unwrap(), kind);
+        }
+        for entry in ENTRY_TYPES {
+            let back = stored(
+                &ENTRY_TYPES,
+                |e| e.as_str(),
+                "ledger",
+                "entry_type",
+                entry.as_str(),
+            );
+            assert_eq!(back.unwrap(), entry);
+        }
+    }
 }

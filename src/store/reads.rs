@@ -17,7 +17,7 @@ pub async fn lots(client: &Client, account: &str) -> Result<Vec<Lot>, StoreError
         .bind(account)
         .fetch_all()
         .await?;
-    Ok(rows.iter().map(LotRow::to_lot).collect())
+    rows.iter().map(LotRow::to_lot).collect()
 }
 
 /// Whether anything at all is known of `account`.

@@ -190,16 +190,14 @@ impl LotRow {
         }
     }
 
-    /// Back to the core's lot, for balances computed at read time.
-    pub fn to_lot(&self) -> Lot {
-        Lot {
+    /// Back to the core's lot, for balances computed at read time; a kind no lot has is
+    /// an error, never read as some default kind.
+    pub fn to_lot(&self) -> Result<Lot, super::StoreError> {
+        let kind = super::stored(&LotKind::ALL, LotKind::as_str, "lots", "kind", &self.kind)?;
+        Ok(Lot {
             id: self.lot.clone(),
             pool: self.pool.clone(),
-            kind: match self.kind.as_str() {
-                "included" => LotKind::Included,
-                "promotional" => LotKind::Promotional,
-                _ => LotKind::Purchased,
-            },
+            kind,
             granted: Credits::from_milli(self.granted),
             remaining: Credits::from_milli(self.remaining),
             effective_at: from_seconds(self.effective_at),
@@ -209,7 +207,7 @@ impl LotRow {
             voided: self.voided == 1,
             expired: self.expired == 1,
             from_plan: self.from_plan == 1,
-        }
+        })
     }
 }
 
