@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 
 const ACCOUNTS: usize = 400;
 const CALLS: usize = 100_000;
+/// Account settings sent before the grants.
+const SETTINGS: usize = 20_000;
 /// text_to_image costs 8 credits in every version of the shipped matrix.
 const PRICE: i64 = 8;
 /// The shipped `rules.flex.threshold`.
@@ -185,7 +187,18 @@ fn assert_paid_in_order(d: &Deployment, plans: &BTreeMap<String, Plan>, what: &s
 fn send_backlog(seed: u64) -> (Deployment, BTreeMap<String, Plan>) {
     let (grants, calls, plans) = backlog(seed);
     let d = Deployment::new(4);
-    // The grants reach the broker first, then the calls: all before tally starts.
+    // Settings that change nothing the expectation depends on, before the grants, so the
+    // commands backlog takes several fetches too and the grants are not in the first.
+    let at = Utc::now() - TimeDelta::days(4);
+    let settings: Vec<Value> = (0..SETTINGS)
+        .map(|i| {
+            json!({"specversion": "1.0", "type": "account.settings", "id": format!("s-{i}"),
+                   "source": "billing", "subject": format!("acct-{:04}", i % ACCOUNTS),
+                   "time": rfc3339(at), "data": {"locale": if i % 2 == 0 { "en" } else { "ko" }}})
+        })
+        .collect();
+    d.send(&settings);
+    // Then the grants, then the calls: all before tally starts.
     d.send(&grants);
     d.send(&calls);
     (d, plans)
@@ -198,7 +211,7 @@ fn a_usage_backlog_is_paid_by_the_grants_sent_before_it() {
     let summary = d.drain_with(&[("TALLY_KAFKA__MAX_IDLE", "0s")]);
     assert_eq!(
         summary["applied"].as_u64(),
-        Some((CALLS + d_grants(&plans)) as u64),
+        Some((SETTINGS + CALLS + d_grants(&plans)) as u64),
         "{summary}"
     );
     assert!(
@@ -212,7 +225,7 @@ fn a_usage_backlog_is_paid_by_the_grants_sent_before_it() {
 #[test]
 fn a_usage_backlog_read_with_restarts_is_paid_in_order() {
     let (d, plans) = send_backlog(22);
-    let total = (CALLS + d_grants(&plans)) as u64;
+    let total = (SETTINGS + CALLS + d_grants(&plans)) as u64;
     let seed: u64 = std::env::var("TALLY_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

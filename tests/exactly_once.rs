@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{expected, workload, Deployment, Snapshot};
+use common::{expected, workload, Deployment, Running, Snapshot};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -23,14 +22,14 @@ fn clean_run(partitions: i32, events: &[Value]) -> Snapshot {
     d.snapshot()
 }
 
-fn kill(mut child: Child) {
+fn kill(mut child: Running) {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }
 
 /// Stops a `tally run` with SIGTERM and requires the clean exit: drained, flushed,
 /// committed.
-fn terminate(child: Child) {
+fn terminate(child: Running) {
     let pid = child.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -100,7 +99,7 @@ fn three_processes_with_one_killed_and_its_partitions_moved_equal_one_clean_run(
     // broker's group coordinator stalls after a member dies (docs/guarantees.md). What is
     // under test is tally's part: a partition moving to another process mid-stream.
     let member = |owned: &str| d.spawn_run(&[], &[("TALLY_KAFKA__ASSIGNMENT", owned)]);
-    let mut group: Vec<Child> = ["0,1", "2,3", "4,5"]
+    let mut group: Vec<Running> = ["0,1", "2,3", "4,5"]
         .iter()
         .map(|owned| member(owned))
         .collect();
@@ -205,7 +204,7 @@ fn three_group_members_with_one_killed_and_restarted_equal_one_clean_run() {
             ],
         )
     };
-    let mut group: Vec<Child> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
+    let mut group: Vec<Running> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
     let committed = || d.committed();
     let deadline = Instant::now() + Duration::from_secs(600);
     while committed() == 0 {

@@ -83,6 +83,13 @@ impl Deployment {
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+        // The tests' own knobs (TALLY_TEST_SEED, ...) are not tally settings: tally refuses
+        // unknown TALLY_* keys, so they must not reach it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TALLY_TEST_") {
+                command.env_remove(&key);
+            }
+        }
         command.envs(self.env());
         command
     }
@@ -153,14 +160,11 @@ impl Deployment {
 
     /// `drain` with `env` on top of the deployment's.
     pub fn drain_with(&self, env: &[(&str, &str)]) -> Value {
-        let mut child = self
-            .command()
-            .args(["--json", "run", "--drain"])
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tally run starts");
+        let mut child = Running::spawn(
+            self.command()
+                .args(["--json", "run", "--drain"])
+                .envs(env.iter().copied()),
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(600);
         while child.try_wait().expect("wait works").is_none() {
             if std::time::Instant::now() > deadline {
@@ -316,15 +320,74 @@ impl Deployment {
     }
 
     /// Starts `tally run` in the background with `env` on top of the deployment's.
-    pub fn spawn_run(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-        self.command()
-            .arg("run")
-            .args(args)
-            .envs(env.iter().copied())
+    pub fn spawn_run(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::spawn(
+            self.command()
+                .arg("run")
+                .args(args)
+                .envs(env.iter().copied()),
+        )
+    }
+}
+
+/// A tally process whose output is read while it runs: a child that logs more than a pipe
+/// holds (64 KiB) would otherwise block on its next log line and look like a stall.
+pub struct Running {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Running {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("tally run starts")
+            .expect("tally starts");
+        let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        };
+        let stdout = child.stdout.take().map(|p| reader(Box::new(p)));
+        let stderr = child.stderr.take().map(|p| reader(Box::new(p)));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+
+    /// Waits for the exit, then for the rest of its output.
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        let status = self.child.wait()?;
+        let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        Ok(Output {
+            status,
+            stdout: collect(self.stdout.take()),
+            stderr: collect(self.stderr.take()),
+        })
     }
 }
 
