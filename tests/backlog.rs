@@ -16,8 +16,12 @@ use serde_json::{json, Value};
 
 const ACCOUNTS: usize = 400;
 const CALLS: usize = 100_000;
-/// Account settings sent before the grants.
-const SETTINGS: usize = 20_000;
+/// Account settings sent before the grants: about 25 MB, more than four of tansu's 5 MB
+/// fetches (one byte budget shared by every partition of a fetch). In the fifth fetch the
+/// consumer's rotation puts the usage partitions first, so calls arrive while the grants
+/// are still on the broker: the rule before KIP-695 waiting applied them (108 settlements
+/// in this test), the rule now waits.
+const SETTINGS: usize = 100_000;
 /// text_to_image costs 8 credits in every version of the shipped matrix.
 const PRICE: i64 = 8;
 /// The shipped `rules.flex.threshold`.
@@ -188,7 +192,7 @@ fn send_backlog(seed: u64) -> (Deployment, BTreeMap<String, Plan>) {
     let (grants, calls, plans) = backlog(seed);
     let d = Deployment::new(4);
     // Settings that change nothing the expectation depends on, before the grants, so the
-    // commands backlog takes several fetches too and the grants are not in the first.
+    // commands backlog takes several fetches and the grants are not in the first ones.
     let at = Utc::now() - TimeDelta::days(4);
     let settings: Vec<Value> = (0..SETTINGS)
         .map(|i| {
