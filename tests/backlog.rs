@@ -17,10 +17,9 @@ use serde_json::{json, Value};
 const ACCOUNTS: usize = 400;
 const CALLS: usize = 100_000;
 /// Account settings sent before the grants: about 25 MB, more than four of tansu's 5 MB
-/// fetches (one byte budget shared by every partition of a fetch). In the fifth fetch the
-/// consumer's rotation puts the usage partitions first, so calls arrive while the grants
-/// are still on the broker: the rule before KIP-695 waiting applied them (108 settlements
-/// in this test), the rule now waits.
+/// fetches (one byte budget shared by every partition of a fetch), so calls arrive while
+/// the grants are still on the broker. The rule before KIP-695 waiting applied them (one
+/// run: 163 settlements, 293 of 400 accounts paid wrongly); the rule now waits.
 const SETTINGS: usize = 100_000;
 /// text_to_image costs 8 credits in every version of the shipped matrix.
 const PRICE: i64 = 8;
@@ -144,9 +143,6 @@ fn assert_paid_in_order(d: &Deployment, plans: &BTreeMap<String, Plan>, what: &s
             )
         })
         .collect();
-    // Grants came before every call: nothing can have fallen short and been settled later.
-    let settled = d.sql("SELECT count() FROM ledger FINAL WHERE entry_type = 'settlement'");
-    assert_eq!(settled.trim(), "0", "{what}: grants settled shortfall");
     let mut wrong = Vec::new();
     for (account, plan) in plans {
         let (promotional, purchased, flex_used, shortfall) = plan.expected();
@@ -179,9 +175,12 @@ fn assert_paid_in_order(d: &Deployment, plans: &BTreeMap<String, Plan>, what: &s
             ));
         }
     }
+    // Grants came before every call: nothing can have fallen short and been settled later.
+    let settled = d.sql("SELECT count() FROM ledger FINAL WHERE entry_type = 'settlement'");
     assert!(
-        wrong.is_empty(),
-        "{what}: {} of {} accounts paid in the wrong order:\n{}",
+        wrong.is_empty() && settled.trim() == "0",
+        "{what}: {} settlements; {} of {} accounts paid in the wrong order:\n{}",
+        settled.trim(),
         wrong.len(),
         plans.len(),
         wrong[..wrong.len().min(10)].join("\n")
