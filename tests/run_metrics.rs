@@ -49,6 +49,23 @@ fn series<'a>(metrics: &'a str, name: &str) -> Vec<(&'a str, f64)> {
         .collect()
 }
 
+/// Scrapes `/metrics` until `done` holds for the text, within `DEADLINE`; returns it.
+fn scrape_until(base: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, text) = get(base, "/metrics");
+        if code == 200 && done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; last scrape: {code}\n{text}"
+        );
+        // A bound on polling, not a synchronisation: the condition decides.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Run(Child);
 
 impl Drop for Run {
@@ -273,9 +290,18 @@ fn run_metrics_count_what_was_applied_rejected_and_alerted() {
     assert_eq!(get(&base, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(&base, "/readyz"), (200, "ready\n".into()));
     assert_eq!(get(&base, "/nowhere").0, 404);
-    let (code, body) = get(&base, "/status");
-    assert_eq!(code, 200, "{body}");
-    let status: Value = serde_json::from_str(&body).expect("/status is JSON");
+    // The run loop copies its status after each flush: poll until it has copied the
+    // last one (a bound, not a pace).
+    let deadline = Instant::now() + DEADLINE;
+    let (body, status) = loop {
+        let (code, body) = get(&base, "/status");
+        assert_eq!(code, 200, "{body}");
+        let status: Value = serde_json::from_str(&body).expect("/status is JSON");
+        if status["flushes"].as_f64() == Some(flushes) || Instant::now() > deadline {
+            break (body, status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(status["state"], "running");
     assert_eq!(status["applied"], commands + usage_applied);
     assert_eq!(status["duplicates"], duplicates.len() as u64);
@@ -315,5 +341,74 @@ fn run_metrics_count_what_was_applied_rejected_and_alerted() {
             r#"tally_http_requests_total{method="GET",route="unmatched",status="404"}"#
         ) == Some(1.0),
         "{after}"
+    );
+}
+
+/// Lag is what waits to be applied, not what was received: usage events held back by the
+/// merge (the commands side sits at its end and `max_idle` is an hour) are all lag; a
+/// tick on the commands side lets them through, and is then the lag itself.
+#[test]
+fn consumer_lag_counts_records_received_but_not_applied() {
+    let d = Deployment::new(2);
+    let calls = 37;
+    let events: Vec<Value> = (0..calls)
+        .map(|i| {
+            usage(
+                &format!("held-{i}"),
+                &format!("acct-{}", i % 5),
+                hours_ago(2),
+                json!({"user": "kim@acme.kr", "feature": "upscale"}),
+            )
+        })
+        .collect();
+    d.send(&events);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{listen}");
+    let _run = Run(d.spawn_run(
+        &[],
+        &[
+            ("TALLY_STATUS__LISTEN", listen.as_str()),
+            ("TALLY_KAFKA__MAX_IDLE", "1h"),
+        ],
+    ));
+    let lag = |text: &str, topic: &str| -> (usize, f64) {
+        let all = series(text, "tally_consumer_lag");
+        let mine: Vec<f64> = all
+            .iter()
+            .filter(|(labels, _)| labels.contains(&format!("topic=\"{topic}\"")))
+            .map(|(_, v)| *v)
+            .collect();
+        (mine.len(), mine.iter().sum())
+    };
+    let held = scrape_until(&base, "every call is lag", |text| {
+        lag(text, &d.usage_topic) == (2, calls as f64)
+    });
+    assert_eq!(lag(&held, &d.commands_topic), (2, 0.0), "{held}");
+    let applied = format!("tally_events_applied_total{{topic=\"{}\"}}", d.usage_topic);
+    assert_eq!(value(&held, &applied), Some(0.0), "{held}");
+    // Waiting is no reason to be unready: the process works, it is the merge that waits.
+    assert_eq!(get(&base, "/readyz"), (200, "ready\n".into()));
+    let (_, status) = get(&base, "/status");
+    let status: Value = serde_json::from_str(&status).expect("/status is JSON");
+    let waiting: Vec<&Value> = status["partitions"]
+        .as_array()
+        .map(|ps| ps.iter().filter(|p| p["waiting"] == "usage").collect())
+        .unwrap_or_default();
+    assert!(!waiting.is_empty(), "{status}");
+
+    // A tick per partition on the commands side: the calls are older, so they go first,
+    // and the ticks are the lag now, waiting (up to max_idle) for newer usage.
+    d.tally_ok(&["tick"]);
+    let caught_up = scrape_until(&base, "the tick let every call through", |text| {
+        lag(text, &d.usage_topic) == (2, 0.0)
+            && lag(text, &d.commands_topic) == (2, 2.0)
+            && value(text, &applied) == Some(calls as f64)
+            // ... and committed: the ticks are in no flush yet.
+            && value(text, "tally_flush_batch_events_sum") == Some(calls as f64)
+    });
+    assert_eq!(
+        value(&caught_up, "tally_apply_delay_seconds_count"),
+        Some(calls as f64),
+        "{caught_up}"
     );
 }
