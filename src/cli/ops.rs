@@ -60,16 +60,26 @@ pub fn run(
         s.group = config.kafka.group_id.clone();
         s.pid = std::process::id();
     }
+    let metrics = crate::run::metrics::RunMetrics::new().context("cannot register metrics")?;
     if !config.status.listen.is_empty() {
         let listen = config.status.listen.clone();
-        let shared = status.clone();
+        let endpoint = crate::status::Endpoint {
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        // Consumption does not depend on being observed: an address in use only costs
+        // the endpoint, and says so.
         rt.spawn(async move {
-            if let Err(e) = crate::status::serve(listen.clone(), shared).await {
+            let served = match crate::status::bind(&listen).await {
+                Ok(listener) => crate::status::serve(listener, endpoint).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
                 tracing::warn!(listen = %listen, error = %e, "no status endpoint");
             }
         });
     }
-    let summary = crate::run::run(config, rules, drain, shutdown, rt, status)?;
+    let summary = crate::run::run(config, rules, drain, shutdown, rt, status, metrics)?;
     let c = summary.counts;
     if json {
         println!(

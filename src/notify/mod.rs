@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use tally_core::Credits;
 
 pub use worker::{
-    pending_row, AlertSender, Closed, Notifier, NotifierHandle, NotifyError, ShutdownReport,
+    pending_row, AlertCounters, AlertSender, Closed, Notifier, NotifierHandle, NotifyError,
+    ShutdownReport,
 };
 
 /// An alert the core has decided to send, in the shell's terms.

@@ -40,6 +40,34 @@ pub enum NotifyError {
     Limits(#[from] LimitsError),
 }
 
+/// Counters of alert outcomes, kept by the notifier as they happen (`tally run` exports
+/// them as `tally_alerts_total{outcome}`). The default counts into counters no registry
+/// reads.
+#[derive(Clone)]
+pub struct AlertCounters {
+    /// Alerts whose email the server took (one per email: the alerts a digest carries
+    /// were counted as suppressed when held).
+    pub sent: prometheus::IntCounter,
+    /// Alerts held back by the per-account limit, for a digest.
+    pub suppressed: prometheus::IntCounter,
+    /// Alerts recorded as failed.
+    pub failed: prometheus::IntCounter,
+}
+
+impl Default for AlertCounters {
+    fn default() -> Self {
+        // Constant, valid names: creating these counters cannot fail.
+        let counter = |name: &str| {
+            prometheus::IntCounter::new(name, "unregistered").expect("a valid metric name")
+        };
+        AlertCounters {
+            sent: counter("alerts_sent"),
+            suppressed: counter("alerts_suppressed"),
+            failed: counter("alerts_failed"),
+        }
+    }
+}
+
 /// The notifier has stopped; the alerts were not taken.
 #[derive(Debug, thiserror::Error)]
 #[error("the notifier has stopped; {0} alerts were not accepted")]
@@ -85,7 +113,19 @@ impl Notifier {
         notify: &NotifyConfig,
         store: Client,
     ) -> Result<NotifierHandle, NotifyError> {
+        Notifier::spawn_counted(runtime, smtp, notify, store, AlertCounters::default())
+    }
+
+    /// Starts the notifier on `runtime`, counting outcomes into `counters`.
+    pub fn spawn_counted(
+        runtime: &tokio::runtime::Handle,
+        smtp: &SmtpConfig,
+        notify: &NotifyConfig,
+        store: Client,
+        counters: AlertCounters,
+    ) -> Result<NotifierHandle, NotifyError> {
         let worker = Worker {
+            counters,
             store,
             mailer: Mailer::new(smtp)?,
             per_account: AccountLimiter::new(notify.per_account, notify.per_account_period)?,
@@ -355,6 +395,7 @@ struct Worker {
     store_failures: u32,
     store_retry_at: Option<Instant>,
     report: ShutdownReport,
+    counters: AlertCounters,
 }
 
 impl Worker {
@@ -453,6 +494,7 @@ impl Worker {
             self.stage(row);
             self.known.remove(&t.key());
             self.report.failed += 1;
+            self.counters.failed.inc();
             return;
         }
         match self.per_account.check(&account) {
@@ -477,6 +519,7 @@ impl Worker {
                 }
                 let row = t.row(status::SUPPRESSED, Vec::new(), "");
                 self.stage(row);
+                self.counters.suppressed.inc();
                 let retry_at = Instant::now() + wait;
                 let held = self.held.entry(account).or_insert(Held {
                     alerts: Vec::new(),
@@ -569,6 +612,7 @@ impl Worker {
                     self.known.remove(&t.key());
                 }
                 self.report.sent += 1;
+                self.counters.sent.inc();
             }
             Err(e) => {
                 let error = e.to_string();
@@ -586,6 +630,7 @@ impl Worker {
                         self.known.remove(&t.key());
                     }
                     self.report.failed += 1 + alerts.len() as u64;
+                    self.counters.failed.inc_by(1 + alerts.len() as u64);
                 } else {
                     let wait = backoff(o.primary.attempts, self.backoff.0, self.backoff.1);
                     tracing::warn!(account = %account, alert = %id, attempts = o.primary.attempts,

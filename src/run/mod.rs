@@ -4,6 +4,7 @@
 
 pub mod alerting;
 pub mod merge;
+pub mod metrics;
 pub mod partition;
 pub mod rollup;
 
@@ -23,6 +24,7 @@ use tally_core::Rules;
 use tokio::runtime::Handle;
 
 use self::merge::{Pending, Which};
+use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, PartitionWork};
 use crate::config::Config;
 use crate::kafka::{self, DeadLetter};
@@ -52,6 +54,8 @@ struct Flush {
     partitions: Vec<i32>,
     /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
     mails: Option<Vec<crate::notify::Alert>>,
+    /// Records (every outcome) the flush commits.
+    events: usize,
 }
 
 struct Pipeline {
@@ -73,6 +77,7 @@ struct Pipeline {
     /// Mails low-credit alerts in the background; never blocks consumption.
     /// Taken at shutdown to stop it.
     notifier: Option<crate::notify::NotifierHandle>,
+    metrics: RunMetrics,
 }
 
 impl Pipeline {
@@ -107,6 +112,7 @@ impl Pipeline {
                 ));
                 match loaded {
                     Ok(restored) => {
+                        let metrics = self.metrics.partition(self.topics(), partition);
                         tracing::info!(
                             partition,
                             accounts = restored.book.accounts.len(),
@@ -116,10 +122,11 @@ impl Pipeline {
                         );
                         starts.insert(partition, (restored.usage_offset, restored.commands_offset));
                         self.parts
-                            .insert(partition, PartitionWork::new(partition, restored));
+                            .insert(partition, PartitionWork::new(partition, restored, metrics));
                         break;
                     }
                     Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
+                        self.metrics.clickhouse_errors.inc();
                         tracing::warn!(partition, error = %e, "cannot load partition state, retrying");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -245,6 +252,7 @@ impl Pipeline {
     /// once it has landed.
     fn flush(&mut self) -> anyhow::Result<Option<TopicPartitionList>> {
         self.last_flush = Instant::now();
+        let started = self.last_flush;
         if self.pending.is_none() {
             let mut batch = writes::Batch::default();
             let mut dead_letters = Vec::new();
@@ -261,22 +269,34 @@ impl Pipeline {
                     partitions.push(work.partition);
                 }
             }
-            self.applied_since_flush = 0;
+            let events = std::mem::take(&mut self.applied_since_flush);
             if partitions.is_empty() {
                 return Ok(None);
             }
+            self.metrics
+                .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
             self.pending = Some(Flush {
                 batch,
                 dead_letters,
                 dead_letters_sent: false,
                 partitions,
                 mails: None,
+                events,
             });
         }
         let Some(flush) = self.pending.as_mut() else {
             return Ok(None);
         };
+        // The phase under way, so a failure is counted against it; each phase that
+        // completes is timed as it does (a retried flush skips the phases it finished).
+        let mut current = phase::DEAD_LETTERS;
+        let metrics = &self.metrics;
         let result = self.rt.block_on(async {
+            let mut at = Instant::now();
+            let done = |name: &'static str, at: &mut Instant| {
+                metrics.flush_phase(name, at.elapsed().as_secs_f64());
+                *at = Instant::now();
+            };
             if !flush.dead_letters_sent {
                 kafka::send_dead_letters(
                     &self.producer,
@@ -286,26 +306,44 @@ impl Pipeline {
                 .await
                 .context("dead-letter topic")?;
                 flush.dead_letters_sent = true;
+                done(phase::DEAD_LETTERS, &mut at);
             }
+            current = phase::WRITE_OUTPUTS;
             writes::write_outputs(&self.store, &flush.batch)
                 .await
                 .context("ClickHouse")?;
+            done(phase::WRITE_OUTPUTS, &mut at);
             if flush.mails.is_none() {
+                current = phase::ALERTS;
                 let mails = alerting::record(&self.store, &flush.batch.alerts)
                     .await
                     .context("ClickHouse: alerts")?;
                 flush.mails = Some(mails);
+                done(phase::ALERTS, &mut at);
             }
+            current = phase::CHECKPOINT;
             writes::commit(&self.store, &flush.batch)
                 .await
-                .context("ClickHouse")
+                .context("ClickHouse")?;
+            done(phase::CHECKPOINT, &mut at);
+            Ok::<(), anyhow::Error>(())
         });
         if let Err(e) = result {
+            self.metrics
+                .flush_failures
+                .with_label_values(&[current])
+                .inc();
+            if current != phase::DEAD_LETTERS {
+                self.metrics.clickhouse_errors.inc();
+            }
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             return Err(e);
         }
         let mut flush = self.pending.take().expect("pending flush checked above");
+        self.metrics
+            .flush_phase(phase::TOTAL, started.elapsed().as_secs_f64());
+        self.metrics.flush_events.observe(flush.events as f64);
         if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
             for mail in &mails {
                 tracing::info!(account = %mail.account, pool = %mail.pool, kind = mail.kind.as_str(), "low-credit alert");
@@ -354,6 +392,7 @@ impl Pipeline {
                             "partition snapshotted; older checkpoint rows deleted"
                         ),
                         Err(e) => {
+                            self.metrics.clickhouse_errors.inc();
                             tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
                         }
                     }
@@ -423,9 +462,26 @@ impl Pipeline {
             .collect();
     }
 
+    /// Sets every partition's lag gauges: its end as the last fetch response gave it,
+    /// minus the next offset to apply.
+    fn export_lag(&mut self) {
+        for work in self.parts.values_mut() {
+            let known = |high: i64| (high != i64::MAX).then_some(high);
+            let (usage_end, usage_next) = (known(work.usage.high), work.usage.applied_next);
+            let (commands_end, commands_next) =
+                (known(work.commands.high), work.commands.applied_next);
+            work.metrics.set_lag(Which::Usage, usage_end, usage_next);
+            work.metrics
+                .set_lag(Which::Commands, commands_end, commands_next);
+        }
+    }
+
     /// Forgets every partition (after a revoke), keeping their counts.
     fn release_all(&mut self) {
         self.summary.counts = self.counts();
+        for work in self.parts.values_mut() {
+            work.metrics.forget();
+        }
         self.parts.clear();
         self.pending = None;
         self.applied_since_flush = 0;
@@ -559,6 +615,7 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     rt: Handle,
     status: crate::status::Shared,
+    metrics: RunMetrics,
 ) -> anyhow::Result<Summary> {
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
@@ -568,11 +625,12 @@ pub fn run(
         )
     })?;
     let producer = kafka::producer(&config.kafka)?;
-    let notifier = crate::notify::Notifier::spawn_on(
+    let notifier = crate::notify::Notifier::spawn_counted(
         &rt,
         &config.smtp,
         &config.notify,
         store::client(&config.clickhouse),
+        metrics.alert_counters(),
     )
     .context("cannot start the low-credit email notifier")?;
     let kafka_config = config.kafka.clone();
@@ -598,6 +656,7 @@ pub fn run(
         shutdown: shutdown.clone(),
         summary: Summary::default(),
         last_checkpoint: None,
+        metrics,
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -730,6 +789,7 @@ pub fn run(
             }
         }
         p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+        p.export_lag();
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
             match p.flush() {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tally_core::{Book, Outcome, Rules};
 
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
+use super::metrics::PartitionMetrics;
 use super::rollup::{self, Rollups};
 use crate::kafka::DeadLetter;
 use crate::store::checkpoint::{Commit, Restored};
@@ -47,10 +48,12 @@ pub struct PartitionWork {
     pub snapshot_pending: Option<u64>,
     /// The side held back at the last apply, and why, for `tally status`.
     pub wait: Option<(Which, WaitReason)>,
+    /// This partition's Prometheus handles, labels resolved once.
+    pub metrics: PartitionMetrics,
 }
 
 impl PartitionWork {
-    pub fn new(partition: i32, restored: Restored) -> Self {
+    pub fn new(partition: i32, restored: Restored, metrics: PartitionMetrics) -> Self {
         PartitionWork {
             partition,
             book: restored.book,
@@ -68,6 +71,7 @@ impl PartitionWork {
             wait: None,
             rows_since_snapshot: 0,
             snapshot_pending: None,
+            metrics,
         }
     }
 
@@ -88,6 +92,10 @@ impl PartitionWork {
         budget: usize,
     ) -> usize {
         let mut applied = 0;
+        // One wall-clock read per call: the events of one call are applied within
+        // milliseconds of each other, and a clock read per event would cost more than
+        // the rest of the bookkeeping.
+        let applied_at = chrono::Utc::now();
         while applied < budget {
             let which = match merge::next(&self.usage, &self.commands, now, max_idle) {
                 Decision::Apply(which) => which,
@@ -109,14 +117,20 @@ impl PartitionWork {
                 Which::Commands => topics.1,
             };
             let offset = pending.offset;
-            self.apply(rules, topic, pending);
+            let delay = applied_at - pending.arrival;
+            self.metrics
+                .delay(delay.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+            self.apply(rules, which, topic, pending);
             self.side_mut(which).applied_next = offset + 1;
             applied += 1;
+        }
+        if applied > 0 {
+            self.metrics.publish();
         }
         applied
     }
 
-    fn apply(&mut self, rules: &Rules, topic: &str, pending: Pending) {
+    fn apply(&mut self, rules: &Rules, which: Which, topic: &str, pending: Pending) {
         let Pending {
             offset,
             arrival,
@@ -134,6 +148,7 @@ impl PartitionWork {
         match step.outcome {
             Outcome::Applied { account, entries } => {
                 self.counts.applied += 1;
+                self.metrics.applied(which);
                 for (i, entry) in entries.into_iter().enumerate() {
                     let entry_id = match &entry.id {
                         Some(id) => id.clone(),
@@ -145,9 +160,13 @@ impl PartitionWork {
                 self.touched.insert(account);
             }
             Outcome::Tick => {}
-            Outcome::Duplicate { .. } => self.counts.duplicates += 1,
+            Outcome::Duplicate { .. } => {
+                self.counts.duplicates += 1;
+                self.metrics.duplicate();
+            }
             Outcome::Rejected(rejection) => {
                 self.counts.rejected += 1;
+                self.metrics.rejected(rejection.code());
                 tracing::info!(
                     topic,
                     partition = self.partition,
