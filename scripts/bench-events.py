@@ -2,7 +2,10 @@
 """Prints benchmark events as JSON lines: with --grants, one purchased pack and one
 promotional grant per account (accounts with admins and alert thresholds, as real ones
 have); otherwise --calls AI calls spread over --accounts accounts, 4 services and 40 users,
-with ids unique per --round. Deterministic for a given --seed, --round and --now."""
+with ids unique per --round. Round R's calls fall on day R after the grants (--days: how
+many days the grants come before --now), so a run over several rounds moves through days
+as production does: the dedup window and the days open to late events roll forward.
+Deterministic for a given --seed, --round, --days and --now."""
 
 import argparse
 import json
@@ -29,6 +32,7 @@ def main():
     p.add_argument("--grants", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--now", default=None)
+    p.add_argument("--days", type=int, default=0)
     a = p.parse_args()
     now = datetime.fromisoformat(a.now) if a.now else datetime.now(timezone.utc)
     rng = random.Random(a.seed * 1000 + a.round)
@@ -36,7 +40,7 @@ def main():
     if a.grants:
         for i in range(a.accounts):
             acct = f"acct-{i:06d}"
-            at = ts(now - timedelta(hours=6))
+            at = ts(now - timedelta(days=a.days, hours=6))
             out.append(json.dumps({"specversion": "1.0", "type": "account.settings", "id": f"s-{i}",
                 "source": "billing", "subject": acct, "time": at,
                 "data": {"admins": [f"ops@{acct}.example"], "locale": "ko"}}))
@@ -47,7 +51,7 @@ def main():
                 "source": "billing", "subject": acct, "time": at,
                 "data": {"kind": "promotional", "credits": 500, "valid_days": 30}}))
     else:
-        start = now - timedelta(hours=5)
+        start = now - timedelta(days=a.days - a.round, hours=5)
         step = 4 * 3600 / max(a.calls, 1)
         for n in range(a.calls):
             service, feature, variant = FEATURES[rng.randrange(len(FEATURES))]

@@ -2,9 +2,12 @@
 # Benchmarks (figures go in docs/benchmarks.md), each ratio from one run on the local stack:
 # 1. the pure core alone;
 # 2. rounds over a growing history: ACCOUNTS accounts with admins and two grants each, then
-#    ROUNDS rounds of CALLS usage events into the same topics and database; per round a
-#    bare rdkafka consumer reads the round's events, `tally run --drain` applies them, and
-#    an idle `tally run --drain` measures a restart; ledger and checkpoint rows are counted.
+#    ROUNDS rounds of CALLS usage events into the same topics and database, one day apart
+#    (grants ROUNDS days ago, round R on day R after them; broker timestamps are the event
+#    times, so the partition clock, the dedup window and the open days move as in
+#    production); per round a bare rdkafka consumer reads the round's events, `tally run
+#    --drain` applies them, and an idle `tally run --drain` measures a restart; ledger and
+#    checkpoint rows are counted.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,15 +30,16 @@ ch() { curl -sf http://127.0.0.1:8123/ --data-binary "$1"; }
 now() { date +%s.%N; }
 ch "DROP DATABASE IF EXISTS tally_bench" >/dev/null
 target/release/tally migrate >/dev/null
-python3 scripts/bench-events.py --accounts "$ACCOUNTS" --grants > .stack/bench-grants.jsonl
-target/release/tally send .stack/bench-grants.jsonl
+now="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
+python3 scripts/bench-events.py --accounts "$ACCOUNTS" --grants --days "$ROUNDS" --now "$now" > .stack/bench-grants.jsonl
+target/release/tally send --stamp-event-time .stack/bench-grants.jsonl
 target/release/tally run --drain >/dev/null
 offset=0
 echo "== $ROUNDS rounds of $CALLS usage events over $ACCOUNTS accounts, 6 partitions"
 printf '%-6s %-12s %-14s %-7s %-13s %-12s %-16s\n' round bare/s "tally run/s" ratio "idle restart" "ledger rows" "checkpoint rows"
 for round in $(seq 1 "$ROUNDS"); do
-  python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$CALLS" --round "$round" > .stack/bench-round.jsonl
-  target/release/tally send .stack/bench-round.jsonl
+  python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$CALLS" --round "$round" --days "$ROUNDS" --now "$now" > .stack/bench-round.jsonl
+  target/release/tally send --stamp-event-time .stack/bench-round.jsonl
   offset=$((offset + CALLS))
   # The bare consumer reads the whole usage topic; its rate is taken over this round's share.
   bare=$(target/release/examples/bare_consumer 127.0.0.1:9092 "$TALLY_KAFKA__USAGE_TOPIC" "$offset" | grep -o '[0-9]* messages/s' | grep -o '^[0-9]*')

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::maildev::{free_port, MailDev};
@@ -66,7 +66,7 @@ fn scrape_until(base: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-struct Run(Child);
+struct Run(common::Running);
 
 impl Drop for Run {
     fn drop(&mut self) {

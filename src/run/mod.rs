@@ -38,6 +38,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
 const STALL: Duration = Duration::from_secs(2);
+/// How many records before its checkpoint a partition is read from. A broker must answer
+/// a fetch with the batch containing the offset; tansu 0.6 answers with the next batch,
+/// so a start inside a batch would skip records. librdkafka producers put at most 10,000
+/// records in a batch (`batch.num.messages`), so this reaches the batch's start; larger
+/// batches still end in a rewind to the beginning. It replaces a 2 s stall and a read of
+/// the whole partition at every start.
+const LEAD_IN: i64 = 10_000;
 
 /// What a run did, for the caller's summary.
 #[derive(Debug, Default, Clone, Copy)]
@@ -51,12 +58,22 @@ struct Flush {
     batch: writes::Batch,
     dead_letters: Vec<DeadLetter>,
     dead_letters_sent: bool,
-    partitions: Vec<i32>,
     /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
     mails: Option<Vec<crate::notify::Alert>>,
     /// Records (every outcome) the flush commits.
     events: usize,
+    /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
+    /// states them: what the group offsets become once it has landed.
+    offsets: Vec<(i32, i64, i64)>,
+    /// Partitions whose state this flush writes whole, with the snapshot's version: older
+    /// checkpoint rows are deleted once it has landed.
+    snapshots: Vec<(i32, u64)>,
+    started: Instant,
 }
+
+/// A flush being written in the background while the next batch is applied. It gives the
+/// flush back, with the phase that failed and why.
+type Writing = tokio::task::JoinHandle<(Flush, Result<(), (&'static str, anyhow::Error)>)>;
 
 struct Pipeline {
     rules: Rules,
@@ -66,6 +83,9 @@ struct Pipeline {
     rt: Handle,
     stream: String,
     parts: BTreeMap<i32, PartitionWork>,
+    /// The flush in flight; at most one, so checkpoints land in order.
+    writing: Option<Writing>,
+    /// A flush that failed, written again at `retry_at`; nothing is applied meanwhile.
     pending: Option<Flush>,
     last_flush: Instant,
     applied_since_flush: usize,
@@ -149,7 +169,11 @@ impl Pipeline {
         let mut assignment = TopicPartitionList::new();
         for (partition, (usage, commands)) in starts {
             for (topic, start) in [(usage_topic, usage), (commands_topic, commands)] {
-                let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                // Read a little before the checkpoint: a start inside a record batch would
+                // make tansu skip that batch; what comes before the checkpoint is dropped.
+                let offset = start
+                    .map(|start| Offset::Offset(start.saturating_sub(LEAD_IN).max(0)))
+                    .unwrap_or(Offset::Beginning);
                 if let Err(e) = assignment.add_partition_offset(topic, partition, offset) {
                     tracing::error!(error = %e, "cannot build assignment");
                 }
@@ -238,6 +262,9 @@ impl Pipeline {
     }
 
     fn flush_due(&self, now: Instant) -> bool {
+        if self.writing.is_some() {
+            return false;
+        }
         match (&self.pending, self.retry_at) {
             (Some(_), Some(at)) => now >= at,
             (Some(_), None) => true,
@@ -248,101 +275,98 @@ impl Pipeline {
         }
     }
 
-    /// Writes outputs, then the checkpoint. Returns the group offsets to commit to Kafka
-    /// once it has landed.
-    fn flush(&mut self) -> anyhow::Result<Option<TopicPartitionList>> {
-        self.last_flush = Instant::now();
-        let started = self.last_flush;
-        if self.pending.is_none() {
-            let mut batch = writes::Batch::default();
-            let mut dead_letters = Vec::new();
-            let now_secs = Utc::now().timestamp().max(0) as u32;
-            let mut partitions = Vec::new();
-            for work in self.parts.values_mut() {
-                if work.drain_into(
-                    &mut batch,
-                    &mut dead_letters,
-                    &self.stream,
-                    now_secs,
-                    self.config.pipeline.snapshot_min_rows,
-                ) {
-                    partitions.push(work.partition);
-                }
-            }
-            let events = std::mem::take(&mut self.applied_since_flush);
-            if partitions.is_empty() {
-                return Ok(None);
-            }
-            self.metrics
-                .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
-            self.pending = Some(Flush {
-                batch,
-                dead_letters,
-                dead_letters_sent: false,
-                partitions,
-                mails: None,
-                events,
-            });
+    /// Starts writing the next flush in the background: the failed one again, or what was
+    /// applied since the last one. Does nothing while one is in flight.
+    fn start_flush(&mut self) {
+        if self.writing.is_some() {
+            return;
         }
-        let Some(flush) = self.pending.as_mut() else {
-            return Ok(None);
+        self.last_flush = Instant::now();
+        let Some(flush) = self.pending.take().or_else(|| self.build_flush()) else {
+            return;
         };
-        // The phase under way, so a failure is counted against it; each phase that
-        // completes is timed as it does (a retried flush skips the phases it finished).
-        let mut current = phase::DEAD_LETTERS;
-        let metrics = &self.metrics;
-        let result = self.rt.block_on(async {
-            let mut at = Instant::now();
-            let done = |name: &'static str, at: &mut Instant| {
-                metrics.flush_phase(name, at.elapsed().as_secs_f64());
-                *at = Instant::now();
-            };
-            if !flush.dead_letters_sent {
-                kafka::send_dead_letters(
-                    &self.producer,
-                    &self.config.kafka.dlq_topic,
-                    &flush.dead_letters,
-                )
-                .await
-                .context("dead-letter topic")?;
-                flush.dead_letters_sent = true;
-                done(phase::DEAD_LETTERS, &mut at);
+        self.writing = Some(self.rt.spawn(write_flush(
+            self.store.clone(),
+            self.producer.clone(),
+            self.config.kafka.dlq_topic.clone(),
+            self.metrics.clone(),
+            flush,
+        )));
+    }
+
+    /// Takes what every partition applied since the last flush; `None` when nothing was.
+    fn build_flush(&mut self) -> Option<Flush> {
+        let started = Instant::now();
+        let mut batch = writes::Batch::default();
+        let mut dead_letters = Vec::new();
+        let now_secs = Utc::now().timestamp().max(0) as u32;
+        let mut offsets = Vec::new();
+        let mut snapshots = Vec::new();
+        for work in self.parts.values_mut() {
+            if work.drain_into(
+                &mut batch,
+                &mut dead_letters,
+                &self.stream,
+                now_secs,
+                self.config.pipeline.snapshot_min_rows,
+            ) {
+                offsets.push((
+                    work.partition,
+                    work.usage.applied_next,
+                    work.commands.applied_next,
+                ));
+                snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
+                work.next_version(&self.rules);
             }
-            current = phase::WRITE_OUTPUTS;
-            writes::write_outputs(&self.store, &flush.batch)
-                .await
-                .context("ClickHouse")?;
-            done(phase::WRITE_OUTPUTS, &mut at);
-            if flush.mails.is_none() {
-                current = phase::ALERTS;
-                let mails = alerting::record(&self.store, &flush.batch.alerts)
-                    .await
-                    .context("ClickHouse: alerts")?;
-                flush.mails = Some(mails);
-                done(phase::ALERTS, &mut at);
-            }
-            current = phase::CHECKPOINT;
-            writes::commit(&self.store, &flush.batch)
-                .await
-                .context("ClickHouse")?;
-            done(phase::CHECKPOINT, &mut at);
-            Ok::<(), anyhow::Error>(())
-        });
-        if let Err(e) = result {
+        }
+        let events = std::mem::take(&mut self.applied_since_flush);
+        if offsets.is_empty() {
+            return None;
+        }
+        self.metrics
+            .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
+        Some(Flush {
+            batch,
+            dead_letters,
+            dead_letters_sent: false,
+            mails: None,
+            events,
+            offsets,
+            snapshots,
+            started,
+        })
+    }
+
+    /// Collects the flush in flight once it is done (`wait`: waits for it). Returns the
+    /// offsets its checkpoint committed; on failure keeps it for a retry and returns why.
+    fn finish_flush(&mut self, wait: bool) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        match &self.writing {
+            Some(handle) if wait || handle.is_finished() => {}
+            _ => return Ok(Vec::new()),
+        }
+        let handle = self.writing.take().expect("flush in flight checked above");
+        let (mut flush, result) = match self.rt.block_on(handle) {
+            Ok(done) => done,
+            // The batch went down with the task: its events are applied in memory but
+            // were never written, so no later checkpoint may land. Only a restart from
+            // the last checkpoint is exact.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        if let Err((failed, e)) = result {
             self.metrics
                 .flush_failures
-                .with_label_values(&[current])
+                .with_label_values(&[failed])
                 .inc();
-            if current != phase::DEAD_LETTERS {
+            if failed != phase::DEAD_LETTERS {
                 self.metrics.clickhouse_errors.inc();
             }
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.pending = Some(flush);
             return Err(e);
         }
-        let mut flush = self.pending.take().expect("pending flush checked above");
         self.metrics
-            .flush_phase(phase::TOTAL, started.elapsed().as_secs_f64());
+            .flush_phase(phase::TOTAL, flush.started.elapsed().as_secs_f64());
         self.metrics.flush_events.observe(flush.events as f64);
         if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
             for mail in &mails {
@@ -357,45 +381,24 @@ impl Pipeline {
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(Utc::now());
-        let (usage_topic, commands_topic) = self.topics();
-        let mut offsets = TopicPartitionList::new();
-        for partition in &flush.partitions {
-            if let Some(work) = self.parts.get(partition) {
-                offsets.add_partition_offset(
-                    usage_topic,
-                    *partition,
-                    Offset::Offset(work.usage.applied_next),
-                )?;
-                offsets.add_partition_offset(
-                    commands_topic,
-                    *partition,
-                    Offset::Offset(work.commands.applied_next),
-                )?;
-            }
-        }
-        for partition in &flush.partitions {
-            if let Some(work) = self.parts.get_mut(partition) {
-                work.committed(&self.rules);
-                if let Some(version) = work.snapshot_pending.take() {
-                    // The snapshot holds everything live: older checkpoint rows are dead.
-                    // A failure only leaves them for the next snapshot to delete.
-                    let pruned = self.rt.block_on(checkpoint::delete_before(
-                        &self.store,
-                        &self.stream,
-                        *partition as u32,
-                        version,
-                    ));
-                    match pruned {
-                        Ok(()) => tracing::info!(
-                            partition,
-                            version,
-                            "partition snapshotted; older checkpoint rows deleted"
-                        ),
-                        Err(e) => {
-                            self.metrics.clickhouse_errors.inc();
-                            tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
-                        }
-                    }
+        for &(partition, version) in &flush.snapshots {
+            // The snapshot holds everything live: older checkpoint rows are dead. A
+            // failure only leaves them for the next snapshot to delete.
+            let pruned = self.rt.block_on(checkpoint::delete_before(
+                &self.store,
+                &self.stream,
+                partition as u32,
+                version,
+            ));
+            match pruned {
+                Ok(()) => tracing::info!(
+                    partition,
+                    version,
+                    "partition snapshotted; older checkpoint rows deleted"
+                ),
+                Err(e) => {
+                    self.metrics.clickhouse_errors.inc();
+                    tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
                 }
             }
         }
@@ -404,6 +407,41 @@ impl Pipeline {
             dead_letters = flush.dead_letters.len(),
             "flushed"
         );
+        Ok(flush.offsets)
+    }
+
+    /// Writes everything applied so far and waits for it: the flush in flight, a failed
+    /// one, then the rest. Returns the group offsets to commit to Kafka.
+    fn flush_now(&mut self) -> anyhow::Result<Option<TopicPartitionList>> {
+        let mut committed = Vec::new();
+        loop {
+            self.start_flush();
+            if self.writing.is_none() {
+                break;
+            }
+            committed.extend(self.finish_flush(true)?);
+        }
+        self.group_offsets(&committed)
+    }
+
+    /// The group offsets for what checkpoints committed, the latest per partition.
+    fn group_offsets(
+        &self,
+        committed: &[(i32, i64, i64)],
+    ) -> anyhow::Result<Option<TopicPartitionList>> {
+        if committed.is_empty() {
+            return Ok(None);
+        }
+        let latest: BTreeMap<i32, (i64, i64)> = committed
+            .iter()
+            .map(|&(partition, usage, commands)| (partition, (usage, commands)))
+            .collect();
+        let (usage_topic, commands_topic) = self.topics();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, (usage, commands)) in latest {
+            offsets.add_partition_offset(usage_topic, partition, Offset::Offset(usage))?;
+            offsets.add_partition_offset(commands_topic, partition, Offset::Offset(commands))?;
+        }
         Ok(Some(offsets))
     }
 
@@ -411,7 +449,7 @@ impl Pipeline {
     /// the uncommitted tail to be replayed by the next owner.
     fn flush_before_leaving(&mut self, attempts: u32) -> Option<TopicPartitionList> {
         for attempt in 1..=attempts {
-            match self.flush() {
+            match self.flush_now() {
                 Ok(offsets) => return offsets,
                 Err(e) => {
                     tracing::warn!(attempt, error = %format!("{e:#}"), "flush failed");
@@ -483,6 +521,10 @@ impl Pipeline {
             work.metrics.forget();
         }
         self.parts.clear();
+        if let Some(handle) = self.writing.take() {
+            // Let a flush in flight land or fail before the partitions go to a new owner.
+            let _ = self.rt.block_on(handle);
+        }
         self.pending = None;
         self.applied_since_flush = 0;
     }
@@ -492,6 +534,7 @@ impl Pipeline {
     fn drained(&self, ends: &Ends) -> bool {
         !self.parts.is_empty()
             && self.pending.is_none()
+            && self.writing.is_none()
             && self.parts.values().all(|work| {
                 [Which::Usage, Which::Commands].iter().all(|&which| {
                     let side = match which {
@@ -503,6 +546,68 @@ impl Pipeline {
                 })
             })
     }
+}
+
+/// Writes one flush: dead letters, then the outputs (side by side), the alerts, and the
+/// checkpoint last, skipping what a failed attempt already wrote. Runs on the runtime
+/// while the run thread applies the next batch.
+async fn write_flush(
+    store: clickhouse::Client,
+    producer: FutureProducer,
+    dlq_topic: String,
+    metrics: RunMetrics,
+    mut flush: Flush,
+) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
+    let result = async {
+        let mut at = Instant::now();
+        let mut done = |name: &'static str| {
+            metrics.flush_phase(name, at.elapsed().as_secs_f64());
+            at = Instant::now();
+        };
+        if !flush.dead_letters_sent {
+            kafka::send_dead_letters(&producer, &dlq_topic, &flush.dead_letters)
+                .await
+                .map_err(|e| {
+                    (
+                        phase::DEAD_LETTERS,
+                        anyhow::Error::new(e).context("dead-letter topic"),
+                    )
+                })?;
+            flush.dead_letters_sent = true;
+            done(phase::DEAD_LETTERS);
+        }
+        writes::write_outputs(&store, &flush.batch)
+            .await
+            .map_err(|e| {
+                (
+                    phase::WRITE_OUTPUTS,
+                    anyhow::Error::new(e).context("ClickHouse"),
+                )
+            })?;
+        done(phase::WRITE_OUTPUTS);
+        if flush.mails.is_none() {
+            let mails = alerting::record(&store, &flush.batch.alerts)
+                .await
+                .map_err(|e| {
+                    (
+                        phase::ALERTS,
+                        anyhow::Error::new(e).context("ClickHouse: alerts"),
+                    )
+                })?;
+            flush.mails = Some(mails);
+            done(phase::ALERTS);
+        }
+        writes::commit(&store, &flush.batch).await.map_err(|e| {
+            (
+                phase::CHECKPOINT,
+                anyhow::Error::new(e).context("ClickHouse"),
+            )
+        })?;
+        done(phase::CHECKPOINT);
+        Ok(())
+    }
+    .await;
+    (flush, result)
 }
 
 /// End offsets seen at start: the broker's ListOffsets answer, raised by the first
@@ -648,6 +753,7 @@ pub fn run(
         stream,
         parts: BTreeMap::new(),
         notifier: Some(notifier),
+        writing: None,
         pending: None,
         last_flush: Instant::now(),
         applied_since_flush: 0,
@@ -758,41 +864,42 @@ pub fn run(
             let partitions: Vec<i32> = p.parts.keys().copied().collect();
             ends.confirm(&consumer, p.topics(), &partitions);
         }
+        let finished = p.finish_flush(false);
         if p.flush_due(now) {
-            match p.flush() {
-                Ok(offsets) => {
-                    if paused {
-                        paused = false;
-                        set_state(&status, "running", None);
-                        resume(&consumer);
-                        // Nothing was fetched while paused: the ends known are old.
-                        for work in p.parts.values_mut() {
-                            work.usage.forget_idle();
-                            work.commands.forget_idle();
-                        }
-                        tracing::info!("writes succeed again, consumption resumed");
+            p.start_flush();
+        }
+        match finished.and_then(|committed| p.group_offsets(&committed)) {
+            Ok(None) => {}
+            Ok(Some(offsets)) => {
+                if paused {
+                    paused = false;
+                    set_state(&status, "running", None);
+                    resume(&consumer);
+                    // Nothing was fetched while paused: the ends known are old.
+                    for work in p.parts.values_mut() {
+                        work.usage.forget_idle();
+                        work.commands.forget_idle();
                     }
-                    if let Some(offsets) = offsets {
-                        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-                            tracing::warn!(error = %e, "cannot commit group offsets");
-                        }
-                    }
+                    tracing::info!("writes succeed again, consumption resumed");
                 }
-                Err(e) => {
-                    if !paused {
-                        paused = true;
-                        pause(&consumer);
-                    }
-                    set_state(&status, "paused", Some(format!("{e:#}")));
-                    tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
+                if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                    tracing::warn!(error = %e, "cannot commit group offsets");
                 }
+            }
+            Err(e) => {
+                if !paused {
+                    paused = true;
+                    pause(&consumer);
+                }
+                set_state(&status, "paused", Some(format!("{e:#}")));
+                tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
             }
         }
         p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
         p.export_lag();
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
-            match p.flush() {
+            match p.flush_now() {
                 Ok(Some(offsets)) => {
                     if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
                         tracing::warn!(error = %e, "cannot commit group offsets");

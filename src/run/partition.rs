@@ -286,8 +286,10 @@ impl PartitionWork {
         true
     }
 
-    /// After the flush that included this partition committed.
-    pub fn committed(&mut self, rules: &Rules) {
+    /// Once this partition's rows went into a flush: what is applied next belongs to the
+    /// next version, and dedup keys and days the clock has left behind are forgotten
+    /// (the flush already carries what it needs of them).
+    pub fn next_version(&mut self, rules: &Rules) {
         self.version += 1;
         let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
         self.book.seen.expire(clock, rules.dedup_window);
