@@ -358,6 +358,7 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
         payment_method: None,
         payment_reference: String::new(),
         comment: String::new(),
+        hold: None,
     }
 }
 
