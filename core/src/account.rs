@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{AlertRules, AlertSettings, Marks};
 use crate::credits::Credits;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
+use crate::holds::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Policy};
 use crate::plans::{self, Plan, Subscription};
@@ -85,6 +86,18 @@ pub struct AccountState {
     /// Where each alert threshold stands, so it fires once per crossing and cycle.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub alert_marks: Marks,
+    /// Open holds, and closed ones for the dedup window after they closed. States
+    /// written before holds existed have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holds: Holds,
+}
+
+/// What applying one event decided: its ledger entries, and for hold and release
+/// commands the answer the caller waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub entries: Vec<LedgerEntry>,
+    pub answer: Option<Answer>,
 }
 
 /// Flex of one account as of some time.
@@ -98,7 +111,10 @@ pub struct FlexView {
 /// Available credits of one pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PoolBalance {
+    /// Free credits: what no hold reserved.
     pub available: Credits,
+    /// Credits of the pool's lots reserved by open holds, apart from `available`.
+    pub held: Credits,
     pub by_kind: BTreeMap<&'static str, Credits>,
     /// Of `available`, what expires within [`EXPIRING_WITHIN`].
     pub expiring_soon: Credits,
@@ -157,8 +173,8 @@ impl AccountState {
         }
     }
 
-    /// When something falls due on this account's own: the next cycle, or a lot's expiry
-    /// (plus the grace for late calls).
+    /// When something falls due on this account's own: the next cycle, a lot's expiry
+    /// (plus the grace for late calls), a hold's expiry or the end of a closed hold's memory.
     pub fn next_deadline(&self, rules: &Rules) -> Option<DateTime<Utc>> {
         let issue = self.subscription.as_ref().map(|s| s.cycle_end);
         let expiry = self
@@ -167,21 +183,20 @@ impl AccountState {
             .filter(|lot| !lot.expired && !lot.voided)
             .filter_map(|lot| lot.expires_at?.checked_add_signed(rules.expiry_grace))
             .min();
-        match (issue, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let hold = self.next_hold_deadline(rules);
+        [issue, expiry, hold].into_iter().flatten().min()
     }
 
-    /// Writes what fell due by `clock`, oldest first: expiries of lots whose end plus
-    /// the grace has passed, and the allowances of cycles that have started.
+    /// Writes what fell due by `clock`: first the holds whose expiry passed (they only
+    /// give credits back), then, oldest first, expiries of lots whose end plus the grace
+    /// has passed and the allowances of cycles that have started.
     pub fn advance(
         &mut self,
         rules: &Rules,
         account: &str,
         clock: DateTime<Utc>,
     ) -> Vec<LedgerEntry> {
-        let mut entries = Vec::new();
+        let mut entries = self.advance_holds(rules, account, clock);
         loop {
             let issue = self
                 .subscription
@@ -217,7 +232,12 @@ impl AccountState {
         let tz = self.timezone(rules);
         let lot = &mut self.lots[index];
         lot.expired = true;
+        // Reserved credits expire with their lot: what was held is in `left`.
+        lot.held = Credits::ZERO;
         let left = std::mem::replace(&mut lot.remaining, Credits::ZERO);
+        let lot_id = lot.id.clone();
+        self.drop_reservations(&lot_id);
+        let lot = &self.lots[index];
         let at = lot.expires_at?;
         if !left.is_positive() {
             return None;
@@ -275,6 +295,7 @@ impl AccountState {
             voided: false,
             expired: false,
             from_plan: true,
+            held: Credits::ZERO,
         });
         self.next_seq += 1;
         let tz = self.timezone(rules);
@@ -303,6 +324,18 @@ impl AccountState {
         event: &Event,
         arrival: DateTime<Utc>,
     ) -> Result<Vec<LedgerEntry>, Rejection> {
+        self.decide(rules, event, arrival)
+            .map(|applied| applied.entries)
+    }
+
+    /// Applies one event: its ledger entries, and the answer to a hold or release. Every
+    /// check comes before any change, so a rejected event leaves the account as it was.
+    pub fn decide(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        arrival: DateTime<Utc>,
+    ) -> Result<Applied, Rejection> {
         if event.time > arrival + rules.max_future_skew {
             return Err(Rejection::InFuture {
                 time: event.time,
@@ -315,14 +348,32 @@ impl AccountState {
                 lateness_secs: rules.max_lateness.num_seconds(),
             });
         }
-        match &event.body {
-            Body::Usage(usage) => self.usage(rules, event, usage).map(|e| vec![e]),
+        let entries = match &event.body {
+            Body::Usage(usage) => self.usage(rules, event, usage, arrival).map(|e| vec![e]),
             Body::Grant(grant) => self.grant(rules, event, grant),
             Body::Void(void) => self.void(rules, event, void).map(|e| vec![e]),
             Body::Plan(change) => self.plan(rules, event, change),
             Body::Settings(settings) => self.settings(settings).map(|()| Vec::new()),
+            Body::Hold(request) => {
+                let answer = self.hold(rules, event, request, arrival)?;
+                return Ok(Applied {
+                    entries: Vec::new(),
+                    answer: Some(answer),
+                });
+            }
+            Body::Release(release) => {
+                let answer = self.release(release, arrival)?;
+                return Ok(Applied {
+                    entries: Vec::new(),
+                    answer: Some(answer),
+                });
+            }
             Body::Tick => Ok(Vec::new()),
-        }
+        }?;
+        Ok(Applied {
+            entries,
+            answer: None,
+        })
     }
 
     fn entry(&self, rules: &Rules, event: &Event, entry_type: EntryType) -> LedgerEntry {
@@ -342,6 +393,7 @@ impl AccountState {
         rules: &Rules,
         event: &Event,
         usage: &Usage,
+        arrival: DateTime<Utc>,
     ) -> Result<LedgerEntry, Rejection> {
         // Failed calls are priced too, so an unknown feature is caught either way.
         let price = rules.matrix.price(
@@ -377,17 +429,54 @@ impl AccountState {
         entry.pool = price.pool.to_string();
         entry.matrix_version = price.version.to_string();
         entry.comment = usage.comment.clone().unwrap_or_default();
+        // The call happened, so the hold it names closes now, failed or not: a failed
+        // call pays nothing and its hold gives everything back.
+        let held = match &usage.hold {
+            Some(reference) => {
+                let (held, note) = self.settle_hold(reference, arrival);
+                entry.hold = Some(note);
+                held
+            }
+            None => Vec::new(),
+        };
         if usage.status == Status::Succeeded {
             let policy = self.policy(rules);
-            let debit = lots::debit(
-                &mut self.lots,
-                price.pool,
-                price.credits,
-                event.time,
-                policy,
-            );
+            let mut left = price.credits;
+            // The held lots pay first, each up to what it reserved (the reservation was
+            // made in debit order when the hold was placed, so a lot whose end has passed
+            // since, within the grace, still pays it); then the debit order for the rest.
+            let mut paid: Vec<Payment> = Vec::new();
+            for reservation in held.iter().filter(|p| p.kind != LotKind::Flex) {
+                let Some(lot) = self.lots.iter_mut().find(|lot| {
+                    lot.id == reservation.lot
+                        && lot.pool == price.pool
+                        && !lot.expired
+                        && !lot.voided
+                }) else {
+                    continue;
+                };
+                let take = reservation.credits.min(left).min(lot.free());
+                if !take.is_positive() {
+                    continue;
+                }
+                lot.remaining -= take;
+                left -= take;
+                paid.push(Payment {
+                    lot: lot.id.clone(),
+                    kind: lot.kind,
+                    credits: take,
+                });
+            }
+            let debit = lots::debit(&mut self.lots, price.pool, left, event.time, policy);
+            // A held lot that also pays beyond its reservation shows once, with the sum.
+            for payment in debit.paid {
+                match paid.iter_mut().find(|p| p.lot == payment.lot) {
+                    Some(p) => p.credits += payment.credits,
+                    None => paid.push(payment),
+                }
+            }
             entry.credits = price.credits;
-            entry.paid = debit.paid;
+            entry.paid = paid;
             entry.shortfall = debit.shortfall;
             if entry.shortfall.is_positive() && self.flex_enabled(rules) {
                 let period = self.flex_period_at(rules, event.time);
@@ -395,7 +484,9 @@ impl AccountState {
                     self.flex_period = Some(period);
                     self.flex_used = Credits::ZERO;
                 }
-                let room = (self.flex_threshold(rules) - self.flex_used).max(Credits::ZERO);
+                // Flex that open holds reserved is not this call's to use.
+                let room = (self.flex_threshold(rules) - self.flex_used - self.flex_held())
+                    .max(Credits::ZERO);
                 let take = room.min(entry.shortfall);
                 if take.is_positive() {
                     self.flex_used += take;
@@ -483,6 +574,7 @@ impl AccountState {
             voided: false,
             expired: false,
             from_plan: false,
+            held: Credits::ZERO,
         };
         self.next_seq += 1;
         self.lots.push(lot);
@@ -605,8 +697,11 @@ impl AccountState {
         }
         let removed = lot.remaining;
         lot.remaining = Credits::ZERO;
+        // A refund takes reserved credits too: the holds on this lot lose them.
+        lot.held = Credits::ZERO;
         lot.voided = true;
         let (pool, kind) = (lot.pool.clone(), lot.kind);
+        self.drop_reservations(&void.lot);
         let mut entry = self.entry(rules, event, EntryType::Void);
         entry.pool = pool;
         entry.credits = -removed;
@@ -699,11 +794,14 @@ pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance>
         for kind in LotKind::ALL {
             pool.by_kind.entry(kind.as_str()).or_default();
         }
+        if !lot.voided && !lot.expired {
+            pool.held += lot.held;
+        }
         if lot.usable(&lot.pool, at) {
-            pool.available += lot.remaining;
-            *pool.by_kind.entry(lot.kind.as_str()).or_default() += lot.remaining;
+            pool.available += lot.free();
+            *pool.by_kind.entry(lot.kind.as_str()).or_default() += lot.free();
             if lot.expires_at.is_some_and(|end| end <= soon) {
-                pool.expiring_soon += lot.remaining;
+                pool.expiring_soon += lot.free();
             }
         }
     }
@@ -714,7 +812,7 @@ pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance>
 pub const FLEX_LOT: &str = "flex";
 
 /// An entry with only its account, time, service and event filled in.
-fn blank_entry(
+pub(crate) fn blank_entry(
     account: &str,
     time: DateTime<Utc>,
     tz: Tz,
@@ -744,6 +842,7 @@ fn blank_entry(
         payment_method: None,
         payment_reference: String::new(),
         comment: String::new(),
+        hold: None,
     }
 }
 

@@ -201,7 +201,7 @@ pub fn evaluate(
                 .iter()
                 .filter(|lot| !lot.from_plan && lot.usable(pool, at))
                 .filter(|lot| lot.expires_at.is_some_and(|end| end <= soon))
-                .map(|lot| lot.remaining)
+                .map(|lot| lot.free())
                 .sum();
             checks.push((
                 pool.clone(),

@@ -9,6 +9,7 @@ use crate::account::{AccountState, Rules};
 use crate::alerts::Alert;
 use crate::dedup::{self, Seen};
 use crate::event::{self, Event, Rejection};
+use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
 
 /// What became of one payload.
@@ -35,6 +36,10 @@ pub struct Step {
     pub outcome: Outcome,
     /// Low-credit alerts that fired on the accounts this payload or the clock changed.
     pub alerts: Vec<Alert>,
+    /// For an applied `credit.hold` or `credit.release`: the answer its caller waits for.
+    /// A duplicate has none: the copy applied first answered (the shell gives every
+    /// request its own event id, so only a producer's retry is a duplicate).
+    pub answer: Option<Answer>,
 }
 
 /// Accounts of one partition, owned by exactly one writer.
@@ -66,7 +71,7 @@ impl Book {
         arrival: DateTime<Utc>,
     ) -> Step {
         let due = self.advance(rules, arrival);
-        let outcome = self.decide(rules, parsed, arrival);
+        let (outcome, answer) = self.decide(rules, parsed, arrival);
         let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
         if let Outcome::Applied { account, .. } = &outcome {
             self.schedule(rules, account);
@@ -85,6 +90,7 @@ impl Book {
             due,
             outcome,
             alerts,
+            answer,
         }
     }
 
@@ -141,27 +147,28 @@ impl Book {
         rules: &Rules,
         parsed: Result<Event, Rejection>,
         arrival: DateTime<Utc>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Answer>) {
         let event = match parsed {
             Ok(event) => event,
-            Err(rejection) => return Outcome::Rejected(rejection),
+            Err(rejection) => return (Outcome::Rejected(rejection), None),
         };
         if matches!(event.body, crate::event::Body::Tick) {
-            return Outcome::Tick;
+            return (Outcome::Tick, None);
         }
         let key = dedup::key(&event.account, &event.source, &event.id);
         if self.seen.is_duplicate(key, arrival, rules.dedup_window) {
-            return Outcome::Duplicate {
+            let outcome = Outcome::Duplicate {
                 account: event.account,
             };
+            return (outcome, None);
         }
         // Apply to a scratch copy only when the account is new, so a rejected first event
         // leaves no empty account behind.
         let result = match self.accounts.get_mut(&event.account) {
-            Some(state) => state.apply(rules, &event, arrival),
+            Some(state) => state.decide(rules, &event, arrival),
             None => {
                 let mut state = AccountState::default();
-                let result = state.apply(rules, &event, arrival);
+                let result = state.decide(rules, &event, arrival);
                 if result.is_ok() {
                     self.accounts.insert(event.account.clone(), state);
                 }
@@ -169,14 +176,15 @@ impl Book {
             }
         };
         match result {
-            Ok(entries) => {
+            Ok(applied) => {
                 self.seen.record(key, arrival);
-                Outcome::Applied {
+                let outcome = Outcome::Applied {
                     account: event.account,
-                    entries,
-                }
+                    entries: applied.entries,
+                };
+                (outcome, applied.answer)
             }
-            Err(rejection) => Outcome::Rejected(rejection),
+            Err(rejection) => (Outcome::Rejected(rejection), None),
         }
     }
 }

@@ -43,6 +43,11 @@ impl Credits {
         self.0 == 0
     }
 
+    /// `is_zero` by reference, for serde's `skip_serializing_if`.
+    pub fn is_zero_ref(&self) -> bool {
+        self.0 == 0
+    }
+
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }

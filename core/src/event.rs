@@ -28,6 +28,10 @@ pub enum Body {
     Void(Void),
     Plan(PlanChange),
     Settings(Settings),
+    /// `credit.hold`: reserve the cost of a call before it is made.
+    Hold(HoldRequest),
+    /// `credit.release`: give a hold's reserved credits back without a call.
+    Release(Release),
     /// `tally.tick`: only moves the partition's clock, so lots expire and cycles turn over
     /// on accounts that send nothing.
     Tick,
@@ -65,6 +69,71 @@ pub struct Usage {
     pub status: Status,
     #[serde(default)]
     pub comment: Option<String>,
+    /// The hold this call settles, if one was placed before it.
+    #[serde(default)]
+    pub hold: Option<HoldRef>,
+}
+
+/// `data.hold` of a usage event: a hold's id, as a string (a hold of the event's own
+/// account) or as `{"id": ..., "account": ...}`. The second form lets the core refuse a
+/// call that names another account's hold: holds live in their account's state, which
+/// may be in another partition, so a bare id of another account's hold can only be told
+/// apart from an unknown one when the reference says whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "a hold id, or {\"id\": ..., \"account\": ...}")]
+pub enum HoldRef {
+    Id(String),
+    Of(QualifiedHold),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualifiedHold {
+    pub id: String,
+    pub account: String,
+}
+
+impl HoldRef {
+    pub fn id(&self) -> &str {
+        match self {
+            HoldRef::Id(id) => id,
+            HoldRef::Of(q) => &q.id,
+        }
+    }
+
+    /// The account the reference names, when it names one.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            HoldRef::Id(_) => None,
+            HoldRef::Of(q) => Some(&q.account),
+        }
+    }
+}
+
+/// `credit.hold` data: reserve what a call of `feature` (`variant`, `quantity`) costs, for
+/// `ttl` seconds. Retrying with the same `hold` id never reserves twice.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// The hold's id, unique within the account; default the event id.
+    #[serde(default)]
+    pub hold: Option<String>,
+    pub feature: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default = "one")]
+    pub quantity: Credits,
+    /// Seconds from the command's arrival until the clock releases the hold.
+    pub ttl: u32,
+}
+
+/// `credit.release` data: the hold to release.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub hold: String,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 fn one() -> Credits {
@@ -193,6 +262,14 @@ pub enum Rejection {
     /// An amount that cannot be held exactly: refused rather than rounded or wrapped.
     #[error("out of range: {0}")]
     OutOfRange(String),
+    /// A usage event naming a hold of another account: it cannot settle it, and billing
+    /// it to its own account as if unheld would hide the mistake.
+    #[error("hold `{hold}` belongs to account `{owner}`, not to `{account}`")]
+    ForeignHold {
+        hold: String,
+        owner: String,
+        account: String,
+    },
 }
 
 impl Rejection {
@@ -213,6 +290,7 @@ impl Rejection {
             Rejection::Price(_) => "unpriceable",
             Rejection::Command(_) => "bad_command",
             Rejection::OutOfRange(_) => "out_of_range",
+            Rejection::ForeignHold { .. } => "foreign_hold",
         }
     }
 }
@@ -305,8 +383,44 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
             if usage.quantity.is_negative() {
                 return Err(Rejection::NegativeQuantity(usage.quantity));
             }
+            if let Some(hold) = &usage.hold {
+                if hold.id().is_empty() {
+                    return Err(Rejection::BadData {
+                        ty,
+                        problem: "`hold` must not be empty".into(),
+                    });
+                }
+                if let Some(owner) = hold.account().filter(|owner| *owner != account) {
+                    return Err(Rejection::ForeignHold {
+                        hold: hold.id().to_string(),
+                        owner: owner.to_string(),
+                        account,
+                    });
+                }
+            }
             Body::Usage(usage)
         }
+        "credit.hold" => {
+            let hold: HoldRequest = data_of(data).map_err(bad)?;
+            let problem = if hold.feature.is_empty() {
+                Some("`feature` must not be empty")
+            } else if hold.hold.as_deref() == Some("") {
+                Some("`hold` must not be empty")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(Rejection::BadData {
+                    ty,
+                    problem: problem.into(),
+                });
+            }
+            if hold.quantity.is_negative() {
+                return Err(Rejection::NegativeQuantity(hold.quantity));
+            }
+            Body::Hold(hold)
+        }
+        "credit.release" => Body::Release(data_of(data).map_err(bad)?),
         "credit.grant" => Body::Grant(data_of(data).map_err(bad)?),
         "credit.void" => Body::Void(data_of(data).map_err(bad)?),
         "account.plan" => Body::Plan(data_of(data).map_err(bad)?),

@@ -1,10 +1,12 @@
-//! Ledger entries: what the core decided, one row per call, grant or void.
+//! Ledger entries: what the core decided, one row per call, grant or void, and one per
+//! expiry, settlement or hold the clock released.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::credits::Credits;
 use crate::event::Status;
+use crate::holds::HoldUse;
 use crate::lots::{LotKind, Payment, PaymentMethod};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,6 +19,9 @@ pub enum EntryType {
     Expiry,
     /// Outstanding shortfall paid by a new grant.
     Settlement,
+    /// A hold the clock released at its expiry, unsettled. It moves no credits (they never
+    /// left their lots): `credits` is 0 and `paid` lists the reservations given back.
+    HoldExpired,
 }
 
 impl EntryType {
@@ -27,6 +32,7 @@ impl EntryType {
             EntryType::Void => "void",
             EntryType::Expiry => "expiry",
             EntryType::Settlement => "settlement",
+            EntryType::HoldExpired => "hold_expired",
         }
     }
 }
@@ -62,4 +68,8 @@ pub struct LedgerEntry {
     pub payment_method: Option<PaymentMethod>,
     pub payment_reference: String,
     pub comment: String,
+    /// On usage rows of calls that named a hold (`data.hold`): which, and what became of
+    /// it. A call naming a hold that is not open is billed as any call, and this says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldUse>,
 }

@@ -7,15 +7,17 @@ pub mod book;
 pub mod credits;
 pub mod dedup;
 pub mod event;
+pub mod holds;
 pub mod ledger;
 pub mod lots;
 pub mod plans;
 pub mod pricing;
 
-pub use account::{AccountState, PoolBalance, Rules};
+pub use account::{AccountState, Applied, PoolBalance, Rules};
 pub use book::{Book, Outcome, Step};
 pub use credits::Credits;
 pub use event::Rejection;
+pub use holds::{Answer, Check, Hold, HoldStatus};
 pub use ledger::{EntryType, LedgerEntry};
 pub use lots::{Lot, LotKind, Policy};
 pub use pricing::CostMatrix;

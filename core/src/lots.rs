@@ -83,14 +83,24 @@ pub struct Lot {
     /// Issued by the account's plan for one cycle (a plan change ends it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_plan: bool,
+    /// Of `remaining`, what open holds have reserved: still in the lot (a hold moves no
+    /// money), but no other call or hold may take it. Absent in states written before
+    /// holds existed, hence the default.
+    #[serde(default, skip_serializing_if = "Credits::is_zero_ref")]
+    pub held: Credits,
 }
 
 impl Lot {
-    /// Whether this lot can pay for a call in `pool` made at `at`.
+    /// What a call or a new hold may still take: the remaining credits no hold reserved.
+    pub fn free(&self) -> Credits {
+        self.remaining - self.held
+    }
+
+    /// Whether this lot can pay for a call (or back a hold) in `pool` made at `at`.
     pub fn usable(&self, pool: &str, at: DateTime<Utc>) -> bool {
         !self.voided
             && !self.expired
-            && self.remaining.is_positive()
+            && self.free().is_positive()
             && self.pool == pool
             && self.effective_at <= at
             && self.expires_at.is_none_or(|end| at < end)
@@ -138,14 +148,47 @@ pub struct Debit {
     pub shortfall: Credits,
 }
 
-/// Takes `amount` from the usable lots of `pool` at `at`, in `policy` order, and returns
-/// which lots paid. What the lots cannot cover is the shortfall.
+/// Takes `amount` from the free credits of the usable lots of `pool` at `at`, in `policy`
+/// order, and returns which lots paid. What the lots cannot cover is the shortfall.
+/// Credits reserved by holds are not free, so they never pay for another call.
 pub fn debit(
     lots: &mut [Lot],
     pool: &str,
     amount: Credits,
     at: DateTime<Utc>,
     policy: Policy,
+) -> Debit {
+    take(lots, pool, amount, at, policy, Take::Debit)
+}
+
+/// Reserves `amount` from the free credits of the usable lots of `pool` at `at`, in `policy`
+/// order: the credits stay in their lots, marked `held`. What the lots cannot cover is
+/// returned as the shortfall (a hold is refused before it would have any).
+pub fn reserve(
+    lots: &mut [Lot],
+    pool: &str,
+    amount: Credits,
+    at: DateTime<Utc>,
+    policy: Policy,
+) -> Debit {
+    take(lots, pool, amount, at, policy, Take::Reserve)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    Debit,
+    Reserve,
+}
+
+/// One walk of the debit order for both debits and reservations, so a hold reserves
+/// exactly the credits the same call would have been paid from.
+fn take(
+    lots: &mut [Lot],
+    pool: &str,
+    amount: Credits,
+    at: DateTime<Utc>,
+    policy: Policy,
+    how: Take,
 ) -> Debit {
     let mut debit = Debit::default();
     let mut left = amount;
@@ -155,8 +198,13 @@ pub fn debit(
             .filter(|lot| lot.usable(pool, at))
             .min_by_key(|lot| lot.order_key(policy));
         let Some(lot) = next else { break };
-        let take = lot.remaining.min(left);
-        lot.remaining -= take;
+        // `usable` means free credits are positive; taking at most those keeps
+        // `held <= remaining` on every lot.
+        let take = lot.free().min(left);
+        match how {
+            Take::Debit => lot.remaining -= take,
+            Take::Reserve => lot.held += take,
+        }
         left -= take;
         debit.paid.push(Payment {
             lot: lot.id.clone(),
@@ -190,6 +238,7 @@ mod tests {
             voided: false,
             expired: false,
             from_plan: false,
+            held: Credits::ZERO,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Property tests: random histories of CloudEvents (grants, usage, voids, plans, settings,
-//! ticks, duplicates, late and future events, jumps in time) go both to the engine
+//! holds, releases, calls settling holds, ticks, duplicates, late and future events, jumps
+//! in time) go both to the engine
 //! (`tally_core::Book`) and to the reference model in `reference/`, and after every step
-//! the outcome, the event's ledger entries, the entries that fell due, every account's lots,
-//! shortfall, flex, subscription and balance must be identical. The model also checks
+//! the outcome, the answer to a hold or release, the event's ledger entries, the entries
+//! that fell due, every account's lots (held credits included), holds, shortfall, flex,
+//! subscription and balance must be identical. The model also checks
 //! that credits are conserved.
 
 mod common;
@@ -18,7 +20,9 @@ use tally_core::event::Status;
 use tally_core::lots::PaymentMethod;
 use tally_core::{AccountState, Book, Credits, LedgerEntry, LotKind, Outcome, Policy, Rules};
 
-use reference::{AccountView, BalanceView, Data, GrantData, Input, Model, SettingsData, UsageData};
+use reference::{
+    AccountView, BalanceView, Data, GrantData, HoldData, Input, Model, SettingsData, UsageData,
+};
 
 type Time = DateTime<Utc>;
 
@@ -157,6 +161,23 @@ struct UsageOp {
     /// 0: absent, 1: succeeded, 2: failed.
     status: u8,
     user: u8,
+    /// `data.hold`: 0 none, 1 an existing hold of the account by id, 2 the same as
+    /// `{"id", "account"}`, 3 that form naming another account (rejected), 4 an unknown id.
+    hold: u8,
+    hold_pick: usize,
+}
+
+#[derive(Debug, Clone)]
+struct HoldOp {
+    /// 0: default (the event id), 1-2: a fixed name, 3: an existing hold's id, 4: an
+    /// existing hold's id and terms (a retry).
+    id: u8,
+    existing: usize,
+    feature: usize,
+    /// 0: none, 1-3: a variant of the feature, 4: unknown.
+    variant: u8,
+    quantity: Option<i64>,
+    ttl: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +231,11 @@ enum Op {
         payment: u8,
     },
     Settings(SettingsOp),
+    Hold(HoldOp),
+    /// `None`: a hold that does not exist; else an existing hold by index.
+    Release {
+        target: Option<usize>,
+    },
     Tick {
         with_time: bool,
     },
@@ -247,6 +273,12 @@ struct Mix {
     resend: u32,
     /// Weight of the big jumps (3 to 40 days) among the advances.
     big_jumps: u32,
+    /// Weights of advances of up to 6 hours and up to 3 days (holds last minutes).
+    long: (u32, u32),
+    hold: u32,
+    release: u32,
+    /// Weight of usage events naming a hold (against 4 for none).
+    settle: u32,
 }
 
 const GENERAL: Mix = Mix {
@@ -259,6 +291,10 @@ const GENERAL: Mix = Mix {
     bad: 1,
     resend: 2,
     big_jumps: 1,
+    long: (5, 3),
+    hold: 3,
+    release: 1,
+    settle: 2,
 };
 
 /// Plans, cycles, expiry and time zones: fewer calls, more plan changes and big jumps.
@@ -272,6 +308,10 @@ const CALENDAR: Mix = Mix {
     bad: 0,
     resend: 1,
     big_jumps: 4,
+    long: (5, 3),
+    hold: 2,
+    release: 1,
+    settle: 2,
 };
 
 /// Consumption: priorities, policies, flex, shortfall and settlement.
@@ -285,6 +325,27 @@ const SPENDING: Mix = Mix {
     bad: 0,
     resend: 1,
     big_jumps: 1,
+    long: (5, 3),
+    hold: 4,
+    release: 1,
+    settle: 3,
+};
+
+/// Holds: many of them, their calls, releases and expiries, on few credits.
+const HOLDS: Mix = Mix {
+    grant: 4,
+    usage: 8,
+    void: 1,
+    plan: 1,
+    settings: 1,
+    tick: 3,
+    bad: 0,
+    resend: 2,
+    big_jumps: 0,
+    long: (1, 0),
+    hold: 10,
+    release: 2,
+    settle: 10,
 };
 
 fn config() -> impl Strategy<Value = Config> {
@@ -323,12 +384,12 @@ fn config() -> impl Strategy<Value = Config> {
         )
 }
 
-fn advance(big_jumps: u32) -> impl Strategy<Value = i64> {
+fn advance(big_jumps: u32, long: (u32, u32)) -> impl Strategy<Value = i64> {
     let secs = prop_oneof![
         4 => Just(0i64),
         6 => 0i64..120,
-        5 => 0i64..(6 * 3600),
-        3 => 0i64..(3 * 86_400),
+        long.0 => 0i64..(6 * 3600),
+        long.1 => 0i64..(3 * 86_400),
         big_jumps => (3 * 86_400i64)..(40 * 86_400),
         // A broker timestamp a little behind the one before: the clock must not go back.
         1 => (-600i64)..0,
@@ -420,7 +481,7 @@ fn grant_op() -> impl Strategy<Value = GrantOp> {
         )
 }
 
-fn usage_op() -> impl Strategy<Value = UsageOp> {
+fn usage_op(settle: u32) -> impl Strategy<Value = UsageOp> {
     (
         prop_oneof![20 => 0usize..9, 1 => Just(9usize)],
         prop_oneof![10 => 0u8..=3, 1 => Just(4u8)],
@@ -432,13 +493,51 @@ fn usage_op() -> impl Strategy<Value = UsageOp> {
         ],
         prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
         0u8..3,
+        prop_oneof![
+            4 => Just(0u8),
+            settle => prop_oneof![6 => Just(1u8), 2 => Just(2u8), 1 => Just(3u8), 1 => Just(4u8)],
+        ],
+        any::<usize>(),
     )
-        .prop_map(|(feature, variant, quantity, status, user)| UsageOp {
+        .prop_map(
+            |(feature, variant, quantity, status, user, hold, hold_pick)| UsageOp {
+                feature,
+                variant,
+                quantity,
+                status,
+                user,
+                hold,
+                hold_pick,
+            },
+        )
+}
+
+fn hold_op() -> impl Strategy<Value = HoldOp> {
+    (
+        prop_oneof![5 => Just(0u8), 2 => 1u8..=2, 1 => Just(3u8), 2 => Just(4u8)],
+        any::<usize>(),
+        prop_oneof![20 => 0usize..9, 1 => Just(9usize)],
+        // Mostly a variant that exists: a hold is rejected as a call would be otherwise.
+        prop_oneof![10 => 1u8..=3, 1 => Just(0u8), 1 => Just(4u8)],
+        prop_oneof![
+            4 => Just(None),
+            2 => (0i64..=4).prop_map(|q| Some(q * MILLI_PER_CREDIT)),
+            1 => (1i64..5000).prop_map(Some),
+        ],
+        prop_oneof![
+            4 => 1u32..=600,
+            2 => 600u32..=7200,
+            1 => Just(86_400u32),
+            1 => prop_oneof![Just(0u32), Just(86_401u32)],
+        ],
+    )
+        .prop_map(|(id, existing, feature, variant, quantity, ttl)| HoldOp {
+            id,
+            existing,
             feature,
             variant,
             quantity,
-            status,
-            user,
+            ttl,
         })
 }
 
@@ -489,7 +588,10 @@ fn settings_op() -> impl Strategy<Value = SettingsOp> {
 fn op(mix: Mix) -> impl Strategy<Value = Op> {
     prop_oneof![
         mix.grant => grant_op().prop_map(Op::Grant),
-        mix.usage => usage_op().prop_map(Op::Usage),
+        mix.usage => usage_op(mix.settle).prop_map(Op::Usage),
+        mix.hold => hold_op().prop_map(Op::Hold),
+        mix.release => prop_oneof![4 => any::<usize>().prop_map(Some), 1 => Just(None)]
+            .prop_map(|target| Op::Release { target }),
         mix.void => (
             prop_oneof![4 => any::<usize>().prop_map(Some), 1 => Just(None)],
             any::<bool>(),
@@ -510,14 +612,18 @@ fn op(mix: Mix) -> impl Strategy<Value = Op> {
 
 fn steps(mix: Mix, len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
-        (advance(mix.big_jumps), timing(), 0usize..3, op(mix)).prop_map(
-            |(advance_ms, timing, account, op)| Step {
+        (
+            advance(mix.big_jumps, mix.long),
+            timing(),
+            0usize..3,
+            op(mix),
+        )
+            .prop_map(|(advance_ms, timing, account, op)| Step {
                 advance_ms,
                 timing,
                 account,
                 op,
-            },
-        ),
+            }),
         len,
     )
 }
@@ -559,6 +665,38 @@ fn edge(model: &Model, account: &str, index: usize, end: bool) -> Option<Time> {
     } else {
         Some(lot.effective_at)
     }
+}
+
+/// One of the account's holds, an open one when there is one.
+fn existing_hold(model: &Model, account: &str, index: usize) -> Option<String> {
+    let holds = &model.accounts.get(account)?.holds;
+    let open: Vec<&String> = holds
+        .iter()
+        .filter(|(_, h)| h.status == tally_core::HoldStatus::Open)
+        .map(|(id, _)| id)
+        .collect();
+    let pool: Vec<&String> = if open.is_empty() {
+        holds.keys().collect()
+    } else {
+        open
+    };
+    if pool.is_empty() {
+        return None;
+    }
+    Some(pool[index % pool.len()].clone())
+}
+
+/// A feature and variant of `FEATURES` as an event names them.
+fn feature_of(index: usize, variant: u8) -> (String, Option<String>) {
+    let (feature, variants) = FEATURES[index];
+    let variant = match variant {
+        0 => None,
+        4 => Some("bogus".to_string()),
+        v => variants
+            .get(usize::from(v - 1) % variants.len().max(1))
+            .map(|v| v.to_string()),
+    };
+    (feature.to_string(), variant)
 }
 
 fn existing_lot(model: &Model, account: &str, index: usize) -> Option<String> {
@@ -653,13 +791,15 @@ fn input_for(
             )
         }
         Op::Usage(u) => {
-            let (feature, variants) = FEATURES[u.feature];
-            let variant = match u.variant {
+            let (feature, variant) = feature_of(u.feature, u.variant);
+            let known = || existing_hold(model, &account, u.hold_pick).unwrap_or("h-a".into());
+            let other = ACCOUNTS[(step.account + 1) % cfg.accounts].to_string();
+            let hold = match u.hold {
                 0 => None,
-                4 => Some("bogus".to_string()),
-                v => variants
-                    .get(usize::from(v - 1) % variants.len().max(1))
-                    .map(|v| v.to_string()),
+                1 => Some((known(), None)),
+                2 => Some((known(), Some(account.clone()))),
+                3 => Some((known(), Some(other))),
+                _ => Some(("ghost".to_string(), None)),
             };
             Input {
                 ty: "ai.usage".to_string(),
@@ -677,8 +817,48 @@ fn input_for(
                         1 => Some(Status::Succeeded),
                         _ => Some(Status::Failed),
                     },
+                    hold,
                 }),
             }
+        }
+        Op::Hold(h) => {
+            let (mut feature, mut variant) = feature_of(h.feature, h.variant);
+            let (mut quantity, mut ttl) = (h.quantity.map(Credits::from_milli), h.ttl);
+            let hold = match h.id {
+                0 => None,
+                1 => Some("h-a".to_string()),
+                2 => Some("h-b".to_string()),
+                _ => existing_hold(model, &account, h.existing).or(Some("h-a".to_string())),
+            };
+            let retried = hold
+                .as_ref()
+                .and_then(|id| model.accounts.get(&account)?.holds.get(id));
+            if let (4, Some(earlier)) = (h.id, retried) {
+                feature = earlier.feature.clone();
+                variant = earlier.variant.clone();
+                quantity = Some(earlier.quantity);
+                ttl = earlier.ttl;
+            }
+            Input {
+                ty: "credit.hold".to_string(),
+                id,
+                source: ["production-room", "studio"][index % 2].to_string(),
+                subject: Some(account),
+                time: Some(time),
+                data: Data::Hold(HoldData {
+                    hold,
+                    feature,
+                    variant,
+                    quantity,
+                    ttl,
+                }),
+            }
+        }
+        Op::Release { target } => {
+            let hold = target
+                .and_then(|i| existing_hold(model, &account, i))
+                .unwrap_or_else(|| "no-such-hold".to_string());
+            command(Data::Release { hold }, "credit.release")
         }
         Op::Void { target, reason } => {
             let lot = target
@@ -796,7 +976,26 @@ fn to_json(input: &Input) -> String {
             if let Some(s) = u.status {
                 put("status", json!(s.as_str()));
             }
+            match &u.hold {
+                None => {}
+                Some((id, None)) => put("hold", json!(id)),
+                Some((id, Some(account))) => put("hold", json!({"id": id, "account": account})),
+            }
         }
+        Data::Hold(h) => {
+            if let Some(id) = &h.hold {
+                put("hold", json!(id));
+            }
+            put("feature", json!(h.feature));
+            if let Some(v) = &h.variant {
+                put("variant", json!(v));
+            }
+            if let Some(q) = h.quantity {
+                put("quantity", credits_json(q));
+            }
+            put("ttl", json!(h.ttl));
+        }
+        Data::Release { hold } => put("hold", json!(hold)),
         Data::Grant(g) => {
             if let Some(lot) = &g.lot {
                 put("lot", json!(lot));
@@ -911,14 +1110,16 @@ fn engine_balance(state: &AccountState, at: Time) -> BalanceView {
     state
         .balance(at)
         .into_iter()
-        .filter(|(_, b)| b.available.is_positive() || !b.expiring_soon.is_zero())
+        .filter(|(_, b)| {
+            b.available.is_positive() || !b.expiring_soon.is_zero() || b.held.is_positive()
+        })
         .map(|(pool, b)| {
             let by_kind = b
                 .by_kind
                 .into_iter()
                 .filter(|(_, c)| !c.is_zero())
                 .collect();
-            (pool, (b.available, by_kind, b.expiring_soon))
+            (pool, (b.available, by_kind, b.expiring_soon, b.held))
         })
         .collect()
 }
@@ -929,22 +1130,25 @@ fn engine_view(state: &AccountState, clock: Time) -> AccountView {
         .iter()
         .map(|l| {
             (
-                l.id.clone(),
-                l.pool.clone(),
-                l.kind,
-                l.granted,
-                l.remaining,
-                l.effective_at,
-                l.expires_at,
-                l.priority,
-                l.seq,
-                l.voided,
-                l.expired,
-                l.from_plan,
+                (
+                    l.id.clone(),
+                    l.pool.clone(),
+                    l.kind,
+                    l.granted,
+                    l.remaining,
+                    l.effective_at,
+                    l.expires_at,
+                    l.priority,
+                    l.seq,
+                    l.voided,
+                    l.expired,
+                    l.from_plan,
+                ),
+                l.held,
             )
         })
         .collect();
-    lots.sort_by_key(|l| l.8);
+    lots.sort_by_key(|l| l.0 .8);
     AccountView {
         lots,
         next_seq: state.next_seq,
@@ -966,6 +1170,7 @@ fn engine_view(state: &AccountState, clock: Time) -> AccountView {
         flex_threshold: state.flex_threshold,
         settle_shortfall: state.settle_shortfall,
         balance: engine_balance(state, clock),
+        holds: state.holds.values().cloned().collect(),
     }
 }
 
@@ -1038,8 +1243,14 @@ fn run(cfg: &Config, steps: &[Step]) -> Result<(), TestCaseError> {
 
         prop_assert_eq!(
             outcome_of(engine.outcome),
-            expected.outcome,
+            expected.outcome.clone(),
             "{}",
+            context()
+        );
+        prop_assert_eq!(
+            engine.answer,
+            expected.answer.clone(),
+            "answer; {}",
             context()
         );
         prop_assert_eq!(
@@ -1115,6 +1326,12 @@ proptest! {
     fn engine_agrees_on_spending(cfg in config(), steps in steps(SPENDING, 20..60)) {
         run(&cfg, &steps)?;
     }
+
+    /// Holds, the calls that settle them, releases and expiries, on few credits.
+    #[test]
+    fn engine_agrees_on_holds(cfg in config(), steps in steps(HOLDS, 20..60)) {
+        run(&cfg, &steps)?;
+    }
 }
 
 /// The generators reach what they are meant to: a fixed history through the harness, so a
@@ -1154,6 +1371,8 @@ fn harness_applies_a_plain_history() {
             quantity: Some(20_000),
             status: 0,
             user: 0,
+            hold: 0,
+            hold_pick: 0,
         }),
     };
     let mut book = Book::default();
@@ -1218,4 +1437,184 @@ fn the_dedup_window_counts_fractions_of_a_second() {
     let again = first + rules.dedup_window - TimeDelta::milliseconds(100);
     let outcome = book.process(&rules, call.as_bytes(), again).outcome;
     assert!(matches!(outcome, Outcome::Duplicate { .. }), "{outcome:?}");
+}
+
+/// The generators reach holds: a fixed history of a hold settled by its call, one
+/// released, one expired by the clock and a retry, through the harness.
+#[test]
+fn harness_applies_a_history_of_holds() {
+    let cfg = Config {
+        accounts: 2,
+        flex_enabled: false,
+        flex_threshold_milli: 0,
+        settle: false,
+        grace_secs: 0,
+        kind_order: false,
+        timezone: 0,
+        start_secs: 0,
+    };
+    let rules = rules_for(&cfg);
+    let t0 = at("2026-06-01T00:00:00Z");
+    let input = |ty: &str, id: &str, minutes: i64, data: Data| Input {
+        ty: ty.to_string(),
+        id: id.to_string(),
+        source: "studio".to_string(),
+        subject: Some("acme".to_string()),
+        time: Some(t0 + TimeDelta::minutes(minutes)),
+        data,
+    };
+    let hold = |id: &str, ttl: u32| {
+        Data::Hold(HoldData {
+            hold: Some(id.to_string()),
+            feature: "erase".to_string(),
+            variant: None,
+            quantity: None,
+            ttl,
+        })
+    };
+    let call = |hold: &str| {
+        Data::Usage(UsageData {
+            user: "kim@acme.kr".to_string(),
+            feature: "text_to_image".to_string(),
+            variant: None,
+            quantity: None,
+            status: None,
+            hold: Some((hold.to_string(), None)),
+        })
+    };
+    let grant = Data::Grant(GrantData {
+        lot: Some("pack".to_string()),
+        pool: None,
+        kind: LotKind::Purchased,
+        credits: Credits::from_whole(20),
+        effective_at: None,
+        expires_at: None,
+        valid_days: None,
+        priority: None,
+        payment: None,
+        comment: None,
+    });
+    let history = [
+        input("credit.grant", "g", 0, grant),
+        input("credit.hold", "e1", 0, hold("h1", 600)),
+        input("credit.hold", "e2", 0, hold("h2", 60)),
+        input("credit.hold", "e3", 0, hold("h3", 600)),
+        input("credit.hold", "e4", 1, hold("h1", 600)),
+        input("ai.usage", "u1", 2, call("h1")),
+        input(
+            "credit.release",
+            "r1",
+            3,
+            Data::Release { hold: "h1".into() },
+        ),
+        input("ai.usage", "u2", 4, call("h2")),
+    ];
+    let mut book = Book::default();
+    let mut model = Model::default();
+    let mut answers = Vec::new();
+    let mut notes = Vec::new();
+    let mut due = Vec::new();
+    for input in &history {
+        let arrival = input.time.expect("timed");
+        let payload = to_json(input);
+        let engine = book.process(&rules, payload.as_bytes(), arrival);
+        let expected = model.process(&rules, input, arrival);
+        assert_eq!(engine.answer, expected.answer, "{payload}");
+        assert_eq!(per_account(&engine.due), per_account(&expected.due));
+        due.extend(expected.due);
+        let engine_outcome = outcome_of(engine.outcome);
+        assert_eq!(engine_outcome, expected.outcome, "{payload}");
+        if let reference::Outcome::Applied { entries, .. } = &expected.outcome {
+            notes.extend(entries.iter().filter_map(|e| e.hold.clone()));
+        }
+        answers.extend(expected.answer.map(|a| match a {
+            tally_core::Answer::Held { repeated, .. } => format!("held {repeated}"),
+            tally_core::Answer::Refused { check, .. } => format!("refused {}", check.available),
+            tally_core::Answer::Released { was_open, .. } => format!("released {was_open}"),
+        }));
+        let clock = model.clock.expect("clock");
+        assert_eq!(
+            engine_view(&book.accounts["acme"], clock),
+            model.accounts["acme"].view(clock)
+        );
+    }
+    // 20 credits: two holds of 7, the third refused with 6 available; the retry answers h1,
+    // and releasing h1 once its call settled it changes nothing.
+    assert_eq!(
+        answers,
+        [
+            "held false",
+            "held false",
+            "refused 6",
+            "held true",
+            "released false"
+        ]
+    );
+    // h2 expired at 00:01, before its call at 00:04.
+    assert_eq!(
+        due.iter().map(|e| e.entry_type).collect::<Vec<_>>(),
+        [tally_core::EntryType::HoldExpired]
+    );
+    let outcomes: Vec<_> = notes.iter().map(|n| (n.outcome, n.held)).collect();
+    use tally_core::holds::SettleOutcome;
+    assert_eq!(
+        outcomes,
+        [
+            (SettleOutcome::Settled, Credits::from_whole(7)),
+            (SettleOutcome::Expired, Credits::ZERO)
+        ]
+    );
+}
+
+proptest! {
+    #![proptest_config(proptest_config(256))]
+
+    /// N holds on an account whose credits (and flex) cover M < N of them: exactly M are
+    /// granted, in order, and every refusal says what is available and what is held.
+    #[test]
+    fn n_holds_on_credits_for_m_grant_exactly_m(
+        credits in 1i64..200,
+        flex in prop::sample::select(vec![0i64, 3, 25]),
+        feature in prop::sample::select(vec![
+            ("erase", 7i64),
+            ("text_to_image", 8),
+            (r#"regeneration","variant":"long"#, 2),
+        ]),
+        n in 1usize..40,
+    ) {
+        let mut rules = common::rules(MATRIX);
+        rules.flex_enabled = flex > 0;
+        rules.flex_threshold = Credits::from_whole(flex);
+        let mut book = Book::default();
+        let t0 = at("2026-06-01T00:00:00Z");
+        let grant = format!(
+            r#"{{"specversion":"1.0","type":"credit.grant","id":"g","source":"billing",
+                "subject":"acme","data":{{"kind":"purchased","credits":{credits}}}}}"#
+        );
+        book.process(&rules, grant.as_bytes(), t0);
+        let (name, cost) = feature;
+        let m = usize::try_from((credits + flex) / cost).expect("small").min(n);
+        let mut granted = 0;
+        for i in 0..n {
+            let hold = format!(
+                r#"{{"specversion":"1.0","type":"credit.hold","id":"e{i}","source":"studio",
+                    "subject":"acme","data":{{"hold":"h{i}","feature":"{name}","ttl":600}}}}"#
+            );
+            let step = book.process(&rules, hold.as_bytes(), t0);
+            match step.answer {
+                Some(tally_core::Answer::Held { repeated: false, .. }) => {
+                    prop_assert!(i < m, "hold {} of {} granted, {} fit", i, n, m);
+                    granted += 1;
+                }
+                Some(tally_core::Answer::Refused { check, .. }) => {
+                    prop_assert!(i >= m, "hold {} refused, {} fit", i, m);
+                    let held = Credits::from_whole(cost * m as i64);
+                    prop_assert_eq!(check.held, held);
+                    prop_assert_eq!(check.available, Credits::from_whole(credits + flex) - held);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+        prop_assert_eq!(granted, m);
+    }
 }

@@ -8,8 +8,10 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use tally_core::account::balance;
 use tally_core::alerts::{Alert, AlertKind, AlertRules};
 use tally_core::event::Status;
+use tally_core::holds::{Answer, Check, Hold, HoldStatus, HoldUse, SettleOutcome};
 use tally_core::{
-    Book, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection, Rules,
+    AccountState, Book, Credits, EntryType, LedgerEntry, Lot, LotKind, Outcome, Policy, Rejection,
+    Rules,
 };
 
 const MATRIX: &str = r#"
@@ -72,6 +74,8 @@ struct Harness {
     due: Vec<LedgerEntry>,
     /// Alerts that fired, oldest first.
     alerts: Vec<Alert>,
+    /// The answer to the last payload (holds and releases).
+    answer: Option<Answer>,
 }
 
 impl Harness {
@@ -81,6 +85,7 @@ impl Harness {
             book: Book::default(),
             due: Vec::new(),
             alerts: Vec::new(),
+            answer: None,
         }
     }
 
@@ -88,6 +93,7 @@ impl Harness {
         let step = self.book.process(&self.rules, payload.as_bytes(), arrival);
         self.due.extend(step.due);
         self.alerts.extend(step.alerts);
+        self.answer = step.answer;
         step.outcome
     }
 
@@ -1854,4 +1860,719 @@ fn sums_that_would_overflow_are_rejected_not_wrapped() {
     let (i, r) = rejection.expect("a pool cannot grow without bound");
     assert_eq!(i, 9223, "{r}");
     assert_eq!(r.code(), "out_of_range", "{r}");
+}
+
+// ---------------------------------------------------------------- holds
+
+fn hold_event(id: &str, time: &str, data: &str) -> String {
+    event("credit.hold", id, time, data)
+}
+
+impl Harness {
+    /// Sends a `credit.hold` arriving at its event time and returns the answer.
+    fn hold(&mut self, id: &str, time: &str, data: &str) -> Answer {
+        let entries = self.ok(&hold_event(id, time, data), time);
+        assert!(entries.is_empty(), "a hold writes no ledger entry");
+        self.answer.take().expect("a hold is answered")
+    }
+
+    fn held(&mut self, id: &str, time: &str, data: &str) -> Hold {
+        match self.hold(id, time, data) {
+            Answer::Held {
+                hold,
+                repeated: false,
+            } => hold,
+            other => panic!("expected a new hold, got {other:?}"),
+        }
+    }
+
+    fn refused(&mut self, id: &str, time: &str, data: &str) -> Check {
+        match self.hold(id, time, data) {
+            Answer::Refused { check, .. } => check,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn release(&mut self, id: &str, time: &str, hold: &str) -> Answer {
+        let payload = event(
+            "credit.release",
+            id,
+            time,
+            &format!(r#"{{"hold": "{hold}"}}"#),
+        );
+        let entries = self.ok(&payload, time);
+        assert!(entries.is_empty(), "a release writes no ledger entry");
+        self.answer.take().expect("a release is answered")
+    }
+
+    fn state(&self) -> &AccountState {
+        &self.book.accounts["acme"]
+    }
+
+    /// (held, remaining) of a lot.
+    fn lot_held(&self, id: &str) -> (Credits, Credits) {
+        let lot = self.lot(id);
+        (lot.held, lot.remaining)
+    }
+
+    fn held_in(&self, pool: &str, time: &str) -> Credits {
+        balance(self.lots(), at(time))
+            .get(pool)
+            .map(|b| b.held)
+            .unwrap_or_default()
+    }
+}
+
+fn reserved(hold: &Hold) -> Vec<(&str, Credits)> {
+    hold.reserved
+        .iter()
+        .map(|p| (p.lot.as_str(), p.credits))
+        .collect()
+}
+
+const SOON: &str =
+    r#"{"lot": "soon", "kind": "purchased", "credits": 10, "expires_at": "2026-11-20T00:00:00Z"}"#;
+const LATER: &str = r#"{"lot": "later", "kind": "purchased", "credits": 100}"#;
+
+#[test]
+fn a_hold_reserves_in_debit_order_and_the_balance_shows_it_apart() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    h.grant("g2", T0, SOON);
+    let t = "2026-11-02T00:00:00Z";
+    let hold = h.held(
+        "evt-h1",
+        t,
+        r#"{"hold": "h1", "feature": "video_generation", "variant": "mid", "ttl": 300}"#,
+    );
+    // 50 credits: the lot that expires soonest first (10), then the other (40).
+    assert_eq!(reserved(&hold), [("soon", whole(10)), ("later", whole(40))]);
+    assert_eq!(
+        (
+            hold.id.as_str(),
+            hold.credits,
+            hold.status,
+            hold.pool.as_str()
+        ),
+        ("h1", whole(50), HoldStatus::Open, "ai")
+    );
+    assert_eq!(hold.expires_at, at("2026-11-02T00:05:00Z"), "arrival + ttl");
+    // Nothing moved: the credits stay in their lots, marked held.
+    assert_eq!(h.lot_held("soon"), (whole(10), whole(10)));
+    assert_eq!(h.lot_held("later"), (whole(40), whole(100)));
+    assert_eq!(h.available("ai", t), whole(60));
+    assert_eq!(h.held_in("ai", t), whole(50));
+    // The hold id defaults to the event id.
+    let hold = h.held("evt-h2", t, r#"{"feature": "erase", "ttl": 60}"#);
+    assert_eq!(
+        (hold.id.as_str(), reserved(&hold)),
+        ("evt-h2", vec![("later", whole(7))])
+    );
+    // A free feature is always held, with nothing reserved.
+    let hold = h.held("evt-h3", t, r#"{"feature": "upscale", "ttl": 60}"#);
+    assert!(hold.reserved.is_empty());
+    assert_eq!(hold.credits, Credits::ZERO);
+}
+
+#[test]
+fn held_credits_are_not_available_to_other_calls_or_holds() {
+    let mut h = Harness::new();
+    h.grant(
+        "g1",
+        T0,
+        r#"{"lot": "a", "kind": "purchased", "credits": 20}"#,
+    );
+    let t = "2026-11-02T00:00:00Z";
+    h.held(
+        "evt-h1",
+        t,
+        r#"{"hold": "h1", "feature": "text_to_image", "quantity": 2, "ttl": 600}"#,
+    );
+    // 16 of 20 held: a call without a hold gets the free 4 and the rest is shortfall.
+    let e = h.call("u1", t, r#"{"user": "u", "feature": "erase"}"#);
+    assert_eq!((paid(&e), e.shortfall), (vec![("a", whole(4))], whole(3)));
+    assert_eq!(h.lot_held("a"), (whole(16), whole(16)));
+    // And another hold finds nothing available.
+    let check = h.refused(
+        "evt-h2",
+        t,
+        r#"{"hold": "h2", "feature": "erase", "ttl": 600}"#,
+    );
+    assert_eq!(
+        (
+            check.allowed,
+            check.cost,
+            check.available,
+            check.flex,
+            check.held
+        ),
+        (false, whole(7), Credits::ZERO, Credits::ZERO, whole(16))
+    );
+    assert!(
+        !h.state().holds.contains_key("h2"),
+        "a refusal keeps nothing"
+    );
+}
+
+#[test]
+fn n_holds_on_credits_for_m_grant_exactly_m_and_refuse_the_rest_with_what_is_available() {
+    let mut h = Harness::new();
+    h.grant(
+        "g1",
+        T0,
+        r#"{"lot": "a", "kind": "purchased", "credits": 50}"#,
+    );
+    let t = "2026-11-02T00:00:00Z";
+    // 10 holds of 7 on 50 credits: 7 fit (49).
+    let mut granted = 0;
+    let mut refusals = Vec::new();
+    for i in 0..10 {
+        let data = format!(r#"{{"hold": "h{i}", "feature": "erase", "ttl": 600}}"#);
+        match h.hold(&format!("evt-{i}"), t, &data) {
+            Answer::Held { .. } => granted += 1,
+            Answer::Refused { hold, check } => refusals.push((hold, check.available, check.held)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(granted, 7);
+    assert_eq!(
+        refusals,
+        [
+            ("h7".to_string(), whole(1), whole(49)),
+            ("h8".to_string(), whole(1), whole(49)),
+            ("h9".to_string(), whole(1), whole(49)),
+        ]
+    );
+    assert_eq!(h.lot_held("a"), (whole(49), whole(50)));
+
+    // With flex, the room counts in (after the lots) and is reserved too, never beyond it.
+    let mut h = Harness::new();
+    flex_rules(&mut h); // threshold 10
+    h.grant(
+        "g1",
+        T0,
+        r#"{"lot": "a", "kind": "purchased", "credits": 50}"#,
+    );
+    let answers: Vec<Answer> = (0..10)
+        .map(|i| {
+            let data = format!(r#"{{"hold": "h{i}", "feature": "erase", "ttl": 600}}"#);
+            h.hold(&format!("evt-{i}"), t, &data)
+        })
+        .collect();
+    // 60 credits (50 + 10 flex): 8 holds of 7 = 56.
+    let granted: Vec<&Hold> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Held { hold, .. } => Some(hold),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted.len(), 8);
+    assert_eq!(reserved(granted[7]), [("a", whole(1)), ("flex", whole(6))]);
+    assert_eq!(granted[7].reserved[1].kind, LotKind::Flex);
+    let Answer::Refused { check, .. } = &answers[8] else {
+        panic!("{:?}", answers[8])
+    };
+    assert_eq!(
+        (check.available, check.flex, check.held),
+        (whole(4), whole(4), whole(56))
+    );
+    assert_eq!(h.state().flex_held(), whole(6));
+    // A call without a hold can use only the flex the holds left: 4, then shortfall.
+    let e = h.call("u1", t, r#"{"user": "u", "feature": "erase"}"#);
+    assert_eq!(
+        (paid(&e), e.shortfall),
+        (vec![("flex", whole(4))], whole(3))
+    );
+}
+
+#[test]
+fn a_call_that_costs_less_than_held_pays_from_the_held_lots_and_releases_the_rest() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    h.grant("g2", T0, SOON);
+    let t = "2026-11-02T00:00:00Z";
+    h.held(
+        "evt-h1",
+        t,
+        r#"{"hold": "h1", "feature": "video_generation", "variant": "mid", "ttl": 300}"#,
+    );
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:01:00Z",
+        r#"{"user": "u", "feature": "image_generation", "variant": "short", "hold": "h1"}"#,
+    );
+    assert_eq!((paid(&e), e.credits), (vec![("soon", whole(5))], whole(5)));
+    assert_eq!(
+        e.hold,
+        Some(HoldUse {
+            id: "h1".into(),
+            outcome: SettleOutcome::Settled,
+            held: whole(50)
+        })
+    );
+    assert_eq!(h.lot_held("soon"), (Credits::ZERO, whole(5)));
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(100)));
+    assert_eq!(h.available("ai", t), whole(105));
+    assert_eq!(h.held_in("ai", t), Credits::ZERO);
+    let hold = &h.state().holds["h1"];
+    assert_eq!(
+        (hold.status, hold.closed_at),
+        (HoldStatus::Settled, Some(at("2026-11-02T00:01:00Z")))
+    );
+}
+
+#[test]
+fn a_call_that_costs_more_pays_held_lots_then_the_debit_order_then_shortfall() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, SOON);
+    h.grant(
+        "g2",
+        T0,
+        r#"{"lot": "later", "kind": "purchased", "credits": 20}"#,
+    );
+    let t = "2026-11-02T00:00:00Z";
+    let h1 = h.held("e1", t, r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#);
+    assert_eq!(reserved(&h1), [("soon", whole(7))]);
+    let h2 = h.held(
+        "e2",
+        t,
+        r#"{"hold": "h2", "feature": "text_to_image", "ttl": 600}"#,
+    );
+    assert_eq!(reserved(&h2), [("soon", whole(3)), ("later", whole(5))]);
+    // h1's call costs 25: its 7 from `soon`; then the debit order over what no other hold
+    // reserved: `soon` has nothing free (3 held by h2), `later` 15 of 20; 3 unpaid.
+    let e = h.call(
+        "u1",
+        t,
+        r#"{"user": "u", "feature": "video_generation", "variant": "short", "hold": "h1"}"#,
+    );
+    assert_eq!(
+        (paid(&e), e.shortfall),
+        (vec![("soon", whole(7)), ("later", whole(15))], whole(3))
+    );
+    // h2 still holds its 8.
+    assert_eq!(h.lot_held("soon"), (whole(3), whole(3)));
+    assert_eq!(h.lot_held("later"), (whole(5), whole(5)));
+    assert_eq!(h.state().shortfall["ai"], whole(3));
+}
+
+#[test]
+fn a_held_lot_that_also_pays_beyond_its_reservation_shows_once() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, SOON);
+    h.grant("g2", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    h.held("e1", t, r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#);
+    // 8 > 7 held on `soon`: the 8th credit comes from `soon` too (first in the order).
+    let e = h.call(
+        "u1",
+        t,
+        r#"{"user": "u", "feature": "text_to_image", "hold": "h1"}"#,
+    );
+    assert_eq!(paid(&e), [("soon", whole(8))]);
+    assert_eq!(h.lot_held("soon"), (Credits::ZERO, whole(2)));
+}
+
+#[test]
+fn a_failed_call_naming_a_hold_pays_nothing_and_releases_it() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    h.held("e1", t, r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#);
+    let e = h.call(
+        "u1",
+        t,
+        r#"{"user": "u", "feature": "erase", "status": "failed", "hold": "h1"}"#,
+    );
+    assert_eq!((e.credits, e.paid.len()), (Credits::ZERO, 0));
+    assert_eq!(
+        e.hold.as_ref().map(|n| n.outcome),
+        Some(SettleOutcome::Settled)
+    );
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(100)));
+    assert_eq!(h.state().holds["h1"].status, HoldStatus::Settled);
+}
+
+#[test]
+fn a_release_gives_the_credits_back_and_is_idempotent() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    h.held("e1", t, r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#);
+    assert_eq!(h.lot_held("later"), (whole(7), whole(100)));
+    let Answer::Released { hold, was_open } = h.release("r1", "2026-11-02T00:01:00Z", "h1") else {
+        panic!("not a release")
+    };
+    assert!(was_open);
+    assert_eq!(hold.status, HoldStatus::Released);
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(100)));
+    // Again: nothing changes, the same hold is answered.
+    let Answer::Released { hold, was_open } = h.release("r2", "2026-11-02T00:02:00Z", "h1") else {
+        panic!("not a release")
+    };
+    assert!(!was_open);
+    assert_eq!(hold.closed_at, Some(at("2026-11-02T00:01:00Z")));
+    // An unknown hold cannot be released.
+    let payload = event("credit.release", "r3", t, r#"{"hold": "nope"}"#);
+    assert_eq!(h.rejected(&payload, at(t)).code(), "bad_command");
+    // A call naming the released hold is billed as any call, and says so.
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:03:00Z",
+        r#"{"user": "u", "feature": "erase", "hold": "h1"}"#,
+    );
+    assert_eq!(paid(&e), [("later", whole(7))]);
+    assert_eq!(
+        e.hold,
+        Some(HoldUse {
+            id: "h1".into(),
+            outcome: SettleOutcome::Released,
+            held: Credits::ZERO
+        })
+    );
+}
+
+#[test]
+fn an_unsettled_hold_expires_by_the_clock_with_a_ledger_entry() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, SOON);
+    h.grant("g2", T0, LATER);
+    h.held(
+        "e1",
+        "2026-11-02T00:00:00Z",
+        r#"{"hold": "h1", "feature": "text_to_image", "quantity": 2, "ttl": 300}"#,
+    );
+    assert!(h.tick("2026-11-02T00:04:59Z").is_empty());
+    assert_eq!(h.lot_held("soon"), (whole(10), whole(10)));
+    let due = h.tick("2026-11-02T00:05:00Z");
+    assert_eq!(due.len(), 1);
+    let e = &due[0];
+    assert_eq!(e.entry_type, EntryType::HoldExpired);
+    assert_eq!(
+        e.id.as_deref(),
+        Some(
+            format!(
+                "hold-expiry/h1/{}",
+                at("2026-11-02T00:05:00Z").timestamp_millis()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        (e.time, e.credits, e.shortfall),
+        (at("2026-11-02T00:05:00Z"), Credits::ZERO, Credits::ZERO)
+    );
+    // It names the reservations it gave back, and the hold's call.
+    assert_eq!(paid(e), [("soon", whole(10)), ("later", whole(6))]);
+    assert_eq!(
+        (
+            e.feature.as_str(),
+            e.quantity,
+            e.event_id.as_str(),
+            e.service.as_str()
+        ),
+        ("text_to_image", whole(2), "e1", "production-room")
+    );
+    assert_eq!(h.lot_held("soon"), (Credits::ZERO, whole(10)));
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(100)));
+    // Written once, however often the clock is told.
+    assert!(h.tick("2026-11-02T00:06:00Z").is_empty());
+    // A call naming it afterwards is billed as any call.
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:07:00Z",
+        r#"{"user": "u", "feature": "erase", "hold": "h1"}"#,
+    );
+    assert_eq!(paid(&e), [("soon", whole(7))]);
+    assert_eq!(e.hold.map(|n| n.outcome), Some(SettleOutcome::Expired));
+}
+
+#[test]
+fn the_same_hold_id_again_answers_the_same_hold_without_reserving_twice() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    let data = r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#;
+    let first = h.held("e1", t, data);
+    // A retry under another event id (a new request for the same hold).
+    let again = h.hold("e2", "2026-11-02T00:00:30Z", data);
+    assert_eq!(
+        again,
+        Answer::Held {
+            hold: first.clone(),
+            repeated: true
+        }
+    );
+    assert_eq!(h.lot_held("later"), (whole(7), whole(100)));
+    // The same id for another call is a mistake, not a retry.
+    let other = hold_event(
+        "e3",
+        t,
+        r#"{"hold": "h1", "feature": "erase", "quantity": 2, "ttl": 600}"#,
+    );
+    let rejection = h.rejected(&other, at(t));
+    assert_eq!(rejection.code(), "bad_command");
+    assert!(rejection.to_string().contains("other terms"), "{rejection}");
+    // The same event again is a duplicate: no answer from the core (the first copy answered).
+    assert!(matches!(
+        h.send(&hold_event("e1", t, data), at(t)),
+        Outcome::Duplicate { .. }
+    ));
+    assert_eq!(h.answer, None);
+    // Settled, a retry answers the settled hold.
+    h.call(
+        "u1",
+        t,
+        r#"{"user": "u", "feature": "erase", "hold": "h1"}"#,
+    );
+    let Answer::Held { hold, repeated } = h.hold("e4", "2026-11-02T00:01:00Z", data) else {
+        panic!("not held")
+    };
+    assert!(repeated);
+    assert_eq!(hold.status, HoldStatus::Settled);
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(93)));
+    // A second call naming it is billed as any call, and says the hold was settled before.
+    let e = h.call(
+        "u2",
+        t,
+        r#"{"user": "u", "feature": "erase", "hold": "h1"}"#,
+    );
+    assert_eq!(paid(&e), [("later", whole(7))]);
+    assert_eq!(
+        e.hold.map(|n| n.outcome),
+        Some(SettleOutcome::AlreadySettled)
+    );
+    // The dedup window (24 h) after it closed, the hold is forgotten and its id free again.
+    h.tick("2026-11-02T23:59:59Z");
+    assert!(h.state().holds.contains_key("h1"));
+    h.tick("2026-11-03T00:00:00Z");
+    assert!(!h.state().holds.contains_key("h1"));
+    h.held("e5", "2026-11-03T00:00:00Z", data);
+}
+
+#[test]
+fn a_call_naming_an_unknown_hold_is_billed_normally_and_says_so() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let e = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user": "u", "feature": "erase", "hold": "never-placed"}"#,
+    );
+    assert_eq!(paid(&e), [("later", whole(7))]);
+    assert_eq!(
+        e.hold,
+        Some(HoldUse {
+            id: "never-placed".into(),
+            outcome: SettleOutcome::Unknown,
+            held: Credits::ZERO
+        })
+    );
+}
+
+#[test]
+fn a_call_naming_a_hold_of_another_account_is_rejected() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    h.held("e1", t, r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#);
+    let foreign = usage(
+        "u1",
+        t,
+        r#"{"user": "u", "feature": "erase", "hold": {"id": "h1", "account": "globex"}}"#,
+    );
+    let rejection = h.rejected(&foreign, at(t));
+    assert_eq!(rejection.code(), "foreign_hold");
+    assert_eq!(
+        rejection.to_string(),
+        "hold `h1` belongs to account `globex`, not to `acme`"
+    );
+    assert_eq!(h.state().holds["h1"].status, HoldStatus::Open);
+    // The same form naming its own account settles.
+    let e = h.call(
+        "u2",
+        t,
+        r#"{"user": "u", "feature": "erase", "hold": {"id": "h1", "account": "acme"}}"#,
+    );
+    assert_eq!(e.hold.map(|n| n.outcome), Some(SettleOutcome::Settled));
+    // Anything else in `hold` is bad data, never an unheld call.
+    for bad in [r#""""#, "7", r#"{"id": "h1"}"#] {
+        let payload = usage(
+            "u3",
+            t,
+            &format!(r#"{{"user": "u", "feature": "erase", "hold": {bad}}}"#),
+        );
+        assert_eq!(h.rejected(&payload, at(t)).code(), "bad_data", "{bad}");
+    }
+}
+
+#[test]
+fn reserved_credits_pay_within_the_expiry_grace_and_expire_with_their_lot_after() {
+    let data = r#"{"hold": "h1", "feature": "erase", "ttl": 3600}"#;
+    let lot_a =
+        r#"{"lot": "a", "kind": "purchased", "credits": 10, "expires_at": "2026-11-02T00:00:00Z"}"#;
+    let call = r#"{"user": "u", "feature": "erase", "hold": "h1"}"#;
+    // Held at 23:58, the call made at 00:01 arrives within the 5-minute grace: `a` pays,
+    // though a call at 00:01 without a hold could not use it.
+    let mut h = Harness::new();
+    h.grant("g1", T0, lot_a);
+    h.grant("g2", T0, LATER);
+    let hold = h.held("e1", "2026-11-01T23:58:00Z", data);
+    assert_eq!(reserved(&hold), [("a", whole(7))]);
+    let e = h.call("u1", "2026-11-02T00:01:00Z", call);
+    assert_eq!(paid(&e), [("a", whole(7))]);
+    // After the grace the lot's expiry is written with everything left, held credits
+    // included; the hold loses that reservation and its call pays in the debit order.
+    let mut h = Harness::new();
+    h.grant("g1", T0, lot_a);
+    h.grant("g2", T0, LATER);
+    h.held("e1", "2026-11-01T23:58:00Z", data);
+    let due = h.tick("2026-11-02T00:05:00Z");
+    assert_eq!(
+        due.iter()
+            .map(|e| (e.entry_type, e.credits))
+            .collect::<Vec<_>>(),
+        [(EntryType::Expiry, whole(-10))]
+    );
+    assert!(h.state().holds["h1"].reserved.is_empty());
+    assert_eq!(h.lot_held("a"), (Credits::ZERO, Credits::ZERO));
+    let e = h.call("u1", "2026-11-02T00:06:00Z", call);
+    assert_eq!(paid(&e), [("later", whole(7))]);
+    assert_eq!(
+        e.hold.map(|n| (n.outcome, n.held)),
+        Some((SettleOutcome::Settled, Credits::ZERO))
+    );
+}
+
+#[test]
+fn a_void_takes_reserved_credits_with_the_lot() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, SOON);
+    h.grant("g2", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    h.held(
+        "e1",
+        t,
+        r#"{"hold": "h1", "feature": "text_to_image", "quantity": 2, "ttl": 600}"#,
+    );
+    let entries = h.ok(&event("credit.void", "v1", t, r#"{"lot": "soon"}"#), t);
+    assert_eq!(entries[0].credits, whole(-10));
+    assert_eq!(reserved(&h.state().holds["h1"]), [("later", whole(6))]);
+    assert_eq!(h.held_in("ai", t), whole(6));
+}
+
+#[test]
+fn hold_commands_are_checked() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    let t = "2026-11-02T00:00:00Z";
+    for (data, code) in [
+        (r#"{"feature": "erase", "ttl": 0}"#, "bad_command"),
+        (r#"{"feature": "erase", "ttl": 86401}"#, "bad_command"),
+        (r#"{"feature": "erase"}"#, "bad_data"),
+        (
+            r#"{"feature": "erase", "ttl": 60, "user": "u"}"#,
+            "bad_data",
+        ),
+        (r#"{"feature": "erase", "ttl": 60, "hold": ""}"#, "bad_data"),
+        (r#"{"feature": "teleport", "ttl": 60}"#, "unknown_feature"),
+        (
+            r#"{"feature": "image_generation", "ttl": 60}"#,
+            "unpriceable",
+        ),
+        (
+            r#"{"feature": "erase", "quantity": -1, "ttl": 60}"#,
+            "negative_quantity",
+        ),
+    ] {
+        let rejection = h.rejected(&hold_event("e1", t, data), at(t));
+        assert_eq!(rejection.code(), code, "{data}: {rejection}");
+    }
+    assert!(h.state().holds.is_empty());
+    assert_eq!(h.lot_held("later"), (Credits::ZERO, whole(100)));
+    // The longest ttl is a day.
+    let hold = h.held("e2", t, r#"{"feature": "erase", "ttl": 86400}"#);
+    assert_eq!(hold.expires_at, at("2026-11-03T00:00:00Z"));
+}
+
+#[test]
+fn the_check_answers_cost_pool_available_and_held_and_changes_nothing() {
+    let mut h = Harness::new();
+    flex_rules(&mut h); // flex up to 10
+    h.grant(
+        "g1",
+        T0,
+        r#"{"lot": "a", "kind": "purchased", "credits": 20}"#,
+    );
+    let t = "2026-11-02T00:00:00Z";
+    h.held(
+        "e1",
+        t,
+        r#"{"hold": "h1", "feature": "text_to_image", "ttl": 600}"#,
+    );
+    let before = h.state().clone();
+    let check = h
+        .state()
+        .check(&h.rules, "erase", None, whole(1), at(t))
+        .expect("priced");
+    assert_eq!(
+        check,
+        Check {
+            allowed: true,
+            cost: whole(7),
+            pool: "ai".into(),
+            available: whole(22),
+            flex: whole(10),
+            held: whole(8),
+            as_of: at(t),
+        }
+    );
+    let check = h
+        .state()
+        .check(&h.rules, "video_generation", Some("short"), whole(1), at(t))
+        .expect("priced");
+    assert_eq!((check.allowed, check.cost), (false, whole(25)));
+    let check = h
+        .state()
+        .check(&h.rules, "deep_scan", None, whole(3), at(t))
+        .expect("priced");
+    assert_eq!(
+        (
+            check.allowed,
+            check.pool.as_str(),
+            check.available,
+            check.held
+        ),
+        (true, "scan", whole(10), Credits::ZERO),
+        "another pool: only the (account-wide) flex room"
+    );
+    let err = h
+        .state()
+        .check(&h.rules, "teleport", None, whole(1), at(t))
+        .unwrap_err();
+    assert_eq!(err.code(), "unknown_feature");
+    assert_eq!(h.state(), &before);
+}
+
+#[test]
+fn states_without_holds_read_as_before_and_holds_survive_a_checkpoint() {
+    let mut h = Harness::new();
+    h.grant("g1", T0, LATER);
+    // Without holds nothing new is written: a state of the previous version is the same.
+    let json = serde_json::to_string(h.state()).expect("serializes");
+    assert!(!json.contains("held") && !json.contains("holds"), "{json}");
+    let old = r#"{"lots":[{"id":"later","pool":"ai","kind":"purchased","granted":100,
+        "remaining":100,"effective_at":"2026-11-01T00:00:00Z","expires_at":null,
+        "priority":null,"seq":0,"voided":false}],"next_seq":1}"#;
+    let restored: AccountState = serde_json::from_str(old).expect("an old state loads");
+    assert_eq!(&restored, h.state());
+    h.held(
+        "e1",
+        "2026-11-02T00:00:00Z",
+        r#"{"hold": "h1", "feature": "erase", "ttl": 600}"#,
+    );
+    let json = serde_json::to_string(h.state()).expect("serializes");
+    let restored: AccountState = serde_json::from_str(&json).expect("loads");
+    assert_eq!(&restored, h.state());
 }

@@ -57,6 +57,8 @@ pub fn history_type(row: &LedgerRow) -> Result<&'static str, StoreError> {
         EntryType::Expiry => return Ok("expired"),
         EntryType::Void => return Ok("voided"),
         EntryType::Settlement => return Ok("shortfall settled"),
+        // Moves no credits; the history query does not select it.
+        EntryType::HoldExpired => return Ok("hold expired"),
         EntryType::Grant | EntryType::Usage => {}
     }
     match row.payment_method.as_str() {

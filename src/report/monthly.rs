@@ -137,6 +137,8 @@ pub fn summarize(flows: &[reads::Flow]) -> Result<BTreeMap<(String, String), Sum
         let change = match entry_type {
             EntryType::Usage | EntryType::Settlement => -amount,
             EntryType::Grant | EntryType::Expiry | EntryType::Void => amount,
+            // A hold's expiry moves no credits (the flows query does not select it).
+            EntryType::HoldExpired => continue,
         };
         if flow.in_range == 0 {
             part.carried_forward += change;
@@ -147,6 +149,7 @@ pub fn summarize(flows: &[reads::Flow]) -> Result<BTreeMap<(String, String), Sum
             EntryType::Usage | EntryType::Settlement => part.consumed += amount,
             EntryType::Expiry => part.expired -= amount,
             EntryType::Void => part.voided -= amount,
+            EntryType::HoldExpired => {}
         }
     }
     for summary in out.values_mut() {

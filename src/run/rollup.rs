@@ -225,6 +225,7 @@ mod tests {
             payment_method: None,
             payment_reference: String::new(),
             comment: String::new(),
+            hold: None,
         }
     }
 

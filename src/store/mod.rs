@@ -61,12 +61,13 @@ pub const LOT_KINDS: [tally_core::LotKind; 4] = [
 ];
 
 /// Every ledger entry type as stored.
-pub const ENTRY_TYPES: [tally_core::EntryType; 5] = [
+pub const ENTRY_TYPES: [tally_core::EntryType; 6] = [
     tally_core::EntryType::Usage,
     tally_core::EntryType::Grant,
     tally_core::EntryType::Void,
     tally_core::EntryType::Expiry,
     tally_core::EntryType::Settlement,
+    tally_core::EntryType::HoldExpired,
 ];
 
 /// A client for the configured database. RowBinary without validation and without

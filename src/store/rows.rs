@@ -207,6 +207,9 @@ impl LotRow {
             voided: self.voided == 1,
             expired: self.expired == 1,
             from_plan: self.from_plan == 1,
+            // The `lots` table has no column for held credits yet (holds are not routed by
+            // the shell yet); until it does, balances read from it count them as available.
+            held: Credits::ZERO,
         })
     }
 }

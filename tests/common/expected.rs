@@ -142,6 +142,8 @@ fn input(event: &Value) -> Input {
                 Some("failed") => Some(tally_core::event::Status::Failed),
                 Some(other) => panic!("status {other}"),
             },
+            // The workloads place no holds.
+            hold: None,
         }),
         Some("credit.grant") => Data::Grant(GrantData {
             lot: text("lot"),

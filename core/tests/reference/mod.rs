@@ -4,8 +4,10 @@
 //! rejected event cannot change anything. It is slow and simple on purpose; the property
 //! tests in `reference_model.rs` require the engine (`tally_core::Book`) to agree with it.
 //!
-//! It shares only data types with the engine (`Credits`, `LedgerEntry`, `LotKind`, ...) and
-//! the price list (`CostMatrix::price`). It takes typed inputs, not JSON: the tests build
+//! It shares only data types with the engine (`Credits`, `LedgerEntry`, `LotKind`, `Hold`,
+//! `Answer`, ...) and the price list (`CostMatrix::price`). Held credits are not stored on
+//! its lots: it adds up the open holds' reservations whenever it needs them, so the
+//! engine's running `held` per lot is checked against an independent sum. It takes typed inputs, not JSON: the tests build
 //! the JSON payload for the engine from the same input.
 
 use std::cmp::Ordering;
@@ -14,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use tally_core::event::Status;
+use tally_core::holds::{Answer, Check, Hold, HoldStatus, HoldUse, SettleOutcome};
 use tally_core::lots::{Payment, PaymentMethod};
 use tally_core::{Credits, EntryType, LedgerEntry, LotKind, Policy, Rules};
 
@@ -52,6 +55,10 @@ pub enum Data {
         payment: Option<PaymentMethod>,
     },
     Settings(SettingsData),
+    Hold(HoldData),
+    Release {
+        hold: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +68,21 @@ pub struct UsageData {
     pub variant: Option<String>,
     pub quantity: Option<Credits>,
     pub status: Option<Status>,
+    /// `data.hold`: (id, account) where an account is the `{"id", "account"}` form.
+    pub hold: Option<(String, Option<String>)>,
 }
+
+#[derive(Debug, Clone)]
+pub struct HoldData {
+    pub hold: Option<String>,
+    pub feature: String,
+    pub variant: Option<String>,
+    pub quantity: Option<Credits>,
+    pub ttl: u32,
+}
+
+/// The longest ttl of a hold: a day.
+const MAX_TTL: u32 = 86_400;
 
 #[derive(Debug, Clone)]
 pub struct GrantData {
@@ -109,28 +130,33 @@ pub enum Outcome {
 pub struct Step {
     pub due: Vec<LedgerEntry>,
     pub outcome: Outcome,
+    pub answer: Option<Answer>,
 }
 
-/// (id, pool, kind, granted, remaining, effective_at, expires_at, priority, seq, voided,
-/// expired, from_plan)
+/// ((id, pool, kind, granted, remaining, effective_at, expires_at, priority, seq, voided,
+/// expired, from_plan), held): nested, as tuples compare only up to 12 fields.
 pub type LotView = (
-    String,
-    String,
-    LotKind,
+    (
+        String,
+        String,
+        LotKind,
+        Credits,
+        Credits,
+        Time,
+        Option<Time>,
+        Option<i32>,
+        u64,
+        bool,
+        bool,
+        bool,
+    ),
     Credits,
-    Credits,
-    Time,
-    Option<Time>,
-    Option<i32>,
-    u64,
-    bool,
-    bool,
-    bool,
 );
 
-/// Per pool: available, by kind (non-zero only), expiring soon. Pools with nothing
-/// available are left out.
-pub type BalanceView = BTreeMap<String, (Credits, BTreeMap<&'static str, Credits>, Credits)>;
+/// Per pool: available, by kind (non-zero only), expiring soon, held. Pools with nothing
+/// available, expiring or held are left out.
+pub type BalanceView =
+    BTreeMap<String, (Credits, BTreeMap<&'static str, Credits>, Credits, Credits)>;
 
 /// What the tests compare of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +174,8 @@ pub struct AccountView {
     pub flex_threshold: Option<Credits>,
     pub settle_shortfall: Option<bool>,
     pub balance: BalanceView,
+    /// Every hold remembered, by id.
+    pub holds: Vec<Hold>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -209,6 +237,7 @@ pub struct Account {
     pub shortfall: BTreeMap<String, Credits>,
     pub subscription: Option<Subscription>,
     pub flows: BTreeMap<String, Flows>,
+    pub holds: BTreeMap<String, Hold>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -320,9 +349,9 @@ fn pays_first(a: &Lot, b: &Lot, policy: Policy) -> Ordering {
     }
 }
 
-/// Whether `lot` can pay for something in its pool at `at`.
+/// Whether `lot` is in force at `at` (whether it has free credits is the account's to say).
 fn usable_at(lot: &Lot, at: Time) -> bool {
-    if lot.voided || lot.expired || lot.remaining <= Credits::ZERO {
+    if lot.voided || lot.expired {
         return false;
     }
     if lot.effective_at > at {
@@ -358,6 +387,7 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
         payment_method: None,
         payment_reference: String::new(),
         comment: String::new(),
+        hold: None,
     }
 }
 
@@ -383,17 +413,30 @@ impl Model {
         for (name, account) in self.accounts.iter_mut() {
             account.due_work(rules, name, clock, &mut due);
         }
-        let outcome = self.decide(rules, input, arrival);
-        Step { due, outcome }
+        let (outcome, answer) = match self.decide(rules, input, arrival) {
+            Ok((outcome, answer)) => (outcome, answer),
+            Err(outcome) => (outcome, None),
+        };
+        Step {
+            due,
+            outcome,
+            answer,
+        }
     }
 
-    fn decide(&mut self, rules: &Rules, input: &Input, arrival: Time) -> Outcome {
+    /// The outcome and the answer, or (as `Err`) an outcome without one.
+    fn decide(
+        &mut self,
+        rules: &Rules,
+        input: &Input,
+        arrival: Time,
+    ) -> Result<(Outcome, Option<Answer>), Outcome> {
         let time = input.time.unwrap_or(arrival);
         if time > arrival + rules.max_future_skew {
-            return Outcome::Rejected;
+            return Err(Outcome::Rejected);
         }
         if time < arrival - rules.max_lateness {
-            return Outcome::Rejected;
+            return Err(Outcome::Rejected);
         }
         let known = [
             "ai.usage",
@@ -401,22 +444,24 @@ impl Model {
             "credit.void",
             "account.plan",
             "account.settings",
+            "credit.hold",
+            "credit.release",
             TICK,
         ];
         if input.ty != TICK && input.subject.is_none() {
-            return Outcome::Rejected;
+            return Err(Outcome::Rejected);
         }
         if !known.contains(&input.ty.as_str()) {
-            return Outcome::Rejected;
+            return Err(Outcome::Rejected);
         }
         if input.ty == TICK {
-            return Outcome::Tick;
+            return Err(Outcome::Tick);
         }
         let name = input.subject.clone().expect("checked above");
         let key = (name.clone(), input.source.clone(), input.id.clone());
         if let Some(first) = self.seen.get(&key) {
             if arrival < *first + rules.dedup_window {
-                return Outcome::Duplicate { account: name };
+                return Err(Outcome::Duplicate { account: name });
             }
         }
         // Work on a copy: a rejected event must leave nothing behind.
@@ -427,12 +472,15 @@ impl Model {
             source: &input.source,
             time,
         };
+        let unanswered = |entries: Vec<LedgerEntry>| (entries, None);
         let result = match (&input.ty[..], &input.data) {
-            ("ai.usage", Data::Usage(u)) => account.usage(rules, &event, u).map(|e| vec![e]),
-            ("credit.grant", Data::Grant(g)) => account.grant(rules, &event, g),
+            ("ai.usage", Data::Usage(u)) => account
+                .usage(rules, &event, u, arrival)
+                .map(|e| unanswered(vec![e])),
+            ("credit.grant", Data::Grant(g)) => account.grant(rules, &event, g).map(unanswered),
             ("credit.void", Data::Void { lot, reason }) => account
                 .void(rules, &event, lot, reason.as_deref())
-                .map(|e| vec![e]),
+                .map(|e| unanswered(vec![e])),
             (
                 "account.plan",
                 Data::Plan {
@@ -440,20 +488,33 @@ impl Model {
                     anchor,
                     payment,
                 },
-            ) => account.plan(rules, &event, plan, *anchor, *payment),
-            ("account.settings", Data::Settings(s)) => account.settings(s).map(|()| Vec::new()),
+            ) => account
+                .plan(rules, &event, plan, *anchor, *payment)
+                .map(unanswered),
+            ("account.settings", Data::Settings(s)) => {
+                account.settings(s).map(|()| unanswered(Vec::new()))
+            }
+            ("credit.hold", Data::Hold(h)) => account
+                .hold(rules, &event, h, arrival)
+                .map(|answer| (Vec::new(), Some(answer))),
+            ("credit.release", Data::Release { hold }) => account
+                .release(hold, arrival)
+                .map(|answer| (Vec::new(), Some(answer))),
             _ => Err(()),
         };
         match result {
-            Ok(entries) => {
+            Ok((entries, answer)) => {
                 self.accounts.insert(name.clone(), account);
                 self.seen.insert(key, arrival);
-                Outcome::Applied {
-                    account: name,
-                    entries,
-                }
+                Ok((
+                    Outcome::Applied {
+                        account: name,
+                        entries,
+                    },
+                    answer,
+                ))
             }
-            Err(()) => Outcome::Rejected,
+            Err(()) => Err(Outcome::Rejected),
         }
     }
 
@@ -484,6 +545,13 @@ impl Model {
                         lot.id, lot.remaining
                     ));
                 }
+                let held = account.held_on(&lot.id);
+                if held < Credits::ZERO || held > lot.remaining {
+                    return Err(format!(
+                        "{name}: lot {} holds {held} of its {} remaining",
+                        lot.id, lot.remaining
+                    ));
+                }
             }
         }
         Ok(())
@@ -510,6 +578,234 @@ impl Account {
         self.flows.entry(pool.to_string()).or_default()
     }
 
+    fn open_holds(&self) -> impl Iterator<Item = &Hold> {
+        self.holds.values().filter(|h| h.status == HoldStatus::Open)
+    }
+
+    /// What the open holds reserved on the lot `id`.
+    pub fn held_on(&self, id: &str) -> Credits {
+        self.open_holds()
+            .flat_map(|h| h.reserved.iter())
+            .filter(|p| p.kind != LotKind::Flex && p.lot == id)
+            .map(|p| p.credits)
+            .sum()
+    }
+
+    /// What lot `i` can still give: its remaining credits that no open hold reserved.
+    fn free(&self, i: usize) -> Credits {
+        self.lots[i].remaining - self.held_on(&self.lots[i].id)
+    }
+
+    fn flex_held(&self) -> Credits {
+        self.open_holds()
+            .flat_map(|h| h.reserved.iter())
+            .filter(|p| p.kind == LotKind::Flex)
+            .map(|p| p.credits)
+            .sum()
+    }
+
+    /// The lots of `pool` that can pay at `at`, in the order they pay.
+    fn paying_order(&self, rules: &Rules, pool: &str, at: Time) -> Vec<usize> {
+        let policy = self.policy.unwrap_or(rules.default_policy);
+        let mut order: Vec<usize> = (0..self.lots.len())
+            .filter(|&i| {
+                self.lots[i].pool == pool
+                    && usable_at(&self.lots[i], at)
+                    && self.free(i) > Credits::ZERO
+            })
+            .collect();
+        order.sort_by(|&a, &b| pays_first(&self.lots[a], &self.lots[b], policy));
+        order
+    }
+
+    /// The flex period a call at `at` counts in.
+    fn flex_period(&self, rules: &Rules, at: Time) -> Time {
+        let mut period = match &self.subscription {
+            Some(s) => s.start,
+            None => month_start(self.tz(rules), at),
+        };
+        if let Some(stored) = self.flex_period {
+            if stored > period {
+                period = stored;
+            }
+        }
+        period
+    }
+
+    fn threshold(&self, rules: &Rules) -> Credits {
+        self.flex_threshold
+            .or(self.subscription.as_ref().and_then(|s| s.flex_threshold))
+            .unwrap_or(rules.flex_threshold)
+    }
+
+    /// Flex a hold at `at` could still reserve.
+    fn flex_room(&self, rules: &Rules, at: Time) -> Credits {
+        if !self.flex_enabled.unwrap_or(rules.flex_enabled) {
+            return Credits::ZERO;
+        }
+        let used = if self.flex_period == Some(self.flex_period(rules, at)) {
+            self.flex_used
+        } else {
+            Credits::ZERO
+        };
+        (self.threshold(rules) - used - self.flex_held()).max(Credits::ZERO)
+    }
+
+    fn hold(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        h: &HoldData,
+        arrival: Time,
+    ) -> Result<Answer, ()> {
+        if h.ttl == 0 || h.ttl > MAX_TTL {
+            return Err(());
+        }
+        let id = h.hold.clone().unwrap_or_else(|| event.id.to_string());
+        let quantity = h.quantity.unwrap_or(Credits::from_milli(1000));
+        if let Some(existing) = self.holds.get(&id) {
+            let same = existing.feature == h.feature
+                && existing.variant == h.variant
+                && existing.quantity == quantity
+                && existing.ttl == h.ttl;
+            return if same {
+                Ok(Answer::Held {
+                    hold: existing.clone(),
+                    repeated: true,
+                })
+            } else {
+                Err(())
+            };
+        }
+        let price = rules
+            .matrix
+            .price(&h.feature, h.variant.as_deref(), quantity, event.time)
+            .map_err(|_| ())?;
+        if price.credits.milli() > MAX_CREDITS {
+            return Err(());
+        }
+        let (cost, pool) = (price.credits, price.pool.to_string());
+        let order = self.paying_order(rules, &pool, event.time);
+        let free: Credits = order.iter().map(|&i| self.free(i)).sum();
+        let room = self.flex_room(rules, event.time);
+        let held: Credits = self
+            .open_holds()
+            .filter(|h| h.pool == pool)
+            .flat_map(|h| h.reserved.iter())
+            .map(|p| p.credits)
+            .sum();
+        if cost > free + room {
+            return Ok(Answer::Refused {
+                hold: id,
+                check: Check {
+                    allowed: false,
+                    cost,
+                    pool,
+                    available: free + room,
+                    flex: room,
+                    held,
+                    as_of: event.time,
+                },
+            });
+        }
+        let mut reserved = Vec::new();
+        let mut left = cost;
+        for i in order {
+            if left <= Credits::ZERO {
+                break;
+            }
+            let take = self.free(i).min(left);
+            left -= take;
+            reserved.push(Payment {
+                lot: self.lots[i].id.clone(),
+                kind: self.lots[i].kind,
+                credits: take,
+            });
+        }
+        if left > Credits::ZERO {
+            reserved.push(Payment {
+                lot: "flex".to_string(),
+                kind: LotKind::Flex,
+                credits: left,
+            });
+        }
+        let hold = Hold {
+            id: id.clone(),
+            source: event.source.to_string(),
+            event_id: event.id.to_string(),
+            feature: h.feature.clone(),
+            variant: h.variant.clone(),
+            quantity,
+            ttl: h.ttl,
+            pool,
+            credits: cost,
+            reserved,
+            placed_at: event.time,
+            expires_at: arrival + TimeDelta::seconds(i64::from(h.ttl)),
+            status: HoldStatus::Open,
+            closed_at: None,
+        };
+        self.holds.insert(id, hold.clone());
+        Ok(Answer::Held {
+            hold,
+            repeated: false,
+        })
+    }
+
+    fn release(&mut self, id: &str, arrival: Time) -> Result<Answer, ()> {
+        let hold = self.holds.get_mut(id).ok_or(())?;
+        let was_open = hold.status == HoldStatus::Open;
+        if was_open {
+            hold.status = HoldStatus::Released;
+            hold.closed_at = Some(arrival);
+        }
+        Ok(Answer::Released {
+            hold: hold.clone(),
+            was_open,
+        })
+    }
+
+    /// Open holds lose what they reserved on a lot that expires or is voided.
+    fn forget_reservations(&mut self, lot_id: &str) {
+        for hold in self.holds.values_mut() {
+            if hold.status == HoldStatus::Open {
+                hold.reserved
+                    .retain(|p| p.kind == LotKind::Flex || p.lot != lot_id);
+            }
+        }
+    }
+
+    /// Holds due at `clock`: open ones past their expiry are released with an entry each
+    /// (oldest first), closed ones are forgotten a dedup window after they closed.
+    fn due_holds(&mut self, rules: &Rules, name: &str, clock: Time, out: &mut Vec<LedgerEntry>) {
+        let mut due: Vec<(Time, String)> = self
+            .open_holds()
+            .filter(|h| h.expires_at <= clock)
+            .map(|h| (h.expires_at, h.id.clone()))
+            .collect();
+        due.sort();
+        let tz = self.tz(rules);
+        for (at, id) in due {
+            let hold = self.holds.get_mut(&id).expect("due hold");
+            hold.status = HoldStatus::Expired;
+            hold.closed_at = Some(at);
+            let mut entry = blank(name, at, tz, &hold.source, &hold.event_id);
+            entry.id = Some(format!("hold-expiry/{id}/{}", at.timestamp_millis()));
+            entry.entry_type = EntryType::HoldExpired;
+            entry.pool = hold.pool.clone();
+            entry.feature = hold.feature.clone();
+            entry.variant = hold.variant.clone().unwrap_or_default();
+            entry.quantity = hold.quantity;
+            entry.paid = hold.reserved.clone();
+            entry.comment = format!("hold {id} expired unsettled; its credits are free again");
+            out.push(entry);
+        }
+        self.holds.retain(|_, h| match h.closed_at {
+            None => true,
+            Some(closed) => closed + rules.dedup_window > clock,
+        });
+    }
+
     fn entry(&self, rules: &Rules, event: &Event, entry_type: EntryType) -> LedgerEntry {
         let mut entry = blank(
             event.account,
@@ -522,8 +818,9 @@ impl Account {
         entry
     }
 
-    /// Expiries and cycle turns that are due at `clock`, oldest first.
+    /// Holds first, then expiries and cycle turns that are due at `clock`, oldest first.
     fn due_work(&mut self, rules: &Rules, name: &str, clock: Time, out: &mut Vec<LedgerEntry>) {
+        self.due_holds(rules, name, clock, out);
         loop {
             let turn = match &self.subscription {
                 Some(s) if clock >= s.end => Some(s.end),
@@ -569,6 +866,7 @@ impl Account {
         lot.remaining = Credits::ZERO;
         let time = lot.expires_at.expect("expiring");
         let (id, pool, kind) = (lot.id.clone(), lot.pool.clone(), lot.kind);
+        self.forget_reservations(&id);
         self.flows(&pool).expired += left;
         if left > Credits::ZERO {
             let mut entry = blank(name, time, tz, SERVICE, "");
@@ -629,7 +927,18 @@ impl Account {
         id
     }
 
-    fn usage(&mut self, rules: &Rules, event: &Event, u: &UsageData) -> Result<LedgerEntry, ()> {
+    fn usage(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        u: &UsageData,
+        arrival: Time,
+    ) -> Result<LedgerEntry, ()> {
+        if let Some((_, Some(owner))) = &u.hold {
+            if owner != event.account {
+                return Err(());
+            }
+        }
         let quantity = u.quantity.unwrap_or(Credits::from_milli(1000));
         let status = u.status.unwrap_or(Status::Succeeded);
         let price = rules
@@ -645,31 +954,74 @@ impl Account {
         entry.status = status;
         entry.pool = pool.clone();
         entry.matrix_version = price.version.to_string();
+        // The hold the call names closes, whatever the call's status.
+        let mut held = Vec::new();
+        if let Some((id, _)) = &u.hold {
+            let outcome = match self.holds.get_mut(id) {
+                None => SettleOutcome::Unknown,
+                Some(h) => match h.status {
+                    HoldStatus::Open => {
+                        h.status = HoldStatus::Settled;
+                        h.closed_at = Some(arrival);
+                        held = h.reserved.clone();
+                        SettleOutcome::Settled
+                    }
+                    HoldStatus::Settled => SettleOutcome::AlreadySettled,
+                    HoldStatus::Released => SettleOutcome::Released,
+                    HoldStatus::Expired => SettleOutcome::Expired,
+                },
+            };
+            entry.hold = Some(HoldUse {
+                id: id.clone(),
+                outcome,
+                held: held.iter().map(|p| p.credits).sum(),
+            });
+        }
         if status == Status::Failed {
             return Ok(entry);
         }
         entry.credits = price_credits;
-
-        // The lots that can pay, in the order they pay.
-        let policy = self.policy.unwrap_or(rules.default_policy);
-        let mut order: Vec<usize> = (0..self.lots.len())
-            .filter(|&i| self.lots[i].pool == pool && usable_at(&self.lots[i], event.time))
-            .collect();
-        order.sort_by(|&a, &b| pays_first(&self.lots[a], &self.lots[b], policy));
         let mut left = price_credits;
-        for i in order {
+
+        // The lots the hold reserved pay first, up to their reservation.
+        for r in held.iter().filter(|p| p.kind != LotKind::Flex) {
+            let Some(i) = self.lots.iter().position(|l| l.id == r.lot) else {
+                continue;
+            };
+            if self.lots[i].pool != pool || self.lots[i].expired || self.lots[i].voided {
+                continue;
+            }
+            let take = r.credits.min(left).min(self.free(i));
+            if take <= Credits::ZERO {
+                continue;
+            }
+            self.lots[i].remaining -= take;
+            left -= take;
+            entry.paid.push(Payment {
+                lot: r.lot.clone(),
+                kind: self.lots[i].kind,
+                credits: take,
+            });
+            self.flows(&pool).paid += take;
+        }
+
+        // Then the lots that can pay, in the order they pay.
+        for i in self.paying_order(rules, &pool, event.time) {
             if left <= Credits::ZERO {
                 break;
             }
+            let take = self.free(i).min(left);
             let lot = &mut self.lots[i];
-            let take = lot.remaining.min(left);
             lot.remaining -= take;
             left -= take;
-            entry.paid.push(Payment {
-                lot: lot.id.clone(),
-                kind: lot.kind,
-                credits: take,
-            });
+            match entry.paid.iter_mut().find(|p| p.lot == lot.id) {
+                Some(p) => p.credits += take,
+                None => entry.paid.push(Payment {
+                    lot: lot.id.clone(),
+                    kind: lot.kind,
+                    credits: take,
+                }),
+            }
             self.flows(&pool).paid += take;
         }
 
@@ -688,11 +1040,8 @@ impl Account {
                 self.flex_used = Credits::ZERO;
                 self.flex_period = Some(period);
             }
-            let threshold = self
-                .flex_threshold
-                .or(self.subscription.as_ref().and_then(|s| s.flex_threshold))
-                .unwrap_or(rules.flex_threshold);
-            let room = (threshold - self.flex_used).max(Credits::ZERO);
+            let threshold = self.threshold(rules);
+            let room = (threshold - self.flex_used - self.flex_held()).max(Credits::ZERO);
             let take = room.min(left);
             if take > Credits::ZERO {
                 entry.paid.push(Payment {
@@ -819,6 +1168,7 @@ impl Account {
         let removed = self.lots[i].remaining;
         self.lots[i].remaining = Credits::ZERO;
         self.lots[i].voided = true;
+        self.forget_reservations(lot_id);
         let (pool, kind) = (self.lots[i].pool.clone(), self.lots[i].kind);
         self.flows(&pool).voided += removed;
         let mut entry = self.entry(rules, event, EntryType::Void);
@@ -928,25 +1278,34 @@ impl Account {
     pub fn balance(&self, at: Time) -> BalanceView {
         let mut pools: BalanceView = BTreeMap::new();
         let soon = at + TimeDelta::days(14);
-        for lot in &self.lots {
-            if !usable_at(lot, at) {
+        for (i, lot) in self.lots.iter().enumerate() {
+            let held = self.held_on(&lot.id);
+            if !lot.voided && !lot.expired && held > Credits::ZERO {
+                pools
+                    .entry(lot.pool.clone())
+                    .or_insert((Credits::ZERO, BTreeMap::new(), Credits::ZERO, Credits::ZERO))
+                    .3 += held;
+            }
+            let free = self.free(i);
+            if !usable_at(lot, at) || free <= Credits::ZERO {
                 continue;
             }
             let pool = pools.entry(lot.pool.clone()).or_insert((
                 Credits::ZERO,
                 BTreeMap::new(),
                 Credits::ZERO,
+                Credits::ZERO,
             ));
-            pool.0 += lot.remaining;
+            pool.0 += free;
             let kind = match lot.kind {
                 LotKind::Included => "included",
                 LotKind::Promotional => "promotional",
                 LotKind::Purchased => "purchased",
                 LotKind::Flex => "flex",
             };
-            *pool.1.entry(kind).or_insert(Credits::ZERO) += lot.remaining;
+            *pool.1.entry(kind).or_insert(Credits::ZERO) += free;
             if matches!(lot.expires_at, Some(end) if end <= soon) {
-                pool.2 += lot.remaining;
+                pool.2 += free;
             }
         }
         pools
@@ -958,22 +1317,25 @@ impl Account {
             .iter()
             .map(|l| {
                 (
-                    l.id.clone(),
-                    l.pool.clone(),
-                    l.kind,
-                    l.granted,
-                    l.remaining,
-                    l.effective_at,
-                    l.expires_at,
-                    l.priority,
-                    l.seq,
-                    l.voided,
-                    l.expired,
-                    l.from_plan,
+                    (
+                        l.id.clone(),
+                        l.pool.clone(),
+                        l.kind,
+                        l.granted,
+                        l.remaining,
+                        l.effective_at,
+                        l.expires_at,
+                        l.priority,
+                        l.seq,
+                        l.voided,
+                        l.expired,
+                        l.from_plan,
+                    ),
+                    self.held_on(&l.id),
                 )
             })
             .collect();
-        lots.sort_by_key(|l| l.8);
+        lots.sort_by_key(|l| l.0 .8);
         AccountView {
             lots,
             next_seq: self.next_seq,
@@ -990,6 +1352,7 @@ impl Account {
             flex_threshold: self.flex_threshold,
             settle_shortfall: self.settle_shortfall,
             balance: self.balance(clock),
+            holds: self.holds.values().cloned().collect(),
         }
     }
 }
