@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Prints benchmark events as JSON lines: with --grants, one purchased pack and one
-promotional grant per account (accounts with admins and alert thresholds, as real ones
-have); otherwise --calls AI calls spread over --accounts accounts, 4 services and 40 users,
+"""Prints benchmark events as JSON lines: with --grants, one purchased pack and two
+promotional grants per account (three lots; accounts with admins and alert thresholds, as
+real ones have); otherwise --calls AI calls spread over --accounts accounts, 4 services and 40 users,
 with ids unique per --round. Round R's calls fall on day R after the grants (--days: how
 many days the grants come before --now), so a run over several rounds moves through days
 as production does: the dedup window and the days open to late events roll forward.
@@ -50,6 +50,9 @@ def main():
             out.append(json.dumps({"specversion": "1.0", "type": "credit.grant", "id": f"promo-{i}",
                 "source": "billing", "subject": acct, "time": at,
                 "data": {"kind": "promotional", "credits": 500, "valid_days": 30}}))
+            out.append(json.dumps({"specversion": "1.0", "type": "credit.grant", "id": f"welcome-{i}",
+                "source": "billing", "subject": acct, "time": at,
+                "data": {"kind": "promotional", "credits": 100, "valid_days": 90}}))
     else:
         start = now - timedelta(days=a.days - a.round, hours=5)
         step = 4 * 3600 / max(a.calls, 1)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks (figures go in docs/benchmarks.md), each ratio from one run on the local stack:
-# 1. the pure core alone;
+# 1. the pure core alone (accounts with admins and alert thresholds);
 # 2. rounds over a growing history: ACCOUNTS accounts with admins and two grants each, then
 #    ROUNDS rounds of CALLS usage events into the same topics and database, one day apart
 #    (grants ROUNDS days ago, round R on day R after them; broker timestamps are the event
 #    times, so the partition clock, the dedup window and the open days move as in
 #    production); per round a bare rdkafka consumer reads the round's events, `tally run
 #    --drain` applies them, and an idle `tally run --drain` measures a restart; ledger and
-#    checkpoint rows are counted.
+#    checkpoint rows are counted;
+# 3. scripts/bench-extra.sh: produce-to-visible latency, state bytes, recovery of 1M accounts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -51,3 +52,4 @@ for round in $(seq 1 "$ROUNDS"); do
 r = $CALLS / ($t1 - $t0)
 print(f'{$round:<6} {$bare:<12} {r:<14.0f} {r / $bare:<7.0%} {($t2 - $t1):<13.2f} {$ledger:<12} {$checkpoints:<16}')"
 done
+bash "$ROOT/scripts/bench-extra.sh"

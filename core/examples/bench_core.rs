@@ -1,4 +1,5 @@
-//! Benchmark of the pure core: parse, price and debit, single thread.
+//! Benchmark of the pure core: parse, price and debit, single thread, over 10,000
+//! accounts with admins, an alert threshold and two lots each.
 //! `cargo run --release -p tally-core --example bench_core [EVENTS]`
 
 use std::time::Instant;
@@ -31,6 +32,11 @@ fn main() {
     let accounts = 10_000;
     let mut book = Book::default();
     for a in 0..accounts {
+        // Real accounts have admins and alert thresholds: every call then evaluates them.
+        let settings = format!(
+            r#"{{"specversion":"1.0","type":"account.settings","id":"s-{a}","source":"billing","subject":"acct-{a}","time":"2026-11-19T00:00:00Z","data":{{"admins":["ops@acct-{a}.example"],"locale":"ko","alerts":{{"low_balance":100}}}}}}"#
+        );
+        book.process(&rules, settings.as_bytes(), start);
         for (kind, credits, expiry) in [
             ("included", 1_000_000, "\"2026-12-01T00:00:00Z\""),
             ("purchased", 5_000_000, "null"),

@@ -45,17 +45,39 @@ pub struct Side {
     /// by the run loop; `None` while it lags, before it was seen there, and after a pause
     /// (a paused consumer fetches nothing, so the end it knows may be old).
     pub at_end_since: Option<Instant>,
-    /// Where a gap in offsets was last met and the partition read again from the start.
-    /// A broker must return the record batch that contains the fetch offset; tansu 0.6
-    /// returns the next batch instead, so a seek into the middle of a batch (a restart
-    /// from a checkpoint) would skip records. One rewind per position finds them; a gap
-    /// met again at the same position is real (compaction, transaction markers).
-    pub rewound_at: Option<i64>,
+    /// Where records last went missing and the side was read again: from a little before
+    /// (the first time at a position), then from the beginning (the second). A broker must
+    /// return the record batch that contains the fetch offset; tansu 0.6 returns the next
+    /// batch instead, so a seek into the middle of a batch would skip records. A gap met
+    /// a third time at the same position is real (compaction, transaction markers).
+    pub rewound_at: Option<(i64, Rewind)>,
     /// When the last record arrived (or the side was assigned).
     pub last_received: Instant,
 }
 
+/// Where a side is read again from when records before its position went missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    /// From this offset: a little before the position.
+    To(i64),
+    /// From the partition's beginning.
+    Beginning,
+}
+
 impl Side {
+    /// Where to read again from, now that records at `received_next` went missing; `None`
+    /// once both rewinds were tried at this position (the gap is real).
+    pub fn rewind(&mut self, lead_in: i64) -> Option<Rewind> {
+        let at = self.received_next;
+        let next = match self.rewound_at {
+            Some((position, Rewind::Beginning)) if position == at => return None,
+            Some((position, Rewind::To(_))) if position == at => Rewind::Beginning,
+            _ => Rewind::To(at.saturating_sub(lead_in).max(0)),
+        };
+        self.rewound_at = Some((at, next));
+        Some(next)
+    }
+
     pub fn starting_at(offset: i64) -> Side {
         Side {
             queue: VecDeque::new(),
@@ -345,6 +367,25 @@ mod tests {
             next(&u, &other, start + IDLE * 10, IDLE),
             Decision::Wait { .. }
         ));
+    }
+
+    #[test]
+    fn missing_records_are_read_again_from_a_little_before_then_from_the_beginning() {
+        let mut side = Side::starting_at(25_000);
+        assert_eq!(side.rewind(10_000), Some(Rewind::To(15_000)));
+        assert_eq!(side.rewind(10_000), Some(Rewind::Beginning));
+        assert_eq!(
+            side.rewind(10_000),
+            None,
+            "a third gap at one position is real"
+        );
+        side.received(25_000, Instant::now());
+        assert_eq!(
+            side.rewind(10_000),
+            Some(Rewind::To(15_001)),
+            "a new position starts over"
+        );
+        assert_eq!(Side::starting_at(3).rewind(10_000), Some(Rewind::To(0)));
     }
 
     #[test]

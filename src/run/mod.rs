@@ -87,6 +87,8 @@ struct Pipeline {
     writing: Option<Writing>,
     /// A flush that failed, written again at `retry_at`; nothing is applied meanwhile.
     pending: Option<Flush>,
+    /// When any partition last received a record.
+    last_any_received: Instant,
     last_flush: Instant,
     applied_since_flush: usize,
     retry_at: Option<Instant>,
@@ -183,7 +185,7 @@ impl Pipeline {
     }
 
     /// Queues one message. Returns `Rewind` when the message skips offsets and the
-    /// partition must be read again from its beginning (see [`merge::Side::rewound_at`]).
+    /// partition must be read again (see [`merge::Side::rewound_at`]).
     fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Ingest {
         let which = if message.topic() == self.config.kafka.usage_topic {
             Which::Usage
@@ -198,25 +200,28 @@ impl Pipeline {
             return Ingest::Queued;
         }
         if message.offset() > side.received_next {
-            if side.rewound_at != Some(side.received_next) {
-                tracing::warn!(
+            match side.rewind(LEAD_IN) {
+                Some(to) => {
+                    tracing::warn!(
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        expected = side.received_next,
+                        got = message.offset(),
+                        from = ?to,
+                        "offsets skipped; reading the partition again"
+                    );
+                    return Ingest::Rewind(to);
+                }
+                None => tracing::warn!(
                     topic = message.topic(),
                     partition = message.partition(),
                     expected = side.received_next,
                     got = message.offset(),
-                    "offsets skipped; reading the partition again from its beginning"
-                );
-                side.rewound_at = Some(side.received_next);
-                return Ingest::Rewind;
+                    "offsets skipped again after rewinds; taking the gap as real"
+                ),
             }
-            tracing::warn!(
-                topic = message.topic(),
-                partition = message.partition(),
-                expected = side.received_next,
-                got = message.offset(),
-                "offsets skipped again after a rewind; taking the gap as real"
-            );
         }
+        self.last_any_received = Instant::now();
         side.received(message.offset(), Instant::now());
         let arrival = message
             .timestamp()
@@ -645,7 +650,7 @@ impl Ends {
 #[derive(Debug, PartialEq, Eq)]
 enum Ingest {
     Queued,
-    Rewind,
+    Rewind(merge::Rewind),
 }
 
 struct TallyContext {
@@ -755,6 +760,7 @@ pub fn run(
         notifier: Some(notifier),
         writing: None,
         pending: None,
+        last_any_received: Instant::now(),
         last_flush: Instant::now(),
         applied_since_flush: 0,
         retry_at: None,
@@ -826,17 +832,10 @@ pub fn run(
             };
             match consumer.poll(timeout) {
                 Some(Ok(message)) => {
-                    if lock(&pipeline).ingest(&message) == Ingest::Rewind {
+                    if let Ingest::Rewind(to) = lock(&pipeline).ingest(&message) {
                         let (topic, partition) = (message.topic().to_string(), message.partition());
                         drop(message);
-                        if let Err(e) = consumer.seek(
-                            &topic,
-                            partition,
-                            Offset::Beginning,
-                            Duration::from_secs(10),
-                        ) {
-                            tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
-                        }
+                        seek(&consumer, &topic, partition, to);
                         break;
                     }
                     polled += 1;
@@ -997,6 +996,7 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
     );
     // While a flush is pending, consumption is paused on purpose: nothing is stalled.
     let paused = p.pending.is_some();
+    let last_any_received = p.last_any_received;
     for work in p.parts.values_mut() {
         for (which, topic) in [
             (Which::Usage, &usage_topic),
@@ -1008,30 +1008,43 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
                 kafka::fetched_high_watermark(consumer, topic, partition),
                 now,
             );
-            // Behind the end and nothing arriving: the broker skipped to a batch after
-            // our position, or there is none after it (see `Side::rewound_at`).
+            // Behind the end and nothing arriving, on this side or any other: the broker
+            // skipped to a batch after our position, or there is none after it (see
+            // `Side::rewound_at`). While other partitions receive, a side may just be
+            // starved: tansu shares one byte budget among all partitions of a fetch.
             if !paused
                 && side.received_next < side.high
                 && side.high != i64::MAX
                 && now.duration_since(side.last_received) >= STALL
-                && side.rewound_at != Some(side.received_next)
+                && now.duration_since(last_any_received) >= STALL
             {
+                let position = side.received_next;
+                side.last_received = now;
+                let Some(to) = side.rewind(LEAD_IN) else {
+                    continue;
+                };
                 tracing::warn!(
                     topic = %topic,
                     partition,
-                    position = side.received_next,
+                    position,
                     end = side.high,
-                    "no records arrive before the end; reading the partition again from its beginning"
+                    from = ?to,
+                    "no records arrive before the end; reading the partition again"
                 );
-                side.rewound_at = Some(side.received_next);
-                side.last_received = now;
-                if let Err(e) =
-                    consumer.seek(topic, partition, Offset::Beginning, Duration::from_secs(10))
-                {
-                    tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
-                }
+                seek(consumer, topic, partition, to);
             }
         }
+    }
+}
+
+/// Moves the consumer's position on `topic`/`partition` to read it again from `to`.
+fn seek(consumer: &BaseConsumer<TallyContext>, topic: &str, partition: i32, to: merge::Rewind) {
+    let offset = match to {
+        merge::Rewind::To(offset) => Offset::Offset(offset),
+        merge::Rewind::Beginning => Offset::Beginning,
+    };
+    if let Err(e) = consumer.seek(topic, partition, offset, Duration::from_secs(10)) {
+        tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
     }
 }
 

@@ -228,9 +228,10 @@ impl PartitionWork {
             written_at: now_secs,
         };
         let first_row = batch.checkpoint.len();
-        // A snapshot once the rows written since the last one outgrow the live state
-        // twice over: restart reads stay bounded by live accounts, open days and the
-        // dedup window, and the log they supersede is deleted after the commit.
+        // A snapshot once the dead rows of the log (states and days rewritten since, dedup
+        // keys the window has left) outgrow the live states and days twice over: restart
+        // reads stay bounded by live accounts, open days and the dedup window, and what
+        // the snapshot supersedes is deleted after the commit.
         let live = self.book.accounts.len() + self.rollups.len();
         let snapshot = self.rows_since_snapshot > snapshot_min_rows.max(2 * live);
         if snapshot {
@@ -276,7 +277,6 @@ impl PartitionWork {
             self.rows_since_snapshot = 0;
             self.snapshot_pending = Some(version);
         } else {
-            // Dedup keys are not superseded, only expired: they do not count.
             self.rows_since_snapshot += superseding;
         }
         batch.checkpoint.push(commit.offsets());
@@ -292,8 +292,12 @@ impl PartitionWork {
     pub fn next_version(&mut self, rules: &Rules) {
         self.version += 1;
         let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
+        let before = self.book.seen.len() + self.rollups.len();
         self.book.seen.expire(clock, rules.dedup_window);
         self.rollups.close_before(first_open_day(clock, rules));
+        // Expired dedup keys and closed days are dead rows of the log, as rewritten
+        // states are.
+        self.rows_since_snapshot += before - self.book.seen.len() - self.rollups.len();
     }
 }
 
