@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (figures go in docs/benchmarks.md), each ratio from one run on the local stack:
 # 1. the pure core alone (accounts with admins and alert thresholds);
-# 2. rounds over a growing history: ACCOUNTS accounts with admins and two grants each, then
+# 2. rounds over a growing history: ACCOUNTS accounts with admins and three grants each, then
 #    ROUNDS rounds of CALLS usage events into the same topics and database, one day apart
 #    (grants ROUNDS days ago, round R on day R after them; broker timestamps are the event
 #    times, so the partition clock, the dedup window and the open days move as in
