@@ -5,6 +5,7 @@ use clickhouse::Client;
 use tally_core::{AccountState, Book};
 
 use super::rows::CheckpointRow;
+use super::state_codec;
 use super::StoreError;
 use crate::run::rollup::StoredDay;
 
@@ -32,7 +33,8 @@ struct OffsetsRow {
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct StateRow {
     account: String,
-    state: String,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -84,7 +86,7 @@ pub async fn claim_and_load(
             usage_offset: 0,
             commands_offset: 0,
             arrival_high: 0,
-            state: String::new(),
+            state: Vec::new(),
             seen_at: 0,
             written_at: (now_micros / 1_000_000) as u32,
         })
@@ -115,7 +117,7 @@ pub async fn claim_and_load(
         .await?;
     for row in states {
         let state: AccountState =
-            serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+            state_codec::decode(&row.state).map_err(|e| StoreError::State {
                 account: row.account.clone(),
                 problem: e.to_string(),
             })?;
@@ -161,7 +163,7 @@ pub async fn claim_and_load(
         .into_iter()
         .map(|row| {
             let day: StoredDay =
-                serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+                serde_json::from_slice(&row.state).map_err(|e| StoreError::State {
                     account: row.account.clone(),
                     problem: format!("daily totals: {e}"),
                 })?;
@@ -223,7 +225,7 @@ impl Commit<'_> {
             usage_offset: self.usage_offset,
             commands_offset: self.commands_offset,
             arrival_high: self.arrival_high,
-            state: String::new(),
+            state: Vec::new(),
             seen_at: 0,
             written_at: self.written_at,
         }
@@ -236,8 +238,7 @@ impl Commit<'_> {
     pub fn state(&self, account: &str, state: &AccountState) -> CheckpointRow {
         let mut row = self.row("state");
         row.account = account.to_string();
-        // Serializing plain data with string keys cannot fail.
-        row.state = serde_json::to_string(state).unwrap_or_default();
+        row.state = state_codec::encode(state);
         row
     }
 
@@ -248,7 +249,7 @@ impl Commit<'_> {
         row.key_hi = u64::from(day.key.day);
         row.key_lo = day.key.group_hash();
         // Plain data with string keys serializes.
-        row.state = serde_json::to_string(day).unwrap_or_default();
+        row.state = serde_json::to_vec(day).unwrap_or_default();
         row
     }
 

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod reads;
 pub mod rows;
 pub mod schema;
+pub mod state_codec;
 pub mod writes;
 
 use std::time::Duration;

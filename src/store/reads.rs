@@ -150,7 +150,8 @@ pub async fn checkpoints(
 
 #[derive(Debug, Row, Deserialize)]
 struct StateText {
-    state: String,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
 }
 
 /// The account's state as of the last committed flush, if any flush included it.
@@ -170,7 +171,7 @@ pub async fn account_state(
         .fetch_optional()
         .await?;
     row.map(|row| {
-        serde_json::from_str(&row.state).map_err(|e| StoreError::State {
+        super::state_codec::decode(&row.state).map_err(|e| StoreError::State {
             account: account.to_string(),
             problem: e.to_string(),
         })

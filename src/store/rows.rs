@@ -99,7 +99,9 @@ pub struct CheckpointRow {
     pub usage_offset: i64,
     pub commands_offset: i64,
     pub arrival_high: i64,
-    pub state: String,
+    /// An account state (`state_codec`), or an open day's totals as JSON.
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
     pub seen_at: i64,
     pub written_at: u32,
 }
