@@ -62,12 +62,23 @@ pub struct StoredDay {
     pub totals: Totals,
 }
 
-/// The open days of one partition's accounts.
+/// One open day of an account: its key (kept to write the row) and its totals.
+#[derive(Debug)]
+struct Open {
+    key: DayKey,
+    totals: Totals,
+    /// Changed since the last flush.
+    dirty: bool,
+}
+
+/// The open days of one partition's accounts, by account, then by (day, group hash): the
+/// same identity the checkpoint gives a day row, so a call to a day already open costs
+/// two lookups and no allocation.
 #[derive(Debug, Default)]
 pub struct Rollups {
-    open: HashMap<String, HashMap<DayKey, Totals>>,
-    /// Changed since the last flush: (account, key).
-    dirty: HashSet<(String, DayKey)>,
+    open: HashMap<String, HashMap<(u16, u64), Open>>,
+    /// Accounts with a day changed since the last flush.
+    dirty: HashSet<String>,
 }
 
 impl Rollups {
@@ -75,11 +86,15 @@ impl Rollups {
     pub fn restore(days: impl IntoIterator<Item = (String, StoredDay)>) -> Rollups {
         let mut rollups = Rollups::default();
         for (account, day) in days {
-            rollups
-                .open
-                .entry(account)
-                .or_default()
-                .insert(day.key, day.totals);
+            let id = (day.key.day, day.key.group_hash());
+            rollups.open.entry(account).or_default().insert(
+                id,
+                Open {
+                    key: day.key,
+                    totals: day.totals,
+                    dirty: false,
+                },
+            );
         }
         rollups
     }
@@ -89,29 +104,53 @@ impl Rollups {
         if entry.entry_type != EntryType::Usage {
             return;
         }
-        let key = DayKey {
-            day: day_number(entry.day),
-            service: entry.service.clone(),
-            user: entry.user.clone(),
-            feature: entry.feature.clone(),
-        };
+        let day = day_number(entry.day);
+        let id = (
+            day,
+            group_hash([&entry.service, &entry.user, &entry.feature]),
+        );
         let days = match self.open.get_mut(&entry.account) {
             Some(days) => days,
             None => self.open.entry(entry.account.clone()).or_default(),
         };
-        days.entry(key.clone()).or_default().add(entry);
-        self.dirty.insert((entry.account.clone(), key));
+        let open = days.entry(id).or_insert_with(|| Open {
+            key: DayKey {
+                day,
+                service: entry.service.clone(),
+                user: entry.user.clone(),
+                feature: entry.feature.clone(),
+            },
+            totals: Totals::default(),
+            dirty: false,
+        });
+        open.totals.add(entry);
+        if !open.dirty {
+            open.dirty = true;
+            if !self.dirty.contains(&entry.account) {
+                self.dirty.insert(entry.account.clone());
+            }
+        }
     }
 
     /// The rows changed since the last call, as absolute totals.
     pub fn take_changed(&mut self) -> Vec<(String, StoredDay)> {
-        std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|(account, key)| {
-                let totals = *self.open.get(&account)?.get(&key)?;
-                Some((account, StoredDay { key, totals }))
-            })
-            .collect()
+        let mut changed = Vec::new();
+        for account in std::mem::take(&mut self.dirty) {
+            let Some(days) = self.open.get_mut(&account) else {
+                continue;
+            };
+            for open in days.values_mut().filter(|open| open.dirty) {
+                open.dirty = false;
+                changed.push((
+                    account.clone(),
+                    StoredDay {
+                        key: open.key.clone(),
+                        totals: open.totals,
+                    },
+                ));
+            }
+        }
+        changed
     }
 
     /// Every open day, for a snapshot of the partition.
@@ -119,12 +158,12 @@ impl Rollups {
         self.open
             .iter()
             .flat_map(|(account, days)| {
-                days.iter().map(move |(key, totals)| {
+                days.values().map(move |open| {
                     (
                         account.clone(),
                         StoredDay {
-                            key: key.clone(),
-                            totals: *totals,
+                            key: open.key.clone(),
+                            totals: open.totals,
                         },
                     )
                 })
@@ -135,7 +174,7 @@ impl Rollups {
     /// Forgets days before `first_open`: no event that late can be applied any more.
     pub fn close_before(&mut self, first_open: u16) {
         self.open.retain(|_, days| {
-            days.retain(|key, _| key.day >= first_open);
+            days.retain(|(day, _), _| *day >= first_open);
             !days.is_empty()
         });
     }
@@ -149,19 +188,25 @@ impl Rollups {
     }
 }
 
+/// FNV-1a of (service, user, feature), each part ended by 0xff (a byte no UTF-8 text
+/// holds), so ("ab", "c") and ("a", "bc") differ.
+fn group_hash(parts: [&str; 3]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0xff)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
 impl DayKey {
     /// A stable 64-bit name of (service, user, feature) within an account's day, so the
     /// checkpoint can pick the latest totals of each row (FNV-1a, the same in every
     /// process and release).
     pub fn group_hash(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for part in [&self.service, &self.user, &self.feature] {
-            for byte in part.bytes().chain(std::iter::once(0xff)) {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        hash
+        group_hash([&self.service, &self.user, &self.feature])
     }
 }
 
