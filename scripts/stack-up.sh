@@ -21,6 +21,8 @@ command -v clickhouse-client >/dev/null || missing+=(clickhouse-client)
 command -v curl >/dev/null || missing+=(curl)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v chromium >/dev/null || missing+=(chromium)   # the dashboard's browser test
+# Korean glyphs for the dashboard's screenshots (without them, Korean pages render as boxes).
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
 if ((${#missing[@]})); then log "apt-get install ${missing[*]}"; apt_install "${missing[@]}"; fi
 
 if [[ ! -x $MAILDEV ]]; then
