@@ -71,10 +71,18 @@ impl Book {
         arrival: DateTime<Utc>,
     ) -> Step {
         let due = self.advance(rules, arrival);
+        // A call that settles no hold moves no deadline: it changes no lot's expiry, no
+        // cycle and no hold, so the (per-event) rescheduling can be skipped.
+        let moves_deadlines = !matches!(
+            &parsed,
+            Ok(Event { body: crate::event::Body::Usage(usage), .. }) if usage.hold.is_none()
+        );
         let (outcome, answer) = self.decide(rules, parsed, arrival);
         let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
         if let Outcome::Applied { account, .. } = &outcome {
-            self.schedule(rules, account);
+            if moves_deadlines {
+                self.schedule(rules, account);
+            }
             changed.push(account);
         }
         changed.sort_unstable();
