@@ -144,11 +144,6 @@ pub struct Alert {
     pub recipients: Vec<String>,
 }
 
-/// The key of a mark in the account's state.
-fn mark_key(pool: &str, kind: AlertKind) -> String {
-    format!("{pool}/{}", kind.as_str())
-}
-
 /// Checks every threshold of every pool of the account at `at` and returns the alerts that
 /// fire now, updating the account's marks. Accounts without admins are not checked:
 /// there is nobody to tell.
@@ -237,16 +232,28 @@ pub fn evaluate(
         }
     }
     let mut fired = Vec::new();
+    // A mark's key in the account's state is `POOL/KIND`. Every call of an account with
+    // admins comes here: the key is built in one buffer and owned only when a mark is new.
+    let mut key = String::new();
     for (pool, kind, below, threshold, balance) in checks {
-        // A balance limit fires on a crossing: a pool that has never been above it (a
-        // small pack of another pool, say) has nothing to cross yet.
-        let mark = state
-            .alert_marks
-            .entry(mark_key(&pool, kind))
-            .or_insert(Mark {
-                tripped: kind == AlertKind::LowBalance,
-                fired_in: None,
-            });
+        key.clear();
+        key.push_str(&pool);
+        key.push('/');
+        key.push_str(kind.as_str());
+        if !state.alert_marks.contains_key(key.as_str()) {
+            // A balance limit fires on a crossing: a pool that has never been above it (a
+            // small pack of another pool, say) has nothing to cross yet.
+            state.alert_marks.insert(
+                key.clone(),
+                Mark {
+                    tripped: kind == AlertKind::LowBalance,
+                    fired_in: None,
+                },
+            );
+        }
+        let Some(mark) = state.alert_marks.get_mut(key.as_str()) else {
+            continue;
+        };
         if !below {
             mark.tripped = false;
             continue;
