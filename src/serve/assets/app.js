@@ -30,7 +30,7 @@ const T = {
     paid_by: '차감 로트', more: '다음 페이지', csv: 'CSV 다운로드', month: '월', carried: '이월', allocated: '지급',
     consumed: '사용', expired: '만료', voided: '취소', free: '무료', purchased: '구매', version: '버전',
     effective: '적용 시작', variant: '옵션', unit: '단위', plans: '요금제', per_cycle: '주기당 크레딧', period: '주기',
-    nothing: '아직 없습니다.', alert_notice: '크레딧 부족 알림: {pool} 잔액 {balance}이(가) {threshold} 기준을 넘었습니다 ({kind}, {time}).',
+    nothing: '아직 없습니다.', alert_notice: '크레딧 부족 알림: {pool} 잔액이 {balance}(으)로 기준 {threshold}에 도달했습니다 ({kind}, {time}).',
     day: '날짜', total: '합계', never: '만료 없음', bad_key: '유효하지 않은 키입니다.',
   },
 };
