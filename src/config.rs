@@ -266,6 +266,11 @@ pub struct PipelineConfig {
     /// supersedes deleted, once the account states and daily totals written since the last
     /// snapshot exceed twice the live ones, and at least this many.
     pub snapshot_min_rows: usize,
+    /// Usage records of a partition per rollup segment: open daily totals are kept (and
+    /// reloaded at start) only for the segment being read, so this bounds them. Part of
+    /// the identity of the rows written: tally refuses to start with another value on a
+    /// database whose checkpoints were written with one.
+    pub rollup_segment_records: u32,
     /// Longest time `tally run` takes to drain, flush and commit after Ctrl-C or SIGTERM;
     /// then it exits anyway, and what was not committed is replayed at the next start.
     #[serde(with = "humantime_serde")]
@@ -409,6 +414,7 @@ impl Default for PipelineConfig {
             max_batch_events: 50_000,
             tick_interval: Duration::from_secs(60),
             snapshot_min_rows: 20_000,
+            rollup_segment_records: 50_000,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -716,6 +722,14 @@ impl Config {
             return Err(key_err(
                 "pipeline.max_batch_events",
                 "must be between 1 and 500000".into(),
+            ));
+        }
+        if self.pipeline.rollup_segment_records == 0
+            || self.pipeline.rollup_segment_records > 10_000_000
+        {
+            return Err(key_err(
+                "pipeline.rollup_segment_records",
+                "must be between 1 and 10000000".into(),
             ));
         }
         if !self.status.listen.is_empty()

@@ -98,4 +98,34 @@ fn snapshots_delete_the_superseded_log_and_a_restart_from_one_loses_nothing() {
         &expected::expect(&rules, &all, Utc::now()),
         "after compaction",
     );
+    // Only the segment being read stays open: what a restart loads is the day totals of
+    // each partition's current segment of 1,000 calls (the harness's size), at most 20
+    // accounts on 2 days each, where the 12 segments of the run hold up to 240.
+    let open: u64 = d
+        .sql(
+            "SELECT count() FROM (SELECT DISTINCT partition, key_hi, key_lo FROM checkpoints \
+             ANY INNER JOIN (SELECT partition, argMax(usage_offset, version) AS u \
+             FROM checkpoints WHERE row_kind = 'offsets' GROUP BY partition) USING partition \
+             WHERE row_kind = 'day' AND key_hi >= (intDiv(u, 1000) + 1) * 65536)",
+        )
+        .trim()
+        .parse()
+        .expect("a count");
+    eprintln!("open day totals a restart loads: {open}");
+    assert!(open <= 2 * 20 * 2, "{open} open day totals");
+
+    // The segment size is part of the rows' identity: another one is refused.
+    let out = d
+        .command()
+        .args(["run", "--drain"])
+        .env("TALLY_PIPELINE__ROLLUP_SEGMENT_RECORDS", "2000")
+        .output()
+        .expect("tally runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("pipeline.rollup_segment_records is 2000")
+            && stderr.contains("written with 1000"),
+        "a changed segment size was not refused: {stderr}"
+    );
 }

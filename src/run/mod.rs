@@ -119,18 +119,13 @@ impl Pipeline {
             loop {
                 let now = Utc::now().timestamp_micros().max(0) as u64;
                 let window = self.rules.dedup_window.num_milliseconds();
-                let rules = &self.rules;
                 let loaded = self.rt.block_on(checkpoint::claim_and_load(
                     &self.store,
                     &self.stream,
                     partition as u32,
                     now,
                     window,
-                    |arrival_high| {
-                        let clock =
-                            chrono::DateTime::from_timestamp(arrival_high, 0).unwrap_or_default();
-                        partition::first_open_day(clock, rules)
-                    },
+                    self.config.pipeline.rollup_segment_records,
                 ));
                 match loaded {
                     Ok(restored) => {
@@ -749,6 +744,14 @@ pub fn run(
         "{}+{}",
         kafka_config.usage_topic, kafka_config.commands_topic
     );
+    // Before any partition is claimed: another segment size would mix two cuttings of the
+    // same rows, so it stops start-up instead of being retried like an outage.
+    rt.block_on(checkpoint::check_segment_size(
+        &store,
+        &stream,
+        config.pipeline.rollup_segment_records,
+    ))
+    .context("invalid configuration")?;
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         config,

@@ -11,7 +11,7 @@ use super::metrics::PartitionMetrics;
 use super::rollup::{self, Rollups};
 use crate::kafka::DeadLetter;
 use crate::store::checkpoint::{Commit, Restored};
-use crate::store::rows::{balance_rows, day_number, from_seconds, LedgerRow, LotRow};
+use crate::store::rows::{balance_rows, from_seconds, LedgerRow, LotRow};
 use crate::store::writes::Batch;
 
 /// Counters for logs and status.
@@ -63,7 +63,7 @@ impl PartitionWork {
             arrival_high: restored.arrival_high,
             touched: HashSet::new(),
             ledger: Vec::new(),
-            rollups: Rollups::restore(restored.days),
+            rollups: Rollups::restore(restored.segment_records, restored.days),
             dead_letters: Vec::new(),
             alerts: Vec::new(),
             dirty: false,
@@ -141,9 +141,15 @@ impl PartitionWork {
         } = pending;
         let step = self.book.apply(rules, parsed, arrival);
         self.alerts.extend(step.alerts);
+        // Calls roll up in the segment of their usage record; nothing from the commands
+        // topic is a call, but the next usage offset keeps the rule total.
+        let usage_offset = match which {
+            Which::Usage => offset,
+            Which::Commands => self.usage.applied_next,
+        };
         for entry in step.due {
             let entry_id = entry.id.clone().unwrap_or_default();
-            self.record(entry_id, entry);
+            self.record(entry_id, entry, usage_offset);
         }
         match step.outcome {
             Outcome::Applied { account, entries } => {
@@ -155,7 +161,7 @@ impl PartitionWork {
                         None if i == 0 => format!("{topic}/{}/{offset}", self.partition),
                         None => format!("{topic}/{}/{offset}#{i}", self.partition),
                     };
-                    self.record(entry_id, entry);
+                    self.record(entry_id, entry, usage_offset);
                 }
                 self.touched.insert(account);
             }
@@ -190,8 +196,8 @@ impl PartitionWork {
     }
 
     /// Keeps one ledger entry for the next flush and notes what it touched.
-    fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry) {
-        self.rollups.add(&entry);
+    fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
+        self.rollups.add(&entry, usage_offset);
         if !self.touched.contains(&entry.account) {
             self.touched.insert(entry.account.clone());
         }
@@ -226,6 +232,7 @@ impl PartitionWork {
             commands_offset: self.commands.applied_next,
             arrival_high: self.arrival_high,
             written_at: now_secs,
+            segment_records: self.rollups.size(),
         };
         let first_row = batch.checkpoint.len();
         // A snapshot once the dead rows of the log (states and days rewritten since, dedup
@@ -262,7 +269,9 @@ impl PartitionWork {
         };
         let superseding = batch.checkpoint.len() - first_row + days.len();
         for (account, day) in days {
-            batch.daily.push(rollup::daily_row(&account, &day, version));
+            batch
+                .daily
+                .push(rollup::daily_row(&account, &day, self.partition, version));
             batch.checkpoint.push(commit.day(&account, &day));
         }
         let seen: Vec<(u128, i64)> = if snapshot {
@@ -294,16 +303,9 @@ impl PartitionWork {
         let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
         let before = self.book.seen.len() + self.rollups.len();
         self.book.seen.expire(clock, rules.dedup_window);
-        self.rollups.close_before(first_open_day(clock, rules));
-        // Expired dedup keys and closed days are dead rows of the log, as rewritten
-        // states are.
+        self.rollups.close_before(self.usage.applied_next);
+        // Expired dedup keys and the totals of closed segments are dead rows of the log,
+        // as rewritten states are.
         self.rows_since_snapshot += before - self.book.seen.len() - self.rollups.len();
     }
-}
-
-/// The first day an event may still be applied to: older ones are later than the
-/// lateness allows. One day of margin covers every time zone.
-pub fn first_open_day(clock: chrono::DateTime<chrono::Utc>, rules: &Rules) -> u16 {
-    let earliest = clock - rules.max_lateness;
-    day_number(earliest.date_naive()).saturating_sub(1)
 }

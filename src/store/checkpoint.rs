@@ -7,7 +7,7 @@ use tally_core::{AccountState, Book};
 use super::rows::CheckpointRow;
 use super::state_codec;
 use super::StoreError;
-use crate::run::rollup::StoredDay;
+use crate::run::rollup::{self, StoredDay};
 
 /// What a new owner of a partition starts from.
 pub struct Restored {
@@ -19,8 +19,10 @@ pub struct Restored {
     /// Latest broker timestamp (seconds) applied before the checkpoint.
     pub arrival_high: i64,
     pub book: Book,
-    /// Committed totals of the days still open to late events.
+    /// Committed totals of the segment still open.
     pub days: Vec<(String, StoredDay)>,
+    /// Usage records per rollup segment.
+    pub segment_records: u32,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -28,6 +30,9 @@ struct OffsetsRow {
     usage_offset: i64,
     commands_offset: i64,
     arrival_high: i64,
+    /// The offsets row's `seen_at`: the rollup segment size it was written with (0 before
+    /// segments).
+    segment_records: i64,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -50,6 +55,36 @@ const WHERE_PARTITION: &str = "stream = ? AND partition = ?";
 const COMPLETE: &str = "SELECT version FROM checkpoints \
      WHERE stream = ? AND partition = ? AND row_kind = 'offsets'";
 
+/// Fails when `stream`'s checkpoints were written with another rollup segment size.
+pub async fn check_segment_size(
+    client: &Client,
+    stream: &str,
+    segment_records: u32,
+) -> Result<(), StoreError> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Used {
+        partition: u32,
+        seen_at: i64,
+    }
+    let used: Option<Used> = client
+        .query(
+            "SELECT partition, seen_at FROM checkpoints WHERE stream = ? \
+             AND row_kind = 'offsets' AND seen_at != 0 AND seen_at != ? LIMIT 1",
+        )
+        .bind(stream)
+        .bind(i64::from(segment_records))
+        .fetch_optional()
+        .await?;
+    match used {
+        Some(used) => Err(StoreError::SegmentSize {
+            partition: used.partition,
+            stored: u32::try_from(used.seen_at).unwrap_or(u32::MAX),
+            configured: segment_records,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Claims `partition` for this process and loads its committed state.
 ///
 /// The claim row raises the partition's version above every version written so far,
@@ -62,7 +97,7 @@ pub async fn claim_and_load(
     partition: u32,
     now_micros: u64,
     dedup_window_millis: i64,
-    first_open_day: impl Fn(i64) -> u16,
+    segment_records: u32,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
         .query(&format!(
@@ -95,13 +130,22 @@ pub async fn claim_and_load(
 
     let offsets: Option<OffsetsRow> = client
         .query(&format!(
-            "SELECT usage_offset, commands_offset, arrival_high FROM checkpoints \
+            "SELECT usage_offset, commands_offset, arrival_high, seen_at FROM checkpoints \
              WHERE {WHERE_PARTITION} AND row_kind = 'offsets' ORDER BY version DESC LIMIT 1"
         ))
         .bind(stream)
         .bind(partition)
         .fetch_optional()
         .await?;
+    if let Some(stored) = offsets.as_ref().map(|o| o.segment_records) {
+        if stored != 0 && stored != i64::from(segment_records) {
+            return Err(StoreError::SegmentSize {
+                partition,
+                stored: u32::try_from(stored).unwrap_or(u32::MAX),
+                configured: segment_records,
+            });
+        }
+    }
     let mut book = Book::default();
     let states: Vec<StateRow> = client
         .query(&format!(
@@ -154,7 +198,10 @@ pub async fn claim_and_load(
         ))
         .bind(stream)
         .bind(partition)
-        .bind(first_open_day(arrival_high))
+        .bind(rollup::first_open_key(
+            offsets.as_ref().map_or(0, |o| o.usage_offset),
+            segment_records,
+        ))
         .bind(stream)
         .bind(partition)
         .fetch_all()
@@ -172,6 +219,7 @@ pub async fn claim_and_load(
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Restored {
         days,
+        segment_records,
         version,
         usage_offset: offsets.as_ref().map(|o| o.usage_offset),
         commands_offset: offsets.as_ref().map(|o| o.commands_offset),
@@ -210,6 +258,8 @@ pub struct Commit<'a> {
     pub commands_offset: i64,
     pub arrival_high: i64,
     pub written_at: u32,
+    /// `pipeline.rollup_segment_records`, kept in the offsets row (its `seen_at`).
+    pub segment_records: u32,
 }
 
 impl Commit<'_> {
@@ -232,7 +282,9 @@ impl Commit<'_> {
     }
 
     pub fn offsets(&self) -> CheckpointRow {
-        self.row("offsets")
+        let mut row = self.row("offsets");
+        row.seen_at = i64::from(self.segment_records);
+        row
     }
 
     pub fn state(&self, account: &str, state: &AccountState) -> CheckpointRow {
@@ -246,7 +298,7 @@ impl Commit<'_> {
     pub fn day(&self, account: &str, day: &StoredDay) -> CheckpointRow {
         let mut row = self.row("day");
         row.account = account.to_string();
-        row.key_hi = u64::from(day.key.day);
+        row.key_hi = rollup::checkpoint_key(&day.key);
         row.key_lo = day.key.group_hash();
         // Plain data with string keys serializes.
         row.state = serde_json::to_vec(day).unwrap_or_default();

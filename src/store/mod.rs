@@ -24,6 +24,17 @@ pub enum StoreError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("stored state of account `{account}` is unreadable: {problem}")]
     State { account: String, problem: String },
+    /// The daily rollups' segment size is part of their rows' identity.
+    #[error(
+        "pipeline.rollup_segment_records is {configured}, but partition {partition}'s \
+         checkpoints were written with {stored}: it cannot change on a database with rows \
+         (set it back to {stored})"
+    )]
+    SegmentSize {
+        partition: u32,
+        stored: u32,
+        configured: u32,
+    },
     /// A stored name that no variant of its enum has: never guessed, always an error.
     #[error("table `{table}`, column `{column}`: unknown value `{value}`")]
     UnknownValue {

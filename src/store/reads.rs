@@ -66,6 +66,10 @@ pub struct DailyRow {
     pub flex: i64,
 }
 
+/// The columns both daily tables have, in one order.
+const DAILY_COLUMNS: &str = "day, account, service, user, feature, calls, failed_calls, \
+     credits, included, promotional, purchased, shortfall, flex";
+
 /// Daily usage from `from` to `to` inclusive, grouped by day, account and `by`.
 pub async fn daily(
     client: &Client,
@@ -86,17 +90,22 @@ pub async fn daily(
     let account_filter = account
         .map(|a| format!("AND account = {}", quote(a)))
         .unwrap_or_default();
+    let filter = format!(
+        "WHERE day >= toDate({}) AND day <= toDate({}) {account_filter}",
+        day_number(from),
+        day_number(to)
+    );
+    // The segments of a day add up; rows of the legacy table (written before segments)
+    // add to them.
     let sql = format!(
         "SELECT day, account, {}, {}, {}, sum(calls), sum(failed_calls), sum(credits), \
          sum(included), sum(promotional), sum(purchased), sum(shortfall), sum(flex) \
-         FROM daily_usage FINAL \
-         WHERE day >= toDate({}) AND day <= toDate({}) {account_filter} \
+         FROM (SELECT {DAILY_COLUMNS} FROM daily_rollups FINAL {filter} \
+         UNION ALL SELECT {DAILY_COLUMNS} FROM daily_usage FINAL {filter}) \
          GROUP BY {} ORDER BY {}",
         column(By::Service),
         column(By::User),
         column(By::Feature),
-        day_number(from),
-        day_number(to),
         group.join(", "),
         group.join(", "),
     );

@@ -56,7 +56,8 @@ pub struct LotRow {
     pub from_plan: u8,
 }
 
-/// One `daily_usage` row as tally writes it: absolute totals of one open day.
+/// One `daily_rollups` row as tally writes it: absolute totals of one open day within
+/// one segment of the log.
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
 pub struct DailyUsageRow {
     pub day: u16,
@@ -64,6 +65,7 @@ pub struct DailyUsageRow {
     pub service: String,
     pub user: String,
     pub feature: String,
+    pub segment: u64,
     pub calls: u64,
     pub failed_calls: u64,
     pub credits: i64,
@@ -71,8 +73,8 @@ pub struct DailyUsageRow {
     pub promotional: i64,
     pub purchased: i64,
     pub shortfall: i64,
-    pub version: u64,
     pub flex: i64,
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]

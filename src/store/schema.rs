@@ -8,7 +8,7 @@ use super::StoreError;
 /// Tables that tally rewrites are ReplacingMergeTree keyed by what identifies a row and
 /// versioned by a number that grows across restarts, so a retried or replayed write
 /// replaces the earlier one instead of adding to it. Reads use FINAL.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     // One row per call, grant or void. entry_id is the Kafka position of the event.
     "CREATE TABLE IF NOT EXISTS ledger (
         entry_id String,
@@ -39,8 +39,8 @@ const TABLES: [&str; 6] = [
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(time)
     ORDER BY (account, entry_id)",
-    // Absolute daily totals, recomputed from the ledger for every (account, day) a flush
-    // touched. Credits are thousandths.
+    // Daily totals written by tally before rollups were cut by segment of the log (see
+    // daily_rollups). No longer written; reports add what it holds to daily_rollups.
     "CREATE TABLE IF NOT EXISTS daily_usage (
         day Date,
         account String,
@@ -59,6 +59,30 @@ const TABLES: [&str; 6] = [
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(day)
     ORDER BY (account, day, service, user, feature)",
+    // Daily totals: absolute running totals of one (account, day, service, user, feature)
+    // over the usage records of one segment of the log (`segment`: partition and a run of
+    // `SEGMENT_RECORDS` offsets of the usage topic), so a replay rebuilds exactly the same
+    // rows and no open total outlives its segment. Reports sum the segments of a day.
+    // Credits are thousandths.
+    "CREATE TABLE IF NOT EXISTS daily_rollups (
+        day Date,
+        account String,
+        service String,
+        user String,
+        feature String,
+        segment UInt64,
+        calls UInt64,
+        failed_calls UInt64,
+        credits Int64,
+        included Int64,
+        promotional Int64,
+        purchased Int64,
+        shortfall Int64,
+        flex Int64,
+        version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (account, day, service, user, feature, segment)",
     // What is left of every lot; all lots of an account are written together.
     "CREATE TABLE IF NOT EXISTS lots (
         account String,

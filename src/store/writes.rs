@@ -33,7 +33,7 @@ pub async fn write_outputs(client: &Client, batch: &Batch) -> Result<(), StoreEr
         insert_all(client, "ledger", &batch.ledger),
         insert_all(client, "lots", &batch.lots),
         insert_all(client, "balances", &batch.balances),
-        insert_all(client, "daily_usage", &batch.daily),
+        insert_all(client, "daily_rollups", &batch.daily),
     );
     ledger?;
     lots?;

@@ -261,7 +261,7 @@ pub fn assert_matches(d: &super::Deployment, expected: &Expected, what: &str) {
     }
     // The daily rollups add up to the usage entries the rules prescribe, per account.
     let daily = d.sql(
-        "SELECT account, sum(calls), sum(credits), sum(shortfall) FROM daily_usage FINAL \
+        "SELECT account, sum(calls), sum(credits), sum(shortfall) FROM daily_rollups FINAL \
          GROUP BY account FORMAT TSV",
     );
     let got: BTreeMap<String, (i64, i64, i64)> = daily
