@@ -62,6 +62,8 @@ struct Flush {
     mails: Option<Vec<crate::notify::Alert>>,
     /// Records (every outcome) the flush commits.
     events: usize,
+    /// Decisions on hold and release commands it commits: answered once it has landed.
+    decided: Vec<(i32, i64, crate::holds::Decided)>,
     /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
     /// states them: what the group offsets become once it has landed.
     offsets: Vec<(i32, i64, i64)>,
@@ -100,6 +102,12 @@ struct Pipeline {
     /// Taken at shutdown to stop it.
     notifier: Option<crate::notify::NotifierHandle>,
     metrics: RunMetrics,
+    /// Answers checks and hands decisions on holds to their callers.
+    owner: Arc<crate::holds::owner::Owner>,
+    /// What the claim rows say about this process (`ClaimInfo` as JSON).
+    claim_info: String,
+    /// Partitions of each topic: an account's partition is `partition_of(account, this)`.
+    partition_count: i32,
 }
 
 impl Pipeline {
@@ -126,6 +134,7 @@ impl Pipeline {
                     partition as u32,
                     now,
                     window,
+                    &self.claim_info,
                     |arrival_high| {
                         let clock =
                             chrono::DateTime::from_timestamp(arrival_high, 0).unwrap_or_default();
@@ -143,6 +152,8 @@ impl Pipeline {
                             "partition assigned"
                         );
                         starts.insert(partition, (restored.usage_offset, restored.commands_offset));
+                        self.owner
+                            .claimed(partition, restored.commands_offset.unwrap_or(0));
                         self.parts
                             .insert(partition, PartitionWork::new(partition, restored, metrics));
                         break;
@@ -276,6 +287,8 @@ impl Pipeline {
             (None, _) => {
                 self.applied_since_flush >= self.config.pipeline.max_batch_events
                     || now.duration_since(self.last_flush) >= self.config.pipeline.flush_interval
+                    // A caller waits for a hold's answer until its flush commits: flush now.
+                    || self.parts.values().any(|work| !work.decided.is_empty())
             }
         }
     }
@@ -304,6 +317,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut batch = writes::Batch::default();
         let mut dead_letters = Vec::new();
+        let mut decided = Vec::new();
         let now_secs = Utc::now().timestamp().max(0) as u32;
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
@@ -311,6 +325,7 @@ impl Pipeline {
             if work.drain_into(
                 &mut batch,
                 &mut dead_letters,
+                &mut decided,
                 &self.stream,
                 now_secs,
                 self.config.pipeline.snapshot_min_rows,
@@ -336,6 +351,7 @@ impl Pipeline {
             dead_letters_sent: false,
             mails: None,
             events,
+            decided,
             offsets,
             snapshots,
             started,
@@ -386,7 +402,13 @@ impl Pipeline {
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(Utc::now());
+        self.owner
+            .committed(&flush.offsets, std::mem::take(&mut flush.decided));
         for &(partition, version) in &flush.snapshots {
+            let keep_claim = self
+                .parts
+                .get(&partition)
+                .map_or(version, |work| work.claim_version);
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.rt.block_on(checkpoint::delete_before(
@@ -394,6 +416,7 @@ impl Pipeline {
                 &self.stream,
                 partition as u32,
                 version,
+                keep_claim,
             ));
             match pruned {
                 Ok(()) => tracing::info!(
@@ -526,6 +549,7 @@ impl Pipeline {
             work.metrics.forget();
         }
         self.parts.clear();
+        self.owner.released_all();
         if let Some(handle) = self.writing.take() {
             // Let a flush in flight land or fail before the partitions go to a new owner.
             let _ = self.rt.block_on(handle);
@@ -726,6 +750,7 @@ pub fn run(
     rt: Handle,
     status: crate::status::Shared,
     metrics: RunMetrics,
+    owner: Arc<crate::holds::owner::Owner>,
 ) -> anyhow::Result<Summary> {
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
@@ -749,6 +774,16 @@ pub fn run(
         "{}+{}",
         kafka_config.usage_topic, kafka_config.commands_topic
     );
+    let advertise = if config.status.advertise.is_empty() {
+        config.status.listen.clone()
+    } else {
+        config.status.advertise.clone()
+    };
+    let claim_info = serde_json::to_string(&crate::holds::ClaimInfo {
+        advertise,
+        pid: std::process::id(),
+    })
+    .context("claim info")?;
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         config,
@@ -769,6 +804,9 @@ pub fn run(
         summary: Summary::default(),
         last_checkpoint: None,
         metrics,
+        owner: owner.clone(),
+        claim_info,
+        partition_count: 0,
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -779,6 +817,12 @@ pub fn run(
         listed: end_offsets(&consumer, &kafka_config)?,
         confirmed: BTreeMap::new(),
     };
+    lock(&pipeline).partition_count = ends
+        .listed
+        .keys()
+        .filter(|(which, _)| *which == Which::Usage)
+        .count() as i32;
+    owner.set_checker(checker(Arc::downgrade(&pipeline)));
     match kafka_config.assignment.partitions() {
         None => consumer
             .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
@@ -934,6 +978,65 @@ pub fn run(
         flushes: p.summary.flushes,
     };
     Ok(summary)
+}
+
+/// The check, answered under the run loop's lock from the partition's book: every event
+/// applied so far counts, flushed or not.
+fn checker(
+    pipeline: std::sync::Weak<Mutex<Pipeline>>,
+) -> Box<
+    dyn Fn(
+            i32,
+            &crate::holds::CheckRequest,
+        ) -> Result<crate::holds::CheckResponse, crate::holds::owner::CheckError>
+        + Send
+        + Sync,
+> {
+    use crate::holds::owner::CheckError;
+    Box::new(move |partition, request| {
+        let pipeline = pipeline.upgrade().ok_or(CheckError::Starting)?;
+        let p = lock(&pipeline);
+        let work = p
+            .parts
+            .get(&partition)
+            .ok_or(CheckError::NotOwner(partition))?;
+        if crate::holds::partition_of(&request.account, p.partition_count) != partition {
+            return Err(CheckError::NotOwner(partition));
+        }
+        let quantity = request
+            .quantity
+            .unwrap_or(tally_core::Credits::from_whole(1));
+        let at = Utc::now();
+        let blank;
+        let state = match work.book.accounts.get(&request.account) {
+            Some(state) => state,
+            None => {
+                blank = tally_core::AccountState::default();
+                &blank
+            }
+        };
+        let check = state
+            .check(
+                &p.rules,
+                &request.feature,
+                request.variant.as_deref(),
+                quantity,
+                at,
+            )
+            .map_err(CheckError::Rejected)?;
+        let lag = |high: i64, next: i64| (high != i64::MAX).then(|| (high - next).max(0));
+        Ok(crate::holds::CheckResponse {
+            account: request.account.clone(),
+            check,
+            freshness: crate::holds::Freshness {
+                partition,
+                usage_applied: work.usage.applied_next,
+                commands_applied: work.commands.applied_next,
+                usage_lag: lag(work.usage.high, work.usage.applied_next),
+                commands_lag: lag(work.commands.high, work.commands.applied_next),
+            },
+        })
+    })
 }
 
 /// The name checkpoints are stored under: the pair of topics they cover.

@@ -8,6 +8,25 @@ use super::rows::CheckpointRow;
 use super::StoreError;
 use crate::run::rollup::StoredDay;
 
+/// The owner of every partition of `stream` that was ever claimed, as its latest claim row
+/// says: (partition, `ClaimInfo` JSON).
+pub async fn owners(client: &Client, stream: &str) -> Result<Vec<(u32, String)>, StoreError> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct ClaimRow {
+        partition: u32,
+        state: String,
+    }
+    let rows: Vec<ClaimRow> = client
+        .query(
+            "SELECT partition, argMax(state, version) FROM checkpoints \
+             WHERE stream = ? AND row_kind = 'claim' GROUP BY partition",
+        )
+        .bind(stream)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.state)).collect())
+}
+
 /// What a new owner of a partition starts from.
 pub struct Restored {
     /// First version this owner writes with: above anything any earlier owner wrote.
@@ -60,6 +79,7 @@ pub async fn claim_and_load(
     partition: u32,
     now_micros: u64,
     dedup_window_millis: i64,
+    claim_info: &str,
     first_open_day: impl Fn(i64) -> u16,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
@@ -84,7 +104,7 @@ pub async fn claim_and_load(
             usage_offset: 0,
             commands_offset: 0,
             arrival_high: 0,
-            state: String::new(),
+            state: claim_info.to_string(),
             seen_at: 0,
             written_at: (now_micros / 1_000_000) as u32,
         })
@@ -180,20 +200,24 @@ pub async fn claim_and_load(
 
 /// Deletes a partition's checkpoint rows older than `version`, once the snapshot written
 /// with `version` has committed (its rows hold every live account, open day and dedup
-/// key). ClickHouse runs the deletion as a mutation in the background.
+/// key), except the claim row at `keep_claim`: the current owner's, which says where it
+/// answers checks and holds. ClickHouse runs the deletion as a mutation in the background.
 pub async fn delete_before(
     client: &Client,
     stream: &str,
     partition: u32,
     version: u64,
+    keep_claim: u64,
 ) -> Result<(), StoreError> {
     client
         .query(&format!(
-            "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ?"
+            "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ? \
+             AND NOT (row_kind = 'claim' AND version >= ?)"
         ))
         .bind(stream)
         .bind(partition)
         .bind(version)
+        .bind(keep_claim)
         .execute()
         .await?;
     Ok(())
