@@ -54,8 +54,14 @@ fn args() -> anyhow::Result<Args> {
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    anyhow::ensure!(a.mode == "check" || a.mode == "hold", "--mode check or hold");
-    anyhow::ensure!(a.rate > 0 && a.accounts > 0, "--rate and --accounts above 0");
+    anyhow::ensure!(
+        a.mode == "check" || a.mode == "hold",
+        "--mode check or hold"
+    );
+    anyhow::ensure!(
+        a.rate > 0 && a.accounts > 0,
+        "--rate and --accounts above 0"
+    );
     Ok(a)
 }
 

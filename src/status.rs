@@ -250,8 +250,7 @@ async fn internal_check(
     };
     let owner = endpoint.owner.clone();
     // The check takes the run loop's lock: off the async workers.
-    let checked =
-        tokio::task::spawn_blocking(move || owner.check(query.partition, &request)).await;
+    let checked = tokio::task::spawn_blocking(move || owner.check(query.partition, &request)).await;
     match checked {
         Ok(Ok(answer)) => (StatusCode::OK, Json(answer)).into_response(),
         Ok(Err(e @ CheckError::NotOwner(_))) => {

@@ -37,7 +37,7 @@ fn start_run(d: &Deployment, port: u16, env: &[(&str, &str)]) -> Running {
 }
 
 /// SIGTERM: `tally run` flushes, commits and exits 0.
-fn stop_run(mut run: Running) {
+fn stop_run(run: Running) {
     let status = Command::new("kill")
         .args(["-TERM", &run.id().to_string()])
         .status()
@@ -195,7 +195,10 @@ fn check_counts_what_is_applied_before_any_flush_and_keys_are_scoped() {
     assert_eq!(milli(&seen["cost"]), 7_000, "{seen}");
     assert_eq!(seen["pool"], "ai");
     assert_eq!(milli(&seen["held"]), 0);
-    assert!(seen["freshness"]["commands_applied"].as_i64() >= Some(2), "{seen}");
+    assert!(
+        seen["freshness"]["commands_applied"].as_i64() >= Some(2),
+        "{seen}"
+    );
     // Nothing flushed: ClickHouse knows nothing of acme yet.
     assert_eq!(d.committed(), 0, "no checkpoint yet");
     let balance = d.balance("acme");
@@ -246,7 +249,10 @@ fn check_counts_what_is_applied_before_any_flush_and_keys_are_scoped() {
             json!({"account": "acme", "feature": "erase", "quantity": "1.0001"}),
             "quantity",
         ),
-        (json!({"account": "acme", "feature": "erase", "colour": 1}), "body"),
+        (
+            json!({"account": "acme", "feature": "erase", "colour": 1}),
+            "body",
+        ),
     ] {
         let answer = post_json(&server, "/v1/check", ADMIN_KEY, &body);
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);
@@ -272,7 +278,9 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
     let run = start_run(&d, port, &[]);
     let server = Arc::new(Server::start(&d, &[]));
     seed(&d, M);
-    check_until(&server, "the grant", |c| milli(&c["available"]) == M * COST * 1000);
+    check_until(&server, "the grant", |c| {
+        milli(&c["available"]) == M * COST * 1000
+    });
 
     let results = concurrent_holds(&server, N, 3600);
     let granted: BTreeSet<String> = results
@@ -385,7 +393,9 @@ fn holds_grant_exactly_what_credits_cover_across_sigkills() {
     let server = Arc::new(Server::start(&d, &[("TALLY_SERVE__HOLD_TIMEOUT", "3s")]));
     seed(&d, M);
     let mut run = start_run(&d, port, &[]);
-    check_until(&server, "the grant", |c| milli(&c["available"]) == M * COST * 1000);
+    check_until(&server, "the grant", |c| {
+        milli(&c["available"]) == M * COST * 1000
+    });
     // The seed's two commands committed: what follows are holds.
     let deadline = Instant::now() + Duration::from_secs(60);
     while d.committed() < 2 {
@@ -422,7 +432,10 @@ fn holds_grant_exactly_what_credits_cover_across_sigkills() {
     let holds = committed_holds(&d);
     let open = open_ids(&holds);
     assert_eq!(open.len() as i64, M, "{holds:?}");
-    assert_eq!(granted, open, "every hold answered 201 is open, and only those");
+    assert_eq!(
+        granted, open,
+        "every hold answered 201 is open, and only those"
+    );
     let ai = &d.balance("acme")["pools"]["ai"];
     assert_eq!(milli(&ai["available"]), 0, "{ai}");
     assert_eq!(milli(&ai["held"]), M * COST * 1000, "{ai}");

@@ -105,15 +105,21 @@ pub struct RejectedResponse {
 /// flush that contains it has committed, then answered.
 #[derive(Debug, Clone)]
 pub enum Decided {
-    Answer { account: String, answer: Answer },
-    Rejected { code: &'static str, reason: String },
+    Answer {
+        account: String,
+        answer: Box<Answer>,
+    },
+    Rejected {
+        code: &'static str,
+        reason: String,
+    },
 }
 
 impl Decided {
     /// The HTTP status and JSON body of the public answer.
     pub fn render(&self) -> (u16, Vec<u8>) {
         let (status, body) = match self {
-            Decided::Answer { account, answer } => match answer {
+            Decided::Answer { account, answer } => match answer.as_ref() {
                 Answer::Held { hold, repeated } => (
                     201,
                     serde_json::to_vec(&HoldResponse {

@@ -43,11 +43,16 @@ pub enum Wait {
     Pending,
 }
 
-type Checker = Box<dyn Fn(i32, &CheckRequest) -> Result<CheckResponse, CheckError> + Send + Sync>;
+/// The check, installed by the run loop: (partition, request) to its answer.
+pub type Checker =
+    Box<dyn Fn(i32, &CheckRequest) -> Result<CheckResponse, CheckError> + Send + Sync>;
+
+/// A decision as answered: HTTP status and JSON body.
+type Rendered = (u16, Arc<[u8]>);
 
 #[derive(Default)]
 struct Inner {
-    answers: HashMap<(i32, i64), (u16, Arc<[u8]>)>,
+    answers: HashMap<(i32, i64), Rendered>,
     order: VecDeque<(Instant, (i32, i64))>,
     owned: BTreeSet<i32>,
     /// Per partition, the next commands offset the last committed checkpoint states.
@@ -78,7 +83,11 @@ impl Owner {
     }
 
     /// Answers a check for `partition` (blocking: it takes the run loop's lock).
-    pub fn check(&self, partition: i32, request: &CheckRequest) -> Result<CheckResponse, CheckError> {
+    pub fn check(
+        &self,
+        partition: i32,
+        request: &CheckRequest,
+    ) -> Result<CheckResponse, CheckError> {
         match self.checker.get() {
             Some(check) => check(partition, request),
             None => Err(CheckError::Starting),
@@ -197,7 +206,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Committed without a decision: gone; another partition: not ours.
-        assert!(matches!(owner.wait(2, 11, Duration::ZERO).await, Wait::Gone));
+        assert!(matches!(
+            owner.wait(2, 11, Duration::ZERO).await,
+            Wait::Gone
+        ));
         assert!(matches!(
             owner.wait(3, 0, Duration::ZERO).await,
             Wait::NotOwner

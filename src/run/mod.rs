@@ -308,6 +308,7 @@ impl Pipeline {
             self.producer.clone(),
             self.config.kafka.dlq_topic.clone(),
             self.metrics.clone(),
+            self.owner.clone(),
             flush,
         )));
     }
@@ -402,8 +403,6 @@ impl Pipeline {
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(Utc::now());
-        self.owner
-            .committed(&flush.offsets, std::mem::take(&mut flush.decided));
         for &(partition, version) in &flush.snapshots {
             let keep_claim = self
                 .parts
@@ -585,6 +584,7 @@ async fn write_flush(
     producer: FutureProducer,
     dlq_topic: String,
     metrics: RunMetrics,
+    owner: Arc<crate::holds::owner::Owner>,
     mut flush: Flush,
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
     let result = async {
@@ -633,6 +633,9 @@ async fn write_flush(
             )
         })?;
         done(phase::CHECKPOINT);
+        // Committed: the callers waiting on its decisions get them now, not when the run
+        // loop next looks at this task.
+        owner.committed(&flush.offsets, std::mem::take(&mut flush.decided));
         Ok(())
     }
     .await;
@@ -748,10 +751,13 @@ pub fn run(
     drain: bool,
     shutdown: Arc<AtomicBool>,
     rt: Handle,
-    status: crate::status::Shared,
-    metrics: RunMetrics,
-    owner: Arc<crate::holds::owner::Owner>,
+    endpoint: crate::status::Endpoint,
 ) -> anyhow::Result<Summary> {
+    let crate::status::Endpoint {
+        status,
+        metrics,
+        owner,
+    } = endpoint;
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
         format!(
@@ -982,16 +988,7 @@ pub fn run(
 
 /// The check, answered under the run loop's lock from the partition's book: every event
 /// applied so far counts, flushed or not.
-fn checker(
-    pipeline: std::sync::Weak<Mutex<Pipeline>>,
-) -> Box<
-    dyn Fn(
-            i32,
-            &crate::holds::CheckRequest,
-        ) -> Result<crate::holds::CheckResponse, crate::holds::owner::CheckError>
-        + Send
-        + Sync,
-> {
+fn checker(pipeline: std::sync::Weak<Mutex<Pipeline>>) -> crate::holds::owner::Checker {
     use crate::holds::owner::CheckError;
     Box::new(move |partition, request| {
         let pipeline = pipeline.upgrade().ok_or(CheckError::Starting)?;

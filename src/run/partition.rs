@@ -158,7 +158,7 @@ impl PartitionWork {
                     offset,
                     Decided::Answer {
                         account: account.clone(),
-                        answer: answer.clone(),
+                        answer: Box::new(answer.clone()),
                     },
                 )),
                 (_, Outcome::Rejected(rejection)) => self.decided.push((

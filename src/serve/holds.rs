@@ -109,15 +109,17 @@ impl Owners {
     /// most every [`OWNERS_REFRESH`]).
     async fn owner(&self, state: &Shared, partition: i32, fresh: bool) -> Result<String, ApiError> {
         let mut cache = self.cache.lock().await;
-        let stale = cache
-            .loaded
-            .is_none_or(|at| (fresh || !cache.owners.contains_key(&partition)) && at.elapsed() >= OWNERS_REFRESH);
+        let stale = cache.loaded.is_none_or(|at| {
+            (fresh || !cache.owners.contains_key(&partition)) && at.elapsed() >= OWNERS_REFRESH
+        });
         if stale {
             let stream = crate::run::stream_name(&state.config.kafka);
-            let rows = checkpoint::owners(&state.client, &stream).await.map_err(|e| {
-                state.metrics.clickhouse_errors.inc();
-                ApiError::Unavailable(format!("cannot read the partitions' owners: {e}"))
-            })?;
+            let rows = checkpoint::owners(&state.client, &stream)
+                .await
+                .map_err(|e| {
+                    state.metrics.clickhouse_errors.inc();
+                    ApiError::Unavailable(format!("cannot read the partitions' owners: {e}"))
+                })?;
             cache.owners = rows
                 .into_iter()
                 .filter_map(|(partition, info)| {
@@ -150,7 +152,11 @@ impl Owners {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
@@ -236,7 +242,12 @@ pub async fn check(
     caller.may_read(&request.account)?;
     nonempty("feature", &request.feature)?;
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
-    priced(&state, &request.feature, request.variant.as_deref(), quantity)?;
+    priced(
+        &state,
+        &request.feature,
+        request.variant.as_deref(),
+        quantity,
+    )?;
     let owners = &state.owners;
     let partition = owners.partition(&state, &request.account).await?;
     let body = serde_json::to_vec(&request).map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -288,7 +299,12 @@ pub async fn hold(
     nonempty("id", &request.id)?;
     nonempty("feature", &request.feature)?;
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
-    priced(&state, &request.feature, request.variant.as_deref(), quantity)?;
+    priced(
+        &state,
+        &request.feature,
+        request.variant.as_deref(),
+        quantity,
+    )?;
     let max = tally_core::holds::MAX_HOLD_TTL_SECS;
     if request.ttl == 0 || request.ttl > max {
         return Err(ApiError::bad(
@@ -361,7 +377,8 @@ async fn decide(
         let event = json!({"specversion": "1.0", "type": kind,
             "id": uuid::Uuid::new_v4().to_string(), "source": "tally-serve",
             "subject": account, "time": Utc::now().to_rfc3339(), "data": data});
-        let payload = serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let topic = &state.config.kafka.commands_topic;
         let sent = tokio::time::timeout(
@@ -403,7 +420,13 @@ async fn decide(
                 .await
             {
                 Ok((status @ (200 | 201 | 402 | 409), body)) => {
-                    tracing::debug!(partition, offset, status, elapsed_ms = started.elapsed().as_millis() as u64, "hold answered");
+                    tracing::debug!(
+                        partition,
+                        offset,
+                        status,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "hold answered"
+                    );
                     return Ok(passthrough(status, body));
                 }
                 // Not decided yet: ask the same owner again.

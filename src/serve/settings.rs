@@ -89,8 +89,13 @@ impl ServeConfig {
         if self.ingest_timeout.is_zero() {
             return Err(("serve.ingest_timeout", "must be more than zero".into()));
         }
-        if self.hold_timeout < Duration::from_millis(100) || self.hold_timeout > Duration::from_secs(300) {
-            return Err(("serve.hold_timeout", "must be between 100ms and 5min".into()));
+        if self.hold_timeout < Duration::from_millis(100)
+            || self.hold_timeout > Duration::from_secs(300)
+        {
+            return Err((
+                "serve.hold_timeout",
+                "must be between 100ms and 5min".into(),
+            ));
         }
         Ok(())
     }
