@@ -251,7 +251,7 @@ fn check_counts_what_is_applied_before_any_flush_and_keys_are_scoped() {
         ),
         (
             json!({"account": "acme", "feature": "erase", "colour": 1}),
-            "body",
+            "colour",
         ),
     ] {
         let answer = post_json(&server, "/v1/check", ADMIN_KEY, &body);
