@@ -365,7 +365,7 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
     assert_eq!(milli(&call["credits"]), 7_000, "{call}");
     let expiry: Vec<&Value> = ledger
         .iter()
-        .filter(|row| row["entry_type"] == "hold_expired")
+        .filter(|row| row["type"] == "hold_expired")
         .collect();
     assert_eq!(expiry.len(), 1, "{ledger:?}");
     assert_eq!(milli(&expiry[0]["credits"]), 0);
