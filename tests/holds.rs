@@ -42,8 +42,13 @@ fn stop_run(run: Running) {
         .args(["-TERM", &run.id().to_string()])
         .status()
         .expect("kill runs");
-    assert!(status.success());
     let out = run.wait_with_output().expect("tally run exits");
+    assert!(
+        status.success(),
+        "tally run had exited ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "tally run failed: {}",
@@ -114,8 +119,17 @@ fn seed(d: &Deployment, holds: i64) {
 /// Sends `n` holds at once, each retried with its id until it gets 201 or 402; returns
 /// the final status by hold id.
 fn concurrent_holds(server: &Arc<Server>, n: usize, ttl: u32) -> BTreeMap<String, u16> {
+    holds_in(server, 0..n, ttl)
+}
+
+/// `concurrent_holds` for the holds numbered `range`.
+fn holds_in(
+    server: &Arc<Server>,
+    range: std::ops::Range<usize>,
+    ttl: u32,
+) -> BTreeMap<String, u16> {
     let results = Arc::new(Mutex::new(BTreeMap::new()));
-    let threads: Vec<_> = (0..n)
+    let threads: Vec<_> = range
         .map(|i| {
             let (server, results) = (server.clone(), results.clone());
             std::thread::spawn(move || {
@@ -171,6 +185,28 @@ fn committed_holds(d: &Deployment) -> BTreeMap<String, Value> {
         .unwrap_or_default()
         .into_iter()
         .collect()
+}
+
+/// Records of both topics the `tally run` on `port` has applied (0 while it does not answer).
+fn applied(port: u16) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{port}/status"))
+        .output()
+        .expect("curl runs");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    status["partitions"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| {
+                    p["usage_applied"].as_u64().unwrap_or(0)
+                        + p["commands_applied"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn open_ids(holds: &BTreeMap<String, Value>) -> BTreeSet<String> {
@@ -378,8 +414,8 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
 
 #[test]
 fn holds_grant_exactly_what_credits_cover_across_sigkills() {
-    const N: usize = 20;
-    const M: i64 = 7;
+    const N: usize = 40;
+    const M: i64 = 14;
     let seed_value: u64 = std::env::var("TALLY_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -403,25 +439,51 @@ fn holds_grant_exactly_what_credits_cover_across_sigkills() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let base = d.committed();
-    let clients = {
-        let server = server.clone();
-        std::thread::spawn(move || concurrent_holds(&server, N, 3600))
-    };
-    // Kill by progress: after the checkpoints cover a random number of hold commands,
-    // twice.
-    for kill in 0..2 {
-        let target = base + rand::Rng::gen_range(&mut rng, 1..=8u64) + kill * 6;
+    // Three waves of concurrent holds; each wave is under way when `tally run` is killed,
+    // once the checkpoints cover a random number of hold commands more. Waves overlap:
+    // the next starts right after the restart, while the new owner loads and replays.
+    let wave = N / 3 + 1;
+    let mut waves = Vec::new();
+    let mut from = base;
+    for kill in 0..3 {
+        let clients = {
+            let server = server.clone();
+            let range = (kill * wave).min(N)..((kill + 1) * wave).min(N);
+            std::thread::spawn(move || holds_in(&server, range, 3600))
+        };
+        // Kills 0 and 2 by records applied, not committed: between the owner's decisions
+        // and the flush that lets them be answered, or during that flush (or the replay).
+        // Kill 1 by records committed: after some answers went out.
+        let target = from + rand::Rng::gen_range(&mut rng, 1..=8u64);
+        let progress = || {
+            if kill == 1 {
+                d.committed()
+            } else {
+                applied(port)
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
-        while d.committed() < target && !clients.is_finished() {
+        while progress() < target && !clients.is_finished() {
             assert!(Instant::now() < deadline, "no progress to {target}");
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
+        let in_flight = !clients.is_finished();
         run.kill().expect("SIGKILL");
         run.wait().expect("reaped");
-        println!("kill {kill}: at {} committed records", d.committed());
+        from = d.committed();
+        println!(
+            "kill {kill}: at {from} committed records, wave {kill} still waiting: {in_flight}"
+        );
         run = start_run(&d, port, &[]);
+        waves.push(clients);
     }
-    let results = clients.join().expect("the clients");
+    let mut results = BTreeMap::new();
+    for clients in waves {
+        results.extend(clients.join().expect("a wave of clients"));
+    }
+    assert_eq!(results.len(), N);
+    // The last process is up and owns the partitions before it is stopped.
+    check_until(&server, "the last restart", |_| true);
     stop_run(run);
     let granted: BTreeSet<String> = results
         .iter()
