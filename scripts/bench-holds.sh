@@ -53,4 +53,16 @@ echo "== kafka.max_idle $(grep -E '^max_idle' config/tally.toml | head -1 || ech
   --rate "$RATE" --seconds "$SECONDS_EACH" --accounts "$ACCOUNTS"
 "$BIN/examples/bench_holds" --base http://127.0.0.1:18080 --key "$KEY" --mode hold \
   --rate "$RATE" --seconds "$SECONDS_EACH" --accounts "$ACCOUNTS" --prefix "$run"
+echo "== tally run's flushes during the run (mean seconds per phase, count)"
+curl -s http://127.0.0.1:19464/metrics | python3 -c '
+import re, sys
+sums, counts = {}, {}
+for line in sys.stdin:
+    m = re.match(r"tally_flush_duration_seconds_(sum|count)\{phase=\"(\w+)\"\} (\S+)", line)
+    if m:
+        (sums if m[1] == "sum" else counts)[m[2]] = float(m[3])
+for phase in sums:
+    if counts.get(phase):
+        print(f"{phase:14} {1000 * sums[phase] / counts[phase]:8.1f} ms  {int(counts[phase])}")
+'
 kill -TERM $run_pid; wait $run_pid || true

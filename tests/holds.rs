@@ -28,16 +28,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A `tally run` that is SIGKILLed if the test fails before stopping it.
+struct Run(Option<Running>);
+
+impl Run {
+    fn take(&mut self) -> Running {
+        self.0.take().expect("a running tally run")
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut run) = self.0.take() {
+            let _ = run.kill();
+            let _ = run.wait();
+        }
+    }
+}
+
 /// `tally run` with its status endpoint (where it answers checks and holds) on `port`.
-fn start_run(d: &Deployment, port: u16, env: &[(&str, &str)]) -> Running {
+fn start_run(d: &Deployment, port: u16, env: &[(&str, &str)]) -> Run {
     let listen = format!("127.0.0.1:{port}");
     let mut all: Vec<(&str, &str)> = vec![("TALLY_STATUS__LISTEN", &listen)];
     all.extend_from_slice(env);
-    d.spawn_run(&[], &all)
+    Run(Some(d.spawn_run(&[], &all)))
 }
 
 /// SIGTERM: `tally run` flushes, commits and exits 0.
-fn stop_run(run: Running) {
+fn stop_run(mut run: Run) {
+    let run = run.take();
     let status = Command::new("kill")
         .args(["-TERM", &run.id().to_string()])
         .status()
@@ -468,8 +487,9 @@ fn holds_grant_exactly_what_credits_cover_across_sigkills() {
             std::thread::sleep(Duration::from_millis(2));
         }
         let in_flight = !clients.is_finished();
-        run.kill().expect("SIGKILL");
-        run.wait().expect("reaped");
+        let mut killed = run.take();
+        killed.kill().expect("SIGKILL");
+        killed.wait().expect("reaped");
         from = d.committed();
         println!(
             "kill {kill}: at {from} committed records, wave {kill} still waiting: {in_flight}"
