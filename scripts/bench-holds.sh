@@ -65,4 +65,11 @@ for phase in sums:
     if counts.get(phase):
         print(f"{phase:14} {1000 * sums[phase] / counts[phase]:8.1f} ms  {int(counts[phase])}")
 '
+echo "== from a record's broker timestamp to its application (mean; the merge waits kafka.max_idle)"
+curl -s http://127.0.0.1:19464/metrics | python3 -c '
+import sys
+v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("tally_apply_delay_seconds_")}
+s, c = v.get("tally_apply_delay_seconds_sum", 0), v.get("tally_apply_delay_seconds_count", 0)
+print(f"apply delay    {1000 * s / c:8.1f} ms  {int(c)} records" if c else "no records")
+'
 kill -TERM $run_pid; wait $run_pid || true
