@@ -252,19 +252,39 @@ pub async fn check(
     let partition = owners.partition(&state, &request.account).await?;
     let body = serde_json::to_vec(&request).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut last = String::new();
+    let retried = |reason: &str| {
+        state
+            .metrics
+            .owner_retries
+            .with_label_values(&[reason])
+            .inc()
+    };
     for attempt in 0..CHECK_ATTEMPTS {
-        let owner = owners.owner(&state, partition, attempt > 0).await?;
+        let owner = match owners.owner(&state, partition, attempt > 0).await {
+            Ok(owner) => owner,
+            Err(e) => {
+                retried("no_owner");
+                return Err(e);
+            }
+        };
         let url = format!("http://{owner}/internal/check?partition={partition}");
         match owners
             .call(Method::POST, url, body.clone(), CHECK_TIMEOUT)
             .await
         {
-            Ok((421, _)) => last = format!("{owner} does not own partition {partition} any more"),
+            Ok((421, _)) => {
+                retried("not_owner");
+                last = format!("{owner} does not own partition {partition} any more")
+            }
             Ok((status @ (200 | 400), body)) => return Ok(passthrough(status, body)),
             Ok((status, body)) => {
+                retried("unreachable");
                 last = format!("{owner}: {status} {}", String::from_utf8_lossy(&body))
             }
-            Err(e) => last = e,
+            Err(e) => {
+                retried("unreachable");
+                last = e
+            }
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
@@ -367,7 +387,15 @@ async fn decide(
     let timeout = state.config.serve.hold_timeout;
     let deadline = started + timeout;
     let owners = &state.owners;
+    let retried = |reason: &str| {
+        state
+            .metrics
+            .owner_retries
+            .with_label_values(&[reason])
+            .inc()
+    };
     let timed_out = || {
+        retried("timeout");
         ApiError::Timeout(format!(
             "no committed answer from the partition's owner within {timeout:?}; \
              sending the same request again (same id) is safe"
@@ -405,6 +433,7 @@ async fn decide(
             let owner = match owners.owner(state, partition, fresh).await {
                 Ok(owner) => owner,
                 Err(_) => {
+                    retried("no_owner");
                     fresh = true;
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                     continue;
@@ -432,13 +461,22 @@ async fn decide(
                 // Not decided yet: ask the same owner again.
                 Ok((202, _)) => fresh = false,
                 // Committed without a decision: produce again.
-                Ok((410, _)) => break,
+                Ok((410, _)) => {
+                    retried("resent");
+                    break;
+                }
                 Ok((status, body)) => {
+                    retried(if status == 421 {
+                        "not_owner"
+                    } else {
+                        "unreachable"
+                    });
                     tracing::debug!(partition, owner = %owner, status, body = %String::from_utf8_lossy(&body), "hold: owner cannot answer, looking again");
                     fresh = true;
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
                 }
                 Err(e) => {
+                    retried("unreachable");
                     tracing::debug!(partition, owner = %owner, error = %e, "hold: owner unreachable, looking again");
                     fresh = true;
                     tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
