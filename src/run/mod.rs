@@ -34,6 +34,10 @@ use crate::store::{self, checkpoint, writes};
 const APPLY_BUDGET: usize = 10_000;
 /// Messages taken from the consumer before applying them.
 const POLL_BATCH: usize = 5_000;
+/// The longest the run loop waits for a message before it looks at its partitions again.
+const POLL_WAIT: Duration = Duration::from_millis(20);
+/// ... and while something is due soon (see [`Pipeline::due_soon`]).
+const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -275,6 +279,16 @@ impl Pipeline {
                 budget,
             );
         }
+    }
+
+    /// Something the loop should look at again soon: a flush in flight (its end lets the
+    /// next start), a decision waiting for its flush, an event waiting out `max_idle`.
+    fn due_soon(&self) -> bool {
+        self.writing.is_some()
+            || self.parts.values().any(|work| {
+                !work.decided.is_empty()
+                    || matches!(work.wait, Some((_, merge::WaitReason::IdleAtEnd)))
+            })
     }
 
     fn flush_due(&self, now: Instant) -> bool {
@@ -871,12 +885,16 @@ pub fn run(
     // A drain reads up to fixed ends, so it sends no ticks of its own.
     let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
     let mut last_tick: Option<Instant> = None;
+    // The first poll's wait: short while something is due soon (an event whose max_idle
+    // runs out, a flush in flight whose end lets the next one start, a decision a caller
+    // waits for), so a hold's answer is not late by a whole poll.
+    let mut first_wait = POLL_WAIT;
     set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
         while polled < POLL_BATCH {
             let timeout = if polled == 0 {
-                Duration::from_millis(20)
+                first_wait
             } else {
                 Duration::ZERO
             };
@@ -946,6 +964,11 @@ pub fn run(
         }
         p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
         p.export_lag();
+        first_wait = if p.due_soon() {
+            POLL_WAIT_DUE
+        } else {
+            POLL_WAIT
+        };
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
             match p.flush_now() {
