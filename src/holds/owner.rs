@@ -57,6 +57,25 @@ struct Inner {
     owned: BTreeSet<i32>,
     /// Per partition, the next commands offset the last committed checkpoint states.
     committed: BTreeMap<i32, i64>,
+    /// Callers waiting on a record, woken only when something about it may have changed
+    /// (its decision, its partition's checkpoint, the ownership): not all at every commit.
+    waiters: HashMap<(i32, i64), Vec<Arc<tokio::sync::Notify>>>,
+}
+
+impl Inner {
+    /// Wakes the waiters `which` selects and forgets them; they look again.
+    fn wake(&mut self, which: impl Fn(&(i32, i64)) -> bool) {
+        self.waiters.retain(|key, waiters| {
+            if !which(key) {
+                return true;
+            }
+            for waiter in waiters.iter() {
+                // Stores a permit if the waiter is between its look and its wait.
+                waiter.notify_one();
+            }
+            false
+        });
+    }
 }
 
 /// Shared by the run loop (which registers decisions) and the status endpoint (which
@@ -64,7 +83,6 @@ struct Inner {
 #[derive(Default)]
 pub struct Owner {
     inner: Mutex<Inner>,
-    changed: tokio::sync::Notify,
     checker: OnceLock<Checker>,
 }
 
@@ -99,8 +117,7 @@ impl Owner {
         let mut inner = self.lock();
         inner.owned.insert(partition);
         inner.committed.insert(partition, commands_offset);
-        drop(inner);
-        self.changed.notify_waiters();
+        inner.wake(|&(p, _)| p == partition);
     }
 
     /// Every partition went away (a revoke): waiters are told to ask the new owner.
@@ -108,8 +125,7 @@ impl Owner {
         let mut inner = self.lock();
         inner.owned.clear();
         inner.committed.clear();
-        drop(inner);
-        self.changed.notify_waiters();
+        inner.wake(|_| true);
     }
 
     /// A flush committed: its checkpoint states `offsets` (partition, usage, commands), and
@@ -120,9 +136,11 @@ impl Owner {
         }
         let now = Instant::now();
         let mut inner = self.lock();
+        let mut moved = BTreeMap::new();
         for &(partition, _, commands) in offsets {
             if inner.owned.contains(&partition) {
                 inner.committed.insert(partition, commands);
+                moved.insert(partition, commands);
             }
         }
         for (partition, offset, decision) in decided {
@@ -132,6 +150,12 @@ impl Owner {
                 .insert((partition, offset), (status, Arc::from(body)));
             inner.order.push_back((now, (partition, offset)));
         }
+        // Decided now, or behind the new checkpoint without a decision (gone).
+        inner.wake(|(partition, offset)| {
+            moved
+                .get(partition)
+                .is_some_and(|&committed| *offset < committed)
+        });
         while let Some(&(at, key)) = inner.order.front() {
             if inner.order.len() <= MAX_KEPT && now.duration_since(at) < RETENTION {
                 break;
@@ -139,12 +163,17 @@ impl Owner {
             inner.order.pop_front();
             inner.answers.remove(&key);
         }
-        drop(inner);
-        self.changed.notify_waiters();
     }
 
-    fn state(&self, partition: i32, offset: i64) -> Wait {
-        let inner = self.lock();
+    /// Where the wait for (partition, offset) stands; `register` adds a pending caller to
+    /// the waiters, under the same lock as the look, so no change is missed.
+    fn state(
+        &self,
+        partition: i32,
+        offset: i64,
+        register: Option<&Arc<tokio::sync::Notify>>,
+    ) -> Wait {
+        let mut inner = self.lock();
         if let Some((status, body)) = inner.answers.get(&(partition, offset)) {
             return Wait::Answered(*status, body.clone());
         }
@@ -153,7 +182,27 @@ impl Owner {
         }
         match inner.committed.get(&partition) {
             Some(&next) if offset < next => Wait::Gone,
-            _ => Wait::Pending,
+            _ => {
+                if let Some(waiter) = register {
+                    inner
+                        .waiters
+                        .entry((partition, offset))
+                        .or_default()
+                        .push(waiter.clone());
+                }
+                Wait::Pending
+            }
+        }
+    }
+
+    /// Forgets a waiter that stopped waiting (its time ran out).
+    fn unregister(&self, partition: i32, offset: i64, waiter: &Arc<tokio::sync::Notify>) {
+        let mut inner = self.lock();
+        if let Some(waiters) = inner.waiters.get_mut(&(partition, offset)) {
+            waiters.retain(|w| !Arc::ptr_eq(w, waiter));
+            if waiters.is_empty() {
+                inner.waiters.remove(&(partition, offset));
+            }
         }
     }
 
@@ -161,17 +210,18 @@ impl Owner {
     /// `partition`.
     pub async fn wait(&self, partition: i32, offset: i64, timeout: Duration) -> Wait {
         let deadline = tokio::time::Instant::now() + timeout;
+        let waiter = Arc::new(tokio::sync::Notify::new());
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before looking, so a change between the look and the wait wakes it.
-            changed.as_mut().enable();
-            match self.state(partition, offset) {
+            match self.state(partition, offset, Some(&waiter)) {
                 Wait::Pending => {}
                 other => return other,
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.state(partition, offset);
+            if tokio::time::timeout_at(deadline, waiter.notified())
+                .await
+                .is_err()
+            {
+                self.unregister(partition, offset, &waiter);
+                return self.state(partition, offset, None);
             }
         }
     }
@@ -205,6 +255,22 @@ mod tests {
             Wait::Answered(409, _) => {}
             other => panic!("{other:?}"),
         }
+        // A waiter is woken when its record falls behind the checkpoint undecided, and
+        // when the partition goes away.
+        let gone = {
+            let owner = owner.clone();
+            tokio::spawn(async move { owner.wait(2, 14, Duration::from_secs(30)).await })
+        };
+        let moved = {
+            let owner = owner.clone();
+            tokio::spawn(async move { owner.wait(2, 20, Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        owner.committed(&[(2, 0, 16)], Vec::new());
+        assert!(matches!(gone.await.expect("joined"), Wait::Gone));
+        owner.released_all();
+        assert!(matches!(moved.await.expect("joined"), Wait::NotOwner));
+        owner.claimed(2, 16);
         // Committed without a decision: gone; another partition: not ours.
         assert!(matches!(
             owner.wait(2, 11, Duration::ZERO).await,
