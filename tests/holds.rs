@@ -185,11 +185,16 @@ fn holds_in(
 
 /// The committed state of acme: its holds by id, from the latest complete checkpoint.
 fn committed_holds(d: &Deployment) -> BTreeMap<String, Value> {
-    let state = d.sql(
+    committed_holds_of(d, "acme")
+}
+
+/// The committed holds of `account`.
+fn committed_holds_of(d: &Deployment, account: &str) -> BTreeMap<String, Value> {
+    let state = d.sql(&format!(
         "SELECT argMax(state, version) FROM checkpoints WHERE row_kind = 'state' \
-         AND account = 'acme' AND version IN \
-         (SELECT version FROM checkpoints WHERE row_kind = 'offsets') FORMAT JSONEachRow",
-    );
+         AND account = '{account}' AND version IN \
+         (SELECT version FROM checkpoints WHERE row_kind = 'offsets') FORMAT JSONEachRow"
+    ));
     let row: Value = serde_json::from_str(state.trim()).expect("a state row");
     let state: Value = serde_json::from_str(
         row.as_object()
@@ -521,4 +526,104 @@ fn holds_grant_exactly_what_credits_cover_across_sigkills() {
     let ai = &d.balance("acme")["pools"]["ai"];
     assert_eq!(milli(&ai["available"]), 0, "{ai}");
     assert_eq!(milli(&ai["held"]), M * COST * 1000, "{ai}");
+}
+
+/// A partition moves to a process at another address (a static split, its owner SIGKILLed
+/// and the partition given to a new process): `tally serve` finds the new owner from the
+/// claim rows, the hold answered before the move is still there (the same id answers it,
+/// `repeated`), and the other partition's owner goes on answering.
+#[test]
+fn holds_follow_a_partition_to_its_new_owner() {
+    let d = Deployment::new(2);
+    // One account in each partition, by the producers' partitioner.
+    let accounts: Vec<String> = (0..)
+        .map(|i| format!("acct-{i}"))
+        .scan(BTreeSet::new(), |seen, account| {
+            let partition = tally::holds::partition_of(&account, 2);
+            Some(seen.insert(partition).then_some(account))
+        })
+        .flatten()
+        .take(2)
+        .collect();
+    let (first, second) = (&accounts[0], &accounts[1]);
+    let (p_first, p_second) = (
+        tally::holds::partition_of(first, 2),
+        tally::holds::partition_of(second, 2),
+    );
+    let at = Utc::now() - TimeDelta::minutes(5);
+    let mut events = Vec::new();
+    for account in [first, second] {
+        let mut settings = grant(
+            &format!("s-{account}"),
+            account,
+            at,
+            json!({"flex": {"enabled": false}}),
+        );
+        settings["type"] = json!("account.settings");
+        events.push(settings);
+        events.push(grant(
+            &format!("g-{account}"),
+            account,
+            at,
+            json!({"lot": "pack", "kind": "promotional", "credits": 3 * COST}),
+        ));
+    }
+    d.send(&events);
+    let owner = |partition: i32, port: u16| {
+        start_run(
+            &d,
+            port,
+            &[("TALLY_KAFKA__ASSIGNMENT", &partition.to_string())],
+        )
+    };
+    let first_owner = owner(p_first, free_port());
+    let mut second_owner = owner(p_second, free_port());
+    let server = Server::start(&d, &[("TALLY_SERVE__HOLD_TIMEOUT", "3s")]);
+    let hold_on = |account: &str, id: &str| {
+        post_json(
+            &server,
+            "/v1/holds",
+            ADMIN_KEY,
+            &json!({"id": id, "account": account, "feature": "erase", "ttl": 3600}),
+        )
+    };
+    let until_answered = |account: &str, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answer = hold_on(account, id);
+            if answer.status != 503 && answer.status != 504 {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "hold {id} never answered");
+        }
+    };
+    let before = until_answered(second, "x-1");
+    assert_eq!(before.status, 201, "{}", before.body);
+    assert_eq!(until_answered(first, "y-1").status, 201);
+
+    // The second partition's owner dies; a new process at another address takes it.
+    let mut killed = second_owner.take();
+    killed.kill().expect("SIGKILL");
+    killed.wait().expect("reaped");
+    second_owner = owner(p_second, free_port());
+    let again = until_answered(second, "x-1");
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(again.json()["repeated"], true, "{}", again.body);
+    let next = until_answered(second, "x-2");
+    assert_eq!(next.status, 201, "{}", next.body);
+    assert_eq!(next.json()["repeated"], false);
+    assert_eq!(until_answered(first, "y-2").status, 201);
+    let checked = check(&server, ADMIN_KEY, second).json();
+    assert_eq!(milli(&checked["held"]), 2 * COST * 1000, "{checked}");
+    assert_eq!(milli(&checked["available"]), COST * 1000, "{checked}");
+    stop_run(first_owner);
+    stop_run(second_owner);
+    assert_eq!(
+        open_ids(&committed_holds_of(&d, second)),
+        BTreeSet::from(["x-1".to_string(), "x-2".to_string()])
+    );
+    assert_eq!(
+        open_ids(&committed_holds_of(&d, first)),
+        BTreeSet::from(["y-1".to_string(), "y-2".to_string()])
+    );
 }
