@@ -144,6 +144,10 @@ pub struct StatusConfig {
     /// Address of `tally run`'s status endpoint (`host:port`), read by `tally status`;
     /// empty to serve none.
     pub listen: String,
+    /// Address (`host:port`) other processes reach this endpoint at, written in this
+    /// process's claim rows so `tally serve` routes checks and holds of the partitions it
+    /// owns to it; empty: `listen`.
+    pub advertise: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -462,6 +466,7 @@ impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
             listen: "127.0.0.1:9464".into(),
+            advertise: String::new(),
         }
     }
 }
@@ -738,6 +743,18 @@ impl Config {
             return Err(key_err(
                 "status.listen",
                 format!("`{}` is not host:port", self.status.listen),
+            ));
+        }
+        if !self.status.advertise.is_empty()
+            && !self
+                .status
+                .advertise
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(key_err(
+                "status.advertise",
+                format!("`{}` is not host:port", self.status.advertise),
             ));
         }
         if self.pipeline.tick_interval > Duration::ZERO

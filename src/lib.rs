@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod holds;
 pub mod kafka;
 pub mod notify;
 pub mod report;

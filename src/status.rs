@@ -1,7 +1,9 @@
 //! What a running `tally run` reports about itself, over HTTP (axum) on `status.listen`:
 //! `GET /status`, the JSON `tally status` reads (so it can say why the process is paused
 //! even when ClickHouse is the reason); `GET /metrics`, Prometheus text; `GET /healthz`
-//! (the process lives) and `GET /readyz` (partitions assigned, writes succeeding).
+//! (the process lives) and `GET /readyz` (partitions assigned, writes succeeding). For
+//! `tally serve`, unauthenticated (keep the address private): `POST /internal/check` and
+//! `GET /internal/answers/{partition}/{offset}`, the owner's answers to checks and holds.
 
 use std::future::Future as _;
 use std::io;
@@ -10,17 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
+use crate::holds::owner::{CheckError, Owner, Wait};
+use crate::holds::CheckRequest;
 use crate::run::metrics::RunMetrics;
 
 /// A connection that moves no byte for this long is closed (a keep-alive connection
@@ -33,6 +38,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `tally status` waits for the whole answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one wait for a hold's decision lasts; the caller asks again after it.
+pub const MAX_ANSWER_WAIT: Duration = Duration::from_secs(4);
 /// The longest reason `/readyz` gives; the full error is in `/status` and the log.
 const READY_REASON_MAX: usize = 200;
 
@@ -111,6 +118,7 @@ pub fn readiness(status: &ProcessStatus) -> Result<(), String> {
 pub struct Endpoint {
     pub status: Shared,
     pub metrics: RunMetrics,
+    pub owner: Arc<Owner>,
 }
 
 impl Endpoint {
@@ -129,6 +137,11 @@ pub fn router(endpoint: Endpoint) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/internal/check", post(internal_check))
+        .route(
+            "/internal/answers/{partition}/{offset}",
+            get(internal_answer),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             endpoint.clone(),
@@ -208,6 +221,83 @@ async fn readyz(State(endpoint): State<Endpoint>) -> Response {
             format!("not ready: {reason}\n"),
         )
             .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PartitionQuery {
+    partition: i32,
+}
+
+fn json_answer(status: u16, body: serde_json::Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
+}
+
+/// `POST /internal/check?partition=P` with a [`CheckRequest`]: the check from the
+/// partition's state as applied so far; 421 when this process does not own it.
+async fn internal_check(
+    State(endpoint): State<Endpoint>,
+    Query(query): Query<PartitionQuery>,
+    body: Bytes,
+) -> Response {
+    let request: CheckRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return json_answer(400, serde_json::json!({"error": e.to_string()})),
+    };
+    let owner = endpoint.owner.clone();
+    // The check takes the run loop's lock: off the async workers.
+    let checked = tokio::task::spawn_blocking(move || owner.check(query.partition, &request)).await;
+    match checked {
+        Ok(Ok(answer)) => (StatusCode::OK, Json(answer)).into_response(),
+        Ok(Err(e @ CheckError::NotOwner(_))) => {
+            json_answer(421, serde_json::json!({"error": e.to_string()}))
+        }
+        Ok(Err(CheckError::Rejected(rejection))) => json_answer(
+            400,
+            serde_json::json!({"error": rejection.to_string(), "code": rejection.code()}),
+        ),
+        Ok(Err(e @ CheckError::Starting)) => {
+            json_answer(503, serde_json::json!({"error": e.to_string()}))
+        }
+        Err(e) => json_answer(500, serde_json::json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// `GET /internal/answers/{partition}/{offset}?wait_ms=N`: the committed decision on that
+/// commands record, waiting up to N ms (at most [`MAX_ANSWER_WAIT`]). 421: not the owner;
+/// 410: committed without a decision here (send the command again); 202: not yet.
+async fn internal_answer(
+    State(endpoint): State<Endpoint>,
+    Path((partition, offset)): Path<(i32, i64)>,
+    Query(query): Query<WaitQuery>,
+) -> Response {
+    let wait = Duration::from_millis(query.wait_ms).min(MAX_ANSWER_WAIT);
+    match endpoint.owner.wait(partition, offset, wait).await {
+        Wait::Answered(status, body) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_vec(),
+        )
+            .into_response(),
+        Wait::NotOwner => json_answer(
+            421,
+            serde_json::json!({"error": format!("partition {partition} is not owned by this process")}),
+        ),
+        Wait::Gone => json_answer(
+            410,
+            serde_json::json!({"error": "committed without a decision here; send the command again"}),
+        ),
+        Wait::Pending => json_answer(202, serde_json::json!({"error": "not decided yet"})),
     }
 }
 
@@ -430,6 +520,7 @@ mod tests {
         let endpoint = Endpoint {
             status: Arc::new(Mutex::new(status(state, partitions, None))),
             metrics: RunMetrics::new().expect("metrics register"),
+            owner: Owner::new(),
         };
         let listener = bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("address").to_string();

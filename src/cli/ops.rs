@@ -61,12 +61,14 @@ pub fn run(
         s.pid = std::process::id();
     }
     let metrics = crate::run::metrics::RunMetrics::new().context("cannot register metrics")?;
+    let endpoint = crate::status::Endpoint {
+        status,
+        metrics,
+        owner: crate::holds::owner::Owner::new(),
+    };
     if !config.status.listen.is_empty() {
         let listen = config.status.listen.clone();
-        let endpoint = crate::status::Endpoint {
-            status: status.clone(),
-            metrics: metrics.clone(),
-        };
+        let endpoint = endpoint.clone();
         // Consumption does not depend on being observed: an address in use only costs
         // the endpoint, and says so.
         rt.spawn(async move {
@@ -79,7 +81,7 @@ pub fn run(
             }
         });
     }
-    let summary = crate::run::run(config, rules, drain, shutdown, rt, status, metrics)?;
+    let summary = crate::run::run(config, rules, drain, shutdown, rt, endpoint)?;
     let c = summary.counts;
     if json {
         println!(

@@ -41,7 +41,10 @@ pub struct PlanCycle {
 /// One pool of the balance.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PoolReport {
+    /// Free credits: what no open hold reserved.
     pub available: Credits,
+    /// Credits reserved by open holds, apart from `available` (not counted in `by_kind`).
+    pub held: Credits,
     /// Available credits by lot kind (included, promotional, purchased).
     pub by_kind: BTreeMap<String, Credits>,
     pub used_this_cycle: Credits,
@@ -89,6 +92,7 @@ pub async fn load(
                 .collect();
             let report = PoolReport {
                 available: b.available,
+                held: b.held,
                 by_kind,
                 used_this_cycle: credits(used.get(*pool).copied().unwrap_or(0)),
                 expiring_within_14_days: b.expiring_soon,
@@ -118,6 +122,7 @@ impl Tabular for Balance {
         vec![
             "pool",
             "available",
+            "held",
             "included",
             "promotional",
             "purchased",
@@ -131,7 +136,7 @@ impl Tabular for Balance {
         self.pools
             .iter()
             .map(|(pool, p)| {
-                let mut row = vec![pool.clone(), p.available.to_string()];
+                let mut row = vec![pool.clone(), p.available.to_string(), p.held.to_string()];
                 row.extend(LotKind::ALL.iter().map(|k| {
                     p.by_kind
                         .get(k.as_str())

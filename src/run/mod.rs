@@ -34,6 +34,10 @@ use crate::store::{self, checkpoint, writes};
 const APPLY_BUDGET: usize = 10_000;
 /// Messages taken from the consumer before applying them.
 const POLL_BATCH: usize = 5_000;
+/// The longest the run loop waits for a message before it looks at its partitions again.
+const POLL_WAIT: Duration = Duration::from_millis(20);
+/// ... and while something is due soon (see [`Pipeline::due_soon`]).
+const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -62,6 +66,8 @@ struct Flush {
     mails: Option<Vec<crate::notify::Alert>>,
     /// Records (every outcome) the flush commits.
     events: usize,
+    /// Decisions on hold and release commands it commits: answered once it has landed.
+    decided: Vec<(i32, i64, crate::holds::Decided)>,
     /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
     /// states them: what the group offsets become once it has landed.
     offsets: Vec<(i32, i64, i64)>,
@@ -100,6 +106,12 @@ struct Pipeline {
     /// Taken at shutdown to stop it.
     notifier: Option<crate::notify::NotifierHandle>,
     metrics: RunMetrics,
+    /// Answers checks and hands decisions on holds to their callers.
+    owner: Arc<crate::holds::owner::Owner>,
+    /// What the claim rows say about this process (`ClaimInfo` as JSON).
+    claim_info: String,
+    /// Partitions of each topic: an account's partition is `partition_of(account, this)`.
+    partition_count: i32,
 }
 
 impl Pipeline {
@@ -125,6 +137,7 @@ impl Pipeline {
                     partition as u32,
                     now,
                     window,
+                    &self.claim_info,
                     self.config.pipeline.rollup_segment_records,
                 ));
                 match loaded {
@@ -138,6 +151,8 @@ impl Pipeline {
                             "partition assigned"
                         );
                         starts.insert(partition, (restored.usage_offset, restored.commands_offset));
+                        self.owner
+                            .claimed(partition, restored.commands_offset.unwrap_or(0));
                         self.parts
                             .insert(partition, PartitionWork::new(partition, restored, metrics));
                         break;
@@ -261,6 +276,16 @@ impl Pipeline {
         }
     }
 
+    /// Something the loop should look at again soon: a flush in flight (its end lets the
+    /// next start), a decision waiting for its flush, an event waiting out `max_idle`.
+    fn due_soon(&self) -> bool {
+        self.writing.is_some()
+            || self.parts.values().any(|work| {
+                !work.decided.is_empty()
+                    || matches!(work.wait, Some((_, merge::WaitReason::IdleAtEnd)))
+            })
+    }
+
     fn flush_due(&self, now: Instant) -> bool {
         if self.writing.is_some() {
             return false;
@@ -271,6 +296,8 @@ impl Pipeline {
             (None, _) => {
                 self.applied_since_flush >= self.config.pipeline.max_batch_events
                     || now.duration_since(self.last_flush) >= self.config.pipeline.flush_interval
+                    // A caller waits for a hold's answer until its flush commits: flush now.
+                    || self.parts.values().any(|work| !work.decided.is_empty())
             }
         }
     }
@@ -290,6 +317,7 @@ impl Pipeline {
             self.producer.clone(),
             self.config.kafka.dlq_topic.clone(),
             self.metrics.clone(),
+            self.owner.clone(),
             flush,
         )));
     }
@@ -299,6 +327,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut batch = writes::Batch::default();
         let mut dead_letters = Vec::new();
+        let mut decided = Vec::new();
         let now_secs = Utc::now().timestamp().max(0) as u32;
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
@@ -306,6 +335,7 @@ impl Pipeline {
             if work.drain_into(
                 &mut batch,
                 &mut dead_letters,
+                &mut decided,
                 &self.stream,
                 now_secs,
                 self.config.pipeline.snapshot_min_rows,
@@ -331,6 +361,7 @@ impl Pipeline {
             dead_letters_sent: false,
             mails: None,
             events,
+            decided,
             offsets,
             snapshots,
             started,
@@ -382,6 +413,10 @@ impl Pipeline {
         self.summary.flushes += 1;
         self.last_checkpoint = Some(Utc::now());
         for &(partition, version) in &flush.snapshots {
+            let keep_claim = self
+                .parts
+                .get(&partition)
+                .map_or(version, |work| work.claim_version);
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.rt.block_on(checkpoint::delete_before(
@@ -389,6 +424,7 @@ impl Pipeline {
                 &self.stream,
                 partition as u32,
                 version,
+                keep_claim,
             ));
             match pruned {
                 Ok(()) => tracing::info!(
@@ -521,6 +557,7 @@ impl Pipeline {
             work.metrics.forget();
         }
         self.parts.clear();
+        self.owner.released_all();
         if let Some(handle) = self.writing.take() {
             // Let a flush in flight land or fail before the partitions go to a new owner.
             let _ = self.rt.block_on(handle);
@@ -556,6 +593,7 @@ async fn write_flush(
     producer: FutureProducer,
     dlq_topic: String,
     metrics: RunMetrics,
+    owner: Arc<crate::holds::owner::Owner>,
     mut flush: Flush,
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
     let result = async {
@@ -604,6 +642,9 @@ async fn write_flush(
             )
         })?;
         done(phase::CHECKPOINT);
+        // Committed: the callers waiting on its decisions get them now, not when the run
+        // loop next looks at this task.
+        owner.committed(&flush.offsets, std::mem::take(&mut flush.decided));
         Ok(())
     }
     .await;
@@ -719,9 +760,13 @@ pub fn run(
     drain: bool,
     shutdown: Arc<AtomicBool>,
     rt: Handle,
-    status: crate::status::Shared,
-    metrics: RunMetrics,
+    endpoint: crate::status::Endpoint,
 ) -> anyhow::Result<Summary> {
+    let crate::status::Endpoint {
+        status,
+        metrics,
+        owner,
+    } = endpoint;
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
         format!(
@@ -752,6 +797,16 @@ pub fn run(
         config.pipeline.rollup_segment_records,
     ))
     .context("invalid configuration")?;
+    let advertise = if config.status.advertise.is_empty() {
+        config.status.listen.clone()
+    } else {
+        config.status.advertise.clone()
+    };
+    let claim_info = serde_json::to_string(&crate::holds::ClaimInfo {
+        advertise,
+        pid: std::process::id(),
+    })
+    .context("claim info")?;
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         config,
@@ -772,6 +827,9 @@ pub fn run(
         summary: Summary::default(),
         last_checkpoint: None,
         metrics,
+        owner: owner.clone(),
+        claim_info,
+        partition_count: 0,
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -782,6 +840,12 @@ pub fn run(
         listed: end_offsets(&consumer, &kafka_config)?,
         confirmed: BTreeMap::new(),
     };
+    lock(&pipeline).partition_count = ends
+        .listed
+        .keys()
+        .filter(|(which, _)| *which == Which::Usage)
+        .count() as i32;
+    owner.set_checker(checker(Arc::downgrade(&pipeline)));
     match kafka_config.assignment.partitions() {
         None => consumer
             .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
@@ -824,12 +888,16 @@ pub fn run(
     // A drain reads up to fixed ends, so it sends no ticks of its own.
     let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
     let mut last_tick: Option<Instant> = None;
+    // The first poll's wait: short while something is due soon (an event whose max_idle
+    // runs out, a flush in flight whose end lets the next one start, a decision a caller
+    // waits for), so a hold's answer is not late by a whole poll.
+    let mut first_wait = POLL_WAIT;
     set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
         let mut polled = 0;
         while polled < POLL_BATCH {
             let timeout = if polled == 0 {
-                Duration::from_millis(20)
+                first_wait
             } else {
                 Duration::ZERO
             };
@@ -899,6 +967,11 @@ pub fn run(
         }
         p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
         p.export_lag();
+        first_wait = if p.due_soon() {
+            POLL_WAIT_DUE
+        } else {
+            POLL_WAIT
+        };
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
             match p.flush_now() {
@@ -937,6 +1010,56 @@ pub fn run(
         flushes: p.summary.flushes,
     };
     Ok(summary)
+}
+
+/// The check, answered under the run loop's lock from the partition's book: every event
+/// applied so far counts, flushed or not.
+fn checker(pipeline: std::sync::Weak<Mutex<Pipeline>>) -> crate::holds::owner::Checker {
+    use crate::holds::owner::CheckError;
+    Box::new(move |partition, request| {
+        let pipeline = pipeline.upgrade().ok_or(CheckError::Starting)?;
+        let p = lock(&pipeline);
+        let work = p
+            .parts
+            .get(&partition)
+            .ok_or(CheckError::NotOwner(partition))?;
+        if crate::holds::partition_of(&request.account, p.partition_count) != partition {
+            return Err(CheckError::NotOwner(partition));
+        }
+        let quantity = request
+            .quantity
+            .unwrap_or(tally_core::Credits::from_whole(1));
+        let at = Utc::now();
+        let blank;
+        let state = match work.book.accounts.get(&request.account) {
+            Some(state) => state,
+            None => {
+                blank = tally_core::AccountState::default();
+                &blank
+            }
+        };
+        let check = state
+            .check(
+                &p.rules,
+                &request.feature,
+                request.variant.as_deref(),
+                quantity,
+                at,
+            )
+            .map_err(CheckError::Rejected)?;
+        let lag = |high: i64, next: i64| (high != i64::MAX).then(|| (high - next).max(0));
+        Ok(crate::holds::CheckResponse {
+            account: request.account.clone(),
+            check,
+            freshness: crate::holds::Freshness {
+                partition,
+                usage_applied: work.usage.applied_next,
+                commands_applied: work.commands.applied_next,
+                usage_lag: lag(work.usage.high, work.usage.applied_next),
+                commands_lag: lag(work.commands.high, work.commands.applied_next),
+            },
+        })
+    })
 }
 
 /// The name checkpoints are stored under: the pair of topics they cover.

@@ -9,6 +9,7 @@ use tally_core::{Book, Outcome, Rules};
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::{self, Rollups};
+use crate::holds::Decided;
 use crate::kafka::DeadLetter;
 use crate::store::checkpoint::{Commit, Restored};
 use crate::store::rows::{balance_rows, from_seconds, LedgerRow, LotRow};
@@ -29,6 +30,12 @@ pub struct PartitionWork {
     pub commands: Side,
     /// Version of the next flush.
     pub version: u64,
+    /// Version of this owner's claim row, which pruning after a snapshot keeps: it says
+    /// where the owner answers checks and holds.
+    pub claim_version: u64,
+    /// Decisions on `credit.hold` / `credit.release` records (commands offset) since the
+    /// last flush: answered once the flush that carries them has committed.
+    pub decided: Vec<(i64, Decided)>,
     /// Latest broker timestamp applied, in seconds.
     pub arrival_high: i64,
     touched: HashSet<String>,
@@ -60,6 +67,8 @@ impl PartitionWork {
             usage: Side::starting_at(restored.usage_offset.unwrap_or(0)),
             commands: Side::starting_at(restored.commands_offset.unwrap_or(0)),
             version: restored.version + 1,
+            claim_version: restored.version,
+            decided: Vec::new(),
             arrival_high: restored.arrival_high,
             touched: HashSet::new(),
             ledger: Vec::new(),
@@ -141,6 +150,27 @@ impl PartitionWork {
         } = pending;
         let step = self.book.apply(rules, parsed, arrival);
         self.alerts.extend(step.alerts);
+        if which == Which::Commands {
+            // Every decision of a command, and every rejected command: a caller of
+            // `POST /v1/holds` may wait on any commands record it produced.
+            match (&step.answer, &step.outcome) {
+                (Some(answer), Outcome::Applied { account, .. }) => self.decided.push((
+                    offset,
+                    Decided::Answer {
+                        account: account.clone(),
+                        answer: Box::new(answer.clone()),
+                    },
+                )),
+                (_, Outcome::Rejected(rejection)) => self.decided.push((
+                    offset,
+                    Decided::Rejected {
+                        code: rejection.code(),
+                        reason: rejection.to_string(),
+                    },
+                )),
+                _ => {}
+            }
+        }
         // Calls roll up in the segment of their usage record; nothing from the commands
         // topic is a call, but the next usage offset keeps the rule total.
         let usage_offset = match which {
@@ -211,6 +241,7 @@ impl PartitionWork {
         &mut self,
         batch: &mut Batch,
         dead_letters: &mut Vec<DeadLetter>,
+        decided: &mut Vec<(i32, i64, Decided)>,
         stream: &str,
         now_secs: u32,
         snapshot_min_rows: usize,
@@ -290,6 +321,12 @@ impl PartitionWork {
         }
         batch.checkpoint.push(commit.offsets());
         dead_letters.append(&mut self.dead_letters);
+        let partition = self.partition;
+        decided.extend(
+            self.decided
+                .drain(..)
+                .map(|(offset, decision)| (partition, offset, decision)),
+        );
         batch.alerts.append(&mut self.alerts);
         self.dirty = false;
         true

@@ -29,6 +29,9 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     Unavailable(String),
+    /// 504: an answer did not come in time; the request may be sent again.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -48,6 +51,7 @@ impl IntoResponse for ApiError {
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
         let mut body = json!({"error": self.to_string()});
         if let ApiError::BadParameter { param, .. } = &self {

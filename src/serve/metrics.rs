@@ -1,6 +1,6 @@
 //! Prometheus metrics of `tally serve` (the `prometheus` crate's registry and text
 //! format): HTTP requests by route and status, their duration, ingested and rejected
-//! events, ClickHouse errors.
+//! events, ClickHouse errors, and what routing checks and holds to partition owners met.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
@@ -20,6 +20,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Reads that failed in ClickHouse.
     pub clickhouse_errors: IntCounter,
+    /// Checks and holds that had to look again, by why: `not_owner` (the process asked
+    /// gave the partition up), `unreachable`, `no_owner` (no claim row with an address
+    /// yet), `resent` (a hold or release produced again: its record got no decision), and
+    /// `timeout` (answered 504).
+    pub owner_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,7 +66,15 @@ impl Metrics {
         registry.register(Box::new(http_seconds.clone()))?;
         registry.register(Box::new(ingested.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        let owner_retries = IntCounterVec::new(
+            Opts::new(
+                "tally_owner_retries_total",
+                "Checks and holds that looked again for the partition's owner or its answer, by reason",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(clickhouse_errors.clone()))?;
+        registry.register(Box::new(owner_retries.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -69,6 +82,7 @@ impl Metrics {
             ingested,
             rejected,
             clickhouse_errors,
+            owner_retries,
         })
     }
 

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod holds;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub producer: FutureProducer,
     pub keys: KeySet,
     pub metrics: Metrics,
+    /// Where checks and holds go: each partition's owner.
+    pub owners: holds::Owners,
 }
 
 pub type Shared = Arc<AppState>;
@@ -75,6 +78,9 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/matrix", get(api::matrix))
         .route("/v1/plans", get(api::plans))
         .route("/v1/openapi.json", get(api::openapi))
+        .route("/v1/check", post(holds::check))
+        .route("/v1/holds", post(holds::hold))
+        .route("/v1/holds/{id}", axum::routing::delete(holds::release))
         .route(
             "/v1/events",
             post(ingest::post_events).layer(DefaultBodyLimit::max(max_body)),
@@ -102,6 +108,7 @@ pub async fn run(
         producer,
         keys,
         metrics: Metrics::new().context("cannot register metrics")?,
+        owners: holds::Owners::new(),
         rules,
         config,
     });

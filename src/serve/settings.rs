@@ -29,6 +29,10 @@ pub struct ServeConfig {
     /// Longest wait for the broker to acknowledge ingested events.
     #[serde(with = "humantime_serde")]
     pub ingest_timeout: Duration,
+    /// Longest a `POST /v1/holds` or `DELETE /v1/holds/{id}` waits for the partition
+    /// owner's committed answer before answering 504 (retrying with the same id is safe).
+    #[serde(with = "humantime_serde")]
+    pub hold_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +45,7 @@ impl Default for ServeConfig {
             max_batch: 1000,
             page_size: 1000,
             ingest_timeout: Duration::from_secs(30),
+            hold_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -83,6 +88,14 @@ impl ServeConfig {
         }
         if self.ingest_timeout.is_zero() {
             return Err(("serve.ingest_timeout", "must be more than zero".into()));
+        }
+        if self.hold_timeout < Duration::from_millis(100)
+            || self.hold_timeout > Duration::from_secs(300)
+        {
+            return Err((
+                "serve.hold_timeout",
+                "must be between 100ms and 5min".into(),
+            ));
         }
         Ok(())
     }

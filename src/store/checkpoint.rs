@@ -9,6 +9,25 @@ use super::state_codec;
 use super::StoreError;
 use crate::run::rollup::{self, StoredDay};
 
+/// The owner of every partition of `stream` that was ever claimed, as its latest claim row
+/// says: (partition, `ClaimInfo` JSON).
+pub async fn owners(client: &Client, stream: &str) -> Result<Vec<(u32, String)>, StoreError> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct ClaimRow {
+        partition: u32,
+        state: String,
+    }
+    let rows: Vec<ClaimRow> = client
+        .query(
+            "SELECT partition, argMax(state, version) FROM checkpoints \
+             WHERE stream = ? AND row_kind = 'claim' GROUP BY partition",
+        )
+        .bind(stream)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.partition, r.state)).collect())
+}
+
 /// What a new owner of a partition starts from.
 pub struct Restored {
     /// First version this owner writes with: above anything any earlier owner wrote.
@@ -97,6 +116,7 @@ pub async fn claim_and_load(
     partition: u32,
     now_micros: u64,
     dedup_window_millis: i64,
+    claim_info: &str,
     segment_records: u32,
 ) -> Result<Restored, StoreError> {
     let highest: u64 = client
@@ -121,7 +141,7 @@ pub async fn claim_and_load(
             usage_offset: 0,
             commands_offset: 0,
             arrival_high: 0,
-            state: Vec::new(),
+            state: claim_info.as_bytes().to_vec(),
             seen_at: 0,
             written_at: (now_micros / 1_000_000) as u32,
         })
@@ -230,20 +250,24 @@ pub async fn claim_and_load(
 
 /// Deletes a partition's checkpoint rows older than `version`, once the snapshot written
 /// with `version` has committed (its rows hold every live account, open day and dedup
-/// key). ClickHouse runs the deletion as a mutation in the background.
+/// key), except the claim row at `keep_claim`: the current owner's, which says where it
+/// answers checks and holds. ClickHouse runs the deletion as a mutation in the background.
 pub async fn delete_before(
     client: &Client,
     stream: &str,
     partition: u32,
     version: u64,
+    keep_claim: u64,
 ) -> Result<(), StoreError> {
     client
         .query(&format!(
-            "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ?"
+            "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ? \
+             AND NOT (row_kind = 'claim' AND version >= ?)"
         ))
         .bind(stream)
         .bind(partition)
         .bind(version)
+        .bind(keep_claim)
         .execute()
         .await?;
     Ok(())

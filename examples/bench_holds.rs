@@ -1,0 +1,164 @@
+//! Check and hold latency: sends `--rate` requests a second for `--seconds` to a running
+//! `tally serve` (`POST /v1/check` or `POST /v1/holds`), open loop (each request starts at
+//! its scheduled time whatever the others do, and its latency counts from that time, so a
+//! stall shows in the figures instead of slowing the load), and prints p50, p99 and max.
+//!
+//! ```sh
+//! cargo run --release --example bench_holds -- --base http://127.0.0.1:8080 \
+//!     --key "$ADMIN" --mode check --rate 1000 --seconds 20 --accounts 100
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{header, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+struct Args {
+    base: String,
+    key: String,
+    mode: String,
+    rate: u64,
+    seconds: u64,
+    accounts: u64,
+    prefix: String,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        base: "http://127.0.0.1:8080".into(),
+        key: String::new(),
+        mode: "check".into(),
+        rate: 1000,
+        seconds: 20,
+        accounts: 100,
+        prefix: format!("b{}", std::process::id()),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--base" => a.base = value,
+            "--key" => a.key = value,
+            "--mode" => a.mode = value,
+            "--rate" => a.rate = value.parse()?,
+            "--seconds" => a.seconds = value.parse()?,
+            "--accounts" => a.accounts = value.parse()?,
+            "--prefix" => a.prefix = value,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(
+        a.mode == "check" || a.mode == "hold",
+        "--mode check or hold"
+    );
+    anyhow::ensure!(
+        a.rate > 0 && a.accounts > 0,
+        "--rate and --accounts above 0"
+    );
+    Ok(a)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(http);
+    let total = a.rate * a.seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / a.rate);
+    let results: Arc<Mutex<Vec<(u16, Duration)>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let account = format!("bench-{:04}", i % a.accounts);
+        let (path, body) = if a.mode == "check" {
+            (
+                "/v1/check",
+                serde_json::json!({"account": account, "feature": "erase"}),
+            )
+        } else {
+            (
+                "/v1/holds",
+                serde_json::json!({"id": format!("{}-{i}", a.prefix), "account": account,
+                                   "feature": "erase", "ttl": 60}),
+            )
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", a.base))
+            .header(header::AUTHORIZATION, format!("Bearer {}", a.key))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let (client, results) = (client.clone(), results.clone());
+        tasks.push(tokio::spawn(async move {
+            let status = match tokio::time::timeout(Duration::from_secs(30), async {
+                let response = client.request(request).await?;
+                let status = response.status().as_u16();
+                response.into_body().collect().await?;
+                Ok::<u16, anyhow::Error>(status)
+            })
+            .await
+            {
+                Ok(Ok(status)) => status,
+                _ => 0,
+            };
+            let latency = scheduled.elapsed();
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((status, latency));
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed();
+    let results = results.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for (status, _) in &results {
+        *by_status.entry(*status).or_default() += 1;
+    }
+    let mut ok: Vec<Duration> = results
+        .iter()
+        .filter(|(s, _)| matches!(s, 200 | 201 | 402))
+        .map(|(_, d)| *d)
+        .collect();
+    ok.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{} {} requests at {}/s in {:.1} s; statuses {:?}",
+        a.mode,
+        results.len(),
+        a.rate,
+        elapsed.as_secs_f64(),
+        by_status
+    );
+    println!(
+        "{} latency (answered): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        a.mode,
+        ms(percentile(&ok, 50.0)),
+        ms(percentile(&ok, 99.0)),
+        ms(ok.last().copied().unwrap_or_default())
+    );
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Checks and holds between `tally serve` and the owner of an account's partition: the
+//! partition of an account (the producers' partitioner), the owner's decisions as they are
+//! kept until their flush commits, and one typed answer per outcome, serialized by the
+//! owner and passed through by `tally serve` unchanged.
+
+pub mod owner;
+
+use serde::{Deserialize, Serialize};
+use tally_core::holds::{Check, Hold};
+use tally_core::{Answer, Credits};
+
+/// The partition librdkafka's default partitioner (`consistent_random`) gives a message
+/// keyed by `key` among `partitions`: CRC-32 (IEEE) of the key, modulo the count. Every
+/// producer of tally (`tally send`, ingest, holds) keys by account with that partitioner,
+/// so this is where an account's events and commands are.
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    if partitions <= 0 {
+        return 0;
+    }
+    (crc32(key.as_bytes()) % partitions as u32) as i32
+}
+
+/// CRC-32 (IEEE 802.3, reflected, the zlib one), as librdkafka's `rd_crc32`.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+/// `POST /v1/check` and the owner's `POST /internal/check`: a call about to be made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub account: String,
+    pub feature: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub quantity: Option<Credits>,
+}
+
+/// How fresh a check is: what the owner had applied of the partition when it answered, and
+/// what it knew was on the broker and not applied yet (absent until a fetch told it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Freshness {
+    pub partition: i32,
+    /// Next offsets to apply: every record before them counts in the answer.
+    pub usage_applied: i64,
+    pub commands_applied: i64,
+    /// Records on the broker, as the last fetch response gave its end, not applied yet.
+    pub usage_lag: Option<i64>,
+    pub commands_lag: Option<i64>,
+}
+
+/// The answer to a check: the core's [`Check`] for the account, with its freshness.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResponse {
+    pub account: String,
+    #[serde(flatten)]
+    pub check: Check,
+    pub freshness: Freshness,
+}
+
+/// 201 (granted, or the same hold again with `repeated`): the hold as it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldResponse {
+    pub account: String,
+    pub repeated: bool,
+    pub hold: Hold,
+}
+
+/// 402: the hold was refused; nothing is reserved and a retry decides again.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedResponse {
+    pub error: &'static str,
+    pub account: String,
+    pub hold: String,
+    pub check: Check,
+}
+
+/// 200 for `DELETE /v1/holds/{id}`: the hold after the release (`was_open` false: it had
+/// already been settled, released or expired, and is shown as it is).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleasedResponse {
+    pub account: String,
+    pub was_open: bool,
+    pub hold: Hold,
+}
+
+/// 409: the owner rejected the command (a hold id reused with other terms, a release of an
+/// unknown hold, a ttl out of range, an unknown feature...), with the core's reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedResponse {
+    pub error: String,
+    pub code: &'static str,
+}
+
+/// What the owner decided for one `credit.hold` or `credit.release` record, kept until the
+/// flush that contains it has committed, then answered.
+#[derive(Debug, Clone)]
+pub enum Decided {
+    Answer {
+        account: String,
+        answer: Box<Answer>,
+    },
+    Rejected {
+        code: &'static str,
+        reason: String,
+    },
+}
+
+impl Decided {
+    /// The HTTP status and JSON body of the public answer.
+    pub fn render(&self) -> (u16, Vec<u8>) {
+        let (status, body) = match self {
+            Decided::Answer { account, answer } => match answer.as_ref() {
+                Answer::Held { hold, repeated } => (
+                    201,
+                    serde_json::to_vec(&HoldResponse {
+                        account: account.clone(),
+                        repeated: *repeated,
+                        hold: hold.clone(),
+                    }),
+                ),
+                Answer::Refused { hold, check } => (
+                    402,
+                    serde_json::to_vec(&RefusedResponse {
+                        error: "insufficient credits: nothing was reserved",
+                        account: account.clone(),
+                        hold: hold.clone(),
+                        check: check.clone(),
+                    }),
+                ),
+                Answer::Released { hold, was_open } => (
+                    200,
+                    serde_json::to_vec(&ReleasedResponse {
+                        account: account.clone(),
+                        was_open: *was_open,
+                        hold: hold.clone(),
+                    }),
+                ),
+            },
+            Decided::Rejected { code, reason } => (
+                409,
+                serde_json::to_vec(&RejectedResponse {
+                    error: reason.clone(),
+                    code,
+                }),
+            ),
+        };
+        // These types always serialize; an empty body would still carry the status.
+        (status, body.unwrap_or_default())
+    }
+}
+
+/// The claim row's `state`: where the partition's owner answers checks and holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClaimInfo {
+    /// `host:port` of the owner's status endpoint; empty when it serves none.
+    #[serde(default)]
+    pub advertise: String,
+    #[serde(default)]
+    pub pid: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_is_the_ieee_one() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// The partition of a key is where librdkafka's own default partitioner puts it: the
+    /// C function every tally producer uses, called directly (a key never takes the random
+    /// branch, which is the only one that reads the topic handle).
+    #[test]
+    fn partition_of_is_librdkafkas_consistent_random() {
+        for partitions in [1, 2, 3, 6, 7, 12, 64] {
+            for i in 0..500 {
+                let key = format!("acct-{i:04}-{}", "x".repeat(i % 13));
+                // SAFETY: a non-empty key with a null topic handle: the consistent branch
+                // only hashes the key.
+                let theirs = unsafe {
+                    rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random(
+                        std::ptr::null(),
+                        key.as_ptr().cast(),
+                        key.len(),
+                        partitions,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                assert_eq!(partition_of(&key, partitions), theirs, "key {key}");
+            }
+        }
+    }
+}
