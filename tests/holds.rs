@@ -190,19 +190,20 @@ fn committed_holds(d: &Deployment) -> BTreeMap<String, Value> {
 
 /// The committed holds of `account`.
 fn committed_holds_of(d: &Deployment, account: &str) -> BTreeMap<String, Value> {
-    let state = d.sql(&format!(
-        "SELECT argMax(state, version) FROM checkpoints WHERE row_kind = 'state' \
+    // States are stored in tally's binary form: read the bytes as hex and decode them with
+    // tally's own codec (its JSON states of earlier versions load the same way).
+    let hex = d.sql(&format!(
+        "SELECT hex(argMax(state, version)) FROM checkpoints WHERE row_kind = 'state' \
          AND account = '{account}' AND version IN \
-         (SELECT version FROM checkpoints WHERE row_kind = 'offsets') FORMAT JSONEachRow"
+         (SELECT version FROM checkpoints WHERE row_kind = 'offsets')"
     ));
-    let row: Value = serde_json::from_str(state.trim()).expect("a state row");
-    let state: Value = serde_json::from_str(
-        row.as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .expect("state text"),
-    )
-    .expect("state JSON");
+    let hex = hex.trim();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let decoded = tally::store::state_codec::decode(&bytes).expect("a stored state");
+    let state = serde_json::to_value(&decoded).expect("state JSON");
     state["holds"]
         .as_object()
         .cloned()
