@@ -193,6 +193,43 @@ fn rollups_use_the_account_time_zone() {
     );
 }
 
+/// A database upgraded from a version that wrote `daily_usage` keeps its history: reports
+/// add those rows to the segments of `daily_rollups`, which a run writes now.
+#[test]
+fn daily_totals_written_before_segments_still_count() {
+    let d = Deployment::new(1);
+    let at = (Utc::now() - TimeDelta::days(2))
+        .date_naive()
+        .and_hms_opt(3, 0, 0)
+        .expect("valid")
+        .and_utc();
+    let day = (at + TimeDelta::hours(9)).date_naive().to_string();
+    // What an earlier version left: 2 calls, 14 credits (thousandths in storage).
+    d.sql(&format!(
+        "INSERT INTO daily_usage (day, account, service, user, feature, calls, failed_calls, \
+         credits, included, promotional, purchased, shortfall, version, flex) \
+         VALUES (toDate('{day}'), 'old', 'svc', 'u', 'erase', 2, 0, 14000, 0, 14000, 0, 0, 1, 0)"
+    ));
+    d.send(&[
+        grant(
+            "g",
+            "old",
+            at - TimeDelta::hours(1),
+            json!({"kind": "promotional", "credits": 50}),
+        ),
+        usage("u", "old", at, json!({"user": "u", "feature": "erase"})),
+    ]);
+    d.drain();
+    let report = d.json(&[
+        "report", "daily", "--from", &day, "--to", &day, "--by", "feature",
+    ]);
+    assert_eq!(
+        report,
+        json!([{"day": day, "account": "old", "feature": "erase", "calls": 3, "failed_calls": 0,
+                "credits": 21, "by_kind": {"included": 0, "promotional": 21, "purchased": 0, "flex": 0}, "shortfall": 0}])
+    );
+}
+
 #[test]
 fn bad_input_goes_to_the_dead_letter_topic_and_the_consumer_keeps_going() {
     let d = Deployment::new(1);
