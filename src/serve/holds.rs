@@ -196,6 +196,24 @@ fn nonempty(name: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What a check and a hold both ask of the call they name before it goes to the owner: an
+/// account within the key's scope and a call the matrix prices now. Gives the quantity.
+fn call_terms(
+    state: &Shared,
+    caller: &Caller,
+    account: &str,
+    feature: &str,
+    variant: Option<&str>,
+    quantity: Option<Credits>,
+) -> Result<Credits, ApiError> {
+    nonempty("account", account)?;
+    caller.may_read(account)?;
+    nonempty("feature", feature)?;
+    let quantity = quantity.unwrap_or(Credits::from_whole(1));
+    priced(state, feature, variant, quantity)?;
+    Ok(quantity)
+}
+
 /// 400 unless the matrix prices the call now.
 fn priced(
     state: &Shared,
@@ -238,15 +256,13 @@ pub async fn check(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: CheckRequest = parse_body(&body)?;
-    nonempty("account", &request.account)?;
-    caller.may_read(&request.account)?;
-    nonempty("feature", &request.feature)?;
-    let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
-    priced(
+    call_terms(
         &state,
+        &caller,
+        &request.account,
         &request.feature,
         request.variant.as_deref(),
-        quantity,
+        request.quantity,
     )?;
     let owners = &state.owners;
     let partition = owners.partition(&state, &request.account).await?;
@@ -314,17 +330,15 @@ pub async fn hold(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: HoldBody = parse_body(&body)?;
-    nonempty("account", &request.account)?;
-    caller.may_read(&request.account)?;
-    nonempty("id", &request.id)?;
-    nonempty("feature", &request.feature)?;
-    let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
-    priced(
+    let quantity = call_terms(
         &state,
+        &caller,
+        &request.account,
         &request.feature,
         request.variant.as_deref(),
-        quantity,
+        request.quantity,
     )?;
+    nonempty("id", &request.id)?;
     let max = tally_core::holds::MAX_HOLD_TTL_SECS;
     if request.ttl == 0 || request.ttl > max {
         return Err(ApiError::bad(
