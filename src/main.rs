@@ -14,6 +14,11 @@ use tally::cli::reports;
 use tally::config::Config;
 use tally::store::reads::By;
 
+/// The run thread allocates and frees small strings per call (events, ledger rows, day
+/// keys); glibc's malloc spent about 30% of its samples on them (`scripts/profile-drain.sh`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tally",
