@@ -18,8 +18,12 @@ const PAGES: [&str; 6] = [
 ];
 
 fn chromium(profile: &std::path::Path, args: &[&str]) -> (String, String) {
-    let out = Command::new("chromium")
+    // A bound on the browser: a chromium that hangs is killed and fails the test.
+    let out = Command::new("timeout")
         .args([
+            "--kill-after=10",
+            "180",
+            "chromium",
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

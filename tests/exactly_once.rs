@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{expected, workload, Deployment, Running, Snapshot};
+use common::{cut_at, expected, test_seed, workload, Deployment, Running, Snapshot};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -27,64 +27,89 @@ fn kill(mut child: Running) {
     child.wait().expect("reaped");
 }
 
-/// Stops a `tally run` with SIGTERM and requires the clean exit: drained, flushed,
-/// committed.
-fn terminate(child: Running) {
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let out = child.wait_with_output().expect("tally run exits");
-    assert!(
-        out.status.success(),
-        "tally run did not exit 0 on SIGTERM: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
     let events = workload(300, 100_000, 11);
     let clean = clean_run(4, &events);
 
     let d = Deployment::new(4);
-    d.send(&events);
-    let seed: u64 = std::env::var("TALLY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("crash schedule seed {seed} (replay with TALLY_TEST_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // Kills placed by progress: at five shares of the work, in order, each a little past
-    // the checkpoint that reached it, so they fall mid-flush as well as between flushes.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(test_seed("crash schedule"));
+    // Five kills, each in a part of the stream of its own: the part is sent, a run starts
+    // on it and is killed a seeded time after the checkpoints cover a seeded share of it,
+    // so kills fall mid-flush as well as between flushes; the rest of the stream is sent
+    // only after the kill, so every kill is mid-stream however fast the machine is.
     let total = events.len() as u64;
-    let mut shares: Vec<u64> = (0..5).map(|_| rng.gen_range(5..=85)).collect();
-    shares.sort_unstable();
+    let mut cuts: Vec<usize> = (0..5)
+        .map(|_| cut_at(&events, events.len() * rng.gen_range(5..=85) / 100))
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.push(events.len());
     let started = Instant::now();
+    let mut sent = 0;
     let mut at_kills = Vec::new();
-    for share in &shares {
+    for &cut in &cuts[..cuts.len() - 1] {
+        d.send(&events[sent..cut]);
+        let target = sent as u64 + (cut - sent) as u64 * rng.gen_range(0..=100) / 100;
+        sent = cut;
         let jitter = Duration::from_millis(rng.gen_range(0..150));
-        let covered = d.run_and_kill_at(total * share / 100, jitter);
-        at_kills.push(covered);
+        at_kills.push(d.run_and_kill_at(target, jitter));
     }
     let before_last = d.committed();
+    d.send(&events[sent..]);
     let summary = d.drain();
     eprintln!(
-        "crash test: {} events, SIGKILLs at {shares:?}% of the work (checkpoints then covered \
-         {at_kills:?}), last run applied {}, {:?}",
+        "crash test: {} events, sent in parts ending at {cuts:?}, SIGKILLs when the \
+         checkpoints covered {at_kills:?}, last run applied {}, {:?}",
         events.len(),
         summary["applied"],
         started.elapsed()
     );
-    assert!(
-        before_last < total,
-        "the kills fell after the end: the checkpoints covered {before_last} of {total}"
-    );
+    assert!(before_last < total, "{before_last} of {total} before the last run");
     let last = summary["applied"].as_u64().unwrap_or(0);
     assert!(last > 0, "the last run applied nothing");
     d.snapshot().assert_same(&clean, "after 5 SIGKILLs");
+}
+
+/// A group of `tally run` processes over a stream sent in three parts: the first is
+/// applied and committed by all of them, the second is under way when `members[0]` is
+/// SIGKILLed (a seeded time after the checkpoints cover a seeded share of it), and the
+/// third is sent only after the kill, so the kill is mid-stream whatever the machine's
+/// speed. Then `replace` starts the process that takes over, and the group finishes.
+fn kill_one_member_mid_stream(
+    d: &Deployment,
+    events: &[Value],
+    mut group: Vec<Running>,
+    replace: impl Fn() -> Running,
+    what: &str,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(test_seed(what));
+    let first = cut_at(events, events.len() * rng.gen_range(20..=50) / 100);
+    let second = cut_at(events, first + events.len() * rng.gen_range(10..=30) / 100);
+    d.send(&events[..first]);
+    d.wait_committed(first as u64, &mut group.iter_mut().collect::<Vec<_>>(), what);
+    d.send(&events[first..second]);
+    let target = (first + (second - first) * rng.gen_range(0..=90) / 100) as u64;
+    d.wait_committed(target, &mut group.iter_mut().collect::<Vec<_>>(), what);
+    std::thread::sleep(Duration::from_millis(rng.gen_range(0..100)));
+    kill(group.remove(0));
+    let at_kill = d.committed();
+    d.send(&events[second..]);
+    group.push(replace());
+    d.wait_committed(
+        events.len() as u64,
+        &mut group.iter_mut().collect::<Vec<_>>(),
+        what,
+    );
+    for child in group {
+        child.terminate(what);
+    }
+    eprintln!(
+        "{what}: {} events sent in parts ending at {first}, {second}; one process killed \
+         at {at_kill} committed",
+        events.len()
+    );
+    assert!(at_kill < events.len() as u64, "{at_kill} committed at the kill");
 }
 
 #[test]
@@ -93,65 +118,17 @@ fn three_processes_with_one_killed_and_its_partitions_moved_equal_one_clean_run(
     let clean = clean_run(6, &events);
 
     let d = Deployment::new(6);
-    d.send(&events);
     let started = Instant::now();
     // Three processes split the six partitions; the split is static because the local
     // broker's group coordinator stalls after a member dies (docs/guarantees.md). What is
     // under test is tally's part: a partition moving to another process mid-stream.
     let member = |owned: &str| d.spawn_run(&[], &[("TALLY_KAFKA__ASSIGNMENT", owned)]);
-    let mut group: Vec<Running> = ["0,1", "2,3", "4,5"]
+    let group: Vec<Running> = ["0,1", "2,3", "4,5"]
         .iter()
         .map(|owned| member(owned))
         .collect();
-    let committed = |partitions: &str| -> u64 {
-        d.sql(&format!(
-            "SELECT sum(u) + sum(c) FROM (SELECT partition, \
-             argMax(usage_offset, version) AS u, argMax(commands_offset, version) AS c \
-             FROM checkpoints WHERE row_kind = 'offsets' AND partition IN ({partitions}) \
-             GROUP BY partition)"
-        ))
-        .trim()
-        .parse()
-        .unwrap_or(0)
-    };
-    // Mid-stream: as soon as the first process has committed something, it dies without
-    // warning, and a new process takes over its partitions from their last checkpoint.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while committed("0, 1") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first process never committed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    kill(group.remove(0));
-    let at_kill = committed("0, 1, 2, 3, 4, 5");
-    assert!(
-        at_kill < events.len() as u64,
-        "killed after the end: {at_kill}"
-    );
-    group.push(member("0,1"));
-    // A bound on waiting for the group to catch up: committed offsets cover every event.
-    loop {
-        let committed = committed("0, 1, 2, 3, 4, 5");
-        if committed == events.len() as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the group stopped at {committed} of {}",
-            events.len()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for child in group {
-        terminate(child);
-    }
-    eprintln!(
-        "rebalance test: {} events, 3 processes on 6 partitions, 1 killed at {at_kill} committed, its 2 partitions moved to a new process, {:?}",
-        events.len(),
-        started.elapsed()
-    );
+    kill_one_member_mid_stream(&d, &events, group, || member("0,1"), "rebalance test");
+    eprintln!("rebalance test: {:?}", started.elapsed());
     d.snapshot().assert_same(&clean, "after a rebalance");
 }
 
@@ -190,7 +167,6 @@ fn three_group_members_with_one_killed_and_restarted_equal_one_clean_run() {
     let clean = clean_run(6, &events);
 
     let d = Deployment::new(6);
-    d.send(&events);
     let started = Instant::now();
     // One consumer group, range assignment, static members: a killed member that comes
     // back under its name takes its partitions back (docs/guarantees.md explains why the
@@ -204,36 +180,8 @@ fn three_group_members_with_one_killed_and_restarted_equal_one_clean_run() {
             ],
         )
     };
-    let mut group: Vec<Running> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
-    let committed = || d.committed();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while committed() == 0 {
-        assert!(Instant::now() < deadline, "the group never committed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    kill(group.remove(0));
-    let at_kill = committed();
-    assert!(
-        at_kill < events.len() as u64,
-        "killed after the end: {at_kill}"
-    );
-    group.push(member("a"));
-    while committed() < events.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the group stopped at {} of {}",
-            committed(),
-            events.len()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for child in group {
-        terminate(child);
-    }
-    eprintln!(
-        "group test: {} events, 3 members of one group on 6 partitions, 1 killed at {at_kill} committed and restarted, {:?}",
-        events.len(),
-        started.elapsed()
-    );
+    let group: Vec<Running> = ["a", "b", "c"].iter().map(|id| member(id)).collect();
+    kill_one_member_mid_stream(&d, &events, group, || member("a"), "group test");
+    eprintln!("group test: {:?}", started.elapsed());
     d.snapshot().assert_same(&clean, "after a group rebalance");
 }

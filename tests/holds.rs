@@ -441,11 +441,7 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
 fn holds_grant_exactly_what_credits_cover_across_sigkills() {
     const N: usize = 40;
     const M: i64 = 14;
-    let seed_value: u64 = std::env::var("TALLY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed_value} (TALLY_TEST_SEED={seed_value} repeats it)");
+    let seed_value = common::test_seed("hold kills");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed_value);
     let d = Deployment::new(3);
     let port = free_port();

@@ -37,9 +37,35 @@ fn tally(args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// A child process that is SIGKILLed and reaped when dropped while it runs, so a failed
+/// assertion leaves nothing behind.
+struct Guarded(Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `command` and returns it with a channel of its stderr lines.
-fn spawn(mut command: Command) -> (Child, mpsc::Receiver<String>) {
-    let mut child = command.spawn().expect("tally starts");
+fn spawn(mut command: Command) -> (Guarded, mpsc::Receiver<String>) {
+    let mut child = Guarded(command.spawn().expect("tally starts"));
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

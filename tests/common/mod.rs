@@ -160,7 +160,7 @@ impl Deployment {
     }
 
     /// `tally run --drain`: applies everything sent so far, then exits. A drain that has
-    /// not finished in ten minutes is killed and fails the test with its log.
+    /// not finished within `WAIT_LIMIT` fails the test with its log (and is killed).
     pub fn drain(&self) -> Value {
         self.drain_with(&[])
     }
@@ -172,18 +172,22 @@ impl Deployment {
                 .args(["--json", "run", "--drain"])
                 .envs(env.iter().copied()),
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
         while child.try_wait().expect("wait works").is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tally run --drain still running after {WAIT_LIMIT:?}, the checkpoints covering \
+                 {} records: {}",
+                self.committed(),
+                child.stderr_so_far()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = child.wait_with_output().expect("tally run exits");
         assert!(
             out.status.success(),
-            "tally run --drain failed or hung: {}",
+            "tally run --drain failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("run prints a JSON summary")
@@ -299,30 +303,45 @@ impl Deployment {
         .unwrap_or(0)
     }
 
-    /// Starts `tally run`, and SIGKILLs it `jitter` after the checkpoints first cover at
-    /// least `target` records, so a crash falls at a chosen share of the work whatever
-    /// the machine's speed. Returns what the checkpoints covered after the kill.
+    /// Waits until the checkpoints cover at least `target` records, with a bound; fails
+    /// with what it was waiting for, what the checkpoints covered, and the log of any of
+    /// `runs` that exited on the way.
+    pub fn wait_committed(&self, target: u64, runs: &mut [&mut Running], what: &str) -> u64 {
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let covered = self.committed();
+            if covered >= target {
+                return covered;
+            }
+            for run in runs.iter_mut() {
+                if let Some(status) = run.try_wait().expect("wait works") {
+                    panic!(
+                        "{what}: a tally run exited ({status}) while the checkpoints covered \
+                         {covered} of the {target} records waited for: {}",
+                        run.stderr_so_far()
+                    );
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: after {WAIT_LIMIT:?} the checkpoints covered {covered} of the \
+                 {target} records waited for"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One crash placed by the test: `tally run` starts on what has been sent so far,
+    /// is SIGKILLed `jitter` after the checkpoints first cover `target` records, and
+    /// returns what they covered after the kill. The caller holds back the rest of the
+    /// stream until this returns, so the kill falls mid-stream whatever the machine's
+    /// speed; the target and jitter only choose where in the part sent.
     pub fn run_and_kill_at(&self, target: u64, jitter: Duration) -> u64 {
         // Small batches: the checkpoints move in steps of at most 5,000 records, so a kill
         // placed at a share of the work falls near it, not a whole batch later.
         let mut child = self.spawn_run(&[], &[("TALLY_PIPELINE__MAX_BATCH_EVENTS", "5000")]);
-        // A bound on a wait for progress, not a synchronisation.
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
-        while self.committed() < target {
-            if let Some(status) = child.try_wait().expect("wait works") {
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "tally run exited ({status}) before the checkpoints reached {target}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the checkpoints never reached {target}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The crash schedule: how far past the share the kill falls.
+        self.wait_committed(target, &mut [&mut child], "a run before its SIGKILL");
+        // The crash schedule: how far past the target the kill falls.
         std::thread::sleep(jitter);
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
@@ -342,10 +361,15 @@ impl Deployment {
 
 /// A tally process whose output is read while it runs: a child that logs more than a pipe
 /// holds (64 KiB) would otherwise block on its next log line and look like a stall.
+///
+/// A `Running` that is dropped while its process lives (a failed assertion, a panic in the
+/// test) SIGKILLs and reaps it, so a failing test leaves nothing consuming.
 pub struct Running {
     child: std::process::Child,
     stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    /// What the process wrote to stderr so far, for a failure message while it runs.
+    stderr_seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Running {
@@ -355,20 +379,72 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("tally starts");
-        let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let stderr_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = |mut pipe: Box<dyn std::io::Read + Send>,
+                      seen: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
             std::thread::spawn(move || {
                 let mut out = Vec::new();
-                let _ = pipe.read_to_end(&mut out);
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                    if let Some(seen) = &seen {
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
                 out
             })
         };
-        let stdout = child.stdout.take().map(|p| reader(Box::new(p)));
-        let stderr = child.stderr.take().map(|p| reader(Box::new(p)));
+        let stdout = child.stdout.take().map(|p| reader(Box::new(p), None));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| reader(Box::new(p), Some(stderr_seen.clone())));
         Running {
             child,
             stdout,
             stderr,
+            stderr_seen,
         }
+    }
+
+    /// The last 4 KB of what the process has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        let seen = self.stderr_seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let tail = &seen[seen.len().saturating_sub(4096)..];
+        String::from_utf8_lossy(tail).into_owned()
+    }
+
+    /// SIGTERM: `tally run` drains, flushes, commits and must exit 0. Bounded: a process
+    /// still running after the bound fails the test (and is SIGKILLed by the drop).
+    pub fn terminate(mut self, what: &str) -> Output {
+        let pid = self.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "{what}: SIGTERM to {pid} failed");
+        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        while self.try_wait().expect("wait works").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: still running {WAIT_LIMIT:?} after SIGTERM: {}",
+                self.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = self.wait_with_output().expect("tally exits");
+        assert!(
+            out.status.success(),
+            "{what}: did not exit 0 on SIGTERM ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     pub fn id(&self) -> u32 {
@@ -399,6 +475,43 @@ impl Running {
             stderr: collect(self.stderr.take()),
         })
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The bound on every wait of these tests for progress of a process they started: far
+/// above what any run needs, so reaching it means a stall, never a slow machine.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// The seed of a random schedule: `TALLY_TEST_SEED` when given (to replay a failure),
+/// else a fresh one. Printed either way, with how to replay it.
+pub fn test_seed(what: &str) -> u64 {
+    let seed: u64 = std::env::var("TALLY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{what} seed {seed} (replay with TALLY_TEST_SEED={seed})");
+    seed
+}
+
+/// Where to cut `events` (in time order) near `at` so that every event after the cut is
+/// strictly later than every event before it: a stream sent in parts then merges as the
+/// whole stream would, whatever the tie-breaking rule between topics.
+pub fn cut_at(events: &[Value], at: usize) -> usize {
+    let time = |i: usize| events[i]["time"].as_str().unwrap_or_default().to_string();
+    let mut cut = at.clamp(1, events.len());
+    while cut < events.len() && time(cut) == time(cut - 1) {
+        cut += 1;
+    }
+    debug_assert!(cut == events.len() || time(cut) > time(cut - 1));
+    cut
 }
 
 /// What two runs over the same events must agree on.
