@@ -774,6 +774,7 @@ pub fn run(
             config.clickhouse.url, config.clickhouse.database
         )
     })?;
+    kafka::check_access(&config.kafka)?;
     let producer = kafka::producer(&config.kafka)?;
     let notifier = crate::notify::Notifier::spawn_counted(
         &rt,
