@@ -1596,14 +1596,8 @@ mod tests {
     }
 
     #[test]
-    fn clickhouse_https_and_zero_timeouts_are_refused_at_start() {
+    fn clickhouse_zero_timeouts_are_refused_at_start() {
         for (name, value, key, problem) in [
-            (
-                "TALLY_CLICKHOUSE__URL",
-                "https://ch.example.com:8443",
-                "clickhouse.url",
-                "https:// is not supported",
-            ),
             (
                 "TALLY_CLICKHOUSE__TIMEOUT",
                 "0s",
@@ -1632,6 +1626,237 @@ mod tests {
         let (config, _) =
             Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__TIMEOUT", "5s")])).unwrap();
         assert_eq!(config.clickhouse.timeout, Duration::from_secs(5));
+    }
+
+    /// A file of its own under the temp dir, written with `text`; the dir is removed by
+    /// the caller.
+    fn temp_file(dir: &Path, name: &str, text: &str) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file.display().to_string()
+    }
+
+    /// A PEM certificate that parses (the shape is what is checked here, not trust).
+    const TEST_CERT: &str =
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn clickhouse_https_is_accepted_and_its_ca_file_checked() {
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__URL", "https://ch.example.com:8443")]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.url, "https://ch.example.com:8443");
+        let dir = std::env::temp_dir().join(format!("tally-ca-{}", std::process::id()));
+        let ca = temp_file(&dir, "ca.pem", TEST_CERT);
+        let not_pem = temp_file(&dir, "notes.txt", "hello\n");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__URL", "https://127.0.0.1:18443"),
+                ("TALLY_CLICKHOUSE__CA_FILE", ca.as_str()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.ca_file, Path::new(&ca));
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Vars, &str); 5] = [
+            (&[("TALLY_CLICKHOUSE__CA_FILE", ca.as_str())], "only used with an https://"),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", "ca.pem"),
+                ],
+                "absolute",
+            ),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", "/nonexistent/ca.pem"),
+                ],
+                "not a file",
+            ),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", not_pem.as_str()),
+                ],
+                "no certificate",
+            ),
+            (&[("TALLY_CLICKHOUSE__URL", "https://")], "not an http:// or https:// URL"),
+        ];
+        for (vars, problem) in cases {
+            let text = Config::load(&shipped(), env(vars)).unwrap_err().to_string();
+            assert!(text.contains("clickhouse."), "{vars:?}: {text}");
+            assert!(text.contains(problem), "{vars:?}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kafka_security_settings_are_checked_together() {
+        let dir = std::env::temp_dir().join(format!("tally-kafka-sec-{}", std::process::id()));
+        let ca = temp_file(&dir, "ca.pem", TEST_CERT);
+        let password = temp_file(&dir, "password", "from-file\n");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("TALLY_KAFKA__SASL_MECHANISM", "PLAIN"),
+                ("TALLY_KAFKA__SASL_USERNAME", "api-key"),
+                ("TALLY_KAFKA__SASL_PASSWORD_FILE", password.as_str()),
+                ("TALLY_KAFKA__SSL_CA_FILE", ca.as_str()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(config.kafka.sasl_mechanism, SaslMechanism::Plain);
+        assert_eq!(config.kafka.sasl_password.expose(), "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+        assert!(!toml::Table::try_from(&config)
+            .unwrap()
+            .to_string()
+            .contains("from-file"));
+
+        let sasl = [
+            ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+        ];
+        type Vars<'a> = Vec<(&'a str, &'a str)>;
+        let with = |extra: &[(&'static str, &'static str)]| -> Vars {
+            sasl.iter().chain(extra).copied().collect()
+        };
+        let ca_var = ("TALLY_KAFKA__SSL_CA_FILE", ca.as_str());
+        let cases: Vec<(Vars, &str, &str)> = vec![
+            (
+                vec![("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl")],
+                "kafka.security_protocol",
+                "unknown variant",
+            ),
+            (
+                with(&[("TALLY_KAFKA__SASL_MECHANISM", "GSSAPI")]),
+                "kafka.sasl_mechanism",
+                "unknown variant",
+            ),
+            (with(&[]), "kafka.sasl_password_file", "needs a password"),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
+                "kafka.sasl_username",
+                "must be set",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                    ("TALLY_KAFKA__SASL_MECHANISM", "PLAIN"),
+                    ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
+                "kafka.sasl_mechanism",
+                "in clear",
+            ),
+            (
+                vec![("TALLY_KAFKA__SASL_USERNAME", "tally"), ("TALLY_KAFKA__SASL_PASSWORD", "hunter2")],
+                "kafka.security_protocol",
+                "does not log in",
+            ),
+            (vec![ca_var], "kafka.ssl_ca_file", "only used with security_protocol"),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "ssl"),
+                    ("TALLY_KAFKA__SSL_CA_FILE", "certs/ca.pem"),
+                ],
+                "kafka.ssl_ca_file",
+                "absolute",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "ssl"),
+                    ("TALLY_KAFKA__SSL_CERT_FILE", ca.as_str()),
+                ],
+                "kafka.ssl_key_file",
+                "go together",
+            ),
+            (
+                with(&[
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                    ("TALLY_KAFKA__SASL_PASSWORD_FILE", "/etc/hostname"),
+                ]),
+                "kafka.sasl_password_file",
+                "not both",
+            ),
+        ];
+        for (vars, key, problem) in cases {
+            let text = Config::load(&shipped(), env(&vars)).unwrap_err().to_string();
+            assert!(text.contains(key), "{vars:?}: {text}");
+            assert!(text.contains(problem), "{vars:?}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        // mutual TLS: a certificate with its key; SCRAM over sasl_plaintext is allowed.
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.sasl_mechanism, SaslMechanism::ScramSha512);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn credentials_written_in_the_file_are_refused_naming_where_they_go() {
+        let dir = std::env::temp_dir().join(format!("tally-secret-{}", std::process::id()));
+        for (text, key, variable) in [
+            ("[kafka]\nsasl_password = \"hunter2\"\n", "kafka.sasl_password", "TALLY_KAFKA__SASL_PASSWORD"),
+            ("[clickhouse]\npassword = \"hunter2\"\n", "clickhouse.password", "TALLY_CLICKHOUSE__PASSWORD"),
+            ("[smtp]\npassword = \"hunter2\"\n", "smtp.password", "TALLY_SMTP__PASSWORD"),
+            ("[serve]\nkeys = \"admin=hunter2\"\n", "serve.keys", "TALLY_SERVE__KEYS"),
+        ] {
+            let file = temp_file(&dir, "tally.toml", text);
+            let err = Config::load(Path::new(&file), env(&[])).unwrap_err().to_string();
+            assert!(
+                err.contains(&file) && err.contains(key) && err.contains(variable),
+                "{err}"
+            );
+            assert!(err.contains("never written in the config file"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_without_rules_matrix_uses_the_built_in_matrix_wherever_it_lives() {
+        let dir = std::env::temp_dir().join(format!("tally-empty-{}", std::process::id()));
+        let file = temp_file(&dir, "tally.toml", "");
+        let (_, rules) = Config::load(Path::new(&file), env(&[])).unwrap();
+        assert!(rules
+            .matrix
+            .price(
+                "erase",
+                None,
+                Credits::from_whole(1),
+                "2026-11-20T00:00:00Z".parse().unwrap()
+            )
+            .is_ok());
+        // Given, in the file or the environment, the matrix file must exist.
+        let given = temp_file(&dir, "tally.toml", "[rules]\nmatrix = \"matrix.toml\"\n");
+        let err = Config::load(Path::new(&given), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("rules.matrix") && err.contains("cannot read"), "{err}");
+        let err = Config::load(
+            Path::new(&file),
+            env(&[("TALLY_RULES__MATRIX", "prices.toml")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rules.matrix") && err.contains("prices.toml"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
