@@ -89,22 +89,6 @@ if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
     python3 -m pip install -q --break-system-packages confluent-kafka >>"$LOGS/install-pip.log" 2>&1 ||
     { tail -n 20 "$LOGS/install-pip.log" >&2; die "pip install confluent-kafka failed"; }
 fi
-if [[ ! -x $TANSU ]]; then
-  # stack-up.sh builds it (about 12 minutes); one build at a time.
-  log "no $TANSU: running scripts/stack-up.sh's install of it"
-  if pgrep -f "cargo install tansu" >/dev/null; then
-    end=$((SECONDS + 2400))
-    while [[ ! -x $TANSU ]] && pgrep -f "cargo install tansu" >/dev/null; do
-      ((SECONDS < end)) || die "timed out waiting for the running 'cargo install tansu'"
-      sleep 10
-    done
-  fi
-  if [[ ! -x $TANSU ]]; then
-    cargo install tansu --locked --features dynostore,libsql >>"$LOGS/install-tansu.log" 2>&1 ||
-      { tail -n 30 "$LOGS/install-tansu.log" >&2; die "cargo install tansu failed"; }
-  fi
-fi
-
 # ---- certificates --------------------------------------------------------------------------
 # A CA, a server certificate for 127.0.0.1 and localhost (used by socat and ClickHouse), and a
 # client certificate for mutual TLS. Made once; delete .stack/secure-tls to make new ones.
@@ -179,56 +163,6 @@ tls_sasl() { kafka_check "$TLS_PORT" sasl_ssl; }
 mtls_sasl() { kafka_check "$MTLS_PORT" sasl_ssl; }
 ch_https() { [[ $(curl -s --cacert "$CERTS/ca.pem" "https://127.0.0.1:$SCH_HTTPS_PORT/ping") == Ok.* ]]; }
 
-# ---- tansu with SASL --------------------------------------------------------------------------
-# tansu 0.6 takes SCRAM users only while it runs without --authentication, and keeps them in
-# its storage: create the user on sqlite storage, then restart it with --authentication.
-start_tansu() {   # start_tansu [--authentication]
-  # sqlite://NAME is resolved relative to the working directory, which start_bg sets.
-  RUST_LOG="${TANSU_RUST_LOG:-warn}" start_bg tansu-secure "$TANSU_DIR" "$TANSU" broker \
-    --listener-url "tcp://$HOST:$SASL_PORT" \
-    --advertised-listener-url "tcp://$HOST:$TLS_PORT" \
-    --storage-engine "sqlite://tansu.db" "$@" 9>&-
-}
-marker="$TANSU_DIR/user-$KAFKA_USER"
-if ! pid_alive tansu-secure || [[ ! -e $marker ]]; then
-  pid_alive tansu-secure && stop tansu-secure
-  port_open "$SASL_PORT" && die "port $SASL_PORT is taken by another process; set SECURE_KAFKA_PORT"
-  mkdir -p "$TANSU_DIR"
-  if [[ ! -e $marker ]]; then
-    start_tansu
-    wait_for tansu-secure port_open "$SASL_PORT"
-    # `user create` answers once the broker is up; retried while it starts.
-    end=$((SECONDS + DEADLINE))
-    until "$TANSU" user create --broker "tcp://$HOST:$SASL_PORT" "$KAFKA_USER" "$PASSWORD" \
-        >>"$LOGS/tansu-secure.log" 2>&1; do
-      ((SECONDS < end)) || { tail -n 20 "$LOGS/tansu-secure.log" >&2; die "tansu user create failed"; }
-      sleep 1
-    done
-    stop tansu-secure
-    touch "$marker"
-    log "SCRAM-SHA-512 user $KAFKA_USER created in $TANSU_DIR/tansu.db"
-  fi
-  start_tansu --authentication
-fi
-wait_for tansu-secure tansu_sasl
-# A login with a wrong password must be refused, or the stack tests nothing.
-if kafka_check "$SASL_PORT" sasl_plaintext wrong-password >/dev/null 2>&1; then
-  die "tansu on $SASL_PORT accepts a wrong password: is it running without --authentication?"
-fi
-
-# ---- TLS terminators ----------------------------------------------------------------------------
-start_socat() {   # start_socat NAME PORT EXTRA-OPENSSL-OPTIONS
-  port_open "$2" && die "port $2 is taken by another process; set SECURE_KAFKA_PORT"
-  start_bg "$1" "$CERTS" socat \
-    "OPENSSL-LISTEN:$2,bind=$HOST,reuseaddr,fork,cert=$CERTS/server-bundle.pem,$3" \
-    "TCP:$HOST:$SASL_PORT" 9>&-
-}
-pid_alive socat-secure || start_socat socat-secure "$TLS_PORT" "verify=0"
-pid_alive socat-secure-mtls ||
-  start_socat socat-secure-mtls "$MTLS_PORT" "cafile=$CERTS/ca.pem,verify=1"
-wait_for socat-secure tls_sasl
-wait_for socat-secure-mtls mtls_sasl
-
 # ---- ClickHouse with HTTPS ----------------------------------------------------------------------
 start_clickhouse_secure() {
   mkdir -p "$CH_DIR"/{data,tmp,user_files,format_schemas}
@@ -289,6 +223,74 @@ EOF
 }
 ch_https >/dev/null 2>&1 || pid_alive clickhouse-secure || start_clickhouse_secure
 wait_for clickhouse-secure ch_https
+
+# ---- tansu --------------------------------------------------------------------------------------
+if [[ ! -x $TANSU ]]; then
+  # stack-up.sh builds it (about 12 minutes); one build at a time.
+  log "no $TANSU: running scripts/stack-up.sh's install of it"
+  if pgrep -f "cargo install tansu" >/dev/null; then
+    end=$((SECONDS + 2400))
+    while [[ ! -x $TANSU ]] && pgrep -f "cargo install tansu" >/dev/null; do
+      ((SECONDS < end)) || die "timed out waiting for the running 'cargo install tansu'"
+      sleep 10
+    done
+  fi
+  if [[ ! -x $TANSU ]]; then
+    cargo install tansu --locked --features dynostore,libsql >>"$LOGS/install-tansu.log" 2>&1 ||
+      { tail -n 30 "$LOGS/install-tansu.log" >&2; die "cargo install tansu failed"; }
+  fi
+fi
+
+
+# ---- tansu with SASL --------------------------------------------------------------------------
+# tansu 0.6 takes SCRAM users only while it runs without --authentication, and keeps them in
+# its storage: create the user on sqlite storage, then restart it with --authentication.
+start_tansu() {   # start_tansu [--authentication]
+  # sqlite://NAME is resolved relative to the working directory, which start_bg sets.
+  RUST_LOG="${TANSU_RUST_LOG:-warn}" start_bg tansu-secure "$TANSU_DIR" "$TANSU" broker \
+    --listener-url "tcp://$HOST:$SASL_PORT" \
+    --advertised-listener-url "tcp://$HOST:$TLS_PORT" \
+    --storage-engine "sqlite://tansu.db" "$@" 9>&-
+}
+marker="$TANSU_DIR/user-$KAFKA_USER"
+if ! pid_alive tansu-secure || [[ ! -e $marker ]]; then
+  pid_alive tansu-secure && stop tansu-secure
+  port_open "$SASL_PORT" && die "port $SASL_PORT is taken by another process; set SECURE_KAFKA_PORT"
+  mkdir -p "$TANSU_DIR"
+  if [[ ! -e $marker ]]; then
+    start_tansu
+    wait_for tansu-secure port_open "$SASL_PORT"
+    # `user create` answers once the broker is up; retried while it starts.
+    end=$((SECONDS + DEADLINE))
+    until "$TANSU" user create --broker "tcp://$HOST:$SASL_PORT" "$KAFKA_USER" "$PASSWORD" \
+        >>"$LOGS/tansu-secure.log" 2>&1; do
+      ((SECONDS < end)) || { tail -n 20 "$LOGS/tansu-secure.log" >&2; die "tansu user create failed"; }
+      sleep 1
+    done
+    stop tansu-secure
+    touch "$marker"
+    log "SCRAM-SHA-512 user $KAFKA_USER created in $TANSU_DIR/tansu.db"
+  fi
+  start_tansu --authentication
+fi
+wait_for tansu-secure tansu_sasl
+# A login with a wrong password must be refused, or the stack tests nothing.
+if kafka_check "$SASL_PORT" sasl_plaintext wrong-password >/dev/null 2>&1; then
+  die "tansu on $SASL_PORT accepts a wrong password: is it running without --authentication?"
+fi
+
+# ---- TLS terminators ----------------------------------------------------------------------------
+start_socat() {   # start_socat NAME PORT EXTRA-OPENSSL-OPTIONS
+  port_open "$2" && die "port $2 is taken by another process; set SECURE_KAFKA_PORT"
+  start_bg "$1" "$CERTS" socat \
+    "OPENSSL-LISTEN:$2,bind=$HOST,reuseaddr,fork,cert=$CERTS/server-bundle.pem,$3" \
+    "TCP:$HOST:$SASL_PORT" 9>&-
+}
+pid_alive socat-secure || start_socat socat-secure "$TLS_PORT" "verify=0"
+pid_alive socat-secure-mtls ||
+  start_socat socat-secure-mtls "$MTLS_PORT" "cafile=$CERTS/ca.pem,verify=1"
+wait_for socat-secure tls_sasl
+wait_for socat-secure-mtls mtls_sasl
 
 cat >"$ENV_FILE" <<EOF
 SECURE_KAFKA_SASL=$HOST:$SASL_PORT

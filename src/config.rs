@@ -219,7 +219,10 @@ impl SecurityProtocol {
     }
 
     pub fn sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 
     pub fn tls(self) -> bool {
@@ -706,8 +709,7 @@ impl Config {
         // Whether `rules.matrix` was given (in the file or the environment): only then must
         // that file exist; left out, the shipped matrix built into the binary stands in for a
         // `matrix.toml` that is not next to the config file.
-        let matrix_given = overridden.iter().any(|(k, _)| k == "rules.matrix")
-            || matrix_in_file;
+        let matrix_given = overridden.iter().any(|(k, _)| k == "rules.matrix") || matrix_in_file;
         let rules = config.validate_matrix_given(&file, base, matrix_given)?;
         config.read_secrets(&file)?;
         Ok((config, rules))
@@ -1032,7 +1034,8 @@ impl Config {
                         .into(),
                 ));
             }
-            if protocol == SecurityProtocol::SaslPlaintext && k.sasl_mechanism == SaslMechanism::Plain
+            if protocol == SecurityProtocol::SaslPlaintext
+                && k.sasl_mechanism == SaslMechanism::Plain
             {
                 // PLAIN sends the password as it is: over plain text, to anyone on the path.
                 return Err(key_err(
@@ -1663,7 +1666,10 @@ mod tests {
         assert_eq!(config.clickhouse.ca_file, Path::new(&ca));
         type Vars<'a> = &'a [(&'a str, &'a str)];
         let cases: [(Vars, &str); 5] = [
-            (&[("TALLY_CLICKHOUSE__CA_FILE", ca.as_str())], "only used with an https://"),
+            (
+                &[("TALLY_CLICKHOUSE__CA_FILE", ca.as_str())],
+                "only used with an https://",
+            ),
             (
                 &[
                     ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
@@ -1685,7 +1691,10 @@ mod tests {
                 ],
                 "no certificate",
             ),
-            (&[("TALLY_CLICKHOUSE__URL", "https://")], "not an http:// or https:// URL"),
+            (
+                &[("TALLY_CLICKHOUSE__URL", "https://")],
+                "not an http:// or https:// URL",
+            ),
         ];
         for (vars, problem) in cases {
             let text = Config::load(&shipped(), env(vars)).unwrap_err().to_string();
@@ -1760,11 +1769,18 @@ mod tests {
                 "in clear",
             ),
             (
-                vec![("TALLY_KAFKA__SASL_USERNAME", "tally"), ("TALLY_KAFKA__SASL_PASSWORD", "hunter2")],
+                vec![
+                    ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
                 "kafka.security_protocol",
                 "does not log in",
             ),
-            (vec![ca_var], "kafka.ssl_ca_file", "only used with security_protocol"),
+            (
+                vec![ca_var],
+                "kafka.ssl_ca_file",
+                "only used with security_protocol",
+            ),
             (
                 vec![
                     ("TALLY_KAFKA__SECURITY_PROTOCOL", "ssl"),
@@ -1791,7 +1807,9 @@ mod tests {
             ),
         ];
         for (vars, key, problem) in cases {
-            let text = Config::load(&shipped(), env(&vars)).unwrap_err().to_string();
+            let text = Config::load(&shipped(), env(&vars))
+                .unwrap_err()
+                .to_string();
             assert!(text.contains(key), "{vars:?}: {text}");
             assert!(text.contains(problem), "{vars:?}: {text}");
             assert!(!text.contains("hunter2"), "{text}");
@@ -1814,13 +1832,31 @@ mod tests {
     fn credentials_written_in_the_file_are_refused_naming_where_they_go() {
         let dir = std::env::temp_dir().join(format!("tally-secret-{}", std::process::id()));
         for (text, key, variable) in [
-            ("[kafka]\nsasl_password = \"hunter2\"\n", "kafka.sasl_password", "TALLY_KAFKA__SASL_PASSWORD"),
-            ("[clickhouse]\npassword = \"hunter2\"\n", "clickhouse.password", "TALLY_CLICKHOUSE__PASSWORD"),
-            ("[smtp]\npassword = \"hunter2\"\n", "smtp.password", "TALLY_SMTP__PASSWORD"),
-            ("[serve]\nkeys = \"admin=hunter2\"\n", "serve.keys", "TALLY_SERVE__KEYS"),
+            (
+                "[kafka]\nsasl_password = \"hunter2\"\n",
+                "kafka.sasl_password",
+                "TALLY_KAFKA__SASL_PASSWORD",
+            ),
+            (
+                "[clickhouse]\npassword = \"hunter2\"\n",
+                "clickhouse.password",
+                "TALLY_CLICKHOUSE__PASSWORD",
+            ),
+            (
+                "[smtp]\npassword = \"hunter2\"\n",
+                "smtp.password",
+                "TALLY_SMTP__PASSWORD",
+            ),
+            (
+                "[serve]\nkeys = \"admin=hunter2\"\n",
+                "serve.keys",
+                "TALLY_SERVE__KEYS",
+            ),
         ] {
             let file = temp_file(&dir, "tally.toml", text);
-            let err = Config::load(Path::new(&file), env(&[])).unwrap_err().to_string();
+            let err = Config::load(Path::new(&file), env(&[]))
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains(&file) && err.contains(key) && err.contains(variable),
                 "{err}"
@@ -1847,15 +1883,23 @@ mod tests {
             .is_ok());
         // Given, in the file or the environment, the matrix file must exist.
         let given = temp_file(&dir, "tally.toml", "[rules]\nmatrix = \"matrix.toml\"\n");
-        let err = Config::load(Path::new(&given), env(&[])).unwrap_err().to_string();
-        assert!(err.contains("rules.matrix") && err.contains("cannot read"), "{err}");
+        let err = Config::load(Path::new(&given), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rules.matrix") && err.contains("cannot read"),
+            "{err}"
+        );
         let err = Config::load(
             Path::new(&file),
             env(&[("TALLY_RULES__MATRIX", "prices.toml")]),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("rules.matrix") && err.contains("prices.toml"), "{err}");
+        assert!(
+            err.contains("rules.matrix") && err.contains("prices.toml"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

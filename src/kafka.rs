@@ -154,6 +154,12 @@ impl AccessRecorder {
                     config.sasl_mechanism.as_str()
                 ))
             }
+            // A TLS alert from the broker about our certificate (it requires one, or does
+            // not trust the one sent) may come as a failed receive, not an SSL error.
+            _ if reason.contains("alert") && reason.contains("certificate") => Some(format!(
+                "the broker refused this client's TLS certificate ({reason}); mutual TLS \
+                 needs kafka.ssl_cert_file and kafka.ssl_key_file, signed by a CA it trusts"
+            )),
             Some(RDKafkaErrorCode::SSL) => Some(if reason.contains("certificate verify failed") {
                 format!(
                     "the broker's TLS certificate is not trusted ({reason}); set \

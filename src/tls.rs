@@ -11,7 +11,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("`{}` is not a PEM file of certificates: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "`{}` is not a PEM file of certificates: {e}",
+                path.display()
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!("`{}` holds no certificate", path.display()));
     }
@@ -36,9 +41,15 @@ mod tests {
         let file = dir.join("ca.pem");
         std::fs::write(&file, "not a certificate\n").unwrap();
         let err = load_certs(&file).unwrap_err();
-        assert!(err.contains("ca.pem") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("ca.pem") && err.contains("no certificate"),
+            "{err}"
+        );
         let err = load_key(&file).unwrap_err();
-        assert!(err.contains("ca.pem") && err.contains("private key"), "{err}");
+        assert!(
+            err.contains("ca.pem") && err.contains("private key"),
+            "{err}"
+        );
         assert!(!err.contains("not a certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -205,7 +205,14 @@ fn sasl_ssl_and_https_end_to_end_with_balances_computed_by_hand() {
     let ca = s.get("SECURE_CA_FILE");
     let curl = |args: &[&str]| -> (bool, String) {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "20", "--fail-with-body", "--cacert", ca])
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "--fail-with-body",
+                "--cacert",
+                ca,
+            ])
             .args(args)
             .output()
             .expect("curl runs");
@@ -235,7 +242,12 @@ fn sasl_ssl_and_https_end_to_end_with_balances_computed_by_hand() {
     }
     // Plain HTTP on the TLS port gets no answer, and a client without the CA refuses it.
     let plain = Command::new("curl")
-        .args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{port}/healthz")])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
         .output()
         .expect("curl runs");
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("ok"));
@@ -243,9 +255,17 @@ fn sasl_ssl_and_https_end_to_end_with_balances_computed_by_hand() {
         .args(["-sS", "--max-time", "10", &format!("{base}/healthz")])
         .output()
         .expect("curl runs");
-    assert!(!untrusted.status.success(), "curl without the CA trusted it");
+    assert!(
+        !untrusted.status.success(),
+        "curl without the CA trusted it"
+    );
 
-    let event = usage("s1", "acme", at(2), json!({"user": "kim", "feature": "erase"}));
+    let event = usage(
+        "s1",
+        "acme",
+        at(2),
+        json!({"user": "kim", "feature": "erase"}),
+    );
     let auth = format!("Authorization: Bearer {key}");
     let (ok, answer) = curl(&[
         "-X",
@@ -269,11 +289,7 @@ fn sasl_ssl_and_https_end_to_end_with_balances_computed_by_hand() {
     assert_eq!(summary["applied"], 1, "{summary}");
     // The erase (7) is paid by the pack: 95 - 7 = 88.
     let acme = d.balance("acme");
-    assert_eq!(
-        milli(&acme["pools"]["ai"]["available"]),
-        88_000,
-        "{acme}"
-    );
+    assert_eq!(milli(&acme["pools"]["ai"]["available"]), 88_000, "{acme}");
 }
 
 #[test]
@@ -283,7 +299,10 @@ fn a_wrong_password_stops_start_up_naming_the_settings() {
         let mut command = d.command();
         command
             .args(args)
-            .env("TALLY_SERVE__KEYS", "admin=admin-secure-test-key-0123456789")
+            .env(
+                "TALLY_SERVE__KEYS",
+                "admin=admin-secure-test-key-0123456789",
+            )
             .env("TALLY_SERVE__LISTEN", format!("127.0.0.1:{}", free_port()))
             .env_remove("TALLY_KAFKA__SASL_PASSWORD_FILE")
             .env("TALLY_KAFKA__SASL_PASSWORD", "not-the-password");
@@ -296,7 +315,10 @@ fn a_wrong_password_stops_start_up_naming_the_settings() {
         &["grant", "acme", "--credits", "5", "--kind", "promotional"][..],
         &["serve"][..],
     ] {
-        let stderr = fails(&mut wrong(args), &format!("tally {args:?} with a wrong password"));
+        let stderr = fails(
+            &mut wrong(args),
+            &format!("tally {args:?} with a wrong password"),
+        );
         assert!(
             stderr.contains("refused the SASL login")
                 && stderr.contains("kafka.sasl_username")
@@ -329,7 +351,10 @@ fn a_wrong_password_stops_start_up_naming_the_settings() {
     }
     let out = child.wait_with_output().expect("exits");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("kafka.sasl_username"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("kafka.sasl_username"),
+        "{stderr}"
+    );
     // Nothing reached the topic: a drain with the right password applies nothing.
     assert_eq!(d.drain()["applied"], 0);
 }
@@ -356,7 +381,10 @@ fn untrusted_certificates_stop_start_up_naming_the_setting() {
         let stderr = fails(
             d.command()
                 .args(args)
-                .env("TALLY_SERVE__KEYS", "admin=admin-secure-test-key-0123456789")
+                .env(
+                    "TALLY_SERVE__KEYS",
+                    "admin=admin-secure-test-key-0123456789",
+                )
                 .env("TALLY_SERVE__LISTEN", format!("127.0.0.1:{}", free_port()))
                 .env_remove("TALLY_CLICKHOUSE__CA_FILE"),
             &format!("tally {args:?} without clickhouse.ca_file"),
@@ -395,17 +423,18 @@ fn mutual_tls_presents_the_client_certificate() {
             .env("TALLY_KAFKA__SSL_CERT_FILE", s.get("SECURE_CLIENT_CERT"))
             .env("TALLY_KAFKA__SSL_KEY_FILE", s.get("SECURE_CLIENT_KEY")),
     );
-    let out = bounded(&mut with, START_UP_LIMIT, "tally grant with a client certificate");
+    let out = bounded(
+        &mut with,
+        START_UP_LIMIT,
+        "tally grant with a client certificate",
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(d.drain()["applied"], 1);
-    assert_eq!(
-        milli(&d.balance("acme")["pools"]["ai"]["available"]),
-        5_000
-    );
+    assert_eq!(milli(&d.balance("acme")["pools"]["ai"]["available"]), 5_000);
 }
 
 fn free_port() -> u16 {

@@ -110,13 +110,18 @@ impl ServeConfig {
                 "serve.tls_cert and serve.tls_key go together (both empty: plain HTTP)".into(),
             ));
         }
-        for (key, path) in [("serve.tls_cert", &self.tls_cert), ("serve.tls_key", &self.tls_key)]
-        {
+        for (key, path) in [
+            ("serve.tls_cert", &self.tls_cert),
+            ("serve.tls_key", &self.tls_key),
+        ] {
             if path.as_os_str().is_empty() {
                 continue;
             }
             if !path.is_absolute() {
-                return Err((key, format!("`{}` must be an absolute path", path.display())));
+                return Err((
+                    key,
+                    format!("`{}` must be an absolute path", path.display()),
+                ));
             }
             if let Err(e) = std::fs::File::open(path) {
                 return Err((key, format!("cannot read `{}`: {e}", path.display())));

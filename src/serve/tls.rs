@@ -74,7 +74,9 @@ where
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, addr)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(peer = ?addr, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = ?addr, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = ?addr, "TLS handshake timed out"),
                     }
                 });

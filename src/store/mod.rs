@@ -22,7 +22,7 @@ use crate::config::ClickHouseConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("ClickHouse: {0}")]
-    ClickHouse(clickhouse::error::Error),
+    ClickHouse(#[source] clickhouse::error::Error),
     /// TLS with the server failed: a setting is wrong, and no retry cures it.
     #[error("ClickHouse: TLS failed: {problem}; {hint}")]
     Tls { problem: String, hint: &'static str },
@@ -81,14 +81,13 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls.clone());
         }
-        let inner = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(tls) = inner {
-            return Some(tls.clone());
-        }
-        current = error.source();
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => std::error::Error::source(io),
+            },
+            None => error.source(),
+        };
     }
     None
 }
@@ -192,7 +191,9 @@ fn tls_config(config: &ClickHouseConfig) -> rustls::ClientConfig {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
         Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
         // The ring provider supports the default versions; kept as a fallback, not a panic.
         Err(e) => {
