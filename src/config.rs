@@ -174,6 +174,82 @@ pub struct KafkaConfig {
     /// How long an event waits for the other topic of its partition before it is applied.
     #[serde(with = "humantime_serde")]
     pub max_idle: Duration,
+    /// How every Kafka client of tally reaches the brokers: `plaintext`, `ssl`,
+    /// `sasl_plaintext` or `sasl_ssl` (librdkafka's `security.protocol`).
+    pub security_protocol: SecurityProtocol,
+    /// With `sasl_*`: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: SaslMechanism,
+    /// With `sasl_*`: the SASL user name (Confluent Cloud: the API key).
+    pub sasl_username: String,
+    /// With `sasl_*`: the SASL password. Only from the environment
+    /// (TALLY_KAFKA__SASL_PASSWORD), refused in the file; never logged.
+    pub sasl_password: Secret,
+    /// Absolute path of a file holding the SASL password (e.g. a mounted secret), read at
+    /// start-up; instead of TALLY_KAFKA__SASL_PASSWORD. Empty: none.
+    pub sasl_password_file: PathBuf,
+    /// With `ssl` or `sasl_ssl`: absolute path of the CA certificates (PEM) that sign the
+    /// brokers' certificates, for a private CA. Empty: the system's CA certificates.
+    pub ssl_ca_file: PathBuf,
+    /// With `ssl` or `sasl_ssl`, for mutual TLS: absolute path of this client's
+    /// certificate (PEM). Empty: none.
+    pub ssl_cert_file: PathBuf,
+    /// The private key (PEM) of `ssl_cert_file`; absolute path. Empty: none.
+    pub ssl_key_file: PathBuf,
+}
+
+/// How Kafka clients connect (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The value librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanisms librdkafka has once it is built with OpenSSL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The value librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// How a `tally run` process gets its partitions.
@@ -235,8 +311,8 @@ impl<'de> Deserialize<'de> for Assignment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP endpoint, e.g. `http://127.0.0.1:8123` (plain HTTP only: this build has no TLS
-    /// for ClickHouse, so `https://` is refused at start-up rather than at the first query).
+    /// HTTP or HTTPS endpoint, e.g. `http://127.0.0.1:8123` or
+    /// `https://abc.clickhouse.cloud:8443`.
     pub url: String,
     /// Database holding tally's tables; `tally migrate` creates it.
     pub database: String,
@@ -252,6 +328,10 @@ pub struct ClickHouseConfig {
     /// answer), so a hung server fails the call instead of blocking tally.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// With an `https://` url: absolute path of the CA certificates (PEM) that sign the
+    /// server's certificate, for a private CA; only these are then trusted. Empty: the
+    /// public CAs built into tally (Mozilla's list).
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,6 +474,14 @@ impl Default for KafkaConfig {
             partitions: 6,
             assignment: Assignment::All,
             max_idle: Duration::from_millis(200),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: String::new(),
+            sasl_password: Secret::default(),
+            sasl_password_file: PathBuf::new(),
+            ssl_ca_file: PathBuf::new(),
+            ssl_cert_file: PathBuf::new(),
+            ssl_key_file: PathBuf::new(),
         }
     }
 }
@@ -407,6 +495,7 @@ impl Default for ClickHouseConfig {
             password: Secret::default(),
             password_file: PathBuf::new(),
             timeout: Duration::from_secs(30),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -581,6 +670,8 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        refuse_secrets_in_file(&value, &file)?;
+        let matrix_in_file = file_table_has(&value, "rules.matrix");
         let defaults = Config::default_table();
         let mut overridden = Vec::new();
         for (name, raw) in env {
@@ -615,25 +706,42 @@ impl Config {
                 }
             })?;
         let base = path.map(|p| p.parent().unwrap_or(Path::new(".")));
-        let rules = config.validate(&file, base)?;
+        // Whether `rules.matrix` was given (in the file or the environment): only then must
+        // that file exist; left out, the shipped matrix built into the binary stands in for a
+        // `matrix.toml` that is not next to the config file.
+        let matrix_given = overridden.iter().any(|(k, _)| k == "rules.matrix") || matrix_in_file;
+        let rules = config.validate_matrix_given(&file, base, matrix_given)?;
         config.read_secrets(&file)?;
         Ok((config, rules))
     }
 
-    /// Reads `clickhouse.password_file` into `clickhouse.password`, so the client never
-    /// touches the file and the password is held only as a `Secret`.
+    /// Reads `clickhouse.password_file` and `kafka.sasl_password_file` into their
+    /// passwords, so the clients never touch the files and the passwords are held only as
+    /// `Secret`s.
     fn read_secrets(&mut self, file: &str) -> Result<(), ConfigError> {
-        let c = &mut self.clickhouse;
-        if c.password_file.as_os_str().is_empty() {
-            return Ok(());
+        for (key, path, secret) in [
+            (
+                "clickhouse.password_file",
+                &self.clickhouse.password_file,
+                &mut self.clickhouse.password,
+            ),
+            (
+                "kafka.sasl_password_file",
+                &self.kafka.sasl_password_file,
+                &mut self.kafka.sasl_password,
+            ),
+        ] {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
+                file: file.to_string(),
+                key: key.into(),
+                problem: format!("cannot read `{}`: {e}", path.display()),
+            })?;
+            // Files written by editors and `echo` end with a newline that is not part of it.
+            *secret = Secret::new(text.trim_end_matches(['\r', '\n']).to_string());
         }
-        let text = std::fs::read_to_string(&c.password_file).map_err(|e| ConfigError::Key {
-            file: file.to_string(),
-            key: "clickhouse.password_file".into(),
-            problem: format!("cannot read `{}`: {e}", c.password_file.display()),
-        })?;
-        // Files written by editors and `echo` end with a newline that is not part of it.
-        c.password = Secret::new(text.trim_end_matches(['\r', '\n']).to_string());
         Ok(())
     }
 
@@ -642,6 +750,18 @@ impl Config {
     /// start in the working directory, and a default `rules.matrix` that is not there is
     /// the built-in copy of the shipped matrix.
     pub fn validate(&self, file: &str, base: Option<&Path>) -> Result<Rules, ConfigError> {
+        self.validate_matrix_given(file, base, false)
+    }
+
+    /// `validate`, where `matrix_given` says whether `rules.matrix` was set (then its file
+    /// must exist) or left at its default (then a missing `matrix.toml` is the built-in
+    /// copy of the shipped matrix, wherever the config file lives).
+    fn validate_matrix_given(
+        &self,
+        file: &str,
+        base: Option<&Path>,
+        matrix_given: bool,
+    ) -> Result<Rules, ConfigError> {
         let key_err = |key: &str, problem: String| ConfigError::Key {
             file: file.to_string(),
             key: key.to_string(),
@@ -673,23 +793,26 @@ impl Config {
             return Err(key_err("kafka.partitions", "must be at least 1".into()));
         }
         let url = &self.clickhouse.url;
-        if url.starts_with("https://") {
-            // The clickhouse client is built without TLS: refuse now rather than fail at
-            // the first query.
+        let https = url.starts_with("https://") && url.len() > "https://".len();
+        if !https && (!url.starts_with("http://") || url.len() == "http://".len()) {
             return Err(key_err(
                 "clickhouse.url",
-                format!(
-                    "`{url}`: https:// is not supported by this build (no TLS for ClickHouse); \
-                     use http:// on a private network, or a local TLS-terminating proxy"
-                ),
+                format!("`{url}` is not an http:// or https:// URL"),
             ));
         }
-        if !url.starts_with("http://") || url.len() == "http://".len() {
-            return Err(key_err(
-                "clickhouse.url",
-                format!("`{url}` is not an http:// URL"),
-            ));
+        let ca_file = &self.clickhouse.ca_file;
+        if !ca_file.as_os_str().is_empty() {
+            if !https {
+                // A CA that is never used would hide a url that should have been https://.
+                return Err(key_err(
+                    "clickhouse.ca_file",
+                    format!("is only used with an https:// url, and clickhouse.url is `{url}`"),
+                ));
+            }
+            readable_file(&key_err, "clickhouse.ca_file", ca_file)?;
+            crate::tls::load_certs(ca_file).map_err(|p| key_err("clickhouse.ca_file", p))?;
         }
+        self.validate_kafka_security(&key_err)?;
         if self.clickhouse.timeout.is_zero() {
             return Err(key_err(
                 "clickhouse.timeout",
@@ -827,7 +950,7 @@ impl Config {
             TimeDelta::from_std(d).map_err(|_| key_err(key, "is too long".into()))
         };
         let matrix_path = base.unwrap_or(Path::new(".")).join(&self.rules.matrix);
-        let builtin = base.is_none()
+        let builtin = !matrix_given
             && self.rules.matrix == Path::new(DEFAULT_MATRIX)
             && !matrix_path.exists();
         let (matrix_file, text) = if builtin {
@@ -879,6 +1002,96 @@ impl Config {
 }
 
 impl Config {
+    /// `kafka.security_protocol` and what goes with it: SASL needs a user and a password
+    /// (never PLAIN over plain text), TLS files only with TLS, a client certificate with
+    /// its key; every file absolute and readable.
+    fn validate_kafka_security(
+        &self,
+        key_err: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        let protocol = k.security_protocol;
+        let has_file = !k.sasl_password_file.as_os_str().is_empty();
+        validate_password_file(
+            key_err,
+            "kafka.sasl_password_file",
+            "TALLY_KAFKA__SASL_PASSWORD",
+            &k.sasl_password_file,
+            &k.sasl_password,
+        )?;
+        if protocol.sasl() {
+            if k.sasl_username.trim().is_empty() {
+                return Err(key_err(
+                    "kafka.sasl_username",
+                    format!("must be set with security_protocol `{}`", protocol.as_str()),
+                ));
+            }
+            if !has_file && k.sasl_password.is_empty() {
+                return Err(key_err(
+                    "kafka.sasl_password_file",
+                    "SASL needs a password in TALLY_KAFKA__SASL_PASSWORD or \
+                     kafka.sasl_password_file"
+                        .into(),
+                ));
+            }
+            if protocol == SecurityProtocol::SaslPlaintext
+                && k.sasl_mechanism == SaslMechanism::Plain
+            {
+                // PLAIN sends the password as it is: over plain text, to anyone on the path.
+                return Err(key_err(
+                    "kafka.sasl_mechanism",
+                    "PLAIN sends the password in clear: use it with security_protocol \
+                     `sasl_ssl`, or use SCRAM-SHA-256 or SCRAM-SHA-512"
+                        .into(),
+                ));
+            }
+        } else if !k.sasl_username.is_empty() || has_file || !k.sasl_password.is_empty() {
+            // Credentials that would be silently ignored mean the protocol is wrong.
+            return Err(key_err(
+                "kafka.security_protocol",
+                format!(
+                    "is `{}`, which does not log in: use sasl_ssl or sasl_plaintext with \
+                     kafka.sasl_username and a password",
+                    protocol.as_str()
+                ),
+            ));
+        }
+        for (key, path) in [
+            ("kafka.ssl_ca_file", &k.ssl_ca_file),
+            ("kafka.ssl_cert_file", &k.ssl_cert_file),
+            ("kafka.ssl_key_file", &k.ssl_key_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            if !protocol.tls() {
+                return Err(key_err(
+                    key,
+                    format!(
+                        "is only used with security_protocol `ssl` or `sasl_ssl`, not `{}`",
+                        protocol.as_str()
+                    ),
+                ));
+            }
+            readable_file(key_err, key, path)?;
+            // librdkafka reads PEM too: a file that is not one fails here, named, rather
+            // than as a client that cannot be created.
+            if key == "kafka.ssl_key_file" {
+                crate::tls::load_key(path).map(drop)
+            } else {
+                crate::tls::load_certs(path).map(drop)
+            }
+            .map_err(|p| key_err(key, p))?;
+        }
+        if k.ssl_cert_file.as_os_str().is_empty() != k.ssl_key_file.as_os_str().is_empty() {
+            return Err(key_err(
+                "kafka.ssl_key_file",
+                "kafka.ssl_cert_file and kafka.ssl_key_file go together (mutual TLS)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_smtp(
         &self,
         key_err: &impl Fn(&str, String) -> ConfigError,
@@ -985,6 +1198,72 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// `path` is absolute and names a file that can be opened for reading.
+pub(crate) fn readable_file(
+    key_err: &impl Fn(&str, String) -> ConfigError,
+    key: &str,
+    path: &Path,
+) -> Result<(), ConfigError> {
+    if !path.is_absolute() {
+        return Err(key_err(
+            key,
+            format!("`{}` must be an absolute path", path.display()),
+        ));
+    }
+    if !path.is_file() {
+        return Err(key_err(key, format!("`{}` is not a file", path.display())));
+    }
+    std::fs::File::open(path)
+        .map_err(|e| key_err(key, format!("cannot read `{}`: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Keys whose values are credentials: they come from the environment or a `*_file`, and a
+/// config file that writes one is refused (files get committed, copied and printed).
+const SECRET_KEYS: [&str; 4] = [
+    "kafka.sasl_password",
+    "clickhouse.password",
+    "smtp.password",
+    "serve.keys",
+];
+
+/// Whether the file's own table sets `key` (a dotted path).
+fn file_table_has(table: &toml::Table, key: &str) -> bool {
+    let mut parts = key.split('.');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let mut value = table.get(first);
+    for part in parts {
+        value = value.and_then(|v| v.as_table()).and_then(|t| t.get(part));
+    }
+    value.is_some()
+}
+
+/// Refuses a config file that writes a credential (see `SECRET_KEYS`), naming the key and
+/// where it belongs, never the value.
+fn refuse_secrets_in_file(table: &toml::Table, file: &str) -> Result<(), ConfigError> {
+    match SECRET_KEYS.iter().find(|key| file_table_has(table, key)) {
+        Some(key) => {
+            let variable = format!("TALLY_{}", key.replace('.', "__").to_uppercase());
+            let instead = if *key == "serve.keys" {
+                "serve.keys_file".to_string()
+            } else {
+                format!("{key}_file")
+            };
+            Err(ConfigError::Key {
+                file: file.to_string(),
+                key: key.to_string(),
+                problem: format!(
+                    "a credential is never written in the config file: set {variable} in the \
+                     environment or {instead} (a file of its own)"
+                ),
+            })
+        }
+        None => Ok(()),
     }
 }
 
@@ -1320,14 +1599,8 @@ mod tests {
     }
 
     #[test]
-    fn clickhouse_https_and_zero_timeouts_are_refused_at_start() {
+    fn clickhouse_zero_timeouts_are_refused_at_start() {
         for (name, value, key, problem) in [
-            (
-                "TALLY_CLICKHOUSE__URL",
-                "https://ch.example.com:8443",
-                "clickhouse.url",
-                "https:// is not supported",
-            ),
             (
                 "TALLY_CLICKHOUSE__TIMEOUT",
                 "0s",
@@ -1356,6 +1629,278 @@ mod tests {
         let (config, _) =
             Config::load(&shipped(), env(&[("TALLY_CLICKHOUSE__TIMEOUT", "5s")])).unwrap();
         assert_eq!(config.clickhouse.timeout, Duration::from_secs(5));
+    }
+
+    /// A file of its own under the temp dir, written with `text`; the dir is removed by
+    /// the caller.
+    fn temp_file(dir: &Path, name: &str, text: &str) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        file.display().to_string()
+    }
+
+    /// A PEM certificate that parses (the shape is what is checked here, not trust).
+    const TEST_CERT: &str =
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn clickhouse_https_is_accepted_and_its_ca_file_checked() {
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[("TALLY_CLICKHOUSE__URL", "https://ch.example.com:8443")]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.url, "https://ch.example.com:8443");
+        let dir = std::env::temp_dir().join(format!("tally-ca-{}", std::process::id()));
+        let ca = temp_file(&dir, "ca.pem", TEST_CERT);
+        let not_pem = temp_file(&dir, "notes.txt", "hello\n");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__URL", "https://127.0.0.1:18443"),
+                ("TALLY_CLICKHOUSE__CA_FILE", ca.as_str()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.clickhouse.ca_file, Path::new(&ca));
+        type Vars<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Vars, &str); 5] = [
+            (
+                &[("TALLY_CLICKHOUSE__CA_FILE", ca.as_str())],
+                "only used with an https://",
+            ),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", "ca.pem"),
+                ],
+                "absolute",
+            ),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", "/nonexistent/ca.pem"),
+                ],
+                "not a file",
+            ),
+            (
+                &[
+                    ("TALLY_CLICKHOUSE__URL", "https://h:8443"),
+                    ("TALLY_CLICKHOUSE__CA_FILE", not_pem.as_str()),
+                ],
+                "no certificate",
+            ),
+            (
+                &[("TALLY_CLICKHOUSE__URL", "https://")],
+                "not an http:// or https:// URL",
+            ),
+        ];
+        for (vars, problem) in cases {
+            let text = Config::load(&shipped(), env(vars)).unwrap_err().to_string();
+            assert!(text.contains("clickhouse."), "{vars:?}: {text}");
+            assert!(text.contains(problem), "{vars:?}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn kafka_security_settings_are_checked_together() {
+        let dir = std::env::temp_dir().join(format!("tally-kafka-sec-{}", std::process::id()));
+        let ca = temp_file(&dir, "ca.pem", TEST_CERT);
+        let password = temp_file(&dir, "password", "from-file\n");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                ("TALLY_KAFKA__SASL_MECHANISM", "PLAIN"),
+                ("TALLY_KAFKA__SASL_USERNAME", "api-key"),
+                ("TALLY_KAFKA__SASL_PASSWORD_FILE", password.as_str()),
+                ("TALLY_KAFKA__SSL_CA_FILE", ca.as_str()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(config.kafka.sasl_mechanism, SaslMechanism::Plain);
+        assert_eq!(config.kafka.sasl_password.expose(), "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+        assert!(!toml::Table::try_from(&config)
+            .unwrap()
+            .to_string()
+            .contains("from-file"));
+
+        let sasl = [
+            ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+        ];
+        type Vars<'a> = Vec<(&'a str, &'a str)>;
+        let with = |extra: &[(&'static str, &'static str)]| -> Vars {
+            sasl.iter().chain(extra).copied().collect()
+        };
+        let ca_var = ("TALLY_KAFKA__SSL_CA_FILE", ca.as_str());
+        let cases: Vec<(Vars, &str, &str)> = vec![
+            (
+                vec![("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl")],
+                "kafka.security_protocol",
+                "unknown variant",
+            ),
+            (
+                with(&[("TALLY_KAFKA__SASL_MECHANISM", "GSSAPI")]),
+                "kafka.sasl_mechanism",
+                "unknown variant",
+            ),
+            (with(&[]), "kafka.sasl_password_file", "needs a password"),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
+                "kafka.sasl_username",
+                "must be set",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                    ("TALLY_KAFKA__SASL_MECHANISM", "PLAIN"),
+                    ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
+                "kafka.sasl_mechanism",
+                "in clear",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                ],
+                "kafka.security_protocol",
+                "does not log in",
+            ),
+            (
+                vec![ca_var],
+                "kafka.ssl_ca_file",
+                "only used with security_protocol",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "ssl"),
+                    ("TALLY_KAFKA__SSL_CA_FILE", "certs/ca.pem"),
+                ],
+                "kafka.ssl_ca_file",
+                "absolute",
+            ),
+            (
+                vec![
+                    ("TALLY_KAFKA__SECURITY_PROTOCOL", "ssl"),
+                    ("TALLY_KAFKA__SSL_CERT_FILE", ca.as_str()),
+                ],
+                "kafka.ssl_key_file",
+                "go together",
+            ),
+            (
+                with(&[
+                    ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+                    ("TALLY_KAFKA__SASL_PASSWORD_FILE", "/etc/hostname"),
+                ]),
+                "kafka.sasl_password_file",
+                "not both",
+            ),
+        ];
+        for (vars, key, problem) in cases {
+            let text = Config::load(&shipped(), env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains(key), "{vars:?}: {text}");
+            assert!(text.contains(problem), "{vars:?}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        // mutual TLS: a certificate with its key; SCRAM over sasl_plaintext is allowed.
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_KAFKA__SECURITY_PROTOCOL", "sasl_plaintext"),
+                ("TALLY_KAFKA__SASL_USERNAME", "tally"),
+                ("TALLY_KAFKA__SASL_PASSWORD", "hunter2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.sasl_mechanism, SaslMechanism::ScramSha512);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn credentials_written_in_the_file_are_refused_naming_where_they_go() {
+        let dir = std::env::temp_dir().join(format!("tally-secret-{}", std::process::id()));
+        for (text, key, variable) in [
+            (
+                "[kafka]\nsasl_password = \"hunter2\"\n",
+                "kafka.sasl_password",
+                "TALLY_KAFKA__SASL_PASSWORD",
+            ),
+            (
+                "[clickhouse]\npassword = \"hunter2\"\n",
+                "clickhouse.password",
+                "TALLY_CLICKHOUSE__PASSWORD",
+            ),
+            (
+                "[smtp]\npassword = \"hunter2\"\n",
+                "smtp.password",
+                "TALLY_SMTP__PASSWORD",
+            ),
+            (
+                "[serve]\nkeys = \"admin=hunter2\"\n",
+                "serve.keys",
+                "TALLY_SERVE__KEYS",
+            ),
+        ] {
+            let file = temp_file(&dir, "tally.toml", text);
+            let err = Config::load(Path::new(&file), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&file) && err.contains(key) && err.contains(variable),
+                "{err}"
+            );
+            assert!(err.contains("never written in the config file"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_without_rules_matrix_uses_the_built_in_matrix_wherever_it_lives() {
+        let dir = std::env::temp_dir().join(format!("tally-empty-{}", std::process::id()));
+        let file = temp_file(&dir, "tally.toml", "");
+        let (_, rules) = Config::load(Path::new(&file), env(&[])).unwrap();
+        assert!(rules
+            .matrix
+            .price(
+                "erase",
+                None,
+                Credits::from_whole(1),
+                "2026-11-20T00:00:00Z".parse().unwrap()
+            )
+            .is_ok());
+        // Given, in the file or the environment, the matrix file must exist.
+        let given = temp_file(&dir, "tally.toml", "[rules]\nmatrix = \"matrix.toml\"\n");
+        let err = Config::load(Path::new(&given), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rules.matrix") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = Config::load(
+            Path::new(&file),
+            env(&[("TALLY_RULES__MATRIX", "prices.toml")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("rules.matrix") && err.contains("prices.toml"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -22,14 +22,166 @@ pub enum KafkaError {
     CreateTopic { topic: String, problem: String },
     #[error("cannot deliver to `{topic}`: {problem}")]
     Delivery { topic: String, problem: String },
+    /// The brokers refused the connection for good (credentials or certificates): a
+    /// setting is wrong, and retrying would only hang.
+    #[error("Kafka at {brokers}: {problem}")]
+    Access { brokers: String, problem: String },
+}
+
+/// A client config for `kafka.brokers` with the security settings applied: every client
+/// tally makes (consumers, producers, admin) starts from this one, so none can connect
+/// without them.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    apply_security(&mut client, config);
+    client
+}
+
+/// Sets `security.protocol` and the SASL and TLS properties of `config` on `client`.
+/// librdkafka redacts `sasl.password` in its own logs and rdkafka in `Debug`.
+pub fn apply_security(client: &mut ClientConfig, config: &KafkaConfig) {
+    let protocol = config.security_protocol;
+    client.set("security.protocol", protocol.as_str());
+    if protocol.sasl() {
+        client
+            .set("sasl.mechanism", config.sasl_mechanism.as_str())
+            .set("sasl.username", &config.sasl_username)
+            .set("sasl.password", config.sasl_password.expose());
+    }
+    if protocol.tls() {
+        for (property, path) in [
+            ("ssl.ca.location", &config.ssl_ca_file),
+            ("ssl.certificate.location", &config.ssl_cert_file),
+            ("ssl.key.location", &config.ssl_key_file),
+        ] {
+            if !path.as_os_str().is_empty() {
+                client.set(property, path.display().to_string());
+            }
+        }
+        // Without ssl.ca.location, librdkafka on its static OpenSSL probes the system's
+        // usual CA paths; the broker's host name is checked against its certificate
+        // (ssl.endpoint.identification.algorithm defaults to https).
+    }
+}
+
+/// How long start-up waits for the brokers to answer before it goes on without knowing.
+const ACCESS_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks that the brokers take this client's credentials and that their certificates are
+/// trusted, before a command starts: librdkafka retries a refused login or a failed TLS
+/// handshake forever, and reports it only through the client's error callback, so without
+/// this a wrong password would look like a hang. A broker that does not answer within
+/// `ACCESS_WAIT` is not an error here (it may be starting, and the clients retry): the
+/// command goes on and waits for it as it always did.
+pub fn check_access(config: &KafkaConfig) -> Result<(), KafkaError> {
+    use rdkafka::producer::BaseProducer;
+    let recorder = AccessRecorder::default();
+    let producer: BaseProducer<AccessRecorder> =
+        client_config(config).create_with_context(recorder)?;
+    let deadline = std::time::Instant::now() + ACCESS_WAIT;
+    loop {
+        // Serves the error callbacks of what happened so far.
+        producer.poll(Duration::ZERO);
+        if let Some(problem) = producer.context().refusal(config) {
+            return Err(KafkaError::Access {
+                brokers: config.brokers.clone(),
+                problem,
+            });
+        }
+        if producer
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                brokers = %config.brokers,
+                "Kafka brokers did not answer within {ACCESS_WAIT:?}; going on, the clients retry"
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// `check_access` off the async runtime's threads (it blocks for up to `ACCESS_WAIT`).
+pub async fn check_access_async(config: &KafkaConfig) -> Result<(), KafkaError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || check_access(&config))
+        .await
+        .unwrap_or_else(|e| {
+            Err(KafkaError::Access {
+                brokers: String::new(),
+                problem: format!("the access check did not finish: {e}"),
+            })
+        })
+}
+
+/// The errors librdkafka reported to a client, for `check_access`.
+#[derive(Default)]
+struct AccessRecorder {
+    errors: std::sync::Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl rdkafka::ClientContext for AccessRecorder {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(error = %error, reason, "Kafka client error during the access check");
+        if let Ok(mut errors) = self.errors.lock() {
+            errors.push((error.rdkafka_error_code(), reason.to_string()));
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for AccessRecorder {
+    type DeliveryOpaque = ();
+    // The check sends nothing.
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl AccessRecorder {
+    /// A refusal that no retry can cure, explained with the settings to look at.
+    fn refusal(&self, config: &KafkaConfig) -> Option<String> {
+        let errors = self.errors.lock().ok()?;
+        errors.iter().find_map(|(code, reason)| match code {
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                Some(format!(
+                    "the broker refused the SASL login ({reason}); check kafka.sasl_username \
+                     (`{}`), kafka.sasl_mechanism ({}) and the password \
+                     (TALLY_KAFKA__SASL_PASSWORD or kafka.sasl_password_file)",
+                    config.sasl_username,
+                    config.sasl_mechanism.as_str()
+                ))
+            }
+            // A TLS alert from the broker about our certificate (it requires one, or does
+            // not trust the one sent) may come as a failed receive, not an SSL error.
+            _ if reason.contains("alert") && reason.contains("certificate") => Some(format!(
+                "the broker refused this client's TLS certificate ({reason}); mutual TLS \
+                 needs kafka.ssl_cert_file and kafka.ssl_key_file, signed by a CA it trusts"
+            )),
+            Some(RDKafkaErrorCode::SSL) => Some(if reason.contains("certificate verify failed") {
+                format!(
+                    "the broker's TLS certificate is not trusted ({reason}); set \
+                     kafka.ssl_ca_file to the CA (PEM) that signed it"
+                )
+            } else {
+                format!(
+                    "TLS with the broker failed ({reason}); check kafka.security_protocol \
+                     (`{}`), kafka.ssl_ca_file, kafka.ssl_cert_file and kafka.ssl_key_file",
+                    config.security_protocol.as_str()
+                )
+            }),
+            _ => None,
+        })
+    }
 }
 
 /// Settings of the `tally run` consumer. Offsets are managed by tally (ClickHouse holds
 /// the commit point); Kafka's group offsets are committed after it, for lag monitoring.
 pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
+    let mut client = client_config(config);
     client
-        .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -50,8 +202,7 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    Ok(client_config(config)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
         .create()?)
@@ -220,9 +371,7 @@ fn tick_payload(partition: i32, at: DateTime<Utc>) -> Vec<u8> {
 /// Creates the usage and commands topics with `partitions` each, and the dead-letter
 /// topic; topics that exist are left as they are.
 pub async fn create_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
     let topics = [
         NewTopic::new(
             &config.usage_topic,
@@ -285,8 +434,7 @@ pub fn end_offsets(
     topics: &[&str],
 ) -> Result<std::collections::BTreeMap<(String, i32), Option<i64>>, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let consumer: BaseConsumer = client_config(config)
         .set("group.id", format!("{}-status", config.group_id))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
@@ -321,8 +469,7 @@ pub fn group_offsets(
     partitions: &[(String, i32)],
 ) -> Result<std::collections::BTreeMap<(String, i32), i64>, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let consumer: BaseConsumer = client_config(config)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .create()?;

@@ -12,3 +12,4 @@ pub mod run;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tls;

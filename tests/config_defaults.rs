@@ -122,7 +122,8 @@ fn readme_table_of_defaults_is_the_code() {
     let documented: BTreeSet<&str> = documented.iter().map(|(k, _)| k.as_str()).collect();
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     for (key, _) in all {
-        if key.starts_with("plans.") || key.ends_with(".password") {
+        // Secrets are documented as their environment variables (checked below).
+        if key.starts_with("plans.") || key.ends_with("password") {
             continue;
         }
         // Keys documented with an empty default column (e.g. the purchase texts).
@@ -134,7 +135,11 @@ fn readme_table_of_defaults_is_the_code() {
             "setting `{key}` is missing from README.md's tables"
         );
     }
-    let secrets = ["TALLY_SMTP__PASSWORD", "TALLY_CLICKHOUSE__PASSWORD"];
+    let secrets = [
+        "TALLY_SMTP__PASSWORD",
+        "TALLY_CLICKHOUSE__PASSWORD",
+        "TALLY_KAFKA__SASL_PASSWORD",
+    ];
     for secret in secrets {
         assert!(
             readme.contains(&format!("| {secret} |")),
@@ -244,4 +249,38 @@ fn duration_defaults_are_typed() {
     let config = Config::default();
     assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
     assert_eq!(config.pipeline.shutdown_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn a_config_file_that_sets_nothing_works_wherever_it_lives() {
+    // Issue 20, point 5: an empty file as TALLY_CONFIG, in a folder without matrix.toml,
+    // used to stop start-up with "key `rules.matrix`: cannot read <folder>/matrix.toml"
+    // although the key was never set; the shipped matrix is built in.
+    let dir = std::env::temp_dir().join(format!("tally-emptyconf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("tally.toml");
+    std::fs::write(&file, "").expect("empty file");
+    let path = file.display().to_string();
+    let out = tally_in(
+        Path::new("/"),
+        &["matrix", "--json"],
+        &[("TALLY_CONFIG", path.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("text_to_image"), "{stdout}");
+    // A file that names a matrix still needs it.
+    std::fs::write(&file, "[rules]\nmatrix = \"prices.toml\"\n").expect("written");
+    let out = tally_in(
+        Path::new("/"),
+        &["matrix"],
+        &[("TALLY_CONFIG", path.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("rules.matrix") && stderr.contains("prices.toml"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

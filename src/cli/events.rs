@@ -78,6 +78,7 @@ pub async fn grant(config: &Config, args: GrantArgs, json: bool) -> anyhow::Resu
         "specversion": "1.0", "type": "credit.grant", "id": id, "source": args.source,
         "subject": args.account, "time": Utc::now().to_rfc3339(), "data": data,
     });
+    kafka::check_access_async(&config.kafka).await?;
     let producer = kafka::producer(&config.kafka)?;
     let payload = serde_json::to_vec(&event)?;
     let (partition, offset) = kafka::send(
@@ -118,6 +119,7 @@ pub async fn send(
             std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
         ))
     };
+    kafka::check_access_async(&config.kafka).await?;
     let producer = kafka::producer(&config.kafka)?;
     let mut chunk: Vec<Outgoing> = Vec::new();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -193,6 +195,7 @@ async fn send_chunk(
 /// Sends a clock tick to every partition of the commands topic, stamped `at`, so lots
 /// expire and cycles turn over up to then.
 pub async fn tick(config: &Config, at: DateTime<Utc>, json: bool) -> anyhow::Result<()> {
+    kafka::check_access_async(&config.kafka).await?;
     let producer = kafka::producer(&config.kafka)?;
     let sent = kafka::send_ticks(&producer, &config.kafka, None, at)
         .await

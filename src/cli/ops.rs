@@ -25,6 +25,7 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     schema::migrate(&server, &config.clickhouse.database)
         .await
         .with_context(|| format!("cannot create the schema at {}", config.clickhouse.url))?;
+    kafka::check_access_async(&config.kafka).await?;
     kafka::create_topics(&config.kafka)
         .await
         .with_context(|| format!("cannot create topics at {}", config.kafka.brokers))?;
@@ -221,6 +222,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let (topics, k2) = ([k.usage_topic.clone(), k.commands_topic.clone()], k.clone());
     let kafka_view = tokio::task::spawn_blocking(move || {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        kafka::check_access(&k2)?;
         let ends = kafka::end_offsets(&k2, &names)?;
         let keys: Vec<(String, i32)> = ends.keys().cloned().collect();
         let group = kafka::group_offsets(&k2, &keys)?;

@@ -768,12 +768,20 @@ pub fn run(
         owner,
     } = endpoint;
     let store = store::client(&config.clickhouse);
-    rt.block_on(store::check(&store)).with_context(|| {
-        format!(
-            "ClickHouse at {} (database `{}`) is not ready; run `tally migrate` first",
+    rt.block_on(store::check(&store)).map_err(|e| {
+        // A TLS failure is a setting, which the error names; anything else may be a
+        // schema that is not there yet.
+        let hint = if e.is_tls() {
+            ""
+        } else {
+            "; run `tally migrate` first"
+        };
+        anyhow::Error::new(e).context(format!(
+            "ClickHouse at {} (database `{}`) is not ready{hint}",
             config.clickhouse.url, config.clickhouse.database
-        )
+        ))
     })?;
+    kafka::check_access(&config.kafka)?;
     let producer = kafka::producer(&config.kafka)?;
     let notifier = crate::notify::Notifier::spawn_counted(
         &rt,

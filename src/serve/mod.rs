@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod settings;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,9 +103,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let keys = load_keys(&config)?;
+    // Settings no retry can cure (certificates, credentials) stop start-up here, named;
+    // a service that is merely down is waited for by the requests, as before.
+    let tls = if config.serve.tls() {
+        Some(tls::server_config(&config.serve)?)
+    } else {
+        None
+    };
+    kafka::check_access_async(&config.kafka).await?;
+    let client = store::client(&config.clickhouse);
+    match store::check(&client).await {
+        Err(e) if e.is_tls() => {
+            return Err(e).with_context(|| format!("ClickHouse at {}", config.clickhouse.url))
+        }
+        Err(e) => tracing::warn!(error = %e, "ClickHouse is not ready yet; /readyz says so"),
+        Ok(()) => {}
+    }
     let producer = kafka::producer(&config.kafka).context("cannot create the Kafka producer")?;
     let state = Arc::new(AppState {
-        client: store::client(&config.clickhouse),
+        client,
         producer,
         keys,
         metrics: Metrics::new().context("cannot register metrics")?,
@@ -117,11 +134,21 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("no local address")?;
-    tracing::info!(listen = %local, "tally serve listening; dashboard at http://{local}/");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    match tls {
+        Some(tls) => {
+            tracing::info!(listen = %local, "tally serve listening (HTTPS); dashboard at https://{local}/");
+            axum::serve(tls::TlsListener::new(listener, tls), router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            tracing::info!(listen = %local, "tally serve listening; dashboard at http://{local}/");
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+    .context("the HTTP server failed")?;
     Ok(())
 }
 

@@ -33,6 +33,11 @@ pub struct ServeConfig {
     /// owner's committed answer before answering 504 (retrying with the same id is safe).
     #[serde(with = "humantime_serde")]
     pub hold_timeout: Duration,
+    /// Absolute path of the certificate chain (PEM) `tally serve` presents: set with
+    /// `tls_key` to serve HTTPS itself, where no proxy terminates TLS. Empty: plain HTTP.
+    pub tls_cert: PathBuf,
+    /// Absolute path of the private key (PEM) of `tls_cert`. Empty: plain HTTP.
+    pub tls_key: PathBuf,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +51,8 @@ impl Default for ServeConfig {
             page_size: 1000,
             ingest_timeout: Duration::from_secs(30),
             hold_timeout: Duration::from_secs(10),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -97,6 +104,38 @@ impl ServeConfig {
                 "must be between 100ms and 5min".into(),
             ));
         }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return Err((
+                "serve.tls_key",
+                "serve.tls_cert and serve.tls_key go together (both empty: plain HTTP)".into(),
+            ));
+        }
+        for (key, path) in [
+            ("serve.tls_cert", &self.tls_cert),
+            ("serve.tls_key", &self.tls_key),
+        ] {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            if !path.is_absolute() {
+                return Err((
+                    key,
+                    format!("`{}` must be an absolute path", path.display()),
+                ));
+            }
+            if let Err(e) = std::fs::File::open(path) {
+                return Err((key, format!("cannot read `{}`: {e}", path.display())));
+            }
+        }
+        if self.tls() {
+            crate::tls::load_certs(&self.tls_cert).map_err(|p| ("serve.tls_cert", p))?;
+            crate::tls::load_key(&self.tls_key).map_err(|p| ("serve.tls_key", p))?;
+        }
         Ok(())
+    }
+
+    /// Whether `tally serve` terminates TLS itself.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty()
     }
 }

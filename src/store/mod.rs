@@ -9,6 +9,7 @@ pub mod schema;
 pub mod state_codec;
 pub mod writes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::{Client, Compression};
@@ -21,7 +22,10 @@ use crate::config::ClickHouseConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("ClickHouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
+    ClickHouse(#[source] clickhouse::error::Error),
+    /// TLS with the server failed: a setting is wrong, and no retry cures it.
+    #[error("ClickHouse: TLS failed: {problem}; {hint}")]
+    Tls { problem: String, hint: &'static str },
     #[error("stored state of account `{account}` is unreadable: {problem}")]
     State { account: String, problem: String },
     /// The daily rollups' segment size is part of their rows' identity.
@@ -42,6 +46,50 @@ pub enum StoreError {
         column: &'static str,
         value: String,
     },
+}
+
+impl From<clickhouse::error::Error> for StoreError {
+    /// A TLS failure is told apart (with the setting to look at) from the outages that
+    /// retries ride out.
+    fn from(e: clickhouse::error::Error) -> Self {
+        match tls_failure(&e) {
+            Some(rustls::Error::InvalidCertificate(cause)) => StoreError::Tls {
+                problem: format!("the server's certificate is not trusted ({cause:?})"),
+                hint: "if it comes from a private CA, set clickhouse.ca_file to that CA (PEM)",
+            },
+            Some(other) => StoreError::Tls {
+                problem: other.to_string(),
+                hint: "check that clickhouse.url names the server's HTTPS port",
+            },
+            None => StoreError::ClickHouse(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether this is a TLS failure, which a retry does not cure.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, StoreError::Tls { .. })
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain of causes. rustls errors travel inside
+/// `io::Error`s, whose `source()` skips the error they wrap, so each is opened by hand.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => std::error::Error::source(io),
+            },
+            None => error.source(),
+        };
+    }
+    None
 }
 
 /// The variant of `variants` whose stored name (`name`) is `value`, or an error naming the
@@ -99,7 +147,15 @@ pub fn server_client(config: &ClickHouseConfig) -> Client {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let mut connector = hyper_timeout::TimeoutConnector::new(http);
+    // https:// URLs go through rustls, http:// ones as before; the timeouts below bound
+    // the TLS handshake too, as part of connecting.
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(config))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(Some(config.timeout));
     connector.set_read_timeout(Some(config.timeout));
     connector.set_write_timeout(Some(config.timeout));
@@ -112,6 +168,41 @@ pub fn server_client(config: &ClickHouseConfig) -> Client {
         .with_password(config.password.expose())
         .with_validation(false)
         .with_compression(Compression::None)
+}
+
+/// The client TLS settings: the roots are `clickhouse.ca_file`'s certificates when it is
+/// set (only they are trusted: a private CA), else the public CAs of webpki-roots, built
+/// in, so no system CA bundle is needed.
+fn tls_config(config: &ClickHouseConfig) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.ca_file.as_os_str().is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        // `Config::validate` has parsed the file already; if it went away since, no root
+        // is trusted and every https:// call fails with an error naming clickhouse.ca_file.
+        match crate::tls::load_certs(&config.ca_file) {
+            Ok(certs) => {
+                let (_added, ignored) = roots.add_parsable_certificates(certs);
+                if ignored > 0 {
+                    tracing::warn!(ignored, file = %config.ca_file.display(), "clickhouse.ca_file: certificates rustls cannot use were ignored");
+                }
+            }
+            Err(problem) => tracing::error!(%problem, "clickhouse.ca_file"),
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        // The ring provider supports the default versions; kept as a fallback, not a panic.
+        Err(e) => {
+            tracing::error!(error = %e, "rustls: default protocol versions unavailable");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
 }
 
 /// Checks that the server answers and the schema exists.

@@ -32,10 +32,25 @@ pub struct Deployment {
     pub dlq_topic: String,
     pub database: String,
     pub partitions: i32,
+    /// Settings on top of the shared stack's (e.g. the secured stack's brokers, protocol
+    /// and certificates), after the others so they win.
+    pub extra_env: Vec<(String, String)>,
+    /// Where the test's own SQL (`sql`, the drop at the end) goes: plain HTTP.
+    pub sql_url: String,
 }
 
 impl Deployment {
     pub fn new(partitions: i32) -> Deployment {
+        Deployment::with_env(partitions, Vec::new(), "http://127.0.0.1:8123".into())
+    }
+
+    /// A deployment on another stack: `extra_env` on top of the usual settings, and the
+    /// test's SQL to `sql_url`.
+    pub fn with_env(
+        partitions: i32,
+        extra_env: Vec<(String, String)>,
+        sql_url: String,
+    ) -> Deployment {
         let name = format!("t{:016x}", rand::random::<u64>());
         let deployment = Deployment {
             usage_topic: format!("{name}.ai.usage"),
@@ -44,6 +59,8 @@ impl Deployment {
             database: format!("tally_{name}"),
             partitions,
             name,
+            extra_env,
+            sql_url,
         };
         deployment.tally_ok(&["migrate"]);
         deployment
@@ -52,7 +69,7 @@ impl Deployment {
     /// The environment every `tally` of this deployment runs with.
     pub fn env(&self) -> Vec<(String, String)> {
         let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/tally.toml");
-        vec![
+        let mut env: Vec<(String, String)> = vec![
             ("TALLY_CONFIG".into(), config.display().to_string()),
             ("TALLY_KAFKA__BROKERS".into(), brokers()),
             (
@@ -85,7 +102,9 @@ impl Deployment {
                 "TALLY_PIPELINE__ROLLUP_SEGMENT_RECORDS".into(),
                 "1000".into(),
             ),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     pub fn command(&self) -> Command {
@@ -249,7 +268,7 @@ impl Deployment {
     pub fn sql(&self, query: &str) -> String {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body"])
-            .arg(format!("http://127.0.0.1:8123/?database={}", self.database))
+            .arg(format!("{}/?database={}", self.sql_url, self.database))
             .arg("--data-binary")
             .arg(query)
             .output()
@@ -607,7 +626,7 @@ impl Drop for Deployment {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             let _ = Command::new("curl")
-                .args(["-s", "http://127.0.0.1:8123/", "--data-binary"])
+                .args(["-s", &format!("{}/", self.sql_url), "--data-binary"])
                 .arg(format!("DROP DATABASE IF EXISTS {}", self.database))
                 .output();
         }
