@@ -132,6 +132,17 @@ impl rdkafka::ClientContext for AccessRecorder {
             errors.push((error.rdkafka_error_code(), reason.to_string()));
         }
     }
+
+    // librdkafka may hand a failed handshake to the error callback seconds after it logs
+    // it (seen: 3 s, and past the check's 10 s under load), so the log lines count too.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            if let Ok(mut errors) = self.errors.lock() {
+                errors.push((None, message.to_string()));
+            }
+        }
+        rdkafka::client::DefaultClientContext.log(level, fac, message);
+    }
 }
 
 impl rdkafka::producer::ProducerContext for AccessRecorder {
@@ -144,35 +155,42 @@ impl AccessRecorder {
     /// A refusal that no retry can cure, explained with the settings to look at.
     fn refusal(&self, config: &KafkaConfig) -> Option<String> {
         let errors = self.errors.lock().ok()?;
-        errors.iter().find_map(|(code, reason)| match code {
-            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
-                Some(format!(
+        errors.iter().find_map(|(code, reason)| {
+            let sasl = matches!(
+                code,
+                Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+            ) || reason.contains("SASL authentication error")
+                || reason.contains("invalid-proof");
+            if sasl {
+                return Some(format!(
                     "the broker refused the SASL login ({reason}); check kafka.sasl_username \
                      (`{}`), kafka.sasl_mechanism ({}) and the password \
                      (TALLY_KAFKA__SASL_PASSWORD or kafka.sasl_password_file)",
                     config.sasl_username,
                     config.sasl_mechanism.as_str()
-                ))
+                ));
             }
             // A TLS alert from the broker about our certificate (it requires one, or does
             // not trust the one sent) may come as a failed receive, not an SSL error.
-            _ if reason.contains("alert") && reason.contains("certificate") => Some(format!(
-                "the broker refused this client's TLS certificate ({reason}); mutual TLS \
-                 needs kafka.ssl_cert_file and kafka.ssl_key_file, signed by a CA it trusts"
-            )),
-            Some(RDKafkaErrorCode::SSL) => Some(if reason.contains("certificate verify failed") {
-                format!(
+            if reason.contains("alert") && reason.contains("certificate") {
+                return Some(format!(
+                    "the broker refused this client's TLS certificate ({reason}); mutual TLS \
+                     needs kafka.ssl_cert_file and kafka.ssl_key_file, signed by a CA it trusts"
+                ));
+            }
+            if reason.contains("certificate verify failed") {
+                return Some(format!(
                     "the broker's TLS certificate is not trusted ({reason}); set \
                      kafka.ssl_ca_file to the CA (PEM) that signed it"
-                )
-            } else {
+                ));
+            }
+            (*code == Some(RDKafkaErrorCode::SSL)).then(|| {
                 format!(
                     "TLS with the broker failed ({reason}); check kafka.security_protocol \
                      (`{}`), kafka.ssl_ca_file, kafka.ssl_cert_file and kafka.ssl_key_file",
                     config.security_protocol.as_str()
                 )
-            }),
-            _ => None,
+            })
         })
     }
 }
