@@ -174,6 +174,10 @@ pub struct KafkaConfig {
     /// How long an event waits for the other topic of its partition before it is applied.
     #[serde(with = "humantime_serde")]
     pub max_idle: Duration,
+    /// The key hash that places an account in a partition (`crc32`, librdkafka's
+    /// default, or `murmur2`, the Java clients'): every producer of tally uses it, and
+    /// `tally run` forwards a record found elsewhere to its account's partition.
+    pub partitioner: crate::partitioner::Partitioner,
 }
 
 /// How a `tally run` process gets its partitions.
@@ -394,6 +398,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             assignment: Assignment::All,
             max_idle: Duration::from_millis(200),
+            partitioner: crate::partitioner::Partitioner::Crc32,
         }
     }
 }
