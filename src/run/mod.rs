@@ -212,11 +212,6 @@ impl Pipeline {
         } else {
             Which::Commands
         };
-        let edges = screen::Edges {
-            max_future_skew: self.rules.max_future_skew,
-            partitions: self.partition_count,
-            partitioner: self.config.kafka.partitioner,
-        };
         let Some(work) = self.parts.get_mut(&message.partition()) else {
             return Ingest::Queued;
         };
@@ -248,6 +243,21 @@ impl Pipeline {
         }
         self.last_any_received = Instant::now();
         side.received(message.offset(), Instant::now());
+        let pending = self.pending(message, which);
+        if let Some(work) = self.parts.get_mut(&message.partition()) {
+            work.side_mut(which).queue.push_back(pending);
+        }
+        Ingest::Queued
+    }
+
+    /// A received record, screened at the edges (see [`screen`]): to apply here, to
+    /// dead-letter, or to forward to its account's partition.
+    fn pending(&mut self, message: &BorrowedMessage<'_>, which: Which) -> Pending {
+        let edges = screen::Edges {
+            max_future_skew: self.rules.max_future_skew,
+            partitions: self.partition_count,
+            partitioner: self.config.kafka.partitioner,
+        };
         let timestamp = message.timestamp().to_millis();
         let arrival = timestamp
             .and_then(DateTime::<Utc>::from_timestamp_millis)
@@ -258,8 +268,8 @@ impl Pipeline {
             partition: message.partition(),
             payload,
             arrival,
-            // The wall clock belongs here, at receipt: the core decides with what it is
-            // given, so a replay decides the same way.
+            // The wall clock is read here, at receipt; the core gets only the decision
+            // (a refused timestamp) and stays free of clocks.
             received_at: Utc::now(),
             size: record_size(message),
         };
@@ -287,7 +297,7 @@ impl Pipeline {
                 (Ok(event), Some(forwarding))
             }
         };
-        side.queue.push_back(Pending {
+        Pending {
             offset: message.offset(),
             arrival,
             parsed,
@@ -295,8 +305,7 @@ impl Pipeline {
             payload: payload.to_vec(),
             received: Instant::now(),
             forward,
-        });
-        Ingest::Queued
+        }
     }
 
     fn apply_ready(&mut self, now: Instant) {

@@ -223,11 +223,15 @@ impl PartitionWork {
             Outcome::Rejected(rejection) => {
                 self.counts.rejected += 1;
                 self.metrics.rejected(rejection.code());
+                // A reason may echo a field of any size: the log line and the header get
+                // its first kilobyte.
+                let full = rejection.to_string();
+                let reason = crate::kafka::cut_utf8(&full, crate::kafka::REASON_MAX_BYTES);
                 tracing::info!(
                     topic,
                     partition = self.partition,
                     offset,
-                    reason = %rejection,
+                    reason,
                     "event rejected to the dead-letter topic"
                 );
                 self.outgoing.dead_letters.push(DeadLetter {
@@ -237,7 +241,7 @@ impl PartitionWork {
                     key,
                     payload,
                     code: rejection.code(),
-                    reason: rejection.to_string(),
+                    reason: reason.to_string(),
                 });
             }
         }
