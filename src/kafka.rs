@@ -22,6 +22,8 @@ pub enum KafkaError {
     CreateTopic { topic: String, problem: String },
     #[error("cannot deliver to `{topic}`: {problem}")]
     Delivery { topic: String, problem: String },
+    #[error("topic `{topic}`: {problem}")]
+    TopicConfig { topic: String, problem: String },
 }
 
 /// Settings of the `tally run` consumer. Offsets are managed by tally (ClickHouse holds
@@ -444,7 +446,7 @@ async fn set_topic_config(
         .request_timeout(Some(Duration::from_secs(10)));
     let resource = ResourceSpecifier::Topic(topic);
     let described = admin.describe_configs([&resource], &options).await?;
-    let problem = |problem: String| KafkaError::CreateTopic {
+    let problem = |problem: String| KafkaError::TopicConfig {
         topic: topic.to_string(),
         problem,
     };
