@@ -23,7 +23,10 @@ use tally::partitioner::Partitioner;
 /// Collects every delivery report by the record's index (reports come in any order
 /// across partitions), so a test knows each record is on the broker and where it landed.
 #[derive(Default)]
-struct Deliveries(Mutex<BTreeMap<usize, Result<(i32, i64), String>>>);
+struct Deliveries(Mutex<BTreeMap<usize, Delivery>>);
+
+/// Where a record landed (partition, offset), or why the broker refused it.
+type Delivery = Result<(i32, i64), String>;
 
 impl ClientContext for Deliveries {}
 
