@@ -195,6 +195,10 @@ pub struct KafkaConfig {
     pub ssl_cert_file: PathBuf,
     /// The private key (PEM) of `ssl_cert_file`; absolute path. Empty: none.
     pub ssl_key_file: PathBuf,
+    /// The key hash that places an account in a partition (`crc32`, librdkafka's
+    /// default, or `murmur2`, the Java clients'): every producer of tally uses it, and
+    /// `tally run` forwards a record found elsewhere to its account's partition.
+    pub partitioner: crate::partitioner::Partitioner,
 }
 
 /// How Kafka clients connect (librdkafka's `security.protocol`).
@@ -482,6 +486,7 @@ impl Default for KafkaConfig {
             ssl_ca_file: PathBuf::new(),
             ssl_cert_file: PathBuf::new(),
             ssl_key_file: PathBuf::new(),
+            partitioner: crate::partitioner::Partitioner::Crc32,
         }
     }
 }

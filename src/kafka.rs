@@ -1,5 +1,5 @@
-//! Kafka at the edge: client settings, the producer for commands and dead letters, and
-//! topic creation.
+//! Kafka at the edge: client settings, the producer for commands, dead letters and
+//! records forwarded to their account's partition, and topic creation.
 
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub enum KafkaError {
     /// setting is wrong, and retrying would only hang.
     #[error("Kafka at {brokers}: {problem}")]
     Access { brokers: String, problem: String },
+    #[error("topic `{topic}`: {problem}")]
+    TopicConfig { topic: String, problem: String },
 }
 
 /// A client config for `kafka.brokers` with the security settings applied: every client
@@ -219,11 +221,32 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// The largest record tally's producers send (`message.max.bytes`, librdkafka's
+/// default, set explicitly so the dead-letter cut below is computed against it).
+pub const MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room kept under [`MESSAGE_MAX_BYTES`] for what librdkafka adds to key, value and
+/// headers (record and batch framing, varints): far more than it needs.
+const FRAMING_BYTES: usize = 4 * 1024;
+/// The longest reason a dead letter carries: a reason may echo a field of any size.
+pub const REASON_MAX_BYTES: usize = 1024;
+/// The longest key a dead letter carries: the key is the producer's, of any size.
+pub const DEAD_LETTER_KEY_MAX_BYTES: usize = 1024;
+
+/// Every producer of tally: keyed records go where `kafka.partitioner` says, which is
+/// where `tally run` applies them.
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     Ok(client_config(config)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
+        .set("partitioner", config.partitioner.librdkafka_name())
+        .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())
         .create()?)
+}
+
+/// Whether a record of this size (key, value and headers' bytes) can be produced again
+/// as it is, with room for framing.
+pub fn fits_producer(bytes: usize) -> bool {
+    bytes <= MESSAGE_MAX_BYTES - FRAMING_BYTES
 }
 
 /// A rejected event on its way to the dead-letter topic.
@@ -238,8 +261,151 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
-/// Sends `letters` to `dlq_topic` with the reason in headers, and waits for every
-/// acknowledgement.
+/// A record read from a partition that does not own its account, on its way to the one
+/// that does (same topic), as it was: key, payload, headers and broker timestamp.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Option<OwnedHeaders>,
+    /// The original broker timestamp, in milliseconds, so the owner decides with it.
+    pub timestamp: Option<i64>,
+}
+
+/// What a flush produces before its outputs and checkpoint: the offsets that cover these
+/// records are committed only once every one of them is acknowledged.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub dead_letters: Vec<DeadLetter>,
+    pub forwards: Vec<Forward>,
+}
+
+impl Outgoing {
+    pub fn append(&mut self, other: &mut Outgoing) {
+        self.dead_letters.append(&mut other.dead_letters);
+        self.forwards.append(&mut other.forwards);
+    }
+}
+
+/// Sends the dead letters and the forwards, and waits for every acknowledgement. Returns
+/// where each forward landed (topic, partition, offset).
+pub async fn send_outgoing(
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    outgoing: &Outgoing,
+) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+    let (letters, forwards) = futures::join!(
+        send_dead_letters(producer, dlq_topic, &outgoing.dead_letters),
+        send_forwards(producer, &outgoing.forwards)
+    );
+    letters.and(forwards)
+}
+
+/// Sends each record to its account's partition with its original key, headers and
+/// timestamp. At least once: a copy sent twice is charged once by the dedup window.
+async fn send_forwards(
+    producer: &FutureProducer,
+    forwards: &[Forward],
+) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+    let deliveries = forwards.iter().map(|forward| {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&forward.topic)
+            .partition(forward.partition)
+            .payload(&forward.payload);
+        if let Some(key) = &forward.key {
+            record = record.key(key);
+        }
+        if let Some(headers) = &forward.headers {
+            record = record.headers(headers.clone());
+        }
+        if let Some(at) = forward.timestamp {
+            record = record.timestamp(at);
+        }
+        producer.send(record, Duration::from_secs(30))
+    });
+    let mut landed = Vec::with_capacity(forwards.len());
+    for (delivery, forward) in futures::future::join_all(deliveries)
+        .await
+        .into_iter()
+        .zip(forwards)
+    {
+        let delivery = delivery.map_err(|(e, _)| KafkaError::Delivery {
+            topic: forward.topic.clone(),
+            problem: e.to_string(),
+        })?;
+        landed.push((forward.topic.clone(), delivery.partition, delivery.offset));
+    }
+    Ok(landed)
+}
+
+/// A dead letter as it is produced: cut where it must be, so that it always fits the
+/// producer's limit (a dead letter that cannot be sent would stop every flush).
+#[derive(Debug, PartialEq, Eq)]
+struct Shaped<'a> {
+    reason: &'a str,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    /// Headers: the position, the reason, and what was cut (original sizes).
+    headers: Vec<(&'static str, String)>,
+}
+
+fn shape(letter: &DeadLetter) -> Shaped<'_> {
+    let reason = cut_utf8(&letter.reason, REASON_MAX_BYTES);
+    let key = letter
+        .key
+        .as_deref()
+        .map(|k| &k[..k.len().min(DEAD_LETTER_KEY_MAX_BYTES)]);
+    let mut headers = vec![
+        ("tally.reason", reason.to_string()),
+        ("tally.reason.code", letter.code.to_string()),
+        ("tally.source.topic", letter.topic.clone()),
+        ("tally.source.partition", letter.partition.to_string()),
+        ("tally.source.offset", letter.offset.to_string()),
+    ];
+    if let Some(original) = letter
+        .key
+        .as_ref()
+        .filter(|k| k.len() > DEAD_LETTER_KEY_MAX_BYTES)
+    {
+        headers.push(("tally.key.truncated", original.len().to_string()));
+    }
+    // The header saying the payload was cut is counted before the cut is known: its
+    // value is at most 20 digits.
+    let fixed: usize = headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + key.map_or(0, <[u8]>::len)
+        + "tally.payload.truncated".len()
+        + 20;
+    let room = (MESSAGE_MAX_BYTES - FRAMING_BYTES).saturating_sub(fixed);
+    let payload = &letter.payload[..letter.payload.len().min(room)];
+    if payload.len() < letter.payload.len() {
+        headers.push(("tally.payload.truncated", letter.payload.len().to_string()));
+    }
+    Shaped {
+        reason,
+        key,
+        payload,
+        headers,
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn cut_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Sends `letters` to `dlq_topic` with the reason and the source position in headers,
+/// cut to fit (see [`shape`]), and waits for every acknowledgement.
 pub async fn send_dead_letters(
     producer: &FutureProducer,
     dlq_topic: &str,
@@ -247,33 +413,20 @@ pub async fn send_dead_letters(
 ) -> Result<(), KafkaError> {
     let mut deliveries = Vec::with_capacity(letters.len());
     for letter in letters {
-        let offset = letter.offset.to_string();
-        let partition = letter.partition.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "tally.reason",
-                value: Some(&letter.reason),
-            })
-            .insert(Header {
-                key: "tally.reason.code",
-                value: Some(letter.code),
-            })
-            .insert(Header {
-                key: "tally.source.topic",
-                value: Some(&letter.topic),
-            })
-            .insert(Header {
-                key: "tally.source.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "tally.source.offset",
-                value: Some(&offset),
+        let shaped = shape(letter);
+        let headers = shaped
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
             });
         let mut record = FutureRecord::<[u8], [u8]>::to(dlq_topic)
-            .payload(&letter.payload)
+            .payload(shaped.payload)
             .headers(headers);
-        if let Some(key) = &letter.key {
+        if let Some(key) = shaped.key {
             record = record.key(key);
         }
         deliveries.push(producer.send(record, Duration::from_secs(30)));
@@ -418,6 +571,80 @@ pub async fn create_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// The topic setting with which a broker refuses records stamped too far ahead (Kafka
+/// 3.6+, KIP-937).
+const TIMESTAMP_AFTER_MAX: &str = "message.timestamp.after.max.ms";
+
+/// Asks the broker to refuse usage and command records stamped more than `skew` ahead of
+/// its clock, keeping the topics' other settings. Best effort: a broker without the
+/// setting (tansu, Kafka before 3.6) answers with an error, which is logged; `tally run`
+/// refuses such records either way.
+pub async fn limit_future_timestamps(config: &KafkaConfig, skew: Duration) {
+    let millis = skew.as_millis().to_string();
+    for topic in [&config.usage_topic, &config.commands_topic] {
+        match set_topic_config(config, topic, TIMESTAMP_AFTER_MAX, &millis).await {
+            Ok(()) => {
+                tracing::info!(topic = %topic, setting = TIMESTAMP_AFTER_MAX, value = %millis, "topic refuses records stamped too far ahead")
+            }
+            Err(e) => tracing::info!(
+                topic = %topic,
+                setting = TIMESTAMP_AFTER_MAX,
+                error = %e,
+                "the broker did not take the setting; tally run still dead-letters records stamped too far ahead"
+            ),
+        }
+    }
+}
+
+/// Sets one topic setting, keeping the others set on the topic (AlterConfigs replaces the
+/// whole set: the incremental call is not in the client).
+async fn set_topic_config(
+    config: &KafkaConfig,
+    topic: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AlterConfig, ConfigSource, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let resource = ResourceSpecifier::Topic(topic);
+    let described = admin.describe_configs([&resource], &options).await?;
+    let problem = |problem: String| KafkaError::TopicConfig {
+        topic: topic.to_string(),
+        problem,
+    };
+    let current = match described.into_iter().next() {
+        Some(Ok(current)) => current,
+        Some(Err(code)) => return Err(problem(format!("cannot describe its settings: {code}"))),
+        None => return Err(problem("no description of its settings".into())),
+    };
+    if current.get(name).and_then(|e| e.value.as_deref()) == Some(value) {
+        return Ok(());
+    }
+    let kept: Vec<(&str, &str)> = current
+        .entries
+        .iter()
+        .filter(|e| e.source == ConfigSource::DynamicTopic && e.name != name)
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    let alter = kept
+        .into_iter()
+        .fold(AlterConfig::new(resource), |alter, (k, v)| alter.set(k, v))
+        .set(name, value);
+    match admin
+        .alter_configs([&alter], &options)
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(Ok(_)) => Ok(()),
+        Some(Err((_, code))) => Err(problem(format!("cannot set `{name}`: {code}"))),
+        None => Err(problem(format!("no answer to setting `{name}`"))),
+    }
+}
+
 /// The partition's end as of the consumer's last fetch response, read from librdkafka's
 /// cache without a request. The fetch responses are what to trust: tansu 0.6 answers a
 /// ListOffsets(latest) request with the base offset of the last batch plus one, which
@@ -504,4 +731,87 @@ pub fn group_offsets(
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(reason: String, key: Option<Vec<u8>>, payload: Vec<u8>) -> DeadLetter {
+        DeadLetter {
+            topic: "ai.usage".into(),
+            partition: 3,
+            offset: 17,
+            key,
+            payload,
+            code: "bad_data",
+            reason,
+        }
+    }
+
+    fn size(shaped: &Shaped<'_>) -> usize {
+        shaped.payload.len()
+            + shaped.key.map_or(0, <[u8]>::len)
+            + shaped
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
+    fn header<'a>(shaped: &'a Shaped<'_>, name: &str) -> Option<&'a str> {
+        shaped
+            .headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn cut_utf8_stops_on_a_character_boundary() {
+        assert_eq!(cut_utf8("abc", 5), "abc");
+        assert_eq!(cut_utf8("abc", 2), "ab");
+        // `한` is 3 bytes: 4 bytes hold one of them and no half of the next.
+        assert_eq!(cut_utf8("한국어", 4), "한");
+        assert_eq!(cut_utf8("한국어", 6), "한국");
+        assert_eq!(cut_utf8("한", 2), "");
+    }
+
+    #[test]
+    fn a_small_dead_letter_goes_out_whole() {
+        let original = letter(
+            "unknown field `x`".into(),
+            Some(b"acme".to_vec()),
+            b"{}".to_vec(),
+        );
+        let shaped = shape(&original);
+        assert_eq!(shaped.payload, b"{}");
+        assert_eq!(shaped.key, Some(&b"acme"[..]));
+        assert_eq!(shaped.reason, "unknown field `x`");
+        assert_eq!(header(&shaped, "tally.source.topic"), Some("ai.usage"));
+        assert_eq!(header(&shaped, "tally.source.partition"), Some("3"));
+        assert_eq!(header(&shaped, "tally.source.offset"), Some("17"));
+        assert_eq!(header(&shaped, "tally.payload.truncated"), None);
+        assert_eq!(header(&shaped, "tally.key.truncated"), None);
+    }
+
+    /// The record: a reason echoing a 600 KB field and a payload at the limit.
+    #[test]
+    fn a_dead_letter_at_the_limit_is_cut_to_fit_and_says_so() {
+        let reason = format!("unknown field `{}`", "é".repeat(300_000));
+        let payload = vec![b'x'; MESSAGE_MAX_BYTES - 10];
+        let key = vec![b'k'; 5_000];
+        let original = letter(reason, Some(key), payload);
+        let shaped = shape(&original);
+        assert!(shaped.reason.len() <= REASON_MAX_BYTES && shaped.reason.len() > 1000);
+        assert!(original.reason.starts_with(shaped.reason));
+        assert_eq!(shaped.key.map(<[u8]>::len), Some(DEAD_LETTER_KEY_MAX_BYTES));
+        assert_eq!(header(&shaped, "tally.key.truncated"), Some("5000"));
+        assert_eq!(
+            header(&shaped, "tally.payload.truncated"),
+            Some((MESSAGE_MAX_BYTES - 10).to_string().as_str())
+        );
+        assert!(shaped.payload.len() < original.payload.len());
+        assert!(fits_producer(size(&shaped)), "{} bytes", size(&shaped));
+    }
 }

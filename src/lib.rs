@@ -7,6 +7,7 @@ pub mod config;
 pub mod holds;
 pub mod kafka;
 pub mod notify;
+pub mod partitioner;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -536,7 +536,7 @@ fn holds_follow_a_partition_to_its_new_owner() {
     let accounts: Vec<String> = (0..)
         .map(|i| format!("acct-{i}"))
         .scan(BTreeSet::new(), |seen, account| {
-            let partition = tally::holds::partition_of(&account, 2);
+            let partition = tally::holds::partition_of(&account, 2, Default::default());
             Some(seen.insert(partition).then_some(account))
         })
         .flatten()
@@ -544,8 +544,8 @@ fn holds_follow_a_partition_to_its_new_owner() {
         .collect();
     let (first, second) = (&accounts[0], &accounts[1]);
     let (p_first, p_second) = (
-        tally::holds::partition_of(first, 2),
-        tally::holds::partition_of(second, 2),
+        tally::holds::partition_of(first, 2, Default::default()),
+        tally::holds::partition_of(second, 2, Default::default()),
     );
     let at = Utc::now() - TimeDelta::minutes(5);
     let mut events = Vec::new();

@@ -70,6 +70,18 @@ impl Book {
         parsed: Result<Event, Rejection>,
         arrival: DateTime<Utc>,
     ) -> Step {
+        // A record whose timestamp is refused moves nothing: not the clock, not any account.
+        match parsed {
+            Err(rejection) if rejection.keeps_clock() => {
+                return Step {
+                    due: Vec::new(),
+                    outcome: Outcome::Rejected(rejection),
+                    alerts: Vec::new(),
+                    answer: None,
+                }
+            }
+            _ => {}
+        }
         let due = self.advance(rules, arrival);
         // A call that settles no hold moves no deadline: it changes no lot's expiry, no
         // cycle and no hold, so the (per-event) rescheduling can be skipped.

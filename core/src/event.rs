@@ -37,6 +37,28 @@ pub enum Body {
     Tick,
 }
 
+impl Body {
+    /// The CloudEvent `type` this body was read from.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Body::Usage(_) => "ai.usage",
+            Body::Grant(_) => "credit.grant",
+            Body::Void(_) => "credit.void",
+            Body::Plan(_) => "account.plan",
+            Body::Settings(_) => "account.settings",
+            Body::Hold(_) => "credit.hold",
+            Body::Release(_) => "credit.release",
+            Body::Tick => TICK,
+        }
+    }
+
+    /// Usage belongs on the usage topic; everything else (commands, ticks) on the
+    /// commands topic.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Body::Usage(_))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -270,6 +292,25 @@ pub enum Rejection {
         owner: String,
         account: String,
     },
+    /// The record's broker timestamp (the producer's clock) is further ahead of the
+    /// consumer's clock at receipt than the allowed skew. The shell decides this (the
+    /// core has no clock); such a record must never move the partition clock.
+    #[error(
+        "broker timestamp {arrival} is more than {skew_secs} s ahead of the time it was received"
+    )]
+    FutureTimestamp {
+        arrival: DateTime<Utc>,
+        skew_secs: i64,
+    },
+    /// An event read from the topic of the other role: usage is taken only from the usage
+    /// topic and commands only from the commands topic, so a service that may send usage
+    /// cannot mint credits.
+    #[error("`{ty}` does not belong on the {topic} topic")]
+    WrongTopic { ty: String, topic: &'static str },
+    /// A record in a partition that does not own its account, too large to be forwarded
+    /// to the owner: it can only go to the dead-letter topic.
+    #[error("account `{account}` belongs to partition {owner}, and the record is too large to forward there")]
+    TooLargeToForward { account: String, owner: i32 },
 }
 
 impl Rejection {
@@ -291,7 +332,16 @@ impl Rejection {
             Rejection::Command(_) => "bad_command",
             Rejection::OutOfRange(_) => "out_of_range",
             Rejection::ForeignHold { .. } => "foreign_hold",
+            Rejection::FutureTimestamp { .. } => "future_timestamp",
+            Rejection::WrongTopic { .. } => "wrong_topic",
+            Rejection::TooLargeToForward { .. } => "too_large_to_forward",
         }
+    }
+
+    /// A rejection of the record's broker timestamp itself: the record must not move the
+    /// partition clock, since its time is what cannot be trusted.
+    pub fn keeps_clock(&self) -> bool {
+        matches!(self, Rejection::FutureTimestamp { .. })
     }
 }
 

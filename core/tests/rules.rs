@@ -2576,3 +2576,62 @@ fn states_without_holds_read_as_before_and_holds_survive_a_checkpoint() {
     let restored: AccountState = serde_json::from_str(&json).expect("loads");
     assert_eq!(&restored, h.state());
 }
+
+/// The shell refuses a record whose broker timestamp is beyond the skew (it alone has a
+/// clock) and hands the core that decision: the core must then move nothing. A record
+/// stamped 2100 that moved the clock would expire this lot, which has days left.
+#[test]
+fn a_refused_broker_timestamp_never_moves_the_partition_clock() {
+    let mut h = Harness::new();
+    h.grant(
+        "promo",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind":"promotional","credits":50,"expires_at":"2026-11-03T00:00:00Z"}"#,
+    );
+    let far = at("2100-01-01T00:00:00Z");
+    let refused = Rejection::FutureTimestamp {
+        arrival: far,
+        skew_secs: 300,
+    };
+    let step = h.book.apply(&h.rules, Err(refused), far);
+    assert!(step.due.is_empty(), "nothing falls due: {:?}", step.due);
+    assert!(
+        matches!(&step.outcome, Outcome::Rejected(r) if r.code() == "future_timestamp"),
+        "{:?}",
+        step.outcome
+    );
+    assert_eq!(h.book.clock, Some(at("2026-11-01T00:00:00Z")));
+    // The lot still pays a call made the next day: 7 of its 50.
+    let entry = h.call(
+        "u1",
+        "2026-11-02T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
+    assert_eq!(paid(&entry), vec![("promo", whole(7))]);
+    assert_eq!(h.lot("promo").remaining, whole(43));
+}
+
+/// Every body names the CloudEvent type it came from, and only usage is usage: the shell
+/// takes usage only from the usage topic and the rest only from the commands topic.
+#[test]
+fn bodies_name_their_type_and_role() {
+    let grant = event(
+        "credit.grant",
+        "g",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind":"promotional","credits":5}"#,
+    );
+    let parsed = tally_core::event::parse(grant.as_bytes(), at("2026-11-01T00:00:00Z"))
+        .expect("a valid grant");
+    assert_eq!(parsed.body.type_name(), "credit.grant");
+    assert!(!parsed.body.is_usage());
+    let call = usage(
+        "u",
+        "2026-11-01T00:00:00Z",
+        r#"{"user":"kim","feature":"erase"}"#,
+    );
+    let parsed =
+        tally_core::event::parse(call.as_bytes(), at("2026-11-01T00:00:00Z")).expect("usage");
+    assert_eq!(parsed.body.type_name(), "ai.usage");
+    assert!(parsed.body.is_usage());
+}

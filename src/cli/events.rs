@@ -196,6 +196,18 @@ async fn send_chunk(
 /// expire and cycles turn over up to then.
 pub async fn tick(config: &Config, at: DateTime<Utc>, json: bool) -> anyhow::Result<()> {
     kafka::check_access_async(&config.kafka).await?;
+    // `tally run` refuses a broker timestamp this far ahead (it would move every
+    // account's clock): say so here rather than send ticks that only reach the DLQ.
+    let skew = chrono::TimeDelta::from_std(config.rules.max_future_skew)
+        .context("rules.max_future_skew")?;
+    if at - Utc::now() > skew {
+        bail!(
+            "--at {} is more than rules.max_future_skew ({}) ahead of now: tally run would \
+             refuse the ticks (future_timestamp)",
+            at.to_rfc3339(),
+            humantime::format_duration(config.rules.max_future_skew)
+        );
+    }
     let producer = kafka::producer(&config.kafka)?;
     let sent = kafka::send_ticks(&producer, &config.kafka, None, at)
         .await

@@ -29,6 +29,7 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     kafka::create_topics(&config.kafka)
         .await
         .with_context(|| format!("cannot create topics at {}", config.kafka.brokers))?;
+    kafka::limit_future_timestamps(&config.kafka, config.rules.max_future_skew).await;
     let k = &config.kafka;
     if json {
         println!(

@@ -9,28 +9,13 @@ use serde::{Deserialize, Serialize};
 use tally_core::holds::{Check, Hold};
 use tally_core::{Answer, Credits};
 
-/// The partition librdkafka's default partitioner (`consistent_random`) gives a message
-/// keyed by `key` among `partitions`: CRC-32 (IEEE) of the key, modulo the count. Every
-/// producer of tally (`tally send`, ingest, holds) keys by account with that partitioner,
-/// so this is where an account's events and commands are.
-pub fn partition_of(key: &str, partitions: i32) -> i32 {
-    if partitions <= 0 {
-        return 0;
-    }
-    (crc32(key.as_bytes()) % partitions as u32) as i32
-}
+use crate::partitioner::Partitioner;
 
-/// CRC-32 (IEEE 802.3, reflected, the zlib one), as librdkafka's `rd_crc32`.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+/// The partition of `account` among `partitions` by the deployment's partitioner
+/// (`kafka.partitioner`): every producer of tally (`tally send`, ingest, holds) keys by
+/// account with it, and `tally run` applies an account's records only there.
+pub fn partition_of(account: &str, partitions: i32, partitioner: Partitioner) -> i32 {
+    partitioner.partition(account.as_bytes(), partitions)
 }
 
 /// `POST /v1/check` and the owner's `POST /internal/check`: a call about to be made.
@@ -167,40 +152,4 @@ pub struct ClaimInfo {
     pub advertise: String,
     #[serde(default)]
     pub pid: u32,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32_is_the_ieee_one() {
-        assert_eq!(crc32(b""), 0);
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
-
-    /// The partition of a key is where librdkafka's own default partitioner puts it: the
-    /// C function every tally producer uses, called directly (a key never takes the random
-    /// branch, which is the only one that reads the topic handle).
-    #[test]
-    fn partition_of_is_librdkafkas_consistent_random() {
-        for partitions in [1, 2, 3, 6, 7, 12, 64] {
-            for i in 0..500 {
-                let key = format!("acct-{i:04}-{}", "x".repeat(i % 13));
-                // SAFETY: a non-empty key with a null topic handle: the consistent branch
-                // only hashes the key.
-                let theirs = unsafe {
-                    rdkafka::bindings::rd_kafka_msg_partitioner_consistent_random(
-                        std::ptr::null(),
-                        key.as_ptr().cast(),
-                        key.len(),
-                        partitions,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    )
-                };
-                assert_eq!(partition_of(&key, partitions), theirs, "key {key}");
-            }
-        }
-    }
 }

@@ -22,11 +22,26 @@ pub struct Pending {
     /// Kept for the dead-letter topic.
     pub payload: Vec<u8>,
     pub received: Instant,
+    /// Set when the record belongs to another partition's account: it is produced there
+    /// and never applied here.
+    pub forward: Option<Forwarding>,
+}
+
+/// Where a misplaced record goes, and what it must keep of the original.
+pub struct Forwarding {
+    pub to: i32,
+    pub headers: Option<rdkafka::message::OwnedHeaders>,
+    /// The original broker timestamp, in milliseconds.
+    pub timestamp: Option<i64>,
 }
 
 impl Pending {
-    /// Rejected payloads have no time and never wait.
+    /// Rejected payloads have no time and never wait, nor do records forwarded elsewhere
+    /// (they are applied in their own partition's order).
     fn time(&self) -> Option<DateTime<Utc>> {
+        if self.forward.is_some() {
+            return None;
+        }
         self.parsed.as_ref().ok().map(|e| e.time)
     }
 }
@@ -249,6 +264,7 @@ mod tests {
             key: None,
             payload: Vec::new(),
             received,
+            forward: None,
         }
     }
 

@@ -21,7 +21,8 @@ use crate::notify::AlertCounters;
 pub mod phase {
     /// Taking the partitions' outputs into one batch (CPU only).
     pub const BUILD: &str = "build";
-    /// Producing the rejected events to the dead-letter topic.
+    /// Producing the rejected events to the dead-letter topic, and misplaced records to
+    /// their account's partition.
     pub const DEAD_LETTERS: &str = "dead_letters";
     /// Ledger, lots, balances and daily rollups.
     pub const WRITE_OUTPUTS: &str = "write_outputs";
@@ -67,6 +68,9 @@ pub struct RunMetrics {
     pub rejected: IntCounterVec,
     /// Events charged before (same account, source and id within the dedup window).
     pub duplicates: IntCounter,
+    /// Records found in a partition that does not own their account, forwarded to the
+    /// one that does, by topic.
+    pub forwarded: IntCounterVec,
     /// End offset minus next offset to apply, by topic and partition.
     pub lag: IntGaugeVec,
     /// Seconds per flush phase, observed as each phase completes.
@@ -106,6 +110,13 @@ impl RunMetrics {
         let duplicates = IntCounter::new(
             "tally_events_duplicate_total",
             "Events skipped as duplicates within the dedup window",
+        )?;
+        let forwarded = IntCounterVec::new(
+            Opts::new(
+                "tally_events_forwarded_total",
+                "Records found in a partition that does not own their account (another partitioner), forwarded to their account's partition, by topic",
+            ),
+            &["topic"],
         )?;
         let lag = IntGaugeVec::new(
             Opts::new(
@@ -161,10 +172,11 @@ impl RunMetrics {
             ),
             &["route", "method", "status"],
         )?;
-        let collectors: [Box<dyn Collector>; 11] = [
+        let collectors: [Box<dyn Collector>; 12] = [
             Box::new(applied.clone()),
             Box::new(rejected.clone()),
             Box::new(duplicates.clone()),
+            Box::new(forwarded.clone()),
             Box::new(lag.clone()),
             Box::new(flush_seconds.clone()),
             Box::new(flush_events.clone()),
@@ -190,6 +202,7 @@ impl RunMetrics {
             applied,
             rejected,
             duplicates,
+            forwarded,
             lag,
             flush_seconds,
             flush_events,
@@ -211,6 +224,10 @@ impl RunMetrics {
                 self.applied.with_label_values(&[topics.1]),
             ),
             duplicates: self.duplicates.clone(),
+            forwarded: (
+                self.forwarded.with_label_values(&[topics.0]),
+                self.forwarded.with_label_values(&[topics.1]),
+            ),
             rejected: self.rejected.clone(),
             apply_delay: self.apply_delay.local(),
             lag: (None, None),
@@ -252,6 +269,7 @@ pub struct PartitionMetrics {
     topics: (String, String),
     applied: (IntCounter, IntCounter),
     duplicates: IntCounter,
+    forwarded: (IntCounter, IntCounter),
     rejected: IntCounterVec,
     apply_delay: LocalHistogram,
     lag: (Option<IntGauge>, Option<IntGauge>),
@@ -268,6 +286,13 @@ impl PartitionMetrics {
 
     pub fn duplicate(&self) {
         self.duplicates.inc();
+    }
+
+    pub fn forwarded(&self, which: Which) {
+        match which {
+            Which::Usage => self.forwarded.0.inc(),
+            Which::Commands => self.forwarded.1.inc(),
+        }
     }
 
     /// Rejections are rare: the label lookup is paid only for them.

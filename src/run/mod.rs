@@ -7,6 +7,7 @@ pub mod merge;
 pub mod metrics;
 pub mod partition;
 pub mod rollup;
+pub mod screen;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, PartitionWork};
 use crate::config::Config;
-use crate::kafka::{self, DeadLetter};
+use crate::kafka;
 use crate::store::{self, checkpoint, writes};
 
 /// Events applied per partition between two polls, so polling stays regular.
@@ -60,8 +61,12 @@ pub struct Summary {
 /// A flush that has been built and not yet committed; retried as it is until it lands.
 struct Flush {
     batch: writes::Batch,
-    dead_letters: Vec<DeadLetter>,
-    dead_letters_sent: bool,
+    /// Dead letters and forwarded records: produced first, as the offsets covering them
+    /// are committed by the checkpoint.
+    outgoing: kafka::Outgoing,
+    outgoing_sent: bool,
+    /// Where the forwards landed (topic, partition, offset), once sent.
+    forwarded: Vec<(String, i32, i64)>,
     /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
     mails: Option<Vec<crate::notify::Alert>>,
     /// Records (every outcome) the flush commits.
@@ -110,8 +115,13 @@ struct Pipeline {
     owner: Arc<crate::holds::owner::Owner>,
     /// What the claim rows say about this process (`ClaimInfo` as JSON).
     claim_info: String,
-    /// Partitions of each topic: an account's partition is `partition_of(account, this)`.
+    /// Partitions of each topic, among which `kafka.partitioner` places an account.
     partition_count: i32,
+    /// Sources whose misplaced records have been logged (each once).
+    forward_log: screen::LoggedSources,
+    /// The next offset after the last record this process forwarded, per side: a drain
+    /// also applies what it forwarded, which lies past the ends it started with.
+    forwarded_ends: BTreeMap<(Which, i32), i64>,
 }
 
 impl Pipeline {
@@ -233,21 +243,69 @@ impl Pipeline {
         }
         self.last_any_received = Instant::now();
         side.received(message.offset(), Instant::now());
-        let arrival = message
-            .timestamp()
-            .to_millis()
+        let pending = self.pending(message, which);
+        if let Some(work) = self.parts.get_mut(&message.partition()) {
+            work.side_mut(which).queue.push_back(pending);
+        }
+        Ingest::Queued
+    }
+
+    /// A received record, screened at the edges (see [`screen`]): to apply here, to
+    /// dead-letter, or to forward to its account's partition.
+    fn pending(&mut self, message: &BorrowedMessage<'_>, which: Which) -> Pending {
+        let edges = screen::Edges {
+            max_future_skew: self.rules.max_future_skew,
+            partitions: self.partition_count,
+            partitioner: self.config.kafka.partitioner,
+        };
+        let timestamp = message.timestamp().to_millis();
+        let arrival = timestamp
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
         let payload = message.payload().unwrap_or_default();
-        side.queue.push_back(Pending {
+        let record = screen::Record {
+            which,
+            partition: message.partition(),
+            payload,
+            arrival,
+            // The wall clock is read here, at receipt; the core gets only the decision
+            // (a refused timestamp) and stays free of clocks.
+            received_at: Utc::now(),
+            size: record_size(message),
+        };
+        let (parsed, forward) = match screen::screen(&edges, &record) {
+            screen::Verdict::Here(parsed) => (parsed, None),
+            screen::Verdict::Forward { to, event } => {
+                if self.forward_log.first_time(&event.source) {
+                    tracing::warn!(
+                        source = ?event.source,
+                        account = ?event.account,
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        owner = to,
+                        partitioner = edges.partitioner.as_str(),
+                        "a record in a partition that does not own its account (its producer \
+                         uses another partitioner than kafka.partitioner): forwarded to the \
+                         account's partition; logged once per source"
+                    );
+                }
+                let forwarding = merge::Forwarding {
+                    to,
+                    headers: message.headers().map(|h| h.detach()),
+                    timestamp,
+                };
+                (Ok(event), Some(forwarding))
+            }
+        };
+        Pending {
             offset: message.offset(),
             arrival,
-            parsed: tally_core::event::parse(payload, arrival),
+            parsed,
             key: message.key().map(<[u8]>::to_vec),
             payload: payload.to_vec(),
             received: Instant::now(),
-        });
-        Ingest::Queued
+            forward,
+        }
     }
 
     fn apply_ready(&mut self, now: Instant) {
@@ -326,7 +384,7 @@ impl Pipeline {
     fn build_flush(&mut self) -> Option<Flush> {
         let started = Instant::now();
         let mut batch = writes::Batch::default();
-        let mut dead_letters = Vec::new();
+        let mut outgoing = kafka::Outgoing::default();
         let mut decided = Vec::new();
         let now_secs = Utc::now().timestamp().max(0) as u32;
         let mut offsets = Vec::new();
@@ -334,7 +392,7 @@ impl Pipeline {
         for work in self.parts.values_mut() {
             if work.drain_into(
                 &mut batch,
-                &mut dead_letters,
+                &mut outgoing,
                 &mut decided,
                 &self.stream,
                 now_secs,
@@ -357,8 +415,9 @@ impl Pipeline {
             .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
         Some(Flush {
             batch,
-            dead_letters,
-            dead_letters_sent: false,
+            outgoing,
+            outgoing_sent: false,
+            forwarded: Vec::new(),
             mails: None,
             events,
             decided,
@@ -408,6 +467,7 @@ impl Pipeline {
                 tracing::error!("the notifier has stopped; alerts stay pending in ClickHouse and are sent at the next start");
             }
         }
+        self.note_forwarded(&flush.forwarded);
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
@@ -440,10 +500,23 @@ impl Pipeline {
         }
         tracing::debug!(
             ledger_rows = flush.batch.ledger.len(),
-            dead_letters = flush.dead_letters.len(),
+            dead_letters = flush.outgoing.dead_letters.len(),
+            forwarded = flush.outgoing.forwards.len(),
             "flushed"
         );
         Ok(flush.offsets)
+    }
+
+    fn note_forwarded(&mut self, landed: &[(String, i32, i64)]) {
+        for (topic, partition, offset) in landed {
+            let which = if *topic == self.config.kafka.usage_topic {
+                Which::Usage
+            } else {
+                Which::Commands
+            };
+            let end = self.forwarded_ends.entry((which, *partition)).or_default();
+            *end = (*end).max(offset + 1);
+        }
     }
 
     /// Writes everything applied so far and waits for it: the flush in flight, a failed
@@ -578,8 +651,9 @@ impl Pipeline {
                         Which::Usage => &work.usage,
                         Which::Commands => &work.commands,
                     };
+                    let forwarded = self.forwarded_ends.get(&(which, work.partition));
                     ends.confirmed(which, work.partition)
-                        .is_some_and(|end| side.applied_next >= end)
+                        .is_some_and(|end| side.applied_next >= end.max(*forwarded.unwrap_or(&0)))
                 })
             })
     }
@@ -602,16 +676,16 @@ async fn write_flush(
             metrics.flush_phase(name, at.elapsed().as_secs_f64());
             at = Instant::now();
         };
-        if !flush.dead_letters_sent {
-            kafka::send_dead_letters(&producer, &dlq_topic, &flush.dead_letters)
+        if !flush.outgoing_sent {
+            flush.forwarded = kafka::send_outgoing(&producer, &dlq_topic, &flush.outgoing)
                 .await
                 .map_err(|e| {
                     (
                         phase::DEAD_LETTERS,
-                        anyhow::Error::new(e).context("dead-letter topic"),
+                        anyhow::Error::new(e).context("dead letters and forwards"),
                     )
                 })?;
-            flush.dead_letters_sent = true;
+            flush.outgoing_sent = true;
             done(phase::DEAD_LETTERS);
         }
         writes::write_outputs(&store, &flush.batch)
@@ -838,6 +912,8 @@ pub fn run(
         owner: owner.clone(),
         claim_info,
         partition_count: 0,
+        forward_log: screen::LoggedSources::default(),
+        forwarded_ends: BTreeMap::new(),
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -1031,7 +1107,12 @@ fn checker(pipeline: std::sync::Weak<Mutex<Pipeline>>) -> crate::holds::owner::C
             .parts
             .get(&partition)
             .ok_or(CheckError::NotOwner(partition))?;
-        if crate::holds::partition_of(&request.account, p.partition_count) != partition {
+        if crate::holds::partition_of(
+            &request.account,
+            p.partition_count,
+            p.config.kafka.partitioner,
+        ) != partition
+        {
             return Err(CheckError::NotOwner(partition));
         }
         let quantity = request
@@ -1068,6 +1149,18 @@ fn checker(pipeline: std::sync::Weak<Mutex<Pipeline>>) -> crate::holds::owner::C
             },
         })
     })
+}
+
+/// Bytes of a record's key, payload and headers: what producing it again takes.
+fn record_size(message: &BorrowedMessage<'_>) -> usize {
+    use rdkafka::message::Headers;
+    let headers: usize = message.headers().map_or(0, |headers| {
+        headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    message.payload_len() + message.key_len() + headers
 }
 
 /// The name checkpoints are stored under: the pair of topics they cover.

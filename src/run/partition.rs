@@ -10,7 +10,7 @@ use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::{self, Rollups};
 use crate::holds::Decided;
-use crate::kafka::DeadLetter;
+use crate::kafka::{DeadLetter, Forward, Outgoing};
 use crate::store::checkpoint::{Commit, Restored};
 use crate::store::rows::{balance_rows, from_seconds, LedgerRow, LotRow};
 use crate::store::writes::Batch;
@@ -42,7 +42,9 @@ pub struct PartitionWork {
     ledger: Vec<LedgerRow>,
     /// Running totals of the days still open to late events.
     rollups: Rollups,
-    pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters and records forwarded to their account's partition, produced before
+    /// the flush's checkpoint.
+    pub outgoing: Outgoing,
     /// Low-credit alerts decided since the last flush.
     alerts: Vec<tally_core::alerts::Alert>,
     /// Offsets applied since the last flush, so an idle partition writes nothing.
@@ -73,7 +75,7 @@ impl PartitionWork {
             touched: HashSet::new(),
             ledger: Vec::new(),
             rollups: Rollups::restore(restored.segment_records, restored.days),
-            dead_letters: Vec::new(),
+            outgoing: Outgoing::default(),
             alerts: Vec::new(),
             dirty: false,
             counts: Counts::default(),
@@ -146,8 +148,26 @@ impl PartitionWork {
             parsed,
             key,
             payload,
+            forward,
             ..
         } = pending;
+        if let Some(forward) = forward {
+            // Another partition owns the account: produced there, applied there only.
+            self.metrics.forwarded(which);
+            self.outgoing.forwards.push(Forward {
+                topic: topic.to_string(),
+                partition: forward.to,
+                key,
+                payload,
+                headers: forward.headers,
+                timestamp: forward.timestamp,
+            });
+            self.dirty = true;
+            return;
+        }
+        // A refused timestamp must not move the clock the checkpoint keeps either (it
+        // expires dedup keys).
+        let moves_clock = !matches!(&parsed, Err(r) if r.keeps_clock());
         let step = self.book.apply(rules, parsed, arrival);
         self.alerts.extend(step.alerts);
         if which == Which::Commands {
@@ -203,25 +223,31 @@ impl PartitionWork {
             Outcome::Rejected(rejection) => {
                 self.counts.rejected += 1;
                 self.metrics.rejected(rejection.code());
+                // A reason may echo a field of any size: the log line and the header get
+                // its first kilobyte.
+                let full = rejection.to_string();
+                let reason = crate::kafka::cut_utf8(&full, crate::kafka::REASON_MAX_BYTES);
                 tracing::info!(
                     topic,
                     partition = self.partition,
                     offset,
-                    reason = %rejection,
+                    reason,
                     "event rejected to the dead-letter topic"
                 );
-                self.dead_letters.push(DeadLetter {
+                self.outgoing.dead_letters.push(DeadLetter {
                     topic: topic.to_string(),
                     partition: self.partition,
                     offset,
                     key,
                     payload,
                     code: rejection.code(),
-                    reason: rejection.to_string(),
+                    reason: reason.to_string(),
                 });
             }
         }
-        self.arrival_high = self.arrival_high.max(arrival.timestamp());
+        if moves_clock {
+            self.arrival_high = self.arrival_high.max(arrival.timestamp());
+        }
         self.dirty = true;
     }
 
@@ -240,7 +266,7 @@ impl PartitionWork {
     pub fn drain_into(
         &mut self,
         batch: &mut Batch,
-        dead_letters: &mut Vec<DeadLetter>,
+        outgoing: &mut Outgoing,
         decided: &mut Vec<(i32, i64, Decided)>,
         stream: &str,
         now_secs: u32,
@@ -320,7 +346,7 @@ impl PartitionWork {
             self.rows_since_snapshot += superseding;
         }
         batch.checkpoint.push(commit.offsets());
-        dead_letters.append(&mut self.dead_letters);
+        outgoing.append(&mut self.outgoing);
         let partition = self.partition;
         decided.extend(
             self.decided

@@ -80,7 +80,7 @@ impl Owners {
     async fn partition(&self, state: &Shared, account: &str) -> Result<i32, ApiError> {
         let mut cache = self.cache.lock().await;
         if let Some(count) = cache.partitions {
-            return Ok(partition_of(account, count));
+            return Ok(partition_of(account, count, state.config.kafka.partitioner));
         }
         let producer = state.producer.clone();
         let topic = state.config.kafka.commands_topic.clone();
@@ -102,7 +102,7 @@ impl Owners {
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .map_err(ApiError::Unavailable)?;
         cache.partitions = Some(count);
-        Ok(partition_of(account, count))
+        Ok(partition_of(account, count, state.config.kafka.partitioner))
     }
 
     /// The owner's address of `partition`; `fresh` reads the claim rows again first (at
