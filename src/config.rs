@@ -148,6 +148,13 @@ pub struct StatusConfig {
     /// process's claim rows so `tally serve` routes checks and holds of the partitions it
     /// owns to it; empty: `listen`.
     pub advertise: String,
+    /// The shared token of the `/internal` routes (checks and hold answers for `tally
+    /// serve`), which `tally serve` sends as a bearer token. Only from the environment
+    /// (TALLY_STATUS__TOKEN), never written in the file; never logged. Required when
+    /// `listen` is not a loopback address.
+    pub token: Secret,
+    /// Or: absolute path of a file holding the token (e.g. a mounted secret).
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -310,6 +317,8 @@ pub struct RulesConfig {
     /// Default low-credit alert thresholds, applied to every pool; accounts override them
     /// with `account.settings {"alerts": {...}}`.
     pub alerts: AlertThresholds,
+    /// Most holds one account may have open at once; a hold over it is rejected.
+    pub max_open_holds: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -437,6 +446,7 @@ impl Default for RulesConfig {
             settle_shortfall: true,
             flex: FlexConfig::default(),
             alerts: AlertThresholds::default(),
+            max_open_holds: tally_core::account::DEFAULT_MAX_OPEN_HOLDS,
         }
     }
 }
@@ -467,6 +477,8 @@ impl Default for StatusConfig {
         StatusConfig {
             listen: "127.0.0.1:9464".into(),
             advertise: String::new(),
+            token: Secret::default(),
+            token_file: PathBuf::new(),
         }
     }
 }
@@ -581,6 +593,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        refuse_secrets_in_file(&value, &file)?;
         let defaults = Config::default_table();
         let mut overridden = Vec::new();
         for (name, raw) in env {
@@ -623,6 +636,23 @@ impl Config {
     /// Reads `clickhouse.password_file` into `clickhouse.password`, so the client never
     /// touches the file and the password is held only as a `Secret`.
     fn read_secrets(&mut self, file: &str) -> Result<(), ConfigError> {
+        let s = &mut self.status;
+        if !s.token_file.as_os_str().is_empty() {
+            let text = std::fs::read_to_string(&s.token_file).map_err(|e| ConfigError::Key {
+                file: file.to_string(),
+                key: "status.token_file".into(),
+                problem: format!("cannot read `{}`: {e}", s.token_file.display()),
+            })?;
+            let token = text.trim_end_matches(['\r', '\n']);
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Key {
+                    file: file.to_string(),
+                    key: "status.token_file".into(),
+                    problem: "the token must be at least 16 visible ASCII characters".into(),
+                });
+            }
+            s.token = Secret::new(token.to_string());
+        }
         let c = &mut self.clickhouse;
         if c.password_file.as_os_str().is_empty() {
             return Ok(());
@@ -696,6 +726,12 @@ impl Config {
                 "must be more than zero".into(),
             ));
         }
+        if !(1..=100_000).contains(&self.rules.max_open_holds) {
+            return Err(key_err(
+                "rules.max_open_holds",
+                "must be between 1 and 100000".into(),
+            ));
+        }
         if self.pipeline.shutdown_timeout.is_zero() {
             return Err(key_err(
                 "pipeline.shutdown_timeout",
@@ -743,6 +779,36 @@ impl Config {
             return Err(key_err(
                 "status.listen",
                 format!("`{}` is not host:port", self.status.listen),
+            ));
+        }
+        validate_password_file(
+            &key_err,
+            "status.token_file",
+            "TALLY_STATUS__TOKEN",
+            &self.status.token_file,
+            &self.status.token,
+        )?;
+        let token = self.status.token.expose();
+        if !token.is_empty() && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(key_err(
+                "status.token",
+                "must be at least 16 visible ASCII characters".into(),
+            ));
+        }
+        let beyond_loopback = self
+            .status
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if beyond_loopback && token.is_empty() && self.status.token_file.as_os_str().is_empty() {
+            // The internal routes answer any account's balance and hold decisions.
+            return Err(key_err(
+                "status.listen",
+                format!(
+                    "`{}` is not a loopback address: the /internal routes then need a shared \
+                     token in TALLY_STATUS__TOKEN or status.token_file",
+                    self.status.listen
+                ),
             ));
         }
         if !self.status.advertise.is_empty()
@@ -874,6 +940,7 @@ impl Config {
                 shortfall: self.rules.alerts.shortfall,
                 expiring_min: self.rules.alerts.expiring_min,
             },
+            max_open_holds: self.rules.max_open_holds,
         })
     }
 }
@@ -986,6 +1053,45 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Secrets and where they may come from instead: (section, key, environment, file key).
+const SECRETS: [(&str, &str, &str, &str); 4] = [
+    (
+        "clickhouse",
+        "password",
+        "TALLY_CLICKHOUSE__PASSWORD",
+        "clickhouse.password_file",
+    ),
+    (
+        "smtp",
+        "password",
+        "TALLY_SMTP__PASSWORD",
+        "smtp.password_file",
+    ),
+    ("serve", "keys", "TALLY_SERVE__KEYS", "serve.keys_file"),
+    ("status", "token", "TALLY_STATUS__TOKEN", "status.token_file"),
+];
+
+/// Refuses a secret written in the config file: files are copied into images, committed
+/// and printed, so secrets come only from the environment or a file of their own.
+fn refuse_secrets_in_file(table: &toml::Table, file: &str) -> Result<(), ConfigError> {
+    for (section, key, env, file_key) in SECRETS {
+        let present = table
+            .get(section)
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| s.contains_key(key));
+        if present {
+            return Err(ConfigError::Key {
+                file: file.to_string(),
+                key: format!("{section}.{key}"),
+                problem: format!(
+                    "a secret is never read from the config file; set {env} or {file_key}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A password given in a file (absolute path, readable) or the environment, not both.

@@ -766,6 +766,7 @@ pub fn run(
         status,
         metrics,
         owner,
+        ..
     } = endpoint;
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).with_context(|| {
