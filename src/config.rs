@@ -1070,7 +1070,12 @@ const SECRETS: [(&str, &str, &str, &str); 4] = [
         "smtp.password_file",
     ),
     ("serve", "keys", "TALLY_SERVE__KEYS", "serve.keys_file"),
-    ("status", "token", "TALLY_STATUS__TOKEN", "status.token_file"),
+    (
+        "status",
+        "token",
+        "TALLY_STATUS__TOKEN",
+        "status.token_file",
+    ),
 ];
 
 /// Refuses a secret written in the config file: files are copied into images, committed
@@ -1534,5 +1539,41 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn secrets_in_the_file_and_open_internal_routes_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tally-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (section, key) in [
+            ("clickhouse", "password"),
+            ("smtp", "password"),
+            ("serve", "keys"),
+            ("status", "token"),
+        ] {
+            let file = dir.join(format!("{section}.toml"));
+            std::fs::write(
+                &file,
+                format!("[{section}]\n{key} = \"hunter2-in-the-file\"\n"),
+            )
+            .unwrap();
+            let err = Config::load(&file, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        // Beyond loopback, the internal routes need a token.
+        let wide = [("TALLY_STATUS__LISTEN", "0.0.0.0:9464")];
+        let err = Config::load(&shipped(), env(&wide))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TALLY_STATUS__TOKEN"), "{err}");
+        let with_token = [
+            ("TALLY_STATUS__LISTEN", "0.0.0.0:9464"),
+            ("TALLY_STATUS__TOKEN", "a-shared-token-0123456789"),
+        ];
+        assert!(Config::load(&shipped(), env(&with_token)).is_ok());
+        let short = [("TALLY_STATUS__TOKEN", "short")];
+        assert!(Config::load(&shipped(), env(&short)).is_err());
     }
 }

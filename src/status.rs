@@ -187,11 +187,7 @@ pub async fn serve(listener: TimedListener, endpoint: Endpoint) -> Result<(), St
 
 /// 401 unless the request carries the endpoint's token (when it has one), compared in
 /// constant time.
-async fn require_token(
-    State(endpoint): State<Endpoint>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_token(State(endpoint): State<Endpoint>, request: Request, next: Next) -> Response {
     if let Some(token) = &endpoint.token {
         let given = request
             .headers()

@@ -254,7 +254,10 @@ fn a_usage_backlog_read_with_restarts_is_paid_in_order() {
     d.send(&held_back);
     d.drain();
     eprintln!("backlog with SIGKILLs at {shares:?}% of the work, {before_last} committed before the last run");
-    assert!(before_last < total, "{before_last} of {total} committed before the last run");
+    assert!(
+        before_last < total,
+        "{before_last} of {total} committed before the last run"
+    );
     assert_paid_in_order(&d, &plans, "with restarts");
 }
 

@@ -134,7 +134,12 @@ fn readme_table_of_defaults_is_the_code() {
             "setting `{key}` is missing from README.md's tables"
         );
     }
-    let secrets = ["TALLY_SMTP__PASSWORD", "TALLY_CLICKHOUSE__PASSWORD"];
+    let secrets = [
+        "TALLY_SMTP__PASSWORD",
+        "TALLY_CLICKHOUSE__PASSWORD",
+        "TALLY_SERVE__KEYS",
+        "TALLY_STATUS__TOKEN",
+    ];
     for secret in secrets {
         assert!(
             readme.contains(&format!("| {secret} |")),
@@ -244,4 +249,7 @@ fn duration_defaults_are_typed() {
     let config = Config::default();
     assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
     assert_eq!(config.pipeline.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.serve.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.serve.idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.serve.request_timeout, Duration::from_secs(60));
 }

@@ -88,7 +88,12 @@ fn a_300_byte_id_is_refused_naming_the_field() {
     let server = Server::start(&d, &[]);
     let long = "i".repeat(300);
     let at = Utc::now() - TimeDelta::minutes(1);
-    let event = usage(&long, "acme", at, json!({"user": "kim", "feature": "erase"}));
+    let event = usage(
+        &long,
+        "acme",
+        at,
+        json!({"user": "kim", "feature": "erase"}),
+    );
     let answer = server.post(
         "/v1/events",
         ADMIN_KEY,
@@ -99,7 +104,10 @@ fn a_300_byte_id_is_refused_naming_the_field() {
     let result = &answer.json()["results"][0];
     assert_eq!(result["code"], "bad_data", "{result}");
     let reason = result["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("`id`") && reason.contains("256"), "{reason}");
+    assert!(
+        reason.contains("`id`") && reason.contains("256"),
+        "{reason}"
+    );
 
     // Through Kafka: dead-lettered, naming the field; the valid call beside it is billed.
     let forged = usage(
@@ -108,7 +116,12 @@ fn a_300_byte_id_is_refused_naming_the_field() {
         at,
         json!({"user": "kim\nINFO forged log line", "feature": "erase"}),
     );
-    let fine = usage("evt-fine", "acme", at, json!({"user": "kim", "feature": "erase"}));
+    let fine = usage(
+        "evt-fine",
+        "acme",
+        at,
+        json!({"user": "kim", "feature": "erase"}),
+    );
     let grant = grant(
         "g-1",
         "acme",
@@ -144,7 +157,10 @@ fn a_300_byte_id_is_refused_naming_the_field() {
         .filter_map(|row| row["event_id"].as_str().map(str::to_string))
         .collect();
     assert!(ids.contains(&"evt-fine".to_string()), "{ids:?}");
-    assert!(!ids.iter().any(|id| id == &long || id == "evt-forged"), "{ids:?}");
+    assert!(
+        !ids.iter().any(|id| id == &long || id == "evt-forged"),
+        "{ids:?}"
+    );
 
     // The API's path and query parameters: 400 naming the parameter, for any key.
     for (path, parameter) in [
@@ -155,11 +171,19 @@ fn a_300_byte_id_is_refused_naming_the_field() {
             format!("/v1/reports/daily?from=2026-01-01&to=2026-01-02&account={long}"),
             "account",
         ),
-        (format!("/v1/reports/monthly?month=2026-01&account={long}"), "account"),
+        (
+            format!("/v1/reports/monthly?month=2026-01&account={long}"),
+            "account",
+        ),
     ] {
         let answer = server.get(&path, Some(ADMIN_KEY));
         assert_eq!(answer.status, 400, "{path}: {}", answer.body);
-        assert_eq!(answer.json()["parameter"], parameter, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.json()["parameter"],
+            parameter,
+            "{path}: {}",
+            answer.body
+        );
     }
     let release = server.curl(
         &format!("/v1/holds/{long}?account=acme"),
@@ -174,13 +198,25 @@ fn a_300_byte_id_is_refused_naming_the_field() {
     assert_eq!(release.json()["parameter"], "id");
     // The CLI takes the same rules.
     let out = d.tally(&["balance", &long]);
-    assert!(!out.status.success(), "tally balance took a 300-byte account");
+    assert!(
+        !out.status.success(),
+        "tally balance took a 300-byte account"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("longer than 256 bytes"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = d.tally(&["grant", "acme", "--credits", "1", "--kind", "promotional", "--lot", &long]);
+    let out = d.tally(&[
+        "grant",
+        "acme",
+        "--credits",
+        "1",
+        "--kind",
+        "promotional",
+        "--lot",
+        &long,
+    ]);
     assert!(!out.status.success(), "tally grant took a 300-byte lot");
 }
 
@@ -223,14 +259,24 @@ fn a_read_key_cannot_hold_and_service_keys_are_bounded() {
     let refused = hold(ACME_KEY, "h-read");
     assert_eq!(refused.status, 403, "{}", refused.body);
     let check = json!({"account": "acme", "feature": "erase"});
-    assert_eq!(post_json(&server, "/v1/check", ACME_KEY, &check).status, 403);
+    assert_eq!(
+        post_json(&server, "/v1/check", ACME_KEY, &check).status,
+        403
+    );
     let release = server.curl(
         "/v1/holds/h-read?account=acme",
-        &["-X", "DELETE", "-H", &format!("Authorization: Bearer {ACME_KEY}")],
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            &format!("Authorization: Bearer {ACME_KEY}"),
+        ],
     );
     assert_eq!(release.status, 403, "{}", release.body);
     assert_eq!(
-        server.get("/v1/accounts/acme/balance", Some(ACME_KEY)).status,
+        server
+            .get("/v1/accounts/acme/balance", Some(ACME_KEY))
+            .status,
         200
     );
     // A service key: its own account only, and no reads.
@@ -249,7 +295,12 @@ fn a_read_key_cannot_hold_and_service_keys_are_bounded() {
     );
     assert_eq!(
         server
-            .post("/v1/events", ACME_SERVICE_KEY, "application/cloudevents+json", "{}")
+            .post(
+                "/v1/events",
+                ACME_SERVICE_KEY,
+                "application/cloudevents+json",
+                "{}"
+            )
             .status,
         403
     );
@@ -429,7 +480,10 @@ fn unknown_http_methods_share_one_metric_label() {
     }
     let metrics = server.get("/metrics", None).body;
     for invented in ["FOOBAR", "BREW", "XYZZY1"] {
-        assert!(!metrics.contains(invented), "{invented} became a label: {metrics}");
+        assert!(
+            !metrics.contains(invented),
+            "{invented} became a label: {metrics}"
+        );
     }
     assert!(metrics.contains(r#"method="other""#), "{metrics}");
 
@@ -480,7 +534,14 @@ fn internal_routes_need_the_shared_token() {
         String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
     };
     let body = r#"{"account": "acme", "feature": "erase"}"#;
-    let check = ["-X", "POST", "-H", "Content-Type: application/json", "-d", body];
+    let check = [
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+    ];
     assert_eq!(call(&check, "/internal/check?partition=0"), 401);
     let wrong = "Authorization: Bearer internal-test-token-0123456780";
     let mut with_wrong = check.to_vec();
@@ -502,7 +563,10 @@ fn internal_routes_need_the_shared_token() {
     // Beyond loopback without a token: refused at start-up, naming the setting.
     let wide = format!("0.0.0.0:{}", free_port());
     let err = fails_to_start(&d, &["run"], &[("TALLY_STATUS__LISTEN", &wide)]);
-    assert!(err.contains("status.listen") && err.contains("TALLY_STATUS__TOKEN"), "{err}");
+    assert!(
+        err.contains("status.listen") && err.contains("TALLY_STATUS__TOKEN"),
+        "{err}"
+    );
 }
 
 /// Point 8: dates past any calendar are a 400 naming the parameter, never a panic; the
@@ -512,8 +576,14 @@ fn a_date_past_any_calendar_is_a_400_not_a_panic() {
     let d = Deployment::new(1);
     let server = Server::start(&d, &[]);
     for (path, parameter) in [
-        ("/v1/reports/monthly?from=2026-01-01&to=%2B262142-12-31", "to"),
-        ("/v1/reports/monthly?from=%2B262142-12-31&to=%2B262142-12-31", "from"),
+        (
+            "/v1/reports/monthly?from=2026-01-01&to=%2B262142-12-31",
+            "to",
+        ),
+        (
+            "/v1/reports/monthly?from=%2B262142-12-31&to=%2B262142-12-31",
+            "from",
+        ),
         ("/v1/reports/monthly?month=%2B262142-12", "month"),
         ("/v1/reports/daily?from=2026-01-01&to=%2B262142-12-31", "to"),
         ("/v1/reports/daily?from=-262143-01-01&to=2026-01-01", "from"),
@@ -521,8 +591,17 @@ fn a_date_past_any_calendar_is_a_400_not_a_panic() {
         ("/v1/accounts/acme/balance?at=%2B262142-01-01", "at"),
     ] {
         let answer = server.get(path, Some(ADMIN_KEY));
-        assert_eq!(answer.status, 400, "{path}: {} {}", answer.status, answer.body);
-        assert_eq!(answer.json()["parameter"], parameter, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.status, 400,
+            "{path}: {} {}",
+            answer.status, answer.body
+        );
+        assert_eq!(
+            answer.json()["parameter"],
+            parameter,
+            "{path}: {}",
+            answer.body
+        );
     }
     assert_eq!(server.get("/healthz", None).status, 200);
     let log = server.stop();
@@ -553,7 +632,10 @@ fn keys_secrets_and_errors_are_not_echoed() {
             ("TALLY_SERVE__LISTEN", &format!("127.0.0.1:{}", free_port())),
         ],
     );
-    assert!(!err.contains("swapped-secret-token"), "the token was printed: {err}");
+    assert!(
+        !err.contains("swapped-secret-token"),
+        "the token was printed: {err}"
+    );
 
     // A password written in the config file: refused, naming the key, not printing it.
     let dir = std::env::temp_dir().join(format!("{}-config", d.name));
@@ -573,7 +655,11 @@ fn keys_secrets_and_errors_are_not_echoed() {
         let answer = server.get(path, Some(ACME_KEY));
         assert_eq!(answer.status, 503, "{path}: {}", answer.body);
         for leak in [missing.as_str(), "DB::Exception", "Code:", "8123"] {
-            assert!(!answer.body.contains(leak), "{path} leaked {leak}: {}", answer.body);
+            assert!(
+                !answer.body.contains(leak),
+                "{path} leaked {leak}: {}",
+                answer.body
+            );
         }
     }
     let ready = server.get("/readyz", None);

@@ -65,7 +65,10 @@ fn sigkill_at_random_moments_then_restart_equals_one_clean_run() {
         summary["applied"],
         started.elapsed()
     );
-    assert!(before_last < total, "{before_last} of {total} before the last run");
+    assert!(
+        before_last < total,
+        "{before_last} of {total} before the last run"
+    );
     let last = summary["applied"].as_u64().unwrap_or(0);
     assert!(last > 0, "the last run applied nothing");
     d.snapshot().assert_same(&clean, "after 5 SIGKILLs");
@@ -87,7 +90,11 @@ fn kill_one_member_mid_stream(
     let first = cut_at(events, events.len() * rng.gen_range(20..=50) / 100);
     let second = cut_at(events, first + events.len() * rng.gen_range(10..=30) / 100);
     d.send(&events[..first]);
-    d.wait_committed(first as u64, &mut group.iter_mut().collect::<Vec<_>>(), what);
+    d.wait_committed(
+        first as u64,
+        &mut group.iter_mut().collect::<Vec<_>>(),
+        what,
+    );
     d.send(&events[first..second]);
     let target = (first + (second - first) * rng.gen_range(0..=90) / 100) as u64;
     d.wait_committed(target, &mut group.iter_mut().collect::<Vec<_>>(), what);
@@ -109,7 +116,10 @@ fn kill_one_member_mid_stream(
          at {at_kill} committed",
         events.len()
     );
-    assert!(at_kill < events.len() as u64, "{at_kill} committed at the kill");
+    assert!(
+        at_kill < events.len() as u64,
+        "{at_kill} committed at the kill"
+    );
 }
 
 #[test]

@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::server::{
-    Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_SERVICE_KEY,
-};
+use common::server::{Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_SERVICE_KEY};
 use common::{grant, milli, rfc3339, usage, Deployment, Running};
 use serde_json::{json, Value};
 

@@ -730,28 +730,74 @@ mod tests {
         let ok = r#"{"user":"u","feature":"erase"}"#;
         let exact = "y".repeat(MAX_NAME_BYTES);
         assert!(parse(envelope(&exact, &exact, ok).as_bytes(), arrival()).is_ok());
-        let user = |u: &str| format!(r#"{{"user":{},"feature":"erase"}}"#, serde_json::to_string(u).unwrap());
-        let comment = |c: &str| format!(r#"{{"user":"u","feature":"erase","comment":{}}}"#, serde_json::to_string(c).unwrap());
+        let user = |u: &str| {
+            format!(
+                r#"{{"user":{},"feature":"erase"}}"#,
+                serde_json::to_string(u).unwrap()
+            )
+        };
+        let comment = |c: &str| {
+            format!(
+                r#"{{"user":"u","feature":"erase","comment":{}}}"#,
+                serde_json::to_string(c).unwrap()
+            )
+        };
         for (payload, field, problem) in [
             (envelope(&long, "acme", ok), "`id`", "longer than 256 bytes"),
-            (envelope("e", &long, ok), "`subject`", "longer than 256 bytes"),
-            (envelope("e", "ac\nme", ok), "`subject`", "control character"),
+            (
+                envelope("e", &long, ok),
+                "`subject`",
+                "longer than 256 bytes",
+            ),
+            (
+                envelope("e", "ac\nme", ok),
+                "`subject`",
+                "control character",
+            ),
             (envelope("e\u{85}", "acme", ok), "`id`", "control character"),
-            (envelope("e", "acme", &user("kim\r\nINFO forged")), "`data.user`", "control character"),
-            (envelope("e", "acme", &user(&long)), "`data.user`", "longer than 256 bytes"),
-            (envelope("e", "acme", &comment(&"c".repeat(MAX_TEXT_BYTES + 1))), "`data.comment`", "longer than 2048 bytes"),
+            (
+                envelope("e", "acme", &user("kim\r\nINFO forged")),
+                "`data.user`",
+                "control character",
+            ),
+            (
+                envelope("e", "acme", &user(&long)),
+                "`data.user`",
+                "longer than 256 bytes",
+            ),
+            (
+                envelope("e", "acme", &comment(&"c".repeat(MAX_TEXT_BYTES + 1))),
+                "`data.comment`",
+                "longer than 2048 bytes",
+            ),
         ] {
             let err = parse(payload.as_bytes(), arrival()).unwrap_err();
             assert_eq!(err.code(), "bad_data", "{err}");
             let text = err.to_string();
             assert!(text.contains(field) && text.contains(problem), "{text}");
-            assert!(text.len() < 200, "the reason does not echo the value: {text}");
+            assert!(
+                text.len() < 200,
+                "the reason does not echo the value: {text}"
+            );
         }
         // Line breaks are fine in a comment, and non-ASCII names are fine.
-        assert!(parse(envelope("e", "에이씨엠이", &comment("line 1\nline 2")).as_bytes(), arrival()).is_ok());
+        assert!(parse(
+            envelope("e", "에이씨엠이", &comment("line 1\nline 2")).as_bytes(),
+            arrival()
+        )
+        .is_ok());
         let grant = r#"{"specversion":"1.0","type":"credit.grant","id":"g","source":"b","subject":"a",
             "data":{"kind":"purchased","credits":1,"payment":{"method":"card","reference":"REF"}}}"#;
-        let err = parse(grant.replace("REF", &"r".repeat(MAX_TEXT_BYTES + 1)).as_bytes(), arrival()).unwrap_err();
-        assert!(err.to_string().contains("`data.payment.reference`"), "{err}");
+        let err = parse(
+            grant
+                .replace("REF", &"r".repeat(MAX_TEXT_BYTES + 1))
+                .as_bytes(),
+            arrival(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`data.payment.reference`"),
+            "{err}"
+        );
     }
 }

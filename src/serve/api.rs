@@ -436,9 +436,9 @@ fn report_account(caller: &Caller, asked: Option<&str>) -> Result<Option<String>
             caller.may_read(asked)?;
             Ok(Some(asked.to_string()))
         }
-        (Scope::Ingest | Scope::Service(_), _) => Err(ApiError::Forbidden(
-            "this key may not read reports".into(),
-        )),
+        (Scope::Ingest | Scope::Service(_), _) => {
+            Err(ApiError::Forbidden("this key may not read reports".into()))
+        }
     }
 }
 

@@ -199,7 +199,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     })
 }
 
-
 /// What a check and a hold both ask of the call they name before it goes to the owner: an
 /// account within the key's scope and a call the matrix prices now. Gives the quantity.
 fn call_terms(
@@ -390,7 +389,8 @@ pub async fn release(
     caller.may_act(&account)?;
     valid_id("id", &id)?;
     if let Some(reason) = &reason {
-        tally_core::event::check_text(reason).map_err(|e| ApiError::bad("reason", e.to_string()))?;
+        tally_core::event::check_text(reason)
+            .map_err(|e| ApiError::bad("reason", e.to_string()))?;
     }
     let mut data = json!({"hold": id});
     if let Some(reason) = reason {

@@ -94,9 +94,7 @@ impl KeySet {
             let token = token.trim();
             // `account:a=b=TOKEN` must not silently become account `a` with token
             // `b=TOKEN`.
-            if token.len() < 16
-                || !token.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
-            {
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
                 return Err(KeyError::WeakToken { entry: entry_no });
             }
             let scope = parse_scope(scope.trim(), entry_no)?;
@@ -148,8 +146,9 @@ impl RateLimits {
     /// as one (the config refuses them).
     pub fn new(keys: usize, per_second: u32, burst: u32) -> RateLimits {
         let one = std::num::NonZeroU32::MIN;
-        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(per_second).unwrap_or(one))
-            .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(one));
+        let quota =
+            governor::Quota::per_second(std::num::NonZeroU32::new(per_second).unwrap_or(one))
+                .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(one));
         RateLimits {
             limiters: (0..keys)
                 .map(|_| governor::RateLimiter::direct(quota))

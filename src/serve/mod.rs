@@ -116,9 +116,7 @@ pub async fn run(
         ),
         keys,
         metrics: Metrics::new().context("cannot register metrics")?,
-        owners: holds::Owners::new(
-            Some(config.status.token.expose()).filter(|t| !t.is_empty()),
-        ),
+        owners: holds::Owners::new(Some(config.status.token.expose()).filter(|t| !t.is_empty())),
         rules,
         config,
     });
@@ -162,10 +160,8 @@ async fn track(State(state): State<Shared>, request: Request, next: Next) -> Res
     let limit = state.config.serve.request_timeout;
     let response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => api::ApiError::Unavailable(format!(
-            "the request took longer than {limit:?}"
-        ))
-        .into_response(),
+        Err(_) => api::ApiError::Unavailable(format!("the request took longer than {limit:?}"))
+            .into_response(),
     };
     let m = &state.metrics;
     m.http_requests

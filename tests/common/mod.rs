@@ -380,25 +380,26 @@ impl Running {
             .spawn()
             .expect("tally starts");
         let stderr_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let reader = |mut pipe: Box<dyn std::io::Read + Send>,
-                      seen: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.extend_from_slice(&buf[..n]);
-                    if let Some(seen) = &seen {
-                        if let Ok(mut seen) = seen.lock() {
-                            seen.extend_from_slice(&buf[..n]);
+        let reader =
+            |mut pipe: Box<dyn std::io::Read + Send>,
+             seen: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = pipe.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        out.extend_from_slice(&buf[..n]);
+                        if let Some(seen) = &seen {
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.extend_from_slice(&buf[..n]);
+                            }
                         }
                     }
-                }
-                out
-            })
-        };
+                    out
+                })
+            };
         let stdout = child.stdout.take().map(|p| reader(Box::new(p), None));
         let stderr = child
             .stderr
@@ -414,7 +415,11 @@ impl Running {
 
     /// The last 4 KB of what the process has written to stderr so far.
     pub fn stderr_so_far(&self) -> String {
-        let seen = self.stderr_seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let seen = self
+            .stderr_seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
         let tail = &seen[seen.len().saturating_sub(4096)..];
         String::from_utf8_lossy(tail).into_owned()
     }
