@@ -425,23 +425,42 @@ fn slowloris_is_closed_and_others_are_answered() {
     );
     assert_eq!(server.get("/healthz", None).status, 200);
 
-    // The cap: four silent connections take every slot; the fifth is answered 503.
-    let idle: Vec<TcpStream> = (0..4)
+    let log = server.stop();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The cap: silent connections take every slot (a long header timeout keeps them);
+    // then a request is answered 503 and closed. Connections the server refused were
+    // closed by it, so more are opened until one request meets a full house.
+    let server = Server::start(
+        &d,
+        &[
+            ("TALLY_SERVE__HEADER_TIMEOUT", "5min"),
+            ("TALLY_SERVE__MAX_CONNECTIONS", "4"),
+        ],
+    );
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(&addr).expect("connects"))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let busy = loop {
-        // The server counts a connection once it accepted it: ask until it has.
         let answer = server.get("/healthz", None);
-        if answer.status == 503 || Instant::now() > deadline {
+        if answer.status == 503 {
             break answer;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            Instant::now() < deadline,
+            "never refused with {} silent connections open: {} {}",
+            idle.len(),
+            answer.status,
+            answer.body
+        );
+        idle.push(TcpStream::connect(&addr).expect("connects"));
     };
-    assert_eq!(busy.status, 503, "over the cap: {}", busy.body);
     assert!(busy.header("retry-after").is_some(), "{}", busy.headers);
+    assert!(busy.body.contains("too many connections"), "{}", busy.body);
     drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let answer = server.get("/healthz", None);
         if answer.status == 200 {
