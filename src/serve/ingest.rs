@@ -138,6 +138,7 @@ pub async fn post_events(
                 let id = serde_json::from_slice::<Value>(payload)
                     .ok()
                     .and_then(|v| v.get("id").cloned())
+                    .filter(Value::is_string)
                     .unwrap_or(Value::Null);
                 results[index] = json!({"index": index, "id": id, "status": "rejected",
                     "code": rejection.code(), "reason": rejection.to_string()});
