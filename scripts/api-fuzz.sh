@@ -92,7 +92,8 @@ log "schemathesis: $EXAMPLES examples per operation, seed $SEED (replay: FUZZ_SE
 status=0
 # One worker: with two, hypothesis's source inspection hits CPython 3.11's ast.parse from
 # threads and fails with "AST constructor recursion depth mismatch" (a Python bug).
-"$VENV/bin/schemathesis" run "$ROOT/src/serve/openapi.json" \
+# From the run's folder: schemathesis keeps its cache (.schemathesis/) where it runs.
+(cd "$WORK" && "$VENV/bin/schemathesis" run "$ROOT/src/serve/openapi.json" \
   --url "http://127.0.0.1:$SERVE_PORT" \
   -H "Authorization: Bearer $ADMIN_KEY" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
@@ -103,7 +104,7 @@ status=0
   --request-timeout 30 \
   --output-sanitize true \
   --report junit --report-dir "$WORK" \
-  --suppress-health-check all || status=$?
+  --suppress-health-check all) || status=$?
 
 if grep -q "panicked" "$WORK/serve.log"; then
   grep -m 5 "panicked" "$WORK/serve.log" >&2
