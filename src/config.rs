@@ -148,6 +148,13 @@ pub struct StatusConfig {
     /// process's claim rows so `tally serve` routes checks and holds of the partitions it
     /// owns to it; empty: `listen`.
     pub advertise: String,
+    /// The shared token of the `/internal` routes (checks and hold answers for `tally
+    /// serve`), which `tally serve` sends as a bearer token. Only from the environment
+    /// (TALLY_STATUS__TOKEN), never written in the file; never logged. Required when
+    /// `listen` is not a loopback address.
+    pub token: Secret,
+    /// Or: absolute path of a file holding the token (e.g. a mounted secret).
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,6 +401,8 @@ pub struct RulesConfig {
     /// Default low-credit alert thresholds, applied to every pool; accounts override them
     /// with `account.settings {"alerts": {...}}`.
     pub alerts: AlertThresholds,
+    /// Most holds one account may have open at once; a hold over it is rejected.
+    pub max_open_holds: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -531,6 +540,7 @@ impl Default for RulesConfig {
             settle_shortfall: true,
             flex: FlexConfig::default(),
             alerts: AlertThresholds::default(),
+            max_open_holds: tally_core::account::DEFAULT_MAX_OPEN_HOLDS,
         }
     }
 }
@@ -561,6 +571,8 @@ impl Default for StatusConfig {
         StatusConfig {
             listen: "127.0.0.1:9464".into(),
             advertise: String::new(),
+            token: Secret::default(),
+            token_file: PathBuf::new(),
         }
     }
 }
@@ -747,6 +759,23 @@ impl Config {
             // Files written by editors and `echo` end with a newline that is not part of it.
             *secret = Secret::new(text.trim_end_matches(['\r', '\n']).to_string());
         }
+        let s = &mut self.status;
+        if !s.token_file.as_os_str().is_empty() {
+            let text = std::fs::read_to_string(&s.token_file).map_err(|e| ConfigError::Key {
+                file: file.to_string(),
+                key: "status.token_file".into(),
+                problem: format!("cannot read `{}`: {e}", s.token_file.display()),
+            })?;
+            let token = text.trim_end_matches(['\r', '\n']);
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Key {
+                    file: file.to_string(),
+                    key: "status.token_file".into(),
+                    problem: "the token must be at least 16 visible ASCII characters".into(),
+                });
+            }
+            s.token = Secret::new(token.to_string());
+        }
         Ok(())
     }
 
@@ -824,6 +853,12 @@ impl Config {
                 "must be more than zero".into(),
             ));
         }
+        if !(1..=100_000).contains(&self.rules.max_open_holds) {
+            return Err(key_err(
+                "rules.max_open_holds",
+                "must be between 1 and 100000".into(),
+            ));
+        }
         if self.pipeline.shutdown_timeout.is_zero() {
             return Err(key_err(
                 "pipeline.shutdown_timeout",
@@ -871,6 +906,36 @@ impl Config {
             return Err(key_err(
                 "status.listen",
                 format!("`{}` is not host:port", self.status.listen),
+            ));
+        }
+        validate_password_file(
+            &key_err,
+            "status.token_file",
+            "TALLY_STATUS__TOKEN",
+            &self.status.token_file,
+            &self.status.token,
+        )?;
+        let token = self.status.token.expose();
+        if !token.is_empty() && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(key_err(
+                "status.token",
+                "must be at least 16 visible ASCII characters".into(),
+            ));
+        }
+        let beyond_loopback = self
+            .status
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        if beyond_loopback && token.is_empty() && self.status.token_file.as_os_str().is_empty() {
+            // The internal routes answer any account's balance and hold decisions.
+            return Err(key_err(
+                "status.listen",
+                format!(
+                    "`{}` is not a loopback address: the /internal routes then need a shared \
+                     token in TALLY_STATUS__TOKEN or status.token_file",
+                    self.status.listen
+                ),
             ));
         }
         if !self.status.advertise.is_empty()
@@ -1002,6 +1067,7 @@ impl Config {
                 shortfall: self.rules.alerts.shortfall,
                 expiring_min: self.rules.alerts.expiring_min,
             },
+            max_open_holds: self.rules.max_open_holds,
         })
     }
 }
@@ -1228,11 +1294,12 @@ pub(crate) fn readable_file(
 
 /// Keys whose values are credentials: they come from the environment or a `*_file`, and a
 /// config file that writes one is refused (files get committed, copied and printed).
-const SECRET_KEYS: [&str; 4] = [
+const SECRET_KEYS: [&str; 5] = [
     "kafka.sasl_password",
     "clickhouse.password",
     "smtp.password",
     "serve.keys",
+    "status.token",
 ];
 
 /// Whether the file's own table sets `key` (a dotted path).
@@ -1978,5 +2045,41 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn secrets_in_the_file_and_open_internal_routes_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tally-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (section, key) in [
+            ("clickhouse", "password"),
+            ("smtp", "password"),
+            ("serve", "keys"),
+            ("status", "token"),
+        ] {
+            let file = dir.join(format!("{section}.toml"));
+            std::fs::write(
+                &file,
+                format!("[{section}]\n{key} = \"hunter2-in-the-file\"\n"),
+            )
+            .unwrap();
+            let err = Config::load(&file, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        // Beyond loopback, the internal routes need a token.
+        let wide = [("TALLY_STATUS__LISTEN", "0.0.0.0:9464")];
+        let err = Config::load(&shipped(), env(&wide))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TALLY_STATUS__TOKEN"), "{err}");
+        let with_token = [
+            ("TALLY_STATUS__LISTEN", "0.0.0.0:9464"),
+            ("TALLY_STATUS__TOKEN", "a-shared-token-0123456789"),
+        ];
+        assert!(Config::load(&shipped(), env(&with_token)).is_ok());
+        let short = [("TALLY_STATUS__TOKEN", "short")];
+        assert!(Config::load(&shipped(), env(&short)).is_err());
     }
 }

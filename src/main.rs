@@ -64,6 +64,7 @@ enum Command {
     /// Available credits of an account per pool and kind, used this cycle, expiring
     /// within 14 days, shortfall, flex and plan.
     Balance {
+        #[arg(value_parser = tally::cli::parse_id)]
         account: String,
         /// Balance at this time (RFC 3339) instead of now.
         #[arg(long)]
@@ -80,6 +81,7 @@ enum Command {
     /// Credits granted and expired, voids and settlements, with their type (plan
     /// subscription, top-up by card or cash, promotional).
     History {
+        #[arg(value_parser = tally::cli::parse_id)]
         account: String,
         /// Only purchased packs, with validity and payment.
         #[arg(long)]
@@ -99,6 +101,7 @@ enum Command {
     Matrix,
     /// The ledger of an account: calls, grants and voids with the lots that paid.
     Ledger {
+        #[arg(value_parser = tally::cli::parse_id)]
         account: String,
         /// From this time (RFC 3339 or YYYY-MM-DD, UTC), inclusive.
         #[arg(long, value_parser = parse_time)]
@@ -108,7 +111,10 @@ enum Command {
         to: Option<DateTime<Utc>>,
     },
     /// Low-credit alerts of an account and what became of their emails.
-    Alerts { account: String },
+    Alerts {
+        #[arg(value_parser = tally::cli::parse_id)]
+        account: String,
+    },
     /// Send a sample low-balance email for an account (its balance and top usage this
     /// month) through the configured SMTP server, recorded and rate-limited like any alert.
     TestEmail(TestEmailArgs),
@@ -124,7 +130,7 @@ enum Report {
         /// Last day, inclusive.
         #[arg(long)]
         to: NaiveDate,
-        #[arg(long)]
+        #[arg(long, value_parser = tally::cli::parse_id)]
         account: Option<String>,
         /// Group by service, user or feature; repeat for several.
         #[arg(long, value_enum)]
@@ -142,7 +148,7 @@ enum Report {
         /// Last day, inclusive.
         #[arg(long, requires = "from")]
         to: Option<NaiveDate>,
-        #[arg(long)]
+        #[arg(long, value_parser = tally::cli::parse_id)]
         account: Option<String>,
     },
 }

@@ -2,7 +2,8 @@
 //! `GET /status`, the JSON `tally status` reads (so it can say why the process is paused
 //! even when ClickHouse is the reason); `GET /metrics`, Prometheus text; `GET /healthz`
 //! (the process lives) and `GET /readyz` (partitions assigned, writes succeeding). For
-//! `tally serve`, unauthenticated (keep the address private): `POST /internal/check` and
+//! `tally serve`, behind the shared token `status.token` when one is set (it must be unless
+//! the endpoint listens on loopback): `POST /internal/check` and
 //! `GET /internal/answers/{partition}/{offset}`, the owner's answers to checks and holds.
 
 use std::future::Future as _;
@@ -119,6 +120,9 @@ pub struct Endpoint {
     pub status: Shared,
     pub metrics: RunMetrics,
     pub owner: Arc<Owner>,
+    /// The bearer token `/internal` requests must carry (`status.token`); `None`: none
+    /// needed (only allowed on loopback, see the config's checks).
+    pub token: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -132,16 +136,22 @@ impl Endpoint {
 
 /// The routes of the run's endpoint.
 pub fn router(endpoint: Endpoint) -> Router {
-    Router::new()
-        .route("/status", get(status_json))
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let internal = Router::new()
         .route("/internal/check", post(internal_check))
         .route(
             "/internal/answers/{partition}/{offset}",
             get(internal_answer),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            endpoint.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(internal)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             endpoint.clone(),
@@ -175,6 +185,50 @@ pub async fn serve(listener: TimedListener, endpoint: Endpoint) -> Result<(), St
         .map_err(StatusError::Serve)
 }
 
+/// 401 unless the request carries the endpoint's token (when it has one), compared in
+/// constant time.
+async fn require_token(State(endpoint): State<Endpoint>, request: Request, next: Next) -> Response {
+    if let Some(token) = &endpoint.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let same = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return json_answer(
+                401,
+                serde_json::json!({"error": "the internal routes need the shared token (status.token)"}),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// The `method` label of request metrics: the methods HTTP defines, every other one as
+/// `other`, so a client cannot create series by inventing methods.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Counts every request by matched route, method and status, and bounds its time.
 async fn track(State(endpoint): State<Endpoint>, request: Request, next: Next) -> Response {
     let route = request
@@ -182,7 +236,7 @@ async fn track(State(endpoint): State<Endpoint>, request: Request, next: Next) -
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timed out\n").into_response(),
@@ -190,7 +244,7 @@ async fn track(State(endpoint): State<Endpoint>, request: Request, next: Next) -
     endpoint
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .with_label_values(&[route.as_str(), method, response.status().as_str()])
         .inc();
     response
 }
@@ -521,6 +575,7 @@ mod tests {
             status: Arc::new(Mutex::new(status(state, partitions, None))),
             metrics: RunMetrics::new().expect("metrics register"),
             owner: Owner::new(),
+            token: None,
         };
         let listener = bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("address").to_string();

@@ -139,6 +139,8 @@ fn readme_table_of_defaults_is_the_code() {
         "TALLY_SMTP__PASSWORD",
         "TALLY_CLICKHOUSE__PASSWORD",
         "TALLY_KAFKA__SASL_PASSWORD",
+        "TALLY_SERVE__KEYS",
+        "TALLY_STATUS__TOKEN",
     ];
     for secret in secrets {
         assert!(
@@ -249,6 +251,9 @@ fn duration_defaults_are_typed() {
     let config = Config::default();
     assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
     assert_eq!(config.pipeline.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.serve.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.serve.idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.serve.request_timeout, Duration::from_secs(60));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::server::{Answer, Server, ACME_KEY, ADMIN_KEY, GLOBEX_KEY};
+use common::server::{Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_SERVICE_KEY};
 use common::{grant, milli, rfc3339, usage, Deployment, Running};
 use serde_json::{json, Value};
 
@@ -277,7 +277,7 @@ fn check_counts_what_is_applied_before_any_flush_and_keys_are_scoped() {
     assert_eq!(body["repeated"], false);
     assert_eq!(milli(&body["hold"]["credits"]), 7_000);
     assert_eq!(body["hold"]["reserved"][0]["lot"], "pack");
-    let after = check(&server, ACME_KEY, "acme").json();
+    let after = check(&server, ACME_SERVICE_KEY, "acme").json();
     assert_eq!(milli(&after["available"]), 14_000, "{after}");
     assert_eq!(milli(&after["held"]), 7_000, "{after}");
     // The same id again: the same hold, repeated.
@@ -292,17 +292,19 @@ fn check_counts_what_is_applied_before_any_flush_and_keys_are_scoped() {
     assert_eq!(milli(&ai["available"]), 14_000, "{ai}");
     assert_eq!(milli(&ai["held"]), 7_000, "{ai}");
 
-    // Keys: another account's key may not check or hold acme.
-    let forbidden = check(&server, GLOBEX_KEY, "acme");
+    // Keys: another account's service key may not check or hold acme, nor may acme's own
+    // read key.
+    let forbidden = check(&server, GLOBEX_SERVICE_KEY, "acme");
     assert_eq!(forbidden.status, 403, "{}", forbidden.body);
     let forbidden = post_json(
         &server,
         "/v1/holds",
-        GLOBEX_KEY,
+        GLOBEX_SERVICE_KEY,
         &json!({"id": "x", "account": "acme", "feature": "erase", "ttl": 60}),
     );
     assert_eq!(forbidden.status, 403, "{}", forbidden.body);
-    assert_eq!(check(&server, GLOBEX_KEY, "globex").status, 200);
+    assert_eq!(check(&server, GLOBEX_SERVICE_KEY, "globex").status, 200);
+    assert_eq!(check(&server, ACME_KEY, "acme").status, 403);
     // Bad input names the parameter.
     for (body, param) in [
         (json!({"account": "acme", "feature": "teleport"}), "feature"),

@@ -27,6 +27,7 @@ fn main() {
         flex_threshold: tally_core::Credits::from_whole(1000),
         settle_shortfall: true,
         alerts: Default::default(),
+        max_open_holds: tally_core::account::DEFAULT_MAX_OPEN_HOLDS,
     };
     let start: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().expect("time");
     let accounts = 10_000;

@@ -48,7 +48,14 @@ pub struct Rules {
     pub settle_shortfall: bool,
     /// Low-credit alert thresholds for accounts that do not set their own.
     pub alerts: AlertRules,
+    /// Most holds an account may have open at once: every flush writes the account's
+    /// whole state, holds included, so without a cap memory and writes grow with the
+    /// square of one account's holds. A hold over it is rejected (`bad_command`).
+    pub max_open_holds: usize,
 }
+
+/// The default of [`Rules::max_open_holds`].
+pub const DEFAULT_MAX_OPEN_HOLDS: usize = 1000;
 
 /// Everything tally remembers about one account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

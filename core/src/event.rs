@@ -348,6 +348,78 @@ impl Rejection {
 /// The type of a clock tick, sent by `tally run` (or `tally tick`) to every partition.
 pub const TICK: &str = "tally.tick";
 
+/// Longest id or name (account, user, feature, variant, source, event id, lot, pool,
+/// plan, hold, ...), in bytes. Ids end up in log lines, Kafka keys, scoped API keys and
+/// ClickHouse queries (the alerts lookup lists accounts): a bound keeps each of them small.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest free text (comments, reasons, payment references), in bytes.
+pub const MAX_TEXT_BYTES: usize = 2048;
+
+/// Why an id or a text is refused (without its value: it may be huge or forge a line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong,
+    #[error("contains a control character")]
+    Control,
+    #[error("is longer than {MAX_TEXT_BYTES} bytes")]
+    TextTooLong,
+}
+
+/// An id or a name: at most [`MAX_NAME_BYTES`] and no control character (C0, DEL, or the
+/// C1 range U+0080..U+009F), so it cannot break or forge a log line. Checks bytes only:
+/// this runs on every event.
+pub fn check_name(value: &str) -> Result<(), LimitError> {
+    let bytes = value.as_bytes();
+    if bytes.len() > MAX_NAME_BYTES {
+        return Err(LimitError::NameTooLong);
+    }
+    let mut previous = 0u8;
+    for &b in bytes {
+        // U+0080..U+009F are 0xC2 0x80..=0x9F in UTF-8.
+        if b < 0x20 || b == 0x7f || (previous == 0xc2 && (0x80..=0x9f).contains(&b)) {
+            return Err(LimitError::Control);
+        }
+        previous = b;
+    }
+    Ok(())
+}
+
+/// Free text: at most [`MAX_TEXT_BYTES`] (line breaks are allowed in a comment).
+pub fn check_text(value: &str) -> Result<(), LimitError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(LimitError::TextTooLong);
+    }
+    Ok(())
+}
+
+/// Applies [`check_name`] or [`check_text`] to each named field, the first failure as
+/// `bad_data` naming the field.
+struct Limits<'a> {
+    ty: &'a str,
+}
+
+impl Limits<'_> {
+    fn name(&self, field: &str, value: &str) -> Result<(), Rejection> {
+        check_name(value).map_err(|e| self.reject(field, e))
+    }
+
+    fn opt_name(&self, field: &str, value: Option<&str>) -> Result<(), Rejection> {
+        value.map_or(Ok(()), |v| self.name(field, v))
+    }
+
+    fn text(&self, field: &str, value: Option<&str>) -> Result<(), Rejection> {
+        value.map_or(Ok(()), |v| check_text(v).map_err(|e| self.reject(field, e)))
+    }
+
+    fn reject(&self, field: &str, e: LimitError) -> Rejection {
+        Rejection::BadData {
+            ty: self.ty.to_string(),
+            problem: format!("`{field}` {e}"),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     specversion: Option<&'a str>,
@@ -394,7 +466,12 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
         .ty
         .filter(|s| !s.is_empty())
         .ok_or_else(|| missing("type"))?;
+    let limits = Limits { ty: &ty };
+    limits.name("id", &id)?;
+    limits.name("source", &source)?;
+    limits.name("type", &ty)?;
     let subject = envelope.subject.filter(|s| !s.trim().is_empty());
+    limits.opt_name("subject", subject.as_deref())?;
     let account = match (subject, ty.as_str()) {
         (Some(account), _) => account,
         // A tick belongs to a partition, not an account.
@@ -433,7 +510,13 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
             if usage.quantity.is_negative() {
                 return Err(Rejection::NegativeQuantity(usage.quantity));
             }
+            limits.name("data.user", &usage.user)?;
+            limits.name("data.feature", &usage.feature)?;
+            limits.opt_name("data.variant", usage.variant.as_deref())?;
+            limits.text("data.comment", usage.comment.as_deref())?;
             if let Some(hold) = &usage.hold {
+                limits.name("data.hold", hold.id())?;
+                limits.opt_name("data.hold.account", hold.account())?;
                 if hold.id().is_empty() {
                     return Err(Rejection::BadData {
                         ty,
@@ -468,13 +551,48 @@ pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection>
             if hold.quantity.is_negative() {
                 return Err(Rejection::NegativeQuantity(hold.quantity));
             }
+            limits.opt_name("data.hold", hold.hold.as_deref())?;
+            limits.name("data.feature", &hold.feature)?;
+            limits.opt_name("data.variant", hold.variant.as_deref())?;
             Body::Hold(hold)
         }
-        "credit.release" => Body::Release(data_of(data).map_err(bad)?),
-        "credit.grant" => Body::Grant(data_of(data).map_err(bad)?),
-        "credit.void" => Body::Void(data_of(data).map_err(bad)?),
-        "account.plan" => Body::Plan(data_of(data).map_err(bad)?),
-        "account.settings" => Body::Settings(data_of(data).map_err(bad)?),
+        "credit.release" => {
+            let release: Release = data_of(data).map_err(bad)?;
+            limits.name("data.hold", &release.hold)?;
+            limits.text("data.reason", release.reason.as_deref())?;
+            Body::Release(release)
+        }
+        "credit.grant" => {
+            let grant: Grant = data_of(data).map_err(bad)?;
+            limits.opt_name("data.lot", grant.lot.as_deref())?;
+            limits.name("data.pool", &grant.pool)?;
+            limits.text("data.comment", grant.comment.as_deref())?;
+            let reference = grant.payment.as_ref().and_then(|p| p.reference.as_deref());
+            limits.text("data.payment.reference", reference)?;
+            Body::Grant(grant)
+        }
+        "credit.void" => {
+            let void: Void = data_of(data).map_err(bad)?;
+            limits.name("data.lot", &void.lot)?;
+            limits.text("data.reason", void.reason.as_deref())?;
+            Body::Void(void)
+        }
+        "account.plan" => {
+            let plan: PlanChange = data_of(data).map_err(bad)?;
+            limits.name("data.plan", &plan.plan)?;
+            let reference = plan.payment.as_ref().and_then(|p| p.reference.as_deref());
+            limits.text("data.payment.reference", reference)?;
+            Body::Plan(plan)
+        }
+        "account.settings" => {
+            let settings: Settings = data_of(data).map_err(bad)?;
+            limits.opt_name("data.timezone", settings.timezone.as_deref())?;
+            limits.opt_name("data.locale", settings.locale.as_deref())?;
+            for admin in settings.admins.iter().flatten() {
+                limits.name("data.admins", admin)?;
+            }
+            Body::Settings(settings)
+        }
         TICK => Body::Tick,
         _ => return Err(Rejection::UnknownType(ty)),
     };
@@ -647,5 +765,89 @@ mod tests {
         };
         assert!(grant("2500.1234").is_err());
         assert!(grant("2.5e3").is_ok());
+    }
+
+    #[test]
+    fn ids_and_names_are_bounded_and_free_of_control_characters() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let envelope = |id: &str, subject: &str, data: &str| {
+            format!(
+                r#"{{"specversion":"1.0","type":"ai.usage","id":{},"source":"s","subject":{},"data":{data}}}"#,
+                serde_json::to_string(id).unwrap(),
+                serde_json::to_string(subject).unwrap()
+            )
+        };
+        let ok = r#"{"user":"u","feature":"erase"}"#;
+        let exact = "y".repeat(MAX_NAME_BYTES);
+        assert!(parse(envelope(&exact, &exact, ok).as_bytes(), arrival()).is_ok());
+        let user = |u: &str| {
+            format!(
+                r#"{{"user":{},"feature":"erase"}}"#,
+                serde_json::to_string(u).unwrap()
+            )
+        };
+        let comment = |c: &str| {
+            format!(
+                r#"{{"user":"u","feature":"erase","comment":{}}}"#,
+                serde_json::to_string(c).unwrap()
+            )
+        };
+        for (payload, field, problem) in [
+            (envelope(&long, "acme", ok), "`id`", "longer than 256 bytes"),
+            (
+                envelope("e", &long, ok),
+                "`subject`",
+                "longer than 256 bytes",
+            ),
+            (
+                envelope("e", "ac\nme", ok),
+                "`subject`",
+                "control character",
+            ),
+            (envelope("e\u{85}", "acme", ok), "`id`", "control character"),
+            (
+                envelope("e", "acme", &user("kim\r\nINFO forged")),
+                "`data.user`",
+                "control character",
+            ),
+            (
+                envelope("e", "acme", &user(&long)),
+                "`data.user`",
+                "longer than 256 bytes",
+            ),
+            (
+                envelope("e", "acme", &comment(&"c".repeat(MAX_TEXT_BYTES + 1))),
+                "`data.comment`",
+                "longer than 2048 bytes",
+            ),
+        ] {
+            let err = parse(payload.as_bytes(), arrival()).unwrap_err();
+            assert_eq!(err.code(), "bad_data", "{err}");
+            let text = err.to_string();
+            assert!(text.contains(field) && text.contains(problem), "{text}");
+            assert!(
+                text.len() < 200,
+                "the reason does not echo the value: {text}"
+            );
+        }
+        // Line breaks are fine in a comment, and non-ASCII names are fine.
+        assert!(parse(
+            envelope("e", "에이씨엠이", &comment("line 1\nline 2")).as_bytes(),
+            arrival()
+        )
+        .is_ok());
+        let grant = r#"{"specversion":"1.0","type":"credit.grant","id":"g","source":"b","subject":"a",
+            "data":{"kind":"purchased","credits":1,"payment":{"method":"card","reference":"REF"}}}"#;
+        let err = parse(
+            grant
+                .replace("REF", &"r".repeat(MAX_TEXT_BYTES + 1))
+                .as_bytes(),
+            arrival(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`data.payment.reference`"),
+            "{err}"
+        );
     }
 }

@@ -257,6 +257,12 @@ impl AccountState {
                 repeated: true,
             });
         }
+        let open = self.open_holds().count();
+        if open >= rules.max_open_holds {
+            return Err(Rejection::Command(format!(
+                "the account has {open} open holds, the most allowed; settle or release one first"
+            )));
+        }
         let price = rules.matrix.price(
             &request.feature,
             request.variant.as_deref(),

@@ -68,6 +68,10 @@ pub enum PriceError {
         variant: String,
         known: String,
     },
+    /// A variant on a feature priced without variants: refused rather than ignored, so a
+    /// caller that thinks it is buying `long` learns it is not.
+    #[error("feature `{feature}` has no variants; leave `variant` out")]
+    NoVariants { feature: String },
     #[error("no cost matrix version is in force at {0}")]
     NoVersion(DateTime<Utc>),
     #[error("cost overflows for feature `{0}`")]
@@ -180,6 +184,11 @@ impl CostMatrix {
                         known: known(),
                     })?
             }
+            (None, _, _) if variant.is_some() => {
+                return Err(PriceError::NoVariants {
+                    feature: feature.to_string(),
+                })
+            }
             (None, Some(cost), _) => cost,
             (None, None, Some(rate)) => rate,
             (None, None, None) => Credits::ZERO,
@@ -275,6 +284,10 @@ mod tests {
         assert!(matches!(
             m.price("image_generation", Some("huge"), one, t),
             Err(PriceError::UnknownVariant { .. })
+        ));
+        assert!(matches!(
+            m.price("translation", Some("x".repeat(5000).as_str()), one, t),
+            Err(PriceError::NoVariants { .. })
         ));
     }
 

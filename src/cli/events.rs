@@ -15,6 +15,7 @@ use crate::kafka;
 /// The arguments of `tally grant`.
 #[derive(Debug, clap::Args)]
 pub struct GrantArgs {
+    #[arg(value_parser = super::parse_id)]
     pub account: String,
     /// Credits, a decimal with at most 3 places.
     #[arg(long)]
@@ -22,10 +23,10 @@ pub struct GrantArgs {
     /// included, promotional or purchased.
     #[arg(long, value_parser = parse_kind)]
     pub kind: LotKind,
-    #[arg(long, default_value = "ai")]
+    #[arg(long, default_value = "ai", value_parser = super::parse_id)]
     pub pool: String,
     /// Lot id (default: the event id).
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_id)]
     pub lot: Option<String>,
     /// RFC 3339 expiry; without it and --valid-days the lot never expires.
     #[arg(long, conflicts_with = "valid_days")]
@@ -39,12 +40,12 @@ pub struct GrantArgs {
     /// card or cash.
     #[arg(long, value_parser = ["card", "cash"])]
     pub payment_method: Option<String>,
-    #[arg(long, requires = "payment_method")]
+    #[arg(long, requires = "payment_method", value_parser = super::parse_text)]
     pub payment_reference: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::parse_text)]
     pub comment: Option<String>,
     /// The CloudEvent source recorded with the grant.
-    #[arg(long, default_value = "tally-cli")]
+    #[arg(long, default_value = "tally-cli", value_parser = super::parse_id)]
     pub source: String,
 }
 

@@ -67,6 +67,8 @@ pub fn run(
         status,
         metrics,
         owner: crate::holds::owner::Owner::new(),
+        token: (!config.status.token.is_empty())
+            .then(|| std::sync::Arc::from(config.status.token.expose())),
     };
     if !config.status.listen.is_empty() {
         let listen = config.status.listen.clone();

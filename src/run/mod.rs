@@ -840,6 +840,7 @@ pub fn run(
         status,
         metrics,
         owner,
+        ..
     } = endpoint;
     let store = store::client(&config.clickhouse);
     rt.block_on(store::check(&store)).map_err(|e| {

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 504: an answer did not come in time; the request may be sent again.
     #[error("{0}")]
     Timeout(String),
+    /// 429: this key's rate limit; `Retry-After` says when to come back.
+    #[error("this key's rate limit is reached; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -52,6 +55,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         let mut body = json!({"error": self.to_string()});
         if let ApiError::BadParameter { param, .. } = &self {
@@ -63,23 +67,41 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         response
     }
 }
 
-/// A report error as an answer; store errors are logged and counted.
-fn report_error(state: &Shared, e: ReportError) -> ApiError {
+/// A report error as an answer; store errors are logged and counted, and never echoed:
+/// ClickHouse's text names tables, queries and hosts, none of the caller's business.
+pub(super) fn report_error(state: &Shared, e: ReportError) -> ApiError {
     match e {
         ReportError::BadParameter { param, problem } => ApiError::bad(param, problem),
         other => {
             state.metrics.clickhouse_errors.inc();
             tracing::error!(error = %other, "read failed");
-            ApiError::Unavailable(other.to_string())
+            ApiError::Unavailable(STORE_UNAVAILABLE.into())
         }
     }
 }
 
-/// The caller, from its bearer token.
+/// What a caller learns when the store fails (the error itself is in the log).
+pub(super) const STORE_UNAVAILABLE: &str = "the store is unavailable; try again shortly";
+
+/// 400 naming `param` unless `value` is an id as the core's parser takes them: at most
+/// 256 bytes, no control character, not blank.
+pub fn valid_id(param: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::bad(param, "must not be empty"));
+    }
+    tally_core::event::check_name(value).map_err(|e| ApiError::bad(param, e.to_string()))
+}
+
+/// The caller, from its bearer token, within its key's rate limit.
 pub struct Caller(pub Scope);
 
 impl FromRequestParts<Shared> for Caller {
@@ -93,15 +115,31 @@ impl FromRequestParts<Shared> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
-        state
-            .keys
-            .scope_of(token)
-            .map(Caller)
-            .ok_or(ApiError::Unauthorized)
+        let (index, scope) = state.keys.find(token).ok_or(ApiError::Unauthorized)?;
+        if let Err(wait) = state.limits.check(index) {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite a busy loop.
+            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(ApiError::RateLimited {
+                retry_after_secs: retry_after_secs.max(1),
+            });
+        }
+        Ok(Caller(scope))
     }
 }
 
 impl Caller {
+    /// 403 unless this key may check, hold and release for `account`.
+    pub fn may_act(&self, account: &str) -> Result<(), ApiError> {
+        if self.0.can_act(account) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this key may not check, hold or release for account `{account}` \
+                 (that needs a `service:{account}` or admin key)"
+            )))
+        }
+    }
+
     /// 403 unless this key may read `account`.
     pub fn may_read(&self, account: &str) -> Result<(), ApiError> {
         if self.0.can_read(account) {
@@ -151,6 +189,15 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// An optional id parameter (e.g. `account`), checked as the core checks ids.
+    fn id(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        let value = self.one(name)?;
+        if let Some(v) = value {
+            valid_id(name, v)?;
+        }
+        Ok(value)
+    }
+
     fn date(&self, name: &str) -> Result<Option<NaiveDate>, ApiError> {
         self.one(name)?
             .map(|v| {
@@ -164,9 +211,11 @@ impl Params {
     fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         self.one(name)?
             .map(|v| {
-                parse_time(v).ok_or_else(|| {
+                let at = parse_time(v).ok_or_else(|| {
                     ApiError::bad(name, format!("`{v}` is neither RFC 3339 nor YYYY-MM-DD"))
-                })
+                })?;
+                check_day(name, at.date_naive())?;
+                Ok(at)
             })
             .transpose()
     }
@@ -230,7 +279,9 @@ fn respond<T: Serialize + Tabular>(model: &T, csv: bool) -> Result<Response, Api
 pub async fn whoami(caller: Caller) -> Response {
     match caller.0 {
         Scope::Admin => Json(json!({"scope": "admin"})),
+        Scope::Ingest => Json(json!({"scope": "ingest"})),
         Scope::Account(account) => Json(json!({"scope": "account", "account": account})),
+        Scope::Service(account) => Json(json!({"scope": "service", "account": account})),
     }
     .into_response()
 }
@@ -239,6 +290,7 @@ pub async fn whoami(caller: Caller) -> Response {
 pub async fn accounts(State(state): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
     let accounts: Vec<String> = match &caller.0 {
         Scope::Account(own) => vec![own.clone()],
+        Scope::Ingest | Scope::Service(_) => Vec::new(),
         Scope::Admin => state
             .client
             .query("SELECT account FROM lots GROUP BY account ORDER BY account")
@@ -257,6 +309,7 @@ pub async fn balance(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    valid_id("account", &account)?;
     caller.may_read(&account)?;
     let params = Params::parse(query, &["at"])?;
     let at = params.time("at")?.unwrap_or_else(Utc::now);
@@ -275,6 +328,7 @@ pub async fn ledger(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    valid_id("account", &account)?;
     caller.may_read(&account)?;
     let params = Params::parse(query, &["from", "to", "limit", "cursor"])?;
     let from = params.time("from")?.unwrap_or(DateTime::UNIX_EPOCH);
@@ -337,6 +391,7 @@ pub async fn history(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    valid_id("account", &account)?;
     caller.may_read(&account)?;
     let params = Params::parse(query, &["purchases"])?;
     let purchases = params.flag("purchases")?;
@@ -354,11 +409,21 @@ pub async fn alerts(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    valid_id("account", &account)?;
     caller.may_read(&account)?;
     let params = Params::parse(query, &[])?;
-    let model = report::alerts::load(&state.client, &account)
+    let mut model = report::alerts::load(&state.client, &account)
         .await
         .map_err(|e| report_error(&state, e))?;
+    if caller.0 != Scope::Admin {
+        // The SMTP server's text can name hosts, relays and addresses of other accounts:
+        // operators read it (admin keys, `tally alerts`), account keys get the fact.
+        for alert in &mut model.alerts {
+            if !alert.error.is_empty() {
+                alert.error = "the email could not be delivered".into();
+            }
+        }
+    }
     respond(&model, params.csv(&headers)?)
 }
 
@@ -371,7 +436,38 @@ fn report_account(caller: &Caller, asked: Option<&str>) -> Result<Option<String>
             caller.may_read(asked)?;
             Ok(Some(asked.to_string()))
         }
+        (Scope::Ingest | Scope::Service(_), _) => {
+            Err(ApiError::Forbidden("this key may not read reports".into()))
+        }
     }
+}
+
+/// 400 naming `name` unless `day` is between 1970-01-01 and 9999-12-31: the days tally
+/// stores (ClickHouse's DateTime starts in 1970) and can step a day or a month past.
+fn check_day(name: &str, day: NaiveDate) -> Result<(), ApiError> {
+    let first = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN);
+    let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or(NaiveDate::MAX);
+    if day < first || day > last {
+        return Err(ApiError::bad(
+            name,
+            "must be between 1970-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(())
+}
+
+/// Days every report takes: no later than 9999-12-31 (what ClickHouse and the CLI can
+/// read; later ones overflow date arithmetic), `to` not before `from`, at most ten years.
+fn check_range(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
+    check_day("from", from)?;
+    check_day("to", to)?;
+    if to < from {
+        return Err(ApiError::bad("to", "must not be before `from`"));
+    }
+    if (to - from).num_days() > 3660 {
+        return Err(ApiError::bad("to", "at most ten years after `from`"));
+    }
+    Ok(())
 }
 
 /// `GET /v1/reports/daily?from&to&by&account`
@@ -388,9 +484,7 @@ pub async fn daily(
     let to = params
         .date("to")?
         .ok_or_else(|| ApiError::bad("to", "required (YYYY-MM-DD)"))?;
-    if (to - from).num_days() > 3660 {
-        return Err(ApiError::bad("to", "at most ten years after `from`"));
-    }
+    check_range(from, to)?;
     let mut by = Vec::new();
     for name in params.all("by") {
         let b = match name {
@@ -408,7 +502,7 @@ pub async fn daily(
             by.push(b);
         }
     }
-    let account = report_account(&caller, params.one("account")?)?;
+    let account = report_account(&caller, params.id("account")?)?;
     let model = report::daily::load(&state.client, from, to, account.as_deref(), &by)
         .await
         .map_err(|e| report_error(&state, e))?;
@@ -438,19 +532,27 @@ pub async fn monthly(
             ))
         }
         (Some(first), None, None) => {
+            check_day("month", first)?;
             let next = first
                 .checked_add_months(chrono::Months::new(1))
                 .ok_or_else(|| ApiError::bad("month", "out of range"))?;
             (first, next)
         }
-        (None, Some(from), Some(to)) => (from, to + TimeDelta::days(1)),
+        (None, Some(from), Some(to)) => {
+            check_range(from, to)?;
+            // `to` is inclusive; the day after it exists for any range check_range passed.
+            let end = to
+                .succ_opt()
+                .ok_or_else(|| ApiError::bad("to", "out of range"))?;
+            (from, end)
+        }
         (None, Some(_), None) => return Err(ApiError::bad("to", "required with `from`")),
         (None, None, Some(_)) => return Err(ApiError::bad("from", "required with `to`")),
         (None, None, None) => {
             return Err(ApiError::bad("month", "give `month` or `from` and `to`"))
         }
     };
-    let account = report_account(&caller, params.one("account")?)?;
+    let account = report_account(&caller, params.id("account")?)?;
     let model = report::monthly::load(&state.client, from, to, account.as_deref())
         .await
         .map_err(|e| report_error(&state, e))?;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tally_core::Credits;
 
-use super::api::{ApiError, Caller};
+use super::api::{valid_id, ApiError, Caller};
 use super::Shared;
 use crate::holds::{partition_of, CheckRequest, ClaimInfo};
 use crate::kafka;
@@ -47,6 +47,8 @@ type Client = HyperClient<HttpConnector, Full<Bytes>>;
 pub struct Owners {
     client: Client,
     cache: tokio::sync::Mutex<Cache>,
+    /// `Authorization` for the owners' `/internal` routes (`status.token`), if set.
+    token: Option<header::HeaderValue>,
 }
 
 #[derive(Default)]
@@ -56,23 +58,25 @@ struct Cache {
     loaded: Option<Instant>,
 }
 
-impl Default for Owners {
-    fn default() -> Self {
-        Owners::new()
-    }
-}
-
 impl Owners {
-    pub fn new() -> Owners {
+    /// `token`: the shared token of the `/internal` routes (`status.token`), sent with
+    /// every call to an owner; `None` when the owners listen on loopback without one.
+    pub fn new(token: Option<&str>) -> Owners {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
             .build(http);
+        let token = token.and_then(|t| {
+            let mut value = header::HeaderValue::from_str(&format!("Bearer {t}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
         Owners {
             client,
             cache: tokio::sync::Mutex::new(Cache::default()),
+            token,
         }
     }
 
@@ -100,7 +104,10 @@ impl Owners {
         })
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .map_err(ApiError::Unavailable)?;
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the partition count");
+            ApiError::Unavailable("the broker is unavailable; try again shortly".into())
+        })?;
         cache.partitions = Some(count);
         Ok(partition_of(account, count, state.config.kafka.partitioner))
     }
@@ -118,7 +125,8 @@ impl Owners {
                 .await
                 .map_err(|e| {
                     state.metrics.clickhouse_errors.inc();
-                    ApiError::Unavailable(format!("cannot read the partitions' owners: {e}"))
+                    tracing::error!(error = %e, "cannot read the partitions' owners");
+                    ApiError::Unavailable(super::api::STORE_UNAVAILABLE.into())
                 })?;
             cache.owners = rows
                 .into_iter()
@@ -145,12 +153,17 @@ impl Owners {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), String> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        if let Some(token) = &self.token {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, token.clone());
+        }
         let exchange = async {
             let response = self
                 .client
@@ -186,16 +199,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     })
 }
 
-fn nonempty(name: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::bad(name, "must not be empty"));
-    }
-    if value.len() > 256 {
-        return Err(ApiError::bad(name, "is longer than 256 bytes"));
-    }
-    Ok(())
-}
-
 /// What a check and a hold both ask of the call they name before it goes to the owner: an
 /// account within the key's scope and a call the matrix prices now. Gives the quantity.
 fn call_terms(
@@ -206,9 +209,12 @@ fn call_terms(
     variant: Option<&str>,
     quantity: Option<Credits>,
 ) -> Result<Credits, ApiError> {
-    nonempty("account", account)?;
-    caller.may_read(account)?;
-    nonempty("feature", feature)?;
+    valid_id("account", account)?;
+    caller.may_act(account)?;
+    valid_id("feature", feature)?;
+    if let Some(variant) = variant {
+        valid_id("variant", variant)?;
+    }
     let quantity = quantity.unwrap_or(Credits::from_whole(1));
     priced(state, feature, variant, quantity)?;
     Ok(quantity)
@@ -306,7 +312,7 @@ pub async fn check(
     }
     tracing::warn!(partition, problem = %last, "check: no owner answered");
     Err(ApiError::Unavailable(format!(
-        "the owner of partition {partition} did not answer: {last}"
+        "the owner of partition {partition} did not answer; try again shortly"
     )))
 }
 
@@ -338,7 +344,7 @@ pub async fn hold(
         request.variant.as_deref(),
         request.quantity,
     )?;
-    nonempty("id", &request.id)?;
+    valid_id("id", &request.id)?;
     let max = tally_core::holds::MAX_HOLD_TTL_SECS;
     if request.ttl == 0 || request.ttl > max {
         return Err(ApiError::bad(
@@ -379,9 +385,13 @@ pub async fn release(
         }
     }
     let account = account.ok_or_else(|| ApiError::bad("account", "is required"))?;
-    nonempty("account", &account)?;
-    caller.may_read(&account)?;
-    nonempty("id", &id)?;
+    valid_id("account", &account)?;
+    caller.may_act(&account)?;
+    valid_id("id", &id)?;
+    if let Some(reason) = &reason {
+        tally_core::event::check_text(reason)
+            .map_err(|e| ApiError::bad("reason", e.to_string()))?;
+    }
     let mut data = json!({"hold": id});
     if let Some(reason) = reason {
         data["reason"] = json!(reason);
@@ -432,9 +442,11 @@ async fn decide(
             Ok(Ok(position)) => position,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "hold: the broker did not take the command");
-                return Err(ApiError::Unavailable(format!(
-                    "{e}; sending the same request again (same id) is safe"
-                )));
+                return Err(ApiError::Unavailable(
+                    "the broker did not take the command; sending the same request again \
+                     (same id) is safe"
+                        .into(),
+                ));
             }
             Err(_) => return Err(timed_out()),
         };

@@ -17,7 +17,6 @@ use tally_core::event::{self, Body, Rejection};
 use tally_core::Rules;
 
 use super::api::{ApiError, Caller};
-use super::keys::Scope;
 use super::Shared;
 use crate::kafka;
 
@@ -74,8 +73,10 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if caller.0 != Scope::Admin {
-        return Err(ApiError::Forbidden("ingest needs an admin key".into()));
+    if !caller.0.can_ingest() {
+        return Err(ApiError::Forbidden(
+            "ingest needs an `ingest` or admin key".into(),
+        ));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -137,6 +138,7 @@ pub async fn post_events(
                 let id = serde_json::from_slice::<Value>(payload)
                     .ok()
                     .and_then(|v| v.get("id").cloned())
+                    .filter(Value::is_string)
                     .unwrap_or(Value::Null);
                 results[index] = json!({"index": index, "id": id, "status": "rejected",
                     "code": rejection.code(), "reason": rejection.to_string()});
@@ -172,7 +174,8 @@ pub async fn post_events(
             Ok(Err(e)) => {
                 failed += 1;
                 tracing::error!(error = %e, "ingest: the broker did not take an event");
-                json!({"index": v.index, "id": v.id, "status": "failed", "reason": e.to_string()})
+                json!({"index": v.index, "id": v.id, "status": "failed",
+                       "reason": "the broker did not take it; sending again is safe (duplicates are charged once)"})
             }
             Err(_) => {
                 failed += 1;

@@ -1,5 +1,6 @@
 //! Prometheus metrics of `tally serve` (the `prometheus` crate's registry and text
-//! format): HTTP requests by route and status, their duration, ingested and rejected
+//! format): HTTP requests by route, method (HTTP's own methods, others as `other`) and
+//! status, their duration, ingested and rejected
 //! events, ClickHouse errors, and what routing checks and holds to partition owners met.
 
 use prometheus::{
@@ -25,6 +26,8 @@ pub struct Metrics {
     /// yet), `resent` (a hold or release produced again: its record got no decision), and
     /// `timeout` (answered 504).
     pub owner_retries: IntCounterVec,
+    /// Connections closed at once because `serve.max_connections` were open.
+    pub connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -75,6 +78,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(clickhouse_errors.clone()))?;
         registry.register(Box::new(owner_retries.clone()))?;
+        let connections_refused = IntCounter::new(
+            "tally_http_connections_refused_total",
+            "Connections answered 503 and closed because serve.max_connections were open",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -83,6 +91,7 @@ impl Metrics {
             rejected,
             clickhouse_errors,
             owner_retries,
+            connections_refused,
         })
     }
 

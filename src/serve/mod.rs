@@ -3,6 +3,7 @@
 //! copies can run behind a load balancer: nothing is kept between requests.
 
 pub mod api;
+pub mod conn;
 pub mod dashboard;
 pub mod holds;
 pub mod ingest;
@@ -29,7 +30,7 @@ use tally_core::Rules;
 use crate::config::Config;
 use crate::kafka;
 use crate::store;
-use keys::KeySet;
+use keys::{KeySet, RateLimits};
 use metrics::Metrics;
 
 /// What every request handler reads.
@@ -39,6 +40,8 @@ pub struct AppState {
     pub client: clickhouse::Client,
     pub producer: FutureProducer,
     pub keys: KeySet,
+    /// One rate limit per key, by its index in `keys`.
+    pub limits: RateLimits,
     pub metrics: Metrics,
     /// Where checks and holds go: each partition's owner.
     pub owners: holds::Owners,
@@ -123,9 +126,14 @@ pub async fn run(
     let state = Arc::new(AppState {
         client,
         producer,
+        limits: RateLimits::new(
+            keys.len(),
+            config.serve.rate_per_second,
+            config.serve.rate_burst,
+        ),
         keys,
         metrics: Metrics::new().context("cannot register metrics")?,
-        owners: holds::Owners::new(),
+        owners: holds::Owners::new(Some(config.status.token.expose()).filter(|t| !t.is_empty())),
         rules,
         config,
     });
@@ -134,37 +142,49 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr().context("no local address")?;
-    match tls {
-        Some(tls) => {
-            tracing::info!(listen = %local, "tally serve listening (HTTPS); dashboard at https://{local}/");
-            axum::serve(tls::TlsListener::new(listener, tls), router(state))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            tracing::info!(listen = %local, "tally serve listening; dashboard at http://{local}/");
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
-    .context("the HTTP server failed")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %local, "tally serve listening; dashboard at {scheme}://{local}/");
+    let s = &state.config.serve;
+    let bounds = conn::Bounds {
+        max_connections: s.max_connections,
+        header_timeout: s.header_timeout,
+        idle_timeout: s.idle_timeout,
+        drain_timeout: s.request_timeout,
+    };
+    let refused = state.metrics.connections_refused.clone();
+    conn::serve(
+        listener,
+        tls.map(tokio_rustls::TlsAcceptor::from),
+        router(state),
+        bounds,
+        move || refused.inc(),
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
-/// Counts every request by matched route and status, and times it.
+/// Counts every request by matched route, method and status, times it, and bounds its
+/// time (`serve.request_timeout`, body included: a client dribbling a body ends here).
+/// Every label takes a bounded set of values: routes are the router's, methods those HTTP
+/// defines (others are `other`), statuses three digits.
 async fn track(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let method = crate::status::method_label(request.method());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let limit = state.config.serve.request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => api::ApiError::Unavailable(format!("the request took longer than {limit:?}"))
+            .into_response(),
+    };
     let m = &state.metrics;
     m.http_requests
-        .with_label_values(&[&route, &method, response.status().as_str()])
+        .with_label_values(&[&route, method, response.status().as_str()])
         .inc();
     m.http_seconds
         .with_label_values(&[&route])
@@ -178,9 +198,13 @@ async fn healthz() -> &'static str {
 
 /// Ready when ClickHouse answers with the schema and the broker gives metadata.
 async fn readyz(State(state): State<Shared>) -> Response {
+    // Probes are unauthenticated: the errors go to the log, the answer only says which.
     let clickhouse = match store::check(&state.client).await {
         Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: ClickHouse is not ready");
+            "unavailable".to_string()
+        }
     };
     let producer = state.producer.clone();
     let topic = state.config.kafka.usage_topic.clone();
@@ -190,10 +214,13 @@ async fn readyz(State(state): State<Shared>) -> Response {
             .client()
             .fetch_metadata(Some(&topic), Duration::from_secs(3))
             .map(|_| "ok".to_string())
-            .unwrap_or_else(|e| format!("Kafka: {e}"))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "readyz: the broker is not ready");
+                "unavailable".to_string()
+            })
     })
     .await
-    .unwrap_or_else(|e| format!("Kafka check failed: {e}"));
+    .unwrap_or_else(|_| "unavailable".to_string());
     let ready = clickhouse == "ok" && kafka == "ok";
     let status = if ready {
         StatusCode::OK

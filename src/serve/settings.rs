@@ -1,5 +1,6 @@
-//! The `[serve]` section of the config: where `tally serve` listens, its API keys, and the
-//! limits of its ingest and pages. Checked without the network.
+//! The `[serve]` section of the config: where `tally serve` listens, its API keys, the
+//! limits of its ingest and pages, its connections' timeouts and the keys' rate limit.
+//! Checked without the network.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +16,7 @@ pub struct ServeConfig {
     /// Address `tally serve` listens on (`host:port`).
     pub listen: String,
     /// Absolute path of a file of API keys, one `SCOPE=TOKEN` a line (`#` comments), read
-    /// at start-up; empty: none. SCOPE is `admin` or `account:ID`.
+    /// at start-up; empty: none. SCOPE is `admin`, `ingest`, `account:ID` or `service:ID`.
     pub keys_file: PathBuf,
     /// API keys as `SCOPE=TOKEN` separated by commas. Only from the environment
     /// (TALLY_SERVE__KEYS), never written in the file; never logged.
@@ -38,6 +39,24 @@ pub struct ServeConfig {
     pub tls_cert: PathBuf,
     /// Absolute path of the private key (PEM) of `tls_cert`. Empty: plain HTTP.
     pub tls_key: PathBuf,
+    /// Requests a second each key may make, on average; over it: 429 with `Retry-After`.
+    pub rate_per_second: u32,
+    /// Requests a key may make at once above the average (the bucket's size).
+    pub rate_burst: u32,
+    /// Most connections open at once; one over it is answered 503 and closed, so a flood
+    /// of slow clients cannot take every socket and task.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that moves no byte for this long is closed (idle keep-alive, a
+    /// client that stopped sending or reading).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest one request may take, body included; then 503. Above the ingest and hold
+    /// timeouts, which answer first.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +72,12 @@ impl Default for ServeConfig {
             hold_timeout: Duration::from_secs(10),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            rate_per_second: 100,
+            rate_burst: 200,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -130,6 +155,32 @@ impl ServeConfig {
         if self.tls() {
             crate::tls::load_certs(&self.tls_cert).map_err(|p| ("serve.tls_cert", p))?;
             crate::tls::load_key(&self.tls_key).map_err(|p| ("serve.tls_key", p))?;
+        }
+        if self.rate_per_second == 0 || self.rate_burst == 0 {
+            return Err((
+                "serve.rate_per_second",
+                "rate_per_second and rate_burst must be at least 1".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err((
+                "serve.max_connections",
+                "must be between 1 and 1000000".into(),
+            ));
+        }
+        for (key, value) in [
+            ("serve.header_timeout", self.header_timeout),
+            ("serve.idle_timeout", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err((key, "must be at least 100ms".into()));
+            }
+        }
+        if self.request_timeout <= self.ingest_timeout.max(self.hold_timeout) {
+            return Err((
+                "serve.request_timeout",
+                "must be longer than serve.ingest_timeout and serve.hold_timeout".into(),
+            ));
         }
         Ok(())
     }

@@ -9,6 +9,9 @@ use super::Deployment;
 pub const ADMIN_KEY: &str = "admin-test-key-0123456789abcdef";
 pub const ACME_KEY: &str = "acme-test-key-0123456789abcdef";
 pub const GLOBEX_KEY: &str = "globex-test-key-0123456789abcd";
+/// `service:acme`: checks, holds and releases for acme (no reads).
+pub const ACME_SERVICE_KEY: &str = "acme-service-key-0123456789abc";
+pub const GLOBEX_SERVICE_KEY: &str = "globex-service-key-0123456789a";
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -48,7 +51,10 @@ impl Server {
             .local_addr()
             .expect("address")
             .port();
-        let keys = format!("admin={ADMIN_KEY},account:acme={ACME_KEY},account:globex={GLOBEX_KEY}");
+        let keys = format!(
+            "admin={ADMIN_KEY},account:acme={ACME_KEY},account:globex={GLOBEX_KEY},\
+             service:acme={ACME_SERVICE_KEY},service:globex={GLOBEX_SERVICE_KEY}"
+        );
         let child = d
             .command()
             .arg("serve")

@@ -32,5 +32,6 @@ pub fn rules(matrix: &str) -> Rules {
         flex_threshold: Credits::from_whole(50),
         settle_shortfall: false,
         alerts: Default::default(),
+        max_open_holds: tally_core::account::DEFAULT_MAX_OPEN_HOLDS,
     }
 }
