@@ -25,6 +25,7 @@ summary() {
 trap summary EXIT
 
 step "stack-up (installs included)" bash scripts/stack-up.sh
+step "stack-secure (TLS and SASL)" bash scripts/stack-secure.sh
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "build the tests" cargo test --workspace --all-targets --no-run
@@ -38,4 +39,6 @@ awk '/^ *Running /{suite = ($2 == "unittests") ? $3 : $2} /^ *Doc-tests /{suite 
      /^test result:/{for (i = 1; i <= NF; i++) if ($i == "in") t = $(i + 1);
        sub(/s$/, "", t); printf "%5d s    suite %s (%s passed, %s failed)\n", t + 0.5, suite, $4, $6}' \
   "$LOG" >>"$TIMES"
-exit "$status"
+((status == 0)) || exit "$status"
+# The whole API from its OpenAPI document: no 5xx, no answer outside the document.
+step "api-fuzz (schemathesis)" bash scripts/api-fuzz.sh
