@@ -55,7 +55,7 @@ pub async fn write(client: &Client, rows: &[AlertRow]) -> Result<(), StoreError>
     if rows.is_empty() {
         return Ok(());
     }
-    let mut insert = client.insert::<AlertRow>("alerts").await?;
+    let mut insert = super::writes::insert::<AlertRow>(client, "alerts").await?;
     for row in rows {
         insert.write(row).await?;
     }

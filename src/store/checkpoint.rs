@@ -128,7 +128,7 @@ pub async fn claim_and_load(
         .fetch_one()
         .await?;
     let version = now_micros.max(highest + 2);
-    let mut insert = client.insert::<CheckpointRow>("checkpoints").await?;
+    let mut insert = super::writes::insert::<CheckpointRow>(client, "checkpoints").await?;
     insert
         .write(&CheckpointRow {
             stream: stream.to_string(),
