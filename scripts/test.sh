@@ -42,3 +42,7 @@ awk '/^ *Running /{suite = ($2 == "unittests") ? $3 : $2} /^ *Doc-tests /{suite 
 ((status == 0)) || exit "$status"
 # The whole API from its OpenAPI document: no 5xx, no answer outside the document.
 step "api-fuzz (schemathesis)" bash scripts/api-fuzz.sh
+# Every statement tally sends also runs on a current ClickHouse engine (chdb), and the check
+# fails on a statement that does not.
+step "current engine (chdb)" bash scripts/check-current-engine.sh
+step "current engine self-test" bash scripts/check-current-engine.sh --self-test

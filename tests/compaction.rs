@@ -101,11 +101,16 @@ fn snapshots_delete_the_superseded_log_and_a_restart_from_one_loses_nothing() {
     // Only the segment being read stays open: what a restart loads is the day totals of
     // each partition's current segment of 1,000 calls (the harness's size), at most 20
     // accounts on 2 days each, where the 12 segments of the run hold up to 240.
+    // ALL, and an alias on the joined subquery, so it runs and counts alike on 18.16 and on
+    // current engines (which refuse a join without the alias and whose ANY INNER JOIN keeps
+    // one row per key on both sides: one open day per partition). The right side has one
+    // row per partition, so ALL adds no duplicates.
     let open: u64 = d
         .sql(
             "SELECT count() FROM (SELECT DISTINCT partition, key_hi, key_lo FROM checkpoints \
-             ANY INNER JOIN (SELECT partition, argMax(usage_offset, version) AS u \
-             FROM checkpoints WHERE row_kind = 'offsets' GROUP BY partition) USING partition \
+             ALL INNER JOIN (SELECT partition, argMax(usage_offset, version) AS u \
+             FROM checkpoints WHERE row_kind = 'offsets' GROUP BY partition) AS latest \
+             USING partition \
              WHERE row_kind = 'day' AND key_hi >= (intDiv(u, 1000) + 1) * 65536)",
         )
         .trim()
