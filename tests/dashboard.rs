@@ -157,3 +157,210 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp folder");
     dir
 }
+
+/// Point 4 and 5 of issue 21 on the real stack: an Asia/Seoul account's plan cycle shows
+/// as Seoul's midnight with the zone named, in the dashboard and in `tally balance`, while
+/// `--json` keeps RFC 3339; chart ticks are round; the summary page takes a day and a
+/// custom range, with figures computed here by hand.
+#[test]
+fn account_time_round_ticks_and_custom_summary_ranges() {
+    use chrono::{Datelike, Months, NaiveDate, TimeZone, Utc};
+    let d = Deployment::new(2);
+    let seoul = chrono_tz::Asia::Seoul;
+    let plan_at = hours_ago(1);
+    // The cycle holding `plan_at`: monthly cycles anchored at Seoul's midnight on the 1st
+    // two months earlier start at midnight on the 1st of Seoul's month.
+    let local = plan_at.with_timezone(&seoul);
+    let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1).expect("a day");
+    let at_midnight = |day: NaiveDate| {
+        seoul
+            .from_local_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight"))
+            .single()
+            .expect("Seoul has no DST")
+            .with_timezone(&Utc)
+    };
+    let cycle_start = at_midnight(first);
+    let anchor = at_midnight(first - Months::new(2));
+    // Days counted back from today (UTC); at 12:00 UTC, 21:00 in Seoul: the same day there.
+    let today = Utc::now().date_naive();
+    let noon = |days_ago: u64, minute: i64| {
+        (today - chrono::Days::new(days_ago))
+            .and_hms_opt(12, 0, 0)
+            .expect("noon")
+            .and_utc()
+            + TimeDelta::minutes(minute)
+    };
+    let mut events = vec![
+        json!({"specversion": "1.0", "type": "account.settings", "id": "s-1", "source": "billing",
+               "subject": "seoul-co", "time": rfc3339(noon(7, 0)),
+               "data": {"timezone": "Asia/Seoul"}}),
+        grant(
+            "g-pack",
+            "seoul-co",
+            noon(6, 0),
+            json!({"kind": "purchased", "credits": 1000, "valid_days": 360}),
+        ),
+        json!({"specversion": "1.0", "type": "account.plan", "id": "p-1", "source": "billing",
+               "subject": "seoul-co", "time": rfc3339(plan_at),
+               "data": {"plan": "pro", "anchor": rfc3339(anchor)}}),
+    ];
+    // 10 credits a call (image_generation/mid): 3 calls 5 days ago, 2 calls 3 days ago,
+    // 1 call 2 days ago.
+    for (days_ago, calls) in [(5u64, 3i64), (3, 2), (2, 1)] {
+        for i in 0..calls {
+            events.push(usage(
+                &format!("u{days_ago}-{i}"),
+                "seoul-co",
+                noon(days_ago, i),
+                json!({"user": "kim@seoul.kr", "feature": "image_generation", "variant": "mid"}),
+            ));
+        }
+    }
+    d.send(&events);
+    d.drain();
+
+    // The CLI: the table in Seoul time naming the zone; the JSON in RFC 3339.
+    let start_text = format!("{} 00:00 (Asia/Seoul)", first);
+    let next_text = format!("{} 00:00 (Asia/Seoul)", first + Months::new(1));
+    let table = d.tally_ok(&["balance", "seoul-co"]);
+    assert!(
+        table.contains(&format!("from {start_text} to {next_text}")),
+        "the cycle in the account's time, zone named: {table}"
+    );
+    assert!(!table.contains("UTC"), "no UTC times in the table: {table}");
+    let json = d.json(&["balance", "seoul-co"]);
+    assert_eq!(json["timezone"], "Asia/Seoul", "{json}");
+    let start_json = json["plan"]["cycle_start"].as_str().expect("cycle_start");
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(start_json).map(|t| t.with_timezone(&Utc)),
+        Ok(cycle_start),
+        "--json keeps RFC 3339: {json}"
+    );
+
+    let server = Server::start(&d, &[]);
+    let (from, to) = (noon(8, 0).date_naive(), today);
+    for lang in ["en", "ko"] {
+        let base = format!(
+            "{}/#key={ADMIN_KEY}&account=seoul-co&lang={lang}",
+            server.base
+        );
+        // The overview: the cycle in Seoul time; the chart's ticks round.
+        let dom = page(
+            &format!("{base}&page=overview&from={from}&to={to}"),
+            &format!("overview-{lang}"),
+        );
+        let plan = between(&dom, "id=\"plan\"", "</p>");
+        assert!(
+            plan.contains(&start_text) && plan.contains(&next_text),
+            "{lang}: the cycle in the account's time, zone named: {plan}"
+        );
+        assert!(!plan.contains("UTC"), "{lang}: {plan}");
+        let ticks = attr_values(&dom, "data-tick");
+        assert!(ticks.len() >= 2, "{lang}: no axis ticks: {dom}");
+        let step = ticks[1] - ticks[0];
+        let power = 10f64.powf(step.log10().floor());
+        let mantissa = step / power;
+        assert!(
+            [1.0, 2.0, 5.0, 10.0]
+                .iter()
+                .any(|m| (mantissa - m).abs() < 1e-9),
+            "{lang}: the step {step} is not 1, 2 or 5 times a power of ten: {ticks:?}"
+        );
+        for (i, tick) in ticks.iter().enumerate() {
+            assert!(
+                (tick - step * i as f64).abs() < 1e-9,
+                "{lang}: tick {i} is {tick}, not a multiple of {step}: {ticks:?}"
+            );
+        }
+        // The highest day is 30 credits: the axis reaches it and ends at the next round tick.
+        let top = ticks.last().copied().unwrap_or_default();
+        assert!(
+            (30.0..30.0 + step).contains(&top),
+            "{lang}: top tick {top}: {ticks:?}"
+        );
+
+        // A custom range: 3 and 2 days ago. By hand: 1000 bought 6 days ago, 30 used 5 days
+        // ago (carried forward 970), 20 + 10 used in the range, 940 left.
+        let (r_from, r_to) = (noon(3, 0).date_naive(), noon(2, 0).date_naive());
+        let dom = page(
+            &format!("{base}&page=monthly&span=range&from={r_from}&to={r_to}"),
+            &format!("range-{lang}"),
+        );
+        let title = between(&dom, "id=\"summary-title\"", "</h2>");
+        assert!(
+            title.contains(&format!("{r_from} – {r_to}")),
+            "{lang}: {title}"
+        );
+        for (col, want) in [
+            ("carried", 970.0),
+            ("allocated", 0.0),
+            ("consumed", 30.0),
+            ("remaining", 940.0),
+        ] {
+            assert_eq!(
+                cell(&dom, "ai/purchased", col),
+                Some(want),
+                "{lang}: range {r_from}..{r_to}, purchased {col}: {dom}"
+            );
+        }
+        // One day, 5 days ago: 1000 carried, 30 used, 970 left.
+        let day = noon(5, 0).date_naive();
+        let dom = page(
+            &format!("{base}&page=monthly&span=day&day={day}"),
+            &format!("day-{lang}"),
+        );
+        for (col, want) in [
+            ("carried", 1000.0),
+            ("consumed", 30.0),
+            ("remaining", 970.0),
+        ] {
+            assert_eq!(
+                cell(&dom, "ai/purchased", col),
+                Some(want),
+                "{lang}: day {day}, purchased {col}: {dom}"
+            );
+        }
+    }
+}
+
+/// The page at `url` once rendered, checked to be ready and free of errors.
+fn page(url: &str, name: &str) -> String {
+    let (dom, log) = chromium(&tempdir(name), &["--dump-dom", url]);
+    assert!(
+        dom.contains("data-state=\"ready\""),
+        "{name} never got ready: {dom}\n{log}"
+    );
+    assert!(!dom.contains("data-errors"), "{name} threw: {dom}");
+    assert!(
+        dom.contains("id=\"error\" class=\"error\" hidden"),
+        "{name} shows an error: {dom}"
+    );
+    dom
+}
+
+/// The text from `start` to the next `end` (empty when `start` is missing).
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let Some(at) = text.find(start) else {
+        return "";
+    };
+    let rest = &text[at..];
+    &rest[..rest.find(end).unwrap_or(rest.len())]
+}
+
+/// Every value of attribute `name`, as numbers, in document order.
+fn attr_values(dom: &str, name: &str) -> Vec<f64> {
+    let marker = format!("{name}=\"");
+    dom.match_indices(&marker)
+        .filter_map(|(at, _)| {
+            let rest = &dom[at + marker.len()..];
+            rest[..rest.find('"')?].parse().ok()
+        })
+        .collect()
+}
+
+/// The figure in row `row`, column `col` of a table that names its cells.
+fn cell(dom: &str, row: &str, col: &str) -> Option<f64> {
+    let tr = between(dom, &format!("data-row=\"{row}\""), "</tr>");
+    let td = between(tr, &format!("data-col=\"{col}\""), "</td>");
+    attr_values(td, "data-value").first().copied()
+}

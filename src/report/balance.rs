@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use clickhouse::Client;
 use serde::Serialize;
 use tally_core::account::FlexView;
 use tally_core::{plans, Credits, LotKind, Rules};
 
-use super::{credits, rfc3339, ReportError, Tabular};
+use super::{credits, local_time, rfc3339, tz_name, ReportError, Tabular};
 use crate::store::reads;
 
 /// The balance of one account at one time.
@@ -18,6 +19,10 @@ pub struct Balance {
     pub account: String,
     #[serde(serialize_with = "rfc3339")]
     pub at: DateTime<Utc>,
+    /// The account's time zone (IANA name): the one its cycles and days are cut in, and
+    /// the one people read its times in (the times here stay UTC, RFC 3339).
+    #[serde(serialize_with = "tz_name")]
+    pub timezone: Tz,
     /// The account's plan and its current cycle, if it has one.
     pub plan: Option<PlanCycle>,
     /// Start of the cycle `used_this_cycle` counts from (the calendar month without a plan).
@@ -65,9 +70,10 @@ pub async fn load(
         .unwrap_or_default();
     let pools = state.balance(at);
     let flex = state.flex(rules, at);
+    let timezone = state.timezone(rules);
     let cycle_start = match &state.subscription {
         Some(s) => s.cycle_start,
-        None => plans::month_start(state.timezone(rules), at),
+        None => plans::month_start(timezone, at),
     };
     let used: BTreeMap<String, i64> = reads::used_since(client, account, cycle_start)
         .await
@@ -110,6 +116,7 @@ pub async fn load(
     Ok(Balance {
         account: account.to_string(),
         at,
+        timezone,
         plan,
         cycle_start,
         flex,
@@ -153,23 +160,24 @@ impl Tabular for Balance {
     }
 
     fn title(&self) -> Option<String> {
+        let tz = self.timezone;
         let plan = match &self.plan {
             Some(s) => format!(
                 "plan {}: cycle {} from {} to {}",
                 s.name,
                 s.cycle,
-                s.cycle_start.format("%Y-%m-%d %H:%M UTC"),
-                s.cycle_end.format("%Y-%m-%d %H:%M UTC")
+                local_time(&s.cycle_start, tz),
+                local_time(&s.cycle_end, tz)
             ),
             None => format!(
                 "no plan; this cycle is the calendar month from {}",
-                self.cycle_start.format("%Y-%m-%d %H:%M UTC")
+                local_time(&self.cycle_start, tz)
             ),
         };
         Some(format!(
             "balance of `{}` at {}\n{plan}",
             self.account,
-            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+            local_time(&self.at, tz)
         ))
     }
 

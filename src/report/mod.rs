@@ -12,6 +12,7 @@ pub mod monthly;
 pub mod table;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Serialize, Serializer};
 use tally_core::Credits;
 
@@ -111,7 +112,42 @@ pub(crate) fn credits(milli: i64) -> Credits {
     Credits::from_milli(milli)
 }
 
+/// A time zone in reports: its IANA name (`Asia/Seoul`).
+pub fn tz_name<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(tz.name())
+}
+
+/// `YYYY-MM-DD HH:MM (Zone)`: a time for people, in the account's zone and naming it, so
+/// a cycle that starts at midnight in Seoul reads as midnight, not as 15:00 the day before.
+pub fn local_time(at: &DateTime<Utc>, tz: Tz) -> String {
+    format!(
+        "{} ({})",
+        at.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+        tz.name()
+    )
+}
+
 /// `YYYY-MM-DD HH:MM:SS`, UTC, for tables.
 pub(crate) fn short_time(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    #[test]
+    fn local_time_is_the_zones_wall_clock_named() {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 30, 15, 0, 0)
+            .unwrap();
+        assert_eq!(
+            super::local_time(&at, chrono_tz::Asia::Seoul),
+            "2026-12-01 00:00 (Asia/Seoul)"
+        );
+        assert_eq!(
+            super::local_time(&at, chrono_tz::UTC),
+            "2026-11-30 15:00 (UTC)"
+        );
+    }
 }

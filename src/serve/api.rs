@@ -208,14 +208,24 @@ impl Params {
             .transpose()
     }
 
+    /// A time between 1970 and 9999 as written (what the document's pattern says), then
+    /// held within those years in UTC: `1970-01-01T00:00:00+09:00` is the epoch for the
+    /// store, not a refusal the document could not have told the caller about.
     fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         self.one(name)?
             .map(|v| {
-                let at = parse_time(v).ok_or_else(|| {
-                    ApiError::bad(name, format!("`{v}` is neither RFC 3339 nor YYYY-MM-DD"))
-                })?;
-                check_day(name, at.date_naive())?;
-                Ok(at)
+                let bad =
+                    || ApiError::bad(name, format!("`{v}` is neither RFC 3339 nor YYYY-MM-DD"));
+                let written = match DateTime::parse_from_rfc3339(v) {
+                    Ok(at) => at.date_naive(),
+                    Err(_) => NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad())?,
+                };
+                check_day(name, written)?;
+                let at = parse_time(v).ok_or_else(bad)?;
+                let last = NaiveDate::from_ymd_opt(9999, 12, 31)
+                    .and_then(|d| d.and_hms_opt(23, 59, 59))
+                    .map_or(DateTime::<Utc>::MAX_UTC, |d| d.and_utc());
+                Ok(at.clamp(DateTime::UNIX_EPOCH, last))
             })
             .transpose()
     }

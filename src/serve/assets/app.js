@@ -17,6 +17,7 @@ const T = {
     effective: 'Effective from', variant: 'Variant', unit: 'Unit', plans: 'Plans', per_cycle: 'Credits per cycle', period: 'Cycle',
     nothing: 'Nothing yet.', alert_notice: 'Low-credit alert: {pool} balance {balance} crossed {threshold} ({kind}) on {time}.',
     day: 'Day', total: 'Total', never: 'never', bad_key: 'This key is not valid.',
+    range: 'Custom range', period_of: 'Period', summary_day: 'Daily summary',
   },
   ko: {
     title: 'AI 크레딧', key: 'API 키', signin: '로그인', logout: '로그아웃', account: '계정',
@@ -32,6 +33,7 @@ const T = {
     effective: '적용 시작', variant: '옵션', unit: '단위', plans: '요금제', per_cycle: '주기당 크레딧', period: '주기',
     nothing: '아직 없습니다.', alert_notice: '크레딧 부족 알림: {pool} 잔액이 {balance}(으)로 기준 {threshold}에 도달했습니다 ({kind}, {time}).',
     day: '날짜', total: '합계', never: '만료 없음', bad_key: '유효하지 않은 키입니다.',
+    range: '기간 지정', period_of: '기간', summary_day: '일별 요약',
   },
 };
 const PAGES = ['overview', 'usage', 'history', 'ledger', 'monthly', 'matrix'];
@@ -44,7 +46,9 @@ window.addEventListener('unhandledrejection', (e) => { errors.push(String(e.reas
 const st = {
   key: sessionStorage.getItem('tally.key') || '',
   lang: localStorage.getItem('tally.lang') || ((navigator.language || '').startsWith('ko') ? 'ko' : 'en'),
-  account: '', page: 'overview', from: '', to: '', month: '', cursor: null,
+  account: '', page: 'overview', from: '', to: '', month: '', day: '', span: 'month', cursor: null,
+  // The account's time zone (from its balance): every time on screen is shown in it.
+  tz: 'UTC', balance: null,
 };
 
 function t(k, vars) {
@@ -68,7 +72,28 @@ function svg(tag, attrs, ...kids) {
   return e;
 }
 function num(v) { return Number(v || 0).toLocaleString(st.lang === 'ko' ? 'ko-KR' : 'en-US', { maximumFractionDigits: 3 }); }
-function when(s) { return s ? s.replace('T', ' ').replace(/(\.\d+)?(\+00:00|Z)$/, ' UTC') : ''; }
+// An RFC 3339 time as the account's wall clock with the zone named, e.g.
+// `2026-12-01 00:00 (Asia/Seoul)`: a cycle that starts at midnight in Seoul must not read
+// as 15:00 the day before. Seconds only when there are any.
+function when(s) {
+  if (!s) return '';
+  const d = new Date(s);
+  if (Number.isNaN(d.getTime())) return s;
+  const parts = {};
+  const fmt = new Intl.DateTimeFormat('en-US', { timeZone: st.tz, year: 'numeric', month: '2-digit', day: '2-digit',
+    hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+  for (const p of fmt.formatToParts(d)) parts[p.type] = p.value;
+  const sec = parts.second !== '00' ? ':' + parts.second : '';
+  return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}${sec} (${st.tz})`;
+}
+// The step of an axis with about `n` ticks up to `max`: 1, 2 or 5 times a power of ten, so
+// ticks read 0, 50, 100, 150 and never 165.125.
+function niceStep(max, n) {
+  const raw = max / n;
+  const power = Math.pow(10, Math.floor(Math.log10(raw)));
+  const f = raw / power;
+  return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * power;
+}
 function isoDay(d) { return d.getFullYear() + '-' + String(d.getMonth() + 1).padStart(2, '0') + '-' + String(d.getDate()).padStart(2, '0'); }
 function daysAgo(n) { const d = new Date(); d.setDate(d.getDate() - n); return isoDay(d); }
 
@@ -86,11 +111,18 @@ async function get(path) { return (await api(path)).json; }
 const q = (o) => Object.entries(o).filter(([, v]) => v !== '' && v !== null && v !== undefined).map(([k, v]) => encodeURIComponent(k) + '=' + encodeURIComponent(v)).join('&');
 const acct = () => encodeURIComponent(st.account);
 
-function table(cols, rows) {
+// `rowKey`, when given, names each row (`data-row`) and its cells (`data-col`), so a test
+// can read a figure without depending on the language or the number format.
+function table(cols, rows, rowKey) {
   if (!rows.length) return el('p', { class: 'muted' }, t('nothing'));
+  const cell = (c, r) => {
+    const attrs = { class: c.num ? 'num' : '' };
+    if (rowKey) { attrs['data-col'] = c.label; if (c.num) attrs['data-value'] = String(c.get(r)); }
+    return el('td', attrs, c.num ? num(c.get(r)) : c.get(r));
+  };
   return el('div', { class: 'scroll' }, el('table', {},
     el('thead', {}, el('tr', {}, cols.map((c) => el('th', { class: c.num ? 'num' : '' }, t(c.label))))),
-    el('tbody', {}, rows.map((r) => el('tr', {}, cols.map((c) => el('td', { class: c.num ? 'num' : '' }, c.num ? num(c.get(r)) : c.get(r))))))));
+    el('tbody', {}, rows.map((r) => el('tr', rowKey ? { 'data-row': rowKey(r) } : {}, cols.map((c) => cell(c, r)))))));
 }
 
 // Stacked bars per day by `series`; hovering a bar shows its credits and feature breakdown.
@@ -106,13 +138,18 @@ function chart(rows, series, from, to) {
     if (r.feature) c.features[r.feature] = (c.features[r.feature] || 0) + Number(r.credits);
   }
   const totals = days.map((d) => names.reduce((s, n) => s + ((cell[d + '\u0000' + n] || {}).credits || 0), 0));
-  const max = Math.max(1, ...totals);
+  // The axis ends at the first round tick at or above the highest bar.
+  const step = niceStep(Math.max(0.001, ...totals), 4);
+  const ticks = Math.max(1, Math.ceil(Math.max(0, ...totals) / step - 1e-9));
+  const max = step * ticks;
   const W = 900, H = 260, L = 50, B = 30, w = (W - L - 10) / Math.max(1, days.length);
   const g = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': t('credits') });
-  for (let i = 0; i <= 4; i++) {
-    const y = H - B - (H - B - 10) * i / 4;
+  for (let i = 0; i <= ticks; i++) {
+    const y = H - B - (H - B - 10) * i / ticks;
+    // Rounded to thousandths (credits' precision): 3 × 0.1 is 0.30000000000000004 in floats.
+    const value = Math.round(step * i * 1000) / 1000;
     g.append(svg('line', { x1: L, x2: W - 10, y1: y, y2: y, stroke: '#e4e7ec' }));
-    g.append(svg('text', { x: L - 6, y: y + 4, 'text-anchor': 'end', 'font-size': 10, fill: '#667085' }, num(max * i / 4)));
+    g.append(svg('text', { x: L - 6, y: y + 4, 'text-anchor': 'end', 'font-size': 10, fill: '#667085', 'data-tick': value }, num(value)));
   }
   days.forEach((d, i) => {
     let y = H - B;
@@ -151,7 +188,7 @@ async function usageChart(by) {
 }
 
 async function overviewPage(main) {
-  const b = await get(`/v1/accounts/${acct()}/balance`);
+  const b = st.balance;
   const cards = el('div', { class: 'cards' });
   for (const [pool, p] of Object.entries(b.pools)) {
     const total = Number(p.available) + Number(p.used_this_cycle);
@@ -165,7 +202,7 @@ async function overviewPage(main) {
         Number(p.shortfall) ? el('div', { class: 'sub' }, t('shortfall'), ' ', num(p.shortfall)) : null));
   }
   const plan = b.plan ? `${t('plan')}: ${b.plan.name} · ${t('cycle')} ${b.plan.cycle} · ${when(b.plan.cycle_start)} – ${when(b.plan.cycle_end)}` : t('no_plan') + ' · ' + when(b.cycle_start);
-  main.append(el('h2', {}, st.account), el('p', { class: 'muted' }, plan, ' · ', t('flex'), ': ', b.flex.enabled ? t('on') : t('off'), ` (${num(b.flex.used)} / ${num(b.flex.threshold)})`), cards,
+  main.append(el('h2', {}, st.account), el('p', { class: 'muted', id: 'plan' }, plan, ' · ', t('flex'), ': ', b.flex.enabled ? t('on') : t('off'), ` (${num(b.flex.used)} / ${num(b.flex.threshold)})`), cards,
     el('h2', {}, t('by_service')), periodPicker(() => render()), await usageChart('service'));
 }
 
@@ -199,16 +236,34 @@ async function ledgerPage(main) {
   if (page.next) main.append(el('p', {}, el('button', { type: 'button', onclick: () => { st.cursor = page.next; render(); } }, t('more'))));
 }
 
+// The summary of a day, a month or a custom range of days (inclusive), as [004] asks; the
+// API takes `month` or `from` and `to`.
 async function monthlyPage(main) {
-  const month = el('input', { type: 'month', value: st.month });
-  main.append(el('div', { class: 'period' }, el('label', {}, t('month'), ' ', month),
-    el('button', { type: 'button', onclick: () => { st.month = month.value; render(); } }, t('apply'))));
-  const rows = await get('/v1/reports/monthly?' + q({ month: st.month, account: st.account }));
-  const flat = rows.flatMap((r) => [['free', r.free], ['purchased', r.purchased]].map(([k, m]) => Object.assign({ pool: r.pool, kind: t(k) }, m)));
-  main.append(el('h2', {}, t('monthly'), ' ', st.month), table([
+  const span = el('select', { id: 'span' }, ['day', 'month', 'range'].map((s) => {
+    const o = el('option', { value: s }, t(s)); if (s === st.span) o.selected = true; return o;
+  }));
+  const day = el('input', { type: 'date', value: st.day, id: 'sum-day' });
+  const month = el('input', { type: 'month', value: st.month, id: 'sum-month' });
+  const from = el('input', { type: 'date', value: st.from, id: 'sum-from' }), to = el('input', { type: 'date', value: st.to, id: 'sum-to' });
+  const inputs = { day: [el('label', {}, t('day'), ' ', day)], month: [el('label', {}, t('month'), ' ', month)],
+    range: [el('label', {}, t('from'), ' ', from), el('label', {}, t('to'), ' ', to)] };
+  const box = el('span');
+  const show = () => box.replaceChildren(...inputs[span.value]);
+  span.addEventListener('change', show);
+  show();
+  main.append(el('div', { class: 'period' }, el('label', {}, t('period_of'), ' ', span), box,
+    el('button', { type: 'button', onclick: () => {
+      st.span = span.value; st.day = day.value; st.month = month.value; st.from = from.value; st.to = to.value; render();
+    } }, t('apply'))));
+  const [params, label] = st.span === 'day' ? [{ from: st.day, to: st.day }, st.day]
+    : st.span === 'range' ? [{ from: st.from, to: st.to }, `${st.from} – ${st.to}`]
+      : [{ month: st.month }, st.month];
+  const rows = await get('/v1/reports/monthly?' + q(Object.assign(params, { account: st.account })));
+  const flat = rows.flatMap((r) => [['free', r.free], ['purchased', r.purchased]].map(([k, m]) => Object.assign({ pool: r.pool, side: k, kind: t(k) }, m)));
+  main.append(el('h2', { id: 'summary-title', 'data-span': st.span }, t(st.span === 'day' ? 'summary_day' : 'monthly'), ' ', label), table([
     { label: 'pool', get: (r) => r.pool }, { label: 'type', get: (r) => r.kind }, { label: 'carried', get: (r) => r.carried_forward, num: 1 },
     { label: 'allocated', get: (r) => r.allocated, num: 1 }, { label: 'consumed', get: (r) => r.consumed, num: 1 }, { label: 'expired', get: (r) => r.expired, num: 1 },
-    { label: 'voided', get: (r) => r.voided, num: 1 }, { label: 'remaining', get: (r) => r.remaining, num: 1 }], flat));
+    { label: 'voided', get: (r) => r.voided, num: 1 }, { label: 'remaining', get: (r) => r.remaining, num: 1 }], flat, (r) => r.pool + '/' + r.side));
 }
 
 async function matrixPage(main) {
@@ -227,7 +282,7 @@ async function matrixPage(main) {
 async function notice() {
   const box = $('notice');
   box.hidden = true;
-  const [alerts, b] = await Promise.all([get(`/v1/accounts/${acct()}/alerts`), get(`/v1/accounts/${acct()}/balance`)]);
+  const [alerts, b] = [await get(`/v1/accounts/${acct()}/alerts`), st.balance];
   // This cycle's alerts, and any of the last 7 days (a cycle may just have turned over).
   const week = new Date(Date.now() - 7 * 864e5).toISOString().slice(0, 19);
   const since = b.cycle_start.slice(0, 19) < week ? b.cycle_start.slice(0, 19) : week;
@@ -249,6 +304,9 @@ async function render() {
   $('error').hidden = true;
   try {
     if (!st.account) throw new ApiError(404, t('nothing'));
+    // The balance first: it names the account's time zone, which every page's times use.
+    st.balance = await get(`/v1/accounts/${acct()}/balance`);
+    st.tz = st.balance.timezone || 'UTC';
     await Promise.all([notice(), { overview: overviewPage, usage: usagePage, history: historyPage, ledger: ledgerPage, monthly: monthlyPage, matrix: matrixPage }[st.page](main)]);
   } catch (e) {
     $('error').textContent = e.message;
@@ -289,6 +347,8 @@ function readHash() {
   st.from = h.get('from') || st.from || daysAgo(29);
   st.to = h.get('to') || st.to || daysAgo(0);
   st.month = h.get('month') || st.month || daysAgo(0).slice(0, 7);
+  st.day = h.get('day') || st.day || daysAgo(0);
+  if (['day', 'month', 'range'].includes(h.get('span'))) st.span = h.get('span');
   $('lang').value = st.lang;
 }
 
