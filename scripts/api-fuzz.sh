@@ -15,7 +15,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 EXAMPLES="${FUZZ_EXAMPLES:-25}"
-SEED="${FUZZ_SEED:-$RANDOM$RANDOM}"
+# CI replays one fixed seed, so a submission lands or not on the code alone; elsewhere
+# every run explores a new one. Either way the seed is printed.
+if [[ ${CI:-} == true ]]; then SEED="${FUZZ_SEED:-7}"; else SEED="${FUZZ_SEED:-$RANDOM$RANDOM}"; fi
 SECONDS_MAX="${FUZZ_SECONDS:-150}"
 VENV="$STACK/fuzz-venv"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -101,7 +103,8 @@ status=0
 # A bound on the whole run: a run that hangs or grows past it fails (timeout answers 124).
 # The API's rules between parameters, which OpenAPI 3.0 cannot state, are applied to the
 # cases generated as valid by scripts/api_fuzz_hooks.py (see there).
-(cd "$WORK" && PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=api_fuzz_hooks timeout --kill-after=10 "$SECONDS_MAX" "$VENV/bin/schemathesis" run "$ROOT/src/serve/openapi.json" \
+(cd "$WORK" && PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=api_fuzz_hooks timeout --kill-after=10 "$SECONDS_MAX" "$VENV/bin/schemathesis" \
+  --config-file "$ROOT/scripts/api-fuzz.toml" run "$ROOT/src/serve/openapi.json" \
   --url "http://127.0.0.1:$SERVE_PORT" \
   -H "Authorization: Bearer $ADMIN_KEY" \
   --checks all \

@@ -232,8 +232,10 @@ impl Params {
 
     fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.one(name)? {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") | Some("") => Ok(true),
+            // Exactly what the OpenAPI document says (a boolean): a client that sends
+            // `1` or nothing learns it at once instead of by a guess.
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
             Some(other) => Err(ApiError::bad(
                 name,
                 format!("`{other}` is not true or false"),
