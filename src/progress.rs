@@ -88,8 +88,9 @@ impl Progress {
             what = self.what,
             done,
             rate_per_second = self.rate(done).round() as u64,
-            left = left.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
-            total = total.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into()),
+            // Absent while unknown (before partitions are assigned; stdin's size).
+            left,
+            total,
             unit = self.left_unit,
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             finished,
