@@ -39,7 +39,9 @@ fn account_pages(server: &Server, key: &str, limit: u64) -> Vec<Vec<String>> {
         assert!(page.len() as u64 <= limit, "{path}: {page:?}");
         let next = answer.header("x-next-cursor");
         if let Some(next) = &next {
-            let link = answer.header("link").expect("a link header beside the cursor");
+            let link = answer
+                .header("link")
+                .expect("a link header beside the cursor");
             assert!(
                 link.contains(&format!("cursor={next}")) && link.ends_with("rel=\"next\""),
                 "{link}"
@@ -62,7 +64,12 @@ fn accounts_lists_every_account_with_any_row_once_across_pages() {
         // Lots only.
         grant("g-lots", "a-lots", at, purchased(10)),
         // Calls, no lot: the call is a shortfall on the ledger, and nothing in `lots`.
-        usage("c-1", "b-calls", at, json!({"user": "u", "feature": "erase"})),
+        usage(
+            "c-1",
+            "b-calls",
+            at,
+            json!({"user": "u", "feature": "erase"}),
+        ),
         // A failed call only.
         usage(
             "c-2",
@@ -101,16 +108,10 @@ fn accounts_lists_every_account_with_any_row_once_across_pages() {
         "the test needs an account without lots: {lots_only:?}"
     );
 
-    let mut expected: BTreeSet<String> = [
-        "a-lots",
-        "acme",
-        "b-calls",
-        "c-failed",
-        "d-settings",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect();
+    let mut expected: BTreeSet<String> = ["a-lots", "acme", "b-calls", "c-failed", "d-settings"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     expected.extend((0..5).map(|i| format!("e-calls-{i}")));
 
     let server = Server::start(&d, &[]);
@@ -146,7 +147,10 @@ fn accounts_lists_every_account_with_any_row_once_across_pages() {
     // CSV, with the table's column.
     let csv = server.get("/v1/accounts?limit=2&format=csv", Some(ADMIN_KEY));
     assert_eq!(csv.status, 200, "{}", csv.body);
-    assert_eq!(csv.body.lines().collect::<Vec<_>>(), ["account", "a-lots", "acme"]);
+    assert_eq!(
+        csv.body.lines().collect::<Vec<_>>(),
+        ["account", "a-lots", "acme"]
+    );
     // Bad paging parameters are named.
     for (query, param) in [
         ("limit=0", "limit"),
@@ -213,7 +217,12 @@ fn the_usage_row_says_which_hold_and_what_became_of_it() {
         call("call-released", 7, Some("h-2")),
         // Expires at minute 9 by the partition clock (broker timestamps = event times).
         hold("h-3", 60, 8),
-        usage("other", "globex", at(10), json!({"user": "u", "feature": "erase"})),
+        usage(
+            "other",
+            "globex",
+            at(10),
+            json!({"user": "u", "feature": "erase"}),
+        ),
         call("call-expired", 12, Some("h-3")),
         call("call-plain", 13, None),
     ];
@@ -505,8 +514,12 @@ fn send_logs_its_progress_to_stderr() {
     let log = plain(&String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{log}");
     // stdout is the JSON answer alone.
-    let answer: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     assert_eq!(answer["sent"][&d.usage_topic], EVENTS, "{answer}");
 
     let progress = progress_lines(&log, "send");
@@ -519,7 +532,10 @@ fn send_logs_its_progress_to_stderr() {
     assert_eq!(number(last, "total"), Some(lines.len() as u64), "{last}");
     assert_eq!(field(last, "unit"), Some("\"bytes\""), "{last}");
     // Every periodic line says how much of the file is left.
-    for line in progress.iter().filter(|l| field(l, "finished") == Some("false")) {
+    for line in progress
+        .iter()
+        .filter(|l| field(l, "finished") == Some("false"))
+    {
         let left = number(line, "left").expect("left");
         assert!(left < lines.len() as u64, "{line}");
         assert_eq!(number(line, "total"), Some(lines.len() as u64), "{line}");

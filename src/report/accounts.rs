@@ -130,7 +130,12 @@ mod tests {
     #[test]
     fn an_account_key_sees_its_account_once() {
         assert_eq!(own("b", None).accounts, vec!["b"]);
-        assert_eq!(own("b", Some(&AccountCursor("a".into()))).accounts, vec!["b"]);
-        assert!(own("b", Some(&AccountCursor("b".into()))).accounts.is_empty());
+        assert_eq!(
+            own("b", Some(&AccountCursor("a".into()))).accounts,
+            vec!["b"]
+        );
+        assert!(own("b", Some(&AccountCursor("b".into())))
+            .accounts
+            .is_empty());
     }
 }
