@@ -357,6 +357,15 @@ fn migrate_adds_the_hold_columns_to_an_existing_ledger() {
         ))
     };
     assert_eq!(columns(), "", "the old table has no hold columns");
+    // Before the migration, `tally run` stops at start naming what is missing, instead of
+    // failing every flush.
+    let refused = d.tally(&["run", "--drain"]);
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{log}");
+    assert!(
+        log.contains("no column `hold_id`") && log.contains("tally migrate"),
+        "{log}"
+    );
     d.tally_ok(&["migrate"]);
     assert_eq!(
         columns(),

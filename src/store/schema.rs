@@ -214,3 +214,22 @@ pub async fn migrate(server: &Client, database: &str) -> Result<(), StoreError> 
     }
     Ok(())
 }
+
+/// Fails naming the first column added since the first release that the database lacks
+/// (one created by an earlier `tally migrate` and not migrated since).
+pub async fn check_columns(client: &Client) -> Result<(), StoreError> {
+    let present: Vec<String> = client
+        .query(
+            "SELECT concat(table, '.', name) FROM system.columns \
+             WHERE database = currentDatabase()",
+        )
+        .fetch_all()
+        .await?;
+    match ADDED_COLUMNS
+        .iter()
+        .find(|(table, column, _)| !present.iter().any(|p| *p == format!("{table}.{column}")))
+    {
+        Some((table, column, _)) => Err(StoreError::Outdated { table, column }),
+        None => Ok(()),
+    }
+}
