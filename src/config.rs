@@ -370,6 +370,10 @@ pub struct PipelineConfig {
     /// then it exits anyway, and what was not committed is replayed at the next start.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often `tally run --drain` and `tally send` log their progress (counts, rate,
+    /// what is left) when stderr is not a terminal; on a terminal they draw a bar instead.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -523,6 +527,7 @@ impl Default for PipelineConfig {
             snapshot_min_rows: 20_000,
             rollup_segment_records: 50_000,
             shutdown_timeout: Duration::from_secs(30),
+            progress_interval: Duration::from_secs(5),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod holds;
 pub mod kafka;
 pub mod notify;
 pub mod partitioner;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -251,6 +251,7 @@ fn duration_defaults_are_typed() {
     let config = Config::default();
     assert_eq!(config.clickhouse.timeout, Duration::from_secs(30));
     assert_eq!(config.pipeline.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.pipeline.progress_interval, Duration::from_secs(5));
     assert_eq!(config.serve.header_timeout, Duration::from_secs(10));
     assert_eq!(config.serve.idle_timeout, Duration::from_secs(60));
     assert_eq!(config.serve.request_timeout, Duration::from_secs(60));

@@ -105,6 +105,27 @@ pub enum SettleOutcome {
     Expired,
 }
 
+impl SettleOutcome {
+    pub const ALL: [SettleOutcome; 5] = [
+        SettleOutcome::Settled,
+        SettleOutcome::Unknown,
+        SettleOutcome::AlreadySettled,
+        SettleOutcome::Released,
+        SettleOutcome::Expired,
+    ];
+
+    /// The stored and serialized name, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleOutcome::Settled => "settled",
+            SettleOutcome::Unknown => "unknown",
+            SettleOutcome::AlreadySettled => "already_settled",
+            SettleOutcome::Released => "released",
+            SettleOutcome::Expired => "expired",
+        }
+    }
+}
+
 /// The `hold` note of a usage entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HoldUse {
@@ -443,6 +464,13 @@ impl AccountState {
             entry.feature = hold.feature.clone();
             entry.variant = hold.variant.clone().unwrap_or_default();
             entry.quantity = hold.quantity;
+            // The row says which hold and what it had reserved, as a usage row that
+            // settles one does, so readers find both outcomes in the same columns.
+            entry.hold = Some(HoldUse {
+                id: id.clone(),
+                outcome: SettleOutcome::Expired,
+                held: released.iter().map(|p| p.credits).sum(),
+            });
             entry.paid = released;
             entry.comment = format!("hold {id} expired unsettled; its credits are free again");
             entries.push(entry);

@@ -11,6 +11,7 @@ use tally_core::{Credits, LotKind};
 
 use crate::config::Config;
 use crate::kafka;
+use crate::progress::Progress;
 
 /// The arguments of `tally grant`.
 #[derive(Debug, clap::Args)]
@@ -113,13 +114,19 @@ pub async fn send(
     stamp_event_time: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let reader: Box<dyn BufRead> = if file == Path::new("-") {
-        Box::new(std::io::stdin().lock())
+    // The file's size tells what is left to send; stdin's is unknown.
+    let (reader, size): (Box<dyn BufRead>, Option<u64>) = if file == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), None)
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
-        ))
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let size = opened.metadata().ok().map(|m| m.len());
+        (Box::new(std::io::BufReader::new(opened)), size)
     };
+    let mut progress = Progress::new("send", "bytes", config.pipeline.progress_interval);
+    let mut read_bytes: u64 = 0;
+    let mut queued: u64 = 0;
+    let left = |read: u64| size.map(|s| s.saturating_sub(read));
     kafka::check_access_async(&config.kafka).await?;
     let producer = kafka::producer(&config.kafka)?;
     let mut chunk: Vec<Outgoing> = Vec::new();
@@ -127,6 +134,8 @@ pub async fn send(
     for (number, line) in reader.lines().enumerate() {
         let line =
             line.with_context(|| format!("{}: cannot read line {}", file.display(), number + 1))?;
+        // The newline the reader took off counts as read too.
+        read_bytes += line.len() as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -162,11 +171,16 @@ pub async fn send(
         };
         *counts.entry(topic.clone()).or_default() += 1;
         chunk.push((topic.clone(), key, line, timestamp));
+        queued += 1;
         if chunk.len() >= 10_000 {
             send_chunk(&producer, &std::mem::take(&mut chunk)).await?;
         }
+        if queued.is_multiple_of(1024) {
+            progress.update(queued, left(read_bytes), size);
+        }
     }
     send_chunk(&producer, &chunk).await?;
+    progress.finish(queued, left(read_bytes), size);
     if json {
         println!("{}", json!({"sent": counts}));
     } else {

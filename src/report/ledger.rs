@@ -48,6 +48,20 @@ pub struct LedgerEntry {
     pub payment_method: String,
     pub payment_reference: String,
     pub comment: String,
+    /// On a call that named a hold, and on a `hold_expired` row: which hold, what became
+    /// of it and what it had reserved; `null` otherwise.
+    pub hold: Option<HoldNote>,
+}
+
+/// The hold a ledger row names.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldNote {
+    pub id: String,
+    /// `settled`, `unknown`, `already_settled`, `released` or `expired`.
+    pub outcome: String,
+    /// What the hold had reserved when the call settled it (or the clock released it);
+    /// 0 for a hold the call could not settle.
+    pub held: Credits,
 }
 
 /// What one lot paid for a ledger row.
@@ -94,6 +108,12 @@ impl From<&LedgerRow> for LedgerEntry {
             payment_method: r.payment_method.clone(),
             payment_reference: r.payment_reference.clone(),
             comment: r.comment.clone(),
+            // Rows written before the hold columns existed read as empty: no hold.
+            hold: (!r.hold_id.is_empty()).then(|| HoldNote {
+                id: r.hold_id.clone(),
+                outcome: r.hold_outcome.clone(),
+                held: credits(r.hold_held),
+            }),
         }
     }
 }
@@ -207,6 +227,9 @@ impl Tabular for Ledger {
             "credits",
             "paid by",
             "shortfall",
+            "hold",
+            "hold outcome",
+            "held",
         ]
     }
 
@@ -235,6 +258,15 @@ impl Tabular for Ledger {
                     r.credits.to_string(),
                     paid,
                     r.shortfall.to_string(),
+                    r.hold.as_ref().map(|h| h.id.clone()).unwrap_or_default(),
+                    r.hold
+                        .as_ref()
+                        .map(|h| h.outcome.clone())
+                        .unwrap_or_default(),
+                    r.hold
+                        .as_ref()
+                        .map(|h| h.held.to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect()

@@ -2,6 +2,7 @@
 //! prints and the HTTP API answers, and rendered as a table (people) or CSV (spreadsheets)
 //! by one renderer. The CLI, the API and the dashboard all read these.
 
+pub mod accounts;
 pub mod alerts;
 pub mod balance;
 pub mod catalog;

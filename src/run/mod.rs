@@ -639,6 +639,31 @@ impl Pipeline {
         self.applied_since_flush = 0;
     }
 
+    /// Records handled so far (applied, duplicates, rejected) and, once partitions are
+    /// assigned, how many are left up to the drain's end offsets on them.
+    fn drain_progress(&self, ends: &Ends) -> (u64, Option<u64>) {
+        let counts = self.counts();
+        let done = counts.applied + counts.duplicates + counts.rejected;
+        if self.parts.is_empty() {
+            return (done, None);
+        }
+        let left = self
+            .parts
+            .values()
+            .flat_map(|work| {
+                [
+                    (Which::Usage, &work.usage),
+                    (Which::Commands, &work.commands),
+                ]
+                .map(|(which, side)| {
+                    let end = ends.listed.get(&(which, work.partition)).copied();
+                    end.map_or(0, |end| end.saturating_sub(side.applied_next).max(0) as u64)
+                })
+            })
+            .sum();
+        (done, Some(left))
+    }
+
     /// Every assigned partition has applied everything up to `ends` and nothing is
     /// waiting to be written. An end is only known once a fetch response confirmed it.
     fn drained(&self, ends: &Ends) -> bool {
@@ -969,6 +994,14 @@ pub fn run(
         "consuming"
     );
 
+    // A drain shows how far it is; a run that never ends has `tally status` for that.
+    let mut progress = drain.then(|| {
+        crate::progress::Progress::new(
+            "drain",
+            "records",
+            lock(&pipeline).config.pipeline.progress_interval,
+        )
+    });
     let mut paused = false;
     // A drain reads up to fixed ends, so it sends no ticks of its own.
     let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
@@ -1052,6 +1085,10 @@ pub fn run(
         }
         p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
         p.export_lag();
+        if let Some(progress) = progress.as_mut() {
+            let (done, left) = p.drain_progress(&ends);
+            progress.update(done, left, left.map(|l| l + done));
+        }
         first_wait = if p.due_soon() {
             POLL_WAIT_DUE
         } else {
@@ -1072,6 +1109,10 @@ pub fn run(
     }
 
     set_state(&status, "stopping", None);
+    if let Some(mut progress) = progress.take() {
+        let (done, left) = lock(&pipeline).drain_progress(&ends);
+        progress.finish(done, left, left.map(|l| l + done));
+    }
     let offsets = lock(&pipeline).flush_before_leaving(if drain { 20 } else { 10 });
     if let Some(offsets) = offsets {
         if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {

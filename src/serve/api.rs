@@ -298,19 +298,59 @@ pub async fn whoami(caller: Caller) -> Response {
     .into_response()
 }
 
-/// `GET /v1/accounts`: the accounts this key may read.
-pub async fn accounts(State(state): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
-    let accounts: Vec<String> = match &caller.0 {
-        Scope::Account(own) => vec![own.clone()],
-        Scope::Ingest | Scope::Service(_) => Vec::new(),
-        Scope::Admin => state
-            .client
-            .query("SELECT account FROM lots GROUP BY account ORDER BY account")
-            .fetch_all::<String>()
+/// `GET /v1/accounts?limit&cursor`: the accounts this key may read, one page in id order;
+/// the next page's cursor is in `x-next-cursor` and `link` (`rel="next"`), as the ledger's.
+pub async fn accounts(
+    State(state): State<Shared>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query, &["limit", "cursor"])?;
+    let limit = page_limit(&params, state.config.serve.page_size)?;
+    let cursor = params
+        .one("cursor")?
+        .map(|c| {
+            report::accounts::AccountCursor::decode(c)
+                .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API gave out"))
+        })
+        .transpose()?;
+    let (page, next) = match &caller.0 {
+        Scope::Account(own) => (report::accounts::own(own, cursor.as_ref()), None),
+        Scope::Ingest | Scope::Service(_) => (report::accounts::Accounts::default(), None),
+        Scope::Admin => report::accounts::page(&state.client, cursor.as_ref(), limit)
             .await
-            .map_err(|e| report_error(&state, ReportError::Store(e.into())))?,
+            .map_err(|e| report_error(&state, e))?,
     };
-    Ok(Json(accounts).into_response())
+    let mut response = respond(&page, params.csv(&headers)?)?;
+    if let Some(next) = next {
+        let cursor = next.encode();
+        let link = format!("</v1/accounts?limit={limit}&cursor={cursor}>; rel=\"next\"");
+        next_page_headers(&mut response, cursor, link);
+    }
+    Ok(response)
+}
+
+/// `limit` of a paged read: 1 to `max` (`serve.page_size`), `max` when absent.
+fn page_limit(params: &Params, max: u64) -> Result<u64, ApiError> {
+    match params.one("limit")? {
+        None => Ok(max),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad("limit", format!("must be a number from 1 to {max}"))),
+    }
+}
+
+/// The next page's cursor, in `x-next-cursor` and in a `link` header (`rel="next"`).
+fn next_page_headers(response: &mut Response, cursor: String, mut link: String) {
+    link.retain(|c| c != '\n');
+    for (name, value) in [("x-next-cursor", cursor), ("link", link)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
 }
 
 /// `GET /v1/accounts/{account}/balance?at=`
@@ -350,15 +390,7 @@ pub async fn ledger(
     if to <= from {
         return Err(ApiError::bad("to", "must be after `from`"));
     }
-    let max = state.config.serve.page_size;
-    let limit = match params.one("limit")? {
-        None => max,
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::bad("limit", format!("must be a number from 1 to {max}")))?,
-    };
+    let limit = page_limit(&params, state.config.serve.page_size)?;
     let cursor = params
         .one("cursor")?
         .map(|c| {
@@ -373,18 +405,13 @@ pub async fn ledger(
     let mut response = respond(&page, params.csv(&headers)?)?;
     if let Some(next) = next {
         let cursor = next.encode();
-        let mut link = format!(
+        let link = format!(
             "</v1/accounts/{}/ledger?from={}&to={}&limit={limit}&cursor={cursor}>; rel=\"next\"",
             urlencode(&account),
             urlencode(&from.to_rfc3339()),
             urlencode(&to.to_rfc3339()),
         );
-        link.retain(|c| c != '\n');
-        for (name, value) in [("x-next-cursor", cursor), ("link", link)] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
-        }
+        next_page_headers(&mut response, cursor, link);
     }
     Ok(response)
 }

@@ -25,7 +25,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Most events in one batch of `POST /v1/events`.
     pub max_batch: usize,
-    /// Rows of the ledger per page: the default and the largest `limit`.
+    /// Rows of the ledger, and accounts of `GET /v1/accounts`, per page: the default and
+    /// the largest `limit`.
     pub page_size: u64,
     /// Longest wait for the broker to acknowledge ingested events.
     #[serde(with = "humantime_serde")]

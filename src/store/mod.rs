@@ -39,6 +39,13 @@ pub enum StoreError {
         stored: u32,
         configured: u32,
     },
+    /// A database created by an earlier `tally migrate` that lacks a column added since:
+    /// writes and reads would fail on every call, so this stops start-up and readiness.
+    #[error("table `{table}` has no column `{column}`: run `tally migrate` to add it")]
+    Outdated {
+        table: &'static str,
+        column: &'static str,
+    },
     /// A stored name that no variant of its enum has: never guessed, always an error.
     #[error("table `{table}`, column `{column}`: unknown value `{value}`")]
     UnknownValue {
@@ -211,7 +218,7 @@ pub async fn check(client: &Client) -> Result<(), StoreError> {
         .query("SELECT count() FROM checkpoints")
         .fetch_one::<u64>()
         .await?;
-    Ok(())
+    schema::check_columns(client).await
 }
 
 #[cfg(test)]

@@ -34,6 +34,14 @@ pub struct LedgerRow {
     pub payment_reference: String,
     pub comment: String,
     pub version: u64,
+    /// The hold a usage row named (`data.hold`), or the hold a `hold_expired` row
+    /// released; empty otherwise.
+    pub hold_id: String,
+    /// What became of that hold (`SettleOutcome::as_str`); empty when no hold was named.
+    pub hold_outcome: String,
+    /// What the hold had reserved when the call settled it or the clock released it
+    /// (thousandths); 0 for the other outcomes.
+    pub hold_held: i64,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -136,6 +144,14 @@ impl LedgerRow {
             paid_kinds.push(payment.kind.as_str().to_string());
             paid_credits.push(payment.credits.milli());
         }
+        let (hold_id, hold_outcome, hold_held) = match entry.hold {
+            Some(hold) => (
+                hold.id,
+                hold.outcome.as_str().to_string(),
+                hold.held.milli(),
+            ),
+            None => (String::new(), String::new(), 0),
+        };
         LedgerRow {
             entry_id,
             account: entry.account,
@@ -168,6 +184,9 @@ impl LedgerRow {
             payment_reference: entry.payment_reference,
             comment: entry.comment,
             version,
+            hold_id,
+            hold_outcome,
+            hold_held,
         }
     }
 }

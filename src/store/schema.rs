@@ -35,7 +35,10 @@ const TABLES: [&str; 7] = [
         payment_method String,
         payment_reference String,
         comment String,
-        version UInt64
+        version UInt64,
+        hold_id String,
+        hold_outcome String,
+        hold_held Int64
     ) ENGINE = ReplacingMergeTree(version)
     PARTITION BY toYYYYMM(time)
     ORDER BY (account, entry_id)",
@@ -170,10 +173,15 @@ const TABLES: [&str; 7] = [
 
 /// Columns added after the first release, appended at the end of their tables, so a
 /// database created by an earlier `tally migrate` is brought up to date.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("daily_usage", "flex", "Int64"),
     ("lots", "expired", "UInt8"),
     ("lots", "from_plan", "UInt8"),
+    // The hold a usage row named and what became of it (issue 21); rows written before
+    // read as no hold (empty strings, 0).
+    ("ledger", "hold_id", "String"),
+    ("ledger", "hold_outcome", "String"),
+    ("ledger", "hold_held", "Int64"),
 ];
 
 /// Creates `database` and every table in it.
@@ -205,4 +213,23 @@ pub async fn migrate(server: &Client, database: &str) -> Result<(), StoreError> 
         }
     }
     Ok(())
+}
+
+/// Fails naming the first column added since the first release that the database lacks
+/// (one created by an earlier `tally migrate` and not migrated since).
+pub async fn check_columns(client: &Client) -> Result<(), StoreError> {
+    let present: Vec<String> = client
+        .query(
+            "SELECT concat(table, '.', name) FROM system.columns \
+             WHERE database = currentDatabase()",
+        )
+        .fetch_all()
+        .await?;
+    match ADDED_COLUMNS
+        .iter()
+        .find(|(table, column, _)| !present.iter().any(|p| *p == format!("{table}.{column}")))
+    {
+        Some((table, column, _)) => Err(StoreError::Outdated { table, column }),
+        None => Ok(()),
+    }
 }

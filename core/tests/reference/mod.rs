@@ -797,6 +797,11 @@ impl Account {
             entry.variant = hold.variant.clone().unwrap_or_default();
             entry.quantity = hold.quantity;
             entry.paid = hold.reserved.clone();
+            entry.hold = Some(HoldUse {
+                id: id.clone(),
+                outcome: SettleOutcome::Expired,
+                held: hold.reserved.iter().map(|p| p.credits).sum(),
+            });
             entry.comment = format!("hold {id} expired unsettled; its credits are free again");
             out.push(entry);
         }

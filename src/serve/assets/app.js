@@ -18,6 +18,8 @@ const T = {
     nothing: 'Nothing yet.', alert_notice: 'Low-credit alert: {pool} balance {balance} crossed {threshold} ({kind}) on {time}.',
     day: 'Day', total: 'Total', never: 'never', bad_key: 'This key is not valid.',
     range: 'Custom range', period_of: 'Period', summary_day: 'Daily summary',
+    hold: 'Hold', held: 'held', hold_settled: 'settled', hold_unknown: 'unknown hold', hold_already_settled: 'already settled',
+    hold_released: 'released before', hold_expired: 'expired',
   },
   ko: {
     title: 'AI 크레딧', key: 'API 키', signin: '로그인', logout: '로그아웃', account: '계정',
@@ -34,6 +36,8 @@ const T = {
     nothing: '아직 없습니다.', alert_notice: '크레딧 부족 알림: {pool} 잔액이 {balance}(으)로 기준 {threshold}에 도달했습니다 ({kind}, {time}).',
     day: '날짜', total: '합계', never: '만료 없음', bad_key: '유효하지 않은 키입니다.',
     range: '기간 지정', period_of: '기간', summary_day: '일별 요약',
+    hold: '예약', held: '예약액', hold_settled: '정산됨', hold_unknown: '알 수 없는 예약', hold_already_settled: '이미 정산됨',
+    hold_released: '먼저 해제됨', hold_expired: '만료됨',
   },
 };
 const PAGES = ['overview', 'usage', 'history', 'ledger', 'monthly', 'matrix'];
@@ -232,7 +236,8 @@ async function ledgerPage(main) {
   main.append(el('h2', {}, t('ledger')), download, table([
     { label: 'time', get: (r) => when(r.time) }, { label: 'user', get: (r) => r.user }, { label: 'feature', get: (r) => r.type === 'usage' ? r.feature + (r.variant ? '/' + r.variant : '') : r.type + ' ' + r.lot },
     { label: 'credits', get: (r) => r.credits, num: 1 }, { label: 'paid_by', get: (r) => r.paid.map((p) => p.kind).join(', ') },
-    { label: 'comment', get: (r) => r.comment }, { label: 'status', get: (r) => r.status }], page.json));
+    { label: 'comment', get: (r) => r.comment }, { label: 'status', get: (r) => r.status },
+    { label: 'hold', get: (r) => r.hold ? `${r.hold.id}: ${t('hold_' + r.hold.outcome)} (${t('held')} ${num(r.hold.held)})` : '' }], page.json));
   if (page.next) main.append(el('p', {}, el('button', { type: 'button', onclick: () => { st.cursor = page.next; render(); } }, t('more'))));
 }
 
@@ -324,7 +329,13 @@ async function start() {
   for (const id of ['nav', 'account', 'logout']) $(id).hidden = !signedIn;
   if (!signedIn) { for (const e of document.querySelectorAll('[data-t]')) e.textContent = t(e.dataset.t); document.body.dataset.state = 'ready'; return; }
   try {
-    const accounts = await get('/v1/accounts');
+    // The list comes in pages (serve.page_size each): follow them all.
+    const accounts = [];
+    for (let cursor = null, first = true; first || cursor; first = false) {
+      const page = await api('/v1/accounts?' + q({ cursor }));
+      accounts.push(...page.json);
+      cursor = page.next;
+    }
     const select = $('account');
     select.replaceChildren(...accounts.map((a) => el('option', { value: a }, a)));
     if (!accounts.includes(st.account)) st.account = accounts[0] || '';
