@@ -156,7 +156,7 @@ t() { "$TALLY" "$@" >>"$WORK/tally.log" 2>&1 || { tail -n 30 "$WORK/tally.log" >
 log "capture: workload against a ClickHouse 18.16 on $CAP (database $DB)"
 t migrate
 # The columns added after the first release: dropped, so the second migrate adds them.
-for col in "daily_usage flex" "lots expired" "lots from_plan"; do
+for col in "daily_usage flex" "lots expired" "lots from_plan" "ledger hold_id" "ledger hold_outcome" "ledger hold_held"; do
   set -- $col
   own "ALTER TABLE $1 DROP COLUMN $2" "$DB" >/dev/null
 done
