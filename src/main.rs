@@ -274,7 +274,7 @@ fn main() -> anyhow::Result<()> {
             ))
         }
         Command::History { account, purchases } => {
-            rt.block_on(reports::history(&config, &account, purchases, json))
+            rt.block_on(reports::history(&config, &rules, &account, purchases, json))
         }
         Command::Tick { at } => {
             rt.block_on(events::tick(&config, at.unwrap_or_else(Utc::now), json))
@@ -283,12 +283,15 @@ fn main() -> anyhow::Result<()> {
         Command::Matrix => reports::matrix(&rules, json),
         Command::Ledger { account, from, to } => rt.block_on(reports::ledger(
             &config,
+            &rules,
             &account,
             from.unwrap_or(DateTime::UNIX_EPOCH),
             to.unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
             json,
         )),
-        Command::Alerts { account } => rt.block_on(reports::alerts(&config, &account, json)),
+        Command::Alerts { account } => {
+            rt.block_on(reports::alerts(&config, &rules, &account, json))
+        }
         Command::TestEmail(args) => rt.block_on(ops::test_email(&config, args, json)),
     }
 }

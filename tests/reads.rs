@@ -266,7 +266,8 @@ fn the_usage_row_says_which_hold_and_what_became_of_it() {
 
     // The table names the hold and its outcome.
     let table = d.tally_ok(&["ledger", "acme"]);
-    let header = table.lines().next().expect("a header");
+    // The first line names the zone of the times; the header follows.
+    let header = table.lines().nth(1).expect("a header");
     for column in ["hold", "hold outcome", "held"] {
         assert!(header.contains(column), "{header}");
     }
@@ -549,4 +550,77 @@ fn send_logs_its_progress_to_stderr() {
         assert!(left < lines.len() as u64, "{line}");
         assert_eq!(number(line, "total"), Some(lines.len() as u64), "{line}");
     }
+}
+
+/// The CLI's ledger and history tables show an account's times in its own zone, named in
+/// the title; `--json` keeps RFC 3339 in UTC. The expected local times are converted here
+/// with chrono-tz from the JSON's UTC times, not read from tally's tables.
+#[test]
+fn cli_tables_show_times_in_the_accounts_zone() {
+    let d = Deployment::new(1);
+    let zone = chrono_tz::America::Los_Angeles;
+    let at = common::hours_ago(3);
+    let mut settings = grant(
+        "s-la",
+        "la-co",
+        at - TimeDelta::minutes(1),
+        json!({"timezone": "America/Los_Angeles"}),
+    );
+    settings["type"] = json!("account.settings");
+    d.send(&[
+        settings,
+        grant(
+            "g-la",
+            "la-co",
+            at,
+            json!({"kind": "purchased", "credits": 100, "expires_at": null}),
+        ),
+        usage(
+            "u-la",
+            "la-co",
+            at + TimeDelta::minutes(7),
+            json!({"user": "u", "feature": "erase"}),
+        ),
+    ]);
+    d.drain();
+    let ledger = d.ledger("la-co");
+    assert_eq!(ledger.len(), 2, "{ledger:?}");
+    let table = d.tally_ok(&["ledger", "la-co"]);
+    assert!(
+        table.starts_with("times in America/Los_Angeles"),
+        "no zone named: {table}"
+    );
+    assert!(!table.contains("(UTC)"), "{table}");
+    for row in &ledger {
+        let utc: DateTime<Utc> = row["time"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("an RFC 3339 time: {row}"));
+        assert!(
+            row["time"].as_str().is_some_and(|t| t.ends_with("+00:00")),
+            "JSON keeps UTC: {row}"
+        );
+        let local = utc
+            .with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        let in_utc = utc.format("%Y-%m-%d %H:%M:%S").to_string();
+        assert!(table.contains(&local), "{local} not in {table}");
+        assert!(!table.contains(&in_utc), "UTC time {in_utc} in {table}");
+    }
+    let history = d.tally_ok(&["history", "la-co"]);
+    assert!(
+        history.starts_with("times in America/Los_Angeles"),
+        "{history}"
+    );
+    let granted: DateTime<Utc> = ledger
+        .iter()
+        .find(|r| r["type"] == "grant")
+        .and_then(|r| r["time"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("a grant row: {ledger:?}"));
+    let local = granted
+        .with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    assert!(history.contains(&local), "{local} not in {history}");
 }

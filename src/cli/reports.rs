@@ -10,6 +10,20 @@ use crate::config::Config;
 use crate::report::{self, Tabular};
 use crate::store::{self, reads::By};
 
+/// The zone a table shows its times in: the account's. JSON keeps RFC 3339 in UTC, so it
+/// needs none (and the state is not read for it).
+async fn table_zone(
+    client: &clickhouse::Client,
+    rules: &Rules,
+    account: &str,
+    json: bool,
+) -> anyhow::Result<Option<chrono_tz::Tz>> {
+    if json {
+        return Ok(None);
+    }
+    Ok(Some(report::account_zone(client, rules, account).await?))
+}
+
 /// Prints `model` as JSON or as its table.
 fn print<T: Serialize + Tabular>(model: &T, json: bool) -> anyhow::Result<()> {
     if json {
@@ -36,37 +50,44 @@ pub async fn balance(
 
 pub async fn ledger(
     config: &Config,
+    rules: &Rules,
     account: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     json: bool,
 ) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    print(
-        &report::ledger::load(&client, account, from, to).await?,
-        json,
-    )
+    let mut model = report::ledger::load(&client, account, from, to).await?;
+    model.zone = table_zone(&client, rules, account, json).await?;
+    print(&model, json)
 }
 
 /// Grants, expiries, voids and settlements of an account; `purchases` keeps only bought
 /// packs, with their validity and payment.
 pub async fn history(
     config: &Config,
+    rules: &Rules,
     account: &str,
     purchases: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    print(
-        &report::history::load(&client, account, purchases).await?,
-        json,
-    )
+    let mut model = report::history::load(&client, account, purchases).await?;
+    model.zone = table_zone(&client, rules, account, json).await?;
+    print(&model, json)
 }
 
 /// Every alert of the account, oldest first, with its email's status.
-pub async fn alerts(config: &Config, account: &str, json: bool) -> anyhow::Result<()> {
+pub async fn alerts(
+    config: &Config,
+    rules: &Rules,
+    account: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
-    print(&report::alerts::load(&client, account).await?, json)
+    let mut model = report::alerts::load(&client, account).await?;
+    model.zone = table_zone(&client, rules, account, json).await?;
+    print(&model, json)
 }
 
 pub async fn daily(

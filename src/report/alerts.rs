@@ -6,7 +6,7 @@ use clickhouse::Client;
 use serde::Serialize;
 use tally_core::Credits;
 
-use super::{credits, rfc3339, rfc3339_opt, short_time, ReportError, Tabular};
+use super::{credits, rfc3339, rfc3339_opt, table_time, zone_title, ReportError, Tabular};
 use crate::store;
 use crate::store::rows::from_seconds;
 
@@ -14,6 +14,9 @@ use crate::store::rows::from_seconds;
 #[serde(transparent)]
 pub struct Alerts {
     pub alerts: Vec<AlertEntry>,
+    /// The zone of the table's times (the CLI sets the account's); JSON and CSV keep UTC.
+    #[serde(skip)]
+    pub zone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,13 +74,22 @@ pub async fn load(client: &Client, account: &str) -> Result<Alerts, ReportError>
                 updated_at: from_seconds(r.updated_at),
             })
             .collect(),
+        zone: None,
     })
 }
 
 impl Tabular for Alerts {
+    fn title(&self) -> Option<String> {
+        zone_title(self.zone)
+    }
+
     fn header(&self) -> Vec<&'static str> {
         vec![
-            "time (UTC)",
+            if self.zone.is_some() {
+                "time"
+            } else {
+                "time (UTC)"
+            },
             "kind",
             "pool",
             "threshold",
@@ -85,7 +97,11 @@ impl Tabular for Alerts {
             "status",
             "attempts",
             "recipients",
-            "sent (UTC)",
+            if self.zone.is_some() {
+                "sent"
+            } else {
+                "sent (UTC)"
+            },
             "error",
         ]
     }
@@ -100,7 +116,7 @@ impl Tabular for Alerts {
                     format!("{} (sent in {})", r.status, r.sent_in)
                 };
                 vec![
-                    short_time(&r.time),
+                    table_time(&r.time, self.zone),
                     r.kind.clone(),
                     r.pool.clone(),
                     r.threshold.to_string(),
@@ -108,7 +124,7 @@ impl Tabular for Alerts {
                     status,
                     r.attempts.to_string(),
                     r.recipients.join(" "),
-                    r.sent_at.map_or("-".into(), |t| short_time(&t)),
+                    r.sent_at.map_or("-".into(), |t| table_time(&t, self.zone)),
                     r.error.clone(),
                 ]
             })

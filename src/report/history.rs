@@ -8,7 +8,7 @@ use clickhouse::Client;
 use serde::Serialize;
 use tally_core::{Credits, EntryType, LotKind};
 
-use super::{credits, rfc3339, short_time, ReportError, Tabular};
+use super::{credits, rfc3339, table_time, zone_title, ReportError, Tabular};
 use crate::store::rows::{from_seconds, LedgerRow};
 use crate::store::{self, reads, StoreError};
 
@@ -20,6 +20,9 @@ pub struct History {
     pub account: String,
     #[serde(skip)]
     pub purchases: bool,
+    /// The zone of the table's times (the CLI sets the account's); JSON and CSV keep UTC.
+    #[serde(skip)]
+    pub zone: Option<chrono_tz::Tz>,
     pub entries: Vec<HistoryEntry>,
 }
 
@@ -132,13 +135,22 @@ pub async fn load(client: &Client, account: &str, purchases: bool) -> Result<His
         account: account.to_string(),
         purchases,
         entries,
+        zone: None,
     })
 }
 
 impl Tabular for History {
+    fn title(&self) -> Option<String> {
+        zone_title(self.zone)
+    }
+
     fn header(&self) -> Vec<&'static str> {
         vec![
-            "time (UTC)",
+            if self.zone.is_some() {
+                "time"
+            } else {
+                "time (UTC)"
+            },
             "type",
             "pool",
             "credits",
@@ -154,7 +166,7 @@ impl Tabular for History {
             .iter()
             .map(|r| {
                 vec![
-                    short_time(&r.time),
+                    table_time(&r.time, self.zone),
                     r.history_type.to_string(),
                     r.pool.clone(),
                     r.credits.to_string(),

@@ -7,7 +7,7 @@ use clickhouse::Client;
 use serde::Serialize;
 use tally_core::Credits;
 
-use super::{credits, rfc3339, short_time, ReportError, Tabular};
+use super::{credits, rfc3339, table_time, zone_title, ReportError, Tabular};
 use crate::store::reads;
 use crate::store::rows::{from_day_number, from_seconds, seconds, LedgerRow};
 
@@ -16,6 +16,9 @@ use crate::store::rows::{from_day_number, from_seconds, seconds, LedgerRow};
 #[serde(transparent)]
 pub struct Ledger {
     pub entries: Vec<LedgerEntry>,
+    /// The zone of the table's times (the CLI sets the account's); JSON and CSV keep UTC.
+    #[serde(skip)]
+    pub zone: Option<chrono_tz::Tz>,
 }
 
 /// One ledger row.
@@ -130,6 +133,7 @@ pub async fn load(
         .map_err(ReportError::read("the ledger"))?;
     Ok(Ledger {
         entries: rows.iter().map(LedgerEntry::from).collect(),
+        zone: None,
     })
 }
 
@@ -210,15 +214,24 @@ pub async fn page(
     Ok((
         Ledger {
             entries: rows.iter().map(LedgerEntry::from).collect(),
+            zone: None,
         },
         next,
     ))
 }
 
 impl Tabular for Ledger {
+    fn title(&self) -> Option<String> {
+        zone_title(self.zone)
+    }
+
     fn header(&self) -> Vec<&'static str> {
         vec![
-            "time (UTC)",
+            if self.zone.is_some() {
+                "time"
+            } else {
+                "time (UTC)"
+            },
             "type",
             "service",
             "user",
@@ -249,7 +262,7 @@ impl Tabular for Ledger {
                     _ => format!("{} {}", r.lot_kind, r.lot),
                 };
                 vec![
-                    short_time(&r.time),
+                    table_time(&r.time, self.zone),
                     r.entry_type.clone(),
                     r.service.clone(),
                     r.user.clone(),

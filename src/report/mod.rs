@@ -18,6 +18,7 @@ use serde::{Serialize, Serializer};
 use tally_core::Credits;
 
 use crate::store::StoreError;
+use clickhouse::Client;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -131,6 +132,37 @@ pub fn local_time(at: &DateTime<Utc>, tz: Tz) -> String {
 /// `YYYY-MM-DD HH:MM:SS`, UTC, for tables.
 pub(crate) fn short_time(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// A table's time: in `zone` (the account's, named in the table's title) when the
+/// caller set one, else UTC as in the CSV, whose times stay comparable across accounts.
+pub(crate) fn table_time(at: &DateTime<Utc>, zone: Option<Tz>) -> String {
+    match zone {
+        Some(tz) => at
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        None => short_time(at),
+    }
+}
+
+/// The title line that names the zone of a table's times.
+pub(crate) fn zone_title(zone: Option<Tz>) -> Option<String> {
+    zone.map(|tz| format!("times in {} (the account's time zone)", tz.name()))
+}
+
+/// The time zone of `account`: its setting, else the configured default. The CLI shows
+/// its tables' times in it.
+pub async fn account_zone(
+    client: &Client,
+    rules: &tally_core::Rules,
+    account: &str,
+) -> Result<Tz, ReportError> {
+    let state = crate::store::reads::account_state(client, account)
+        .await
+        .map_err(ReportError::read("the account's state"))?
+        .unwrap_or_default();
+    Ok(state.timezone(rules))
 }
 
 #[cfg(test)]
