@@ -83,42 +83,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # ---- the capturing 18.16 -----------------------------------------------------------------
-cat >"$CH_DIR/config.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-    <logger><level>warning</level><log>$WORK/clickhouse.log</log><errorlog>$WORK/clickhouse.err.log</errorlog></logger>
-    <listen_host>$HOST</listen_host>
-    <http_port>$CAP_HTTP</http_port>
-    <tcp_port>$CAP_TCP</tcp_port>
-    <path>$CH_DIR/data/</path>
-    <tmp_path>$CH_DIR/tmp/</tmp_path>
-    <users_config>$CH_DIR/users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>268435456</mark_cache_size>
-    <query_log>
-        <database>system</database>
-        <table>query_log</table>
-        <flush_interval_milliseconds>1000</flush_interval_milliseconds>
-    </query_log>
-</yandex>
-EOF
-cat >"$CH_DIR/users.xml" <<'EOF'
-<?xml version="1.0"?>
-<yandex>
-    <profiles><default><log_queries>1</log_queries></default></profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas><default></default></quotas>
-</yandex>
-EOF
+clickhouse_config "$CH_DIR" "$WORK/clickhouse" 268435456 \
+  "<http_port>$CAP_HTTP</http_port><tcp_port>$CAP_TCP</tcp_port>" \
+  "<query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>" \
+  "<log_queries>1</log_queries>"
 "$CLICKHOUSE_SERVER" --config-file="$CH_DIR/config.xml" >"$WORK/clickhouse.out" 2>&1 &
 ch_pid=$!
 end=$((SECONDS + 60))

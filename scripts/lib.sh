@@ -80,3 +80,53 @@ stop_service() {
   rm -f "$pidf"
   log "$name stopped"
 }
+
+# clickhouse_config DIR LOG MARK_CACHE PORTS [EXTRA] [PROFILE]: writes DIR/config.xml and
+# DIR/users.xml for a clickhouse-server 18.16 on $HOST with its data under DIR: logs LOG.log and
+# LOG.err.log, PORTS its *_port elements, EXTRA more elements (TLS, query_log), PROFILE the
+# default profile's settings; one user, `default`, without a password, from loopback only.
+clickhouse_config() {
+  local dir=$1 log=$2 mark_cache=$3 ports=$4 extra=${5:-}
+  local profile=${6:-<max_memory_usage>10000000000</max_memory_usage>}
+  mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
+  cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>$log.log</log>
+        <errorlog>$log.err.log</errorlog>
+        <size>100M</size>
+        <count>2</count>
+    </logger>
+    <listen_host>$HOST</listen_host>
+    $ports
+    $extra
+    <path>$dir/data/</path>
+    <tmp_path>$dir/tmp/</tmp_path>
+    <user_files_path>$dir/user_files/</user_files_path>
+    <format_schema_path>$dir/format_schemas/</format_schema_path>
+    <users_config>$dir/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>$mark_cache</mark_cache_size>
+    <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+EOF
+  cat >"$dir/users.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+    <profiles><default>$profile</default></profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default></default></quotas>
+</yandex>
+EOF
+}

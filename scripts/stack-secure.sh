@@ -165,22 +165,9 @@ ch_https() { [[ $(curl -s --cacert "$CERTS/ca.pem" "https://127.0.0.1:$SCH_HTTPS
 
 # ---- ClickHouse with HTTPS ----------------------------------------------------------------------
 start_clickhouse_secure() {
-  mkdir -p "$CH_DIR"/{data,tmp,user_files,format_schemas}
-  cat >"$CH_DIR/config.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-    <logger>
-        <level>information</level>
-        <log>$LOGS/clickhouse-secure.log</log>
-        <errorlog>$LOGS/clickhouse-secure.err.log</errorlog>
-        <size>100M</size>
-        <count>2</count>
-    </logger>
-    <listen_host>$HOST</listen_host>
-    <http_port>$SCH_HTTP_PORT</http_port>
-    <https_port>$SCH_HTTPS_PORT</https_port>
-    <tcp_port>$SCH_TCP_PORT</tcp_port>
-    <openSSL>
+  clickhouse_config "$CH_DIR" "$LOGS/clickhouse-secure" 268435456 \
+    "<http_port>$SCH_HTTP_PORT</http_port><https_port>$SCH_HTTPS_PORT</https_port><tcp_port>$SCH_TCP_PORT</tcp_port>" \
+    "<openSSL>
         <server>
             <certificateFile>$CERTS/server.pem</certificateFile>
             <privateKeyFile>$CERTS/server.key</privateKeyFile>
@@ -190,34 +177,7 @@ start_clickhouse_secure() {
             <disableProtocols>sslv2,sslv3</disableProtocols>
             <preferServerCiphers>true</preferServerCiphers>
         </server>
-    </openSSL>
-    <path>$CH_DIR/data/</path>
-    <tmp_path>$CH_DIR/tmp/</tmp_path>
-    <user_files_path>$CH_DIR/user_files/</user_files_path>
-    <format_schema_path>$CH_DIR/format_schemas/</format_schema_path>
-    <users_config>$CH_DIR/users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>268435456</mark_cache_size>
-    <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
-EOF
-  cat >"$CH_DIR/users.xml" <<'EOF'
-<?xml version="1.0"?>
-<yandex>
-    <profiles><default><max_memory_usage>10000000000</max_memory_usage></default></profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas><default></default></quotas>
-</yandex>
-EOF
+    </openSSL>"
   port_open "$SCH_HTTPS_PORT" && die "port $SCH_HTTPS_PORT is taken by another process; set SECURE_CH_HTTPS_PORT"
   start_bg clickhouse-secure "$CH_DIR" "$CLICKHOUSE_SERVER" --config-file="$CH_DIR/config.xml" 9>&-
 }

@@ -70,47 +70,8 @@ EOF
 # ---- ClickHouse --------------------------------------------------------------------------
 start_clickhouse() {
   local d="$STACK/clickhouse"
-  mkdir -p "$d"/{data,tmp,user_files,format_schemas}
-  cat >"$d/config.xml" <<EOF
-<?xml version="1.0"?>
-<yandex>
-    <logger>
-        <level>information</level>
-        <log>$LOGS/clickhouse.log</log>
-        <errorlog>$LOGS/clickhouse.err.log</errorlog>
-        <size>100M</size>
-        <count>2</count>
-    </logger>
-    <listen_host>$HOST</listen_host>
-    <http_port>$CH_HTTP_PORT</http_port>
-    <tcp_port>$CH_TCP_PORT</tcp_port>
-    <path>$d/data/</path>
-    <tmp_path>$d/tmp/</tmp_path>
-    <user_files_path>$d/user_files/</user_files_path>
-    <format_schema_path>$d/format_schemas/</format_schema_path>
-    <users_config>$d/users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>536870912</mark_cache_size>
-    <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
-EOF
-  cat >"$d/users.xml" <<'EOF'
-<?xml version="1.0"?>
-<yandex>
-    <profiles><default><max_memory_usage>10000000000</max_memory_usage></default></profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas><default></default></quotas>
-</yandex>
-EOF
+  clickhouse_config "$d" "$LOGS/clickhouse" 536870912 \
+    "<http_port>$CH_HTTP_PORT</http_port><tcp_port>$CH_TCP_PORT</tcp_port>"
   start_bg clickhouse "$d" "$CLICKHOUSE_SERVER" --config-file="$d/config.xml"
 }
 
