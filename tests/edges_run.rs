@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use common::{brokers, grant, hours_ago, milli, rfc3339, usage, Deployment, Running};
+use common::{brokers, grant, hours_ago, milli, rfc3339, usage, Deployment};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -164,26 +164,7 @@ fn json_bytes(event: &Value) -> Vec<u8> {
 /// `tally run --drain` with a bound far above what it needs here (seconds): a drain that
 /// never finishes is the bug of point 4, so it must fail the test, with the log.
 fn drain_bounded(d: &Deployment) -> Value {
-    const BOUND: Duration = Duration::from_secs(180);
-    let mut child = Running::spawn(d.command().args(["--json", "run", "--drain"]));
-    let deadline = Instant::now() + BOUND;
-    while child.try_wait().expect("wait works").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "tally run --drain still running after {BOUND:?} (the checkpoints cover {} records): {}",
-            d.committed(),
-            child.stderr_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("tally run exits");
-    assert!(
-        out.status.success(),
-        "tally run --drain failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("run prints a JSON summary")
+    d.drain_within(Duration::from_secs(180), &[])
 }
 
 /// Point 1: one record stamped two days ahead, any account, must not move the clock of

@@ -186,16 +186,22 @@ impl Deployment {
 
     /// `drain` with `env` on top of the deployment's.
     pub fn drain_with(&self, env: &[(&str, &str)]) -> Value {
+        self.drain_within(WAIT_LIMIT, env)
+    }
+
+    /// `drain_with`, failing the test (with the log) if the drain has not finished within
+    /// `bound`.
+    pub fn drain_within(&self, bound: Duration, env: &[(&str, &str)]) -> Value {
         let mut child = Running::spawn(
             self.command()
                 .args(["--json", "run", "--drain"])
                 .envs(env.iter().copied()),
         );
-        let deadline = std::time::Instant::now() + WAIT_LIMIT;
+        let deadline = std::time::Instant::now() + bound;
         while child.try_wait().expect("wait works").is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "tally run --drain still running after {WAIT_LIMIT:?}, the checkpoints covering \
+                "tally run --drain still running after {bound:?}, the checkpoints covering \
                  {} records: {}",
                 self.committed(),
                 child.stderr_so_far()
