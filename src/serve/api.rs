@@ -171,6 +171,15 @@ impl Params {
         Ok(Params(pairs))
     }
 
+    /// The `cursor` parameter, decoded by `decode`: only a cursor this API gave out.
+    fn cursor<T>(&self, decode: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+        self.one("cursor")?
+            .map(|c| {
+                decode(c).ok_or_else(|| ApiError::bad("cursor", "not a cursor this API gave out"))
+            })
+            .transpose()
+    }
+
     fn one(&self, name: &str) -> Result<Option<&str>, ApiError> {
         let mut values = self.0.iter().filter(|(n, _)| n == name);
         let first = values.next().map(|(_, v)| v.as_str());
@@ -308,13 +317,7 @@ pub async fn accounts(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query, &["limit", "cursor"])?;
     let limit = page_limit(&params, state.config.serve.page_size)?;
-    let cursor = params
-        .one("cursor")?
-        .map(|c| {
-            report::accounts::AccountCursor::decode(c)
-                .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API gave out"))
-        })
-        .transpose()?;
+    let cursor = params.cursor(report::accounts::AccountCursor::decode)?;
     let (page, next) = match &caller.0 {
         Scope::Account(own) => (report::accounts::own(own, cursor.as_ref()), None),
         Scope::Ingest | Scope::Service(_) => (report::accounts::Accounts::default(), None),
@@ -391,13 +394,7 @@ pub async fn ledger(
         return Err(ApiError::bad("to", "must be after `from`"));
     }
     let limit = page_limit(&params, state.config.serve.page_size)?;
-    let cursor = params
-        .one("cursor")?
-        .map(|c| {
-            report::ledger::Cursor::decode(c)
-                .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API gave out"))
-        })
-        .transpose()?;
+    let cursor = params.cursor(report::ledger::Cursor::decode)?;
     let (page, next) =
         report::ledger::page(&state.client, &account, from, to, cursor.as_ref(), limit)
             .await
