@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
+use common::free_port;
 use common::server::{
     Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_KEY, GLOBEX_SERVICE_KEY,
 };
@@ -20,14 +21,6 @@ use serde_json::{json, Value};
 
 /// The shared token of the `/internal` routes in these tests.
 const INTERNAL_TOKEN: &str = "internal-test-token-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port()
-}
 
 fn post_json(server: &Server, path: &str, key: &str, body: &Value) -> Answer {
     server.post(path, key, "application/json", &body.to_string())

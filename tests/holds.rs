@@ -13,20 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
+use common::free_port;
 use common::server::{Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_SERVICE_KEY};
 use common::{grant, milli, rfc3339, usage, Deployment, Running};
 use serde_json::{json, Value};
 
 /// erase costs 7 credits (config/matrix.toml).
 const COST: i64 = 7;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port()
-}
 
 /// A `tally run` that is SIGKILLed if the test fails before stopping it.
 struct Run(Option<Running>);

@@ -8,7 +8,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::maildev::{free_port, MailDev};
+use common::free_port;
+use common::maildev::MailDev;
 use common::{grant, hours_ago, rfc3339, usage, Deployment};
 use serde_json::{json, Value};
 

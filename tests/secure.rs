@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::{grant, hours_ago, milli, rfc3339, usage, Deployment, Running};
 use serde_json::{json, Value};
 
@@ -435,11 +436,4 @@ fn mutual_tls_presents_the_client_certificate() {
     );
     assert_eq!(d.drain()["applied"], 1);
     assert_eq!(milli(&d.balance("acme")["pools"]["ai"]["available"]), 5_000);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::free_port;
 use serde_json::Value;
 
 /// How long any expected outcome may take before the test fails; a bound, not a pace.
@@ -28,13 +29,6 @@ fn maildev_bin() -> PathBuf {
         assert!(status.success(), "scripts/stack-up.sh failed");
     }
     bin
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Polls `check` until it gives a value or the deadline passes.

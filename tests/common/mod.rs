@@ -516,6 +516,14 @@ impl Drop for Running {
     }
 }
 
+/// A port nobody listens on now, for a process a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The bound on every wait of these tests for progress of a process they started: far
 /// above what any run needs, so reaching it means a stall, never a slow machine.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(600);
