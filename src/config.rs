@@ -36,6 +36,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// `tally serve`: the HTTP API, ingest and dashboard.
     pub serve: crate::serve::settings::ServeConfig,
+    /// Signed webhooks of alerts and lifecycle events: global endpoints, secrets, limits.
+    pub webhooks: crate::notify::webhooks::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -451,6 +453,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             notify: NotifyConfig::default(),
             serve: crate::serve::settings::ServeConfig::default(),
+            webhooks: crate::notify::webhooks::WebhooksConfig::default(),
         }
     }
 }
@@ -734,6 +737,7 @@ impl Config {
         let matrix_given = overridden.iter().any(|(k, _)| k == "rules.matrix") || matrix_in_file;
         let rules = config.validate_matrix_given(&file, base, matrix_given)?;
         config.read_secrets(&file)?;
+        config.webhooks.load_secrets(&file)?;
         Ok((config, rules))
     }
 
@@ -806,6 +810,7 @@ impl Config {
             key: key.to_string(),
             problem,
         };
+        self.webhooks.validate(file)?;
         let k = &self.kafka;
         for (key, value) in [
             ("kafka.brokers", &k.brokers),
@@ -1071,6 +1076,7 @@ impl Config {
                 included_used_percent: self.rules.alerts.included_used_percent,
                 shortfall: self.rules.alerts.shortfall,
                 expiring_min: self.rules.alerts.expiring_min,
+                global_webhooks: !self.webhooks.endpoints.is_empty(),
             },
             max_open_holds: self.rules.max_open_holds,
         })
@@ -1299,12 +1305,14 @@ pub(crate) fn readable_file(
 
 /// Keys whose values are credentials: they come from the environment or a `*_file`, and a
 /// config file that writes one is refused (files get committed, copied and printed).
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 7] = [
     "kafka.sasl_password",
     "clickhouse.password",
     "smtp.password",
     "serve.keys",
     "status.token",
+    "webhooks.secrets",
+    "webhooks.signing_key",
 ];
 
 /// Whether the file's own table sets `key` (a dotted path).

@@ -118,6 +118,22 @@ enum Command {
     /// Send a sample low-balance email for an account (its balance and top usage this
     /// month) through the configured SMTP server, recorded and rate-limited like any alert.
     TestEmail(TestEmailArgs),
+    /// The signing secret (`whsec_...`) of an account's webhook endpoint, derived from
+    /// `webhooks.signing_key`: give it to whoever runs the endpoint.
+    WebhookSecret {
+        #[arg(value_parser = tally::cli::parse_id)]
+        account: String,
+        /// The endpoint's id in the account's `webhooks` setting.
+        endpoint: String,
+        /// The endpoint's `rotation` (raise it in the setting to rotate the secret).
+        #[arg(long, default_value_t = 0)]
+        rotation: u32,
+    },
+    /// Webhook deliveries of an account and their status.
+    Webhooks {
+        #[arg(value_parser = tally::cli::parse_id)]
+        account: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +309,59 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(reports::alerts(&config, &rules, &account, json))
         }
         Command::TestEmail(args) => rt.block_on(ops::test_email(&config, args, json)),
+        Command::WebhookSecret {
+            account,
+            endpoint,
+            rotation,
+        } => {
+            let key = config.webhooks.signing_key.expose();
+            if key.is_empty() {
+                anyhow::bail!(
+                    "webhooks.signing_key is not set (TALLY_WEBHOOKS__SIGNING_KEY or \
+                     webhooks.signing_key_file)"
+                );
+            }
+            let secret =
+                tally::notify::webhooks::account_secret(key, &account, &endpoint, rotation);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"account": account, "endpoint": endpoint,
+                                       "rotation": rotation, "secret": secret})
+                );
+            } else {
+                println!("{secret}");
+            }
+            Ok(())
+        }
+        Command::Webhooks { account } => {
+            let store = tally::store::client(&config.clickhouse);
+            let rows = rt
+                .block_on(tally::store::webhooks::of_account(&store, &account))
+                .context("ClickHouse: webhooks")?;
+            for row in rows {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"webhook_id": row.webhook_id, "endpoint": row.endpoint,
+                            "event_type": row.event_type, "notice_id": row.notice_id,
+                            "status": row.status, "attempts": row.attempts,
+                            "response_status": row.response_status, "error": row.error})
+                    );
+                } else {
+                    println!(
+                        "{}  {:<24} {:<28} {:<8} attempts {}  {}",
+                        row.webhook_id,
+                        row.endpoint,
+                        row.event_type,
+                        row.status,
+                        row.attempts,
+                        row.error
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }
 

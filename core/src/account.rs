@@ -97,6 +97,9 @@ pub struct AccountState {
     /// written before holds existed have none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: Holds,
+    /// Webhook endpoints and the auto top-up, with where it stands.
+    #[serde(default, skip_serializing_if = "crate::hooks::HookState::is_empty")]
+    pub hooks: crate::hooks::HookState,
 }
 
 /// What applying one event decided: its ledger entries, and for hold and release
@@ -757,6 +760,15 @@ impl AccountState {
                 ));
             }
         }
+        let hooks = crate::hooks::HookSettings {
+            webhooks: settings.webhooks.as_deref(),
+            top_up: settings.top_up.as_ref(),
+            reset_email: settings.reset_email,
+        };
+        if let Err(problem) = crate::hooks::check(&hooks) {
+            return reject(problem);
+        }
+        self.hooks.apply(&hooks);
         if let Some(admins) = &settings.admins {
             self.admins = admins.clone();
         }

@@ -61,6 +61,9 @@ pub struct AlertRules {
     pub shortfall: bool,
     /// Alert when more than this expires within 14 days; 0: never.
     pub expiring_min: Credits,
+    /// Some webhook endpoint in config takes every account's alerts: accounts without
+    /// admins or endpoints of their own are checked too.
+    pub global_webhooks: bool,
 }
 
 impl Default for AlertRules {
@@ -71,6 +74,7 @@ impl Default for AlertRules {
             included_used_percent: 0,
             shortfall: false,
             expiring_min: Credits::ZERO,
+            global_webhooks: false,
         }
     }
 }
@@ -111,6 +115,7 @@ impl AlertSettings {
                 .unwrap_or(rules.included_used_percent),
             shortfall: self.shortfall.unwrap_or(rules.shortfall),
             expiring_min: self.expiring_min.unwrap_or(rules.expiring_min),
+            global_webhooks: rules.global_webhooks,
         }
     }
 }
@@ -145,8 +150,8 @@ pub struct Alert {
 }
 
 /// Checks every threshold of every pool of the account at `at` and returns the alerts that
-/// fire now, updating the account's marks. Accounts without admins are not checked:
-/// there is nobody to tell.
+/// fire now, updating the account's marks. Accounts with no admins and no webhook (of
+/// their own or in config) are not checked: there is nobody to tell.
 pub fn evaluate(
     state: &mut AccountState,
     rules: &Rules,
@@ -154,7 +159,10 @@ pub fn evaluate(
     at: DateTime<Utc>,
 ) -> Vec<Alert> {
     let limits = state.alerts.effective(&rules.alerts);
-    if !limits.enabled || state.admins.is_empty() {
+    let listened = !state.admins.is_empty()
+        || !state.hooks.endpoints.is_empty()
+        || limits.global_webhooks;
+    if !limits.enabled || !listened {
         return Vec::new();
     }
     let cycle_start = match &state.subscription {

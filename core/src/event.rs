@@ -253,6 +253,15 @@ pub struct Settings {
     /// Low-credit alert thresholds.
     #[serde(default)]
     pub alerts: Option<crate::alerts::AlertSettings>,
+    /// The account's webhook endpoints, replacing those it had.
+    #[serde(default)]
+    pub webhooks: Option<Vec<crate::hooks::Endpoint>>,
+    /// Auto top-up: `{"below": 100, "credits": 500}` (credits 0 switches it off).
+    #[serde(default)]
+    pub top_up: Option<crate::hooks::TopUp>,
+    /// Whether admins get an email when a cycle's allowance arrives.
+    #[serde(default)]
+    pub reset_email: Option<bool>,
 }
 
 /// Why an event cannot be applied. The text goes into the dead-letter header.

@@ -8,6 +8,7 @@ pub mod credits;
 pub mod dedup;
 pub mod event;
 pub mod holds;
+pub mod hooks;
 pub mod ledger;
 pub mod lots;
 pub mod plans;

@@ -14,6 +14,7 @@
 pub mod limits;
 pub mod mailer;
 pub mod templates;
+pub mod webhooks;
 pub mod worker;
 
 use chrono::{DateTime, Utc};

@@ -17,7 +17,8 @@ const TOP: u64 = 5;
 /// a crash in between leaves pending rows that a replay rewrites with the same ids.
 pub async fn record(store: &Client, decisions: &[Decision]) -> Result<Vec<Alert>, StoreError> {
     let mut mails = Vec::with_capacity(decisions.len());
-    for d in decisions {
+    // An account with webhooks but no admins has its alerts decided for the webhooks only.
+    for d in decisions.iter().filter(|d| !d.recipients.is_empty()) {
         mails.push(Alert {
             id: d.id.clone(),
             account: d.account.clone(),

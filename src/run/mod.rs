@@ -69,6 +69,10 @@ struct Flush {
     forwarded: Vec<(String, i32, i64)>,
     /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
     mails: Option<Vec<crate::notify::Alert>>,
+    /// The flush's webhook deliveries; recorded pending before the checkpoint, handed to
+    /// the webhook worker after it.
+    hooks: Vec<crate::notify::webhooks::Delivery>,
+    hooks_recorded: bool,
     /// Records (every outcome) the flush commits.
     events: usize,
     /// Decisions on hold and release commands it commits: answered once it has landed.
@@ -110,6 +114,8 @@ struct Pipeline {
     /// Mails low-credit alerts in the background; never blocks consumption.
     /// Taken at shutdown to stop it.
     notifier: Option<crate::notify::NotifierHandle>,
+    /// Sends signed webhooks in the background; taken at shutdown to stop it.
+    hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
     metrics: RunMetrics,
     /// Answers checks and hands decisions on holds to their callers.
     owner: Arc<crate::holds::owner::Owner>,
@@ -411,6 +417,10 @@ impl Pipeline {
         if offsets.is_empty() {
             return None;
         }
+        let hooks: Vec<_> = std::mem::take(&mut batch.notices)
+            .iter()
+            .flat_map(|n| crate::notify::webhooks::deliveries(n, &self.config.webhooks))
+            .collect();
         self.metrics
             .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
         Some(Flush {
@@ -419,6 +429,8 @@ impl Pipeline {
             outgoing_sent: false,
             forwarded: Vec::new(),
             mails: None,
+            hooks,
+            hooks_recorded: false,
             events,
             decided,
             offsets,
@@ -465,6 +477,16 @@ impl Pipeline {
             let submitted = self.notifier.as_ref().map(|n| n.submit(mails));
             if !matches!(submitted, Some(Ok(()))) {
                 tracing::error!("the notifier has stopped; alerts stay pending in ClickHouse and are sent at the next start");
+            }
+        }
+        let hooks = std::mem::take(&mut flush.hooks);
+        if !hooks.is_empty() {
+            for d in &hooks {
+                tracing::info!(account = %d.account, event = %d.event_type, endpoint = %d.target.name(), "webhook decided");
+            }
+            let submitted = self.hooks.as_ref().map(|h| h.submit(hooks));
+            if !matches!(submitted, Some(Ok(()))) {
+                tracing::error!("the webhook worker has stopped; webhooks stay pending in ClickHouse and are sent at the next start");
             }
         }
         self.note_forwarded(&flush.forwarded);
@@ -734,6 +756,22 @@ async fn write_flush(
             flush.mails = Some(mails);
             done(phase::ALERTS);
         }
+        if !flush.hooks_recorded {
+            let rows: Vec<_> = flush
+                .hooks
+                .iter()
+                .map(crate::notify::webhooks::worker::pending_row)
+                .collect();
+            crate::store::webhooks::write(&store, &rows)
+                .await
+                .map_err(|e| {
+                    (
+                        phase::ALERTS,
+                        anyhow::Error::new(e).context("ClickHouse: webhooks"),
+                    )
+                })?;
+            flush.hooks_recorded = true;
+        }
         writes::commit(&store, &flush.batch).await.map_err(|e| {
             (
                 phase::CHECKPOINT,
@@ -891,6 +929,12 @@ pub fn run(
         metrics.alert_counters(),
     )
     .context("cannot start the low-credit email notifier")?;
+    let hooks = crate::notify::webhooks::WebhookWorker::spawn_on(
+        &rt,
+        &config.webhooks,
+        store::client(&config.clickhouse),
+    )
+    .context("cannot start the webhook worker")?;
     let kafka_config = config.kafka.clone();
     let tick_interval = config.pipeline.tick_interval;
     let stream = format!(
@@ -924,6 +968,7 @@ pub fn run(
         stream,
         parts: BTreeMap::new(),
         notifier: Some(notifier),
+        hooks: Some(hooks),
         writing: None,
         pending: None,
         last_any_received: Instant::now(),
@@ -1129,6 +1174,15 @@ pub fn run(
             left_pending = report.left_pending,
             left_held = report.left_held,
             "notifier stopped"
+        );
+    }
+    if let Some(hooks) = p.hooks.take() {
+        let report = p.rt.block_on(hooks.shutdown(NOTIFIER_GRACE));
+        tracing::info!(
+            sent = report.sent,
+            failed = report.failed,
+            left_pending = report.left_pending,
+            "webhook worker stopped"
         );
     }
     let summary = Summary {

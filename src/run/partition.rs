@@ -47,6 +47,8 @@ pub struct PartitionWork {
     pub outgoing: Outgoing,
     /// Low-credit alerts decided since the last flush.
     alerts: Vec<tally_core::alerts::Alert>,
+    /// Webhook notices decided since the last flush.
+    notices: Vec<tally_core::hooks::Notice>,
     /// Offsets applied since the last flush, so an idle partition writes nothing.
     dirty: bool,
     pub counts: Counts,
@@ -77,6 +79,7 @@ impl PartitionWork {
             rollups: Rollups::restore(restored.segment_records, restored.days),
             outgoing: Outgoing::default(),
             alerts: Vec::new(),
+            notices: Vec::new(),
             dirty: false,
             counts: Counts::default(),
             wait: None,
@@ -169,6 +172,9 @@ impl PartitionWork {
         // expires dedup keys).
         let moves_clock = !matches!(&parsed, Err(r) if r.keeps_clock());
         let step = self.book.apply(rules, parsed, arrival);
+        let global = rules.alerts.global_webhooks;
+        self.notices
+            .extend(tally_core::hooks::after_step(&mut self.book, &step, global));
         self.alerts.extend(step.alerts);
         if which == Which::Commands {
             // Every decision of a command, and every rejected command: a caller of
@@ -354,6 +360,7 @@ impl PartitionWork {
                 .map(|(offset, decision)| (partition, offset, decision)),
         );
         batch.alerts.append(&mut self.alerts);
+        batch.notices.append(&mut self.notices);
         self.dirty = false;
         true
     }

@@ -7,6 +7,7 @@ pub mod reads;
 pub mod rows;
 pub mod schema;
 pub mod state_codec;
+pub mod webhooks;
 pub mod writes;
 
 use std::sync::Arc;

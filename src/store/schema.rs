@@ -8,7 +8,7 @@ use super::StoreError;
 /// Tables that tally rewrites are ReplacingMergeTree keyed by what identifies a row and
 /// versioned by a number that grows across restarts, so a retried or replayed write
 /// replaces the earlier one instead of adding to it. Reads use FINAL.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     // One row per call, grant or void. entry_id is the Kafka position of the event.
     "CREATE TABLE IF NOT EXISTS ledger (
         entry_id String,
@@ -169,6 +169,30 @@ const TABLES: [&str; 7] = [
         version UInt64
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (account, alert_id)",
+    // One row per webhook delivery (a notice to one endpoint) and its status, versioned
+    // like alerts. webhook_id is the same for a notice's deliveries to every endpoint;
+    // payload is the exact body every attempt sends. Never a secret: an account
+    // endpoint's secret is derived again from `rotation` when it is sent.
+    "CREATE TABLE IF NOT EXISTS webhooks (
+        webhook_id String,
+        account String,
+        endpoint String,
+        rotation UInt32,
+        url String,
+        event_type String,
+        notice_id String,
+        payload String,
+        time DateTime,
+        status String,
+        attempts UInt32,
+        error String,
+        response_status UInt16,
+        created_at DateTime,
+        sent_at DateTime,
+        updated_at DateTime,
+        version UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (account, webhook_id, endpoint)",
 ];
 
 /// Columns added after the first release, appended at the end of their tables, so a

@@ -13,12 +13,16 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use tally_core::alerts::{AlertSettings, Mark};
 use tally_core::holds::{Hold, HoldStatus};
+use tally_core::hooks::{Endpoint, HookState, TopUp, TopUpMark};
 use tally_core::lots::{Lot, LotKind, Payment, PaymentMethod, Policy};
 use tally_core::plans::{Period, Plan, Subscription};
 use tally_core::{AccountState, Credits};
 
 /// The first byte of a binary state. A JSON state starts with `{`.
 const FORMAT_V1: u8 = 1;
+/// A version 1 state followed by the account's webhook state (`StoredHooks`); written only
+/// for accounts that have one, so every other state keeps its version 1 bytes.
+const FORMAT_V2: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -39,9 +43,13 @@ pub enum CodecError {
 /// Encodes `state` for the checkpoint.
 pub fn encode(state: &AccountState) -> Vec<u8> {
     let stored = StoredState::from(state);
-    let mut bytes = vec![FORMAT_V1];
+    let hooks = !state.hooks.is_empty();
+    let mut bytes = vec![if hooks { FORMAT_V2 } else { FORMAT_V1 }];
     // Serializing plain data into a growing buffer cannot fail.
     bytes.extend(postcard::to_allocvec(&stored).unwrap_or_default());
+    if hooks {
+        bytes.extend(postcard::to_allocvec(&StoredHooks::from(&state.hooks)).unwrap_or_default());
+    }
     bytes
 }
 
@@ -51,6 +59,12 @@ pub fn decode(bytes: &[u8]) -> Result<AccountState, CodecError> {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
         Some(&FORMAT_V1) => postcard::from_bytes::<StoredState>(&bytes[1..])?.try_into(),
+        Some(&FORMAT_V2) => {
+            let (stored, rest) = postcard::take_from_bytes::<StoredState>(&bytes[1..])?;
+            let mut state: AccountState = stored.try_into()?;
+            state.hooks = postcard::from_bytes::<StoredHooks>(rest)?.into();
+            Ok(state)
+        }
         Some(&other) => Err(CodecError::UnknownFormat(other)),
     }
 }
@@ -371,7 +385,67 @@ impl TryFrom<StoredState> for AccountState {
             },
             alert_marks,
             holds,
+            hooks: HookState::default(),
         })
+    }
+}
+
+/// The webhook state: endpoints (id, url, events, rotation), the top-up (pool, below,
+/// credits in thousandths), whether a top-up is requested, how many were, reset emails.
+#[derive(Serialize, Deserialize)]
+struct StoredHooks {
+    endpoints: Vec<(String, String, Vec<String>, u32)>,
+    top_up: Option<(String, i64, i64)>,
+    top_up_requested: bool,
+    top_up_requests: u64,
+    reset_email: bool,
+}
+
+impl From<&HookState> for StoredHooks {
+    fn from(h: &HookState) -> Self {
+        StoredHooks {
+            endpoints: h
+                .endpoints
+                .iter()
+                .map(|e| (e.id.clone(), e.url.clone(), e.events.clone(), e.rotation))
+                .collect(),
+            top_up: h
+                .top_up
+                .as_ref()
+                .map(|t| (t.pool.clone(), t.below.milli(), t.credits.milli())),
+            top_up_requested: h.top_up_mark == TopUpMark::Requested,
+            top_up_requests: h.top_up_requests,
+            reset_email: h.reset_email,
+        }
+    }
+}
+
+impl From<StoredHooks> for HookState {
+    fn from(s: StoredHooks) -> Self {
+        HookState {
+            endpoints: s
+                .endpoints
+                .into_iter()
+                .map(|(id, url, events, rotation)| Endpoint {
+                    id,
+                    url,
+                    events,
+                    rotation,
+                })
+                .collect(),
+            top_up: s.top_up.map(|(pool, below, credits)| TopUp {
+                pool,
+                below: Credits::from_milli(below),
+                credits: Credits::from_milli(credits),
+            }),
+            top_up_mark: if s.top_up_requested {
+                TopUpMark::Requested
+            } else {
+                TopUpMark::Armed
+            },
+            top_up_requests: s.top_up_requests,
+            reset_email: s.reset_email,
+        }
     }
 }
 
@@ -414,6 +488,33 @@ mod tests {
         assert!(state.subscription.is_some() && !state.holds.is_empty());
         let bytes = encode(&state);
         assert_eq!(decode(&bytes).expect("decodes"), state);
+    }
+
+    #[test]
+    fn round_trips_the_webhook_state_as_version_2() {
+        let mut state = sample();
+        state.hooks = HookState {
+            endpoints: vec![Endpoint {
+                id: "billing".into(),
+                url: "https://billing.example/hooks".into(),
+                events: vec!["credit.top_up_requested".into()],
+                rotation: 3,
+            }],
+            top_up: Some(TopUp {
+                pool: "ai".into(),
+                below: Credits::from_milli(100_500),
+                credits: Credits::from_whole(500),
+            }),
+            top_up_mark: TopUpMark::Requested,
+            top_up_requests: 7,
+            reset_email: true,
+        };
+        let bytes = encode(&state);
+        assert_eq!(bytes[0], FORMAT_V2);
+        assert_eq!(decode(&bytes).expect("decodes"), state);
+        // Without a webhook state, the version 1 bytes, unchanged.
+        state.hooks = HookState::default();
+        assert_eq!(encode(&state)[0], FORMAT_V1);
     }
 
     #[test]

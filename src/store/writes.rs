@@ -20,6 +20,8 @@ pub struct Batch {
     pub checkpoint: Vec<CheckpointRow>,
     /// Low-credit alerts the core decided; recorded before the checkpoint, mailed after.
     pub alerts: Vec<tally_core::alerts::Alert>,
+    /// Webhook notices the core decided; recorded before the checkpoint, sent after.
+    pub notices: Vec<tally_core::hooks::Notice>,
 }
 
 impl Batch {
