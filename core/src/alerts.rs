@@ -159,9 +159,8 @@ pub fn evaluate(
     at: DateTime<Utc>,
 ) -> Vec<Alert> {
     let limits = state.alerts.effective(&rules.alerts);
-    let listened = !state.admins.is_empty()
-        || !state.hooks.endpoints.is_empty()
-        || limits.global_webhooks;
+    let listened =
+        !state.admins.is_empty() || !state.hooks.endpoints.is_empty() || limits.global_webhooks;
     if !limits.enabled || !listened {
         return Vec::new();
     }

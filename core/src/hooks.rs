@@ -243,7 +243,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return refuse("has whitespace or control characters");
     }
     let lower = url.to_ascii_lowercase();
-    let rest = match (lower.strip_prefix("https://"), lower.strip_prefix("http://")) {
+    let rest = match (
+        lower.strip_prefix("https://"),
+        lower.strip_prefix("http://"),
+    ) {
         (Some(rest), _) | (None, Some(rest)) => rest,
         (None, None) => return refuse("is not an http:// or https:// URL"),
     };

@@ -83,7 +83,8 @@ pub fn is_public(ip: IpAddr) -> bool {
 #[derive(Clone)]
 struct PublicOnly;
 
-type Resolving = Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+type Resolving =
+    Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
 
 impl tower_service::Service<Name> for PublicOnly {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -116,7 +117,8 @@ type Connector<R> = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector
 /// Two clients: `open` for the operator's global endpoints (and for accounts' endpoints
 /// when private addresses are allowed), `guarded` for accounts' endpoints.
 pub struct WebhookClient {
-    open: HyperClient<Connector<hyper_util::client::legacy::connect::dns::GaiResolver>, Full<Bytes>>,
+    open:
+        HyperClient<Connector<hyper_util::client::legacy::connect::dns::GaiResolver>, Full<Bytes>>,
     guarded: HyperClient<Connector<PublicOnly>, Full<Bytes>>,
     allow_private: bool,
     timeout: Duration,

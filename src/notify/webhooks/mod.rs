@@ -95,9 +95,28 @@ impl Default for WebhooksConfig {
 pub struct GlobalEndpoint {
     /// `http://` or `https://` URL.
     pub url: String,
-    /// Event types it gets; empty: every type but `credit.reset`.
-    #[serde(default)]
+    /// Event types it gets; empty: every type but `credit.reset`. A list, or one string
+    /// of types separated by commas (for TALLY_WEBHOOKS__ENDPOINTS__ID__EVENTS).
+    #[serde(default, deserialize_with = "list_or_commas")]
     pub events: Vec<String>,
+}
+
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 const MIN_SIGNING_KEY: usize = 32;
@@ -127,7 +146,10 @@ impl WebhooksConfig {
         }
         for (key, value) in [
             ("webhooks.max_attempts", self.max_attempts),
-            ("webhooks.per_endpoint_per_second", self.per_endpoint_per_second),
+            (
+                "webhooks.per_endpoint_per_second",
+                self.per_endpoint_per_second,
+            ),
             ("webhooks.global_per_second", self.global_per_second),
         ] {
             if value == 0 {

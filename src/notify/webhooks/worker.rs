@@ -353,8 +353,9 @@ impl Worker {
     /// Sends what is due, within the rates; with a deadline, stops at it.
     async fn step(&mut self, deadline: Option<Instant>) {
         let now = Instant::now();
-        let (due, later): (Vec<Tracked>, Vec<Tracked>) =
-            std::mem::take(&mut self.queue).into_iter().partition(|t| t.due <= now);
+        let (due, later): (Vec<Tracked>, Vec<Tracked>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|t| t.due <= now);
         self.queue = later;
         for mut t in due {
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -385,14 +386,15 @@ impl Worker {
     /// The signing key of a delivery's endpoint.
     fn key_of(&self, d: &Delivery) -> Result<Vec<u8>, SendError> {
         match &d.target {
-            Target::Global { id } => self.secrets.get(id).cloned().ok_or_else(|| {
-                SendError::Refused(format!("global endpoint `{id}` has no secret"))
-            }),
+            Target::Global { id } => {
+                self.secrets.get(id).cloned().ok_or_else(|| {
+                    SendError::Refused(format!("global endpoint `{id}` has no secret"))
+                })
+            }
             Target::Account { id, rotation } => {
                 if self.signing_key.is_empty() {
                     return Err(SendError::Refused(
-                        "webhooks.signing_key is not set: accounts' endpoints get nothing"
-                            .into(),
+                        "webhooks.signing_key is not set: accounts' endpoints get nothing".into(),
                     ));
                 }
                 let secret = account_secret(self.signing_key.expose(), &d.account, id, *rotation);
