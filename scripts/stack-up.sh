@@ -37,6 +37,14 @@ if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
     python3 -m pip install -q --break-system-packages confluent-kafka >>"$LOGS/install-pip.log" 2>&1 ||
     { tail -n 20 "$LOGS/install-pip.log" >&2; die "pip install confluent-kafka failed"; }
 fi
+# The webhook tests' receiver (scripts/webhook-receiver.py) verifies signatures with the
+# Standard Webhooks reference package, not tally's code.
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  log "pip install standardwebhooks"
+  python3 -m pip install -q standardwebhooks >>"$LOGS/install-pip.log" 2>&1 ||
+    python3 -m pip install -q --break-system-packages standardwebhooks >>"$LOGS/install-pip.log" 2>&1 ||
+    { tail -n 20 "$LOGS/install-pip.log" >&2; die "pip install standardwebhooks failed"; }
+fi
 
 ensure_tansu() {
   [[ -x $TANSU ]] && return 0

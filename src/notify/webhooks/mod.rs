@@ -431,6 +431,35 @@ mod tests {
         );
     }
 
+    /// README's signed example, signed by the `standardwebhooks` package (PyPI): tally's
+    /// body and signature for the same notice are those bytes.
+    #[test]
+    fn the_readme_example_is_what_tally_sends() {
+        let notice = Notice {
+            id: "acme/ai/credit.top_up_requested/1".into(),
+            account: "acme".into(),
+            kind: NoticeKind::TopUpRequested,
+            pool: "ai".into(),
+            time: "2026-11-20T09:15:02Z".parse().expect("time"),
+            credits: tally_core::Credits::from_whole(500),
+            balance: tally_core::Credits::from_whole(45),
+            reference: "50".into(),
+            endpoints: Vec::new(),
+        };
+        let body = payload(&notice);
+        assert_eq!(
+            body,
+            r#"{"data":{"account":"acme","balance":45,"below":"50","credits":500,"id":"acme/ai/credit.top_up_requested/1","pool":"ai","time":"2026-11-20T09:15:02.000Z"},"timestamp":"2026-11-20T09:15:02.000Z","type":"credit.top_up_requested"}"#
+        );
+        let id = webhook_id(&notice.id);
+        assert_eq!(id, "msg_93573091a8d0def1932f6548e93b3fe1");
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
+        assert_eq!(
+            sign(&key, &id, 1795684502, body.as_bytes()),
+            "v1,Iup7xDD9ycxC+0Tai00bKLtVoOR6aNFOmLms+HTpmTA="
+        );
+    }
+
     #[test]
     fn account_secrets_differ_by_account_endpoint_and_rotation() {
         let key = "k".repeat(32);
