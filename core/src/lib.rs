@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod lots;
 pub mod plans;
 pub mod pricing;
+pub mod runway;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};
 pub use book::{Book, Outcome, Step};

@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 use clickhouse::Client;
 use serde::Serialize;
 use tally_core::account::FlexView;
+use tally_core::runway::{self, Runway};
 use tally_core::{plans, Credits, LotKind, Rules};
 
 use super::{credits, local_time, rfc3339, tz_name, ReportError, Tabular};
@@ -55,6 +56,8 @@ pub struct PoolReport {
     pub used_this_cycle: Credits,
     pub expiring_within_14_days: Credits,
     pub shortfall: Credits,
+    /// Burn over the last 7 and 30 days and when `available` runs out at each rate.
+    pub runway: Runway,
 }
 
 /// Reads the balance of `account` at `at`.
@@ -81,6 +84,28 @@ pub async fn load(
         .into_iter()
         .map(|row| (row.pool, row.credits))
         .collect();
+    // Up to `at` (its second), so a balance of the past burns what was used before it.
+    let until = at + chrono::TimeDelta::seconds(1);
+    let mut burned: Vec<BTreeMap<String, i64>> = Vec::new();
+    for days in runway::WINDOWS {
+        let from = at - chrono::TimeDelta::days(i64::from(days));
+        burned.push(
+            reads::used_between(client, account, from, until)
+                .await
+                .map_err(ReportError::read("usage of the last days"))?
+                .into_iter()
+                .map(|row| (row.pool, row.credits))
+                .collect(),
+        );
+    }
+    // The next reset brings credits to the plan's pool only.
+    let reset = |pool: &str| {
+        state
+            .subscription
+            .as_ref()
+            .filter(|s| s.plan.pool == pool)
+            .map(|s| s.cycle_end)
+    };
     let mut names: Vec<&String> = pools.keys().chain(used.keys()).collect();
     names.extend(state.shortfall.keys());
     names.sort();
@@ -103,6 +128,13 @@ pub async fn load(
                 used_this_cycle: credits(used.get(*pool).copied().unwrap_or(0)),
                 expiring_within_14_days: b.expiring_soon,
                 shortfall: state.shortfall.get(*pool).copied().unwrap_or_default(),
+                runway: runway::runway(
+                    credits(burned[0].get(*pool).copied().unwrap_or(0)),
+                    credits(burned[1].get(*pool).copied().unwrap_or(0)),
+                    b.available,
+                    at,
+                    reset(pool),
+                ),
             };
             (pool.to_string(), report)
         })
@@ -136,6 +168,8 @@ impl Tabular for Balance {
             "used this cycle",
             "expiring in 14 days",
             "shortfall",
+            "burn a day (7d / 30d)",
+            "runs out (7d / 30d)",
         ]
     }
 
@@ -154,6 +188,26 @@ impl Tabular for Balance {
                 row.push(p.used_this_cycle.to_string());
                 row.push(p.expiring_within_14_days.to_string());
                 row.push(p.shortfall.to_string());
+                let r = &p.runway;
+                row.push(format!(
+                    "{} / {}",
+                    r.last_7_days.per_day, r.last_30_days.per_day
+                ));
+                let out = |b: &runway::Burn| match b.runs_out_at {
+                    None => "never".to_string(),
+                    Some(at) => {
+                        let day = at.with_timezone(&self.timezone).format("%Y-%m-%d");
+                        match b.before_reset {
+                            Some(true) => format!("{day} (before reset)"),
+                            _ => day.to_string(),
+                        }
+                    }
+                };
+                row.push(format!(
+                    "{} / {}",
+                    out(&r.last_7_days),
+                    out(&r.last_30_days)
+                ));
                 row
             })
             .collect()

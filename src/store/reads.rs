@@ -212,6 +212,27 @@ pub async fn used_since(
         .await?)
 }
 
+/// Credits calls used per pool of `account` from `from` (inclusive) to `to` (exclusive):
+/// the burn of the runway.
+pub async fn used_between(
+    client: &Client,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<PoolSum>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT pool, sum(credits) FROM ledger FINAL \
+             WHERE account = ? AND entry_type = 'usage' AND time >= toDateTime(?) \
+             AND time < toDateTime(?) GROUP BY pool ORDER BY pool",
+        )
+        .bind(account)
+        .bind(super::rows::seconds(from))
+        .bind(super::rows::seconds(to))
+        .fetch_all()
+        .await?)
+}
+
 /// One flow of credits in the monthly summary: per account, pool, entry type and kind,
 /// whether it falls before the range or in it. Thousandths.
 #[derive(Debug, Clone, Row, Deserialize)]
