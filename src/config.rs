@@ -38,6 +38,8 @@ pub struct Config {
     pub serve: crate::serve::settings::ServeConfig,
     /// Signed webhooks of alerts and lifecycle events: global endpoints, secrets, limits.
     pub webhooks: crate::notify::webhooks::WebhooksConfig,
+    /// Packs and plan prices that recommendations are made from.
+    pub offers: crate::report::advice::OffersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -454,6 +456,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             serve: crate::serve::settings::ServeConfig::default(),
             webhooks: crate::notify::webhooks::WebhooksConfig::default(),
+            offers: crate::report::advice::OffersConfig::default(),
         }
     }
 }

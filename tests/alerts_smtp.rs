@@ -132,6 +132,8 @@ fn alert(id: &str, account: &str, locale: &str, recipients: &[&str]) -> Alert {
             ("video_generation".into(), Credits::from_whole(700)),
         ],
         top_users: vec![("kim@acme.kr".into(), Credits::from_whole(900))],
+        runway: None,
+        advice: None,
     }
 }
 

@@ -62,6 +62,27 @@ fn crossing_the_limit_mails_the_admins_once() {
     for needle in ["acme", "ai", "45", "50", "text_to_image", "kim@acme.kr"] {
         assert!(body.contains(needle), "`{needle}` missing from: {body}");
     }
+    // The runway by hand: 15 used in the last 7 days is 2.142 a day (thousandths, rounded
+    // down); 45 last 45 x 7 / 15 = 21 days from the call. A month at that rate is 64.26
+    // credits: the pro plan (100 a month, $10) beats a $25 pack.
+    // From the alert's time as the email states it (the partition's clock: the call's
+    // arrival).
+    let stated = body
+        .lines()
+        .find_map(|l| l.strip_prefix("시각: "))
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t.trim(), "%Y-%m-%d %H:%M:%S UTC").ok())
+        .unwrap_or_else(|| panic!("no time in: {body}"))
+        .and_utc();
+    let out = (stated + chrono::TimeDelta::days(21))
+        .format("%Y-%m-%d")
+        .to_string();
+    for needle in [
+        format!("소진 예상: {out} (최근 7일 기준 하루 2.142 크레딧)"),
+        "추천: 최근 사용 속도라면 한 달에 약 64.26 크레딧이 필요합니다".to_string(),
+        "pro 요금제(월 100 크레딧)로 변경, 월 $10.00 추가".to_string(),
+    ] {
+        assert!(body.contains(&needle), "`{needle}` missing from: {body}");
+    }
     let alerts = d.json(&["alerts", "acme"]);
     let rows = alerts.as_array().cloned().unwrap_or_default();
     assert_eq!(rows.len(), 1, "{alerts}");

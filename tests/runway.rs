@@ -78,6 +78,40 @@ fn balance_shows_the_burn_of_7_and_30_days_and_when_credits_run_out() {
         Value::Null,
         "{then}"
     );
+    // 10 a day is 300 a month, and no plan: the shipped offers' cheapest cover is one pack
+    // of 2,500 for $25 (enterprise, 500 a month, would be $45).
+    let rec = &ai["recommendation"];
+    assert_eq!(
+        (
+            rec["action"].clone(),
+            rec["need"].clone(),
+            rec["missing"].clone()
+        ),
+        (json!("buy_pack"), json!(300), json!(300)),
+        "{b}"
+    );
+    assert_eq!(
+        (
+            rec["credits"].clone(),
+            rec["count"].clone(),
+            rec["price"].clone()
+        ),
+        (json!(2500), json!(1), json!(2500))
+    );
+    assert!(
+        rec["text_en"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 pack(s) of 2500 credits for $25.00"),
+        "{rec}"
+    );
+    assert!(
+        rec["text_ko"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2500 크레딧 충전 팩 1개"),
+        "{rec}"
+    );
     // The table says it too.
     let table = d.tally_ok(&["balance", "acme", "--at", &rfc3339(at)]);
     assert!(table.contains("10 / 9"), "{table}");

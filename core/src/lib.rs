@@ -2,6 +2,7 @@
 //! with no I/O and no clock, so they can be tested, property-tested and replayed.
 
 pub mod account;
+pub mod advice;
 pub mod alerts;
 pub mod book;
 pub mod credits;

@@ -175,6 +175,8 @@ pub async fn test_email(config: &Config, args: TestEmailArgs, json: bool) -> any
         recipients: args.to.clone(),
         top_features: top(By::Feature).await?,
         top_users: top(By::User).await?,
+        runway: None,
+        advice: None,
     };
     let id = alert.id.clone();
     let notifier = Notifier::spawn(&config.smtp, &config.notify, client)

@@ -43,7 +43,7 @@ pub async fn balance(
 ) -> anyhow::Result<()> {
     let client = store::client(&config.clickhouse);
     print(
-        &report::balance::load(&client, rules, account, at).await?,
+        &report::balance::load(&client, rules, &config.offers, account, at).await?,
         json,
     )
 }

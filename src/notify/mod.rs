@@ -49,6 +49,12 @@ pub struct Alert {
     pub top_features: Vec<(String, Credits)>,
     /// Users with the most credits this cycle, largest first.
     pub top_users: Vec<(String, Credits)>,
+    /// The pool's burn over the last 7 days and when it runs out at that rate, when known
+    /// (not kept in the alerts table: an email resent after a crash goes without it).
+    pub runway: Option<tally_core::runway::Burn>,
+    /// The recommendation [002] in the alert's language, when there is one (not kept
+    /// either).
+    pub advice: Option<String>,
 }
 
 /// Which threshold an alert is about: the core's, the one kind of alert there is.

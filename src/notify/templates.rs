@@ -76,7 +76,7 @@ pub fn render(alert: &Alert, digest: &[Alert], wording: &Wording) -> Rendered {
         subject.push_str(&(words.more_in_subject)(digest.len()));
     }
     let headline = (words.headline)(&account, &pool, alert.kind, &balance, &threshold);
-    let fields = [
+    let mut fields = vec![
         (words.account, account.clone()),
         (words.pool, pool.clone()),
         (words.balance, format!("{balance} {}", words.credits)),
@@ -84,6 +84,17 @@ pub fn render(alert: &Alert, digest: &[Alert], wording: &Wording) -> Rendered {
         (words.alert, (words.kind)(alert.kind).to_string()),
         (words.time, time(alert.time)),
     ];
+    if let Some(burn) = &alert.runway {
+        let date = burn.runs_out_at.map(|at| at.format("%Y-%m-%d").to_string());
+        let before = burn.before_reset == Some(true);
+        fields.push((
+            words.runway,
+            (words.runs_out)(date.as_deref(), &amount(burn.per_day), before),
+        ));
+    }
+    if let Some(advice) = &alert.advice {
+        fields.push((words.recommendation, one_line(advice)));
+    }
     let purchase_text = one_line(wording.purchase_text(locale));
     let purchase_url = one_line(&wording.purchase_url);
     let footer = (words.footer)(&account, &one_line(&wording.product_name));
@@ -289,6 +300,10 @@ struct Words {
     top_users: &'static str,
     none: &'static str,
     how_to_buy: &'static str,
+    runway: &'static str,
+    recommendation: &'static str,
+    /// (run-out date or none, credits a day, before the next reset)
+    runs_out: fn(Option<&str>, &str, bool) -> String,
     kind: fn(AlertKind) -> &'static str,
     /// (account, pool, kind, balance, threshold)
     subject: fn(&str, &str, AlertKind, &str, &str) -> String,
@@ -320,6 +335,19 @@ const ENGLISH: Words = Words {
     top_users: "Top users by credits this cycle",
     none: "(no usage yet)",
     how_to_buy: "How to buy more credits",
+    runway: "Runs out",
+    recommendation: "Recommended",
+    runs_out: |date, per_day, before| match date {
+        None => "not at the last 7 days' rate (nothing used)".to_string(),
+        Some(date) => format!(
+            "{date} at the last 7 days' rate ({per_day} credits a day){}",
+            if before {
+                ", before the next reset"
+            } else {
+                ""
+            }
+        ),
+    },
     kind: |kind| match kind {
         AlertKind::LowBalance => "low balance",
         AlertKind::IncludedUsed => "80% of included credits used",
@@ -375,6 +403,15 @@ const KOREAN: Words = Words {
     top_users: "이번 주기 크레딧 사용 상위 사용자",
     none: "(아직 사용 내역 없음)",
     how_to_buy: "크레딧 추가 구매 방법",
+    runway: "소진 예상",
+    recommendation: "추천",
+    runs_out: |date, per_day, before| match date {
+        None => "최근 7일 사용 없음".to_string(),
+        Some(date) => format!(
+            "{date} (최근 7일 기준 하루 {per_day} 크레딧){}",
+            if before { ", 다음 초기화 전" } else { "" }
+        ),
+    },
     kind: |kind| match kind {
         AlertKind::LowBalance => "잔액 부족",
         AlertKind::IncludedUsed => "기본 제공 크레딧 80% 사용",
@@ -446,6 +483,8 @@ mod tests {
             recipients: vec!["ops@acme.kr".into()],
             top_features: vec![("image_generation".into(), Credits::from_whole(2500))],
             top_users: vec![("kim@acme.kr".into(), Credits::from_whole(900))],
+            runway: None,
+            advice: None,
         }
     }
 

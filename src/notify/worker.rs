@@ -320,6 +320,8 @@ impl Tracked {
             recipients: row.recipients,
             top_features: join(row.top_features, row.top_feature_credits),
             top_users: join(row.top_users, row.top_user_credits),
+            runway: None,
+            advice: None,
         };
         let mut tracked = Tracked::new(alert);
         tracked.attempts = row.attempts;

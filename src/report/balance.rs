@@ -9,9 +9,11 @@ use clickhouse::Client;
 use serde::Serialize;
 use tally_core::account::FlexView;
 use tally_core::runway::{self, Runway};
-use tally_core::{plans, Credits, LotKind, Rules};
+use tally_core::{plans, AccountState, Credits, LotKind, Rules};
 
+use super::advice::{monthly, OffersConfig};
 use super::{credits, local_time, rfc3339, tz_name, ReportError, Tabular};
+use crate::notify::Locale;
 use crate::store::reads;
 
 /// The balance of one account at one time.
@@ -58,12 +60,80 @@ pub struct PoolReport {
     pub shortfall: Credits,
     /// Burn over the last 7 and 30 days and when `available` runs out at each rate.
     pub runway: Runway,
+    /// For the plan's pool: the share (percent) of the current cycle's allowance used.
+    pub included_used_percent: Option<u32>,
+    /// For the plan's pool (`ai` without a plan), when a cycle's use at the recent rate
+    /// exceeds the allowance: the cheapest pack, plan or sales [002].
+    pub recommendation: Option<Recommendation>,
+}
+
+/// A recommendation with its words in both languages.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    #[serde(flatten)]
+    pub advice: tally_core::advice::Advice,
+    pub text_en: String,
+    pub text_ko: String,
+}
+
+/// The pool a plan's allowance goes to (`ai` without a plan): the one recommendations
+/// and the included share are about.
+pub fn plan_pool(state: &AccountState) -> String {
+    state
+        .subscription
+        .as_ref()
+        .map_or("ai", |s| s.plan.pool.as_str())
+        .to_string()
+}
+
+/// The next reset that brings `pool` credits: the plan's cycle end, for the plan's pool.
+pub fn next_reset(state: &AccountState, pool: &str) -> Option<DateTime<Utc>> {
+    state
+        .subscription
+        .as_ref()
+        .filter(|s| s.plan.pool == pool)
+        .map(|s| s.cycle_end)
+}
+
+/// The recommendation for the plan's pool at the burn of `runway` (the last 7 days', or
+/// the 30 days' when nothing was used in 7), from the plan and the offers.
+pub fn recommendation(
+    state: &AccountState,
+    rules: &Rules,
+    offers: &OffersConfig,
+    runway: &Runway,
+) -> Option<Recommendation> {
+    let offered = offers.offers(&rules.plans);
+    let (allowance, price) = match &state.subscription {
+        Some(s) => (
+            monthly(s.plan.credits, s.plan.period),
+            offered
+                .plans
+                .iter()
+                .find(|o| o.plan == s.name)
+                .map_or(0, |o| o.price),
+        ),
+        None => (Credits::ZERO, 0),
+    };
+    let per_day = if runway.last_7_days.per_day.is_positive() {
+        runway.last_7_days.per_day
+    } else {
+        runway.last_30_days.per_day
+    };
+    tally_core::advice::recommend(per_day, allowance, price, &offered).map(|advice| {
+        Recommendation {
+            text_en: offers.sentence(&advice, Locale::En),
+            text_ko: offers.sentence(&advice, Locale::Ko),
+            advice,
+        }
+    })
 }
 
 /// Reads the balance of `account` at `at`.
 pub async fn load(
     client: &Client,
     rules: &Rules,
+    offers: &OffersConfig,
     account: &str,
     at: DateTime<Utc>,
 ) -> Result<Balance, ReportError> {
@@ -99,13 +169,18 @@ pub async fn load(
         );
     }
     // The next reset brings credits to the plan's pool only.
-    let reset = |pool: &str| {
-        state
-            .subscription
-            .as_ref()
-            .filter(|s| s.plan.pool == pool)
-            .map(|s| s.cycle_end)
-    };
+    let reset = |pool: &str| next_reset(&state, pool);
+    // Recommendations and the included share are for the plan's pool (`ai` without one).
+    let plan_pool = plan_pool(&state);
+    let allowance_lot = state.lots.iter().rev().find(|lot| {
+        lot.from_plan && lot.pool == plan_pool && lot.effective_at >= cycle_start && !lot.voided
+    });
+    let included_used_percent = allowance_lot
+        .filter(|lot| lot.granted.is_positive())
+        .map(|lot| {
+            let used = i128::from((lot.granted - lot.remaining).milli());
+            u32::try_from(used * 100 / i128::from(lot.granted.milli())).unwrap_or(100)
+        });
     let mut names: Vec<&String> = pools.keys().chain(used.keys()).collect();
     names.extend(state.shortfall.keys());
     names.sort();
@@ -135,7 +210,14 @@ pub async fn load(
                     at,
                     reset(pool),
                 ),
+                included_used_percent: None,
+                recommendation: None,
             };
+            let mut report = report;
+            if **pool == plan_pool {
+                report.included_used_percent = included_used_percent;
+                report.recommendation = recommendation(&state, rules, offers, &report.runway);
+            }
             (pool.to_string(), report)
         })
         .collect();
@@ -236,12 +318,23 @@ impl Tabular for Balance {
     }
 
     fn footer(&self) -> Option<String> {
-        Some(format!(
+        let mut footer = format!(
             "flex: {}, {} of {} used this cycle",
             if self.flex.enabled { "on" } else { "off" },
             self.flex.used,
             self.flex.threshold
-        ))
+        );
+        for (pool, p) in &self.pools {
+            if let Some(percent) = p.included_used_percent {
+                footer.push_str(&format!(
+                    "\n{pool}: {percent}% of this cycle's allowance used"
+                ));
+            }
+            if let Some(r) = &p.recommendation {
+                footer.push_str(&format!("\nrecommended ({pool}): {}", r.text_en));
+            }
+        }
+        Some(footer)
     }
 
     fn empty(&self) -> Option<String> {

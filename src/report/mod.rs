@@ -3,6 +3,7 @@
 //! by one renderer. The CLI, the API and the dashboard all read these.
 
 pub mod accounts;
+pub mod advice;
 pub mod alerts;
 pub mod balance;
 pub mod catalog;

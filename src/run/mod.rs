@@ -116,6 +116,8 @@ struct Pipeline {
     notifier: Option<crate::notify::NotifierHandle>,
     /// Sends signed webhooks in the background; taken at shutdown to stop it.
     hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
+    /// The plans and offers the emails' recommendations come from.
+    email_context: Arc<alerting::Context>,
     metrics: RunMetrics,
     /// Answers checks and hands decisions on holds to their callers.
     owner: Arc<crate::holds::owner::Owner>,
@@ -382,6 +384,7 @@ impl Pipeline {
             self.config.kafka.dlq_topic.clone(),
             self.metrics.clone(),
             self.owner.clone(),
+            self.email_context.clone(),
             flush,
         )));
     }
@@ -715,6 +718,7 @@ async fn write_flush(
     dlq_topic: String,
     metrics: RunMetrics,
     owner: Arc<crate::holds::owner::Owner>,
+    email_context: Arc<alerting::Context>,
     mut flush: Flush,
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
     let result = async {
@@ -745,7 +749,7 @@ async fn write_flush(
             })?;
         done(phase::WRITE_OUTPUTS);
         if flush.mails.is_none() {
-            let mails = alerting::record(&store, &flush.batch.alerts)
+            let mails = alerting::record(&store, &email_context, &flush.batch.alerts)
                 .await
                 .map_err(|e| {
                     (
@@ -959,6 +963,10 @@ pub fn run(
         pid: std::process::id(),
     })
     .context("claim info")?;
+    let email_context = Arc::new(alerting::Context {
+        rules: rules.clone(),
+        offers: config.offers.clone(),
+    });
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         config,
@@ -969,6 +977,7 @@ pub fn run(
         parts: BTreeMap::new(),
         notifier: Some(notifier),
         hooks: Some(hooks),
+        email_context,
         writing: None,
         pending: None,
         last_any_received: Instant::now(),

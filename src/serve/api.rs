@@ -368,9 +368,15 @@ pub async fn balance(
     caller.may_read(&account)?;
     let params = Params::parse(query, &["at"])?;
     let at = params.time("at")?.unwrap_or_else(Utc::now);
-    let model = report::balance::load(&state.client, &state.rules, &account, at)
-        .await
-        .map_err(|e| report_error(&state, e))?;
+    let model = report::balance::load(
+        &state.client,
+        &state.rules,
+        &state.config.offers,
+        &account,
+        at,
+    )
+    .await
+    .map_err(|e| report_error(&state, e))?;
     respond(&model, params.csv(&headers)?)
 }
 

@@ -20,6 +20,8 @@ const T = {
     range: 'Custom range', period_of: 'Period', summary_day: 'Daily summary',
     hold: 'Hold', held: 'held', hold_settled: 'settled', hold_unknown: 'unknown hold', hold_already_settled: 'already settled',
     hold_released: 'released before', hold_expired: 'expired',
+    runway: 'Runs out', per_day: '/day', rate7: 'last 7 days', rate30: 'last 30 days', not_out: 'Not at this rate',
+    before_reset: 'before the next reset', after_reset: 'after the next reset',
   },
   ko: {
     title: 'AI 크레딧', key: 'API 키', signin: '로그인', logout: '로그아웃', account: '계정',
@@ -38,6 +40,8 @@ const T = {
     range: '기간 지정', period_of: '기간', summary_day: '일별 요약',
     hold: '예약', held: '예약액', hold_settled: '정산됨', hold_unknown: '알 수 없는 예약', hold_already_settled: '이미 정산됨',
     hold_released: '먼저 해제됨', hold_expired: '만료됨',
+    runway: '소진 예상', per_day: '/일', rate7: '최근 7일', rate30: '최근 30일', not_out: '이 속도로는 소진되지 않음',
+    before_reset: '다음 초기화 전', after_reset: '다음 초기화 후',
   },
 };
 const PAGES = ['overview', 'usage', 'history', 'ledger', 'monthly', 'matrix'];
@@ -191,6 +195,20 @@ async function usageChart(by) {
   return chart(rows, by, st.from, st.to);
 }
 
+// When the pool runs out at the last 7 days' rate (the 30 days' below), and whether that
+// comes before the next reset brings the plan's allowance.
+function runwayCard(pool, r) {
+  if (!r) return null;
+  const r7 = r.last_7_days, r30 = r.last_30_days;
+  const date = (b) => b.runs_out_at ? when(b.runs_out_at).slice(0, 10) : t('not_out');
+  const reset = (b) => b.before_reset === null || b.before_reset === undefined ? '' : ' · ' + t(b.before_reset ? 'before_reset' : 'after_reset');
+  const soon = r7.before_reset === true;
+  return el('div', { class: 'card' + (soon ? ' warn' : ''), 'data-runway': pool },
+    el('div', { class: 'label' }, t('runway'), ' · ', pool), el('div', { class: 'value' }, date(r7)),
+    el('div', { class: 'sub' }, `${t('rate7')} ${num(r7.per_day)}${t('per_day')}${reset(r7)}`),
+    el('div', { class: 'sub' }, `${t('rate30')} ${num(r30.per_day)}${t('per_day')} · ${date(r30)}${reset(r30)}`));
+}
+
 async function overviewPage(main) {
   const b = st.balance;
   const cards = el('div', { class: 'cards' });
@@ -203,7 +221,8 @@ async function overviewPage(main) {
         el('div', { class: 'sub' }, Object.entries(p.by_kind).map(([k, v]) => `${k} ${num(v)}`).join(' · ')), bar),
       el('div', { class: 'card' }, el('div', { class: 'label' }, t('used_month'), ' · ', pool), el('div', { class: 'value' }, num(p.used_this_cycle))),
       el('div', { class: 'card' }, el('div', { class: 'label' }, t('expiring'), ' · ', pool), el('div', { class: 'value' }, num(p.expiring_within_14_days)),
-        Number(p.shortfall) ? el('div', { class: 'sub' }, t('shortfall'), ' ', num(p.shortfall)) : null));
+        Number(p.shortfall) ? el('div', { class: 'sub' }, t('shortfall'), ' ', num(p.shortfall)) : null),
+      runwayCard(pool, p.runway));
   }
   const plan = b.plan ? `${t('plan')}: ${b.plan.name} · ${t('cycle')} ${b.plan.cycle} · ${when(b.plan.cycle_start)} – ${when(b.plan.cycle_end)}` : t('no_plan') + ' · ' + when(b.cycle_start);
   main.append(el('h2', {}, st.account), el('p', { class: 'muted', id: 'plan' }, plan, ' · ', t('flex'), ': ', b.flex.enabled ? t('on') : t('off'), ` (${num(b.flex.used)} / ${num(b.flex.threshold)})`), cards,
