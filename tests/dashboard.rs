@@ -364,3 +364,68 @@ fn cell(dom: &str, row: &str, col: &str) -> Option<f64> {
     let td = between(tr, &format!("data-col=\"{col}\""), "</td>");
     attr_values(td, "data-value").first().copied()
 }
+
+/// Issue 26, points 2 and 3: an account on the pro plan (100 a month) that used 90 in a
+/// day shows the 80% warning with the cheapest cover of a month at that rate, and when its
+/// credits run out (before the reset), in English and Korean. By hand: 90 in 7 days is
+/// 12.857 a day, 385.71 a month, 285.71 more than the plan: one 2,500 pack ($25) beats
+/// enterprise ($35 more a month). Screenshots: target/artifacts/dashboard/runway-*.png.
+#[test]
+fn runway_and_a_recommendation_with_the_80_percent_warning() {
+    let d = Deployment::new(1);
+    let start = hours_ago(30);
+    let mut events = vec![
+        json!({"specversion": "1.0", "type": "account.plan", "id": "p-1",
+        "source": "billing", "subject": "acme", "time": rfc3339(start),
+        "data": {"plan": "pro"}}),
+    ];
+    for i in 0..9i64 {
+        events.push(usage(
+            &format!("u{i}"),
+            "acme",
+            start + TimeDelta::hours(2 + i),
+            json!({"user": "kim@acme.kr", "feature": "image_generation", "variant": "mid"}),
+        ));
+    }
+    d.send(&events);
+    d.drain();
+    let server = Server::start(&d, &[]);
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/dashboard");
+    std::fs::create_dir_all(&artifacts).expect("artifacts folder");
+    for (lang, warning, advice) in [
+        (
+            "en",
+            "90% of this cycle's included ai credits are used.",
+            "buy 1 pack(s) of 2500 credits for $25.00",
+        ),
+        (
+            "ko",
+            "이번 주기 기본 제공 ai 크레딧의 90%를 사용했습니다.",
+            "2500 크레딧 충전 팩 1개 구매 ($25.00)",
+        ),
+    ] {
+        let url = format!(
+            "{}/#key={ADMIN_KEY}&page=overview&account=acme&lang={lang}",
+            server.base
+        );
+        let dom = page(&url, &format!("runway-{lang}"));
+        assert!(
+            dom.contains("data-recommendation=\"buy_pack\""),
+            "{lang}: {dom}"
+        );
+        assert!(dom.contains(warning), "{lang}: {dom}");
+        assert!(dom.contains(advice), "{lang}: {dom}");
+        // 10 left at 12.857 a day run out well before the cycle's end.
+        let card = between(&dom, "data-runway=\"ai\"", "</div></div>");
+        assert!(
+            dom.contains("class=\"card warn\" data-runway=\"ai\""),
+            "{lang}: {card}"
+        );
+        let shot = artifacts.join(format!("runway-{lang}.png"));
+        let (_, log) = chromium(
+            &tempdir(&format!("runway-{lang}-shot")),
+            &[&format!("--screenshot={}", shot.display()), &url],
+        );
+        assert!(shot.is_file(), "no screenshot in {lang}: {log}");
+    }
+}

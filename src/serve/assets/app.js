@@ -22,6 +22,7 @@ const T = {
     hold_released: 'released before', hold_expired: 'expired',
     runway: 'Runs out', per_day: '/day', rate7: 'last 7 days', rate30: 'last 30 days', not_out: 'Not at this rate',
     before_reset: 'before the next reset', after_reset: 'after the next reset',
+    included_warning: '{percent}% of this cycle\'s included {pool} credits are used.', recommended: 'Recommended',
   },
   ko: {
     title: 'AI 크레딧', key: 'API 키', signin: '로그인', logout: '로그아웃', account: '계정',
@@ -42,6 +43,7 @@ const T = {
     hold_released: '먼저 해제됨', hold_expired: '만료됨',
     runway: '소진 예상', per_day: '/일', rate7: '최근 7일', rate30: '최근 30일', not_out: '이 속도로는 소진되지 않음',
     before_reset: '다음 초기화 전', after_reset: '다음 초기화 후',
+    included_warning: '이번 주기 기본 제공 {pool} 크레딧의 {percent}%를 사용했습니다.', recommended: '추천',
   },
 };
 const PAGES = ['overview', 'usage', 'history', 'ledger', 'monthly', 'matrix'];
@@ -224,8 +226,19 @@ async function overviewPage(main) {
         Number(p.shortfall) ? el('div', { class: 'sub' }, t('shortfall'), ' ', num(p.shortfall)) : null),
       runwayCard(pool, p.runway));
   }
+  // The 80% warning [002] with the cheapest way to cover a month at the recent rate.
+  const advice = el('div', { id: 'advice' });
+  for (const [pool, p] of Object.entries(b.pools)) {
+    const warn = p.included_used_percent !== null && p.included_used_percent !== undefined && p.included_used_percent >= 80;
+    if (!warn && !p.recommendation) continue;
+    const r = p.recommendation;
+    advice.append(el('div', { class: 'notice advice', 'data-recommendation': r ? r.action : 'none' },
+      warn ? el('strong', {}, t('included_warning', { percent: p.included_used_percent, pool })) : null,
+      warn && r ? ' ' : null,
+      r ? el('span', {}, t('recommended'), ': ', st.lang === 'ko' ? r.text_ko : r.text_en) : null));
+  }
   const plan = b.plan ? `${t('plan')}: ${b.plan.name} · ${t('cycle')} ${b.plan.cycle} · ${when(b.plan.cycle_start)} – ${when(b.plan.cycle_end)}` : t('no_plan') + ' · ' + when(b.cycle_start);
-  main.append(el('h2', {}, st.account), el('p', { class: 'muted', id: 'plan' }, plan, ' · ', t('flex'), ': ', b.flex.enabled ? t('on') : t('off'), ` (${num(b.flex.used)} / ${num(b.flex.threshold)})`), cards,
+  main.append(el('h2', {}, st.account), el('p', { class: 'muted', id: 'plan' }, plan, ' · ', t('flex'), ': ', b.flex.enabled ? t('on') : t('off'), ` (${num(b.flex.used)} / ${num(b.flex.threshold)})`), advice, cards,
     el('h2', {}, t('by_service')), periodPicker(() => render()), await usageChart('service'));
 }
 
