@@ -101,3 +101,46 @@ fn crossing_the_limit_mails_the_admins_once() {
     assert_eq!(again.as_array().map(Vec::len), Some(1), "{again}");
     assert_eq!(mail.raw_emails().map(|m| m.len()), Some(1));
 }
+
+/// Issue 26, point 4: a cycle's allowance emails the admins of an account that opted in
+/// (`reset_email`), and nobody else.
+#[test]
+fn a_reset_email_goes_only_to_accounts_that_asked() {
+    let d = Deployment::new(2);
+    let mail = MailDev::start();
+    let port = mail.smtp.to_string();
+    let smtp = [
+        ("TALLY_SMTP__PORT", port.as_str()),
+        ("TALLY_SMTP__HOST", "127.0.0.1"),
+    ];
+    let at = hours_ago(3);
+    let settings = |account: &str, data: Value| {
+        json!({"specversion": "1.0", "type": "account.settings", "id": format!("s-{account}"),
+               "source": "billing", "subject": account, "time": common::rfc3339(at), "data": data})
+    };
+    let plan = |account: &str| {
+        json!({"specversion": "1.0", "type": "account.plan", "id": format!("p-{account}"),
+               "source": "billing", "subject": account, "time": common::rfc3339(hours_ago(2)),
+               "data": {"plan": "pro"}})
+    };
+    d.send(&[
+        settings(
+            "acme",
+            json!({"admins": ["ops@acme.example"], "reset_email": true}),
+        ),
+        settings("beta", json!({"admins": ["ops@beta.example"]})),
+        plan("acme"),
+        plan("beta"),
+    ]);
+    d.drain_with(&smtp);
+    let mails = mail.wait_for(1);
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let subject = text(&mails[0], "subject");
+    assert!(
+        subject.contains("acme: the new cycle's 100 ai credits have arrived"),
+        "{subject}"
+    );
+    let alerts = d.json(&["alerts", "acme"]);
+    assert_eq!(alerts[0]["kind"], "reset", "{alerts}");
+    assert_eq!(d.json(&["alerts", "beta"]), json!([]));
+}

@@ -23,14 +23,18 @@ pub enum AlertKind {
     Shortfall,
     /// More than a minimum of credits expires within 14 days [000].
     Expiring,
+    /// A cycle's allowance arrived: the opt-in reset email [003] (`reset_email` in
+    /// `account.settings`), decided by `hooks::reset_emails`, never by `evaluate`.
+    Reset,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 4] = [
+    pub const ALL: [AlertKind; 5] = [
         AlertKind::LowBalance,
         AlertKind::IncludedUsed,
         AlertKind::Shortfall,
         AlertKind::Expiring,
+        AlertKind::Reset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl AlertKind {
             AlertKind::IncludedUsed => "included_used",
             AlertKind::Shortfall => "shortfall",
             AlertKind::Expiring => "expiring",
+            AlertKind::Reset => "reset",
         }
     }
 }

@@ -60,7 +60,7 @@ impl NoticeKind {
             NoticeKind::Alert(AlertKind::IncludedUsed) => "credit.included_used",
             NoticeKind::Alert(AlertKind::Shortfall) => "credit.shortfall",
             NoticeKind::Alert(AlertKind::Expiring) => "credit.expiring",
-            NoticeKind::Reset => "credit.reset",
+            NoticeKind::Reset | NoticeKind::Alert(AlertKind::Reset) => "credit.reset",
             NoticeKind::LotExpired => "credit.lot_expired",
             NoticeKind::HoldExpired => "credit.hold_expired",
             NoticeKind::ShortfallRecorded => "credit.shortfall_recorded",
@@ -360,6 +360,50 @@ pub fn after_step(book: &mut Book, step: &Step, global: bool) -> Vec<Notice> {
     notices
 }
 
+/// The opt-in reset emails of one step: an alert of kind `Reset` for every cycle's
+/// allowance that arrived on an account with `reset_email` on and admins to tell.
+pub fn reset_emails(book: &Book, step: &Step) -> Vec<Alert> {
+    let own: &[LedgerEntry] = match &step.outcome {
+        Outcome::Applied { entries, .. } => entries,
+        _ => &[],
+    };
+    let mut emails = Vec::new();
+    for entry in step.due.iter().chain(own) {
+        if entry.entry_type != EntryType::Grant || entry.lot_kind != Some(LotKind::Included) {
+            continue;
+        }
+        let Some(state) = book.accounts.get(&entry.account) else {
+            continue;
+        };
+        if !state.hooks.reset_email || state.admins.is_empty() || !is_allowance(entry, state) {
+            continue;
+        }
+        let at = book.clock.unwrap_or(entry.time);
+        emails.push(Alert {
+            id: format!("{}/{}/reset/{}", entry.account, entry.pool, entry.lot),
+            account: entry.account.clone(),
+            pool: entry.pool.clone(),
+            kind: AlertKind::Reset,
+            threshold: entry.credits,
+            balance: available(state, &entry.pool, at),
+            time: entry.time,
+            cycle_start: entry.time,
+            locale: state.locale.clone().unwrap_or_else(|| "en".into()),
+            recipients: state.admins.clone(),
+        });
+    }
+    emails
+}
+
+/// Whether a grant entry is a cycle's allowance the plan issued.
+fn is_allowance(entry: &LedgerEntry, state: &AccountState) -> bool {
+    entry.lot_kind == Some(LotKind::Included)
+        && state
+            .lots
+            .iter()
+            .any(|lot| lot.id == entry.lot && lot.from_plan)
+}
+
 /// The account's endpoints that take `kind`.
 fn endpoints(state: &AccountState, kind: NoticeKind) -> Vec<Endpoint> {
     state
@@ -401,13 +445,7 @@ fn lifecycle(entry: &LedgerEntry, state: &AccountState, at: DateTime<Utc>) -> Op
     let (kind, id, credits, reference) = match entry.entry_type {
         // A cycle's allowance: an included lot the plan issued (not a grant of kind
         // `included` that a billing system sent).
-        EntryType::Grant
-            if entry.lot_kind == Some(LotKind::Included)
-                && state
-                    .lots
-                    .iter()
-                    .any(|lot| lot.id == entry.lot && lot.from_plan) =>
-        {
+        EntryType::Grant if is_allowance(entry, state) => {
             let kind = NoticeKind::Reset;
             let id = format!("{a}/{}/{}", kind.event_type(), entry.lot);
             (kind, id, entry.credits, entry.lot.clone())

@@ -84,6 +84,10 @@ pub fn render(alert: &Alert, digest: &[Alert], wording: &Wording) -> Rendered {
         (words.alert, (words.kind)(alert.kind).to_string()),
         (words.time, time(alert.time)),
     ];
+    if alert.kind == AlertKind::Reset {
+        // The allowance is in the headline; there is no threshold to speak of.
+        fields.retain(|(label, _)| *label != words.threshold);
+    }
     if let Some(burn) = &alert.runway {
         let date = burn.runs_out_at.map(|at| at.format("%Y-%m-%d").to_string());
         let before = burn.before_reset == Some(true);
@@ -353,6 +357,7 @@ const ENGLISH: Words = Words {
         AlertKind::IncludedUsed => "80% of included credits used",
         AlertKind::Shortfall => "credits ran out",
         AlertKind::Expiring => "credits expiring within 14 days",
+        AlertKind::Reset => "the new cycle's credits arrived",
     },
     subject: |account, pool, kind, balance, threshold| match kind {
         AlertKind::LowBalance => {
@@ -364,6 +369,9 @@ const ENGLISH: Words = Words {
         AlertKind::Shortfall => format!("{account}: {pool} credits ran out"),
         AlertKind::Expiring => {
             format!("{account}: {balance} {pool} credits expire within 14 days")
+        }
+        AlertKind::Reset => {
+            format!("{account}: the new cycle's {threshold} {pool} credits have arrived")
         }
     },
     headline: |account, pool, kind, balance, threshold| {
@@ -380,6 +388,9 @@ const ENGLISH: Words = Words {
         ),
         AlertKind::Expiring => format!(
             "{balance} {pool} credits of {account} expire within 14 days (alert minimum {threshold})."
+        ),
+        AlertKind::Reset => format!(
+            "A new cycle began for {account}: its plan's {threshold} {pool} credits have arrived; {balance} credits are available."
         ),
     }
     },
@@ -417,6 +428,7 @@ const KOREAN: Words = Words {
         AlertKind::IncludedUsed => "기본 제공 크레딧 80% 사용",
         AlertKind::Shortfall => "크레딧 소진",
         AlertKind::Expiring => "14일 이내 만료 예정 크레딧",
+        AlertKind::Reset => "새 주기 크레딧 지급",
     },
     subject: |account, pool, kind, balance, threshold| match kind {
         AlertKind::LowBalance => {
@@ -429,6 +441,7 @@ const KOREAN: Words = Words {
         AlertKind::Expiring => {
             format!("{account}: {pool} 크레딧 {balance} 14일 이내 만료 예정")
         }
+        AlertKind::Reset => format!("{account}: 새 주기 {pool} 크레딧 {threshold} 지급"),
     },
     headline: |account, pool, kind, balance, threshold| {
         match kind {
@@ -444,6 +457,9 @@ const KOREAN: Words = Words {
         ),
         AlertKind::Expiring => format!(
             "{account} 계정의 {pool} 크레딧 중 {balance} 크레딧이 14일 이내에 만료됩니다 (알림 최소량 {threshold})."
+        ),
+        AlertKind::Reset => format!(
+            "{account} 계정의 새 주기가 시작되어 요금제의 {pool} 크레딧 {threshold}이(가) 지급되었습니다. 사용 가능한 크레딧: {balance}."
         ),
     }
     },

@@ -175,6 +175,8 @@ impl PartitionWork {
         let global = rules.alerts.global_webhooks;
         self.notices
             .extend(tally_core::hooks::after_step(&mut self.book, &step, global));
+        self.alerts
+            .extend(tally_core::hooks::reset_emails(&self.book, &step));
         self.alerts.extend(step.alerts);
         if which == Which::Commands {
             // Every decision of a command, and every rejected command: a caller of

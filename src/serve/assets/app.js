@@ -323,7 +323,8 @@ async function notice() {
   // This cycle's alerts, and any of the last 7 days (a cycle may just have turned over).
   const week = new Date(Date.now() - 7 * 864e5).toISOString().slice(0, 19);
   const since = b.cycle_start.slice(0, 19) < week ? b.cycle_start.slice(0, 19) : week;
-  const recent = alerts.filter((a) => a.time.slice(0, 19) >= since).pop();
+  // Reset notices (a new cycle's credits) are news, not a low-credit alert.
+  const recent = alerts.filter((a) => a.kind !== 'reset' && a.time.slice(0, 19) >= since).pop();
   if (recent) {
     box.textContent = t('alert_notice', { pool: recent.pool, balance: num(recent.balance), threshold: num(recent.threshold), kind: recent.kind, time: when(recent.time) });
     box.hidden = false;
