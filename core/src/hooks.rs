@@ -415,12 +415,15 @@ fn endpoints(state: &AccountState, kind: NoticeKind) -> Vec<Endpoint> {
         .collect()
 }
 
+/// The pool's available credits, as `AccountState::balance` counts them, without building
+/// every pool's balance (this runs on every call of an account with an auto top-up).
 fn available(state: &AccountState, pool: &str, at: DateTime<Utc>) -> Credits {
     state
-        .balance(at)
-        .get(pool)
-        .map(|b| b.available)
-        .unwrap_or_default()
+        .lots
+        .iter()
+        .filter(|lot| lot.usable(pool, at))
+        .map(|lot| lot.free())
+        .sum()
 }
 
 /// An alert as a notice, with the alert's own id.
@@ -552,6 +555,45 @@ mod tests {
             assert!(check_url(bad).is_err(), "{bad}");
         }
         assert!(check_url(&format!("https://e.com/{}", "a".repeat(MAX_URL_LEN))).is_err());
+    }
+
+    #[test]
+    fn available_is_what_the_balance_says() {
+        use crate::lots::{Lot, LotKind};
+        let at: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().expect("time");
+        let lot = |id: &str, pool: &str, remaining: i64, held: i64, expired: bool| Lot {
+            id: id.into(),
+            pool: pool.into(),
+            kind: LotKind::Purchased,
+            granted: Credits::from_whole(100),
+            remaining: Credits::from_whole(remaining),
+            effective_at: at - chrono::TimeDelta::days(1),
+            expires_at: None,
+            priority: None,
+            seq: 0,
+            voided: false,
+            expired,
+            from_plan: false,
+            held: Credits::from_whole(held),
+        };
+        let state = AccountState {
+            lots: vec![
+                lot("a", "ai", 50, 5, false),
+                lot("b", "ai", 30, 0, false),
+                lot("c", "ai", 70, 0, true),
+                lot("d", "scan", 9, 0, false),
+            ],
+            ..AccountState::default()
+        };
+        for pool in ["ai", "scan", "none"] {
+            let whole = state
+                .balance(at)
+                .get(pool)
+                .map(|b| b.available)
+                .unwrap_or_default();
+            assert_eq!(available(&state, pool, at), whole, "{pool}");
+        }
+        assert_eq!(available(&state, "ai", at), Credits::from_whole(75));
     }
 
     #[test]
