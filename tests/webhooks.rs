@@ -380,3 +380,50 @@ fn every_webhook_arrives_signed_and_once_across_failures_and_kills() {
     };
     assert_eq!(ids("/acme"), ids("/global"));
 }
+
+/// An account's endpoint on loopback is refused by default (no request reaches it), and
+/// the delivery is recorded as failed with the reason.
+#[test]
+fn an_account_endpoint_on_a_private_address_is_refused() {
+    let receiver = Receiver::start(&json!({}));
+    let d = Deployment::with_env(
+        1,
+        vec![("TALLY_WEBHOOKS__SIGNING_KEY".into(), SIGNING_KEY.into())],
+        "http://127.0.0.1:8123".into(),
+    );
+    let at = hours_ago(2);
+    d.send(&[
+        grant(
+            "g1",
+            "acme",
+            at,
+            json!({"kind": "purchased", "credits": 60, "expires_at": null}),
+        ),
+        // 60 is below the top-up line at once: one request, to a loopback URL.
+        command(
+            "s1",
+            "account.settings",
+            "acme",
+            at + TimeDelta::minutes(1),
+            json!({"webhooks": [{"id": "main", "url": receiver.url("/acme")}],
+                   "top_up": {"below": 100, "credits": 500}}),
+        ),
+    ]);
+    d.drain();
+    let rows =
+        d.sql("SELECT event_type, status, attempts, error FROM webhooks FINAL FORMAT JSONEachRow");
+    let rows: Vec<Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["event_type"], "credit.top_up_requested");
+    assert_eq!(rows[0]["status"], "failed");
+    assert_eq!(rows[0]["attempts"], 1);
+    let error = rows[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("127.0.0.1 is not a public address"),
+        "{error}"
+    );
+    assert!(receiver.log().is_empty(), "a request reached the receiver");
+}

@@ -460,6 +460,68 @@ mod tests {
         );
     }
 
+    fn load(env: &[(&str, &str)]) -> Result<crate::config::Config, String> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        crate::config::Config::load_from(None, env)
+            .map(|(config, _)| config)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn global_endpoints_need_a_secret_and_an_http_url() {
+        let url = (
+            "TALLY_WEBHOOKS__ENDPOINTS__BILLING__URL",
+            "https://b.example/h",
+        );
+        let e = load(&[url]).expect_err("no secret");
+        assert!(e.contains("endpoint `billing` has no secret"), "{e}");
+        let secret = (
+            "TALLY_WEBHOOKS__SECRETS",
+            "billing=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let config = load(&[url, secret]).expect("valid");
+        assert_eq!(
+            config.webhooks.endpoints["billing"].url,
+            "https://b.example/h"
+        );
+        let e = load(&[("TALLY_WEBHOOKS__SECRETS", "billing=nope"), url]).expect_err("bad");
+        assert!(e.contains("whsec_") && !e.contains("nope"), "{e}");
+        let ftp = (
+            "TALLY_WEBHOOKS__ENDPOINTS__BILLING__URL",
+            "ftp://b.example/",
+        );
+        let e = load(&[ftp, secret]).expect_err("ftp");
+        assert!(e.contains("not an http"), "{e}");
+        let events = (
+            "TALLY_WEBHOOKS__ENDPOINTS__BILLING__EVENTS",
+            "credit.reset, credit.nope",
+        );
+        let e = load(&[url, secret, events]).expect_err("unknown type");
+        assert!(e.contains("credit.nope"), "{e}");
+        let short = ("TALLY_WEBHOOKS__SIGNING_KEY", "short");
+        let e = load(&[short]).expect_err("short key");
+        assert!(e.contains("at least 32") && !e.contains("short\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_refused_in_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("tally-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("tally.toml");
+        std::fs::write(
+            &file,
+            "[webhooks]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .expect("write");
+        let e = crate::config::Config::load(&file, Vec::new()).expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("TALLY_WEBHOOKS__SIGNING_KEY") && !text.contains("0123456789abcdef"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn account_secrets_differ_by_account_endpoint_and_rotation() {
         let key = "k".repeat(32);
