@@ -339,16 +339,22 @@ fn main() -> anyhow::Result<()> {
             let rows = rt
                 .block_on(tally::store::webhooks::of_account(&store, &account))
                 .context("ClickHouse: webhooks")?;
-            for row in rows {
-                if json {
-                    println!(
-                        "{}",
+            if json {
+                let list: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|row| {
                         serde_json::json!({"webhook_id": row.webhook_id, "endpoint": row.endpoint,
-                            "event_type": row.event_type, "notice_id": row.notice_id,
-                            "status": row.status, "attempts": row.attempts,
-                            "response_status": row.response_status, "error": row.error})
-                    );
-                } else {
+                            "url": row.url, "event_type": row.event_type,
+                            "notice_id": row.notice_id, "status": row.status,
+                            "attempts": row.attempts, "response_status": row.response_status,
+                            "error": row.error})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if rows.is_empty() {
+                println!("no webhooks for `{account}`");
+            } else {
+                for row in rows {
                     println!(
                         "{}  {:<24} {:<28} {:<8} attempts {}  {}",
                         row.webhook_id,

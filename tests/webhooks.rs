@@ -426,4 +426,8 @@ fn an_account_endpoint_on_a_private_address_is_refused() {
         "{error}"
     );
     assert!(receiver.log().is_empty(), "a request reached the receiver");
+    // `tally webhooks` says the same.
+    let listed = d.json(&["webhooks", "acme"]);
+    assert_eq!(listed[0]["status"], "failed", "{listed}");
+    assert_eq!(listed[0]["endpoint"], "account:main", "{listed}");
 }

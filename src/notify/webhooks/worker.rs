@@ -78,6 +78,9 @@ impl WebhookWorker {
             unwritten: BTreeMap::new(),
             store_failures: 0,
             store_retry_at: None,
+            unchecked: Vec::new(),
+            lookup_failures: 0,
+            lookup_retry_at: None,
             report: HookReport::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -270,6 +273,10 @@ struct Worker {
     unwritten: BTreeMap<Key, WebhookRow>,
     store_failures: u32,
     store_retry_at: Option<Instant>,
+    /// Deliveries whose earlier rows could not be looked up yet, and when to try again.
+    unchecked: Vec<Delivery>,
+    lookup_failures: u32,
+    lookup_retry_at: Option<Instant>,
     report: HookReport,
 }
 
@@ -318,6 +325,7 @@ impl Worker {
             .collect();
         match table::find(&self.store, &keys).await {
             Ok(rows) => {
+                self.lookup_failures = 0;
                 let stored: HashMap<Key, WebhookRow> =
                     rows.into_iter().map(|r| (r.key(), r)).collect();
                 fresh.retain_mut(|t| match stored.get(&t.key()) {
@@ -337,10 +345,15 @@ impl Worker {
                 });
             }
             Err(e) => {
-                // Nothing is sent that the table has not been asked about: what cannot
-                // be looked up stays pending (the flush wrote it) for the next start.
-                tracing::warn!(error = %e, deliveries = fresh.len(),
-                    "cannot look up earlier webhooks; they wait for the next start");
+                // Nothing is sent that the table has not been asked about: the look-up is
+                // tried again with backoff (the rows stay pending meanwhile, so a stop
+                // leaves them for the next start).
+                self.lookup_failures += 1;
+                let wait = backoff(self.lookup_failures, STORE_BACKOFF.0, STORE_BACKOFF.1);
+                tracing::warn!(error = %e, deliveries = fresh.len(), retry_in = ?wait,
+                    "cannot look up earlier webhooks; will try again");
+                self.unchecked.extend(fresh.into_iter().map(|t| t.d));
+                self.lookup_retry_at = Some(Instant::now() + wait);
                 return;
             }
         }
@@ -352,6 +365,11 @@ impl Worker {
 
     /// Sends what is due, within the rates; with a deadline, stops at it.
     async fn step(&mut self, deadline: Option<Instant>) {
+        if self.lookup_retry_at.is_some_and(|at| at <= Instant::now()) {
+            self.lookup_retry_at = None;
+            let again = std::mem::take(&mut self.unchecked);
+            self.accept(again).await;
+        }
         let now = Instant::now();
         let (due, later): (Vec<Tracked>, Vec<Tracked>) = std::mem::take(&mut self.queue)
             .into_iter()
@@ -511,7 +529,8 @@ impl Worker {
         }
         loop {
             self.step(Some(deadline)).await;
-            let idle = self.queue.is_empty() && self.unwritten.is_empty();
+            let idle =
+                self.queue.is_empty() && self.unwritten.is_empty() && self.unchecked.is_empty();
             match self.next_wake() {
                 Some(wake) if !idle && wake < deadline => sleep_until(wake).await,
                 _ => break,
@@ -519,7 +538,7 @@ impl Worker {
         }
         self.flush_rows().await;
         let mut report = self.report;
-        report.left_pending = self.queue.len();
+        report.left_pending = self.queue.len() + self.unchecked.len();
         if !self.unwritten.is_empty() {
             tracing::error!(
                 rows = self.unwritten.len(),
@@ -540,6 +559,7 @@ impl Worker {
             .iter()
             .map(|t| t.due)
             .chain(self.store_retry_at)
+            .chain(self.lookup_retry_at)
             .min()
     }
 
