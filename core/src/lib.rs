@@ -4,6 +4,7 @@
 pub mod account;
 pub mod alerts;
 pub mod book;
+pub mod borrowed;
 pub mod credits;
 pub mod dedup;
 pub mod event;

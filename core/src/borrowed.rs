@@ -1,0 +1,460 @@
+//! The borrowed reader of the event contract's hot path: a plain `ai.usage` event read in
+//! place, its strings borrowed from the payload (unescaped only when they hold escapes),
+//! its quantity read from the digits, with no allocation.
+//!
+//! It takes only what it is sure the full parser ([`crate::event::parse_reference`])
+//! accepts, and gives the same event; anything else (a command, a hold, an unknown field,
+//! a duplicate key, a limit exceeded, a syntax error, anything odd) is `None`, and the full
+//! parser decides and names the reason. So the rules and the rejection reasons are the
+//! full parser's by construction, and a property test (`core/tests/parser.rs`) checks
+//! that both give the same result on generated valid and invalid payloads.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+
+use crate::credits::{self, Credits};
+use crate::event::{check_name, check_text, Body, Event, Status, Usage};
+
+/// A usage event as read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent<'a> {
+    pub id: Cow<'a, str>,
+    /// The product service (`source`).
+    pub source: Cow<'a, str>,
+    /// The account (`subject`).
+    pub account: Cow<'a, str>,
+    /// When it happened; the arrival time when the event does not say.
+    pub time: DateTime<Utc>,
+    pub user: Cow<'a, str>,
+    pub feature: Cow<'a, str>,
+    pub variant: Option<Cow<'a, str>>,
+    pub quantity: Credits,
+    pub status: Status,
+    pub comment: Option<Cow<'a, str>>,
+}
+
+impl UsageEvent<'_> {
+    /// The owned event the full parser would have given.
+    pub fn into_event(self) -> Event {
+        Event {
+            id: self.id.into_owned(),
+            source: self.source.into_owned(),
+            account: self.account.into_owned(),
+            time: self.time,
+            body: Body::Usage(Usage {
+                user: self.user.into_owned(),
+                feature: self.feature.into_owned(),
+                variant: self.variant.map(Cow::into_owned),
+                quantity: self.quantity,
+                status: self.status,
+                comment: self.comment.map(Cow::into_owned),
+                hold: None,
+            }),
+        }
+    }
+}
+
+/// Deeper values than this in an ignored attribute go to the full parser (serde_json
+/// refuses nesting beyond 128).
+const MAX_DEPTH: usize = 64;
+
+/// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
+pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
+    // One UTF-8 check of the whole payload: every string between quotes is then valid.
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut r = Reader { text, at: 0 };
+    let mut seen = 0u16;
+    let mut id = None;
+    let mut source = None;
+    let mut ty = None;
+    let mut subject = None;
+    let mut time = None;
+    let mut data = None;
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    loop {
+        let key = r.key()?;
+        r.ws();
+        r.eat(b':')?;
+        r.ws();
+        let bit = match key {
+            "specversion" => {
+                if r.borrowed_string()? != "1.0" {
+                    return None;
+                }
+                1
+            }
+            "id" => {
+                id = Some(r.string()?);
+                2
+            }
+            "source" => {
+                source = Some(r.string()?);
+                4
+            }
+            "type" => {
+                ty = Some(r.string()?);
+                8
+            }
+            "subject" => {
+                subject = Some(r.string()?);
+                16
+            }
+            "time" => {
+                time = Some(r.borrowed_string()?);
+                32
+            }
+            "data" => {
+                data = Some(r.data()?);
+                64
+            }
+            _ => {
+                r.skip(0)?;
+                0
+            }
+        };
+        // A known attribute given twice is an error of the full parser.
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        r.ws();
+        match r.next()? {
+            b',' => r.ws(),
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    r.ws();
+    if r.at != text.len() || seen & 1 == 0 {
+        return None;
+    }
+    let (id, source, ty, account) = (id?, source?, ty?, subject?);
+    if ty != "ai.usage" || id.is_empty() || source.is_empty() || account.trim().is_empty() {
+        return None;
+    }
+    for name in [&id, &source, &ty, &account] {
+        check_name(name).ok()?;
+    }
+    let time = match time {
+        Some(text) => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
+        None => arrival,
+    };
+    let data = data?;
+    let (user, feature) = (data.user?, data.feature?);
+    if feature.is_empty() || data.quantity.is_negative() {
+        return None;
+    }
+    check_name(&user).ok()?;
+    check_name(&feature).ok()?;
+    if let Some(variant) = &data.variant {
+        check_name(variant).ok()?;
+    }
+    if let Some(comment) = &data.comment {
+        check_text(comment).ok()?;
+    }
+    Some(UsageEvent {
+        id,
+        source,
+        account,
+        time,
+        user,
+        feature,
+        variant: data.variant,
+        quantity: data.quantity,
+        status: data.status,
+        comment: data.comment,
+    })
+}
+
+/// The `data` of a usage event, as far as read.
+struct Data<'a> {
+    user: Option<Cow<'a, str>>,
+    feature: Option<Cow<'a, str>>,
+    variant: Option<Cow<'a, str>>,
+    quantity: Credits,
+    status: Status,
+    comment: Option<Cow<'a, str>>,
+}
+
+/// A cursor over the payload.
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// JSON's whitespace, as serde_json reads it.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// An object key: a string without escapes (keys with escapes go to the full parser).
+    fn key(&mut self) -> Option<&'a str> {
+        match self.string()? {
+            Cow::Borrowed(key) => Some(key),
+            Cow::Owned(_) => None,
+        }
+    }
+
+    /// A string the full parser borrows (`specversion`, `time`): no escapes.
+    fn borrowed_string(&mut self) -> Option<&'a str> {
+        self.key()
+    }
+
+    /// A string value, borrowed unless it holds escapes.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        loop {
+            match *bytes.get(self.at)? {
+                b'"' => {
+                    let s = self.text.get(start..self.at)?;
+                    self.at += 1;
+                    return Some(Cow::Borrowed(s));
+                }
+                b'\\' => break,
+                // A raw control character is a syntax error.
+                0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        let mut out = String::from(self.text.get(start..self.at)?);
+        loop {
+            let run = self.at;
+            loop {
+                match *bytes.get(self.at)? {
+                    b'"' | b'\\' => break,
+                    0..=0x1f => return None,
+                    _ => self.at += 1,
+                }
+            }
+            out.push_str(self.text.get(run..self.at)?);
+            if self.next()? == b'"' {
+                return Some(Cow::Owned(out));
+            }
+            let c = match self.next()? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let high = self.hex4()?;
+                    match high {
+                        0xd800..=0xdbff => {
+                            // Only a proper surrogate pair; a lone one is the full parser's.
+                            self.eat(b'\\')?;
+                            self.eat(b'u')?;
+                            let low = self.hex4()?;
+                            if !(0xdc00..=0xdfff).contains(&low) {
+                                return None;
+                            }
+                            char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                        }
+                        0xdc00..=0xdfff => return None,
+                        _ => char::from_u32(high)?,
+                    }
+                }
+                _ => return None,
+            };
+            out.push(c);
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.at..self.at + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.at += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// A number in JSON's grammar, as its text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let digits = |r: &mut Self| {
+            let from = r.at;
+            while bytes.get(r.at).is_some_and(u8::is_ascii_digit) {
+                r.at += 1;
+            }
+            r.at > from
+        };
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                digits(self);
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !digits(self) {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        self.text.get(start..self.at)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        if self.text.get(self.at..)?.starts_with(word) {
+            self.at += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// `null` (then `None`) or a string.
+    fn opt_string(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.peek()? == b'n' {
+            self.literal("null")?;
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// Skips one value of an attribute the envelope does not read.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => {
+                let close = if self.next()? == b'{' { b'}' } else { b']' };
+                self.ws();
+                if self.peek()? == close {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    if close == b'}' {
+                        self.string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        self.ws();
+                    }
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => self.ws(),
+                        b if b == close => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    /// The `data` object of a usage event: only its own fields, each once, each of the
+    /// type the full parser wants (`deny_unknown_fields` there); a hold goes to it too.
+    fn data(&mut self) -> Option<Data<'a>> {
+        let mut data = Data {
+            user: None,
+            feature: None,
+            variant: None,
+            quantity: Credits::from_whole(1),
+            status: Status::Succeeded,
+            comment: None,
+        };
+        let mut seen = 0u8;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(data);
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let bit = match key {
+                "user" => {
+                    data.user = Some(self.string()?);
+                    1
+                }
+                "feature" => {
+                    data.feature = Some(self.string()?);
+                    2
+                }
+                "variant" => {
+                    data.variant = self.opt_string()?;
+                    4
+                }
+                "quantity" => {
+                    let quantity = match self.peek()? {
+                        b'"' => credits::parse_decimal(&self.string()?),
+                        _ => credits::parse_decimal(self.number()?),
+                    };
+                    data.quantity = quantity.ok()?;
+                    8
+                }
+                "status" => {
+                    data.status = match &*self.string()? {
+                        "succeeded" => Status::Succeeded,
+                        "failed" => Status::Failed,
+                        _ => return None,
+                    };
+                    16
+                }
+                "comment" => {
+                    data.comment = self.opt_string()?;
+                    32
+                }
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(data),
+                _ => return None,
+            }
+        }
+    }
+}
