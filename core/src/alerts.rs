@@ -161,16 +161,25 @@ pub fn evaluate(
         Some(s) => s.cycle_start,
         None => plans::month_start(state.timezone(rules), at),
     };
-    let balances = state.balance(at);
-    let mut pools: Vec<&String> = balances.keys().chain(state.shortfall.keys()).collect();
+    // Every call of an account with admins comes here: the pools' available credits are
+    // summed in place (not through `balance`'s maps) and the checks borrow the pool names.
+    let mut pools: Vec<&str> = state
+        .lots
+        .iter()
+        .map(|lot| lot.pool.as_str())
+        .chain(state.shortfall.keys().map(String::as_str))
+        .collect();
     pools.sort();
     pools.dedup();
-    let mut checks: Vec<(String, AlertKind, bool, Credits, Credits)> = Vec::new();
+    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> = Vec::new();
     for pool in pools {
-        let b = balances.get(pool).cloned().unwrap_or_default();
+        let b = crate::account::PoolBalance {
+            available: crate::account::available(&state.lots, pool, at),
+            ..Default::default()
+        };
         if limits.low_balance.is_positive() {
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::LowBalance,
                 b.available < limits.low_balance,
                 limits.low_balance,
@@ -180,7 +189,7 @@ pub fn evaluate(
         if limits.shortfall {
             let owed = state.shortfall.get(pool).copied().unwrap_or_default();
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::Shortfall,
                 owed.is_positive(),
                 Credits::ZERO,
@@ -199,7 +208,7 @@ pub fn evaluate(
                 .map(|lot| lot.free())
                 .sum();
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::Expiring,
                 expiring > limits.expiring_min,
                 limits.expiring_min,
@@ -222,7 +231,7 @@ pub fn evaluate(
                     / 100;
                 let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
                 checks.push((
-                    pool.clone(),
+                    pool,
                     AlertKind::IncludedUsed,
                     used >= line,
                     line,
@@ -273,7 +282,7 @@ pub fn evaluate(
                 cycle_start.timestamp()
             ),
             account: account.to_string(),
-            pool,
+            pool: pool.to_string(),
             kind,
             threshold,
             balance,

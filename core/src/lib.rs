@@ -11,6 +11,7 @@ pub mod event;
 pub mod holds;
 pub mod ledger;
 pub mod lots;
+pub mod names;
 pub mod plans;
 pub mod pricing;
 
@@ -21,4 +22,5 @@ pub use event::Rejection;
 pub use holds::{Answer, Check, Hold, HoldStatus};
 pub use ledger::{EntryType, LedgerEntry};
 pub use lots::{Lot, LotKind, Policy};
+pub use names::{Name, Names};
 pub use pricing::CostMatrix;
