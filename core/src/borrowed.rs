@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 
 use crate::credits::{self, Credits};
-use crate::event::{check_name, check_text, Body, Event, Status, Usage};
+use crate::event::{check_name, check_text, Body, Event, Status, Usage, MAX_NAME_BYTES};
 
 /// A usage event as read in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,11 @@ const MAX_DEPTH: usize = 64;
 pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     // One UTF-8 check of the whole payload: every string between quotes is then valid.
     let text = std::str::from_utf8(payload).ok()?;
-    let mut r = Reader { text, at: 0 };
+    let mut r = Reader {
+        text,
+        at: 0,
+        suspect: false,
+    };
     let mut seen = 0u16;
     let mut id = None;
     let mut source = None;
@@ -87,19 +91,19 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
                 1
             }
             "id" => {
-                id = Some(r.string()?);
+                id = Some(r.name()?);
                 2
             }
             "source" => {
-                source = Some(r.string()?);
+                source = Some(r.name()?);
                 4
             }
             "type" => {
-                ty = Some(r.string()?);
+                ty = Some(r.name()?);
                 8
             }
             "subject" => {
-                subject = Some(r.string()?);
+                subject = Some(r.name()?);
                 16
             }
             "time" => {
@@ -132,26 +136,27 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
-    if ty != "ai.usage" || id.is_empty() || source.is_empty() || account.trim().is_empty() {
+    if ty.0 != "ai.usage" || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty()
+    {
         return None;
     }
-    for name in [&id, &source, &ty, &account] {
-        check_name(name).ok()?;
+    if !(name_ok(&id) && name_ok(&source) && name_ok(&account)) {
+        return None;
     }
+    let (id, source, account) = (id.0, source.0, account.0);
     let time = match time {
         Some(text) => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
         None => arrival,
     };
     let data = data?;
     let (user, feature) = (data.user?, data.feature?);
-    if feature.is_empty() || data.quantity.is_negative() {
+    if feature.0.is_empty() || data.quantity.is_negative() {
         return None;
     }
-    check_name(&user).ok()?;
-    check_name(&feature).ok()?;
-    if let Some(variant) = &data.variant {
-        check_name(variant).ok()?;
+    if !(name_ok(&user) && name_ok(&feature) && data.variant.as_ref().is_none_or(name_ok)) {
+        return None;
     }
+    let (user, feature) = (user.0, feature.0);
     if let Some(comment) = &data.comment {
         check_text(comment).ok()?;
     }
@@ -162,7 +167,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         time,
         user,
         feature,
-        variant: data.variant,
+        variant: data.variant.map(|v| v.0),
         quantity: data.quantity,
         status: data.status,
         comment: data.comment,
@@ -171,18 +176,73 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
 
 /// The `data` of a usage event, as far as read.
 struct Data<'a> {
-    user: Option<Cow<'a, str>>,
-    feature: Option<Cow<'a, str>>,
-    variant: Option<Cow<'a, str>>,
+    user: Option<Named<'a>>,
+    feature: Option<Named<'a>>,
+    variant: Option<Named<'a>>,
     quantity: Credits,
     status: Status,
     comment: Option<Cow<'a, str>>,
+}
+
+/// A name as read, and whether it may hold what [`check_name`] refuses beyond its length
+/// (escapes, DEL, or a 0xC2 byte that may start a C1 control). A raw C0 control cannot be
+/// in a string read at all: JSON refuses it.
+type Named<'a> = (Cow<'a, str>, bool);
+
+/// [`check_name`], with its full check only for names that need it.
+fn name_ok(name: &Named<'_>) -> bool {
+    match name {
+        (text, true) => check_name(text).is_ok(),
+        (text, false) => text.len() <= MAX_NAME_BYTES,
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit of each byte of `word` equal to `byte`; a false one only above a true one.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Index of the first byte at or after `at` that ends or escapes a string or cannot be in
+/// one (`"`, `\\`, a control byte), or that a name check must look at (DEL, 0xC2); the
+/// length when there is none. Eight bytes a step.
+fn scan(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(chunk);
+        // Bytes below 0x20: the subtraction borrows into their high bit.
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        let found = control
+            | bytes_equal(word, b'"')
+            | bytes_equal(word, b'\\')
+            | bytes_equal(word, 0x7f)
+            | bytes_equal(word, 0xc2);
+        if found != 0 {
+            // The lowest flagged byte is a true one (false flags only follow true ones).
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&b) = bytes.get(at) {
+        if matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f | 0xc2) {
+            break;
+        }
+        at += 1;
+    }
+    at
 }
 
 /// A cursor over the payload.
 struct Reader<'a> {
     text: &'a str,
     at: usize,
+    /// Set when a string read held an escape, DEL or 0xC2 (see [`Named`]).
+    suspect: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -220,12 +280,20 @@ impl<'a> Reader<'a> {
         self.key()
     }
 
+    /// A name: a string, and whether [`name_ok`] must check it in full.
+    fn name(&mut self) -> Option<Named<'a>> {
+        self.suspect = false;
+        let text = self.string()?;
+        Some((text, self.suspect))
+    }
+
     /// A string value, borrowed unless it holds escapes.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let bytes = self.text.as_bytes();
         let start = self.at;
         loop {
+            self.at = scan(bytes, self.at);
             match *bytes.get(self.at)? {
                 b'"' => {
                     let s = self.text.get(start..self.at)?;
@@ -235,9 +303,14 @@ impl<'a> Reader<'a> {
                 b'\\' => break,
                 // A raw control character is a syntax error.
                 0..=0x1f => return None,
-                _ => self.at += 1,
+                // DEL or 0xC2: fine in a string, a name check looks at it.
+                _ => {
+                    self.suspect = true;
+                    self.at += 1;
+                }
             }
         }
+        self.suspect = true;
         let mut out = String::from(self.text.get(start..self.at)?);
         loop {
             let run = self.at;
@@ -412,15 +485,21 @@ impl<'a> Reader<'a> {
             self.ws();
             let bit = match key {
                 "user" => {
-                    data.user = Some(self.string()?);
+                    data.user = Some(self.name()?);
                     1
                 }
                 "feature" => {
-                    data.feature = Some(self.string()?);
+                    data.feature = Some(self.name()?);
                     2
                 }
                 "variant" => {
-                    data.variant = self.opt_string()?;
+                    data.variant = match self.peek()? {
+                        b'n' => {
+                            self.literal("null")?;
+                            None
+                        }
+                        _ => Some(self.name()?),
+                    };
                     4
                 }
                 "quantity" => {
@@ -454,6 +533,37 @@ impl<'a> Reader<'a> {
                 b',' => self.ws(),
                 b'}' => return Some(data),
                 _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scan` stops at the first byte that matters, at any offset within or after its
+    /// eight-byte steps, and at no other byte.
+    #[test]
+    fn scan_finds_the_first_byte_that_matters() {
+        let special = [b'"', b'\\', 0x00, 0x1f, 0x7f, 0xc2];
+        let plain = [b'a', b' ', 0x20, 0x7e, 0x80, 0xc3, 0xff, b'!', b'#', b'['];
+        for len in 0..24 {
+            for &filler in &plain {
+                let clean = vec![filler; len];
+                assert_eq!(scan(&clean, 0), len);
+                for at in 0..len {
+                    for &stop in &special {
+                        let mut bytes = clean.clone();
+                        bytes[at] = stop;
+                        // A second special byte later must not hide the first.
+                        if at + 1 < len {
+                            bytes[len - 1] = b'"';
+                        }
+                        assert_eq!(scan(&bytes, 0), at, "{bytes:?}");
+                        assert_eq!(scan(&bytes, at), at);
+                    }
+                }
             }
         }
     }

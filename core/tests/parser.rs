@@ -37,6 +37,12 @@ fn name(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
             "\"\u{85}\"",
             "\"\u{7f}\"",
             "\"김\"",
+            "\"abcdefgh\u{7f}\"",
+            "\"abcdefghijklmno\u{85}xyz\"",
+            "\"\u{a0}abcdefghij\"",
+            "\"abcdefghijklmnop\u{a0}\"",
+            "\"abcdefgh\u{c2}\"",
+            "\"abcdefghijklmnopq\\u0085\"",
             "\"a\\x\"",
             "{\"a\":1}",
         ]
