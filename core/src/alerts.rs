@@ -163,15 +163,13 @@ pub fn evaluate(
     };
     // Every call of an account with admins comes here: the pools' available credits are
     // summed in place (not through `balance`'s maps) and the checks borrow the pool names.
-    let mut pools: Vec<&str> = state
-        .lots
-        .iter()
-        .map(|lot| lot.pool.as_str())
-        .chain(state.shortfall.keys().map(String::as_str))
-        .collect();
+    let mut pools: Vec<&str> = Vec::with_capacity(state.lots.len() + state.shortfall.len());
+    pools.extend(state.lots.iter().map(|lot| lot.pool.as_str()));
+    pools.extend(state.shortfall.keys().map(String::as_str));
     pools.sort();
     pools.dedup();
-    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> = Vec::new();
+    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> =
+        Vec::with_capacity(pools.len() * AlertKind::ALL.len());
     for pool in pools {
         let b = crate::account::PoolBalance {
             available: crate::account::available(&state.lots, pool, at),

@@ -145,7 +145,10 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     }
     let (id, source, account) = (id.0, source.0, account.0);
     let time = match time {
-        Some(text) => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
+        Some(text) => match utc_time(text) {
+            Some(time) => time,
+            None => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
+        },
         None => arrival,
     };
     let data = data?;
@@ -172,6 +175,53 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         status: data.status,
         comment: data.comment,
     })
+}
+
+/// The common form of an event time, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without
+/// chrono's general parser; `None` for any other form (an offset, a leap second, more
+/// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
+fn utc_time(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let (Some(head), Some(rest)) = (b.get(..19), b.get(19..)) else {
+        return None;
+    };
+    let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
+    let separators = head[4] == b'-'
+        && head[7] == b'-'
+        && head[10] == b'T'
+        && head[13] == b':'
+        && head[16] == b':';
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+        .iter()
+        .all(|&i| digit(i) <= 9);
+    if !(separators && digits) {
+        return None;
+    }
+    let two = |i: usize| digit(i) * 10 + digit(i + 1);
+    let year = (two(0) * 100 + two(2)) as i32;
+    let (hour, minute, second) = (two(11), two(14), two(17));
+    let nano = match rest {
+        [b'Z'] => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            let mut nano = 0u32;
+            for &d in fraction {
+                let d = u32::from(d.wrapping_sub(b'0'));
+                if d > 9 {
+                    return None;
+                }
+                nano = nano * 10 + d;
+            }
+            nano * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    // A leap second (60) is chrono's to read.
+    if second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year, two(5), two(8))?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// The `data` of a usage event, as far as read.
@@ -541,6 +591,39 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The common time form reads as chrono reads it; every other form is left to chrono.
+    #[test]
+    fn utc_times_read_as_chrono_reads_them() {
+        for text in [
+            "2026-11-20T09:15:02Z",
+            "2026-11-20T09:15:02.5Z",
+            "2026-11-20T09:15:02.123456789Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2028-02-29T12:00:00.010Z",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
+            assert_eq!(utc_time(text), chrono.ok(), "{text}");
+        }
+        for text in [
+            "2026-11-20T09:15:02.1234567891Z",
+            "2026-11-20T23:59:60Z",
+            "2026-11-20T09:15:02+09:00",
+            "2026-11-20t09:15:02z",
+            "2026-11-20 09:15:02Z",
+            "2026-02-30T09:15:02Z",
+            "2026-13-01T09:15:02Z",
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T09:15:02.Z",
+            "2026-11-20T09:15:02",
+            "2026-11-2aT09:15:02Z",
+            "+2026-11-20T09:15:02Z",
+            "2026-11-20T09:15:02.1x3Z",
+        ] {
+            assert_eq!(utc_time(text), None, "{text}");
+        }
+    }
 
     /// `scan` stops at the first byte that matters, at any offset within or after its
     /// eight-byte steps, and at no other byte.
