@@ -893,13 +893,16 @@ pub fn check_time(
     time: DateTime<Utc>,
     arrival: DateTime<Utc>,
 ) -> Result<(), Rejection> {
-    if time > arrival + rules.max_future_skew {
+    // `time - arrival` against both bounds: the same comparisons as `time > arrival +
+    // skew` and `time < arrival - lateness`, with one subtraction.
+    let ahead = time.signed_duration_since(arrival);
+    if ahead > rules.max_future_skew {
         return Err(Rejection::InFuture {
             time,
             skew_secs: rules.max_future_skew.num_seconds(),
         });
     }
-    if time < arrival - rules.max_lateness {
+    if ahead < -rules.max_lateness {
         return Err(Rejection::TooLate {
             time,
             lateness_secs: rules.max_lateness.num_seconds(),

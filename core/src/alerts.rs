@@ -171,17 +171,14 @@ pub fn evaluate(
     let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> =
         Vec::with_capacity(pools.len() * AlertKind::ALL.len());
     for pool in pools {
-        let b = crate::account::PoolBalance {
-            available: crate::account::available(&state.lots, pool, at),
-            ..Default::default()
-        };
+        let available = crate::account::available(&state.lots, pool, at);
         if limits.low_balance.is_positive() {
             checks.push((
                 pool,
                 AlertKind::LowBalance,
-                b.available < limits.low_balance,
+                available < limits.low_balance,
                 limits.low_balance,
-                b.available,
+                available,
             ));
         }
         if limits.shortfall {
@@ -191,7 +188,7 @@ pub fn evaluate(
                 AlertKind::Shortfall,
                 owed.is_positive(),
                 Credits::ZERO,
-                b.available,
+                available,
             ));
         }
         if limits.expiring_min.is_positive() {
@@ -233,7 +230,7 @@ pub fn evaluate(
                     AlertKind::IncludedUsed,
                     used >= line,
                     line,
-                    b.available,
+                    available,
                 ));
             }
         }
