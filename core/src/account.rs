@@ -501,10 +501,16 @@ impl AccountState {
             }
             let debit = lots::debit(&mut self.lots, price.pool, left, call.time, policy);
             // A held lot that also pays beyond its reservation shows once, with the sum.
-            for payment in debit.paid {
-                match paid.iter_mut().find(|p| p.lot == payment.lot) {
-                    Some(p) => p.credits += payment.credits,
-                    None => paid.push(payment),
+            // Without a hold the debit's own list is the whole list (a debit names each
+            // lot once: it takes a lot's free credits whole or stops).
+            if paid.is_empty() {
+                paid = debit.paid;
+            } else {
+                for payment in debit.paid {
+                    match paid.iter_mut().find(|p| p.lot == payment.lot) {
+                        Some(p) => p.credits += payment.credits,
+                        None => paid.push(payment),
+                    }
                 }
             }
             entry.credits = price.credits;

@@ -238,7 +238,7 @@ pub fn evaluate(
     let mut fired = Vec::new();
     // A mark's key in the account's state is `POOL/KIND`. Every call of an account with
     // admins comes here: the key is built in one buffer and owned only when a mark is new.
-    let mut key = String::new();
+    let mut key = String::with_capacity(64);
     for (pool, kind, below, threshold, balance) in checks {
         key.clear();
         key.push_str(&pool);
