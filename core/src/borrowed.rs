@@ -338,6 +338,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string value, borrowed unless it holds escapes.
+    #[inline]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let bytes = self.text.as_bytes();
@@ -350,7 +351,7 @@ impl<'a> Reader<'a> {
                     self.at += 1;
                     return Some(Cow::Borrowed(s));
                 }
-                b'\\' => break,
+                b'\\' => return self.escaped(start),
                 // A raw control character is a syntax error.
                 0..=0x1f => return None,
                 // DEL or 0xC2: fine in a string, a name check looks at it.
@@ -360,6 +361,14 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+    }
+
+    /// The rest of a string from its first escape (at `self.at`; it began at `start`),
+    /// unescaped into an owned copy. Apart, so the common string stays a short function.
+    #[cold]
+    #[inline(never)]
+    fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
+        let bytes = self.text.as_bytes();
         self.suspect = true;
         let mut out = String::from(self.text.get(start..self.at)?);
         loop {
