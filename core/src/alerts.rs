@@ -225,13 +225,7 @@ pub fn evaluate(
                     * i128::from(limits.included_used_percent.min(100))
                     / 100;
                 let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
-                checks.push((
-                    pool,
-                    AlertKind::IncludedUsed,
-                    used >= line,
-                    line,
-                    available,
-                ));
+                checks.push((pool, AlertKind::IncludedUsed, used >= line, line, available));
             }
         }
     }
@@ -241,7 +235,7 @@ pub fn evaluate(
     let mut key = String::with_capacity(64);
     for (pool, kind, below, threshold, balance) in checks {
         key.clear();
-        key.push_str(&pool);
+        key.push_str(pool);
         key.push('/');
         key.push_str(kind.as_str());
         if !state.alert_marks.contains_key(key.as_str()) {

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 
 use crate::account::{self, AccountState, Call, Rules};
-use crate::borrowed::UsageEvent;
 use crate::alerts::Alert;
+use crate::borrowed::UsageEvent;
 use crate::dedup::{self, Seen};
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;

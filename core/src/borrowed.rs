@@ -136,8 +136,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
-    if ty.0 != "ai.usage" || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty()
-    {
+    if ty.0 != "ai.usage" || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty() {
         return None;
     }
     if !(name_ok(&id) && name_ok(&source) && name_ok(&account)) {

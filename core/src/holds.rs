@@ -462,7 +462,11 @@ impl AccountState {
             entry.entry_type = EntryType::HoldExpired;
             entry.pool = crate::names::Name::from(hold.pool.as_str());
             entry.feature = crate::names::Name::from(hold.feature.as_str());
-            entry.variant = hold.variant.as_deref().map(crate::names::Name::from).unwrap_or_default();
+            entry.variant = hold
+                .variant
+                .as_deref()
+                .map(crate::names::Name::from)
+                .unwrap_or_default();
             entry.quantity = hold.quantity;
             // The row says which hold and what it had reserved, as a usage row that
             // settles one does, so readers find both outcomes in the same columns.
