@@ -404,8 +404,9 @@ impl AccountState {
         entry
     }
 
-    /// Debits one call. Its names are interned in `names`: the entry copies no string of
-    /// the call but its event id (and a comment, when there is one).
+    /// Debits one call whose time the caller checked ([`check_time`]). Its names are
+    /// interned in `names`: the entry copies no string of the call but its event id (and
+    /// a comment, when there is one).
     pub fn usage(
         &mut self,
         rules: &Rules,
@@ -460,10 +461,9 @@ impl AccountState {
             comment: call.comment.unwrap_or_default().to_string(),
             hold: None,
         };
-        let usage = call;
         // The call happened, so the hold it names closes now, failed or not: a failed
         // call pays nothing and its hold gives everything back.
-        let held = match &usage.hold {
+        let held = match call.hold {
             Some(reference) => {
                 let (held, note) = self.settle_hold(reference, arrival);
                 entry.hold = Some(note);
@@ -471,7 +471,7 @@ impl AccountState {
             }
             None => Vec::new(),
         };
-        if usage.status == Status::Succeeded {
+        if call.status == Status::Succeeded {
             let policy = self.policy(rules);
             let mut left = price.credits;
             // The held lots pay first, each up to what it reserved (the reservation was

@@ -38,12 +38,10 @@ impl EntryType {
     }
 }
 
-/// One ledger row. Its names are interned ([`Name`]): an entry copies no string of its
-/// event but its id.
-///
 /// One ledger row. Usage rows carry `credits` = the call's price, `paid` = which lots
 /// paid how much, `shortfall` = what no lot could pay. Grants carry the granted credits and
-/// voids the removed credits as a negative amount.
+/// voids the removed credits as a negative amount. Its names are interned ([`Name`]): a
+/// usage entry copies no string of its event but the event id (and a comment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
     /// Set on entries that no single event caused (expiries, cycle allowances): a stable
