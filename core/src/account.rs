@@ -445,7 +445,7 @@ impl AccountState {
             service: names.intern(call.source),
             user: names.intern(call.user),
             feature: names.intern(call.feature),
-            variant: names.intern(call.variant.unwrap_or_default()),
+            variant: call.variant.map_or_else(Name::default, |v| names.intern(v)),
             quantity: call.quantity,
             status: call.status,
             pool: names.intern(price.pool),
