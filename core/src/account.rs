@@ -12,6 +12,7 @@ use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, 
 use crate::holds::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Policy};
+use crate::names::{Name, Names};
 use crate::plans::{self, Plan, Subscription};
 use crate::pricing::CostMatrix;
 
@@ -135,6 +136,11 @@ impl AccountState {
         self.timezone.unwrap_or(rules.default_timezone)
     }
 
+    /// The calendar day of `time` in the account's time zone.
+    pub fn day_of(&self, rules: &Rules, time: DateTime<Utc>) -> chrono::NaiveDate {
+        time.with_timezone(&self.timezone(rules)).date_naive()
+    }
+
     pub fn policy(&self, rules: &Rules) -> Policy {
         self.policy.unwrap_or(rules.default_policy)
     }
@@ -255,7 +261,7 @@ impl AccountState {
         let mut entry = blank_entry(account, at, tz, SERVICE, "");
         entry.id = Some(format!("expiry/{}", lot.id));
         entry.entry_type = EntryType::Expiry;
-        entry.pool = lot.pool.clone();
+        entry.pool = Name::from(lot.pool.as_str());
         entry.credits = -left;
         entry.lot = lot.id.clone();
         entry.lot_kind = Some(lot.kind);
@@ -318,7 +324,7 @@ impl AccountState {
             }
         };
         entry.entry_type = EntryType::Grant;
-        entry.pool = plan.pool;
+        entry.pool = Name::from(plan.pool);
         entry.credits = plan.credits;
         entry.lot = id;
         entry.lot_kind = Some(LotKind::Included);
@@ -346,20 +352,23 @@ impl AccountState {
         event: &Event,
         arrival: DateTime<Utc>,
     ) -> Result<Applied, Rejection> {
-        if event.time > arrival + rules.max_future_skew {
-            return Err(Rejection::InFuture {
-                time: event.time,
-                skew_secs: rules.max_future_skew.num_seconds(),
-            });
-        }
-        if event.time < arrival - rules.max_lateness {
-            return Err(Rejection::TooLate {
-                time: event.time,
-                lateness_secs: rules.max_lateness.num_seconds(),
-            });
-        }
+        self.decide_with(rules, event, arrival, &mut Names::default())
+    }
+
+    /// [`AccountState::decide`] with the partition's names.
+    pub fn decide_with(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        arrival: DateTime<Utc>,
+        names: &mut Names,
+    ) -> Result<Applied, Rejection> {
+        check_time(rules, event.time, arrival)?;
         let entries = match &event.body {
-            Body::Usage(usage) => self.usage(rules, event, usage, arrival).map(|e| vec![e]),
+            Body::Usage(usage) => {
+                let call = Call::of(event, usage);
+                self.usage(rules, &call, arrival, names).map(|e| vec![e])
+            }
             Body::Grant(grant) => self.grant(rules, event, grant),
             Body::Void(void) => self.void(rules, event, void).map(|e| vec![e]),
             Body::Plan(change) => self.plan(rules, event, change),
@@ -398,21 +407,21 @@ impl AccountState {
         entry
     }
 
-    fn usage(
+    /// Debits one call whose time the caller checked ([`check_time`]). Its names are
+    /// interned in `names`: the entry copies no string of the call but its event id (and
+    /// a comment, when there is one).
+    pub fn usage(
         &mut self,
         rules: &Rules,
-        event: &Event,
-        usage: &Usage,
+        call: &Call<'_>,
         arrival: DateTime<Utc>,
+        names: &mut Names,
     ) -> Result<LedgerEntry, Rejection> {
         // Failed calls are priced too, so an unknown feature is caught either way.
-        let price = rules.matrix.price(
-            &usage.feature,
-            usage.variant.as_deref(),
-            usage.quantity,
-            event.time,
-        )?;
-        if usage.status == Status::Succeeded {
+        let price = rules
+            .matrix
+            .price(call.feature, call.variant, call.quantity, call.time)?;
+        if call.status == Status::Succeeded {
             // Sums of credits must stay exact: a call larger than any grant, or one whose
             // shortfall the account's outstanding shortfall could not hold, is refused
             // before anything is debited, never wrapped around.
@@ -430,18 +439,34 @@ impl AccountState {
                 )));
             }
         }
-        let mut entry = self.entry(rules, event, EntryType::Usage);
-        entry.user = usage.user.clone();
-        entry.feature = usage.feature.clone();
-        entry.variant = usage.variant.clone().unwrap_or_default();
-        entry.quantity = usage.quantity;
-        entry.status = usage.status;
-        entry.pool = price.pool.to_string();
-        entry.matrix_version = price.version.to_string();
-        entry.comment = usage.comment.clone().unwrap_or_default();
+        let mut entry = LedgerEntry {
+            id: None,
+            entry_type: EntryType::Usage,
+            account: names.intern(call.account),
+            time: call.time,
+            day: self.day_of(rules, call.time),
+            service: names.intern(call.source),
+            user: names.intern(call.user),
+            feature: names.intern(call.feature),
+            variant: call.variant.map_or_else(Name::default, |v| names.intern(v)),
+            quantity: call.quantity,
+            status: call.status,
+            pool: names.intern(price.pool),
+            credits: Credits::ZERO,
+            paid: Vec::new(),
+            shortfall: Credits::ZERO,
+            matrix_version: names.intern(price.version),
+            event_id: call.id.to_string(),
+            lot: String::new(),
+            lot_kind: None,
+            payment_method: None,
+            payment_reference: String::new(),
+            comment: call.comment.unwrap_or_default().to_string(),
+            hold: None,
+        };
         // The call happened, so the hold it names closes now, failed or not: a failed
         // call pays nothing and its hold gives everything back.
-        let held = match &usage.hold {
+        let held = match call.hold {
             Some(reference) => {
                 let (held, note) = self.settle_hold(reference, arrival);
                 entry.hold = Some(note);
@@ -449,7 +474,7 @@ impl AccountState {
             }
             None => Vec::new(),
         };
-        if usage.status == Status::Succeeded {
+        if call.status == Status::Succeeded {
             let policy = self.policy(rules);
             let mut left = price.credits;
             // The held lots pay first, each up to what it reserved (the reservation was
@@ -477,19 +502,25 @@ impl AccountState {
                     credits: take,
                 });
             }
-            let debit = lots::debit(&mut self.lots, price.pool, left, event.time, policy);
+            let debit = lots::debit(&mut self.lots, price.pool, left, call.time, policy);
             // A held lot that also pays beyond its reservation shows once, with the sum.
-            for payment in debit.paid {
-                match paid.iter_mut().find(|p| p.lot == payment.lot) {
-                    Some(p) => p.credits += payment.credits,
-                    None => paid.push(payment),
+            // Without a hold the debit's own list is the whole list (a debit names each
+            // lot once: it takes a lot's free credits whole or stops).
+            if paid.is_empty() {
+                paid = debit.paid;
+            } else {
+                for payment in debit.paid {
+                    match paid.iter_mut().find(|p| p.lot == payment.lot) {
+                        Some(p) => p.credits += payment.credits,
+                        None => paid.push(payment),
+                    }
                 }
             }
             entry.credits = price.credits;
             entry.paid = paid;
             entry.shortfall = debit.shortfall;
             if entry.shortfall.is_positive() && self.flex_enabled(rules) {
-                let period = self.flex_period_at(rules, event.time);
+                let period = self.flex_period_at(rules, call.time);
                 if self.flex_period != Some(period) {
                     self.flex_period = Some(period);
                     self.flex_used = Credits::ZERO;
@@ -509,7 +540,7 @@ impl AccountState {
                 }
             }
             if entry.shortfall.is_positive() {
-                *self.shortfall.entry(entry.pool.clone()).or_default() += entry.shortfall;
+                *self.shortfall.entry(entry.pool.to_string()).or_default() += entry.shortfall;
             }
         }
         Ok(entry)
@@ -589,7 +620,7 @@ impl AccountState {
         self.next_seq += 1;
         self.lots.push(lot);
         let mut entry = self.entry(rules, event, EntryType::Grant);
-        entry.pool = grant.pool.clone();
+        entry.pool = Name::from(grant.pool.as_str());
         entry.credits = grant.credits;
         entry.lot = id;
         entry.lot_kind = Some(grant.kind);
@@ -628,7 +659,7 @@ impl AccountState {
         };
         let pool = lot.pool.clone();
         let mut entry = self.entry(rules, event, EntryType::Settlement);
-        entry.pool = pool;
+        entry.pool = Name::from(pool);
         entry.credits = amount;
         entry.lot = payment.lot.clone();
         entry.lot_kind = Some(payment.kind);
@@ -713,7 +744,7 @@ impl AccountState {
         let (pool, kind) = (lot.pool.clone(), lot.kind);
         self.drop_reservations(&void.lot);
         let mut entry = self.entry(rules, event, EntryType::Void);
-        entry.pool = pool;
+        entry.pool = Name::from(pool);
         entry.credits = -removed;
         entry.lot = void.lot.clone();
         entry.lot_kind = Some(kind);
@@ -827,6 +858,14 @@ pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance>
     pools
 }
 
+/// Credits of `pool` available at `at` in `lots`: the `available` of [`balance`].
+pub fn available(lots: &[Lot], pool: &str, at: DateTime<Utc>) -> Credits {
+    lots.iter()
+        .filter(|lot| lot.usable(pool, at))
+        .map(Lot::free)
+        .sum()
+}
+
 /// The name flex payments carry in place of a lot id.
 pub const FLEX_LOT: &str = "flex";
 
@@ -841,20 +880,20 @@ pub(crate) fn blank_entry(
     LedgerEntry {
         id: None,
         entry_type: EntryType::Usage,
-        account: account.to_string(),
+        account: Name::from(account),
         time,
         day: time.with_timezone(&tz).date_naive(),
-        service: service.to_string(),
-        user: String::new(),
-        feature: String::new(),
-        variant: String::new(),
+        service: Name::from(service),
+        user: Name::default(),
+        feature: Name::default(),
+        variant: Name::default(),
         quantity: Credits::ZERO,
         status: Status::Succeeded,
-        pool: String::new(),
+        pool: Name::default(),
         credits: Credits::ZERO,
         paid: Vec::new(),
         shortfall: Credits::ZERO,
-        matrix_version: String::new(),
+        matrix_version: Name::default(),
         event_id: event_id.to_string(),
         lot: String::new(),
         lot_kind: None,
@@ -862,6 +901,82 @@ pub(crate) fn blank_entry(
         payment_reference: String::new(),
         comment: String::new(),
         hold: None,
+    }
+}
+
+/// Refuses an event too far in the future or older than the allowed lateness, relative
+/// to its arrival.
+pub fn check_time(
+    rules: &Rules,
+    time: DateTime<Utc>,
+    arrival: DateTime<Utc>,
+) -> Result<(), Rejection> {
+    // `time - arrival` against both bounds: the same comparisons as `time > arrival +
+    // skew` and `time < arrival - lateness`, with one subtraction.
+    let ahead = time.signed_duration_since(arrival);
+    if ahead > rules.max_future_skew {
+        return Err(Rejection::InFuture {
+            time,
+            skew_secs: rules.max_future_skew.num_seconds(),
+        });
+    }
+    if ahead < -rules.max_lateness {
+        return Err(Rejection::TooLate {
+            time,
+            lateness_secs: rules.max_lateness.num_seconds(),
+        });
+    }
+    Ok(())
+}
+
+/// One AI call as an account debits it, borrowed from its event: an owned [`Event`], or a
+/// usage event read in place from its payload ([`crate::borrowed::UsageEvent`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub id: &'a str,
+    pub source: &'a str,
+    pub account: &'a str,
+    pub time: DateTime<Utc>,
+    pub user: &'a str,
+    pub feature: &'a str,
+    pub variant: Option<&'a str>,
+    pub quantity: Credits,
+    pub status: Status,
+    pub comment: Option<&'a str>,
+    pub hold: Option<&'a crate::event::HoldRef>,
+}
+
+impl<'a> Call<'a> {
+    pub fn of(event: &'a Event, usage: &'a Usage) -> Self {
+        Call {
+            id: &event.id,
+            source: &event.source,
+            account: &event.account,
+            time: event.time,
+            user: &usage.user,
+            feature: &usage.feature,
+            variant: usage.variant.as_deref(),
+            quantity: usage.quantity,
+            status: usage.status,
+            comment: usage.comment.as_deref(),
+            hold: usage.hold.as_ref(),
+        }
+    }
+
+    pub fn borrowed(usage: &'a crate::borrowed::UsageEvent<'a>) -> Self {
+        Call {
+            id: &usage.id,
+            source: &usage.source,
+            account: &usage.account,
+            time: usage.time,
+            user: &usage.user,
+            feature: &usage.feature,
+            variant: usage.variant.as_deref(),
+            quantity: usage.quantity,
+            status: usage.status,
+            comment: usage.comment.as_deref(),
+            hold: None,
+        }
     }
 }
 

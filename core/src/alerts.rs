@@ -173,30 +173,34 @@ pub fn evaluate(
         Some(s) => s.cycle_start,
         None => plans::month_start(state.timezone(rules), at),
     };
-    let balances = state.balance(at);
-    let mut pools: Vec<&String> = balances.keys().chain(state.shortfall.keys()).collect();
+    // Every call of an account with admins comes here: the pools' available credits are
+    // summed in place (not through `balance`'s maps) and the checks borrow the pool names.
+    let mut pools: Vec<&str> = Vec::with_capacity(state.lots.len() + state.shortfall.len());
+    pools.extend(state.lots.iter().map(|lot| lot.pool.as_str()));
+    pools.extend(state.shortfall.keys().map(String::as_str));
     pools.sort();
     pools.dedup();
-    let mut checks: Vec<(String, AlertKind, bool, Credits, Credits)> = Vec::new();
+    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> =
+        Vec::with_capacity(pools.len() * AlertKind::ALL.len());
     for pool in pools {
-        let b = balances.get(pool).cloned().unwrap_or_default();
+        let available = crate::account::available(&state.lots, pool, at);
         if limits.low_balance.is_positive() {
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::LowBalance,
-                b.available < limits.low_balance,
+                available < limits.low_balance,
                 limits.low_balance,
-                b.available,
+                available,
             ));
         }
         if limits.shortfall {
             let owed = state.shortfall.get(pool).copied().unwrap_or_default();
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::Shortfall,
                 owed.is_positive(),
                 Credits::ZERO,
-                b.available,
+                available,
             ));
         }
         if limits.expiring_min.is_positive() {
@@ -211,7 +215,7 @@ pub fn evaluate(
                 .map(|lot| lot.free())
                 .sum();
             checks.push((
-                pool.clone(),
+                pool,
                 AlertKind::Expiring,
                 expiring > limits.expiring_min,
                 limits.expiring_min,
@@ -233,23 +237,17 @@ pub fn evaluate(
                     * i128::from(limits.included_used_percent.min(100))
                     / 100;
                 let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
-                checks.push((
-                    pool.clone(),
-                    AlertKind::IncludedUsed,
-                    used >= line,
-                    line,
-                    b.available,
-                ));
+                checks.push((pool, AlertKind::IncludedUsed, used >= line, line, available));
             }
         }
     }
     let mut fired = Vec::new();
     // A mark's key in the account's state is `POOL/KIND`. Every call of an account with
     // admins comes here: the key is built in one buffer and owned only when a mark is new.
-    let mut key = String::new();
+    let mut key = String::with_capacity(64);
     for (pool, kind, below, threshold, balance) in checks {
         key.clear();
-        key.push_str(&pool);
+        key.push_str(pool);
         key.push('/');
         key.push_str(kind.as_str());
         if !state.alert_marks.contains_key(key.as_str()) {
@@ -285,7 +283,7 @@ pub fn evaluate(
                 cycle_start.timestamp()
             ),
             account: account.to_string(),
-            pool,
+            pool: pool.to_string(),
             kind,
             threshold,
             balance,

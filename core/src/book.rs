@@ -5,12 +5,14 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::account::{AccountState, Rules};
+use crate::account::{self, AccountState, Call, Rules};
 use crate::alerts::Alert;
+use crate::borrowed::UsageEvent;
 use crate::dedup::{self, Seen};
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
+use crate::names::Names;
 
 /// What became of one payload.
 #[derive(Debug)]
@@ -54,13 +56,73 @@ pub struct Book {
     timers: BTreeSet<(DateTime<Utc>, String)>,
     deadlines: rustc_hash::FxHashMap<String, DateTime<Utc>>,
     timers_built: bool,
+    /// The partition's interned names, shared by its ledger entries.
+    names: Names,
 }
 
 impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
-        self.apply(rules, event::parse(payload, arrival), arrival)
+        match crate::borrowed::usage(payload, arrival) {
+            Some(usage) => self.apply_usage(rules, &usage, arrival),
+            None => self.apply(rules, event::parse_reference(payload, arrival), arrival),
+        }
+    }
+
+    /// Applies a usage event read in place, as [`Book::apply`] would apply it parsed: one
+    /// account lookup, names interned, no copy of the event. Ticks that fall due and new
+    /// accounts take the general way.
+    pub fn apply_usage(
+        &mut self,
+        rules: &Rules,
+        usage: &UsageEvent<'_>,
+        arrival: DateTime<Utc>,
+    ) -> Step {
+        let due = self.advance(rules, arrival);
+        if !due.is_empty() {
+            return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
+        }
+        let call = Call::borrowed(usage);
+        let key = dedup::key(call.account, call.source, call.id);
+        if self.seen.is_duplicate(key, arrival, rules.dedup_window) {
+            return Step {
+                due,
+                outcome: Outcome::Duplicate {
+                    account: call.account.to_string(),
+                },
+                alerts: Vec::new(),
+                answer: None,
+            };
+        }
+        let Some(state) = self.accounts.get_mut(call.account) else {
+            return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
+        };
+        let applied = account::check_time(rules, call.time, arrival)
+            .and_then(|()| state.usage(rules, &call, arrival, &mut self.names));
+        match applied {
+            Ok(entry) => {
+                self.seen.record(key, arrival);
+                // A call that settles no hold moves no deadline (see `apply`).
+                let at = self.clock.unwrap_or(arrival);
+                let alerts = crate::alerts::evaluate(state, rules, call.account, at);
+                Step {
+                    due,
+                    outcome: Outcome::Applied {
+                        account: call.account.to_string(),
+                        entries: vec![entry],
+                    },
+                    alerts,
+                    answer: None,
+                }
+            }
+            Err(rejection) => Step {
+                due,
+                outcome: Outcome::Rejected(rejection),
+                alerts: Vec::new(),
+                answer: None,
+            },
+        }
     }
 
     /// Applies an event parsed earlier (the shell parses first to order events by time).
@@ -83,6 +145,17 @@ impl Book {
             _ => {}
         }
         let due = self.advance(rules, arrival);
+        self.finish(rules, due, parsed, arrival)
+    }
+
+    /// Decides `parsed` after the clock moved, with what fell due.
+    fn finish(
+        &mut self,
+        rules: &Rules,
+        due: Vec<LedgerEntry>,
+        parsed: Result<Event, Rejection>,
+        arrival: DateTime<Utc>,
+    ) -> Step {
         // A call that settles no hold moves no deadline: it changes no lot's expiry, no
         // cycle and no hold, so the (per-event) rescheduling can be skipped.
         let moves_deadlines = !matches!(
@@ -126,10 +199,10 @@ impl Book {
         let clock = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(clock);
         let mut due = Vec::new();
-        while let Some((at, account)) = self.timers.first().cloned() {
-            if at > clock {
-                break;
-            }
+        // The first timer is looked at in place: every call comes here, and only one in
+        // many has something due.
+        while let Some((_, account)) = self.timers.first().filter(|(at, _)| *at <= clock) {
+            let account = account.clone();
             if let Some(state) = self.accounts.get_mut(&account) {
                 due.extend(state.advance(rules, &account, clock));
             }
@@ -185,10 +258,10 @@ impl Book {
         // Apply to a scratch copy only when the account is new, so a rejected first event
         // leaves no empty account behind.
         let result = match self.accounts.get_mut(&event.account) {
-            Some(state) => state.decide(rules, &event, arrival),
+            Some(state) => state.decide_with(rules, &event, arrival, &mut self.names),
             None => {
                 let mut state = AccountState::default();
-                let result = state.decide(rules, &event, arrival);
+                let result = state.decide_with(rules, &event, arrival, &mut self.names);
                 if result.is_ok() {
                     self.accounts.insert(event.account.clone(), state);
                 }

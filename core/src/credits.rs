@@ -172,33 +172,43 @@ pub fn parse_decimal(text: &str) -> Result<Credits, CreditsError> {
         }
     };
     // value = digits * 10^(exponent - fraction.len()); in thousandths: shift by 3 more.
-    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
+    // The digits are the whole part then the fraction, read in place (no copy: this runs
+    // on every call's quantity).
+    let (whole, fraction) = (whole.as_bytes(), fraction.as_bytes());
+    let count = whole.len() + fraction.len();
+    let digit = |i: usize| {
+        if i < whole.len() {
+            whole[i]
+        } else {
+            fraction[i - whole.len()]
+        }
+    };
     let shift = exponent - fraction.len() as i64 + 3;
-    let kept: &[u8] = if shift < 0 {
+    let kept = if shift < 0 {
         let drop = usize::try_from(-shift).unwrap_or(usize::MAX);
-        let keep = digits.len().saturating_sub(drop);
-        if digits[keep..].iter().any(|&d| d != b'0') {
+        let keep = count.saturating_sub(drop);
+        if (keep..count).any(|i| digit(i) != b'0') {
             return Err(CreditsError::TooPrecise(text.to_string()));
         }
-        &digits[..keep]
+        keep
     } else {
-        &digits
+        count
     };
-    let significant = match kept.iter().position(|&d| d != b'0') {
-        Some(first) => &kept[first..],
+    let first = match (0..kept).find(|&i| digit(i) != b'0') {
+        Some(first) => first,
         None => return Ok(Credits::ZERO),
     };
     let too_large = || CreditsError::TooLarge(text.to_string());
     let zeros = usize::try_from(shift.max(0)).map_err(|_| too_large())?;
     // i64 has 19 digits at most; anything longer cannot fit.
-    if significant.len().saturating_add(zeros) > 19 {
+    if (kept - first).saturating_add(zeros) > 19 {
         return Err(too_large());
     }
     let mut milli: i64 = 0;
-    for &d in significant {
+    for i in first..kept {
         milli = milli
             .checked_mul(10)
-            .and_then(|m| m.checked_add(i64::from(d - b'0')))
+            .and_then(|m| m.checked_add(i64::from(digit(i) - b'0')))
             .ok_or_else(too_large)?;
     }
     for _ in 0..zeros {

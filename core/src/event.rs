@@ -450,8 +450,20 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Parses one Kafka payload. `arrival` stands in for a missing `time`.
+/// Parses one Kafka payload. `arrival` stands in for a missing `time`. A plain usage
+/// event is read in place ([`crate::borrowed::usage`]); everything else, and every
+/// rejection, is decided by [`parse_reference`].
 pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection> {
+    match crate::borrowed::usage(payload, arrival) {
+        Some(usage) => Ok(usage.into_event()),
+        None => parse_reference(payload, arrival),
+    }
+}
+
+/// The full parser of the contract (serde_json): the reference the borrowed reader is
+/// tested against, and the one that decides whatever that reader does not take, so every
+/// rejection reason comes from here.
+pub fn parse_reference(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection> {
     let envelope: Envelope = serde_json::from_slice(payload).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Rejection::NotJson(e.to_string())

@@ -460,9 +460,13 @@ impl AccountState {
             // Hold ids may be reused once forgotten; the expiry time tells two apart.
             entry.id = Some(format!("hold-expiry/{id}/{}", at.timestamp_millis()));
             entry.entry_type = EntryType::HoldExpired;
-            entry.pool = hold.pool.clone();
-            entry.feature = hold.feature.clone();
-            entry.variant = hold.variant.clone().unwrap_or_default();
+            entry.pool = crate::names::Name::from(hold.pool.as_str());
+            entry.feature = crate::names::Name::from(hold.feature.as_str());
+            entry.variant = hold
+                .variant
+                .as_deref()
+                .map(crate::names::Name::from)
+                .unwrap_or_default();
             entry.quantity = hold.quantity;
             // The row says which hold and what it had reserved, as a usage row that
             // settles one does, so readers find both outcomes in the same columns.

@@ -336,7 +336,7 @@ pub fn after_step(book: &mut Book, step: &Step, global: bool) -> Vec<Notice> {
         _ => &[],
     };
     for entry in step.due.iter().chain(own) {
-        let Some(state) = book.accounts.get(&entry.account).filter(|s| listened(s)) else {
+        let Some(state) = book.accounts.get(entry.account.as_str()).filter(|s| listened(s)) else {
             continue;
         };
         if let Some(notice) = lifecycle(entry, state, at) {
@@ -372,7 +372,7 @@ pub fn reset_emails(book: &Book, step: &Step) -> Vec<Alert> {
         if entry.entry_type != EntryType::Grant || entry.lot_kind != Some(LotKind::Included) {
             continue;
         }
-        let Some(state) = book.accounts.get(&entry.account) else {
+        let Some(state) = book.accounts.get(entry.account.as_str()) else {
             continue;
         };
         if !state.hooks.reset_email || state.admins.is_empty() || !is_allowance(entry, state) {
@@ -381,8 +381,8 @@ pub fn reset_emails(book: &Book, step: &Step) -> Vec<Alert> {
         let at = book.clock.unwrap_or(entry.time);
         emails.push(Alert {
             id: format!("{}/{}/reset/{}", entry.account, entry.pool, entry.lot),
-            account: entry.account.clone(),
-            pool: entry.pool.clone(),
+            account: entry.account.to_string(),
+            pool: entry.pool.to_string(),
             kind: AlertKind::Reset,
             threshold: entry.credits,
             balance: available(state, &entry.pool, at),
@@ -480,9 +480,9 @@ fn lifecycle(entry: &LedgerEntry, state: &AccountState, at: DateTime<Utc>) -> Op
     };
     Some(Notice {
         id,
-        account: a.clone(),
+        account: a.to_string(),
         kind,
-        pool: entry.pool.clone(),
+        pool: entry.pool.to_string(),
         time: entry.time,
         credits,
         balance: available(state, &entry.pool, at),

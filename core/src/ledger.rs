@@ -8,6 +8,7 @@ use crate::credits::Credits;
 use crate::event::Status;
 use crate::holds::HoldUse;
 use crate::lots::{LotKind, Payment, PaymentMethod};
+use crate::names::Name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,7 +40,8 @@ impl EntryType {
 
 /// One ledger row. Usage rows carry `credits` = the call's price, `paid` = which lots
 /// paid how much, `shortfall` = what no lot could pay. Grants carry the granted credits and
-/// voids the removed credits as a negative amount.
+/// voids the removed credits as a negative amount. Its names are interned ([`Name`]): a
+/// usage entry copies no string of its event but the event id (and a comment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerEntry {
     /// Set on entries that no single event caused (expiries, cycle allowances): a stable
@@ -47,21 +49,21 @@ pub struct LedgerEntry {
     /// event's position.
     pub id: Option<String>,
     pub entry_type: EntryType,
-    pub account: String,
+    pub account: Name,
     pub time: DateTime<Utc>,
     /// The calendar day of `time` in the account's time zone.
     pub day: NaiveDate,
-    pub service: String,
-    pub user: String,
-    pub feature: String,
-    pub variant: String,
+    pub service: Name,
+    pub user: Name,
+    pub feature: Name,
+    pub variant: Name,
     pub quantity: Credits,
     pub status: Status,
-    pub pool: String,
+    pub pool: Name,
     pub credits: Credits,
     pub paid: Vec<Payment>,
     pub shortfall: Credits,
-    pub matrix_version: String,
+    pub matrix_version: Name,
     pub event_id: String,
     pub lot: String,
     pub lot_kind: Option<LotKind>,

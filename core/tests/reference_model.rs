@@ -1099,7 +1099,7 @@ fn per_account(entries: &[LedgerEntry]) -> BTreeMap<String, Vec<LedgerEntry>> {
     let mut grouped: BTreeMap<String, Vec<LedgerEntry>> = BTreeMap::new();
     for entry in entries {
         grouped
-            .entry(entry.account.clone())
+            .entry(entry.account.to_string())
             .or_default()
             .push(entry.clone());
     }

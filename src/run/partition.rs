@@ -262,8 +262,8 @@ impl PartitionWork {
     /// Keeps one ledger entry for the next flush and notes what it touched.
     fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
         self.rollups.add(&entry, usage_offset);
-        if !self.touched.contains(&entry.account) {
-            self.touched.insert(entry.account.clone());
+        if !self.touched.contains(entry.account.as_str()) {
+            self.touched.insert(entry.account.to_string());
         }
         // Version is set when the flush is built.
         self.ledger.push(LedgerRow::new(entry_id, entry, 0));

@@ -156,17 +156,17 @@ impl Rollups {
             day,
             group_hash([&entry.service, &entry.user, &entry.feature]),
         );
-        let days = match self.open.get_mut(&entry.account) {
+        let days = match self.open.get_mut(entry.account.as_str()) {
             Some(days) => days,
-            None => self.open.entry(entry.account.clone()).or_default(),
+            None => self.open.entry(entry.account.to_string()).or_default(),
         };
         let open = days.entry(id).or_insert_with(|| Open {
             key: DayKey {
                 segment,
                 day,
-                service: entry.service.clone(),
-                user: entry.user.clone(),
-                feature: entry.feature.clone(),
+                service: entry.service.to_string(),
+                user: entry.user.to_string(),
+                feature: entry.feature.to_string(),
             },
             totals: Totals::default(),
             dirty: false,
@@ -174,8 +174,8 @@ impl Rollups {
         open.totals.add(entry);
         if !open.dirty {
             open.dirty = true;
-            if !self.dirty.contains(&entry.account) {
-                self.dirty.insert(entry.account.clone());
+            if !self.dirty.contains(entry.account.as_str()) {
+                self.dirty.insert(entry.account.to_string());
             }
         }
     }
@@ -302,7 +302,7 @@ mod tests {
             service: "studio".into(),
             user: user.into(),
             feature: "erase".into(),
-            variant: String::new(),
+            variant: "".into(),
             quantity: Credits::from_whole(1),
             status: tally_core::event::Status::Succeeded,
             pool: "ai".into(),

@@ -66,7 +66,7 @@ pub fn expect(rules: &Rules, events: &[Value], arrival: DateTime<Utc>) -> Expect
         if let Outcome::Applied { entries, .. } = step.outcome {
             for entry in entries {
                 let key = (
-                    entry.account.clone(),
+                    entry.account.to_string(),
                     entry.event_id.clone(),
                     entry.entry_type.as_str().to_string(),
                 );

@@ -367,20 +367,20 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
     LedgerEntry {
         id: None,
         entry_type: EntryType::Usage,
-        account: account.to_string(),
+        account: account.to_string().into(),
         time,
         day: local_date(time, tz),
-        service: service.to_string(),
-        user: String::new(),
-        feature: String::new(),
-        variant: String::new(),
+        service: service.to_string().into(),
+        user: String::new().into(),
+        feature: String::new().into(),
+        variant: String::new().into(),
         quantity: Credits::ZERO,
         status: Status::Succeeded,
-        pool: String::new(),
+        pool: String::new().into(),
         credits: Credits::ZERO,
         paid: Vec::new(),
         shortfall: Credits::ZERO,
-        matrix_version: String::new(),
+        matrix_version: String::new().into(),
         event_id: event_id.to_string(),
         lot: String::new(),
         lot_kind: None,
@@ -792,9 +792,9 @@ impl Account {
             let mut entry = blank(name, at, tz, &hold.source, &hold.event_id);
             entry.id = Some(format!("hold-expiry/{id}/{}", at.timestamp_millis()));
             entry.entry_type = EntryType::HoldExpired;
-            entry.pool = hold.pool.clone();
-            entry.feature = hold.feature.clone();
-            entry.variant = hold.variant.clone().unwrap_or_default();
+            entry.pool = hold.pool.clone().into();
+            entry.feature = hold.feature.clone().into();
+            entry.variant = hold.variant.clone().unwrap_or_default().into();
             entry.quantity = hold.quantity;
             entry.paid = hold.reserved.clone();
             entry.hold = Some(HoldUse {
@@ -877,7 +877,7 @@ impl Account {
             let mut entry = blank(name, time, tz, SERVICE, "");
             entry.id = Some(format!("expiry/{id}"));
             entry.entry_type = EntryType::Expiry;
-            entry.pool = pool;
+            entry.pool = pool.into();
             entry.credits = -left;
             entry.lot = id;
             entry.lot_kind = Some(kind);
@@ -897,7 +897,7 @@ impl Account {
             let mut entry = blank(name, s.start, tz, SERVICE, "");
             entry.id = Some(format!("grant/{id}"));
             entry.entry_type = EntryType::Grant;
-            entry.pool = s.pool.clone();
+            entry.pool = s.pool.clone().into();
             entry.credits = s.credits;
             entry.lot = id;
             entry.lot_kind = Some(LotKind::Included);
@@ -952,13 +952,13 @@ impl Account {
             .map_err(|_| ())?;
         let (price_credits, pool) = (price.credits, price.pool.to_string());
         let mut entry = self.entry(rules, event, EntryType::Usage);
-        entry.user = u.user.clone();
-        entry.feature = u.feature.clone();
-        entry.variant = u.variant.clone().unwrap_or_default();
+        entry.user = u.user.clone().into();
+        entry.feature = u.feature.clone().into();
+        entry.variant = u.variant.clone().unwrap_or_default().into();
         entry.quantity = quantity;
         entry.status = status;
-        entry.pool = pool.clone();
-        entry.matrix_version = price.version.to_string();
+        entry.pool = pool.clone().into();
+        entry.matrix_version = price.version.to_string().into();
         // The hold the call names closes, whatever the call's status.
         let mut held = Vec::new();
         if let Some((id, _)) = &u.hold {
@@ -1115,7 +1115,7 @@ impl Account {
         });
         self.flows(&pool).granted += g.credits;
         let mut entry = self.entry(rules, event, EntryType::Grant);
-        entry.pool = pool.clone();
+        entry.pool = pool.clone().into();
         entry.credits = g.credits;
         entry.lot = id.clone();
         entry.lot_kind = Some(g.kind);
@@ -1141,7 +1141,7 @@ impl Account {
                 }
                 self.flows(&pool).settled += amount;
                 let mut entry = self.entry(rules, event, EntryType::Settlement);
-                entry.pool = pool;
+                entry.pool = pool.into();
                 entry.credits = amount;
                 entry.paid = vec![Payment {
                     lot: id.clone(),
@@ -1180,7 +1180,7 @@ impl Account {
         entry.credits = -removed;
         entry.lot = lot_id.to_string();
         entry.lot_kind = Some(kind);
-        entry.pool = pool;
+        entry.pool = pool.into();
         entry.comment = reason.unwrap_or_default().to_string();
         Ok(entry)
     }
@@ -1235,7 +1235,7 @@ impl Account {
         if s.credits > Credits::ZERO {
             let id = self.new_plan_lot(&s, event.time, s.end);
             let mut entry = self.entry(rules, event, EntryType::Grant);
-            entry.pool = s.pool.clone();
+            entry.pool = s.pool.clone().into();
             entry.credits = s.credits;
             entry.lot = id;
             entry.lot_kind = Some(LotKind::Included);

@@ -1,0 +1,661 @@
+//! The borrowed reader of the event contract's hot path: a plain `ai.usage` event read in
+//! place, its strings borrowed from the payload (unescaped only when they hold escapes),
+//! its quantity read from the digits, with no allocation.
+//!
+//! It takes only what it is sure the full parser ([`crate::event::parse_reference`])
+//! accepts, and gives the same event; anything else (a command, a hold, an unknown field,
+//! a duplicate key, a limit exceeded, a syntax error, anything odd) is `None`, and the full
+//! parser decides and names the reason. So the rules and the rejection reasons are the
+//! full parser's by construction, and a property test (`core/tests/parser.rs`) checks
+//! that both give the same result on generated valid and invalid payloads.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+
+use crate::credits::{self, Credits};
+use crate::event::{check_name, check_text, Body, Event, Status, Usage, MAX_NAME_BYTES};
+
+/// A usage event as read in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent<'a> {
+    pub id: Cow<'a, str>,
+    /// The product service (`source`).
+    pub source: Cow<'a, str>,
+    /// The account (`subject`).
+    pub account: Cow<'a, str>,
+    /// When it happened; the arrival time when the event does not say.
+    pub time: DateTime<Utc>,
+    pub user: Cow<'a, str>,
+    pub feature: Cow<'a, str>,
+    pub variant: Option<Cow<'a, str>>,
+    pub quantity: Credits,
+    pub status: Status,
+    pub comment: Option<Cow<'a, str>>,
+}
+
+impl UsageEvent<'_> {
+    /// The owned event the full parser would have given.
+    pub fn into_event(self) -> Event {
+        Event {
+            id: self.id.into_owned(),
+            source: self.source.into_owned(),
+            account: self.account.into_owned(),
+            time: self.time,
+            body: Body::Usage(Usage {
+                user: self.user.into_owned(),
+                feature: self.feature.into_owned(),
+                variant: self.variant.map(Cow::into_owned),
+                quantity: self.quantity,
+                status: self.status,
+                comment: self.comment.map(Cow::into_owned),
+                hold: None,
+            }),
+        }
+    }
+}
+
+/// Deeper values than this in an ignored attribute go to the full parser (serde_json
+/// refuses nesting beyond 128).
+const MAX_DEPTH: usize = 64;
+
+/// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
+pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
+    // One UTF-8 check of the whole payload: every string between quotes is then valid.
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut r = Reader {
+        text,
+        at: 0,
+        suspect: false,
+    };
+    let mut seen = 0u16;
+    let mut id = None;
+    let mut source = None;
+    let mut ty = None;
+    let mut subject = None;
+    let mut time = None;
+    let mut data = None;
+    r.ws();
+    r.eat(b'{')?;
+    r.ws();
+    loop {
+        let key = r.key()?;
+        r.ws();
+        r.eat(b':')?;
+        r.ws();
+        let bit = match key {
+            "specversion" => {
+                if r.borrowed_string()? != "1.0" {
+                    return None;
+                }
+                1
+            }
+            "id" => {
+                id = Some(r.name()?);
+                2
+            }
+            "source" => {
+                source = Some(r.name()?);
+                4
+            }
+            "type" => {
+                ty = Some(r.name()?);
+                8
+            }
+            "subject" => {
+                subject = Some(r.name()?);
+                16
+            }
+            "time" => {
+                time = Some(r.borrowed_string()?);
+                32
+            }
+            "data" => {
+                data = Some(r.data()?);
+                64
+            }
+            _ => {
+                r.skip(0)?;
+                0
+            }
+        };
+        // A known attribute given twice is an error of the full parser.
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+        r.ws();
+        match r.next()? {
+            b',' => r.ws(),
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    r.ws();
+    if r.at != text.len() || seen & 1 == 0 {
+        return None;
+    }
+    let (id, source, ty, account) = (id?, source?, ty?, subject?);
+    if ty.0 != "ai.usage" || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty() {
+        return None;
+    }
+    if !(name_ok(&id) && name_ok(&source) && name_ok(&account)) {
+        return None;
+    }
+    let (id, source, account) = (id.0, source.0, account.0);
+    let time = match time {
+        Some(text) => match utc_time(text) {
+            Some(time) => time,
+            None => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
+        },
+        None => arrival,
+    };
+    let data = data?;
+    let (user, feature) = (data.user?, data.feature?);
+    if feature.0.is_empty() || data.quantity.is_negative() {
+        return None;
+    }
+    if !(name_ok(&user) && name_ok(&feature) && data.variant.as_ref().is_none_or(name_ok)) {
+        return None;
+    }
+    let (user, feature) = (user.0, feature.0);
+    if let Some(comment) = &data.comment {
+        check_text(comment).ok()?;
+    }
+    Some(UsageEvent {
+        id,
+        source,
+        account,
+        time,
+        user,
+        feature,
+        variant: data.variant.map(|v| v.0),
+        quantity: data.quantity,
+        status: data.status,
+        comment: data.comment,
+    })
+}
+
+/// The common form of an event time, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without
+/// chrono's general parser; `None` for any other form (an offset, a leap second, more
+/// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
+fn utc_time(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let (Some(head), Some(rest)) = (b.get(..19), b.get(19..)) else {
+        return None;
+    };
+    let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
+    let separators = head[4] == b'-'
+        && head[7] == b'-'
+        && head[10] == b'T'
+        && head[13] == b':'
+        && head[16] == b':';
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+        .iter()
+        .all(|&i| digit(i) <= 9);
+    if !(separators && digits) {
+        return None;
+    }
+    let two = |i: usize| digit(i) * 10 + digit(i + 1);
+    let year = (two(0) * 100 + two(2)) as i32;
+    let (hour, minute, second) = (two(11), two(14), two(17));
+    let nano = match rest {
+        [b'Z'] => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            let mut nano = 0u32;
+            for &d in fraction {
+                let d = u32::from(d.wrapping_sub(b'0'));
+                if d > 9 {
+                    return None;
+                }
+                nano = nano * 10 + d;
+            }
+            nano * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    // A leap second (60) is chrono's to read.
+    if second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year, two(5), two(8))?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?;
+    Some(date.and_time(time).and_utc())
+}
+
+/// The `data` of a usage event, as far as read.
+struct Data<'a> {
+    user: Option<Named<'a>>,
+    feature: Option<Named<'a>>,
+    variant: Option<Named<'a>>,
+    quantity: Credits,
+    status: Status,
+    comment: Option<Cow<'a, str>>,
+}
+
+/// A name as read, and whether it may hold what [`check_name`] refuses beyond its length
+/// (escapes, DEL, or a 0xC2 byte that may start a C1 control). A raw C0 control cannot be
+/// in a string read at all: JSON refuses it.
+type Named<'a> = (Cow<'a, str>, bool);
+
+/// [`check_name`], with its full check only for names that need it.
+fn name_ok(name: &Named<'_>) -> bool {
+    match name {
+        (text, true) => check_name(text).is_ok(),
+        (text, false) => text.len() <= MAX_NAME_BYTES,
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// High bit of each byte of `word` equal to `byte`; a false one only above a true one.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Index of the first byte at or after `at` that ends or escapes a string or cannot be in
+/// one (`"`, `\\`, a control byte), or that a name check must look at (DEL, 0xC2); the
+/// length when there is none. Eight bytes a step.
+fn scan(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(chunk);
+        // Bytes below 0x20: the subtraction borrows into their high bit.
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        let found = control
+            | bytes_equal(word, b'"')
+            | bytes_equal(word, b'\\')
+            | bytes_equal(word, 0x7f)
+            | bytes_equal(word, 0xc2);
+        if found != 0 {
+            // The lowest flagged byte is a true one (false flags only follow true ones).
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while let Some(&b) = bytes.get(at) {
+        if matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f | 0xc2) {
+            break;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// A cursor over the payload.
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+    /// Set when a string read held an escape, DEL or 0xC2 (see [`Named`]).
+    suspect: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// JSON's whitespace, as serde_json reads it.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// An object key: a string without escapes (keys with escapes go to the full parser).
+    fn key(&mut self) -> Option<&'a str> {
+        match self.string()? {
+            Cow::Borrowed(key) => Some(key),
+            Cow::Owned(_) => None,
+        }
+    }
+
+    /// A string the full parser borrows (`specversion`, `time`): no escapes.
+    fn borrowed_string(&mut self) -> Option<&'a str> {
+        self.key()
+    }
+
+    /// A name: a string, and whether [`name_ok`] must check it in full.
+    fn name(&mut self) -> Option<Named<'a>> {
+        self.suspect = false;
+        let text = self.string()?;
+        Some((text, self.suspect))
+    }
+
+    /// A string value, borrowed unless it holds escapes.
+    #[inline]
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        loop {
+            self.at = scan(bytes, self.at);
+            match *bytes.get(self.at)? {
+                b'"' => {
+                    let s = self.text.get(start..self.at)?;
+                    self.at += 1;
+                    return Some(Cow::Borrowed(s));
+                }
+                b'\\' => return self.escaped(start),
+                // A raw control character is a syntax error.
+                0..=0x1f => return None,
+                // DEL or 0xC2: fine in a string, a name check looks at it.
+                _ => {
+                    self.suspect = true;
+                    self.at += 1;
+                }
+            }
+        }
+    }
+
+    /// The rest of a string from its first escape (at `self.at`; it began at `start`),
+    /// unescaped into an owned copy. Apart, so the common string stays a short function.
+    #[cold]
+    #[inline(never)]
+    fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
+        let bytes = self.text.as_bytes();
+        self.suspect = true;
+        let mut out = String::from(self.text.get(start..self.at)?);
+        loop {
+            let run = self.at;
+            loop {
+                match *bytes.get(self.at)? {
+                    b'"' | b'\\' => break,
+                    0..=0x1f => return None,
+                    _ => self.at += 1,
+                }
+            }
+            out.push_str(self.text.get(run..self.at)?);
+            if self.next()? == b'"' {
+                return Some(Cow::Owned(out));
+            }
+            let c = match self.next()? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let high = self.hex4()?;
+                    match high {
+                        0xd800..=0xdbff => {
+                            // Only a proper surrogate pair; a lone one is the full parser's.
+                            self.eat(b'\\')?;
+                            self.eat(b'u')?;
+                            let low = self.hex4()?;
+                            if !(0xdc00..=0xdfff).contains(&low) {
+                                return None;
+                            }
+                            char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                        }
+                        0xdc00..=0xdfff => return None,
+                        _ => char::from_u32(high)?,
+                    }
+                }
+                _ => return None,
+            };
+            out.push(c);
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.text.get(self.at..self.at + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.at += 4;
+        u32::from_str_radix(digits, 16).ok()
+    }
+
+    /// A number in JSON's grammar, as its text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<&'a str> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let digits = |r: &mut Self| {
+            let from = r.at;
+            while bytes.get(r.at).is_some_and(u8::is_ascii_digit) {
+                r.at += 1;
+            }
+            r.at > from
+        };
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                digits(self);
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !digits(self) {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        self.text.get(start..self.at)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        if self.text.get(self.at..)?.starts_with(word) {
+            self.at += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// `null` (then `None`) or a string.
+    fn opt_string(&mut self) -> Option<Option<Cow<'a, str>>> {
+        if self.peek()? == b'n' {
+            self.literal("null")?;
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// Skips one value of an attribute the envelope does not read.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => {
+                let close = if self.next()? == b'{' { b'}' } else { b']' };
+                self.ws();
+                if self.peek()? == close {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    if close == b'}' {
+                        self.string()?;
+                        self.ws();
+                        self.eat(b':')?;
+                        self.ws();
+                    }
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.next()? {
+                        b',' => self.ws(),
+                        b if b == close => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            _ => self.number().map(drop),
+        }
+    }
+
+    /// The `data` object of a usage event: only its own fields, each once, each of the
+    /// type the full parser wants (`deny_unknown_fields` there); a hold goes to it too.
+    fn data(&mut self) -> Option<Data<'a>> {
+        let mut data = Data {
+            user: None,
+            feature: None,
+            variant: None,
+            quantity: Credits::from_whole(1),
+            status: Status::Succeeded,
+            comment: None,
+        };
+        let mut seen = 0u8;
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(data);
+        }
+        loop {
+            let key = self.key()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            let bit = match key {
+                "user" => {
+                    data.user = Some(self.name()?);
+                    1
+                }
+                "feature" => {
+                    data.feature = Some(self.name()?);
+                    2
+                }
+                "variant" => {
+                    data.variant = match self.peek()? {
+                        b'n' => {
+                            self.literal("null")?;
+                            None
+                        }
+                        _ => Some(self.name()?),
+                    };
+                    4
+                }
+                "quantity" => {
+                    let quantity = match self.peek()? {
+                        b'"' => credits::parse_decimal(&self.string()?),
+                        _ => credits::parse_decimal(self.number()?),
+                    };
+                    data.quantity = quantity.ok()?;
+                    8
+                }
+                "status" => {
+                    data.status = match &*self.string()? {
+                        "succeeded" => Status::Succeeded,
+                        "failed" => Status::Failed,
+                        _ => return None,
+                    };
+                    16
+                }
+                "comment" => {
+                    data.comment = self.opt_string()?;
+                    32
+                }
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(data),
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The common time form reads as chrono reads it; every other form is left to chrono.
+    #[test]
+    fn utc_times_read_as_chrono_reads_them() {
+        for text in [
+            "2026-11-20T09:15:02Z",
+            "2026-11-20T09:15:02.5Z",
+            "2026-11-20T09:15:02.123456789Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2028-02-29T12:00:00.010Z",
+        ] {
+            let chrono = DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
+            assert_eq!(utc_time(text), chrono.ok(), "{text}");
+        }
+        for text in [
+            "2026-11-20T09:15:02.1234567891Z",
+            "2026-11-20T23:59:60Z",
+            "2026-11-20T09:15:02+09:00",
+            "2026-11-20t09:15:02z",
+            "2026-11-20 09:15:02Z",
+            "2026-02-30T09:15:02Z",
+            "2026-13-01T09:15:02Z",
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T09:15:02.Z",
+            "2026-11-20T09:15:02",
+            "2026-11-2aT09:15:02Z",
+            "+2026-11-20T09:15:02Z",
+            "2026-11-20T09:15:02.1x3Z",
+        ] {
+            assert_eq!(utc_time(text), None, "{text}");
+        }
+    }
+
+    /// `scan` stops at the first byte that matters, at any offset within or after its
+    /// eight-byte steps, and at no other byte.
+    #[test]
+    fn scan_finds_the_first_byte_that_matters() {
+        let special = [b'"', b'\\', 0x00, 0x1f, 0x7f, 0xc2];
+        let plain = [b'a', b' ', 0x20, 0x7e, 0x80, 0xc3, 0xff, b'!', b'#', b'['];
+        for len in 0..24 {
+            for &filler in &plain {
+                let clean = vec![filler; len];
+                assert_eq!(scan(&clean, 0), len);
+                for at in 0..len {
+                    for &stop in &special {
+                        let mut bytes = clean.clone();
+                        bytes[at] = stop;
+                        // A second special byte later must not hide the first.
+                        if at + 1 < len {
+                            bytes[len - 1] = b'"';
+                        }
+                        assert_eq!(scan(&bytes, 0), at, "{bytes:?}");
+                        assert_eq!(scan(&bytes, at), at);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Interned names: one shared copy of each account, user, feature, service, variant, pool
+//! and matrix version inside a partition, so a ledger entry names them without copying a
+//! string per event. The storage and report boundary reads them as `&str`.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A name shared by every entry that carries it: cloning it copies a pointer.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Name {
+    /// The empty name, one copy for the process.
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<Name> = std::sync::OnceLock::new();
+        EMPTY.get_or_init(|| Name::from("")).clone()
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// `Hash` and `Eq` above are those of the `str`, so a table of names can be searched by
+// `&str`.
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(value: &str) -> Self {
+        Name(Arc::from(value))
+    }
+}
+
+impl From<String> for Name {
+    fn from(value: String) -> Self {
+        Name(Arc::from(value))
+    }
+}
+
+impl From<Name> for String {
+    fn from(value: Name) -> Self {
+        value.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Name::from)
+    }
+}
+
+/// Most names a table keeps before it starts again: names already handed out stay valid
+/// (they own their text), so starting again only costs one copy of each name still in use,
+/// and a flood of made-up names cannot grow the table without bound.
+pub const MAX_NAMES: usize = 1 << 20;
+
+/// The names of one partition.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    table: rustc_hash::FxHashSet<Name>,
+}
+
+impl Names {
+    /// The shared copy of `text`, made on first use.
+    pub fn intern(&mut self, text: &str) -> Name {
+        if let Some(name) = self.table.get(text) {
+            return name.clone();
+        }
+        if self.table.len() >= MAX_NAMES {
+            self.table.clear();
+        }
+        let name = Name::from(text);
+        self.table.insert(name.clone());
+        name
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_copy_per_name() {
+        let mut names = Names::default();
+        let a = names.intern("kim@acme.kr");
+        let b = names.intern("kim@acme.kr");
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, "kim@acme.kr");
+        assert_eq!(names.len(), 1);
+        assert_eq!(serde_json::to_string(&a).unwrap(), "\"kim@acme.kr\"");
+    }
+}
