@@ -318,19 +318,53 @@ impl Pipeline {
             self.config.kafka.commands_topic.clone(),
         );
         for work in self.parts.values_mut() {
-            let budget = self
-                .config
-                .pipeline
-                .max_batch_events
-                .saturating_sub(self.applied_since_flush)
-                .min(APPLY_BUDGET);
-            self.applied_since_flush += work.apply_ready(
-                &self.rules,
-                (&usage_topic, &commands_topic),
-                now,
-                max_idle,
-                budget,
-            );
+            loop {
+                let budget = self
+                    .config
+                    .pipeline
+                    .max_batch_events
+                    .saturating_sub(self.applied_since_flush)
+                    .min(APPLY_BUDGET);
+                self.applied_since_flush += work.apply_ready(
+                    &self.rules,
+                    (&usage_topic, &commands_topic),
+                    now,
+                    max_idle,
+                    budget,
+                );
+                if work.confirm.is_empty() {
+                    break;
+                }
+                // Probable duplicates (sealed fingerprints) are confirmed against the
+                // exact rows before the partition goes on; on failure it waits (like a
+                // failed flush) and asks again on the next pass.
+                let probable = std::mem::take(&mut work.confirm);
+                let started = Instant::now();
+                let answered = self.rt.block_on(checkpoint::confirm(
+                    &self.store,
+                    &self.stream,
+                    work.partition as u32,
+                    &probable,
+                ));
+                match answered {
+                    Ok(answers) => {
+                        tracing::debug!(
+                            partition = work.partition,
+                            keys = answers.len(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "probable duplicates confirmed"
+                        );
+                        for (key, first) in answers {
+                            work.book.seen.answer(key, first);
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.clickhouse_errors.inc();
+                        tracing::warn!(partition = work.partition, error = %e, "cannot confirm probable duplicates, retrying");
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -477,6 +511,11 @@ impl Pipeline {
                 .parts
                 .get(&partition)
                 .map_or(version, |work| work.claim_version);
+            // Dedup rows and blobs stay while the window may need them.
+            let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
+                work.arrival_high.saturating_mul(1000)
+                    - self.rules.dedup_window.num_milliseconds()
+            });
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.rt.block_on(checkpoint::delete_before(
@@ -485,6 +524,7 @@ impl Pipeline {
                 partition as u32,
                 version,
                 keep_claim,
+                horizon,
             ));
             match pruned {
                 Ok(()) => tracing::info!(
