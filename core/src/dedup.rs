@@ -239,7 +239,8 @@ pub struct Seen {
     slot_last: Vec<i64>,
     next_slot: u16,
     /// Exact answers about probable duplicates: the latest committed first arrival of
-    /// the key, or none. Cleared whenever the sealed set or the horizon changes.
+    /// the key, or none. A key's answer goes when the key is sealed again (it was
+    /// recorded since), or when it falls out of the window.
     answers: KeyMap<Option<i64>>,
     /// Ids first seen before this are forgotten (what [`Seen::expire`] was told last).
     horizon: Option<i64>,
@@ -418,6 +419,10 @@ impl Seen {
             let (stripe, fp) = fingerprint(*key);
             added[stripe].push(entry_of(fp, slot));
         }
+        // An answer about a key recorded since is out of date.
+        for (key, _) in &moved {
+            self.answers.remove(key);
+        }
         drop(moved);
         self.generations.push(Generation {
             slot,
@@ -467,7 +472,6 @@ impl Seen {
             let last = &mut self.slot_last[g.slot as usize];
             *last = (*last).max(g.last_at);
         }
-        self.answers.clear();
     }
 
     /// Adds one sealed blob written by an earlier run (any order); call
@@ -542,7 +546,10 @@ impl Seen {
             // Their entries go at the next seal's layout; lookups skip them already.
             self.drop_expired_generations();
         }
-        self.answers.clear();
+        // Answers stay facts about committed rows; those out of the window, and the
+        // "none"s (cheap to ask again), go.
+        self.answers
+            .retain(|_, first| first.is_some_and(|first| first >= horizon));
     }
 
     /// Ids remembered: exact and sealed (sealed ones of expired generations until the
