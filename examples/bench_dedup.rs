@@ -45,8 +45,8 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if new_size > layout.size() {
-            let held =
-                HELD.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+            let held = HELD.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                - layout.size();
             PEAK.fetch_max(held, Ordering::Relaxed);
         } else {
             HELD.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         let until = args.ids * (flush + 1) / flushes;
         while done < until {
             let key = synthetic_key(&mut rng, &mut text);
-            if done % 100 == 0 {
+            if done.is_multiple_of(100) {
                 sample.push(key);
             }
             if !seen.is_duplicate(key, at, window) {

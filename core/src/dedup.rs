@@ -141,17 +141,53 @@ impl Stripe {
     }
 
     /// Rebuilds the stripe from the entries whose slot `keep` says, and `added` (entry
-    /// values), into arrays of exactly the size needed.
-    fn rebuild(&mut self, keep: &[bool; SLOTS], added: &[u64]) {
-        let old = std::mem::take(&mut self.entries);
-        let values: Vec<u64> = old
-            .iter()
-            .map(entry_value)
-            .filter(|value| keep[(value & (SLOTS as u64 - 1)) as usize])
-            .chain(added.iter().copied())
-            .collect();
-        drop(old);
-        self.build(&values);
+    /// values), into arrays of exactly the size needed. While the shard count still fits,
+    /// one sequential pass: each shard's kept entries, then its added ones.
+    fn rebuild(&mut self, keep: &[bool; SLOTS], added: &mut [u64]) {
+        let kept = if self.offsets.is_empty() {
+            0
+        } else {
+            self.entries
+                .iter()
+                .filter(|entry| keep[entry[0] as usize])
+                .count()
+        };
+        let n = kept + added.len();
+        let fits = !self.offsets.is_empty() && {
+            let per_shard = n >> self.shard_bits;
+            (SHARD_LOAD / 2..SHARD_LOAD * 4).contains(&per_shard)
+                || (self.shard_bits == 0 && n < SHARD_LOAD * 4)
+        };
+        if !fits {
+            let values: Vec<u64> = self
+                .entries
+                .iter()
+                .filter(|entry| keep[entry[0] as usize])
+                .map(entry_value)
+                .chain(added.iter().copied())
+                .collect();
+            self.build(&values);
+            return;
+        }
+        added.sort_unstable_by_key(|value| self.shard(value >> SLOT_BITS));
+        let shards = 1usize << self.shard_bits;
+        let mut entries: Vec<[u8; ENTRY_BYTES]> = Vec::with_capacity(n);
+        let mut offsets = Vec::with_capacity(shards + 1);
+        let mut next_added = 0;
+        for shard in 0..shards {
+            offsets.push(entries.len() as u32);
+            let old = &self.entries[self.offsets[shard] as usize..self.offsets[shard + 1] as usize];
+            entries.extend(old.iter().filter(|entry| keep[entry[0] as usize]));
+            while next_added < added.len() && self.shard(added[next_added] >> SLOT_BITS) == shard {
+                let mut entry = [0u8; ENTRY_BYTES];
+                entry.copy_from_slice(&added[next_added].to_le_bytes()[..ENTRY_BYTES]);
+                entries.push(entry);
+                next_added += 1;
+            }
+        }
+        offsets.push(entries.len() as u32);
+        self.entries = entries;
+        self.offsets = offsets;
     }
 
     /// Lays `values` out by shard (a counting sort: linear, no comparisons).
@@ -190,7 +226,10 @@ impl Stripe {
 /// Stripe and in-memory fingerprint of a key: the low 64 bits, top byte the stripe.
 fn fingerprint(key: u128) -> (usize, u64) {
     let low = key as u64;
-    ((low >> 56) as usize, (low >> (56 - FP_BITS)) & ((1 << FP_BITS) - 1))
+    (
+        (low >> 56) as usize,
+        (low >> (56 - FP_BITS)) & ((1 << FP_BITS) - 1),
+    )
 }
 
 fn blob_fingerprint(key: u128) -> u64 {
@@ -462,8 +501,8 @@ impl Seen {
             self.stripes = vec![Stripe::default(); STRIPES];
         }
         let mut sealed = 0;
-        for (stripe, added) in self.stripes.iter_mut().zip(added) {
-            stripe.rebuild(keep, &added);
+        for (stripe, mut added) in self.stripes.iter_mut().zip(added) {
+            stripe.rebuild(keep, &mut added);
             sealed += stripe.entries.len();
         }
         self.sealed = sealed;
@@ -515,9 +554,9 @@ impl Seen {
             self.stripes = vec![Stripe::default(); STRIPES];
         }
         let mut sealed = 0;
-        for (stripe, values) in self.stripes.iter_mut().zip(restoring) {
+        for (stripe, mut values) in self.stripes.iter_mut().zip(restoring) {
             let keep = [true; SLOTS];
-            stripe.rebuild(&keep, &values);
+            stripe.rebuild(&keep, &mut values);
             sealed += stripe.entries.len();
         }
         self.sealed = sealed;
@@ -589,9 +628,8 @@ fn encode_blob(written: &[Written], last_at: i64, keys: &[(u128, i64)]) -> Vec<u
     for (key, _) in keys {
         by_stripe[(*key as u64 >> 56) as usize].push(blob_fingerprint(*key));
     }
-    let mut out = Vec::with_capacity(
-        32 + written.len() * 24 + STRIPES * 4 + keys.len() * BLOB_ENTRY_BYTES,
-    );
+    let mut out =
+        Vec::with_capacity(32 + written.len() * 24 + STRIPES * 4 + keys.len() * BLOB_ENTRY_BYTES);
     out.extend_from_slice(BLOB_MAGIC);
     out.extend_from_slice(&last_at.to_le_bytes());
     out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
@@ -628,7 +666,10 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], BlobError> {
-        let end = self.at.checked_add(n).ok_or(BlobError::Truncated(self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(BlobError::Truncated(self.at))?;
         let slice = self
             .bytes
             .get(self.at..end)

@@ -513,8 +513,7 @@ impl Pipeline {
                 .map_or(version, |work| work.claim_version);
             // Dedup rows and blobs stay while the window may need them.
             let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
-                work.arrival_high.saturating_mul(1000)
-                    - self.rules.dedup_window.num_milliseconds()
+                work.arrival_high.saturating_mul(1000) - self.rules.dedup_window.num_milliseconds()
             });
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.

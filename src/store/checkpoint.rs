@@ -307,7 +307,10 @@ async fn load_seen(
             continue;
         }
         if part.key_lo != next_part {
-            return Err(bad(format!("blob {}: part {next_part} missing", part.key_hi)));
+            return Err(bad(format!(
+                "blob {}: part {next_part} missing",
+                part.key_hi
+            )));
         }
         bytes.extend_from_slice(&part.state);
         next_part += 1;
@@ -357,6 +360,9 @@ async fn load_seen(
     Ok(seen)
 }
 
+/// A probable duplicate's key and the committed flushes that may hold it.
+pub type Probable = (u128, Vec<Written>);
+
 /// Keys per confirmation query: its text stays far below `max_query_size` (256 KiB).
 const CONFIRM_KEYS: usize = 2_000;
 
@@ -367,10 +373,10 @@ pub async fn confirm(
     client: &Client,
     stream: &str,
     partition: u32,
-    probable: &[(u128, Vec<Written>)],
+    probable: &[Probable],
 ) -> Result<Vec<(u128, Option<i64>)>, StoreError> {
     // Keys whose flushes fall in one range are asked together.
-    let mut groups: BTreeMap<(u64, u64), Vec<&(u128, Vec<Written>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u64, u64), Vec<&Probable>> = BTreeMap::new();
     for item in probable {
         let low = item.1.iter().map(|w| w.version).min().unwrap_or(0);
         let high = item.1.iter().map(|w| w.version).max().unwrap_or(0);
@@ -402,7 +408,11 @@ pub async fn confirm(
                 let latest = rows
                     .iter()
                     .filter(|r| (u128::from(r.key_hi) << 64) | u128::from(r.key_lo) == *key)
-                    .filter(|r| written.binary_search_by_key(&r.version, |w| w.version).is_ok())
+                    .filter(|r| {
+                        written
+                            .binary_search_by_key(&r.version, |w| w.version)
+                            .is_ok()
+                    })
                     .map(|r| r.seen_at)
                     .max();
                 answers.push((*key, latest));
