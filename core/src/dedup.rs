@@ -845,6 +845,8 @@ mod tests {
         /// A flush: seal (forced or not), then take the fresh keys.
         Flush(bool),
         Expire,
+        /// A flush that commits, then a new owner loads the window as the shell does.
+        Restart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -852,6 +854,7 @@ mod tests {
             8 => (0u8..40, 0i64..200_000).prop_map(|(id, step)| Op::Event(id, step)),
             2 => any::<bool>().prop_map(Op::Flush),
             1 => Just(Op::Expire),
+            1 => Just(Op::Restart),
         ]
     }
 
@@ -869,6 +872,7 @@ mod tests {
             let mut rows: Vec<(u64, u128, i64)> = Vec::new();
             let mut in_flight: Vec<(u64, u128, i64)> = Vec::new();
             let mut version = 0u64;
+            let mut blobs: Vec<Vec<u8>> = Vec::new();
             let mut clock = 0i64;
             for op in ops {
                 match op {
@@ -895,7 +899,7 @@ mod tests {
                     Op::Flush(force) => {
                         // The flush before has committed when the next one is built.
                         rows.append(&mut in_flight);
-                        sealed.seal(force);
+                        blobs.extend(sealed.seal(force));
                         version += 1;
                         for (k, first) in sealed.take_fresh(version) {
                             in_flight.push((version, k, first));
@@ -905,6 +909,39 @@ mod tests {
                         horizon = horizon.max(clock - window.num_milliseconds());
                         exact.retain(|_, first| *first >= horizon);
                         sealed.expire(at(clock), window);
+                    }
+                    Op::Restart => {
+                        rows.append(&mut in_flight);
+                        blobs.extend(sealed.seal(false));
+                        version += 1;
+                        rows.extend(sealed.take_fresh(version).into_iter().map(|(k, first)| (version, k, first)));
+                        // What claim_and_load does: blobs in the window, then the rows of
+                        // flushes after the last sealed one, then the horizon.
+                        let restart_horizon = clock - window.num_milliseconds();
+                        let mut restored = Seen::sealing();
+                        for blob in &blobs {
+                            if blob_last_at(blob).unwrap() >= restart_horizon {
+                                restored.restore_blob(blob).unwrap();
+                            }
+                        }
+                        restored.finish_restore();
+                        let through = restored.sealed_through().unwrap_or(0);
+                        let mut written: std::collections::BTreeMap<u64, Written> = Default::default();
+                        for &(v, k, first) in &rows {
+                            if v > through && first >= restart_horizon {
+                                restored.restore(k, first);
+                                let w = written.entry(v).or_insert(Written { version: v, first_at: first, last_at: first });
+                                w.first_at = w.first_at.min(first);
+                                w.last_at = w.last_at.max(first);
+                            }
+                        }
+                        for w in written.into_values() {
+                            restored.restore_written(w);
+                        }
+                        restored.expire(at(clock), window);
+                        sealed = restored;
+                        horizon = horizon.max(restart_horizon);
+                        exact.retain(|_, first| *first >= horizon);
                     }
                 }
             }
