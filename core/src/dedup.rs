@@ -439,6 +439,9 @@ impl Seen {
                 false
             }
         });
+        // A table emptied by `retain` is full of tombstones, which every lookup of a new
+        // key would walk: laid out again, it holds just what is left.
+        self.first.shrink_to_fit();
         if moved.is_empty() {
             return None;
         }
