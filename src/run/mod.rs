@@ -355,6 +355,11 @@ impl Pipeline {
                             "probable duplicates confirmed"
                         );
                         for (key, first) in answers {
+                            let outcome = if first.is_some() { "duplicate" } else { "new" };
+                            self.metrics
+                                .dedup_confirmed
+                                .with_label_values(&[outcome])
+                                .inc();
                             work.book.seen.answer(key, first);
                         }
                     }
@@ -648,9 +653,23 @@ impl Pipeline {
             .collect();
     }
 
-    /// Sets every partition's lag gauges: its end as the last fetch response gave it,
-    /// minus the next offset to apply.
+    /// Sets every partition's lag gauges (its end as the last fetch response gave it,
+    /// minus the next offset to apply) and the dedup window's size.
     fn export_lag(&mut self) {
+        let (exact, sealed) = self.parts.values().fold((0, 0), |(e, s), work| {
+            (
+                e + work.book.seen.exact_len(),
+                s + work.book.seen.sealed_len(),
+            )
+        });
+        self.metrics
+            .dedup_ids
+            .with_label_values(&["exact"])
+            .set(exact as i64);
+        self.metrics
+            .dedup_ids
+            .with_label_values(&["sealed"])
+            .set(sealed as i64);
         for work in self.parts.values_mut() {
             let known = |high: i64| (high != i64::MAX).then_some(high);
             let (usage_end, usage_next) = (known(work.usage.high), work.usage.applied_next);
