@@ -88,6 +88,12 @@ pub struct RunMetrics {
     pub clickhouse_errors: IntCounter,
     /// Requests of the run's own endpoint, by matched route, method and status.
     pub http_requests: IntCounterVec,
+    /// Ids in the dedup windows of this process's partitions: `exact` (keys not sealed
+    /// yet) and `sealed` (fingerprints, 6 bytes each).
+    pub dedup_ids: IntGaugeVec,
+    /// Probable duplicates (sealed fingerprints) confirmed against ClickHouse, by what
+    /// the exact rows said: `duplicate` or `new`.
+    pub dedup_confirmed: IntCounterVec,
 }
 
 impl RunMetrics {
@@ -172,7 +178,21 @@ impl RunMetrics {
             ),
             &["route", "method", "status"],
         )?;
-        let collectors: [Box<dyn Collector>; 12] = [
+        let dedup_ids = IntGaugeVec::new(
+            Opts::new(
+                "tally_dedup_ids",
+                "Ids in the dedup windows of this process's partitions: exact (not sealed yet) and sealed (6-byte fingerprints)",
+            ),
+            &["state"],
+        )?;
+        let dedup_confirmed = IntCounterVec::new(
+            Opts::new(
+                "tally_dedup_confirmed_total",
+                "Probable duplicates (sealed fingerprints) confirmed against the exact rows in ClickHouse, by what they were",
+            ),
+            &["outcome"],
+        )?;
+        let collectors: [Box<dyn Collector>; 14] = [
             Box::new(applied.clone()),
             Box::new(rejected.clone()),
             Box::new(duplicates.clone()),
@@ -185,6 +205,8 @@ impl RunMetrics {
             Box::new(alerts.clone()),
             Box::new(clickhouse_errors.clone()),
             Box::new(http_requests.clone()),
+            Box::new(dedup_ids.clone()),
+            Box::new(dedup_confirmed.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
@@ -196,6 +218,12 @@ impl RunMetrics {
         }
         for outcome in ["sent", "suppressed", "failed"] {
             alerts.with_label_values(&[outcome]);
+        }
+        for state in ["exact", "sealed"] {
+            dedup_ids.with_label_values(&[state]);
+        }
+        for outcome in ["duplicate", "new"] {
+            dedup_confirmed.with_label_values(&[outcome]);
         }
         Ok(RunMetrics {
             registry,
@@ -211,6 +239,8 @@ impl RunMetrics {
             alerts,
             clickhouse_errors,
             http_requests,
+            dedup_ids,
+            dedup_confirmed,
         })
     }
 

@@ -326,19 +326,58 @@ impl Pipeline {
             self.config.kafka.commands_topic.clone(),
         );
         for work in self.parts.values_mut() {
-            let budget = self
-                .config
-                .pipeline
-                .max_batch_events
-                .saturating_sub(self.applied_since_flush)
-                .min(APPLY_BUDGET);
-            self.applied_since_flush += work.apply_ready(
-                &self.rules,
-                (&usage_topic, &commands_topic),
-                now,
-                max_idle,
-                budget,
-            );
+            loop {
+                let budget = self
+                    .config
+                    .pipeline
+                    .max_batch_events
+                    .saturating_sub(self.applied_since_flush)
+                    .min(APPLY_BUDGET);
+                self.applied_since_flush += work.apply_ready(
+                    &self.rules,
+                    (&usage_topic, &commands_topic),
+                    now,
+                    max_idle,
+                    budget,
+                );
+                if work.confirm.is_empty() {
+                    break;
+                }
+                // Probable duplicates (sealed fingerprints) are confirmed against the
+                // exact rows before the partition goes on; on failure it waits (like a
+                // failed flush) and asks again on the next pass.
+                let probable = std::mem::take(&mut work.confirm);
+                let started = Instant::now();
+                let answered = self.rt.block_on(checkpoint::confirm(
+                    &self.store,
+                    &self.stream,
+                    work.partition as u32,
+                    &probable,
+                ));
+                match answered {
+                    Ok(answers) => {
+                        tracing::debug!(
+                            partition = work.partition,
+                            keys = answers.len(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "probable duplicates confirmed"
+                        );
+                        for (key, first) in answers {
+                            let outcome = if first.is_some() { "duplicate" } else { "new" };
+                            self.metrics
+                                .dedup_confirmed
+                                .with_label_values(&[outcome])
+                                .inc();
+                            work.book.seen.answer(key, first);
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.clickhouse_errors.inc();
+                        tracing::warn!(partition = work.partition, error = %e, "cannot confirm probable duplicates, retrying");
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -502,6 +541,10 @@ impl Pipeline {
                 .parts
                 .get(&partition)
                 .map_or(version, |work| work.claim_version);
+            // Dedup rows and blobs stay while the window may need them.
+            let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
+                work.arrival_high.saturating_mul(1000) - self.rules.dedup_window.num_milliseconds()
+            });
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.rt.block_on(checkpoint::delete_before(
@@ -510,6 +553,7 @@ impl Pipeline {
                 partition as u32,
                 version,
                 keep_claim,
+                horizon,
             ));
             match pruned {
                 Ok(()) => tracing::info!(
@@ -634,9 +678,23 @@ impl Pipeline {
             .collect();
     }
 
-    /// Sets every partition's lag gauges: its end as the last fetch response gave it,
-    /// minus the next offset to apply.
+    /// Sets every partition's lag gauges (its end as the last fetch response gave it,
+    /// minus the next offset to apply) and the dedup window's size.
     fn export_lag(&mut self) {
+        let (exact, sealed) = self.parts.values().fold((0, 0), |(e, s), work| {
+            (
+                e + work.book.seen.exact_len(),
+                s + work.book.seen.sealed_len(),
+            )
+        });
+        self.metrics
+            .dedup_ids
+            .with_label_values(&["exact"])
+            .set(exact as i64);
+        self.metrics
+            .dedup_ids
+            .with_label_values(&["sealed"])
+            .set(sealed as i64);
         for work in self.parts.values_mut() {
             let known = |high: i64| (high != i64::MAX).then_some(high);
             let (usage_end, usage_next) = (known(work.usage.high), work.usage.applied_next);

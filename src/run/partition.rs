@@ -61,7 +61,15 @@ pub struct PartitionWork {
     pub wait: Option<(Which, WaitReason)>,
     /// This partition's Prometheus handles, labels resolved once.
     pub metrics: PartitionMetrics,
+    /// Probable duplicates (sealed fingerprints) the next event to apply, and some after
+    /// it, must have confirmed against the exact rows before it goes: set when
+    /// [`PartitionWork::apply_ready`] stopped for them.
+    pub confirm: Vec<(u128, Vec<tally_core::dedup::Written>)>,
 }
+
+/// Probable duplicates gathered per confirmation: the event that waits and those queued
+/// after it, so a burst of old copies costs one query, not one each.
+const CONFIRM_AHEAD: usize = 1_000;
 
 impl PartitionWork {
     pub fn new(partition: i32, restored: Restored, metrics: PartitionMetrics) -> Self {
@@ -86,6 +94,7 @@ impl PartitionWork {
             rows_since_snapshot: 0,
             snapshot_pending: None,
             metrics,
+            confirm: Vec::new(),
         }
     }
 
@@ -123,6 +132,11 @@ impl PartitionWork {
                 }
             };
             self.wait = None;
+            // A probable duplicate waits for its exact answer (the shell asks ClickHouse):
+            // the core counts an unconfirmed one as new.
+            if self.needs_confirm(rules, which) {
+                break;
+            }
             let Some(pending) = self.side_mut(which).queue.pop_front() else {
                 break;
             };
@@ -142,6 +156,36 @@ impl PartitionWork {
             self.metrics.publish();
         }
         applied
+    }
+
+    /// Whether the head of `which` is a probable duplicate without an answer; if so,
+    /// gathers it and the probable duplicates queued after it into `self.confirm`.
+    fn needs_confirm(&mut self, rules: &Rules, which: Which) -> bool {
+        let seen = &self.book.seen;
+        let probe = |pending: &Pending| match (&pending.parsed, &pending.forward) {
+            (Ok(event), None) if !matches!(event.body, tally_core::event::Body::Tick) => {
+                let key = tally_core::dedup::key_of(event);
+                seen.needs_confirm(key, pending.arrival, rules.dedup_window)
+                    .map(|written| (key, written))
+            }
+            _ => None,
+        };
+        let head = match which {
+            Which::Usage => self.usage.queue.front(),
+            Which::Commands => self.commands.queue.front(),
+        };
+        let Some(first) = head.and_then(probe) else {
+            return false;
+        };
+        let mut confirm = vec![first];
+        let ahead = self.usage.queue.iter().chain(self.commands.queue.iter());
+        for found in ahead.take(CONFIRM_AHEAD).filter_map(probe) {
+            if !confirm.iter().any(|(key, _)| *key == found.0) {
+                confirm.push(found);
+            }
+        }
+        self.confirm = confirm;
+        true
     }
 
     fn apply(&mut self, rules: &Rules, which: Which, topic: &str, pending: Pending) {
@@ -309,7 +353,6 @@ impl PartitionWork {
         if snapshot {
             self.touched.clear();
             let _ = self.rollups.take_changed();
-            let _ = self.book.seen.take_fresh();
         }
         let accounts: Vec<String> = if snapshot {
             self.book.accounts.keys().cloned().collect()
@@ -339,13 +382,16 @@ impl PartitionWork {
                 .push(rollup::daily_row(&account, &day, self.partition, version));
             batch.checkpoint.push(commit.day(&account, &day));
         }
-        let seen: Vec<(u128, i64)> = if snapshot {
-            self.book.seen.all().collect()
-        } else {
-            self.book.seen.take_fresh()
-        };
-        for (key, seen_at) in seen {
+        // Dedup keys: the new ones one row each (the exact record a confirmation reads),
+        // and the committed ones, once enough (or at a snapshot: all), sealed into one
+        // compact blob that a restart loads instead of their rows. Sealing first: the
+        // keys taken now are not committed yet.
+        let sealed = self.book.seen.seal(snapshot);
+        for (key, seen_at) in self.book.seen.take_fresh(version) {
             batch.checkpoint.push(commit.seen(key, seen_at));
+        }
+        if let Some(blob) = sealed {
+            batch.checkpoint.extend(commit.seen_blob(&blob));
         }
         if snapshot {
             self.rows_since_snapshot = 0;

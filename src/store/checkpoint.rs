@@ -1,7 +1,10 @@
 //! The commit point: loading a partition's state and offsets on assignment, and the rows
 //! that commit a flush.
 
+use std::collections::BTreeMap;
+
 use clickhouse::Client;
+use tally_core::dedup::{self, Seen, Written};
 use tally_core::{AccountState, Book};
 
 use super::rows::CheckpointRow;
@@ -65,8 +68,26 @@ struct StateRow {
 struct SeenRow {
     key_hi: u64,
     key_lo: u64,
+    version: u64,
     seen_at: i64,
 }
+
+/// One part of a sealed dedup blob.
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct BlobPart {
+    /// The blob: the version of the flush that wrote it.
+    key_hi: u64,
+    /// The part's index.
+    key_lo: u64,
+    /// How many parts the blob has.
+    usage_offset: i64,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+}
+
+/// A sealed blob is written in parts of at most this many bytes: ClickHouse 18.16 takes
+/// big strings in RowBinary, but smaller values keep every insert and read block modest.
+const BLOB_PART_BYTES: usize = 1 << 20;
 
 const WHERE_PARTITION: &str = "stream = ? AND partition = ?";
 
@@ -191,24 +212,16 @@ pub async fn claim_and_load(
     book.clock = (arrival_high > 0)
         .then(|| chrono::DateTime::from_timestamp(arrival_high, 0))
         .flatten();
-    let seen: Vec<SeenRow> = client
-        .query(&format!(
-            "SELECT key_hi, key_lo, min(seen_at) FROM checkpoints \
-             WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ? \
-             AND version IN ({COMPLETE}) GROUP BY key_hi, key_lo"
-        ))
-        .bind(stream)
-        .bind(partition)
-        .bind(arrival_high.saturating_mul(1000) - dedup_window_millis)
-        .bind(stream)
-        .bind(partition)
-        .fetch_all()
-        .await?;
-    for row in seen {
-        book.seen.restore(
-            (u128::from(row.key_hi) << 64) | u128::from(row.key_lo),
-            row.seen_at,
-        );
+    book.seen = load_seen(
+        client,
+        stream,
+        partition,
+        arrival_high.saturating_mul(1000) - dedup_window_millis,
+    )
+    .await?;
+    if let Some(clock) = book.clock {
+        book.seen
+            .expire(clock, chrono::TimeDelta::milliseconds(dedup_window_millis));
     }
     let days: Vec<StateRow> = client
         .query(&format!(
@@ -248,26 +261,192 @@ pub async fn claim_and_load(
     })
 }
 
+/// The dedup window of a partition as its committed rows hold it: the sealed blobs whose
+/// latest id is within the window (loaded whole: time grows with their bytes, not with
+/// rows), then, one row each, the keys committed after the last sealed flush.
+async fn load_seen(
+    client: &Client,
+    stream: &str,
+    partition: u32,
+    horizon_millis: i64,
+) -> Result<Seen, StoreError> {
+    let mut seen = Seen::sealing();
+    let mut parts = client
+        .query(&format!(
+            "SELECT key_hi, key_lo, usage_offset, state FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'seen_blob' AND seen_at >= ? \
+             ORDER BY key_hi, key_lo"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(horizon_millis)
+        .fetch::<BlobPart>()?;
+    // Parts arrive in order, one blob after the other; a retried flush may have written
+    // a blob's parts twice (the same bytes).
+    let mut blob: Option<(u64, i64, Vec<u8>)> = None;
+    let mut next_part = 0u64;
+    let bad = |problem: String| StoreError::State {
+        account: format!("(dedup blob of partition {partition})"),
+        problem,
+    };
+    while let Some(part) = parts.next().await? {
+        if blob.as_ref().is_some_and(|b| b.0 != part.key_hi) {
+            if let Some((id, count, bytes)) = blob.take() {
+                if next_part != count as u64 {
+                    return Err(bad(format!("blob {id}: {next_part} of {count} parts")));
+                }
+                seen.restore_blob(&bytes)
+                    .map_err(|e| bad(format!("blob {id}: {e}")))?;
+            }
+        }
+        let (_, _, bytes) = blob.get_or_insert_with(|| {
+            next_part = 0;
+            (part.key_hi, part.usage_offset, Vec::new())
+        });
+        if part.key_lo < next_part {
+            continue;
+        }
+        if part.key_lo != next_part {
+            return Err(bad(format!(
+                "blob {}: part {next_part} missing",
+                part.key_hi
+            )));
+        }
+        bytes.extend_from_slice(&part.state);
+        next_part += 1;
+    }
+    if let Some((id, count, bytes)) = blob.take() {
+        if next_part != count as u64 {
+            return Err(bad(format!("blob {id}: {next_part} of {count} parts")));
+        }
+        seen.restore_blob(&bytes)
+            .map_err(|e| bad(format!("blob {id}: {e}")))?;
+    }
+    seen.finish_restore();
+    // Keys of committed flushes after the last sealed one: at most one seal's worth
+    // (a snapshot seals everything committed, so the offsets rows these need survive
+    // its pruning).
+    let rows: Vec<SeenRow> = client
+        .query(&format!(
+            "SELECT key_hi, key_lo, version, seen_at FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ? \
+             AND version > ? AND version IN ({COMPLETE})"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(horizon_millis)
+        .bind(seen.sealed_through().unwrap_or(0))
+        .bind(stream)
+        .bind(partition)
+        .fetch_all()
+        .await?;
+    let mut written: BTreeMap<u64, Written> = BTreeMap::new();
+    for row in rows {
+        seen.restore(
+            (u128::from(row.key_hi) << 64) | u128::from(row.key_lo),
+            row.seen_at,
+        );
+        let w = written.entry(row.version).or_insert(Written {
+            version: row.version,
+            first_at: row.seen_at,
+            last_at: row.seen_at,
+        });
+        w.first_at = w.first_at.min(row.seen_at);
+        w.last_at = w.last_at.max(row.seen_at);
+    }
+    for w in written.into_values() {
+        seen.restore_written(w);
+    }
+    Ok(seen)
+}
+
+/// A probable duplicate's key and the committed flushes that may hold it.
+pub type Probable = (u128, Vec<Written>);
+
+/// Keys per confirmation query: its text stays far below `max_query_size` (256 KiB).
+const CONFIRM_KEYS: usize = 2_000;
+
+/// Confirms probable duplicates against the exact rows: for each key, the latest first
+/// arrival among its rows in the committed flushes named with it, or none. Reads only
+/// the version range of those flushes (the table's order), not the whole window.
+pub async fn confirm(
+    client: &Client,
+    stream: &str,
+    partition: u32,
+    probable: &[Probable],
+) -> Result<Vec<(u128, Option<i64>)>, StoreError> {
+    // Keys whose flushes fall in one range are asked together.
+    let mut groups: BTreeMap<(u64, u64), Vec<&Probable>> = BTreeMap::new();
+    for item in probable {
+        let low = item.1.iter().map(|w| w.version).min().unwrap_or(0);
+        let high = item.1.iter().map(|w| w.version).max().unwrap_or(0);
+        groups.entry((low, high)).or_default().push(item);
+    }
+    let mut answers = Vec::with_capacity(probable.len());
+    for ((low, high), items) in groups {
+        for chunk in items.chunks(CONFIRM_KEYS) {
+            let keys = chunk
+                .iter()
+                .map(|(key, _)| format!("({},{})", (key >> 64) as u64, *key as u64))
+                .collect::<Vec<_>>()
+                .join(",");
+            let rows: Vec<SeenRow> = client
+                .query(&format!(
+                    "SELECT key_hi, key_lo, version, seen_at FROM checkpoints \
+                     WHERE {WHERE_PARTITION} AND row_kind = 'seen' \
+                     AND version >= ? AND version <= ? AND (key_hi, key_lo) IN ({keys})"
+                ))
+                .bind(stream)
+                .bind(partition)
+                .bind(low)
+                .bind(high)
+                .fetch_all()
+                .await?;
+            for (key, written) in chunk {
+                // Only rows of the committed flushes count: a crashed owner's uncommitted
+                // rows may lie in the same range.
+                let latest = rows
+                    .iter()
+                    .filter(|r| (u128::from(r.key_hi) << 64) | u128::from(r.key_lo) == *key)
+                    .filter(|r| {
+                        written
+                            .binary_search_by_key(&r.version, |w| w.version)
+                            .is_ok()
+                    })
+                    .map(|r| r.seen_at)
+                    .max();
+                answers.push((*key, latest));
+            }
+        }
+    }
+    Ok(answers)
+}
+
 /// Deletes a partition's checkpoint rows older than `version`, once the snapshot written
-/// with `version` has committed (its rows hold every live account, open day and dedup
-/// key), except the claim row at `keep_claim`: the current owner's, which says where it
-/// answers checks and holds. ClickHouse runs the deletion as a mutation in the background.
+/// with `version` has committed (its rows hold every live account and open day, and
+/// every committed dedup key is in a sealed blob), except the claim row at `keep_claim`:
+/// the current owner's, which says where it answers checks and holds; and the dedup rows
+/// and blobs still in the window (from `horizon_millis`), which no snapshot rewrites.
+/// ClickHouse runs the deletion as a mutation in the background.
 pub async fn delete_before(
     client: &Client,
     stream: &str,
     partition: u32,
     version: u64,
     keep_claim: u64,
+    horizon_millis: i64,
 ) -> Result<(), StoreError> {
     client
         .query(&format!(
             "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ? \
-             AND NOT (row_kind = 'claim' AND version >= ?)"
+             AND NOT (row_kind = 'claim' AND version >= ?) \
+             AND NOT (row_kind IN ('seen', 'seen_blob') AND seen_at >= ?)"
         ))
         .bind(stream)
         .bind(partition)
         .bind(version)
         .bind(keep_claim)
+        .bind(horizon_millis)
         .execute()
         .await?;
     Ok(())
@@ -327,6 +506,26 @@ impl Commit<'_> {
         // Plain data with string keys serializes.
         row.state = serde_json::to_vec(day).unwrap_or_default();
         row
+    }
+
+    /// A sealed dedup blob, in parts: `key_hi` names the blob (this flush's version),
+    /// `key_lo` the part, `usage_offset` the number of parts, `seen_at` its latest id's
+    /// first arrival (it expires whole after that).
+    pub fn seen_blob(&self, blob: &[u8]) -> Vec<CheckpointRow> {
+        let last_at = dedup::blob_last_at(blob).unwrap_or(i64::MAX);
+        let parts = blob.len().div_ceil(BLOB_PART_BYTES).max(1);
+        (0..parts)
+            .map(|i| {
+                let mut row = self.row("seen_blob");
+                row.key_hi = self.version;
+                row.key_lo = i as u64;
+                row.usage_offset = parts as i64;
+                row.seen_at = last_at;
+                let end = ((i + 1) * BLOB_PART_BYTES).min(blob.len());
+                row.state = blob[i * BLOB_PART_BYTES..end].to_vec();
+                row
+            })
+            .collect()
     }
 
     pub fn seen(&self, key: u128, seen_at: i64) -> CheckpointRow {
