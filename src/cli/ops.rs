@@ -22,7 +22,8 @@ fn credits(milli: i64) -> Credits {
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     let server = store::server_client(&config.clickhouse);
-    schema::migrate(&server, &config.clickhouse.database)
+    let cluster = config.clickhouse.cluster.as_ref().map(|c| c.name.as_str());
+    schema::migrate(&server, &config.clickhouse.database, cluster)
         .await
         .with_context(|| format!("cannot create the schema at {}", config.clickhouse.url))?;
     kafka::check_access_async(&config.kafka).await?;
