@@ -126,6 +126,20 @@ fn sigkill(pid_file: &str) {
     }
 }
 
+/// `tally_flush_failures_total` over every phase, from `tally run`'s `/metrics` at
+/// `status` (0 while it does not answer yet).
+fn flush_failures(status: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{status}/metrics")])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("tally_flush_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// What the balances table says each account has available in the `ai` pool, and what
 /// the rules say: the remaining credits of its lots (the workloads grant only `ai` lots,
 /// none of which expires or is voided within the run).
@@ -164,7 +178,14 @@ fn a_replica_sigkilled_mid_stream_and_started_again_loses_no_credit() {
     );
     d.send(&events[..first]);
     // Small batches, so the checkpoints move in steps and the kill falls between two.
-    let mut run = d.spawn_run(&[], &[("TALLY_PIPELINE__MAX_BATCH_EVENTS", "2000")]);
+    let status = format!("127.0.0.1:{}", common::free_port());
+    let mut run = d.spawn_run(
+        &[],
+        &[
+            ("TALLY_PIPELINE__MAX_BATCH_EVENTS", "2000"),
+            ("TALLY_STATUS__LISTEN", &status),
+        ],
+    );
     let target = (first * rng.gen_range(10..=90) / 100) as u64;
     d.wait_committed(target, &mut [&mut run], "before the replica's SIGKILL");
     let (victim, survivor) = if rng.gen_bool(0.5) {
@@ -185,8 +206,19 @@ fn a_replica_sigkilled_mid_stream_and_started_again_loses_no_credit() {
         .parse()
         .unwrap_or(0);
     d.send(&events[first..]);
-    // While it is down every flush fails for want of its quorum and is retried; then it is
-    // started again, on its data, and catches up from the other replica.
+    // While it is down every flush fails for want of its quorum and is retried: the restart
+    // waits until tally has met that (the second part cannot commit without it).
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while flush_failures(&status) == 0 {
+        assert!(
+            run.try_wait().expect("wait works").is_none(),
+            "tally run exited with a replica down: {}",
+            run.stderr_so_far()
+        );
+        assert!(Instant::now() < deadline, "no flush failed with {victim} down");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Started again on its data, it catches up from the other replica.
     cluster();
     d.wait_committed(events.len() as u64, &mut [&mut run], "after the restart");
     run.terminate("tally run on the cluster");
