@@ -10,7 +10,9 @@
 #       tally_sharded:    2 shards x 1 replica, servers s1 (shard 1) and s2 (shard 2).
 #     Server number i (r1 1, r2 2, s1 3, s2 4) listens on http 28100+i, native 28200+i and
 #     interserver 28300+i. Each server knows its own cluster (`remote_servers`), its macros
-#     (`{shard}`, `{replica}`), ZooKeeper, and its cluster's queue of ON CLUSTER DDL.
+#     (`{shard}`, `{replica}`), ZooKeeper, and its cluster's queue of ON CLUSTER DDL; each
+#     logs the queries it receives (system.query_log), which scripts/check-current-engine.sh
+#     replays on a current engine.
 # Idempotent: what runs and answers is left alone, a server that is down (killed by a test)
 # is started again on its data. Installs zookeeper and clickhouse-server when missing. Writes
 # the addresses to .stack/cluster.env (KEY=VALUE).
@@ -150,7 +152,8 @@ start_server() {   # start_server NAME NUMBER CLUSTER SHARD
     </zookeeper>
     <macros><cluster>$cluster</cluster><shard>$shard</shard><replica>$name</replica></macros>
     <distributed_ddl><path>/clickhouse/$cluster/task_queue/ddl</path></distributed_ddl>
-    <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>"
+    <query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>" \
+    "<max_memory_usage>10000000000</max_memory_usage><log_queries>1</log_queries>"
   port_open "$(http_port "$number")" && die "port $(http_port "$number") is taken by another process"
   start_bg "cluster-$name" "$dir" "$CLICKHOUSE_SERVER" --config-file="$dir/config.xml" 9>&-
 }

@@ -392,7 +392,10 @@ impl ClusterConfig {
             return Err(("clickhouse.cluster.name", problem));
         }
         if self.shards.is_empty() {
-            return Err(("clickhouse.cluster.shards", "needs at least one shard".into()));
+            return Err((
+                "clickhouse.cluster.shards",
+                "needs at least one shard".into(),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, shard) in self.shards.iter().enumerate() {
@@ -401,7 +404,9 @@ impl ClusterConfig {
                 return Err(("clickhouse.cluster.shards", problem));
             }
             for url in shard {
-                let scheme = ["http://", "https://"].iter().find(|s| url.starts_with(**s));
+                let scheme = ["http://", "https://"]
+                    .iter()
+                    .find(|s| url.starts_with(**s));
                 if scheme.is_none_or(|s| url.len() == s.len()) {
                     let problem = format!("`{url}` is not an http:// or https:// URL");
                     return Err(("clickhouse.cluster.shards", problem));
@@ -925,7 +930,9 @@ impl Config {
         }
         self.validate_kafka_security(&key_err)?;
         if let Some(cluster) = &self.clickhouse.cluster {
-            cluster.validate().map_err(|(key, problem)| key_err(key, problem))?;
+            cluster
+                .validate()
+                .map_err(|(key, problem)| key_err(key, problem))?;
         }
         if self.clickhouse.timeout.is_zero() {
             return Err(key_err(
@@ -1748,6 +1755,69 @@ mod tests {
         .to_string();
         assert!(relative.contains("absolute"), "{relative}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cluster_is_read_from_the_file_or_the_environment_and_checked() {
+        let (config, _) = Config::load(&shipped(), env(&[])).unwrap();
+        assert!(config.clickhouse.cluster.is_none(), "one server by default");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__CLUSTER__NAME", "tally"),
+                (
+                    "TALLY_CLICKHOUSE__CLUSTER__SHARDS",
+                    "http://a:8123, http://b:8123;https://c:8443",
+                ),
+            ]),
+        )
+        .unwrap();
+        let cluster = config.clickhouse.cluster.unwrap();
+        assert_eq!(cluster.name, "tally");
+        assert_eq!(
+            cluster.shards,
+            [
+                vec!["http://a:8123", "http://b:8123"],
+                vec!["https://c:8443"]
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("tally-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tally.toml");
+        std::fs::write(
+            &file,
+            "[clickhouse.cluster]\nname = \"c1\"\nshards = [[\"http://a:8123\"], [\"http://b:8123\"]]\n",
+        )
+        .unwrap();
+        let (config, _) = Config::load(&file, env(&[])).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(config.clickhouse.cluster.unwrap().shards.len(), 2);
+        for (name, shards, problem) in [
+            (
+                "bad-name",
+                "http://a:8123",
+                "letters, digits and underscores",
+            ),
+            ("c", "", "shard 1 has no replica"),
+            ("c", "http://a:8123;", "shard 2 has no replica"),
+            ("c", "http://a:8123,", "not an http:// or https:// URL"),
+            ("c", "ftp://a", "not an http:// or https:// URL"),
+            ("c", "http://a:8123,http://a:8123/", "named twice"),
+        ] {
+            let text = Config::load(
+                &shipped(),
+                env(&[
+                    ("TALLY_CLICKHOUSE__CLUSTER__NAME", name),
+                    ("TALLY_CLICKHOUSE__CLUSTER__SHARDS", shards),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                text.contains("clickhouse.cluster.") && text.contains(problem),
+                "{name} {shards}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -215,7 +215,10 @@ fn a_replica_sigkilled_mid_stream_and_started_again_loses_no_credit() {
             "tally run exited with a replica down: {}",
             run.stderr_so_far()
         );
-        assert!(Instant::now() < deadline, "no flush failed with {victim} down");
+        assert!(
+            Instant::now() < deadline,
+            "no flush failed with {victim} down"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Started again on its data, it catches up from the other replica.
@@ -288,10 +291,7 @@ fn two_shards_written_by_two_processes_read_through_distributed_tables() {
     let deadline = Instant::now() + WAIT_LIMIT;
     for (account, available) in &per_account {
         assert!(Instant::now() < deadline, "balances not read in time");
-        let answer = server.get(
-            &format!("/v1/accounts/{account}/balance"),
-            Some(ADMIN_KEY),
-        );
+        let answer = server.get(&format!("/v1/accounts/{account}/balance"), Some(ADMIN_KEY));
         assert_eq!(answer.status, 200, "{account}: {}", answer.body);
         let body: Value = answer.json();
         assert_eq!(

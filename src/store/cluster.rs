@@ -29,7 +29,7 @@ pub fn shard_of(partition: u32, shards: usize) -> usize {
 /// Where one process writes: the one server, or the shards of a cluster.
 #[derive(Clone)]
 pub enum Target {
-    Single(Client),
+    Single(Box<Client>),
     Cluster(Arc<Shards>),
 }
 
@@ -37,7 +37,7 @@ impl Target {
     /// The target `config` names, with a client for every replica of a cluster.
     pub fn new(config: &ClickHouseConfig) -> Target {
         match &config.cluster {
-            None => Target::Single(super::client(config)),
+            None => Target::Single(Box::new(super::client(config))),
             Some(cluster) => Target::Cluster(Arc::new(Shards::new(config, cluster))),
         }
     }

@@ -252,7 +252,8 @@ impl Table {
             keys,
             ..
         } = self;
-        let path = format!("'/clickhouse/tables/{cluster}/{database}/{{shard}}/{name}', '{{replica}}'");
+        let path =
+            format!("'/clickhouse/tables/{cluster}/{database}/{{shard}}/{name}', '{{replica}}'");
         let engine = match engine.split_once('(') {
             Some((family, args)) => format!("Replicated{family}({path}, {args}"),
             None => format!("Replicated{engine}({path})"),
@@ -283,20 +284,8 @@ impl Table {
     }
 }
 
-/// Creates `database` and every table in it: on the one server, or with `cluster` on every
-/// server of that cluster (see `cluster`).
-pub async fn migrate(
-    server: &Client,
-    database: &str,
-    cluster: Option<&str>,
-) -> Result<(), StoreError> {
-    match cluster {
-        None => migrate_server(server, database).await,
-        Some(cluster) => migrate_cluster(server, database, cluster).await,
-    }
-}
-
-async fn migrate_server(server: &Client, database: &str) -> Result<(), StoreError> {
+/// Creates `database` and every table in it, on one server.
+pub async fn migrate(server: &Client, database: &str) -> Result<(), StoreError> {
     server
         .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
         .execute()
@@ -333,11 +322,17 @@ async fn has_column(
     Ok(present > 0)
 }
 
-/// Every statement runs `ON CLUSTER`: the server that receives it queues it in ZooKeeper
+/// Creates `database` (the Distributed tables) and `<database>_local` (the Replicated
+/// tables) on every server of `cluster` (see `cluster`). Every statement runs `ON CLUSTER`:
+/// the server that receives it queues it in ZooKeeper
 /// and answers once every server of the cluster ran it (or failed, which fails the call),
 /// so a server that is down makes `tally migrate` fail after `distributed_ddl_task_timeout`
 /// instead of leaving it without tables. `IF NOT EXISTS` makes it safe to run again.
-async fn migrate_cluster(server: &Client, database: &str, cluster: &str) -> Result<(), StoreError> {
+pub async fn migrate_cluster(
+    server: &Client,
+    database: &str,
+    cluster: &str,
+) -> Result<(), StoreError> {
     let local = super::cluster::local_database(database);
     for db in [&local, database] {
         server

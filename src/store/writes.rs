@@ -65,9 +65,17 @@ impl<'a> Share<'a> {
         Share {
             ledger: batch.ledger.iter().filter(|r| mine(r.partition)).collect(),
             lots: batch.lots.iter().filter(|r| mine(r.partition)).collect(),
-            balances: batch.balances.iter().filter(|r| mine(r.partition)).collect(),
+            balances: batch
+                .balances
+                .iter()
+                .filter(|r| mine(r.partition))
+                .collect(),
             daily: batch.daily.iter().filter(|r| mine(r.partition)).collect(),
-            checkpoint: batch.checkpoint.iter().filter(|r| mine(r.partition)).collect(),
+            checkpoint: batch
+                .checkpoint
+                .iter()
+                .filter(|r| mine(r.partition))
+                .collect(),
         }
     }
 
@@ -174,7 +182,10 @@ where
 ///
 /// A setting the server does not know fails the query there ("Unknown setting"), so the
 /// newer ones go only to servers whose version (`SELECT version()`) has them.
-pub fn insert_settings(server_version: &str, replicated: bool) -> Vec<(&'static str, &'static str)> {
+pub fn insert_settings(
+    server_version: &str,
+    replicated: bool,
+) -> Vec<(&'static str, &'static str)> {
     let deduplicate = if replicated { "1" } else { "0" };
     let mut settings = vec![("insert_deduplicate", deduplicate)];
     if has_async_insert(server_version) {
