@@ -40,7 +40,7 @@ drop() {   # drop URL DATABASE [ON CLUSTER ...]
 at="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 python3 scripts/bench-events.py --accounts "$ACCOUNTS" --grants --days 1 --now "$at" >.stack/benchc-grants.jsonl
 python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$CALLS" --round 1 --days 1 --now "$at" >.stack/benchc-calls.jsonl
-single env TALLY_CLICKHOUSE__DATABASE=benchc_topics "$TALLY" migrate >/dev/null
+single env TALLY_CLICKHOUSE__DATABASE=benchc_topics "$TALLY" migrate >/dev/null 2>&1
 drop http://127.0.0.1:8123 benchc_topics
 "$TALLY" send --stamp-event-time .stack/benchc-grants.jsonl >/dev/null
 "$TALLY" send --stamp-event-time .stack/benchc-calls.jsonl >/dev/null
@@ -55,7 +55,7 @@ for pass in $(seq 1 "$PASSES"); do
     if [[ $where == single ]]; then drop http://127.0.0.1:8123 "$db"; else
       drop "$R1" "$db" "ON CLUSTER tally_replicated"; drop "$R1" "${db}_local" "ON CLUSTER tally_replicated"
     fi
-    "$where" env TALLY_CLICKHOUSE__DATABASE="$db" "$TALLY" migrate >/dev/null
+    "$where" env TALLY_CLICKHOUSE__DATABASE="$db" "$TALLY" migrate >/dev/null 2>&1
     t0=$(now)
     "$where" env TALLY_CLICKHOUSE__DATABASE="$db" TALLY_KAFKA__GROUP_ID="$run-$where-$pass" \
       "$TALLY" run --drain >/dev/null 2>>.stack/logs/bench-cluster.log
