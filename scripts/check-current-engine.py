@@ -6,6 +6,12 @@
         statement in first-seen order, and dumps, for each INSERT statement, the rows of its
         table in its columns as RowBinary (what tally sends) from the capture server;
         writes WORK/statements.jsonl and WORK/tables/.
+    check-current-engine.py --prepare-cluster WORK
+        the same for WORK/cluster_log.jsonl (the capture on the local cluster): writes
+        WORK/cluster-statements.jsonl.
+    check-current-engine.py --cluster DIR
+        replays DIR/cluster-statements.jsonl on chdb as far as an engine without a cluster
+        can (see replay_cluster).
     check-current-engine.py DIR [--extra-read SQL]...
         replays DIR/statements.jsonl on chdb in one session database: DDL, then inserts,
         then reads and mutations; fails on the first error, naming the statement.
@@ -25,7 +31,7 @@ import urllib.request
 CURRENT_INSERT_SETTINGS = "insert_deduplicate=0, async_insert=0, wait_for_async_insert=1"
 
 # Settings the capture's own profile adds to every query (not tally's).
-PROFILE_SETTINGS = {"log_queries"}
+PROFILE_SETTINGS = {"log_queries", "max_memory_usage"}
 
 INSERT_RE = re.compile(r"^INSERT INTO\s+(`?\w+`?)\s*\((.*?)\)\s*FORMAT\s+RowBinary\s*$", re.S | re.I)
 
@@ -136,9 +142,125 @@ def replay(directory, extra_reads):
     )
 
 
+ON_CLUSTER_RE = re.compile(r"\s+ON CLUSTER\s+(\w+)", re.I)
+
+
+def prepare_cluster(work):
+    """Distinct statements of the cluster capture (WORK/cluster_log.jsonl), first-seen order."""
+    seen = {}
+    for line in open(os.path.join(work, "cluster_log.jsonl"), encoding="utf-8", errors="surrogateescape"):
+        row = json.loads(line)
+        sql = row["query"]
+        settings = {
+            n: v for n, v in zip(row["Settings.Names"], row["Settings.Values"]) if n not in PROFILE_SETTINGS
+        }
+        key = (sql, json.dumps(settings, sort_keys=True))
+        if key not in seen:
+            seen[key] = {"kind": kind(sql), "sql": sql, "settings": settings, "sent": 0}
+        seen[key]["sent"] += 1
+    if not any(ON_CLUSTER_RE.search(st["sql"]) for st in seen.values()):
+        sys.exit("the cluster capture holds no ON CLUSTER statement: did tally migrate run on the cluster?")
+    with open(os.path.join(work, "cluster-statements.jsonl"), "w") as out:
+        for st in seen.values():
+            out.write(json.dumps(st) + "\n")
+
+
+def replay_cluster(directory):
+    """What a current engine is asked of the statements only a cluster gets.
+
+    chdb cannot run a cluster: it has no DDL worker ("Replicated DDL queries are
+    disabled"), and its Replicated tables stay read-only (no keeper session of their own),
+    so an INSERT into one never returns. So, in a session whose config has the cluster
+    (`remote_servers`), a server's macros and an in-memory keeper (`testkeeper`):
+    - every DDL statement runs as each server runs it, without its ON CLUSTER clause: the
+      Replicated engines (paths with macros, version columns) and the Distributed engines
+      (cluster, databases, sharding keys) are created by the current engine;
+    - every other statement's settings (insert_quorum, select_sequential_consistency,
+      insert_distributed_sync, distributed_product_mode, insert_deduplicate...) are set
+      with the values tally sent, so a setting the engine no longer knows, or a value it
+      refuses, fails the check;
+    - and every other statement must have the shape of one the single-server replay ran
+      (the same reads and inserts, only routed to shards), or the check fails naming it.
+    """
+    from chdb import session
+    import chdb
+
+    statements = [json.loads(line) for line in open(os.path.join(directory, "cluster-statements.jsonl"))]
+    single = {shape(json.loads(line)["sql"]) for line in open(os.path.join(directory, "statements.jsonl"))}
+    clusters = {m.group(1) for st in statements for m in [ON_CLUSTER_RE.search(st["sql"])] if m}
+    engine = chdb.query("SELECT version()", "TabSeparated").bytes().decode().strip()
+    ddl = [st for st in statements if st["kind"] == "ddl" or st["sql"].lstrip().upper().startswith("CREATE DATABASE")]
+    rest = [st for st in statements if st not in ddl]
+    ran, settings_checked = 0, set()
+    with tempfile.TemporaryDirectory() as path:
+        remote = "".join(
+            f"<{c}><shard><internal_replication>true</internal_replication><replica><host>127.0.0.1</host>"
+            f"<port>1</port></replica></shard></{c}>"
+            for c in sorted(clusters)
+        )
+        config = os.path.join(path, "config.xml")
+        with open(config, "w") as f:
+            f.write(
+                f"<clickhouse><remote_servers>{remote}</remote_servers>"
+                "<macros><shard>1</shard><replica>r1</replica></macros>"
+                "<zookeeper><implementation>testkeeper</implementation></zookeeper></clickhouse>"
+            )
+        sess = session.Session(os.path.join(path, "db") + f"?config-file={config}")
+
+        def run(st, sql):
+            try:
+                return sess.query(sql, "TabSeparated")
+            except Exception as e:
+                print(f"FAILED (cluster {st['kind']}) on chdb {chdb.__version__} (ClickHouse {engine}):\n  {sql}\n  {e}")
+                sys.exit(1)
+
+        def order(st):
+            sql = st["sql"].lstrip().upper()
+            return 0 if sql.startswith("CREATE DATABASE") else 1 if sql.startswith("CREATE") else 2
+
+        for st in sorted(ddl, key=order):
+            sql = ON_CLUSTER_RE.sub("", st["sql"], count=1)
+            added = re.match(r"\s*ALTER TABLE ([\w.]+) ADD COLUMN (\w+)", sql)
+            if added:
+                run(st, f"ALTER TABLE {added.group(1)} DROP COLUMN IF EXISTS {added.group(2)}")
+            run(st, sql)
+            ran += 1
+        for st in rest:
+            if st["settings"]:
+                listed = ", ".join(f"{k}={quote_setting(v)}" for k, v in sorted(st["settings"].items()))
+                if listed not in settings_checked:
+                    run(st, f"SELECT 1 SETTINGS {listed}")
+                    settings_checked.add(listed)
+            if shape(st["sql"]) not in single:
+                print(f"FAILED (cluster {st['kind']}): a statement only a cluster gets, which this check does not replay:\n  {st['sql']}")
+                sys.exit(1)
+        # chdb hangs closing a session that holds Replicated tables (their keeper threads):
+        # they go first.
+        for st in ddl:
+            m = re.match(r"\s*CREATE DATABASE IF NOT EXISTS (\w+)", st["sql"])
+            if m:
+                run(st, f"DROP DATABASE IF EXISTS {m.group(1)} SYNC")
+        sess.close()
+    print(
+        f"current engine, cluster: {ran} DDL statements (ON CLUSTER {', '.join(sorted(clusters))}, run per server) "
+        f"created on chdb {chdb.__version__} (ClickHouse {engine}); {len(settings_checked)} sets of settings of "
+        f"{len(rest)} other statements accepted; each of those of a shape the single-server replay ran"
+    )
+
+
+def quote_setting(value):
+    return value if re.fullmatch(r"-?\d+", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def main(argv):
     if argv[:1] == ["--prepare"]:
         prepare(*argv[1:4])
+        return
+    if argv[:1] == ["--prepare-cluster"]:
+        prepare_cluster(argv[1])
+        return
+    if argv[:1] == ["--cluster"]:
+        replay_cluster(argv[1])
         return
     extra = [argv[i + 1] for i, a in enumerate(argv) if a == "--extra-read"]
     replay(argv[0], extra)

@@ -15,6 +15,10 @@
 #    error, printing the statement and the error; reports how many statements and shapes
 #    it ran.
 #
+# 3. The cluster: the core of the workload again on the local two-shard cluster
+#    (scripts/stack-cluster.sh), and its statements replayed on chdb too (see
+#    check-current-engine.py --cluster for what a current engine is asked there).
+#
 #   bash scripts/check-current-engine.sh              # capture and replay
 #   bash scripts/check-current-engine.sh --self-test  # replay the last capture plus one
 #       statement that 18.16 accepts and current engines refuse: passes only if the check fails
@@ -124,7 +128,8 @@ t() { "$TALLY" "$@" >>"$WORK/tally.log" 2>&1 || { tail -n 30 "$WORK/tally.log" >
 log "capture: workload against a ClickHouse 18.16 on $CAP (database $DB)"
 t migrate
 # The columns added after the first release: dropped, so the second migrate adds them.
-for col in "daily_usage flex" "lots expired" "lots from_plan" "ledger hold_id" "ledger hold_outcome" "ledger hold_held"; do
+for col in "daily_usage flex" "lots expired" "lots from_plan" "ledger hold_id" "ledger hold_outcome" "ledger hold_held" \
+  "ledger partition" "lots partition" "balances partition" "daily_rollups partition"; do
   set -- $col
   own "ALTER TABLE $1 DROP COLUMN $2" "$DB" >/dev/null
 done
@@ -212,4 +217,50 @@ mkdir -p "$LAST"
 cp -r "$WORK/statements.jsonl" "$WORK/tables" "$LAST/"
 rm -rf "$CH_DIR"
 "${REPLAY[@]}" "$LAST"
+
+# ---- the cluster's statements ----------------------------------------------------------------
+# The same workload's core (migrate twice, send, run --drain, reads) on the local cluster of
+# two replicas (scripts/stack-cluster.sh, whose servers log queries): the statements tally
+# sends only to a cluster (DDL ON CLUSTER, Replicated and Distributed engines) and the
+# settings it adds there (quorum, sequential consistency, Distributed reads and inserts),
+# read back from both servers' query logs. (The two-shard cluster gets the same statements
+# with fewer settings: one replica per shard needs no quorum.)
+bash "$ROOT/scripts/stack-cluster.sh"
+S1=$(sed -n 's/^CLUSTER_REPLICATED_R1=//p' "$STACK/cluster.env")
+S2=$(sed -n 's/^CLUSTER_REPLICATED_R2=//p' "$STACK/cluster.env")
+CDB="tally_${NAME}_cluster"
+since=$(curl -sS "$S1/" --data-binary "SELECT now()")
+export TALLY_CLICKHOUSE__URL="$S1" TALLY_CLICKHOUSE__DATABASE="$CDB"
+export TALLY_CLICKHOUSE__CLUSTER__NAME=tally_replicated TALLY_CLICKHOUSE__CLUSTER__SHARDS="$S1,$S2"
+export TALLY_KAFKA__USAGE_TOPIC="$NAME.c.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$NAME.c.credit.commands"
+export TALLY_KAFKA__DLQ_TOPIC="$NAME.c.tally.dlq" TALLY_KAFKA__GROUP_ID="$NAME-c-group"
+cluster_done() {
+  for db in "$CDB" "${CDB}_local"; do
+    curl -sS "$S1/?query_id=capture-$RANDOM$RANDOM" --data-binary "DROP DATABASE IF EXISTS $db ON CLUSTER tally_replicated" >/dev/null || true
+  done
+}
+t migrate
+t migrate
+t send "$WORK/events.jsonl"
+t grant acme --credits 5000 --kind purchased
+t run --drain
+for account in acme globex initech; do t balance "$account"; t ledger "$account"; t history "$account"; done
+t report daily --from "$from" --to "$to"
+t report monthly --month "$month"
+t status
+: >"$WORK/cluster_log.jsonl"
+for url in "$S1" "$S2"; do
+  curl -sS "$url/?query_id=capture-$RANDOM$RANDOM" --data-binary "SYSTEM FLUSH LOGS" >/dev/null
+  # Only what tally sent over HTTP: not the servers' own DDL work nor Distributed sub-queries.
+  curl -sS --fail-with-body "$url/?query_id=capture-$RANDOM$RANDOM" --data-binary "
+    SELECT query, Settings.Names, Settings.Values, exception FROM system.query_log
+    WHERE type = 2 AND interface = 2 AND event_time >= toDateTime('$since')
+      AND query_id NOT LIKE 'capture-%' AND http_user_agent NOT LIKE 'curl%'
+      AND query NOT LIKE '%system.query_log%'
+    ORDER BY event_time, query_start_time FORMAT JSONEachRow" >>"$WORK/cluster_log.jsonl"
+done
+cluster_done
+"${REPLAY[@]}" --prepare-cluster "$WORK"
+cp "$WORK/cluster-statements.jsonl" "$LAST/"
+"${REPLAY[@]}" --cluster "$LAST"
 rm -rf "$WORK"

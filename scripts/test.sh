@@ -26,6 +26,7 @@ trap summary EXIT
 
 step "stack-up (installs included)" bash scripts/stack-up.sh
 step "stack-secure (TLS and SASL)" bash scripts/stack-secure.sh
+step "stack-cluster (ZooKeeper, 4 ClickHouse servers)" bash scripts/stack-cluster.sh
 step "cargo fmt --check" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "build the tests" cargo test --workspace --all-targets --no-run

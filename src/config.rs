@@ -347,6 +347,82 @@ pub struct ClickHouseConfig {
     /// server's certificate, for a private CA; only these are then trusted. Empty: the
     /// public CAs built into tally (Mozilla's list).
     pub ca_file: PathBuf,
+    /// A ClickHouse cluster (replicated and sharded) instead of the one server at `url`;
+    /// absent (the default): the one server. `url` then names any server of the cluster,
+    /// for `tally migrate` (DDL `ON CLUSTER`) and the reads (Distributed tables). See
+    /// docs/cluster.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `clickhouse.cluster`: the cluster tally's tables live on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name in the servers' `remote_servers`, for `ON CLUSTER` and the
+    /// Distributed tables.
+    pub name: String,
+    /// The HTTP(S) URLs of every shard's replicas, shards in the order of `remote_servers`
+    /// (the Distributed tables send partition p to shard p mod the number of shards, in
+    /// that order): a list of lists, or as text (e.g. in TALLY_CLICKHOUSE__CLUSTER__SHARDS)
+    /// replicas separated by `,` and shards by `;`.
+    #[serde(deserialize_with = "shard_urls")]
+    pub shards: Vec<Vec<String>>,
+}
+
+/// Shards as a TOML list of lists of URLs, or as the text `a,b;c` (an environment value).
+fn shard_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        Lists(Vec<Vec<String>>),
+        Text(String),
+    }
+    Ok(match Urls::deserialize(d)? {
+        Urls::Lists(lists) => lists,
+        Urls::Text(text) => text
+            .split(';')
+            .map(|shard| shard.split(',').map(|u| u.trim().to_string()).collect())
+            .collect(),
+    })
+}
+
+impl ClusterConfig {
+    /// The key and the problem of the first thing wrong, without touching the network.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name = &self.name;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            let problem = format!("`{name}` must be letters, digits and underscores");
+            return Err(("clickhouse.cluster.name", problem));
+        }
+        if self.shards.is_empty() {
+            return Err((
+                "clickhouse.cluster.shards",
+                "needs at least one shard".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            if shard.is_empty() || shard.iter().all(|u| u.is_empty()) {
+                let problem = format!("shard {} has no replica", i + 1);
+                return Err(("clickhouse.cluster.shards", problem));
+            }
+            for url in shard {
+                let scheme = ["http://", "https://"]
+                    .iter()
+                    .find(|s| url.starts_with(**s));
+                if scheme.is_none_or(|s| url.len() == s.len()) {
+                    let problem = format!("`{url}` is not an http:// or https:// URL");
+                    return Err(("clickhouse.cluster.shards", problem));
+                }
+                if !seen.insert(url.trim_end_matches('/')) {
+                    let problem = format!("`{url}` is named twice");
+                    return Err(("clickhouse.cluster.shards", problem));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -520,6 +596,7 @@ impl Default for ClickHouseConfig {
             password_file: PathBuf::new(),
             timeout: Duration::from_secs(30),
             ca_file: PathBuf::new(),
+            cluster: None,
         }
     }
 }
@@ -860,6 +937,11 @@ impl Config {
             crate::tls::load_certs(ca_file).map_err(|p| key_err("clickhouse.ca_file", p))?;
         }
         self.validate_kafka_security(&key_err)?;
+        if let Some(cluster) = &self.clickhouse.cluster {
+            cluster
+                .validate()
+                .map_err(|(key, problem)| key_err(key, problem))?;
+        }
         if self.clickhouse.timeout.is_zero() {
             return Err(key_err(
                 "clickhouse.timeout",
@@ -1684,6 +1766,69 @@ mod tests {
         .to_string();
         assert!(relative.contains("absolute"), "{relative}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cluster_is_read_from_the_file_or_the_environment_and_checked() {
+        let (config, _) = Config::load(&shipped(), env(&[])).unwrap();
+        assert!(config.clickhouse.cluster.is_none(), "one server by default");
+        let (config, _) = Config::load(
+            &shipped(),
+            env(&[
+                ("TALLY_CLICKHOUSE__CLUSTER__NAME", "tally"),
+                (
+                    "TALLY_CLICKHOUSE__CLUSTER__SHARDS",
+                    "http://a:8123, http://b:8123;https://c:8443",
+                ),
+            ]),
+        )
+        .unwrap();
+        let cluster = config.clickhouse.cluster.unwrap();
+        assert_eq!(cluster.name, "tally");
+        assert_eq!(
+            cluster.shards,
+            [
+                vec!["http://a:8123", "http://b:8123"],
+                vec!["https://c:8443"]
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("tally-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tally.toml");
+        std::fs::write(
+            &file,
+            "[clickhouse.cluster]\nname = \"c1\"\nshards = [[\"http://a:8123\"], [\"http://b:8123\"]]\n",
+        )
+        .unwrap();
+        let (config, _) = Config::load(&file, env(&[])).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(config.clickhouse.cluster.unwrap().shards.len(), 2);
+        for (name, shards, problem) in [
+            (
+                "bad-name",
+                "http://a:8123",
+                "letters, digits and underscores",
+            ),
+            ("c", "", "shard 1 has no replica"),
+            ("c", "http://a:8123;", "shard 2 has no replica"),
+            ("c", "http://a:8123,", "not an http:// or https:// URL"),
+            ("c", "ftp://a", "not an http:// or https:// URL"),
+            ("c", "http://a:8123,http://a:8123/", "named twice"),
+        ] {
+            let text = Config::load(
+                &shipped(),
+                env(&[
+                    ("TALLY_CLICKHOUSE__CLUSTER__NAME", name),
+                    ("TALLY_CLICKHOUSE__CLUSTER__SHARDS", shards),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                text.contains("clickhouse.cluster.") && text.contains(problem),
+                "{name} {shards}: {text}"
+            );
+        }
     }
 
     #[test]

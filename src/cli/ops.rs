@@ -22,9 +22,12 @@ fn credits(milli: i64) -> Credits {
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     let server = store::server_client(&config.clickhouse);
-    schema::migrate(&server, &config.clickhouse.database)
-        .await
-        .with_context(|| format!("cannot create the schema at {}", config.clickhouse.url))?;
+    let database = &config.clickhouse.database;
+    match &config.clickhouse.cluster {
+        None => schema::migrate(&server, database).await,
+        Some(cluster) => schema::migrate_cluster(&server, database, &cluster.name).await,
+    }
+    .with_context(|| format!("cannot create the schema at {}", config.clickhouse.url))?;
     kafka::check_access_async(&config.kafka).await?;
     kafka::create_topics(&config.kafka)
         .await

@@ -94,6 +94,9 @@ struct Pipeline {
     rules: Rules,
     config: Config,
     store: clickhouse::Client,
+    /// Where each partition's rows and checkpoint go: `store`'s server, or the partition's
+    /// shard of the cluster.
+    target: store::cluster::Target,
     producer: FutureProducer,
     rt: Handle,
     stream: String,
@@ -146,11 +149,12 @@ impl Pipeline {
         let mut starts = BTreeMap::new();
         for &partition in partitions {
             let mut backoff = Duration::from_millis(200);
-            loop {
+            // On a cluster, each retry asks the next replica of the partition's shard.
+            for attempt in 0.. {
                 let now = Utc::now().timestamp_micros().max(0) as u64;
                 let window = self.rules.dedup_window.num_milliseconds();
                 let loaded = self.rt.block_on(checkpoint::claim_and_load(
-                    &self.store,
+                    self.target.for_partition(partition as u32, attempt),
                     &self.stream,
                     partition as u32,
                     now,
@@ -419,6 +423,7 @@ impl Pipeline {
         };
         self.writing = Some(self.rt.spawn(write_flush(
             self.store.clone(),
+            self.target.clone(),
             self.producer.clone(),
             self.config.kafka.dlq_topic.clone(),
             self.metrics.clone(),
@@ -548,7 +553,7 @@ impl Pipeline {
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.rt.block_on(checkpoint::delete_before(
-                &self.store,
+                self.target.for_partition(partition as u32, 0),
                 &self.stream,
                 partition as u32,
                 version,
@@ -772,6 +777,7 @@ impl Pipeline {
 /// while the run thread applies the next batch.
 async fn write_flush(
     store: clickhouse::Client,
+    target: store::cluster::Target,
     producer: FutureProducer,
     dlq_topic: String,
     metrics: RunMetrics,
@@ -797,7 +803,7 @@ async fn write_flush(
             flush.outgoing_sent = true;
             done(phase::DEAD_LETTERS);
         }
-        writes::write_outputs(&store, &flush.batch)
+        writes::write_outputs(&target, &flush.batch)
             .await
             .map_err(|e| {
                 (
@@ -834,7 +840,7 @@ async fn write_flush(
                 })?;
             flush.hooks_recorded = true;
         }
-        writes::commit(&store, &flush.batch).await.map_err(|e| {
+        writes::commit(&target, &flush.batch).await.map_err(|e| {
             (
                 phase::CHECKPOINT,
                 anyhow::Error::new(e).context("ClickHouse"),
@@ -1027,6 +1033,7 @@ pub fn run(
     });
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
+        target: store::cluster::Target::new(&config.clickhouse),
         config,
         store,
         producer,

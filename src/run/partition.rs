@@ -12,7 +12,7 @@ use super::rollup::{self, Rollups};
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
 use crate::store::checkpoint::{Commit, Restored};
-use crate::store::rows::{balance_rows, from_seconds, LedgerRow, LotRow};
+use crate::store::rows::{balance_rows, from_seconds, BalanceRow, LedgerRow, LotRow};
 use crate::store::writes::Batch;
 
 /// Counters for logs and status.
@@ -328,8 +328,10 @@ impl PartitionWork {
             return false;
         }
         let version = self.version;
+        let partition = self.partition as u32;
         for mut row in self.ledger.drain(..) {
             row.version = version;
+            row.partition = partition;
             batch.ledger.push(row);
         }
         let as_of = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
@@ -362,11 +364,15 @@ impl PartitionWork {
         for account in accounts {
             if let Some(state) = self.book.accounts.get(&account) {
                 for lot in &state.lots {
-                    batch.lots.push(LotRow::new(&account, lot, version));
+                    let mut row = LotRow::new(&account, lot, version);
+                    row.partition = partition;
+                    batch.lots.push(row);
                 }
-                batch
-                    .balances
-                    .extend(balance_rows(&account, &state.lots, as_of, version));
+                batch.balances.extend(
+                    balance_rows(&account, &state.lots, as_of, version)
+                        .into_iter()
+                        .map(|row| BalanceRow { partition, ..row }),
+                );
                 batch.checkpoint.push(commit.state(&account, state));
             }
         }

@@ -281,6 +281,7 @@ pub fn daily_row(account: &str, day: &StoredDay, partition: i32, version: u64) -
         shortfall: t.shortfall,
         version,
         flex: t.flex,
+        partition: partition.unsigned_abs(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod checkpoint;
+pub mod cluster;
 pub mod reads;
 pub mod rows;
 pub mod schema;
@@ -139,9 +140,20 @@ pub const ENTRY_TYPES: [tally_core::EntryType; 6] = [
 ];
 
 /// A client for the configured database. RowBinary without validation and without
-/// compression, so it also works against ClickHouse 18.16.
+/// compression, so it also works against ClickHouse 18.16. On a cluster, the database of
+/// the Distributed tables: what it inserts (alerts) reaches their shard before the INSERT
+/// is acknowledged (`insert_distributed_sync`), not in the background; and a subquery on
+/// a Distributed table inside a read of one (`version IN (SELECT ... FROM checkpoints)`)
+/// runs on each shard over that shard's own rows (`distributed_product_mode=local`),
+/// which is exact because a partition's rows, and so an account's, live on one shard.
 pub fn client(config: &ClickHouseConfig) -> Client {
-    server_client(config).with_database(&config.database)
+    let client = server_client(config).with_database(&config.database);
+    match config.cluster {
+        Some(_) => client
+            .with_setting("insert_distributed_sync", "1")
+            .with_setting("distributed_product_mode", "local"),
+        None => client,
+    }
 }
 
 /// How long a pooled connection may sit idle; ClickHouse closes them after 3 s itself.
@@ -152,6 +164,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// the answer, so a hung or blackholed server fails the call (with a timeout error) instead
 /// of blocking the run loop and its shutdown.
 pub fn server_client(config: &ClickHouseConfig) -> Client {
+    writes::REPLICATED.get_or_init(|| config.cluster.is_some());
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));

@@ -42,6 +42,9 @@ pub struct LedgerRow {
     /// What the hold had reserved when the call settled it or the clock released it
     /// (thousandths); 0 for the other outcomes.
     pub hold_held: i64,
+    /// The Kafka partition whose flush wrote the row: it picks the shard on a cluster
+    /// (`store::cluster::shard_of`); set when the flush is built.
+    pub partition: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -62,6 +65,9 @@ pub struct LotRow {
     pub version: u64,
     pub expired: u8,
     pub from_plan: u8,
+    /// The Kafka partition whose flush wrote the row: it picks the shard on a cluster
+    /// (`store::cluster::shard_of`); set when the flush is built.
+    pub partition: u32,
 }
 
 /// One `daily_rollups` row as tally writes it: absolute totals of one open day within
@@ -83,6 +89,9 @@ pub struct DailyUsageRow {
     pub shortfall: i64,
     pub flex: i64,
     pub version: u64,
+    /// The Kafka partition whose flush wrote the row: it picks the shard on a cluster
+    /// (`store::cluster::shard_of`); set when the flush is built.
+    pub partition: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -95,6 +104,9 @@ pub struct BalanceRow {
     pub purchased: i64,
     pub as_of: u32,
     pub version: u64,
+    /// The Kafka partition whose flush wrote the row: it picks the shard on a cluster
+    /// (`store::cluster::shard_of`); set when the flush is built.
+    pub partition: u32,
 }
 
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
@@ -187,6 +199,7 @@ impl LedgerRow {
             hold_id,
             hold_outcome,
             hold_held,
+            partition: 0,
         }
     }
 }
@@ -210,6 +223,7 @@ impl LotRow {
             version,
             expired: u8::from(lot.expired),
             from_plan: u8::from(lot.from_plan),
+            partition: 0,
         }
     }
 
@@ -263,6 +277,7 @@ pub fn balance_rows(
                 purchased: kind(LotKind::Purchased),
                 as_of: seconds(at),
                 version,
+                partition: 0,
             }
         })
         .collect()
