@@ -336,7 +336,11 @@ pub fn after_step(book: &mut Book, step: &Step, global: bool) -> Vec<Notice> {
         _ => &[],
     };
     for entry in step.due.iter().chain(own) {
-        let Some(state) = book.accounts.get(entry.account.as_str()).filter(|s| listened(s)) else {
+        let Some(state) = book
+            .accounts
+            .get(entry.account.as_str())
+            .filter(|s| listened(s))
+        else {
             continue;
         };
         if let Some(notice) = lifecycle(entry, state, at) {
