@@ -422,13 +422,15 @@ impl Pipeline {
             return;
         };
         self.writing = Some(self.rt.spawn(write_flush(
-            self.store.clone(),
-            self.target.clone(),
-            self.producer.clone(),
-            self.config.kafka.dlq_topic.clone(),
-            self.metrics.clone(),
-            self.owner.clone(),
-            self.email_context.clone(),
+            FlushTargets {
+                store: self.store.clone(),
+                target: self.target.clone(),
+                producer: self.producer.clone(),
+                dlq_topic: self.config.kafka.dlq_topic.clone(),
+                metrics: self.metrics.clone(),
+                owner: self.owner.clone(),
+                email_context: self.email_context.clone(),
+            },
             flush,
         )));
     }
@@ -772,10 +774,8 @@ impl Pipeline {
     }
 }
 
-/// Writes one flush: dead letters, then the outputs (side by side), the alerts, and the
-/// checkpoint last, skipping what a failed attempt already wrote. Runs on the runtime
-/// while the run thread applies the next batch.
-async fn write_flush(
+/// Where a flush goes and whom it tells: what the writing task takes from the pipeline.
+struct FlushTargets {
     store: clickhouse::Client,
     target: store::cluster::Target,
     producer: FutureProducer,
@@ -783,8 +783,24 @@ async fn write_flush(
     metrics: RunMetrics,
     owner: Arc<crate::holds::owner::Owner>,
     email_context: Arc<alerting::Context>,
+}
+
+/// Writes one flush: dead letters, then the outputs (side by side), the alerts, and the
+/// checkpoint last, skipping what a failed attempt already wrote. Runs on the runtime
+/// while the run thread applies the next batch.
+async fn write_flush(
+    to: FlushTargets,
     mut flush: Flush,
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
+    let FlushTargets {
+        store,
+        target,
+        producer,
+        dlq_topic,
+        metrics,
+        owner,
+        email_context,
+    } = to;
     let result = async {
         let mut at = Instant::now();
         let mut done = |name: &'static str| {
