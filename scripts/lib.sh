@@ -37,6 +37,30 @@ start_bg() {
     >>"$LOGS/$name.log" 2>&1 </dev/null &
 }
 
+# stop_other_checkouts: stops the stack services that another checkout of tally started
+# (their working directory is inside that checkout's .stack), so this checkout starts its
+# own: its tests read its own certificates, pid files and data, which another checkout's
+# services do not have (and whose folder may be gone). Nothing else is touched.
+stop_other_checkouts() {
+  local own pid cwd others=() end
+  own=$(mkdir -p "$STACK" && cd "$STACK" && pwd -P)
+  for pid in /proc/[0-9]*; do
+    pid=${pid#/proc/}
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || continue
+    [[ $cwd == */.stack/* && $cwd != "$own"/* ]] && others+=("$pid")
+  done
+  ((${#others[@]})) || return 0
+  log "stopping ${#others[@]} stack service(s) of another checkout (pids ${others[*]})"
+  kill -TERM "${others[@]}" 2>/dev/null || true
+  end=$((SECONDS + 15))
+  for pid in "${others[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do
+      if ((SECONDS >= end)); then kill -KILL "$pid" 2>/dev/null || true; break; fi
+      sleep 0.2
+    done
+  done
+}
+
 # port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 

@@ -65,6 +65,7 @@ if [[ ${1:-} == --down ]]; then
   exit 0
 fi
 [[ -z ${1:-} ]] || die "unknown argument $1 (expected nothing or --down [--clean])"
+stop_other_checkouts
 
 # ---- installs ----------------------------------------------------------------------------
 apt_install() {   # apt_install PKG...: waits for another apt-get's lock instead of failing

@@ -5,6 +5,7 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+stop_other_checkouts
 mkdir -p "$LOGS"
 
 # ---- installs ----------------------------------------------------------------------------
