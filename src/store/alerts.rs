@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
-use super::writes::quote;
 use super::StoreError;
 
 /// Delivery status of an alert, as stored.
@@ -75,32 +74,17 @@ pub async fn of_account(client: &Client, account: &str) -> Result<Vec<AlertRow>,
         .await?)
 }
 
-/// Pairs looked up per query: keeps each query well under ClickHouse's query size limit.
-const FIND_PER_QUERY: usize = 500;
+impl super::keyed::KeyedRow for AlertRow {
+    const TABLE: &'static str = "alerts";
+    const ID_COLUMN: &'static str = "alert_id";
+    fn key(&self) -> (&str, &str) {
+        (&self.account, &self.alert_id)
+    }
+}
 
 /// The stored rows of these (account, alert id) pairs, where they exist.
 pub async fn find(client: &Client, keys: &[(&str, &str)]) -> Result<Vec<AlertRow>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(FIND_PER_QUERY) {
-        // Both columns are the sorting key, the same in every version of a row, so the
-        // filter cannot prefer an older version over the newest one.
-        let mut accounts: Vec<String> = chunk.iter().map(|(a, _)| quote(a)).collect();
-        accounts.sort();
-        accounts.dedup();
-        let ids: Vec<String> = chunk.iter().map(|(_, id)| quote(id)).collect();
-        let sql = format!(
-            "SELECT ?fields FROM alerts FINAL WHERE account IN ({}) AND alert_id IN ({})",
-            accounts.join(", "),
-            ids.join(", ")
-        );
-        let rows: Vec<AlertRow> = client.query(&sql).fetch_all().await?;
-        found.extend(rows.into_iter().filter(|r| {
-            chunk
-                .iter()
-                .any(|(a, id)| r.account == *a && r.alert_id == *id)
-        }));
-    }
-    Ok(found)
+    super::keyed::find(client, keys).await
 }
 
 /// Alerts created since `since` that still wait for delivery: pending, or held back and

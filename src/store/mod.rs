@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod checkpoint;
 pub mod cluster;
+mod keyed;
 pub mod reads;
 pub mod rows;
 pub mod schema;

@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
-use super::writes::quote;
 use super::StoreError;
 
 /// Delivery status, as stored.
@@ -79,31 +78,17 @@ pub async fn of_account(client: &Client, account: &str) -> Result<Vec<WebhookRow
         .await?)
 }
 
-/// Pairs looked up per query: keeps each query well under ClickHouse's query size limit.
-const FIND_PER_QUERY: usize = 500;
-
-/// The stored rows of the deliveries of these (account, webhook id) pairs.
-pub async fn find(client: &Client, keys: &[(&str, &str)]) -> Result<Vec<WebhookRow>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(FIND_PER_QUERY) {
-        // Both are key columns, the same in every version of a row (see alerts::find).
-        let mut accounts: Vec<String> = chunk.iter().map(|(a, _)| quote(a)).collect();
-        accounts.sort();
-        accounts.dedup();
-        let ids: Vec<String> = chunk.iter().map(|(_, id)| quote(id)).collect();
-        let sql = format!(
-            "SELECT ?fields FROM webhooks FINAL WHERE account IN ({}) AND webhook_id IN ({})",
-            accounts.join(", "),
-            ids.join(", ")
-        );
-        let rows: Vec<WebhookRow> = client.query(&sql).fetch_all().await?;
-        found.extend(rows.into_iter().filter(|r| {
-            chunk
-                .iter()
-                .any(|(a, id)| r.account == *a && r.webhook_id == *id)
-        }));
+impl super::keyed::KeyedRow for WebhookRow {
+    const TABLE: &'static str = "webhooks";
+    const ID_COLUMN: &'static str = "webhook_id";
+    fn key(&self) -> (&str, &str) {
+        (&self.account, &self.webhook_id)
     }
-    Ok(found)
+}
+
+/// The stored rows of these (account, webhook id) pairs, where they exist.
+pub async fn find(client: &Client, keys: &[(&str, &str)]) -> Result<Vec<WebhookRow>, StoreError> {
+    super::keyed::find(client, keys).await
 }
 
 /// Deliveries created since `since` that are still pending.
