@@ -37,12 +37,34 @@ start_bg() {
     >>"$LOGS/$name.log" 2>&1 </dev/null &
 }
 
+# stop_pid PID: TERM the process group PID leads (start_bg makes every service a session
+# leader), or PID alone when it leads none; KILL after 15 s.
+stop_pid() {
+  local pid=$1 end=$((SECONDS + 15))
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS >= end)); then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; break; fi
+    sleep 0.2
+  done
+}
+
+# stop_recorded NAME: stops the process whose pid .stack/NAME.pid records. Only pids the
+# stack scripts recorded are signalled.
+stop_recorded() {
+  local pidf="$STACK/$1.pid"
+  [[ -s $pidf ]] || return 0
+  stop_pid "$(cat "$pidf")"
+  rm -f "$pidf"
+  log "$1 stopped"
+}
+
 # stop_other_checkouts: stops the stack services that another checkout of tally started
 # (their working directory is inside that checkout's .stack), so this checkout starts its
 # own: its tests read its own certificates, pid files and data, which another checkout's
 # services do not have (and whose folder may be gone). Nothing else is touched.
 stop_other_checkouts() {
-  local own pid cwd others=() end
+  local own pid cwd others=()
   own=$(mkdir -p "$STACK" && cd "$STACK" && pwd -P)
   for pid in /proc/[0-9]*; do
     pid=${pid#/proc/}
@@ -51,14 +73,7 @@ stop_other_checkouts() {
   done
   ((${#others[@]})) || return 0
   log "stopping ${#others[@]} stack service(s) of another checkout (pids ${others[*]})"
-  kill -TERM "${others[@]}" 2>/dev/null || true
-  end=$((SECONDS + 15))
-  for pid in "${others[@]}"; do
-    while kill -0 "$pid" 2>/dev/null; do
-      if ((SECONDS >= end)); then kill -KILL "$pid" 2>/dev/null || true; break; fi
-      sleep 0.2
-    done
-  done
+  for pid in "${others[@]}"; do stop_pid "$pid"; done
 }
 
 # port_open PORT: true if 127.0.0.1:PORT accepts a TCP connection.
@@ -81,26 +96,13 @@ wait_for() {
   done
 }
 
-# stop_service NAME PKILL_PATTERN: TERM the pid (and its process group), then KILL after 15s;
-# falls back to pkill -f on the specific command line when the pid file is gone.
+# stop_service NAME PKILL_PATTERN: stop_pid on the recorded pid, then on whatever still runs
+# with that specific command line.
 stop_service() {
-  local name=$1 pattern=$2 pidf="$STACK/$1.pid" pid=""
-  [[ -s $pidf ]] && pid=$(cat "$pidf")
-  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  else
-    pid=""
-    pkill -TERM -f -- "$pattern" 2>/dev/null || true
-  fi
-  local end=$((SECONDS + 15))
-  while { [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; } || pgrep -f -- "$pattern" >/dev/null; do
-    if ((SECONDS >= end)); then
-      [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null
-      pkill -KILL -f -- "$pattern" 2>/dev/null || true
-      sleep 1; break
-    fi
-    sleep 0.5
-  done
+  local name=$1 pattern=$2 pidf="$STACK/$1.pid" pid
+  [[ -s $pidf ]] && stop_pid "$(cat "$pidf")"
+  # What is left: a service whose pid file is gone, or a child that left the group.
+  for pid in $(pgrep -f -- "$pattern"); do stop_pid "$pid"; done
   rm -f "$pidf"
   log "$name stopped"
 }

@@ -37,27 +37,9 @@ mkdir -p "$BASE"
 exec 9>"$BASE/lock"
 flock -w 600 9 || die "another stack-cluster.sh held the lock for 10 minutes"
 
-# stop NAME: TERM the process group of .stack/NAME.pid (start_bg makes it a session leader),
-# KILL after 15 s. Only pids this script recorded are signalled.
-stop() {
-  local name=$1 pidf="$STACK/$1.pid" pid
-  [[ -s $pidf ]] || return 0
-  pid=$(cat "$pidf")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    local end=$((SECONDS + 15))
-    while kill -0 "$pid" 2>/dev/null; do
-      if ((SECONDS >= end)); then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; break; fi
-      sleep 0.2
-    done
-  fi
-  rm -f "$pidf"
-  log "$name stopped"
-}
-
 if [[ ${1:-} == --down ]]; then
-  for server in "${SERVERS[@]}"; do stop "cluster-${server%%:*}"; done
-  stop cluster-zookeeper
+  for server in "${SERVERS[@]}"; do stop_recorded "cluster-${server%%:*}"; done
+  stop_recorded cluster-zookeeper
   if [[ ${2:-} == --clean ]]; then
     rm -rf "$BASE" "$ENV_FILE"
     log "removed the cluster's data"

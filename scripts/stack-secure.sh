@@ -38,27 +38,8 @@ ENV_FILE="$STACK/secure.env"
 exec 9>"$STACK/secure.lock"
 flock -w 900 9 || die "another stack-secure.sh held the lock for 15 minutes"
 
-# ---- stop ----------------------------------------------------------------------------------
-# stop NAME: TERM the process group of .stack/NAME.pid (started by start_bg, which makes it
-# a session leader), KILL after 15 s. Only pids this script recorded are signalled.
-stop() {
-  local name=$1 pidf="$STACK/$1.pid" pid
-  [[ -s $pidf ]] || return 0
-  pid=$(cat "$pidf")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    local end=$((SECONDS + 15))
-    while kill -0 "$pid" 2>/dev/null; do
-      if ((SECONDS >= end)); then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; break; fi
-      sleep 0.2
-    done
-  fi
-  rm -f "$pidf"
-  log "$name stopped"
-}
-
 if [[ ${1:-} == --down ]]; then
-  for name in socat-secure-mtls socat-secure tansu-secure clickhouse-secure; do stop "$name"; done
+  for name in socat-secure-mtls socat-secure tansu-secure clickhouse-secure; do stop_recorded "$name"; done
   if [[ ${2:-} == --clean ]]; then
     rm -rf "$TANSU_DIR" "$CH_DIR" "$CERTS" "$ENV_FILE"
     log "removed the secured stack's data and certificates"
@@ -215,7 +196,7 @@ start_tansu() {   # start_tansu [--authentication]
 }
 marker="$TANSU_DIR/user-$KAFKA_USER"
 if ! pid_alive tansu-secure || [[ ! -e $marker ]]; then
-  pid_alive tansu-secure && stop tansu-secure
+  pid_alive tansu-secure && stop_recorded tansu-secure
   port_open "$SASL_PORT" && die "port $SASL_PORT is taken by another process; set SECURE_KAFKA_PORT"
   mkdir -p "$TANSU_DIR"
   if [[ ! -e $marker ]]; then
@@ -228,7 +209,7 @@ if ! pid_alive tansu-secure || [[ ! -e $marker ]]; then
       ((SECONDS < end)) || { tail -n 20 "$LOGS/tansu-secure.log" >&2; die "tansu user create failed"; }
       sleep 1
     done
-    stop tansu-secure
+    stop_recorded tansu-secure
     touch "$marker"
     log "SCRAM-SHA-512 user $KAFKA_USER created in $TANSU_DIR/tansu.db"
   fi
