@@ -13,6 +13,7 @@
 
 pub mod limits;
 pub mod mailer;
+pub mod queue;
 pub mod templates;
 pub mod webhooks;
 pub mod worker;
@@ -20,9 +21,9 @@ pub mod worker;
 use chrono::{DateTime, Utc};
 use tally_core::Credits;
 
+pub use queue::Closed;
 pub use worker::{
-    pending_row, AlertCounters, AlertSender, Closed, Notifier, NotifierHandle, NotifyError,
-    ShutdownReport,
+    pending_row, AlertCounters, AlertSender, Notifier, NotifierHandle, NotifyError, ShutdownReport,
 };
 
 /// An alert the core has decided to send, in the shell's terms.

@@ -13,20 +13,17 @@ use chrono::{DateTime, Utc};
 use clickhouse::Client;
 use lettre::message::Mailbox;
 use tally_core::Credits;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use super::limits::{AccountLimiter, GlobalLimiter, LimitsError};
 use super::mailer::{self, Mailer, MailerError};
+use super::queue;
 use super::templates::{self, Wording};
 use super::{Alert, AlertKind};
 use crate::config::{NotifyConfig, SmtpConfig};
 use crate::store::alerts::{self as table, status, AlertRow};
 use crate::store::rows::{from_seconds, seconds};
 
-/// How long a dropped handle's task keeps delivering what is due before it stops.
-const DROPPED_GRACE: Duration = Duration::from_secs(5);
 /// How often accounts with a full allowance are forgotten by the per-account limiter.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(600);
 /// Backoff of writes to the alerts table after a failure.
@@ -68,11 +65,6 @@ impl Default for AlertCounters {
     }
 }
 
-/// The notifier has stopped; the alerts were not taken.
-#[derive(Debug, thiserror::Error)]
-#[error("the notifier has stopped; {0} alerts were not accepted")]
-pub struct Closed(pub usize);
-
 /// What the notifier did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -85,11 +77,6 @@ pub struct ShutdownReport {
     /// Held-back alerts not carried by any email yet; recorded `suppressed`, sent in a
     /// digest after the next start.
     pub left_held: usize,
-}
-
-enum Command {
-    Submit(Vec<Alert>),
-    Shutdown(Instant),
 }
 
 /// Starts the notifier task.
@@ -141,87 +128,18 @@ impl Notifier {
             store_failures: 0,
             store_retry_at: None,
             report: ShutdownReport::default(),
+            forget_at: Instant::now() + FORGET_IDLE_EVERY,
         };
         tracing::info!(server = %worker.mailer.server(), "notifier started");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = runtime.spawn(worker.run(rx));
-        Ok(NotifierHandle {
-            tx,
-            task,
-            smtp_timeout: smtp.timeout,
-        })
+        Ok(queue::spawn(runtime, "notifier", worker, smtp.timeout))
     }
 }
 
 /// Submits alerts to the running notifier, and stops it.
-pub struct NotifierHandle {
-    tx: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<ShutdownReport>,
-    smtp_timeout: Duration,
-}
+pub type NotifierHandle = queue::Handle<Alert, ShutdownReport>;
 
 /// A clonable way to submit alerts, for more than one producer.
-#[derive(Clone)]
-pub struct AlertSender {
-    tx: mpsc::UnboundedSender<Command>,
-}
-
-impl AlertSender {
-    /// Queues `alerts` for recording and delivery; returns at once.
-    pub fn submit(&self, alerts: Vec<Alert>) -> Result<(), Closed> {
-        submit(&self.tx, alerts)
-    }
-}
-
-fn submit(tx: &mpsc::UnboundedSender<Command>, alerts: Vec<Alert>) -> Result<(), Closed> {
-    if alerts.is_empty() {
-        return Ok(());
-    }
-    tx.send(Command::Submit(alerts)).map_err(|e| {
-        let n = match e.0 {
-            Command::Submit(a) => a.len(),
-            Command::Shutdown(_) => 0,
-        };
-        tracing::error!(alerts = n, "the notifier has stopped; alerts not accepted");
-        Closed(n)
-    })
-}
-
-impl NotifierHandle {
-    /// Queues `alerts` for recording and delivery; returns at once, whatever the state of
-    /// ClickHouse or the SMTP server. An alert whose id was seen before is not sent again.
-    pub fn submit(&self, alerts: Vec<Alert>) -> Result<(), Closed> {
-        submit(&self.tx, alerts)
-    }
-
-    pub fn sender(&self) -> AlertSender {
-        AlertSender {
-            tx: self.tx.clone(),
-        }
-    }
-
-    /// Takes every alert submitted so far, delivers what it can within `grace`, records
-    /// the rest for the next start, and stops.
-    pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + grace;
-        let _ = self.tx.send(Command::Shutdown(deadline));
-        // An SMTP exchange under way at the deadline may run to its own timeout; past
-        // that the task is stopped where it is (its rows say what is left).
-        let hard = deadline + self.smtp_timeout + Duration::from_secs(1);
-        match timeout_at(hard, &mut self.task).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "the notifier task failed");
-                ShutdownReport::default()
-            }
-            Err(_) => {
-                self.task.abort();
-                tracing::warn!("the notifier did not stop in time; aborted");
-                ShutdownReport::default()
-            }
-        }
-    }
-}
+pub type AlertSender = queue::Sender<Alert>;
 
 /// One alert on its way, with what its row says.
 struct Tracked {
@@ -398,30 +316,44 @@ struct Worker {
     store_retry_at: Option<Instant>,
     report: ShutdownReport,
     counters: AlertCounters,
+    /// When the per-account limiter next forgets accounts with a full allowance.
+    forget_at: Instant,
 }
 
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) -> ShutdownReport {
-        self.recover().await;
-        let mut forget_at = Instant::now() + FORGET_IDLE_EVERY;
-        loop {
-            self.step(None).await;
-            if Instant::now() >= forget_at {
-                self.per_account.forget_idle();
-                forget_at = Instant::now() + FORGET_IDLE_EVERY;
-            }
-            let wake = self.next_wake().map_or(forget_at, |w| w.min(forget_at));
-            tokio::select! {
-                command = rx.recv() => match command {
-                    Some(Command::Submit(alerts)) => self.accept(alerts).await,
-                    Some(Command::Shutdown(deadline)) => return self.finish(rx, deadline).await,
-                    None => return self.finish(rx, Instant::now() + DROPPED_GRACE).await,
-                },
-                _ = sleep_until(wake) => {}
-            }
+impl queue::Worker for Worker {
+    type Item = Alert;
+    type Report = ShutdownReport;
+
+    async fn recover(&mut self) {
+        Worker::recover(self).await
+    }
+
+    async fn accept(&mut self, alerts: Vec<Alert>) {
+        Worker::accept(self, alerts).await
+    }
+
+    async fn step(&mut self, deadline: Option<Instant>) {
+        Worker::step(self, deadline).await;
+        if Instant::now() >= self.forget_at {
+            self.per_account.forget_idle();
+            self.forget_at = Instant::now() + FORGET_IDLE_EVERY;
         }
     }
 
+    fn next_wake(&self) -> Option<Instant> {
+        Worker::next_wake(self)
+    }
+
+    fn idle(&self) -> bool {
+        self.outbox.is_empty() && self.held.is_empty() && self.unwritten.is_empty()
+    }
+
+    async fn stop(self) -> ShutdownReport {
+        self.finish()
+    }
+}
+
+impl Worker {
     /// Records new alerts as pending, then sends or holds each by its account's limit.
     async fn accept(&mut self, alerts: Vec<Alert>) {
         let mut fresh: Vec<Tracked> = Vec::with_capacity(alerts.len());
@@ -702,27 +634,8 @@ impl Worker {
         self.flush_rows().await;
     }
 
-    /// Takes what was submitted before the shutdown, delivers what it can before
-    /// `deadline`, and reports what is left (all of it recorded for the next start).
-    async fn finish(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
-        deadline: Instant,
-    ) -> ShutdownReport {
-        rx.close();
-        while let Ok(command) = rx.try_recv() {
-            if let Command::Submit(alerts) = command {
-                self.accept(alerts).await;
-            }
-        }
-        loop {
-            self.step(Some(deadline)).await;
-            let idle = self.outbox.is_empty() && self.held.is_empty() && self.unwritten.is_empty();
-            match self.next_wake() {
-                Some(wake) if !idle && wake < deadline => sleep_until(wake).await,
-                _ => break,
-            }
-        }
+    /// Reports what is left (all of it recorded for the next start).
+    fn finish(self) -> ShutdownReport {
         let mut report = self.report;
         report.left_pending = self.outbox.iter().map(|o| 1 + o.digest.len()).sum();
         report.left_held = self.held.values().map(|h| h.alerts.len()).sum();
@@ -748,6 +661,7 @@ impl Worker {
             .map(|o| o.due)
             .chain(self.held.values().map(|h| h.retry_at))
             .chain(self.store_retry_at)
+            .chain(Some(self.forget_at))
             .min()
     }
 

@@ -14,20 +14,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clickhouse::Client;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 use super::client::{SendError, WebhookClient};
 use super::{account_secret, sign, Delivery, Target, WebhooksConfig};
 use crate::config::Secret;
 use crate::notify::limits::{AccountLimiter, GlobalLimiter, LimitsError};
+use crate::notify::queue;
 use crate::notify::worker::backoff;
 use crate::store::rows::{from_seconds, seconds};
 use crate::store::webhooks::{self as table, status, WebhookRow};
 
-/// How long a dropped handle's task keeps delivering what is due before it stops.
-const DROPPED_GRACE: Duration = Duration::from_secs(5);
 /// Backoff of writes to the webhooks table after a failure.
 const STORE_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
@@ -41,11 +38,6 @@ pub struct HookReport {
     pub failed: u64,
     /// Deliveries still pending (recorded so; sent at the next start).
     pub left_pending: usize,
-}
-
-enum Command {
-    Submit(Vec<Delivery>),
-    Shutdown(Instant),
 }
 
 /// Starts the webhook worker.
@@ -83,78 +75,20 @@ impl WebhookWorker {
             lookup_retry_at: None,
             report: HookReport::default(),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = runtime.spawn(worker.run(rx));
-        Ok(WebhookWorkerHandle {
-            tx,
-            task,
-            timeout: config.timeout,
-        })
+        Ok(queue::spawn(
+            runtime,
+            "webhook worker",
+            worker,
+            config.timeout.saturating_mul(3),
+        ))
     }
 }
 
 /// Submits deliveries to the running worker, and stops it.
-pub struct WebhookWorkerHandle {
-    tx: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<HookReport>,
-    timeout: Duration,
-}
+pub type WebhookWorkerHandle = queue::Handle<Delivery, HookReport>;
 
 /// A clonable way to submit deliveries.
-#[derive(Clone)]
-pub struct HookSender {
-    tx: mpsc::UnboundedSender<Command>,
-}
-
-impl HookSender {
-    /// Queues `deliveries`; returns at once. Err: the worker has stopped (the deliveries
-    /// stay pending in ClickHouse for the next start).
-    pub fn submit(&self, deliveries: Vec<Delivery>) -> Result<(), usize> {
-        submit(&self.tx, deliveries)
-    }
-}
-
-fn submit(tx: &mpsc::UnboundedSender<Command>, deliveries: Vec<Delivery>) -> Result<(), usize> {
-    if deliveries.is_empty() {
-        return Ok(());
-    }
-    let n = deliveries.len();
-    tx.send(Command::Submit(deliveries)).map_err(|_| n)
-}
-
-impl WebhookWorkerHandle {
-    /// Queues `deliveries`; returns at once, whatever the state of ClickHouse or the
-    /// endpoints.
-    pub fn submit(&self, deliveries: Vec<Delivery>) -> Result<(), usize> {
-        submit(&self.tx, deliveries)
-    }
-
-    pub fn sender(&self) -> HookSender {
-        HookSender {
-            tx: self.tx.clone(),
-        }
-    }
-
-    /// Takes everything submitted so far, delivers what is due within `grace`, and stops;
-    /// the rest stays pending for the next start.
-    pub async fn shutdown(mut self, grace: Duration) -> HookReport {
-        let deadline = Instant::now() + grace;
-        let _ = self.tx.send(Command::Shutdown(deadline));
-        let hard = deadline + self.timeout.saturating_mul(3) + Duration::from_secs(1);
-        match timeout_at(hard, &mut self.task).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "the webhook worker failed");
-                HookReport::default()
-            }
-            Err(_) => {
-                self.task.abort();
-                tracing::warn!("the webhook worker did not stop in time; aborted");
-                HookReport::default()
-            }
-        }
-    }
-}
+pub type HookSender = queue::Sender<Delivery>;
 
 /// The row recording `d` as pending, for the flush to write before its checkpoint. Its
 /// times come from the notice, so a replay writes the very same row.
@@ -280,25 +214,36 @@ struct Worker {
     report: HookReport,
 }
 
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) -> HookReport {
-        self.recover().await;
-        loop {
-            self.step(None).await;
-            let wake = self
-                .next_wake()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(600));
-            tokio::select! {
-                command = rx.recv() => match command {
-                    Some(Command::Submit(d)) => self.accept(d).await,
-                    Some(Command::Shutdown(deadline)) => return self.finish(rx, deadline).await,
-                    None => return self.finish(rx, Instant::now() + DROPPED_GRACE).await,
-                },
-                _ = sleep_until(wake) => {}
-            }
-        }
+impl queue::Worker for Worker {
+    type Item = Delivery;
+    type Report = HookReport;
+
+    async fn recover(&mut self) {
+        Worker::recover(self).await
     }
 
+    async fn accept(&mut self, deliveries: Vec<Delivery>) {
+        Worker::accept(self, deliveries).await
+    }
+
+    async fn step(&mut self, deadline: Option<Instant>) {
+        Worker::step(self, deadline).await
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        Worker::next_wake(self)
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.unwritten.is_empty() && self.unchecked.is_empty()
+    }
+
+    async fn stop(self) -> HookReport {
+        self.finish().await
+    }
+}
+
+impl Worker {
     /// Takes new deliveries over: those whose row is finished are dropped, pending ones
     /// continue where their row says.
     async fn accept(&mut self, deliveries: Vec<Delivery>) {
@@ -516,26 +461,8 @@ impl Worker {
         }
     }
 
-    async fn finish(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
-        deadline: Instant,
-    ) -> HookReport {
-        rx.close();
-        while let Ok(command) = rx.try_recv() {
-            if let Command::Submit(d) = command {
-                self.accept(d).await;
-            }
-        }
-        loop {
-            self.step(Some(deadline)).await;
-            let idle =
-                self.queue.is_empty() && self.unwritten.is_empty() && self.unchecked.is_empty();
-            match self.next_wake() {
-                Some(wake) if !idle && wake < deadline => sleep_until(wake).await,
-                _ => break,
-            }
-        }
+    /// Records what it can of what is left, and reports it (pending for the next start).
+    async fn finish(mut self) -> HookReport {
         self.flush_rows().await;
         let mut report = self.report;
         report.left_pending = self.queue.len() + self.unchecked.len();
