@@ -586,6 +586,13 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The name checkpoints are stored under: the pair of topics they cover.
+    pub fn stream_name(&self) -> String {
+        format!("{}+{}", self.usage_topic, self.commands_topic)
+    }
+}
+
 impl Default for ClickHouseConfig {
     fn default() -> Self {
         ClickHouseConfig {

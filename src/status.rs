@@ -27,7 +27,6 @@ use tokio::time::{Instant, Sleep};
 
 use crate::holds::owner::{CheckError, Owner, Wait};
 use crate::holds::CheckRequest;
-use crate::run::metrics::RunMetrics;
 
 /// A connection that moves no byte for this long is closed (a keep-alive connection
 /// between two scrapes, a client that stopped sending).
@@ -114,18 +113,27 @@ pub fn readiness(status: &ProcessStatus) -> Result<(), String> {
     }
 }
 
+/// What the endpoint needs of the process's metrics: its own requests counted, and every
+/// metric as text for `/metrics`. `tally run`'s registry provides both.
+pub trait Exposition: Clone + Send + Sync + 'static {
+    /// Counts one request of the endpoint by matched route, method and status.
+    fn count_request(&self, route: &str, method: &str, status: &str);
+    /// The Prometheus text exposition of every metric.
+    fn render(&self) -> String;
+}
+
 /// What the handlers read.
 #[derive(Clone)]
-pub struct Endpoint {
+pub struct Endpoint<M> {
     pub status: Shared,
-    pub metrics: RunMetrics,
+    pub metrics: M,
     pub owner: Arc<Owner>,
     /// The bearer token `/internal` requests must carry (`status.token`); `None`: none
     /// needed (only allowed on loopback, see the config's checks).
     pub token: Option<Arc<str>>,
 }
 
-impl Endpoint {
+impl<M> Endpoint<M> {
     fn snapshot(&self) -> ProcessStatus {
         self.status
             .lock()
@@ -135,7 +143,7 @@ impl Endpoint {
 }
 
 /// The routes of the run's endpoint.
-pub fn router(endpoint: Endpoint) -> Router {
+pub fn router<M: Exposition>(endpoint: Endpoint<M>) -> Router {
     let internal = Router::new()
         .route("/internal/check", post(internal_check))
         .route(
@@ -176,7 +184,10 @@ pub async fn bind(listen: &str) -> Result<TimedListener, StatusError> {
 }
 
 /// Serves the endpoint on `listener` until the runtime stops.
-pub async fn serve(listener: TimedListener, endpoint: Endpoint) -> Result<(), StatusError> {
+pub async fn serve<M: Exposition>(
+    listener: TimedListener,
+    endpoint: Endpoint<M>,
+) -> Result<(), StatusError> {
     if let Ok(local) = listener.inner.local_addr() {
         tracing::info!(listen = %local, "status endpoint listening: /status, /metrics, /healthz, /readyz");
     }
@@ -187,7 +198,11 @@ pub async fn serve(listener: TimedListener, endpoint: Endpoint) -> Result<(), St
 
 /// 401 unless the request carries the endpoint's token (when it has one), compared in
 /// constant time.
-async fn require_token(State(endpoint): State<Endpoint>, request: Request, next: Next) -> Response {
+async fn require_token<M>(
+    State(endpoint): State<Endpoint<M>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &endpoint.token {
         let given = request
             .headers()
@@ -230,7 +245,11 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// Counts every request by matched route, method and status, and bounds its time.
-async fn track(State(endpoint): State<Endpoint>, request: Request, next: Next) -> Response {
+async fn track<M: Exposition>(
+    State(endpoint): State<Endpoint<M>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -243,19 +262,17 @@ async fn track(State(endpoint): State<Endpoint>, request: Request, next: Next) -
     };
     endpoint
         .metrics
-        .http_requests
-        .with_label_values(&[route.as_str(), method, response.status().as_str()])
-        .inc();
+        .count_request(&route, method, response.status().as_str());
     response
 }
 
 /// Exactly the JSON the hand-written endpoint gave before, so `tally status` of any
 /// version reads it.
-async fn status_json(State(endpoint): State<Endpoint>) -> Json<ProcessStatus> {
+async fn status_json<M>(State(endpoint): State<Endpoint<M>>) -> Json<ProcessStatus> {
     Json(endpoint.snapshot())
 }
 
-async fn metrics_text(State(endpoint): State<Endpoint>) -> Response {
+async fn metrics_text<M: Exposition>(State(endpoint): State<Endpoint<M>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         endpoint.metrics.render(),
@@ -267,7 +284,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(endpoint): State<Endpoint>) -> Response {
+async fn readyz<M>(State(endpoint): State<Endpoint<M>>) -> Response {
     match readiness(&endpoint.snapshot()) {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()).into_response(),
         Err(reason) => (
@@ -293,8 +310,8 @@ fn json_answer(status: u16, body: serde_json::Value) -> Response {
 
 /// `POST /internal/check?partition=P` with a [`CheckRequest`]: the check from the
 /// partition's state as applied so far; 421 when this process does not own it.
-async fn internal_check(
-    State(endpoint): State<Endpoint>,
+async fn internal_check<M>(
+    State(endpoint): State<Endpoint<M>>,
     Query(query): Query<PartitionQuery>,
     body: Bytes,
 ) -> Response {
@@ -330,8 +347,8 @@ struct WaitQuery {
 /// `GET /internal/answers/{partition}/{offset}?wait_ms=N`: the committed decision on that
 /// commands record, waiting up to N ms (at most [`MAX_ANSWER_WAIT`]). 421: not the owner;
 /// 410: committed without a decision here (send the command again); 202: not yet.
-async fn internal_answer(
-    State(endpoint): State<Endpoint>,
+async fn internal_answer<M>(
+    State(endpoint): State<Endpoint<M>>,
     Path((partition, offset)): Path<(i32, i64)>,
     Query(query): Query<WaitQuery>,
 ) -> Response {
@@ -570,10 +587,54 @@ mod tests {
         assert!(!paused.contains("second line"));
     }
 
-    async fn start(state: &str, partitions: usize) -> (String, Endpoint) {
+    /// A registry with the endpoint's request counter and one metric of the process's own.
+    #[derive(Clone)]
+    struct Registry {
+        registry: prometheus::Registry,
+        requests: prometheus::IntCounterVec,
+    }
+
+    impl Registry {
+        fn new() -> Registry {
+            let registry = prometheus::Registry::new();
+            let requests = prometheus::IntCounterVec::new(
+                prometheus::Opts::new("tally_http_requests_total", "requests"),
+                &["route", "method", "status"],
+            )
+            .expect("a valid counter");
+            let own = prometheus::IntCounter::new("tally_own_total", "the process's own")
+                .expect("a valid counter");
+            registry
+                .register(Box::new(requests.clone()))
+                .expect("registers");
+            registry.register(Box::new(own)).expect("registers");
+            Registry { registry, requests }
+        }
+    }
+
+    impl Exposition for Registry {
+        fn count_request(&self, route: &str, method: &str, status: &str) {
+            self.requests
+                .with_label_values(&[route, method, status])
+                .inc();
+        }
+
+        fn render(&self) -> String {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &self.registry.gather(),
+                &mut out,
+            )
+            .expect("encodes");
+            String::from_utf8(out).expect("UTF-8")
+        }
+    }
+
+    async fn start(state: &str, partitions: usize) -> (String, Endpoint<Registry>) {
         let endpoint = Endpoint {
             status: Arc::new(Mutex::new(status(state, partitions, None))),
-            metrics: RunMetrics::new().expect("metrics register"),
+            metrics: Registry::new(),
             owner: Owner::new(),
             token: None,
         };
@@ -631,7 +692,7 @@ mod tests {
             text.contains(r#"route="unmatched",status="404"} 1"#),
             "{text}"
         );
-        assert!(text.contains("# TYPE tally_flush_duration_seconds histogram"));
+        assert!(text.contains("tally_own_total 0"), "{text}");
     }
 
     #[tokio::test]

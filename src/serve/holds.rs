@@ -120,7 +120,7 @@ impl Owners {
             (fresh || !cache.owners.contains_key(&partition)) && at.elapsed() >= OWNERS_REFRESH
         });
         if stale {
-            let stream = crate::run::stream_name(&state.config.kafka);
+            let stream = state.config.kafka.stream_name();
             let rows = checkpoint::owners(&state.client, &stream)
                 .await
                 .map_err(|e| {

@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod checkpoint;
 pub mod cluster;
 pub mod reads;
+pub mod rollup;
 pub mod rows;
 pub mod schema;
 pub mod state_codec;
