@@ -1,6 +1,9 @@
 //! Settings: a TOML file, overridden key by key by `TALLY_...` environment variables,
 //! checked without touching the network.
 
+pub mod keys;
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +38,7 @@ pub struct Config {
     /// How low-credit emails are rate-limited, retried and worded.
     pub notify: NotifyConfig,
     /// `tally serve`: the HTTP API, ingest and dashboard.
-    pub serve: crate::serve::settings::ServeConfig,
+    pub serve: serve::ServeConfig,
     /// Signed webhooks of alerts and lifecycle events: global endpoints, secrets, limits.
     pub webhooks: crate::notify::webhooks::WebhooksConfig,
     /// Packs and plan prices that recommendations are made from.
@@ -530,7 +533,7 @@ impl Default for Config {
             plans: default_plans(),
             smtp: SmtpConfig::default(),
             notify: NotifyConfig::default(),
-            serve: crate::serve::settings::ServeConfig::default(),
+            serve: serve::ServeConfig::default(),
             webhooks: crate::notify::webhooks::WebhooksConfig::default(),
             offers: crate::report::advice::OffersConfig::default(),
         }

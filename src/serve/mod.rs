@@ -7,9 +7,8 @@ pub mod conn;
 pub mod dashboard;
 pub mod holds;
 pub mod ingest;
-pub mod keys;
 pub mod metrics;
-pub mod settings;
+pub mod rate;
 pub mod tls;
 
 use std::future::Future;
@@ -27,10 +26,11 @@ use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use tally_core::Rules;
 
+use crate::config::keys::KeySet;
 use crate::config::Config;
 use crate::kafka;
 use crate::store;
-use keys::{KeySet, RateLimits};
+use rate::RateLimits;
 use metrics::Metrics;
 
 /// What every request handler reads.
