@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
 use crate::holds::owner::{CheckError, Owner, Wait};
-use crate::holds::CheckRequest;
+use crate::holds::{CheckRequest, Outcome};
 
 /// A connection that moves no byte for this long is closed (a keep-alive connection
 /// between two scrapes, a client that stopped sending).
@@ -354,8 +354,8 @@ async fn internal_answer<M>(
 ) -> Response {
     let wait = Duration::from_millis(query.wait_ms).min(MAX_ANSWER_WAIT);
     match endpoint.owner.wait(partition, offset, wait).await {
-        Wait::Answered(status, body) => (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Wait::Answered(outcome, body) => (
+            outcome_status(outcome),
             [(header::CONTENT_TYPE, "application/json")],
             body.to_vec(),
         )
@@ -369,6 +369,17 @@ async fn internal_answer<M>(
             serde_json::json!({"error": "committed without a decision here; send the command again"}),
         ),
         Wait::Pending => json_answer(202, serde_json::json!({"error": "not decided yet"})),
+    }
+}
+
+/// The status of each of the owner's answers, on `/internal/answers` and, passed through
+/// by `tally serve`, on `/v1/holds` (its OpenAPI lists them).
+pub fn outcome_status(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::Held => StatusCode::CREATED,
+        Outcome::Refused => StatusCode::PAYMENT_REQUIRED,
+        Outcome::Released => StatusCode::OK,
+        Outcome::Rejected => StatusCode::CONFLICT,
     }
 }
 
@@ -628,6 +639,35 @@ mod tests {
             )
             .expect("encodes");
             String::from_utf8(out).expect("UTF-8")
+        }
+    }
+
+    /// Each answer has a status the public API declares for the route that gives it.
+    #[test]
+    fn outcomes_have_the_statuses_the_api_declares() {
+        let api: serde_json::Value =
+            serde_json::from_str(include_str!("serve/openapi.json")).expect("valid JSON");
+        let declared = |path: &str, method: &str, outcome: Outcome| {
+            let code = outcome_status(outcome).as_u16().to_string();
+            api["paths"][path][method]["responses"]
+                .get(&code)
+                .is_some()
+        };
+        for outcome in [Outcome::Held, Outcome::Refused, Outcome::Rejected] {
+            assert!(declared("/v1/holds", "post", outcome), "{outcome:?}");
+        }
+        for outcome in [Outcome::Released, Outcome::Rejected] {
+            assert!(declared("/v1/holds/{id}", "delete", outcome), "{outcome:?}");
+        }
+        // `tally serve` reads 202 (pending), 410 (gone) and 421 (not the owner) as no answer.
+        for outcome in [
+            Outcome::Held,
+            Outcome::Refused,
+            Outcome::Released,
+            Outcome::Rejected,
+        ] {
+            let code = outcome_status(outcome).as_u16();
+            assert!(![202, 410, 421].contains(&code), "{outcome:?}: {code}");
         }
     }
 
