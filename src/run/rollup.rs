@@ -170,8 +170,8 @@ mod tests {
     use crate::store::rollup::{checkpoint_key, daily_row, first_open_key};
     use chrono::{NaiveDate, TimeZone, Utc};
     use tally_core::lots::Payment;
-    use tally_core::LotKind;
     use tally_core::Credits;
+    use tally_core::LotKind;
 
     fn call(account: &str, user: &str, paid: &[(LotKind, i64)], shortfall: i64) -> LedgerEntry {
         let credits: i64 = paid.iter().map(|p| p.1).sum::<i64>() + shortfall;

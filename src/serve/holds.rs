@@ -465,7 +465,7 @@ async fn decide(
                     continue;
                 }
             };
-            let wait = remaining.min(crate::status::MAX_ANSWER_WAIT);
+            let wait = remaining.min(crate::status::internal::MAX_ANSWER_WAIT);
             let url = format!(
                 "http://{owner}/internal/answers/{partition}/{offset}?wait_ms={}",
                 wait.as_millis()
