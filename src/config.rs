@@ -2,7 +2,9 @@
 //! checked without touching the network.
 
 pub mod keys;
+pub mod offers;
 pub mod serve;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,9 +42,9 @@ pub struct Config {
     /// `tally serve`: the HTTP API, ingest and dashboard.
     pub serve: serve::ServeConfig,
     /// Signed webhooks of alerts and lifecycle events: global endpoints, secrets, limits.
-    pub webhooks: crate::notify::webhooks::WebhooksConfig,
+    pub webhooks: webhooks::WebhooksConfig,
     /// Packs and plan prices that recommendations are made from.
-    pub offers: crate::report::advice::OffersConfig,
+    pub offers: offers::OffersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -534,8 +536,8 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             notify: NotifyConfig::default(),
             serve: serve::ServeConfig::default(),
-            webhooks: crate::notify::webhooks::WebhooksConfig::default(),
-            offers: crate::report::advice::OffersConfig::default(),
+            webhooks: webhooks::WebhooksConfig::default(),
+            offers: offers::OffersConfig::default(),
         }
     }
 }

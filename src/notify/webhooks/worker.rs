@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use super::client::{SendError, WebhookClient};
-use super::{account_secret, sign, Delivery, Target, WebhooksConfig};
+use super::{account_secret, sign, Delivery, Target};
+use crate::config::webhooks::{decode_secret, WebhooksConfig};
 use crate::config::Secret;
 use crate::notify::limits::{AccountLimiter, GlobalLimiter, LimitsError};
 use crate::notify::worker::backoff;
@@ -416,7 +417,7 @@ impl Worker {
                     ));
                 }
                 let secret = account_secret(self.signing_key.expose(), &d.account, id, *rotation);
-                super::decode_secret(&secret).map_err(SendError::Refused)
+                decode_secret(&secret).map_err(SendError::Refused)
             }
         }
     }
