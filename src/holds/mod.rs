@@ -2,7 +2,7 @@
 //! partition of an account (the producers' partitioner), the owner's decisions as they are
 //! kept until their flush commits, and one typed answer per outcome, serialized by the
 //! owner and passed through by `tally serve` unchanged. No HTTP here: the endpoints map
-//! each [`Outcome`] and error to their status.
+//! each [`AnswerKind`] and error to their status.
 
 pub mod owner;
 
@@ -53,7 +53,7 @@ pub struct CheckResponse {
     pub freshness: Freshness,
 }
 
-/// [`Outcome::Held`]: the hold as it stands.
+/// [`AnswerKind::Held`]: the hold as it stands.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldResponse {
     pub account: String,
@@ -61,7 +61,7 @@ pub struct HoldResponse {
     pub hold: Hold,
 }
 
-/// [`Outcome::Refused`]: nothing is reserved and a retry decides again.
+/// [`AnswerKind::Refused`]: nothing is reserved and a retry decides again.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedResponse {
     pub error: &'static str,
@@ -70,7 +70,7 @@ pub struct RefusedResponse {
     pub check: Check,
 }
 
-/// [`Outcome::Released`]: the hold after the release (`was_open` false: it had already been
+/// [`AnswerKind::Released`]: the hold after the release (`was_open` false: it had already been
 /// settled, released or expired, and is shown as it is).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleasedResponse {
@@ -79,7 +79,7 @@ pub struct ReleasedResponse {
     pub hold: Hold,
 }
 
-/// [`Outcome::Rejected`]: the owner rejected the command (a hold id reused with other terms,
+/// [`AnswerKind::Rejected`]: the owner rejected the command (a hold id reused with other terms,
 /// a release of an unknown hold, a ttl out of range, an unknown feature...), with the
 /// core's reason.
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +90,7 @@ pub struct RejectedResponse {
 
 /// Which answer a decision is, each with its own body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AnswerKind {
     /// Granted, or the same hold again (`repeated`): [`HoldResponse`].
     Held,
     /// Refused for want of credits: [`RefusedResponse`].
@@ -117,11 +117,11 @@ pub enum Decided {
 
 impl Decided {
     /// Which answer it is, and the JSON body of the public answer.
-    pub fn render(&self) -> (Outcome, Vec<u8>) {
-        let (outcome, body) = match self {
+    pub fn render(&self) -> (AnswerKind, Vec<u8>) {
+        let (kind, body) = match self {
             Decided::Answer { account, answer } => match answer.as_ref() {
                 Answer::Held { hold, repeated } => (
-                    Outcome::Held,
+                    AnswerKind::Held,
                     serde_json::to_vec(&HoldResponse {
                         account: account.clone(),
                         repeated: *repeated,
@@ -129,7 +129,7 @@ impl Decided {
                     }),
                 ),
                 Answer::Refused { hold, check } => (
-                    Outcome::Refused,
+                    AnswerKind::Refused,
                     serde_json::to_vec(&RefusedResponse {
                         error: "insufficient credits: nothing was reserved",
                         account: account.clone(),
@@ -138,7 +138,7 @@ impl Decided {
                     }),
                 ),
                 Answer::Released { hold, was_open } => (
-                    Outcome::Released,
+                    AnswerKind::Released,
                     serde_json::to_vec(&ReleasedResponse {
                         account: account.clone(),
                         was_open: *was_open,
@@ -147,15 +147,15 @@ impl Decided {
                 ),
             },
             Decided::Rejected { code, reason } => (
-                Outcome::Rejected,
+                AnswerKind::Rejected,
                 serde_json::to_vec(&RejectedResponse {
                     error: reason.clone(),
                     code,
                 }),
             ),
         };
-        // These types always serialize; an empty body would still carry the outcome.
-        (outcome, body.unwrap_or_default())
+        // These types always serialize; an empty body would still carry the kind.
+        (kind, body.unwrap_or_default())
     }
 }
 

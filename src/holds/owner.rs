@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tally_core::Rejection;
 
-use super::{CheckRequest, CheckResponse, Decided, Outcome};
+use super::{AnswerKind, CheckRequest, CheckResponse, Decided};
 
 /// How long a committed decision is kept for its caller.
 const RETENTION: Duration = Duration::from_secs(600);
@@ -32,7 +32,7 @@ pub enum CheckError {
 #[derive(Debug, Clone)]
 pub enum Wait {
     /// The decision, committed: which answer it is and its JSON body.
-    Answered(Outcome, Arc<[u8]>),
+    Answered(AnswerKind, Arc<[u8]>),
     /// This process does not own the partition (any more): ask the current owner.
     NotOwner,
     /// The record is committed and has no decision here: not a hold or release, a
@@ -48,7 +48,7 @@ pub type Checker =
     Box<dyn Fn(i32, &CheckRequest) -> Result<CheckResponse, CheckError> + Send + Sync>;
 
 /// A decision as answered: which answer it is and its JSON body.
-type Rendered = (Outcome, Arc<[u8]>);
+type Rendered = (AnswerKind, Arc<[u8]>);
 
 #[derive(Default)]
 struct Inner {
@@ -144,10 +144,10 @@ impl Owner {
             }
         }
         for (partition, offset, decision) in decided {
-            let (outcome, body) = decision.render();
+            let (kind, body) = decision.render();
             inner
                 .answers
-                .insert((partition, offset), (outcome, Arc::from(body)));
+                .insert((partition, offset), (kind, Arc::from(body)));
             inner.order.push_back((now, (partition, offset)));
         }
         // Decided now, or behind the new checkpoint without a decision (gone).
@@ -174,8 +174,8 @@ impl Owner {
         register: Option<&Arc<tokio::sync::Notify>>,
     ) -> Wait {
         let mut inner = self.lock();
-        if let Some((outcome, body)) = inner.answers.get(&(partition, offset)) {
-            return Wait::Answered(*outcome, body.clone());
+        if let Some((kind, body)) = inner.answers.get(&(partition, offset)) {
+            return Wait::Answered(*kind, body.clone());
         }
         if !inner.owned.contains(&partition) {
             return Wait::NotOwner;
@@ -252,7 +252,7 @@ mod tests {
         };
         owner.committed(&[(2, 0, 13)], vec![(2, 12, rejected())]);
         match waiter.await.expect("joined") {
-            Wait::Answered(Outcome::Rejected, _) => {}
+            Wait::Answered(AnswerKind::Rejected, _) => {}
             other => panic!("{other:?}"),
         }
         // A waiter is woken when its record falls behind the checkpoint undecided, and
@@ -284,7 +284,7 @@ mod tests {
         owner.released_all();
         assert!(matches!(
             owner.wait(2, 12, Duration::ZERO).await,
-            Wait::Answered(Outcome::Rejected, _)
+            Wait::Answered(AnswerKind::Rejected, _)
         ));
         assert!(matches!(
             owner.wait(2, 13, Duration::ZERO).await,

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::holds::owner::{CheckError, Owner, Wait};
-use crate::holds::{CheckRequest, Outcome};
+use crate::holds::{AnswerKind, CheckRequest};
 
 /// The longest one wait for a hold's decision lasts; the caller asks again after it.
 pub const MAX_ANSWER_WAIT: Duration = Duration::from_secs(4);
@@ -130,8 +130,8 @@ async fn internal_answer(
 ) -> Response {
     let wait = Duration::from_millis(query.wait_ms).min(MAX_ANSWER_WAIT);
     match internal.owner.wait(partition, offset, wait).await {
-        Wait::Answered(outcome, body) => (
-            outcome_status(outcome),
+        Wait::Answered(kind, body) => (
+            answer_status(kind),
             [(header::CONTENT_TYPE, "application/json")],
             body.to_vec(),
         )
@@ -150,12 +150,12 @@ async fn internal_answer(
 
 /// The status of each of the owner's answers, on `/internal/answers` and, passed through
 /// by `tally serve`, on `/v1/holds` (its OpenAPI lists them).
-pub fn outcome_status(outcome: Outcome) -> StatusCode {
-    match outcome {
-        Outcome::Held => StatusCode::CREATED,
-        Outcome::Refused => StatusCode::PAYMENT_REQUIRED,
-        Outcome::Released => StatusCode::OK,
-        Outcome::Rejected => StatusCode::CONFLICT,
+pub fn answer_status(kind: AnswerKind) -> StatusCode {
+    match kind {
+        AnswerKind::Held => StatusCode::CREATED,
+        AnswerKind::Refused => StatusCode::PAYMENT_REQUIRED,
+        AnswerKind::Released => StatusCode::OK,
+        AnswerKind::Rejected => StatusCode::CONFLICT,
     }
 }
 
@@ -165,28 +165,28 @@ mod tests {
 
     /// Each answer has a status the public API declares for the route that gives it.
     #[test]
-    fn outcomes_have_the_statuses_the_api_declares() {
+    fn answers_have_the_statuses_the_api_declares() {
         let api: serde_json::Value =
             serde_json::from_str(include_str!("../serve/openapi.json")).expect("valid JSON");
-        let declared = |path: &str, method: &str, outcome: Outcome| {
-            let code = outcome_status(outcome).as_u16().to_string();
+        let declared = |path: &str, method: &str, kind: AnswerKind| {
+            let code = answer_status(kind).as_u16().to_string();
             api["paths"][path][method]["responses"].get(&code).is_some()
         };
-        for outcome in [Outcome::Held, Outcome::Refused, Outcome::Rejected] {
-            assert!(declared("/v1/holds", "post", outcome), "{outcome:?}");
+        for kind in [AnswerKind::Held, AnswerKind::Refused, AnswerKind::Rejected] {
+            assert!(declared("/v1/holds", "post", kind), "{kind:?}");
         }
-        for outcome in [Outcome::Released, Outcome::Rejected] {
-            assert!(declared("/v1/holds/{id}", "delete", outcome), "{outcome:?}");
+        for kind in [AnswerKind::Released, AnswerKind::Rejected] {
+            assert!(declared("/v1/holds/{id}", "delete", kind), "{kind:?}");
         }
         // `tally serve` reads 202 (pending), 410 (gone) and 421 (not the owner) as no answer.
-        for outcome in [
-            Outcome::Held,
-            Outcome::Refused,
-            Outcome::Released,
-            Outcome::Rejected,
+        for kind in [
+            AnswerKind::Held,
+            AnswerKind::Refused,
+            AnswerKind::Released,
+            AnswerKind::Rejected,
         ] {
-            let code = outcome_status(outcome).as_u16();
-            assert!(![202, 410, 421].contains(&code), "{outcome:?}: {code}");
+            let code = answer_status(kind).as_u16();
+            assert!(![202, 410, 421].contains(&code), "{kind:?}: {code}");
         }
     }
 }
