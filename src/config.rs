@@ -1,6 +1,11 @@
 //! Settings: a TOML file, overridden key by key by `TALLY_...` environment variables,
 //! checked without touching the network.
 
+pub mod keys;
+pub mod offers;
+pub mod serve;
+pub mod webhooks;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,11 +40,11 @@ pub struct Config {
     /// How low-credit emails are rate-limited, retried and worded.
     pub notify: NotifyConfig,
     /// `tally serve`: the HTTP API, ingest and dashboard.
-    pub serve: crate::serve::settings::ServeConfig,
+    pub serve: serve::ServeConfig,
     /// Signed webhooks of alerts and lifecycle events: global endpoints, secrets, limits.
-    pub webhooks: crate::notify::webhooks::WebhooksConfig,
+    pub webhooks: webhooks::WebhooksConfig,
     /// Packs and plan prices that recommendations are made from.
-    pub offers: crate::report::advice::OffersConfig,
+    pub offers: offers::OffersConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -530,9 +535,9 @@ impl Default for Config {
             plans: default_plans(),
             smtp: SmtpConfig::default(),
             notify: NotifyConfig::default(),
-            serve: crate::serve::settings::ServeConfig::default(),
-            webhooks: crate::notify::webhooks::WebhooksConfig::default(),
-            offers: crate::report::advice::OffersConfig::default(),
+            serve: serve::ServeConfig::default(),
+            webhooks: webhooks::WebhooksConfig::default(),
+            offers: offers::OffersConfig::default(),
         }
     }
 }
@@ -583,6 +588,13 @@ impl Default for KafkaConfig {
             ssl_key_file: PathBuf::new(),
             partitioner: crate::partitioner::Partitioner::Crc32,
         }
+    }
+}
+
+impl KafkaConfig {
+    /// The name checkpoints are stored under: the pair of topics they cover.
+    pub fn stream_name(&self) -> String {
+        format!("{}+{}", self.usage_topic, self.commands_topic)
     }
 }
 

@@ -223,7 +223,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             .await
             .map_err(|e| format!("no `tally run` answers at {}: {e}", config.status.listen))
     };
-    let stream = crate::run::stream_name(k);
+    let stream = k.stream_name();
     let checkpoints = reads::checkpoints(&store::client(&config.clickhouse), &stream)
         .await
         .map_err(|e| format!("{e}"));

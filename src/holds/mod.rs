@@ -1,7 +1,8 @@
 //! Checks and holds between `tally serve` and the owner of an account's partition: the
 //! partition of an account (the producers' partitioner), the owner's decisions as they are
 //! kept until their flush commits, and one typed answer per outcome, serialized by the
-//! owner and passed through by `tally serve` unchanged.
+//! owner and passed through by `tally serve` unchanged. No HTTP here: the endpoints map
+//! each [`AnswerKind`] and error to their status.
 
 pub mod owner;
 
@@ -52,7 +53,7 @@ pub struct CheckResponse {
     pub freshness: Freshness,
 }
 
-/// 201 (granted, or the same hold again with `repeated`): the hold as it stands.
+/// [`AnswerKind::Held`]: the hold as it stands.
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldResponse {
     pub account: String,
@@ -60,7 +61,7 @@ pub struct HoldResponse {
     pub hold: Hold,
 }
 
-/// 402: the hold was refused; nothing is reserved and a retry decides again.
+/// [`AnswerKind::Refused`]: nothing is reserved and a retry decides again.
 #[derive(Debug, Clone, Serialize)]
 pub struct RefusedResponse {
     pub error: &'static str,
@@ -69,8 +70,8 @@ pub struct RefusedResponse {
     pub check: Check,
 }
 
-/// 200 for `DELETE /v1/holds/{id}`: the hold after the release (`was_open` false: it had
-/// already been settled, released or expired, and is shown as it is).
+/// [`AnswerKind::Released`]: the hold after the release (`was_open` false: it had already been
+/// settled, released or expired, and is shown as it is).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleasedResponse {
     pub account: String,
@@ -78,12 +79,26 @@ pub struct ReleasedResponse {
     pub hold: Hold,
 }
 
-/// 409: the owner rejected the command (a hold id reused with other terms, a release of an
-/// unknown hold, a ttl out of range, an unknown feature...), with the core's reason.
+/// [`AnswerKind::Rejected`]: the owner rejected the command (a hold id reused with other terms,
+/// a release of an unknown hold, a ttl out of range, an unknown feature...), with the
+/// core's reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedResponse {
     pub error: String,
     pub code: &'static str,
+}
+
+/// Which answer a decision is, each with its own body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// Granted, or the same hold again (`repeated`): [`HoldResponse`].
+    Held,
+    /// Refused for want of credits: [`RefusedResponse`].
+    Refused,
+    /// A release, of an open hold or one already closed: [`ReleasedResponse`].
+    Released,
+    /// The command was rejected: [`RejectedResponse`].
+    Rejected,
 }
 
 /// What the owner decided for one `credit.hold` or `credit.release` record, kept until the
@@ -101,12 +116,12 @@ pub enum Decided {
 }
 
 impl Decided {
-    /// The HTTP status and JSON body of the public answer.
-    pub fn render(&self) -> (u16, Vec<u8>) {
-        let (status, body) = match self {
+    /// Which answer it is, and the JSON body of the public answer.
+    pub fn render(&self) -> (AnswerKind, Vec<u8>) {
+        let (kind, body) = match self {
             Decided::Answer { account, answer } => match answer.as_ref() {
                 Answer::Held { hold, repeated } => (
-                    201,
+                    AnswerKind::Held,
                     serde_json::to_vec(&HoldResponse {
                         account: account.clone(),
                         repeated: *repeated,
@@ -114,7 +129,7 @@ impl Decided {
                     }),
                 ),
                 Answer::Refused { hold, check } => (
-                    402,
+                    AnswerKind::Refused,
                     serde_json::to_vec(&RefusedResponse {
                         error: "insufficient credits: nothing was reserved",
                         account: account.clone(),
@@ -123,7 +138,7 @@ impl Decided {
                     }),
                 ),
                 Answer::Released { hold, was_open } => (
-                    200,
+                    AnswerKind::Released,
                     serde_json::to_vec(&ReleasedResponse {
                         account: account.clone(),
                         was_open: *was_open,
@@ -132,15 +147,15 @@ impl Decided {
                 ),
             },
             Decided::Rejected { code, reason } => (
-                409,
+                AnswerKind::Rejected,
                 serde_json::to_vec(&RejectedResponse {
                     error: reason.clone(),
                     code,
                 }),
             ),
         };
-        // These types always serialize; an empty body would still carry the status.
-        (status, body.unwrap_or_default())
+        // These types always serialize; an empty body would still carry the kind.
+        (kind, body.unwrap_or_default())
     }
 }
 

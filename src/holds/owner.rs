@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tally_core::Rejection;
 
-use super::{CheckRequest, CheckResponse, Decided};
+use super::{AnswerKind, CheckRequest, CheckResponse, Decided};
 
 /// How long a committed decision is kept for its caller.
 const RETENTION: Duration = Duration::from_secs(600);
@@ -31,8 +31,8 @@ pub enum CheckError {
 /// Where a caller's wait for a decision stands.
 #[derive(Debug, Clone)]
 pub enum Wait {
-    /// The decision, committed: HTTP status and JSON body.
-    Answered(u16, Arc<[u8]>),
+    /// The decision, committed: which answer it is and its JSON body.
+    Answered(AnswerKind, Arc<[u8]>),
     /// This process does not own the partition (any more): ask the current owner.
     NotOwner,
     /// The record is committed and has no decision here: not a hold or release, a
@@ -47,8 +47,8 @@ pub enum Wait {
 pub type Checker =
     Box<dyn Fn(i32, &CheckRequest) -> Result<CheckResponse, CheckError> + Send + Sync>;
 
-/// A decision as answered: HTTP status and JSON body.
-type Rendered = (u16, Arc<[u8]>);
+/// A decision as answered: which answer it is and its JSON body.
+type Rendered = (AnswerKind, Arc<[u8]>);
 
 #[derive(Default)]
 struct Inner {
@@ -144,10 +144,10 @@ impl Owner {
             }
         }
         for (partition, offset, decision) in decided {
-            let (status, body) = decision.render();
+            let (kind, body) = decision.render();
             inner
                 .answers
-                .insert((partition, offset), (status, Arc::from(body)));
+                .insert((partition, offset), (kind, Arc::from(body)));
             inner.order.push_back((now, (partition, offset)));
         }
         // Decided now, or behind the new checkpoint without a decision (gone).
@@ -174,8 +174,8 @@ impl Owner {
         register: Option<&Arc<tokio::sync::Notify>>,
     ) -> Wait {
         let mut inner = self.lock();
-        if let Some((status, body)) = inner.answers.get(&(partition, offset)) {
-            return Wait::Answered(*status, body.clone());
+        if let Some((kind, body)) = inner.answers.get(&(partition, offset)) {
+            return Wait::Answered(*kind, body.clone());
         }
         if !inner.owned.contains(&partition) {
             return Wait::NotOwner;
@@ -252,7 +252,7 @@ mod tests {
         };
         owner.committed(&[(2, 0, 13)], vec![(2, 12, rejected())]);
         match waiter.await.expect("joined") {
-            Wait::Answered(409, _) => {}
+            Wait::Answered(AnswerKind::Rejected, _) => {}
             other => panic!("{other:?}"),
         }
         // A waiter is woken when its record falls behind the checkpoint undecided, and
@@ -284,7 +284,7 @@ mod tests {
         owner.released_all();
         assert!(matches!(
             owner.wait(2, 12, Duration::ZERO).await,
-            Wait::Answered(409, _)
+            Wait::Answered(AnswerKind::Rejected, _)
         ));
         assert!(matches!(
             owner.wait(2, 13, Duration::ZERO).await,

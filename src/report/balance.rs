@@ -11,8 +11,9 @@ use tally_core::account::FlexView;
 use tally_core::runway::{self, Runway};
 use tally_core::{plans, AccountState, Credits, LotKind, Rules};
 
-use super::advice::{monthly, OffersConfig};
+use super::advice::monthly;
 use super::{credits, local_time, rfc3339, tz_name, ReportError, Tabular};
+use crate::config::offers::OffersConfig;
 use crate::notify::Locale;
 use crate::store::reads;
 

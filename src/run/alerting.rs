@@ -8,8 +8,8 @@ use clickhouse::Client;
 use tally_core::alerts::{Alert as Decision, AlertKind};
 use tally_core::{runway, Credits, Rules};
 
+use crate::config::offers::OffersConfig;
 use crate::notify::{self, Alert, Locale};
-use crate::report::advice::OffersConfig;
 use crate::report::balance;
 use crate::store::reads::{self, By};
 use crate::store::{alerts, StoreError};

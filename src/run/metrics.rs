@@ -291,6 +291,18 @@ impl RunMetrics {
     }
 }
 
+impl crate::status::Exposition for RunMetrics {
+    fn count_request(&self, route: &str, method: &str, status: &str) {
+        self.http_requests
+            .with_label_values(&[route, method, status])
+            .inc();
+    }
+
+    fn render(&self) -> String {
+        RunMetrics::render(self)
+    }
+}
+
 /// One partition's handles: counters shared with the registry, the delay histogram
 /// buffered locally (flushed by [`PartitionMetrics::publish`]), lag gauges created once
 /// the partition's end is known, so an unknown end never reads as "no lag".

@@ -981,7 +981,7 @@ pub fn run(
     drain: bool,
     shutdown: Arc<AtomicBool>,
     rt: Handle,
-    endpoint: crate::status::Endpoint,
+    endpoint: crate::status::Endpoint<RunMetrics>,
 ) -> anyhow::Result<Summary> {
     let crate::status::Endpoint {
         status,
@@ -1347,11 +1347,6 @@ fn record_size(message: &BorrowedMessage<'_>) -> usize {
             .sum()
     });
     message.payload_len() + message.key_len() + headers
-}
-
-/// The name checkpoints are stored under: the pair of topics they cover.
-pub fn stream_name(config: &crate::config::KafkaConfig) -> String {
-    format!("{}+{}", config.usage_topic, config.commands_topic)
 }
 
 /// End offsets of every partition of both topics now; both must have the same partitions.

@@ -8,10 +8,11 @@ use tally_core::{Book, Outcome, Rules};
 
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
-use super::rollup::{self, Rollups};
+use super::rollup::Rollups;
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
 use crate::store::checkpoint::{Commit, Restored};
+use crate::store::rollup::daily_row;
 use crate::store::rows::{balance_rows, from_seconds, BalanceRow, LedgerRow, LotRow};
 use crate::store::writes::Batch;
 
@@ -385,7 +386,7 @@ impl PartitionWork {
         for (account, day) in days {
             batch
                 .daily
-                .push(rollup::daily_row(&account, &day, self.partition, version));
+                .push(daily_row(&account, &day, self.partition, version));
             batch.checkpoint.push(commit.day(&account, &day));
         }
         // Dedup keys: the new ones one row each (the exact record a confirmation reads),

@@ -11,8 +11,8 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::keys::Scope;
 use super::Shared;
+use crate::config::keys::Scope;
 use crate::report::{self, ReportError, Tabular};
 use crate::store::reads::By;
 

@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::tls::HANDSHAKE_TIMEOUT;
-use crate::status::TimedIo;
+use crate::status::timed::TimedIo;
 
 /// No connection lives longer than this however busy, so one dribbling a byte at a time
 /// into a body or out of a response ends; clients and load balancers reconnect.

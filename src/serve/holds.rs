@@ -120,7 +120,7 @@ impl Owners {
             (fresh || !cache.owners.contains_key(&partition)) && at.elapsed() >= OWNERS_REFRESH
         });
         if stale {
-            let stream = crate::run::stream_name(&state.config.kafka);
+            let stream = state.config.kafka.stream_name();
             let rows = checkpoint::owners(&state.client, &stream)
                 .await
                 .map_err(|e| {
@@ -465,7 +465,7 @@ async fn decide(
                     continue;
                 }
             };
-            let wait = remaining.min(crate::status::MAX_ANSWER_WAIT);
+            let wait = remaining.min(crate::status::internal::MAX_ANSWER_WAIT);
             let url = format!(
                 "http://{owner}/internal/answers/{partition}/{offset}?wait_ms={}",
                 wait.as_millis()

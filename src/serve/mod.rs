@@ -7,9 +7,8 @@ pub mod conn;
 pub mod dashboard;
 pub mod holds;
 pub mod ingest;
-pub mod keys;
 pub mod metrics;
-pub mod settings;
+pub mod rate;
 pub mod tls;
 
 use std::future::Future;
@@ -27,11 +26,12 @@ use rdkafka::producer::FutureProducer;
 use serde_json::json;
 use tally_core::Rules;
 
+use crate::config::keys::KeySet;
 use crate::config::Config;
 use crate::kafka;
 use crate::store;
-use keys::{KeySet, RateLimits};
 use metrics::Metrics;
+use rate::RateLimits;
 
 /// What every request handler reads.
 pub struct AppState {
@@ -174,7 +174,7 @@ async fn track(State(state): State<Shared>, request: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = crate::status::method_label(request.method());
+    let method = crate::status::server::method_label(request.method());
     let started = Instant::now();
     let limit = state.config.serve.request_timeout;
     let response = match tokio::time::timeout(limit, next.run(request)).await {

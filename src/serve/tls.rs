@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::settings::ServeConfig;
+use crate::config::serve::ServeConfig;
 
 /// Longest a client may take over its TLS handshake: a client that stalls in it holds a
 /// task, a socket and a connection slot, never the listener.

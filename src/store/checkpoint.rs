@@ -7,10 +7,10 @@ use clickhouse::Client;
 use tally_core::dedup::{self, Seen, Written};
 use tally_core::{AccountState, Book};
 
+use super::rollup::{self, StoredDay};
 use super::rows::CheckpointRow;
 use super::state_codec;
 use super::StoreError;
-use crate::run::rollup::{self, StoredDay};
 
 /// The owner of every partition of `stream` that was ever claimed, as its latest claim row
 /// says: (partition, `ClaimInfo` JSON).

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cluster;
 mod keyed;
 pub mod reads;
+pub mod rollup;
 pub mod rows;
 pub mod schema;
 pub mod state_codec;

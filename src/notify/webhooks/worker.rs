@@ -17,7 +17,8 @@ use clickhouse::Client;
 use tokio::time::{timeout_at, Instant};
 
 use super::client::{SendError, WebhookClient};
-use super::{account_secret, sign, Delivery, Target, WebhooksConfig};
+use super::{account_secret, sign, Delivery, Target};
+use crate::config::webhooks::{decode_secret, WebhooksConfig};
 use crate::config::Secret;
 use crate::notify::limits::{AccountLimiter, GlobalLimiter, LimitsError};
 use crate::notify::queue;
@@ -361,7 +362,7 @@ impl Worker {
                     ));
                 }
                 let secret = account_secret(self.signing_key.expose(), &d.account, id, *rotation);
-                super::decode_secret(&secret).map_err(SendError::Refused)
+                decode_secret(&secret).map_err(SendError::Refused)
             }
         }
     }
