@@ -173,35 +173,66 @@ pub fn evaluate(
         Some(s) => s.cycle_start,
         None => plans::month_start(state.timezone(rules), at),
     };
-    // Every call of an account with admins comes here: the pools' available credits are
-    // summed in place (not through `balance`'s maps) and the checks borrow the pool names.
-    let mut pools: Vec<&str> = Vec::with_capacity(state.lots.len() + state.shortfall.len());
-    pools.extend(state.lots.iter().map(|lot| lot.pool.as_str()));
-    pools.extend(state.shortfall.keys().map(String::as_str));
-    pools.sort();
-    pools.dedup();
-    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> =
-        Vec::with_capacity(pools.len() * AlertKind::ALL.len());
-    for pool in pools {
+    // Every call of an account with admins comes here, so nothing is allocated unless an
+    // alert fires or a mark is new: the pools' names are sorted in a buffer on the stack
+    // (an account has a few), their credits summed in place, and each check applied to
+    // its mark as it is made, in the order pools then kinds.
+    let mut inline = [""; INLINE_POOLS];
+    let mut spilled = Vec::new();
+    let names = state
+        .lots
+        .iter()
+        .map(|lot| lot.pool.as_str())
+        .chain(state.shortfall.keys().map(String::as_str));
+    let count = state.lots.len() + state.shortfall.len();
+    let pools: &mut [&str] = if count <= INLINE_POOLS {
+        for (slot, name) in inline.iter_mut().zip(names) {
+            *slot = name;
+        }
+        &mut inline[..count]
+    } else {
+        spilled.extend(names);
+        &mut spilled
+    };
+    pools.sort_unstable();
+    let mut fired = Vec::new();
+    let marks = &mut state.alert_marks;
+    let context = Context {
+        account,
+        at,
+        cycle_start,
+        locale: state.locale.as_deref(),
+        admins: &state.admins,
+    };
+    for (i, &pool) in pools.iter().enumerate() {
+        if i > 0 && pools[i - 1] == pool {
+            continue;
+        }
         let available = crate::account::available(&state.lots, pool, at);
-        if limits.low_balance.is_positive() {
-            checks.push((
+        let mut check = |kind, below, threshold, balance| {
+            let crossing = Check {
                 pool,
+                kind,
+                below,
+                threshold,
+                balance,
+            };
+            if let Some(alert) = crossing.apply(marks, &context) {
+                fired.push(alert);
+            }
+        };
+        if limits.low_balance.is_positive() {
+            let below = available < limits.low_balance;
+            check(
                 AlertKind::LowBalance,
-                available < limits.low_balance,
+                below,
                 limits.low_balance,
                 available,
-            ));
+            );
         }
         if limits.shortfall {
             let owed = state.shortfall.get(pool).copied().unwrap_or_default();
-            checks.push((
-                pool,
-                AlertKind::Shortfall,
-                owed.is_positive(),
-                Credits::ZERO,
-                available,
-            ));
+            check(AlertKind::Shortfall, owed.is_positive(), Credits::ZERO, available);
         }
         if limits.expiring_min.is_positive() {
             // Bought and free grants only: a cycle's allowance always ends with its cycle,
@@ -214,13 +245,12 @@ pub fn evaluate(
                 .filter(|lot| lot.expires_at.is_some_and(|end| end <= soon))
                 .map(|lot| lot.free())
                 .sum();
-            checks.push((
-                pool,
+            check(
                 AlertKind::Expiring,
                 expiring > limits.expiring_min,
                 limits.expiring_min,
                 expiring,
-            ));
+            );
         }
         if limits.included_used_percent > 0 {
             // The allowance of the current cycle.
@@ -237,63 +267,99 @@ pub fn evaluate(
                     * i128::from(limits.included_used_percent.min(100))
                     / 100;
                 let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
-                checks.push((pool, AlertKind::IncludedUsed, used >= line, line, available));
+                check(AlertKind::IncludedUsed, used >= line, line, available);
             }
         }
     }
-    let mut fired = Vec::new();
-    // A mark's key in the account's state is `POOL/KIND`. Every call of an account with
-    // admins comes here: the key is built in one buffer and owned only when a mark is new.
-    let mut key = String::with_capacity(64);
-    for (pool, kind, below, threshold, balance) in checks {
-        key.clear();
-        key.push_str(pool);
-        key.push('/');
-        key.push_str(kind.as_str());
-        if !state.alert_marks.contains_key(key.as_str()) {
+    fired
+}
+
+/// Pools whose names [`evaluate`] sorts on the stack; an account with more lots and
+/// shortfall pools than this sorts them in a `Vec`.
+const INLINE_POOLS: usize = 16;
+
+/// What every alert of one evaluation shares.
+struct Context<'a> {
+    account: &'a str,
+    at: DateTime<Utc>,
+    cycle_start: DateTime<Utc>,
+    locale: Option<&'a str>,
+    admins: &'a [String],
+}
+
+/// One threshold of one pool as it stands now.
+struct Check<'a> {
+    pool: &'a str,
+    kind: AlertKind,
+    below: bool,
+    threshold: Credits,
+    balance: Credits,
+}
+
+impl Check<'_> {
+    /// Moves the threshold's mark (key `POOL/KIND`) and returns the alert if it fires: on
+    /// a downward crossing, once per cycle.
+    fn apply(&self, marks: &mut Marks, context: &Context<'_>) -> Option<Alert> {
+        let mut buffer = [0u8; 64];
+        let owned;
+        let key = match mark_key(&mut buffer, self.pool, self.kind) {
+            Some(key) => key,
+            None => {
+                owned = format!("{}/{}", self.pool, self.kind.as_str());
+                owned.as_str()
+            }
+        };
+        let mark = match marks.get_mut(key) {
+            Some(mark) => mark,
             // A balance limit fires on a crossing: a pool that has never been above it (a
             // small pack of another pool, say) has nothing to cross yet.
-            state.alert_marks.insert(
-                key.clone(),
-                Mark {
-                    tripped: kind == AlertKind::LowBalance,
-                    fired_in: None,
-                },
-            );
-        }
-        let Some(mark) = state.alert_marks.get_mut(key.as_str()) else {
-            continue;
+            None => marks.entry(key.to_string()).or_insert(Mark {
+                tripped: self.kind == AlertKind::LowBalance,
+                fired_in: None,
+            }),
         };
-        if !below {
+        if !self.below {
             mark.tripped = false;
-            continue;
+            return None;
         }
         if mark.tripped {
-            continue;
+            return None;
         }
         mark.tripped = true;
-        if mark.fired_in == Some(cycle_start) {
-            continue;
+        if mark.fired_in == Some(context.cycle_start) {
+            return None;
         }
-        mark.fired_in = Some(cycle_start);
-        fired.push(Alert {
+        mark.fired_in = Some(context.cycle_start);
+        Some(Alert {
             id: format!(
-                "{account}/{pool}/{}/{}",
-                kind.as_str(),
-                cycle_start.timestamp()
+                "{}/{}/{}/{}",
+                context.account,
+                self.pool,
+                self.kind.as_str(),
+                context.cycle_start.timestamp()
             ),
-            account: account.to_string(),
-            pool: pool.to_string(),
-            kind,
-            threshold,
-            balance,
-            time: at,
-            cycle_start,
-            locale: state.locale.clone().unwrap_or_else(|| "en".into()),
-            recipients: state.admins.clone(),
-        });
+            account: context.account.to_string(),
+            pool: self.pool.to_string(),
+            kind: self.kind,
+            threshold: self.threshold,
+            balance: self.balance,
+            time: context.at,
+            cycle_start: context.cycle_start,
+            locale: context.locale.unwrap_or("en").to_string(),
+            recipients: context.admins.to_vec(),
+        })
     }
-    fired
+}
+
+/// `POOL/KIND` written into `buffer`, or `None` when it does not fit.
+fn mark_key<'b>(buffer: &'b mut [u8; 64], pool: &str, kind: AlertKind) -> Option<&'b str> {
+    let kind = kind.as_str();
+    let len = pool.len() + 1 + kind.len();
+    let key = buffer.get_mut(..len)?;
+    key[..pool.len()].copy_from_slice(pool.as_bytes());
+    key[pool.len()] = b'/';
+    key[pool.len() + 1..].copy_from_slice(kind.as_bytes());
+    std::str::from_utf8(key).ok()
 }
 
 /// Marks of an account, by "pool/kind".

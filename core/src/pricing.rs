@@ -1,9 +1,12 @@
 //! The credit cost matrix: effective-dated versions of per-feature prices, and pricing a call.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use rustc_hash::FxHashMap;
 
 use crate::credits::Credits;
 
@@ -25,6 +28,25 @@ pub struct MatrixVersion {
     pub effective_from: DateTime<Utc>,
     /// Feature name (the event's `data.feature`) to its price.
     pub features: BTreeMap<String, FeaturePrice>,
+    /// `features` in a hash table, built when the version first prices a call: every call
+    /// looks its feature up, and the B-tree compares names one by one. The matrix is
+    /// config, fixed once loaded, so the table never goes stale.
+    #[serde(skip)]
+    index: OnceLock<FxHashMap<String, FeaturePrice>>,
+}
+
+impl MatrixVersion {
+    /// The price of `feature` in this version.
+    fn feature(&self, feature: &str) -> Option<&FeaturePrice> {
+        let index = self.index.get_or_init(|| {
+            self.features
+                .iter()
+                .map(|(name, price)| (name.clone(), price.clone()))
+                .collect()
+        });
+        debug_assert_eq!(index.len(), self.features.len(), "features changed after use");
+        index.get(feature)
+    }
 }
 
 /// How one feature is priced. Exactly one of `cost`, `variants` or `per_unit` is set; the
@@ -163,8 +185,7 @@ impl CostMatrix {
     ) -> Result<Price<'_>, PriceError> {
         let version = self.version_at(at).ok_or(PriceError::NoVersion(at))?;
         let price = version
-            .features
-            .get(feature)
+            .feature(feature)
             .ok_or_else(|| PriceError::UnknownFeature {
                 feature: feature.to_string(),
                 version: version.name.clone(),
