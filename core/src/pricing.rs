@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use rustc_hash::FxHashMap;
 
 use crate::credits::Credits;
+use crate::names::Name;
 
 /// The whole matrix as written in `config/matrix.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -32,20 +33,29 @@ pub struct MatrixVersion {
     /// looks its feature up, and the B-tree compares names one by one. The matrix is
     /// config, fixed once loaded, so the table never goes stale.
     #[serde(skip)]
-    index: OnceLock<FxHashMap<String, FeaturePrice>>,
+    index: OnceLock<Index>,
+}
+
+/// A version's features by name, each with its pool's shared name, and the version's own
+/// name: the names a ledger entry carries, made once per version rather than per call.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    features: FxHashMap<String, (FeaturePrice, Name)>,
+    name: Name,
 }
 
 impl MatrixVersion {
-    /// The price of `feature` in this version.
-    fn feature(&self, feature: &str) -> Option<&FeaturePrice> {
-        let index = self.index.get_or_init(|| {
-            self.features
+    fn index(&self) -> &Index {
+        let index = self.index.get_or_init(|| Index {
+            features: self
+                .features
                 .iter()
-                .map(|(name, price)| (name.clone(), price.clone()))
-                .collect()
+                .map(|(name, price)| (name.clone(), (price.clone(), Name::from(&*price.pool))))
+                .collect(),
+            name: Name::from(&*self.name),
         });
-        debug_assert_eq!(index.len(), self.features.len(), "features changed after use");
-        index.get(feature)
+        debug_assert_eq!(index.features.len(), self.features.len(), "features changed after use");
+        index
     }
 }
 
@@ -76,6 +86,9 @@ pub struct Price<'m> {
     pub credits: Credits,
     pub pool: &'m str,
     pub version: &'m str,
+    /// `pool` and `version` as shared names, for the ledger entry.
+    pub pool_name: &'m Name,
+    pub version_name: &'m Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,8 +197,10 @@ impl CostMatrix {
         at: DateTime<Utc>,
     ) -> Result<Price<'_>, PriceError> {
         let version = self.version_at(at).ok_or(PriceError::NoVersion(at))?;
-        let price = version
-            .feature(feature)
+        let index = version.index();
+        let (price, pool_name) = index
+            .features
+            .get(feature)
             .ok_or_else(|| PriceError::UnknownFeature {
                 feature: feature.to_string(),
                 version: version.name.clone(),
@@ -221,6 +236,8 @@ impl CostMatrix {
             credits,
             pool: &price.pool,
             version: &version.name,
+            pool_name,
+            version_name: &index.name,
         })
     }
 }
