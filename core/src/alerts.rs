@@ -223,16 +223,16 @@ pub fn evaluate(
         };
         if limits.low_balance.is_positive() {
             let below = available < limits.low_balance;
-            check(
-                AlertKind::LowBalance,
-                below,
-                limits.low_balance,
-                available,
-            );
+            check(AlertKind::LowBalance, below, limits.low_balance, available);
         }
         if limits.shortfall {
             let owed = state.shortfall.get(pool).copied().unwrap_or_default();
-            check(AlertKind::Shortfall, owed.is_positive(), Credits::ZERO, available);
+            check(
+                AlertKind::Shortfall,
+                owed.is_positive(),
+                Credits::ZERO,
+                available,
+            );
         }
         if limits.expiring_min.is_positive() {
             // Bought and free grants only: a cycle's allowance always ends with its cycle,

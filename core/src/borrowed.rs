@@ -226,14 +226,25 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     })
 }
 
+/// Nanoseconds in one unit of a fraction of so many decimals.
+const SCALE: [u32; 10] = [
+    1_000_000_000,
+    100_000_000,
+    10_000_000,
+    1_000_000,
+    100_000,
+    10_000,
+    1_000,
+    100,
+    10,
+    1,
+];
+
 /// The common form of an event time, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without
 /// chrono's general parser; `None` for any other form (an offset, a leap second, more
 /// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
 fn utc_time(text: &str) -> Option<DateTime<Utc>> {
-    let b = text.as_bytes();
-    let (Some(head), Some(rest)) = (b.get(..19), b.get(19..)) else {
-        return None;
-    };
+    let (head, rest) = text.as_bytes().split_first_chunk::<19>()?;
     let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
     let separators = head[4] == b'-'
         && head[7] == b'-'
@@ -260,7 +271,7 @@ fn utc_time(text: &str) -> Option<DateTime<Utc>> {
                 }
                 nano = nano * 10 + d;
             }
-            nano * 10u32.pow(9 - fraction.len() as u32)
+            nano * SCALE[fraction.len()]
         }
         _ => return None,
     };
@@ -388,7 +399,12 @@ impl<'a> Reader<'a> {
             }
         }
         let key = self.key()?;
-        Some(table.iter().find(|(name, _)| *name == key).map(|&(_, value)| value))
+        Some(
+            table
+                .iter()
+                .find(|(name, _)| *name == key)
+                .map(|&(_, value)| value),
+        )
     }
 
     /// Whether the next value is the string `value` written plainly, stepping over it if

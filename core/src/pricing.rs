@@ -54,7 +54,11 @@ impl MatrixVersion {
                 .collect(),
             name: Name::from(&*self.name),
         });
-        debug_assert_eq!(index.features.len(), self.features.len(), "features changed after use");
+        debug_assert_eq!(
+            index.features.len(),
+            self.features.len(),
+            "features changed after use"
+        );
         index
     }
 }
@@ -198,13 +202,14 @@ impl CostMatrix {
     ) -> Result<Price<'_>, PriceError> {
         let version = self.version_at(at).ok_or(PriceError::NoVersion(at))?;
         let index = version.index();
-        let (price, pool_name) = index
-            .features
-            .get(feature)
-            .ok_or_else(|| PriceError::UnknownFeature {
-                feature: feature.to_string(),
-                version: version.name.clone(),
-            })?;
+        let (price, pool_name) =
+            index
+                .features
+                .get(feature)
+                .ok_or_else(|| PriceError::UnknownFeature {
+                    feature: feature.to_string(),
+                    version: version.name.clone(),
+                })?;
         let unit_cost = match (&price.variants, price.cost, price.per_unit) {
             (Some(variants), _, _) => {
                 let known = || variants.keys().cloned().collect::<Vec<_>>().join(", ");
