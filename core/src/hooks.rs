@@ -8,12 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountState, MAX_GRANT};
+use crate::account::AccountState;
 use crate::alerts::{Alert, AlertKind};
 use crate::book::{Book, Outcome, Step};
 use crate::credits::Credits;
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::LotKind;
+use crate::rules::MAX_GRANT;
 
 /// Most endpoints one account may register: each notice is sent to each of them.
 pub const MAX_ENDPOINTS: usize = 8;

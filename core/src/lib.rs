@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod advice;
+pub mod alerting;
 pub mod alerts;
 pub mod book;
 pub mod borrowed;
@@ -16,6 +17,7 @@ pub mod lots;
 pub mod names;
 pub mod plans;
 pub mod pricing;
+pub mod rules;
 pub mod runway;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};
