@@ -155,23 +155,19 @@ impl Check<'_> {
     /// Moves the threshold's mark (key `POOL/KIND`) and returns the alert if it fires: on
     /// a downward crossing, once per cycle.
     fn apply(&self, marks: &mut Marks, context: &Context<'_>) -> Option<Alert> {
-        let mut buffer = [0u8; 64];
-        let owned;
-        let key = match mark_key(&mut buffer, self.pool, self.kind) {
-            Some(key) => key,
-            None => {
-                owned = format!("{}/{}", self.pool, self.kind.as_str());
-                owned.as_str()
-            }
+        // An account has a few marks: compared in place, they cost less than building a
+        // key and searching the tree.
+        let scanned = if marks.len() <= SCANNED_MARKS {
+            marks
+                .iter_mut()
+                .find(|(key, _)| is_mark_key(key, self.pool, self.kind))
+                .map(|(_, mark)| mark)
+        } else {
+            None
         };
-        let mark = match marks.get_mut(key) {
+        let mark = match scanned {
             Some(mark) => mark,
-            // A balance limit fires on a crossing: a pool that has never been above it (a
-            // small pack of another pool, say) has nothing to cross yet.
-            None => marks.entry(key.to_string()).or_insert(Mark {
-                tripped: self.kind == AlertKind::LowBalance,
-                fired_in: None,
-            }),
+            None => self.mark(marks)?,
         };
         if !self.below {
             mark.tripped = false;
@@ -204,6 +200,41 @@ impl Check<'_> {
             recipients: context.admins.to_vec(),
         })
     }
+
+    /// The threshold's mark, found by its key `POOL/KIND` built on the stack, or made.
+    fn mark<'m>(&self, marks: &'m mut Marks) -> Option<&'m mut Mark> {
+        let mut buffer = [0u8; 64];
+        let owned;
+        let key = match mark_key(&mut buffer, self.pool, self.kind) {
+            Some(key) => key,
+            None => {
+                owned = format!("{}/{}", self.pool, self.kind.as_str());
+                owned.as_str()
+            }
+        };
+        if !marks.contains_key(key) {
+            // A balance limit fires on a crossing: a pool that has never been above it (a
+            // small pack of another pool, say) has nothing to cross yet.
+            let mark = Mark {
+                tripped: self.kind == AlertKind::LowBalance,
+                fired_in: None,
+            };
+            marks.insert(key.to_string(), mark);
+        }
+        marks.get_mut(key)
+    }
+}
+
+/// Marks an account may have for [`Check::apply`] to compare them in place.
+const SCANNED_MARKS: usize = 8;
+
+/// Whether `key` is `POOL/KIND`.
+fn is_mark_key(key: &str, pool: &str, kind: AlertKind) -> bool {
+    let kind = kind.as_str();
+    key.len() == pool.len() + 1 + kind.len()
+        && key.as_bytes()[pool.len()] == b'/'
+        && key.starts_with(pool)
+        && key.ends_with(kind)
 }
 
 /// `POOL/KIND` written into `buffer`, or `None` when it does not fit.
