@@ -369,8 +369,9 @@ impl AccountState {
     }
 
     /// Debits one call whose time the caller checked ([`check_time`]). Its names are
-    /// interned in `names`: the entry copies no string of the call but its event id (and
-    /// a comment, when there is one).
+    /// interned in `names` (the pool and matrix version come named from the matrix): the
+    /// entry copies no string of the call but its event id (and a comment, when there is
+    /// one).
     pub fn usage(
         &mut self,
         rules: &Rules,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::credits::Credits;
 pub use crate::rules::AlertRules;
 
-/// What an alert is about: the one kind of alert, decided here, stored in the `alerts`
-/// table by its `as_str` name and mailed by the notifier.
+/// What an alert is about: the one kind of alert, decided by [`crate::alerting`], stored
+/// in the `alerts` table by its `as_str` name and mailed by the notifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {

@@ -26,7 +26,7 @@ pub const MAX_ENDPOINT_ID_LEN: usize = 64;
 /// What a notice is about; its `event_type` is the `type` of the webhook's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NoticeKind {
-    /// A low-credit alert the core decided (`alerts::evaluate`).
+    /// A low-credit alert the core decided (`alerting::evaluate`).
     Alert(AlertKind),
     /// A cycle's allowance arrived (the plan's new cycle, or a plan change) [003].
     Reset,
