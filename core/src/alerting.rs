@@ -49,7 +49,14 @@ pub fn evaluate(
         spilled.extend(names);
         &mut spilled
     };
-    pools.sort_unstable();
+    // Most accounts have one pool: then there is nothing to sort.
+    let pools = match pools.split_first() {
+        Some((first, rest)) if rest.iter().all(|pool| pool == first) => &mut pools[..1],
+        _ => {
+            pools.sort_unstable();
+            pools
+        }
+    };
     let mut fired = Vec::new();
     let marks = &mut state.alert_marks;
     let context = Context {
