@@ -60,8 +60,11 @@ pub struct AccountState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: Holds,
     /// Webhook endpoints and the auto top-up, with where it stands.
-    #[serde(default, skip_serializing_if = "crate::hooks::HookState::is_empty")]
-    pub hooks: crate::hooks::HookState,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::hook_state::HookState::is_empty"
+    )]
+    pub hooks: crate::hook_state::HookState,
 }
 
 /// What applying one event decided: its ledger entries, and for hold and release
@@ -753,12 +756,12 @@ impl AccountState {
                 ));
             }
         }
-        let hooks = crate::hooks::HookSettings {
+        let hooks = crate::hook_state::HookSettings {
             webhooks: settings.webhooks.as_deref(),
             top_up: settings.top_up.as_ref(),
             reset_email: settings.reset_email,
         };
-        if let Err(problem) = crate::hooks::check(&hooks) {
+        if let Err(problem) = crate::hook_state::check(&hooks) {
             return reject(problem);
         }
         self.hooks.apply(&hooks);

@@ -11,6 +11,7 @@ pub mod credits;
 pub mod dedup;
 pub mod event;
 pub mod holds;
+pub mod hook_state;
 pub mod hooks;
 pub mod ledger;
 pub mod lots;
