@@ -6,57 +6,18 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{AlertRules, AlertSettings, Marks};
+use crate::alerts::{AlertSettings, Marks};
 use crate::credits::Credits;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::holds::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Policy};
 use crate::names::{Name, Names};
-use crate::plans::{self, Plan, Subscription};
-use crate::pricing::CostMatrix;
+use crate::plans::{self, Subscription};
 
-/// The largest single grant: a trillion credits. Bounding grants keeps every sum of lots
-/// far from the limits of the fixed-point integers.
-pub const MAX_GRANT: Credits = Credits::from_whole(1_000_000_000_000);
-
-/// "Expiring soon" in balances: within 14 days [000].
-pub const EXPIRING_WITHIN: TimeDelta = TimeDelta::days(14);
-
-/// The service named on entries that no event caused (expiries, cycle allowances).
-pub const SERVICE: &str = "tally";
-
-/// The rules every account is held to, from config.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    pub matrix: CostMatrix,
-    pub default_timezone: Tz,
-    pub default_policy: Policy,
-    /// Events older than this, relative to their arrival, are rejected.
-    pub max_lateness: TimeDelta,
-    /// Events newer than this, relative to their arrival, are rejected.
-    pub max_future_skew: TimeDelta,
-    pub dedup_window: TimeDelta,
-    /// Plans by name.
-    pub plans: BTreeMap<String, Plan>,
-    /// How long after its end a lot still pays for late calls before its expiry is written.
-    pub expiry_grace: TimeDelta,
-    /// Whether flex is on for accounts that do not say.
-    pub flex_enabled: bool,
-    /// Flex allowed per cycle when neither the account nor its plan says.
-    pub flex_threshold: Credits,
-    /// Whether a grant first pays outstanding shortfall, for accounts that do not say.
-    pub settle_shortfall: bool,
-    /// Low-credit alert thresholds for accounts that do not set their own.
-    pub alerts: AlertRules,
-    /// Most holds an account may have open at once: every flush writes the account's
-    /// whole state, holds included, so without a cap memory and writes grow with the
-    /// square of one account's holds. A hold over it is rejected (`bad_command`).
-    pub max_open_holds: usize,
-}
-
-/// The default of [`Rules::max_open_holds`].
-pub const DEFAULT_MAX_OPEN_HOLDS: usize = 1000;
+pub use crate::rules::{
+    Rules, DEFAULT_MAX_OPEN_HOLDS, EXPIRING_WITHIN, FLEX_LOT, MAX_GRANT, SERVICE,
+};
 
 /// Everything tally remembers about one account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,8 +60,11 @@ pub struct AccountState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub holds: Holds,
     /// Webhook endpoints and the auto top-up, with where it stands.
-    #[serde(default, skip_serializing_if = "crate::hooks::HookState::is_empty")]
-    pub hooks: crate::hooks::HookState,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::hook_state::HookState::is_empty"
+    )]
+    pub hooks: crate::hook_state::HookState,
 }
 
 /// What applying one event decided: its ledger entries, and for hold and release
@@ -408,8 +372,9 @@ impl AccountState {
     }
 
     /// Debits one call whose time the caller checked ([`check_time`]). Its names are
-    /// interned in `names`: the entry copies no string of the call but its event id (and
-    /// a comment, when there is one).
+    /// interned in `names` (the pool and matrix version come named from the matrix): the
+    /// entry copies no string of the call but its event id (and a comment, when there is
+    /// one).
     pub fn usage(
         &mut self,
         rules: &Rules,
@@ -451,11 +416,11 @@ impl AccountState {
             variant: call.variant.map_or_else(Name::default, |v| names.intern(v)),
             quantity: call.quantity,
             status: call.status,
-            pool: names.intern(price.pool),
+            pool: price.pool_name.clone(),
             credits: Credits::ZERO,
             paid: Vec::new(),
             shortfall: Credits::ZERO,
-            matrix_version: names.intern(price.version),
+            matrix_version: price.version_name.clone(),
             event_id: call.id.to_string(),
             lot: String::new(),
             lot_kind: None,
@@ -791,12 +756,12 @@ impl AccountState {
                 ));
             }
         }
-        let hooks = crate::hooks::HookSettings {
+        let hooks = crate::hook_state::HookSettings {
             webhooks: settings.webhooks.as_deref(),
             top_up: settings.top_up.as_ref(),
             reset_email: settings.reset_email,
         };
-        if let Err(problem) = crate::hooks::check(&hooks) {
+        if let Err(problem) = crate::hook_state::check(&hooks) {
             return reject(problem);
         }
         self.hooks.apply(&hooks);
@@ -865,9 +830,6 @@ pub fn available(lots: &[Lot], pool: &str, at: DateTime<Utc>) -> Credits {
         .map(Lot::free)
         .sum()
 }
-
-/// The name flex payments carry in place of a lot id.
-pub const FLEX_LOT: &str = "flex";
 
 /// An entry with only its account, time, service and event filled in.
 pub(crate) fn blank_entry(

@@ -1,17 +1,16 @@
-//! Low-credit alert decisions: which thresholds an account's pools crossed downward, fired
-//! once per threshold per cycle and re-armed when the pool is back above it.
+//! Low-credit alerts: their kinds, an account's own thresholds, the marks that remember
+//! where each threshold stands, and the alert sent. [`crate::alerting`] decides them.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::account::{AccountState, Rules, EXPIRING_WITHIN};
 use crate::credits::Credits;
-use crate::plans;
+pub use crate::rules::AlertRules;
 
-/// What an alert is about: the one kind of alert, decided here, stored in the `alerts`
-/// table by its `as_str` name and mailed by the notifier.
+/// What an alert is about: the one kind of alert, decided by [`crate::alerting`], stored
+/// in the `alerts` table by its `as_str` name and mailed by the notifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -51,36 +50,6 @@ impl AlertKind {
 impl std::fmt::Display for AlertKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Thresholds for every pool, from config; an account's settings override each one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertRules {
-    pub enabled: bool,
-    /// Alert when the available balance falls below this; 0: never.
-    pub low_balance: Credits,
-    /// Alert when this percentage of the cycle's included credits is used; 0: never.
-    pub included_used_percent: u32,
-    /// Alert when calls start going unpaid.
-    pub shortfall: bool,
-    /// Alert when more than this expires within 14 days; 0: never.
-    pub expiring_min: Credits,
-    /// Some webhook endpoint in config takes every account's alerts: accounts without
-    /// admins or endpoints of their own are checked too.
-    pub global_webhooks: bool,
-}
-
-impl Default for AlertRules {
-    fn default() -> Self {
-        AlertRules {
-            enabled: false,
-            low_balance: Credits::ZERO,
-            included_used_percent: 0,
-            shortfall: false,
-            expiring_min: Credits::ZERO,
-            global_webhooks: false,
-        }
     }
 }
 
@@ -152,148 +121,6 @@ pub struct Alert {
     pub cycle_start: DateTime<Utc>,
     pub locale: String,
     pub recipients: Vec<String>,
-}
-
-/// Checks every threshold of every pool of the account at `at` and returns the alerts that
-/// fire now, updating the account's marks. Accounts with no admins and no webhook (of
-/// their own or in config) are not checked: there is nobody to tell.
-pub fn evaluate(
-    state: &mut AccountState,
-    rules: &Rules,
-    account: &str,
-    at: DateTime<Utc>,
-) -> Vec<Alert> {
-    let limits = state.alerts.effective(&rules.alerts);
-    let listened =
-        !state.admins.is_empty() || !state.hooks.endpoints.is_empty() || limits.global_webhooks;
-    if !limits.enabled || !listened {
-        return Vec::new();
-    }
-    let cycle_start = match &state.subscription {
-        Some(s) => s.cycle_start,
-        None => plans::month_start(state.timezone(rules), at),
-    };
-    // Every call of an account with admins comes here: the pools' available credits are
-    // summed in place (not through `balance`'s maps) and the checks borrow the pool names.
-    let mut pools: Vec<&str> = Vec::with_capacity(state.lots.len() + state.shortfall.len());
-    pools.extend(state.lots.iter().map(|lot| lot.pool.as_str()));
-    pools.extend(state.shortfall.keys().map(String::as_str));
-    pools.sort();
-    pools.dedup();
-    let mut checks: Vec<(&str, AlertKind, bool, Credits, Credits)> =
-        Vec::with_capacity(pools.len() * AlertKind::ALL.len());
-    for pool in pools {
-        let available = crate::account::available(&state.lots, pool, at);
-        if limits.low_balance.is_positive() {
-            checks.push((
-                pool,
-                AlertKind::LowBalance,
-                available < limits.low_balance,
-                limits.low_balance,
-                available,
-            ));
-        }
-        if limits.shortfall {
-            let owed = state.shortfall.get(pool).copied().unwrap_or_default();
-            checks.push((
-                pool,
-                AlertKind::Shortfall,
-                owed.is_positive(),
-                Credits::ZERO,
-                available,
-            ));
-        }
-        if limits.expiring_min.is_positive() {
-            // Bought and free grants only: a cycle's allowance always ends with its cycle,
-            // and the included-use alert covers it.
-            let soon = at.checked_add_signed(EXPIRING_WITHIN).unwrap_or(at);
-            let expiring: Credits = state
-                .lots
-                .iter()
-                .filter(|lot| !lot.from_plan && lot.usable(pool, at))
-                .filter(|lot| lot.expires_at.is_some_and(|end| end <= soon))
-                .map(|lot| lot.free())
-                .sum();
-            checks.push((
-                pool,
-                AlertKind::Expiring,
-                expiring > limits.expiring_min,
-                limits.expiring_min,
-                expiring,
-            ));
-        }
-        if limits.included_used_percent > 0 {
-            // The allowance of the current cycle.
-            let allowance = state.lots.iter().rev().find(|lot| {
-                lot.from_plan
-                    && lot.pool == *pool
-                    && lot.effective_at >= cycle_start
-                    && !lot.expired
-                    && !lot.voided
-            });
-            if let Some(lot) = allowance {
-                let used = lot.granted - lot.remaining;
-                let share = i128::from(lot.granted.milli())
-                    * i128::from(limits.included_used_percent.min(100))
-                    / 100;
-                let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
-                checks.push((pool, AlertKind::IncludedUsed, used >= line, line, available));
-            }
-        }
-    }
-    let mut fired = Vec::new();
-    // A mark's key in the account's state is `POOL/KIND`. Every call of an account with
-    // admins comes here: the key is built in one buffer and owned only when a mark is new.
-    let mut key = String::with_capacity(64);
-    for (pool, kind, below, threshold, balance) in checks {
-        key.clear();
-        key.push_str(pool);
-        key.push('/');
-        key.push_str(kind.as_str());
-        if !state.alert_marks.contains_key(key.as_str()) {
-            // A balance limit fires on a crossing: a pool that has never been above it (a
-            // small pack of another pool, say) has nothing to cross yet.
-            state.alert_marks.insert(
-                key.clone(),
-                Mark {
-                    tripped: kind == AlertKind::LowBalance,
-                    fired_in: None,
-                },
-            );
-        }
-        let Some(mark) = state.alert_marks.get_mut(key.as_str()) else {
-            continue;
-        };
-        if !below {
-            mark.tripped = false;
-            continue;
-        }
-        if mark.tripped {
-            continue;
-        }
-        mark.tripped = true;
-        if mark.fired_in == Some(cycle_start) {
-            continue;
-        }
-        mark.fired_in = Some(cycle_start);
-        fired.push(Alert {
-            id: format!(
-                "{account}/{pool}/{}/{}",
-                kind.as_str(),
-                cycle_start.timestamp()
-            ),
-            account: account.to_string(),
-            pool: pool.to_string(),
-            kind,
-            threshold,
-            balance,
-            time: at,
-            cycle_start,
-            locale: state.locale.clone().unwrap_or_else(|| "en".into()),
-            recipients: state.admins.clone(),
-        });
-    }
-    fired
 }
 
 /// Marks of an account, by "pool/kind".

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::account::{self, AccountState, Call, Rules};
+use crate::account::{self, AccountState, Call};
 use crate::alerts::Alert;
 use crate::borrowed::UsageEvent;
 use crate::dedup::{self, Seen};
@@ -13,6 +13,7 @@ use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
 use crate::names::Names;
+use crate::rules::Rules;
 
 /// What became of one payload.
 #[derive(Debug)]
@@ -105,7 +106,7 @@ impl Book {
                 self.seen.record(key, arrival);
                 // A call that settles no hold moves no deadline (see `apply`).
                 let at = self.clock.unwrap_or(arrival);
-                let alerts = crate::alerts::evaluate(state, rules, call.account, at);
+                let alerts = crate::alerting::evaluate(state, rules, call.account, at);
                 Step {
                     due,
                     outcome: Outcome::Applied {
@@ -176,7 +177,7 @@ impl Book {
         let mut alerts = Vec::new();
         for account in changed {
             if let Some(state) = self.accounts.get_mut(account) {
-                alerts.extend(crate::alerts::evaluate(state, rules, account, at));
+                alerts.extend(crate::alerting::evaluate(state, rules, account, at));
             }
         }
         Step {

@@ -59,6 +59,52 @@ impl UsageEvent<'_> {
 /// refuses nesting beyond 128).
 const MAX_DEPTH: usize = 64;
 
+/// The one event type this reader takes.
+const USAGE: &str = "ai.usage";
+
+/// The envelope's attributes the reader takes; any other is skipped.
+#[derive(Debug, Clone, Copy)]
+enum Attribute {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Subject,
+    Time,
+    Data,
+}
+
+/// Attribute names, in the order producers usually write them (the first match wins).
+const ENVELOPE: [(&str, Attribute); 7] = [
+    ("specversion", Attribute::SpecVersion),
+    ("type", Attribute::Type),
+    ("id", Attribute::Id),
+    ("source", Attribute::Source),
+    ("subject", Attribute::Subject),
+    ("time", Attribute::Time),
+    ("data", Attribute::Data),
+];
+
+/// The fields of a usage event's `data`; any other goes to the full parser.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    User,
+    Feature,
+    Variant,
+    Quantity,
+    Status,
+    Comment,
+}
+
+const DATA: [(&str, Field); 6] = [
+    ("user", Field::User),
+    ("feature", Field::Feature),
+    ("variant", Field::Variant),
+    ("quantity", Field::Quantity),
+    ("status", Field::Status),
+    ("comment", Field::Comment),
+];
+
 /// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
 pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     // One UTF-8 check of the whole payload: every string between quotes is then valid.
@@ -79,42 +125,46 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     r.eat(b'{')?;
     r.ws();
     loop {
-        let key = r.key()?;
+        let key = r.key_in(&ENVELOPE)?;
         r.ws();
         r.eat(b':')?;
         r.ws();
         let bit = match key {
-            "specversion" => {
-                if r.borrowed_string()? != "1.0" {
+            Some(Attribute::SpecVersion) => {
+                if !r.plain("1.0") && r.borrowed_string()? != "1.0" {
                     return None;
                 }
                 1
             }
-            "id" => {
+            Some(Attribute::Id) => {
                 id = Some(r.name()?);
                 2
             }
-            "source" => {
+            Some(Attribute::Source) => {
                 source = Some(r.name()?);
                 4
             }
-            "type" => {
-                ty = Some(r.name()?);
+            Some(Attribute::Type) => {
+                ty = Some(if r.plain(USAGE) {
+                    Cow::Borrowed(USAGE)
+                } else {
+                    r.string()?
+                });
                 8
             }
-            "subject" => {
+            Some(Attribute::Subject) => {
                 subject = Some(r.name()?);
                 16
             }
-            "time" => {
+            Some(Attribute::Time) => {
                 time = Some(r.borrowed_string()?);
                 32
             }
-            "data" => {
+            Some(Attribute::Data) => {
                 data = Some(r.data()?);
                 64
             }
-            _ => {
+            None => {
                 r.skip(0)?;
                 0
             }
@@ -136,7 +186,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
-    if ty.0 != "ai.usage" || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty() {
+    if ty != USAGE || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty() {
         return None;
     }
     if !(name_ok(&id) && name_ok(&source) && name_ok(&account)) {
@@ -176,14 +226,25 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     })
 }
 
+/// Nanoseconds in one unit of a fraction of so many decimals.
+const SCALE: [u32; 10] = [
+    1_000_000_000,
+    100_000_000,
+    10_000_000,
+    1_000_000,
+    100_000,
+    10_000,
+    1_000,
+    100,
+    10,
+    1,
+];
+
 /// The common form of an event time, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without
 /// chrono's general parser; `None` for any other form (an offset, a leap second, more
 /// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
 fn utc_time(text: &str) -> Option<DateTime<Utc>> {
-    let b = text.as_bytes();
-    let (Some(head), Some(rest)) = (b.get(..19), b.get(19..)) else {
-        return None;
-    };
+    let (head, rest) = text.as_bytes().split_first_chunk::<19>()?;
     let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
     let separators = head[4] == b'-'
         && head[7] == b'-'
@@ -210,7 +271,7 @@ fn utc_time(text: &str) -> Option<DateTime<Utc>> {
                 }
                 nano = nano * 10 + d;
             }
-            nano * 10u32.pow(9 - fraction.len() as u32)
+            nano * SCALE[fraction.len()]
         }
         _ => return None,
     };
@@ -322,6 +383,42 @@ impl<'a> Reader<'a> {
             Cow::Borrowed(key) => Some(key),
             Cow::Owned(_) => None,
         }
+    }
+
+    /// An object key looked up in `table`: `Some` of its value for a known key, `None`
+    /// for any other. A known key spelled plainly is matched by its bytes in place (the
+    /// common case); one with escapes goes to the full parser, as [`Reader::key`] says.
+    fn key_in<T: Copy>(&mut self, table: &[(&str, T)]) -> Option<Option<T>> {
+        if let Some((&b'"', rest)) = self.text.as_bytes().get(self.at..)?.split_first() {
+            for &(name, value) in table {
+                let len = name.len();
+                if rest.get(len) == Some(&b'"') && rest.get(..len) == Some(name.as_bytes()) {
+                    self.at += len + 2;
+                    return Some(Some(value));
+                }
+            }
+        }
+        let key = self.key()?;
+        Some(
+            table
+                .iter()
+                .find(|(name, _)| *name == key)
+                .map(|&(_, value)| value),
+        )
+    }
+
+    /// Whether the next value is the string `value` written plainly, stepping over it if
+    /// so: the expected values (`1.0`, `ai.usage`) are matched in place, without a scan.
+    fn plain(&mut self, value: &str) -> bool {
+        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        let len = value.len();
+        let found = rest.first() == Some(&b'"')
+            && rest.get(len + 1) == Some(&b'"')
+            && rest.get(1..=len) == Some(value.as_bytes());
+        if found {
+            self.at += len + 2;
+        }
+        found
     }
 
     /// A string the full parser borrows (`specversion`, `time`): no escapes.
@@ -537,20 +634,20 @@ impl<'a> Reader<'a> {
             return Some(data);
         }
         loop {
-            let key = self.key()?;
+            let key = self.key_in(&DATA)?;
             self.ws();
             self.eat(b':')?;
             self.ws();
             let bit = match key {
-                "user" => {
+                Some(Field::User) => {
                     data.user = Some(self.name()?);
                     1
                 }
-                "feature" => {
+                Some(Field::Feature) => {
                     data.feature = Some(self.name()?);
                     2
                 }
-                "variant" => {
+                Some(Field::Variant) => {
                     data.variant = match self.peek()? {
                         b'n' => {
                             self.literal("null")?;
@@ -560,7 +657,7 @@ impl<'a> Reader<'a> {
                     };
                     4
                 }
-                "quantity" => {
+                Some(Field::Quantity) => {
                     let quantity = match self.peek()? {
                         b'"' => credits::parse_decimal(&self.string()?),
                         _ => credits::parse_decimal(self.number()?),
@@ -568,7 +665,7 @@ impl<'a> Reader<'a> {
                     data.quantity = quantity.ok()?;
                     8
                 }
-                "status" => {
+                Some(Field::Status) => {
                     data.status = match &*self.string()? {
                         "succeeded" => Status::Succeeded,
                         "failed" => Status::Failed,
@@ -576,11 +673,11 @@ impl<'a> Reader<'a> {
                     };
                     16
                 }
-                "comment" => {
+                Some(Field::Comment) => {
                     data.comment = self.opt_string()?;
                     32
                 }
-                _ => return None,
+                None => return None,
             };
             if seen & bit != 0 {
                 return None;

@@ -255,10 +255,10 @@ pub struct Settings {
     pub alerts: Option<crate::alerts::AlertSettings>,
     /// The account's webhook endpoints, replacing those it had.
     #[serde(default)]
-    pub webhooks: Option<Vec<crate::hooks::Endpoint>>,
+    pub webhooks: Option<Vec<crate::hook_state::Endpoint>>,
     /// Auto top-up: `{"below": 100, "credits": 500}` (credits 0 switches it off).
     #[serde(default)]
-    pub top_up: Option<crate::hooks::TopUp>,
+    pub top_up: Option<crate::hook_state::TopUp>,
     /// Whether admins get an email when a cycle's allowance arrives.
     #[serde(default)]
     pub reset_email: Option<bool>,

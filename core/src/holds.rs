@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::account::{blank_entry, AccountState, Rules, MAX_GRANT};
+use crate::account::{blank_entry, AccountState};
 use crate::credits::Credits;
 use crate::event::{Event, HoldRef, HoldRequest, Rejection, Release};
 use crate::ledger::{EntryType, LedgerEntry};
+pub use crate::ledger::{HoldUse, SettleOutcome};
 use crate::lots::{self, LotKind, Payment};
+use crate::rules::{Rules, FLEX_LOT, MAX_GRANT};
 
 /// The longest a hold may last. A hold guards one call about to be made: a day is far
 /// more than any call takes, and bounding it keeps forgotten holds from locking credits
@@ -23,7 +25,7 @@ use crate::lots::{self, LotKind, Payment};
 pub const MAX_HOLD_TTL_SECS: u32 = 86_400;
 
 /// The name flex reservations carry in place of a lot id (with kind `flex`).
-pub const FLEX_RESERVATION: &str = crate::account::FLEX_LOT;
+pub const FLEX_RESERVATION: &str = FLEX_LOT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,52 +89,6 @@ impl Hold {
             && self.quantity == request.quantity
             && self.ttl == request.ttl
     }
-}
-
-/// What became of the hold a call named, noted on the call's ledger entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SettleOutcome {
-    /// The call settled it: its lots paid first, the rest was released.
-    Settled,
-    /// No such hold on this account (never placed, or forgotten after the dedup window).
-    Unknown,
-    /// Another call settled it before: this one is billed as any call.
-    AlreadySettled,
-    /// Released by `credit.release` before the call: billed as any call.
-    Released,
-    /// Expired before the call: billed as any call.
-    Expired,
-}
-
-impl SettleOutcome {
-    pub const ALL: [SettleOutcome; 5] = [
-        SettleOutcome::Settled,
-        SettleOutcome::Unknown,
-        SettleOutcome::AlreadySettled,
-        SettleOutcome::Released,
-        SettleOutcome::Expired,
-    ];
-
-    /// The stored and serialized name, as serde writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SettleOutcome::Settled => "settled",
-            SettleOutcome::Unknown => "unknown",
-            SettleOutcome::AlreadySettled => "already_settled",
-            SettleOutcome::Released => "released",
-            SettleOutcome::Expired => "expired",
-        }
-    }
-}
-
-/// The `hold` note of a usage entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HoldUse {
-    pub id: String,
-    pub outcome: SettleOutcome,
-    /// What the hold had reserved when the call came (0 unless `Settled`).
-    pub held: Credits,
 }
 
 /// Whether a call could be held now, and from what. No I/O, no change.

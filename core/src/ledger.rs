@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::credits::Credits;
 use crate::event::Status;
-use crate::holds::HoldUse;
 use crate::lots::{LotKind, Payment, PaymentMethod};
 use crate::names::Name;
 
@@ -74,4 +73,50 @@ pub struct LedgerEntry {
     /// it. A call naming a hold that is not open is billed as any call, and this says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldUse>,
+}
+
+/// What became of the hold a call named, noted on the call's ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleOutcome {
+    /// The call settled it: its lots paid first, the rest was released.
+    Settled,
+    /// No such hold on this account (never placed, or forgotten after the dedup window).
+    Unknown,
+    /// Another call settled it before: this one is billed as any call.
+    AlreadySettled,
+    /// Released by `credit.release` before the call: billed as any call.
+    Released,
+    /// Expired before the call: billed as any call.
+    Expired,
+}
+
+impl SettleOutcome {
+    pub const ALL: [SettleOutcome; 5] = [
+        SettleOutcome::Settled,
+        SettleOutcome::Unknown,
+        SettleOutcome::AlreadySettled,
+        SettleOutcome::Released,
+        SettleOutcome::Expired,
+    ];
+
+    /// The stored and serialized name, as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleOutcome::Settled => "settled",
+            SettleOutcome::Unknown => "unknown",
+            SettleOutcome::AlreadySettled => "already_settled",
+            SettleOutcome::Released => "released",
+            SettleOutcome::Expired => "expired",
+        }
+    }
+}
+
+/// The `hold` note of a usage entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HoldUse {
+    pub id: String,
+    pub outcome: SettleOutcome,
+    /// What the hold had reserved when the call came (0 unless `Settled`).
+    pub held: Credits,
 }

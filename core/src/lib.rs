@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod advice;
+pub mod alerting;
 pub mod alerts;
 pub mod book;
 pub mod borrowed;
@@ -10,12 +11,14 @@ pub mod credits;
 pub mod dedup;
 pub mod event;
 pub mod holds;
+pub mod hook_state;
 pub mod hooks;
 pub mod ledger;
 pub mod lots;
 pub mod names;
 pub mod plans;
 pub mod pricing;
+pub mod rules;
 pub mod runway;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};

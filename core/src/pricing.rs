@@ -1,11 +1,15 @@
 //! The credit cost matrix: effective-dated versions of per-feature prices, and pricing a call.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use rustc_hash::FxHashMap;
+
 use crate::credits::Credits;
+use crate::names::Name;
 
 /// The whole matrix as written in `config/matrix.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -25,6 +29,38 @@ pub struct MatrixVersion {
     pub effective_from: DateTime<Utc>,
     /// Feature name (the event's `data.feature`) to its price.
     pub features: BTreeMap<String, FeaturePrice>,
+    /// `features` in a hash table, built when the version first prices a call: every call
+    /// looks its feature up, and the B-tree compares names one by one. The matrix is
+    /// config, fixed once loaded, so the table never goes stale.
+    #[serde(skip)]
+    index: OnceLock<Index>,
+}
+
+/// A version's features by name, each with its pool's shared name, and the version's own
+/// name: the names a ledger entry carries, made once per version rather than per call.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    features: FxHashMap<String, (FeaturePrice, Name)>,
+    name: Name,
+}
+
+impl MatrixVersion {
+    fn index(&self) -> &Index {
+        let index = self.index.get_or_init(|| Index {
+            features: self
+                .features
+                .iter()
+                .map(|(name, price)| (name.clone(), (price.clone(), Name::from(&*price.pool))))
+                .collect(),
+            name: Name::from(&*self.name),
+        });
+        debug_assert_eq!(
+            index.features.len(),
+            self.features.len(),
+            "features changed after use"
+        );
+        index
+    }
 }
 
 /// How one feature is priced. Exactly one of `cost`, `variants` or `per_unit` is set; the
@@ -54,6 +90,9 @@ pub struct Price<'m> {
     pub credits: Credits,
     pub pool: &'m str,
     pub version: &'m str,
+    /// `pool` and `version` as shared names, for the ledger entry.
+    pub pool_name: &'m Name,
+    pub version_name: &'m Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,13 +201,15 @@ impl CostMatrix {
         at: DateTime<Utc>,
     ) -> Result<Price<'_>, PriceError> {
         let version = self.version_at(at).ok_or(PriceError::NoVersion(at))?;
-        let price = version
-            .features
-            .get(feature)
-            .ok_or_else(|| PriceError::UnknownFeature {
-                feature: feature.to_string(),
-                version: version.name.clone(),
-            })?;
+        let index = version.index();
+        let (price, pool_name) =
+            index
+                .features
+                .get(feature)
+                .ok_or_else(|| PriceError::UnknownFeature {
+                    feature: feature.to_string(),
+                    version: version.name.clone(),
+                })?;
         let unit_cost = match (&price.variants, price.cost, price.per_unit) {
             (Some(variants), _, _) => {
                 let known = || variants.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -200,6 +241,8 @@ impl CostMatrix {
             credits,
             pool: &price.pool,
             version: &version.name,
+            pool_name,
+            version_name: &index.name,
         })
     }
 }
