@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{AlertSettings, Marks};
 use crate::credits::Credits;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
-use crate::holds::{Answer, Holds};
+use crate::hold_state::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Policy};
 use crate::names::{Name, Names};
@@ -892,7 +892,7 @@ pub fn check_time(
 }
 
 /// One AI call as an account debits it, borrowed from its event: an owned [`Event`], or a
-/// usage event read in place from its payload ([`crate::borrowed::UsageEvent`]).
+/// usage event read in place from its payload ([`crate::event::borrowed::UsageEvent`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     pub id: &'a str,
@@ -925,7 +925,7 @@ impl<'a> Call<'a> {
         }
     }
 
-    pub fn borrowed(usage: &'a crate::borrowed::UsageEvent<'a>) -> Self {
+    pub fn borrowed(usage: &'a crate::event::borrowed::UsageEvent<'a>) -> Self {
         Call {
             id: &usage.id,
             source: &usage.source,

@@ -1,5 +1,5 @@
 //! Low-credit alerts: their kinds, an account's own thresholds, the marks that remember
-//! where each threshold stands, and the alert sent. [`crate::alerting`] decides them.
+//! where each threshold stands, and the alert sent. `alerting` decides them.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::credits::Credits;
 pub use crate::rules::AlertRules;
 
-/// What an alert is about: the one kind of alert, decided by [`crate::alerting`], stored
+/// What an alert is about: the one kind of alert, decided by `alerting`, stored
 /// in the `alerts` table by its `as_str` name and mailed by the notifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

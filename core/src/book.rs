@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::account::{self, AccountState, Call};
 use crate::alerts::Alert;
-use crate::borrowed::UsageEvent;
 use crate::dedup::{self, Seen};
+use crate::event::borrowed::UsageEvent;
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
@@ -65,7 +65,7 @@ impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
-        match crate::borrowed::usage(payload, arrival) {
+        match crate::event::borrowed::usage(payload, arrival) {
             Some(usage) => self.apply_usage(rules, &usage, arrival),
             None => self.apply(rules, event::parse_reference(payload, arrival), arrival),
         }

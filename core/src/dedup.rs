@@ -48,7 +48,7 @@ fn streamed_key(account: &str, source: &str, id: &str) -> u128 {
     hasher.digest128()
 }
 
-/// The key of a parsed event, as [`crate::book::Book`] computes it: the shell asks with
+/// The key of a parsed event, as `book::Book` computes it: the shell asks with
 /// the same key whether a confirmation is needed before it applies the event.
 pub fn key_of(event: &Event) -> u128 {
     key(&event.account, &event.source, &event.id)

@@ -8,6 +8,8 @@ use serde_json::value::RawValue;
 use crate::credits::Credits;
 use crate::lots::{LotKind, PaymentMethod, Policy};
 
+pub mod borrowed;
+
 /// A parsed event: the envelope's attributes and its typed body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -451,10 +453,10 @@ struct Envelope<'a> {
 }
 
 /// Parses one Kafka payload. `arrival` stands in for a missing `time`. A plain usage
-/// event is read in place ([`crate::borrowed::usage`]); everything else, and every
+/// event is read in place ([`crate::event::borrowed::usage`]); everything else, and every
 /// rejection, is decided by [`parse_reference`].
 pub fn parse(payload: &[u8], arrival: DateTime<Utc>) -> Result<Event, Rejection> {
-    match crate::borrowed::usage(payload, arrival) {
+    match crate::event::borrowed::usage(payload, arrival) {
         Some(usage) => Ok(usage.into_event()),
         None => parse_reference(payload, arrival),
     }

@@ -1,6 +1,6 @@
 //! An account's webhook settings (`account.settings` `webhooks`, `top_up`, `reset_email`),
 //! their checks, and where its auto top-up stands, kept in the account's state. The
-//! decisions over them are in [`crate::hooks`].
+//! decisions over them are in `hooks`.
 
 use serde::{Deserialize, Serialize};
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-use tally_core::borrowed;
+use tally_core::event::borrowed;
 use tally_core::event::{parse, parse_reference};
 
 fn arrival() -> DateTime<Utc> {
