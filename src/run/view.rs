@@ -1,0 +1,303 @@
+//! What a check reads: each owned partition's account states as of the run loop's last
+//! apply batch, with how far that batch had applied. The run loop publishes the states it
+//! changed after each batch; `/internal/check` reads them without ever waiting for the run
+//! loop, so a check no longer queues behind a flush being built or a claim.
+//!
+//! A state is published as an `Arc` swapped into its shard's map: the shard's lock guards
+//! one pointer insert or one lookup, never an apply, a flush build or the check itself.
+//! States restored at a claim are not copied up front (a million accounts would double the
+//! memory): a check for an account not published yet asks the run loop, which publishes it
+//! between two passes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tally_core::{AccountState, Credits, Rules};
+
+use crate::holds::owner::{CheckError, Checker};
+use crate::holds::{CheckRequest, CheckResponse, Freshness};
+use crate::partitioner::Partitioner;
+
+/// Shards per partition: a publish and a check meet only on the same shard.
+const SHARDS: usize = 16;
+
+/// An end not known yet (no fetch response gave one).
+const UNKNOWN: i64 = i64::MAX;
+/// Accounts asked for and not yet published, across partitions: a check beyond it is
+/// answered from what is published (an account without events).
+const ASKS: usize = 1_024;
+/// How long a check waits for the run loop to publish an account it asked for.
+const ASK_WAIT: Duration = Duration::from_secs(2);
+
+type Accounts = HashMap<String, Arc<AccountState>>;
+
+/// One partition's published states.
+pub struct PartitionView {
+    shards: Box<[RwLock<Accounts>]>,
+    usage_applied: AtomicI64,
+    commands_applied: AtomicI64,
+    usage_end: AtomicI64,
+    commands_end: AtomicI64,
+}
+
+/// How far a partition had applied, and the ends its sides knew, at a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub usage_next: i64,
+    pub commands_next: i64,
+    /// `None` until a fetch response gave the side's end.
+    pub usage_end: Option<i64>,
+    pub commands_end: Option<i64>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl PartitionView {
+    fn new() -> Self {
+        PartitionView {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            usage_applied: AtomicI64::new(0),
+            commands_applied: AtomicI64::new(0),
+            usage_end: AtomicI64::new(UNKNOWN),
+            commands_end: AtomicI64::new(UNKNOWN),
+        }
+    }
+
+    fn shard(&self, account: &str) -> &RwLock<Accounts> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        account.hash(&mut hasher);
+        &self.shards[(hasher.finish() % SHARDS as u64) as usize]
+    }
+
+    /// Publishes the states of `accounts` (taken from `states`), then how far they go:
+    /// a check that reads the new offsets finds states at least that recent.
+    pub fn publish<'a, S: BuildHasher>(
+        &self,
+        accounts: impl IntoIterator<Item = &'a String>,
+        states: &HashMap<String, AccountState, S>,
+        applied: Applied,
+    ) {
+        for account in accounts {
+            let state = states.get(account).cloned().map(Arc::new);
+            let mut shard = write(self.shard(account));
+            match state {
+                Some(state) => {
+                    shard.insert(account.clone(), state);
+                }
+                None => {
+                    shard.remove(account);
+                }
+            }
+        }
+        let known = |end: Option<i64>| end.unwrap_or(UNKNOWN);
+        self.usage_end
+            .store(known(applied.usage_end), Ordering::Relaxed);
+        self.commands_end
+            .store(known(applied.commands_end), Ordering::Relaxed);
+        self.usage_applied
+            .store(applied.usage_next, Ordering::Release);
+        self.commands_applied
+            .store(applied.commands_next, Ordering::Release);
+    }
+
+    /// The account's state as last published (`None`: no event for it yet).
+    fn state(&self, account: &str) -> Option<Arc<AccountState>> {
+        read(self.shard(account)).get(account).cloned()
+    }
+
+    /// How fresh an answer read now is. Offsets are read before the state, so they never
+    /// claim more than the state shows.
+    fn freshness(&self, partition: i32) -> Freshness {
+        let usage_applied = self.usage_applied.load(Ordering::Acquire);
+        let commands_applied = self.commands_applied.load(Ordering::Acquire);
+        let lag = |end: &AtomicI64, next: i64| {
+            let end = end.load(Ordering::Relaxed);
+            (end != UNKNOWN).then(|| (end - next).max(0))
+        };
+        Freshness {
+            partition,
+            usage_applied,
+            commands_applied,
+            usage_lag: lag(&self.usage_end, usage_applied),
+            commands_lag: lag(&self.commands_end, commands_applied),
+        }
+    }
+}
+
+/// A check's request to publish an account, and where to say it is done.
+pub struct Ask {
+    pub partition: i32,
+    pub account: String,
+    pub done: SyncSender<()>,
+}
+
+/// The published partitions of this process: added when one is claimed, all dropped at a
+/// revoke.
+pub struct Views {
+    parts: RwLock<BTreeMap<i32, Arc<PartitionView>>>,
+    asks: SyncSender<Ask>,
+}
+
+impl Views {
+    /// The views, and the run loop's end of the accounts checks ask for.
+    pub fn new() -> (Arc<Views>, Asks) {
+        let (asks, asked) = sync_channel(ASKS);
+        let views = Views {
+            parts: RwLock::default(),
+            asks,
+        };
+        (Arc::new(views), Asks(Mutex::new(asked)))
+    }
+
+    /// A fresh view for a partition just claimed: nothing published, everything asked for.
+    pub fn claimed(&self, partition: i32, applied: Applied) -> Arc<PartitionView> {
+        let view = Arc::new(PartitionView::new());
+        view.publish([], &HashMap::<String, AccountState>::new(), applied);
+        write(&self.parts).insert(partition, view.clone());
+        view
+    }
+
+    /// Every partition went away: checks for them are refused until claimed again.
+    pub fn released_all(&self) {
+        write(&self.parts).clear();
+    }
+
+    fn get(&self, partition: i32) -> Option<Arc<PartitionView>> {
+        read(&self.parts).get(&partition).cloned()
+    }
+}
+
+/// What a check needs besides the states: the rules, and where accounts live.
+pub struct CheckRules {
+    pub rules: Rules,
+    pub partitions: i32,
+    pub partitioner: Partitioner,
+}
+
+/// The check, answered from the published states: every event of the last apply batch
+/// counts, flushed or not, and the answer says how far that is.
+pub fn checker(views: Arc<Views>, with: CheckRules) -> Checker {
+    Box::new(move |partition, request| check(&views, &with, partition, request))
+}
+
+/// The run loop's end of the checks' asks; it answers them between passes.
+pub struct Asks(Mutex<Receiver<Ask>>);
+
+impl Asks {
+    /// The asks waiting now, without blocking.
+    pub fn take(&self) -> Vec<Ask> {
+        let asked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        asked.try_iter().collect()
+    }
+}
+
+/// The account's published state, asking the run loop for it when it has none yet.
+fn published(
+    views: &Views,
+    view: &PartitionView,
+    partition: i32,
+    account: &str,
+) -> Option<Arc<AccountState>> {
+    if let Some(state) = view.state(account) {
+        return Some(state);
+    }
+    let (done, wait) = sync_channel(1);
+    let ask = Ask {
+        partition,
+        account: account.to_string(),
+        done,
+    };
+    match views.asks.try_send(ask) {
+        Ok(()) => {
+            // Published, or the run loop is gone or late: the view says what it has.
+            let _ = wait.recv_timeout(ASK_WAIT);
+        }
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            tracing::warn!(
+                partition,
+                "too many checks wait for accounts to be published"
+            );
+        }
+    }
+    view.state(account)
+}
+
+fn check(
+    views: &Views,
+    with: &CheckRules,
+    partition: i32,
+    request: &CheckRequest,
+) -> Result<CheckResponse, CheckError> {
+    let view = views
+        .get(partition)
+        .ok_or(CheckError::NotOwner(partition))?;
+    if crate::holds::partition_of(&request.account, with.partitions, with.partitioner) != partition
+    {
+        return Err(CheckError::NotOwner(partition));
+    }
+    let freshness = view.freshness(partition);
+    let state = published(views, &view, partition, &request.account).unwrap_or_default();
+    let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
+    let check = state
+        .check(
+            &with.rules,
+            &request.feature,
+            request.variant.as_deref(),
+            quantity,
+            Utc::now(),
+        )
+        .map_err(CheckError::Rejected)?;
+    Ok(CheckResponse {
+        account: request.account.clone(),
+        check,
+        freshness,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(usage_next: i64) -> Applied {
+        Applied {
+            usage_next,
+            commands_next: 0,
+            usage_end: None,
+            commands_end: Some(5),
+        }
+    }
+
+    #[test]
+    fn a_check_reads_the_last_published_state_and_its_offsets() {
+        let (views, _asks) = Views::new();
+        let mut states = HashMap::new();
+        states.insert("a".to_string(), AccountState::default());
+        let view = views.claimed(3, applied(7));
+        assert!(view.state("a").is_none());
+        view.publish([&"a".to_string()], &states, applied(7));
+        assert!(view.state("a").is_some());
+        assert!(view.state("b").is_none());
+        let fresh = view.freshness(3);
+        assert_eq!((fresh.usage_applied, fresh.usage_lag), (7, None));
+        assert_eq!(fresh.commands_lag, Some(5));
+        // A state published again replaces the old one; one gone is removed.
+        states.remove("a");
+        view.publish([&"a".to_string()], &states, applied(9));
+        assert!(view.state("a").is_none());
+        assert_eq!(view.freshness(3).usage_applied, 9);
+        assert!(views.get(3).is_some() && views.get(4).is_none());
+        views.released_all();
+        assert!(views.get(3).is_none());
+    }
+}
