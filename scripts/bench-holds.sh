@@ -5,7 +5,7 @@
 # examples/bench_holds at RATE requests a second for SECONDS seconds of `POST /v1/check`,
 # then of `POST /v1/holds`, then both at once (checks at RATE, holds at HOLD_RATE). Prints
 # p50, p99 and max of each. Release build unless PROFILE=debug.
-# TALLY_BIN and BENCH_HOLDS_BIN run given binaries instead of building (e.g. an older
+# BIN (tally) and BENCH_HOLDS_BIN run given binaries instead of building (e.g. an older
 # build, side by side); STATUS_PORT and SERVE_PORT move the two listeners; STACK_UP=0
 # uses the stack as it runs.
 set -euo pipefail
@@ -20,14 +20,14 @@ STATUS_PORT="${STATUS_PORT:-19464}"
 SERVE_PORT="${SERVE_PORT:-18080}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [ "${STACK_UP:-1}" = 0 ] || bash scripts/stack-up.sh >/dev/null
-if [ -z "${TALLY_BIN:-}" ] || [ -z "${BENCH_HOLDS_BIN:-}" ]; then
+if [ -z "${BIN:-}" ] || [ -z "${BENCH_HOLDS_BIN:-}" ]; then
   if [ "$PROFILE" = release ]; then
     cargo build --release --quiet --bin tally --example bench_holds -p tally
   else
     cargo build --quiet --bin tally --example bench_holds -p tally
   fi
 fi
-TALLY="${TALLY_BIN:-$TARGET/$PROFILE/tally}"
+TALLY="${BIN:-$TARGET/$PROFILE/tally}"
 BENCH="${BENCH_HOLDS_BIN:-$TARGET/$PROFILE/examples/bench_holds}"
 run="benchholds-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"

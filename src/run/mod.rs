@@ -40,7 +40,7 @@ const POLL_BATCH: usize = 5_000;
 /// The longest the run loop waits for a message before it looks at its partitions again.
 const POLL_WAIT: Duration = Duration::from_millis(20);
 /// ... and while something is due soon (see [`Pipeline::due_soon`]).
-const POLL_WAIT_DUE: Duration = Duration::from_millis(2);
+const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -92,10 +92,13 @@ struct Flush {
 /// flush back, with the phase that failed and why.
 type Writing = tokio::task::JoinHandle<(Flush, Result<(), (&'static str, anyhow::Error)>)>;
 
-/// Flushes in flight at once: a second one starts only for a decision a caller waits on.
-/// It writes its outputs beside the first and its checkpoint after the first's, so
-/// checkpoints still land in order.
-const MAX_IN_FLIGHT: usize = 2;
+/// Flushes in flight at once. Above one, a later flush starts only for a decision a
+/// caller waits on; it writes its outputs beside the earlier one's and its checkpoint
+/// after it, so checkpoints still land in order. Measured on ClickHouse 18.16 with holds
+/// at 100/s (docs/benchmarks.md, session 8): with two in flight the outputs' INSERTs (into
+/// the same tables at once) took 117-158 ms instead of 8 ms, and holds got slower with
+/// them; so one, until a commit stage writes each partition on its own.
+const MAX_IN_FLIGHT: usize = 1;
 
 /// The order of two flushes in flight: the later one's checkpoint waits for the earlier
 /// one's commit, and gives up when the earlier one failed.
