@@ -117,3 +117,52 @@ impl Confirm {
         matches!(self, Confirm::Idle)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits for the query in flight to end, without blocking the runtime it runs on.
+    fn settle(confirm: &Confirm) {
+        if let Confirm::Asking { task, .. } = confirm {
+            while !task.is_finished() {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_confirmation_is_asked_again_after_a_doubling_capped_backoff() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        // Nothing listens there: every query fails at once.
+        let store = clickhouse::Client::default().with_url("http://127.0.0.1:1");
+        let asker = Asker {
+            rt: rt.handle(),
+            store: &store,
+            stream: "s",
+            partition: 0,
+        };
+        let mut confirm = Confirm::start(&asker, vec![(7, Vec::new())]);
+        let mut now = Instant::now();
+        let mut backoffs = Vec::new();
+        for _ in 0..10 {
+            settle(&confirm);
+            match confirm.step(&asker, now) {
+                Step::Failed { backoff, .. } => backoffs.push(backoff),
+                _ => panic!("the query cannot succeed"),
+            }
+            // Not asked again before its time; asked again at it.
+            assert!(matches!(confirm.step(&asker, now), Step::Blocked));
+            assert!(matches!(confirm, Confirm::Waiting { .. }));
+            now += *backoffs.last().expect("one failure");
+            assert!(matches!(confirm.step(&asker, now), Step::Blocked));
+            assert!(matches!(confirm, Confirm::Asking { .. }));
+        }
+        let ms: Vec<u64> = backoffs.iter().map(|b| b.as_millis() as u64).collect();
+        assert_eq!(
+            ms,
+            [100, 200, 400, 800, 1_600, 3_200, 6_400, 10_000, 10_000, 10_000]
+        );
+        assert!(!confirm.is_idle());
+    }
+}
