@@ -202,15 +202,17 @@ impl Asks {
     }
 }
 
-/// The account's published state, asking the run loop for it when it has none yet.
+/// The account's published state (`None`: it has no events), asking the run loop for it
+/// when it has none yet. Without an answer from the run loop in time, the check is not
+/// answered (`Starting`: try again) rather than answered as if the account were empty.
 fn published(
     views: &Views,
-    view: &PartitionView,
+    view: &Arc<PartitionView>,
     partition: i32,
     account: &str,
-) -> Option<Arc<AccountState>> {
+) -> Result<Option<Arc<AccountState>>, CheckError> {
     if let Some(state) = view.state(account) {
-        return Some(state);
+        return Ok(Some(state));
     }
     let (done, wait) = sync_channel(1);
     let ask = Ask {
@@ -220,17 +222,24 @@ fn published(
     };
     match views.asks.try_send(ask) {
         Ok(()) => {
-            // Published, or the run loop is gone or late: the view says what it has.
-            let _ = wait.recv_timeout(ASK_WAIT);
+            if wait.recv_timeout(ASK_WAIT).is_err() {
+                tracing::warn!(partition, "the run loop did not publish an account in time");
+                return Err(CheckError::Starting);
+            }
         }
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             tracing::warn!(
                 partition,
                 "too many checks wait for accounts to be published"
             );
+            return Err(CheckError::Starting);
         }
     }
-    view.state(account)
+    // Revoked (and maybe claimed again) meanwhile: this view is not the owner's any more.
+    match views.get(partition) {
+        Some(current) if Arc::ptr_eq(&current, view) => Ok(view.state(account)),
+        _ => Err(CheckError::NotOwner(partition)),
+    }
 }
 
 fn check(
@@ -247,7 +256,7 @@ fn check(
         return Err(CheckError::NotOwner(partition));
     }
     let freshness = view.freshness(partition);
-    let state = published(views, &view, partition, &request.account).unwrap_or_default();
+    let state = published(views, &view, partition, &request.account)?.unwrap_or_default();
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
     let check = state
         .check(
@@ -299,5 +308,51 @@ mod tests {
         assert!(views.get(3).is_some() && views.get(4).is_none());
         views.released_all();
         assert!(views.get(3).is_none());
+    }
+
+    /// Answers the next ask the way the run loop does: publishes the account from
+    /// `states` (or revokes every partition first), then says it is done.
+    fn run_loop(
+        views: Arc<Views>,
+        asks: Asks,
+        states: HashMap<String, AccountState>,
+        revoke: bool,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || loop {
+            let Some(ask) = asks.take().pop() else {
+                std::thread::yield_now();
+                continue;
+            };
+            if revoke {
+                views.released_all();
+            } else if let Some(view) = views.get(ask.partition) {
+                view.publish([&ask.account], &states, applied(8));
+            }
+            let _ = ask.done.try_send(());
+            return;
+        })
+    }
+
+    #[test]
+    fn a_check_of_an_account_not_published_asks_the_run_loop() {
+        let (views, asks) = Views::new();
+        let view = views.claimed(2, applied(7));
+        let mut states = HashMap::new();
+        states.insert("restored".to_string(), AccountState::default());
+        let answered = run_loop(views.clone(), asks, states, false);
+        let state = published(&views, &view, 2, "restored").expect("answered");
+        answered.join().expect("run loop");
+        assert!(state.is_some());
+        assert_eq!(view.freshness(2).usage_applied, 8);
+    }
+
+    #[test]
+    fn a_partition_revoked_during_an_ask_is_not_answered_as_an_empty_account() {
+        let (views, asks) = Views::new();
+        let view = views.claimed(2, applied(7));
+        let answered = run_loop(views.clone(), asks, HashMap::new(), true);
+        let result = published(&views, &view, 2, "restored");
+        answered.join().expect("run loop");
+        assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
 }
