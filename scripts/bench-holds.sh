@@ -7,7 +7,7 @@
 # p50, p99 and max of each. Release build unless PROFILE=debug.
 # BIN (tally) and BENCH_HOLDS_BIN run given binaries instead of building (e.g. an older
 # build, side by side); STATUS_PORT and SERVE_PORT move the two listeners; STACK_UP=0
-# uses the stack as it runs.
+# uses the stack as it runs; BACKLOG=N adds checks while N calls are applied.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -74,6 +74,21 @@ checks=$!
 bench --mode hold --rate "$HOLD_RATE" --prefix "$run-b"
 wait $checks
 cat ".stack/$run-mixed-check.txt"; rm -f ".stack/$run-mixed-check.txt"
+if [ "${BACKLOG:-0}" -gt 0 ]; then
+  # Checks while the owner applies a backlog of calls to 10,000 other accounts (grants
+  # first): what a check waits for while the run loop applies and builds large flushes.
+  now="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
+  python3 scripts/bench-events.py --accounts 10000 --grants --days 1 --now "$now" >".stack/$run-grants.jsonl"
+  python3 scripts/bench-events.py --accounts 10000 --calls "$BACKLOG" --round 1 --days 1 --now "$now" >".stack/$run-calls.jsonl"
+  echo "== checks at $RATE/s while 10,000 accounts' grants and $BACKLOG calls are applied, ${SECONDS_EACH}s"
+  bench --mode check --rate "$RATE" >".stack/$run-backlog-check.txt" &
+  checks=$!
+  "$TALLY" send --stamp-event-time ".stack/$run-grants.jsonl" >/dev/null 2>&1
+  "$TALLY" send --stamp-event-time ".stack/$run-calls.jsonl" >/dev/null 2>&1
+  wait $checks
+  cat ".stack/$run-backlog-check.txt"
+  rm -f ".stack/$run-backlog-check.txt" ".stack/$run-grants.jsonl" ".stack/$run-calls.jsonl"
+fi
 echo "== tally run's flushes during the run (mean seconds per phase, count)"
 curl -s http://127.0.0.1:$STATUS_PORT/metrics | python3 -c '
 import re, sys
@@ -93,4 +108,5 @@ v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("tally
 s, c = v.get("tally_apply_delay_seconds_sum", 0), v.get("tally_apply_delay_seconds_count", 0)
 print(f"apply delay    {1000 * s / c:8.1f} ms  {int(c)} records" if c else "no records")
 '
+echo "== CPU time of tally run (user+system): $(ps -o times= -p $run_pid | tr -d ' ') s, of tally serve: $(ps -o times= -p $serve_pid | tr -d ' ') s"
 kill -TERM $run_pid; wait $run_pid || true
