@@ -9,18 +9,29 @@
 #    --drain` applies them, and an idle `tally run --drain` measures a restart; ledger and
 #    checkpoint rows are counted;
 # 3. scripts/bench-extra.sh: produce-to-visible latency, state bytes, recovery of 1M accounts.
+# BASE_BIN: another `tally` (an older build) drains the same rounds into its own database
+# and group, side by side. BIN (tally) and BARE_BIN run given binaries instead of building;
+# STACK_UP=0 uses the stack as it runs; CORE=0 and EXTRA=0 skip parts 1 and 3.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ACCOUNTS="${ACCOUNTS:-10000}"
 CALLS="${CALLS:-200000}"
 ROUNDS="${ROUNDS:-5}"
-bash scripts/stack-up.sh
-cargo build --release --quiet --bin tally --example bare_consumer -p tally
-cargo build --release --quiet -p tally-core --example bench_core
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+[ "${STACK_UP:-1}" = 0 ] || bash scripts/stack-up.sh
+if [ -z "${BIN:-}" ] || [ -z "${BARE_BIN:-}" ]; then
+  cargo build --release --quiet --bin tally --example bare_consumer -p tally
+fi
+TALLY="${BIN:-$TARGET/release/tally}"
+BARE="${BARE_BIN:-$TARGET/release/examples/bare_consumer}"
+BASE="${BASE_BIN:-}"
 
-echo "== pure core (one thread)"
-target/release/examples/bench_core 2000000
+if [ "${CORE:-1}" != 0 ]; then
+  cargo build --release --quiet -p tally-core --example bench_core
+  echo "== pure core (one thread)"
+  "$TARGET/release/examples/bench_core" 2000000
+fi
 
 run="bench-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"
@@ -30,26 +41,40 @@ export TALLY_SMTP__HOST=127.0.0.1 TALLY_SMTP__PORT=1025
 ch() { curl -sf http://127.0.0.1:8123/ --data-binary "$1"; }
 now() { date +%s.%N; }
 ch "DROP DATABASE IF EXISTS tally_bench" >/dev/null
-target/release/tally migrate >/dev/null
+"$TALLY" migrate >/dev/null
+# The older build: its own database and consumer group on the same topics.
+base() { TALLY_CLICKHOUSE__DATABASE=tally_bench_base TALLY_KAFKA__GROUP_ID="$run-base" "$BASE" "$@"; }
+if [ -n "$BASE" ]; then
+  ch "DROP DATABASE IF EXISTS tally_bench_base" >/dev/null
+  base migrate >/dev/null
+fi
 now="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 python3 scripts/bench-events.py --accounts "$ACCOUNTS" --grants --days "$ROUNDS" --now "$now" > .stack/bench-grants.jsonl
-target/release/tally send --stamp-event-time .stack/bench-grants.jsonl
-target/release/tally run --drain >/dev/null
+"$TALLY" send --stamp-event-time .stack/bench-grants.jsonl
+"$TALLY" run --drain >/dev/null
+[ -z "$BASE" ] || base run --drain >/dev/null
 offset=0
 echo "== $ROUNDS rounds of $CALLS usage events over $ACCOUNTS accounts, 6 partitions"
-printf '%-6s %-12s %-14s %-7s %-13s %-12s %-16s\n' round bare/s "tally run/s" ratio "idle restart" "ledger rows" "checkpoint rows"
+printf '%-6s %-12s %-14s %-7s %-13s %-12s %-16s %s\n' round bare/s "tally run/s" ratio "idle restart" "ledger rows" "checkpoint rows" "${BASE:+base run/s, ratio, idle restart}"
 for round in $(seq 1 "$ROUNDS"); do
   python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$CALLS" --round "$round" --days "$ROUNDS" --now "$now" > .stack/bench-round.jsonl
-  target/release/tally send --stamp-event-time .stack/bench-round.jsonl
+  "$TALLY" send --stamp-event-time .stack/bench-round.jsonl
   offset=$((offset + CALLS))
   # The bare consumer reads the whole usage topic; its rate is taken over this round's share.
-  bare=$(target/release/examples/bare_consumer 127.0.0.1:9092 "$TALLY_KAFKA__USAGE_TOPIC" "$offset" | grep -o '[0-9]* messages/s' | grep -o '^[0-9]*')
-  t0=$(now); target/release/tally run --drain >/dev/null; t1=$(now)
-  target/release/tally run --drain >/dev/null; t2=$(now)
+  bare=$("$BARE" 127.0.0.1:9092 "$TALLY_KAFKA__USAGE_TOPIC" "$offset" | grep -o '[0-9]* messages/s' | grep -o '^[0-9]*')
+  b0=$(now); b1=$b0; b2=$b0
+  if [ -n "$BASE" ]; then
+    base run --drain >/dev/null; b1=$(now)
+    base run --drain >/dev/null; b2=$(now)
+  fi
+  t0=$(now); "$TALLY" run --drain >/dev/null; t1=$(now)
+  "$TALLY" run --drain >/dev/null; t2=$(now)
   ledger=$(ch "SELECT count() FROM tally_bench.ledger")
   checkpoints=$(ch "SELECT count() FROM tally_bench.checkpoints")
   python3 -c "
 r = $CALLS / ($t1 - $t0)
-print(f'{$round:<6} {$bare:<12} {r:<14.0f} {r / $bare:<7.0%} {($t2 - $t1):<13.2f} {$ledger:<12} {$checkpoints:<16}')"
+b = $CALLS / ($b1 - $b0) if $b1 > $b0 else 0
+base = f'{b:.0f}, {b / $bare:.0%}, {($b2 - $b1):.2f} s' if b else ''
+print(f'{$round:<6} {$bare:<12} {r:<14.0f} {r / $bare:<7.0%} {($t2 - $t1):<13.2f} {$ledger:<12} {$checkpoints:<16} {base}')"
 done
-bash "$ROOT/scripts/bench-extra.sh"
+[ "${EXTRA:-1}" = 0 ] || bash "$ROOT/scripts/bench-extra.sh"

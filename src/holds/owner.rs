@@ -100,7 +100,8 @@ impl Owner {
         let _ = self.checker.set(checker);
     }
 
-    /// Answers a check for `partition` (blocking: it takes the run loop's lock).
+    /// Answers a check for `partition` from the published states (may block: an account
+    /// not published yet waits for the run loop's next pass).
     pub fn check(
         &self,
         partition: i32,

@@ -3,13 +3,15 @@
 //! it, inside `poll`, so a revoke flushes and commits before the partitions go.
 
 pub mod alerting;
+pub mod confirm;
 pub mod merge;
 pub mod metrics;
 pub mod partition;
 pub mod rollup;
 pub mod screen;
+pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -90,6 +92,28 @@ struct Flush {
 /// flush back, with the phase that failed and why.
 type Writing = tokio::task::JoinHandle<(Flush, Result<(), (&'static str, anyhow::Error)>)>;
 
+/// Flushes in flight at once. Above one, a later flush starts only for a decision a
+/// caller waits on; it writes its outputs beside the earlier one's and its checkpoint
+/// after it, so checkpoints still land in order. Measured on ClickHouse 18.16 with holds
+/// at 100/s (docs/benchmarks.md, session 8): with two in flight the outputs' INSERTs (into
+/// the same tables at once) took 117-158 ms instead of 8 ms, and holds got slower with
+/// them; so one, until a commit stage writes each partition on its own.
+const MAX_IN_FLIGHT: usize = 1;
+// Building a flush seals the dedup keys of the flushes before it as committed
+// (`PartitionWork::drain_into`), which holds only while the one before has committed when
+// the next is built. Two in flight need a seal of committed versions only first.
+const _: () = assert!(
+    MAX_IN_FLIGHT == 1,
+    "seal committed versions only before overlapping flushes"
+);
+
+/// The order of two flushes in flight: the later one's checkpoint waits for the earlier
+/// one's commit, and gives up when the earlier one failed.
+struct Order {
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    committed: tokio::sync::oneshot::Sender<()>,
+}
+
 struct Pipeline {
     rules: Rules,
     config: Config,
@@ -101,10 +125,13 @@ struct Pipeline {
     rt: Handle,
     stream: String,
     parts: BTreeMap<i32, PartitionWork>,
-    /// The flush in flight; at most one, so checkpoints land in order.
-    writing: Option<Writing>,
-    /// A flush that failed, written again at `retry_at`; nothing is applied meanwhile.
-    pending: Option<Flush>,
+    /// The flushes in flight, oldest first; they commit in this order.
+    writing: VecDeque<Writing>,
+    /// The last flush started tells here that it committed (see [`Order`]).
+    last_commit: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Flushes that failed, oldest first, written again from `retry_at`, one at a time;
+    /// nothing is applied meanwhile.
+    pending: VecDeque<Flush>,
     /// When any partition last received a record.
     last_any_received: Instant,
     last_flush: Instant,
@@ -124,6 +151,10 @@ struct Pipeline {
     metrics: RunMetrics,
     /// Answers checks and hands decisions on holds to their callers.
     owner: Arc<crate::holds::owner::Owner>,
+    /// What checks read, published after each pass.
+    views: Arc<view::Views>,
+    /// Accounts checks wait for, published at the next pass.
+    asks: view::Asks,
     /// What the claim rows say about this process (`ClaimInfo` as JSON).
     claim_info: String,
     /// Partitions of each topic, among which `kafka.partitioner` places an account.
@@ -175,8 +206,17 @@ impl Pipeline {
                         starts.insert(partition, (restored.usage_offset, restored.commands_offset));
                         self.owner
                             .claimed(partition, restored.commands_offset.unwrap_or(0));
-                        self.parts
-                            .insert(partition, PartitionWork::new(partition, restored, metrics));
+                        let view = self.views.claimed(
+                            partition,
+                            view::Applied {
+                                usage_next: restored.usage_offset.unwrap_or(0),
+                                commands_next: restored.commands_offset.unwrap_or(0),
+                                usage_end: None,
+                                commands_end: None,
+                            },
+                        );
+                        let work = PartitionWork::new(partition, restored, metrics, view);
+                        self.parts.insert(partition, work);
                         break;
                     }
                     Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
@@ -321,7 +361,7 @@ impl Pipeline {
     }
 
     fn apply_ready(&mut self, now: Instant) {
-        if self.pending.is_some() {
+        if !self.pending.is_empty() {
             return;
         }
         let max_idle = self.config.kafka.max_idle;
@@ -330,98 +370,134 @@ impl Pipeline {
             self.config.kafka.commands_topic.clone(),
         );
         for work in self.parts.values_mut() {
-            loop {
-                let budget = self
-                    .config
-                    .pipeline
-                    .max_batch_events
-                    .saturating_sub(self.applied_since_flush)
-                    .min(APPLY_BUDGET);
-                self.applied_since_flush += work.apply_ready(
-                    &self.rules,
-                    (&usage_topic, &commands_topic),
-                    now,
-                    max_idle,
-                    budget,
-                );
-                if work.confirm.is_empty() {
-                    break;
+            let asker = confirm::Asker {
+                rt: &self.rt,
+                store: &self.store,
+                stream: &self.stream,
+                partition: work.partition,
+            };
+            match work.confirming.step(&asker, now) {
+                confirm::Step::Ready(None) => {}
+                confirm::Step::Ready(Some(answers)) => {
+                    tracing::debug!(
+                        partition = work.partition,
+                        keys = answers.len(),
+                        "probable duplicates confirmed"
+                    );
+                    for (key, first) in answers {
+                        let outcome = if first.is_some() { "duplicate" } else { "new" };
+                        self.metrics
+                            .dedup_confirmed
+                            .with_label_values(&[outcome])
+                            .inc();
+                        work.book.seen.answer(key, first);
+                    }
                 }
-                // Probable duplicates (sealed fingerprints) are confirmed against the
-                // exact rows before the partition goes on; on failure it waits (like a
-                // failed flush) and asks again on the next pass.
-                let probable = std::mem::take(&mut work.confirm);
-                let started = Instant::now();
-                let answered = self.rt.block_on(checkpoint::confirm(
-                    &self.store,
-                    &self.stream,
-                    work.partition as u32,
-                    &probable,
-                ));
-                match answered {
-                    Ok(answers) => {
-                        tracing::debug!(
-                            partition = work.partition,
-                            keys = answers.len(),
-                            seconds = started.elapsed().as_secs_f64(),
-                            "probable duplicates confirmed"
-                        );
-                        for (key, first) in answers {
-                            let outcome = if first.is_some() { "duplicate" } else { "new" };
-                            self.metrics
-                                .dedup_confirmed
-                                .with_label_values(&[outcome])
-                                .inc();
-                            work.book.seen.answer(key, first);
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics.clickhouse_errors.inc();
-                        tracing::warn!(partition = work.partition, error = %e, "cannot confirm probable duplicates, retrying");
-                        break;
-                    }
+                confirm::Step::Blocked => continue,
+                confirm::Step::Failed { error, backoff } => {
+                    self.metrics.clickhouse_errors.inc();
+                    tracing::warn!(partition = work.partition, error = %error, retry_in = ?backoff, "cannot confirm probable duplicates, retrying");
+                    continue;
                 }
             }
+            let budget = self
+                .config
+                .pipeline
+                .max_batch_events
+                .saturating_sub(self.applied_since_flush)
+                .min(APPLY_BUDGET);
+            self.applied_since_flush += work.apply_ready(
+                &self.rules,
+                (&usage_topic, &commands_topic),
+                now,
+                max_idle,
+                budget,
+            );
+            if !work.confirm.is_empty() {
+                // Probable duplicates (sealed fingerprints) are confirmed against the
+                // exact rows before the partition goes on; the others go on meanwhile.
+                let keys = std::mem::take(&mut work.confirm);
+                work.confirming = confirm::Confirm::start(&asker, keys);
+            }
+        }
+    }
+
+    /// Publishes what each partition changed since the last pass to the checks' view, with
+    /// the accounts checks have asked for; then tells those checks.
+    fn publish(&mut self) {
+        let mut asked: BTreeMap<i32, Vec<view::Ask>> = BTreeMap::new();
+        for ask in self.asks.take() {
+            asked.entry(ask.partition).or_default().push(ask);
+        }
+        for work in self.parts.values_mut() {
+            let asks = asked.remove(&work.partition).unwrap_or_default();
+            let accounts: Vec<String> = asks.iter().map(|a| a.account.clone()).collect();
+            work.publish(&accounts);
+            for ask in asks {
+                let _ = ask.done.try_send(());
+            }
+        }
+        // Asks for partitions gone meanwhile: the check finds no view and says so.
+        for ask in asked.into_values().flatten() {
+            let _ = ask.done.try_send(());
         }
     }
 
     /// Something the loop should look at again soon: a flush in flight (its end lets the
     /// next start), a decision waiting for its flush, an event waiting out `max_idle`.
     fn due_soon(&self) -> bool {
-        self.writing.is_some()
+        !self.writing.is_empty()
             || self.parts.values().any(|work| {
                 !work.decided.is_empty()
+                    || !work.confirming.is_idle()
                     || matches!(work.wait, Some((_, merge::WaitReason::IdleAtEnd)))
             })
     }
 
     fn flush_due(&self, now: Instant) -> bool {
-        if self.writing.is_some() {
-            return false;
+        // A caller waits for a hold's answer until its flush commits: flush now, beside
+        // the flush in flight if there is room.
+        let decision_waits = self.parts.values().any(|work| !work.decided.is_empty());
+        if !self.writing.is_empty() {
+            return self.may_overlap() && decision_waits;
         }
-        match (&self.pending, self.retry_at) {
+        match (self.pending.front(), self.retry_at) {
             (Some(_), Some(at)) => now >= at,
             (Some(_), None) => true,
             (None, _) => {
-                self.applied_since_flush >= self.config.pipeline.max_batch_events
+                decision_waits
+                    || self.applied_since_flush >= self.config.pipeline.max_batch_events
                     || now.duration_since(self.last_flush) >= self.config.pipeline.flush_interval
-                    // A caller waits for a hold's answer until its flush commits: flush now.
-                    || self.parts.values().any(|work| !work.decided.is_empty())
             }
         }
+    }
+
+    /// Whether another flush may start beside those in flight: there is room, and no
+    /// failed flush waits (those go again one at a time).
+    fn may_overlap(&self) -> bool {
+        self.writing.len() < MAX_IN_FLIGHT && self.pending.is_empty()
     }
 
     /// Starts writing the next flush in the background: the failed one again, or what was
     /// applied since the last one. Does nothing while one is in flight.
     fn start_flush(&mut self) {
-        if self.writing.is_some() {
+        if !self.writing.is_empty() && !self.may_overlap() {
             return;
         }
         self.last_flush = Instant::now();
-        let Some(flush) = self.pending.take().or_else(|| self.build_flush()) else {
+        let Some(flush) = self.pending.pop_front().or_else(|| self.build_flush()) else {
             return;
         };
-        self.writing = Some(self.rt.spawn(write_flush(
+        // Only a flush in flight is waited for: a collected one has committed or failed,
+        // and after a failure nothing newer is in flight.
+        let after = if self.writing.is_empty() {
+            None
+        } else {
+            self.last_commit.take()
+        };
+        let (committed, next) = tokio::sync::oneshot::channel();
+        self.last_commit = Some(next);
+        self.writing.push_back(self.rt.spawn(write_flush(
             FlushTargets {
                 store: self.store.clone(),
                 target: self.target.clone(),
@@ -432,6 +508,7 @@ impl Pipeline {
                 email_context: self.email_context.clone(),
             },
             flush,
+            Order { after, committed },
         )));
     }
 
@@ -491,11 +568,44 @@ impl Pipeline {
     /// Collects the flush in flight once it is done (`wait`: waits for it). Returns the
     /// offsets its checkpoint committed; on failure keeps it for a retry and returns why.
     fn finish_flush(&mut self, wait: bool) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-        match &self.writing {
-            Some(handle) if wait || handle.is_finished() => {}
-            _ => return Ok(Vec::new()),
+        let mut committed = Vec::new();
+        let mut wait = wait;
+        while let Some(handle) = self.writing.front() {
+            if !wait && !handle.is_finished() {
+                break;
+            }
+            wait = false;
+            let handle = self
+                .writing
+                .pop_front()
+                .expect("flush in flight checked above");
+            match self.finish_one(handle) {
+                Ok(offsets) => committed.extend(offsets),
+                Err(e) => {
+                    self.after_failure();
+                    return Err(e);
+                }
+            }
         }
-        let handle = self.writing.take().expect("flush in flight checked above");
+        Ok(committed)
+    }
+
+    /// After a failed flush, the flushes in flight behind it cannot commit (their
+    /// checkpoints come after its one): they wait to be written again, in order.
+    fn after_failure(&mut self) {
+        while let Some(handle) = self.writing.pop_front() {
+            match self.rt.block_on(handle) {
+                Ok((flush, result)) => {
+                    debug_assert!(result.is_err(), "a flush committed after a failed one");
+                    self.pending.push_back(flush);
+                }
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+    }
+
+    /// Collects one flush; see [`Pipeline::finish_flush`].
+    fn finish_one(&mut self, handle: Writing) -> anyhow::Result<Vec<(i32, i64, i64)>> {
         let (mut flush, result) = match self.rt.block_on(handle) {
             Ok(done) => done,
             // The batch went down with the task: its events are applied in memory but
@@ -513,7 +623,10 @@ impl Pipeline {
             }
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            self.pending = Some(flush);
+            // It is the oldest flush not committed (flushes are collected in order, and a
+            // retry goes alone), so it goes again first: a later checkpoint must never land
+            // before it.
+            self.pending.push_front(flush);
             return Err(e);
         }
         self.metrics
@@ -601,7 +714,7 @@ impl Pipeline {
         let mut committed = Vec::new();
         loop {
             self.start_flush();
-            if self.writing.is_none() {
+            if self.writing.is_empty() {
                 break;
             }
             committed.extend(self.finish_flush(true)?);
@@ -645,7 +758,7 @@ impl Pipeline {
             }
         }
         tracing::error!("giving up the flush; the next owner replays from the last checkpoint");
-        self.pending = None;
+        self.pending.clear();
         None
     }
 
@@ -721,11 +834,13 @@ impl Pipeline {
         }
         self.parts.clear();
         self.owner.released_all();
-        if let Some(handle) = self.writing.take() {
-            // Let a flush in flight land or fail before the partitions go to a new owner.
+        self.views.released_all();
+        // Let the flushes in flight land or fail before the partitions go to a new owner.
+        while let Some(handle) = self.writing.pop_front() {
             let _ = self.rt.block_on(handle);
         }
-        self.pending = None;
+        self.last_commit = None;
+        self.pending.clear();
         self.applied_since_flush = 0;
     }
 
@@ -758,8 +873,8 @@ impl Pipeline {
     /// waiting to be written. An end is only known once a fetch response confirmed it.
     fn drained(&self, ends: &Ends) -> bool {
         !self.parts.is_empty()
-            && self.pending.is_none()
-            && self.writing.is_none()
+            && self.pending.is_empty()
+            && self.writing.is_empty()
             && self.parts.values().all(|work| {
                 [Which::Usage, Which::Commands].iter().all(|&which| {
                     let side = match which {
@@ -791,6 +906,7 @@ struct FlushTargets {
 async fn write_flush(
     to: FlushTargets,
     mut flush: Flush,
+    order: Order,
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
     let FlushTargets {
         store,
@@ -856,6 +972,14 @@ async fn write_flush(
                 })?;
             flush.hooks_recorded = true;
         }
+        if let Some(after) = order.after {
+            after.await.map_err(|_| {
+                (
+                    phase::CHECKPOINT,
+                    anyhow::anyhow!("the flush before this one failed; both are written again"),
+                )
+            })?;
+        }
         writes::commit(&target, &flush.batch).await.map_err(|e| {
             (
                 phase::CHECKPOINT,
@@ -866,6 +990,8 @@ async fn write_flush(
         // Committed: the callers waiting on its decisions get them now, not when the run
         // loop next looks at this task.
         owner.committed(&flush.offsets, std::mem::take(&mut flush.decided));
+        // The flush started after this one may commit now; none may be waiting.
+        let _ = order.committed.send(());
         Ok(())
     }
     .await;
@@ -1047,6 +1173,7 @@ pub fn run(
         rules: rules.clone(),
         offers: config.offers.clone(),
     });
+    let (views, asks) = view::Views::new();
     let pipeline = Arc::new(Mutex::new(Pipeline {
         rules,
         target: store::cluster::Target::new(&config.clickhouse),
@@ -1059,8 +1186,9 @@ pub fn run(
         notifier: Some(notifier),
         hooks: Some(hooks),
         email_context,
-        writing: None,
-        pending: None,
+        writing: VecDeque::new(),
+        last_commit: None,
+        pending: VecDeque::new(),
         last_any_received: Instant::now(),
         last_flush: Instant::now(),
         applied_since_flush: 0,
@@ -1071,6 +1199,8 @@ pub fn run(
         last_checkpoint: None,
         metrics,
         owner: owner.clone(),
+        views: views.clone(),
+        asks,
         claim_info,
         partition_count: 0,
         forward_log: screen::LoggedSources::default(),
@@ -1085,12 +1215,20 @@ pub fn run(
         listed: end_offsets(&consumer, &kafka_config)?,
         confirmed: BTreeMap::new(),
     };
-    lock(&pipeline).partition_count = ends
+    let partition_count = ends
         .listed
         .keys()
         .filter(|(which, _)| *which == Which::Usage)
         .count() as i32;
-    owner.set_checker(checker(Arc::downgrade(&pipeline)));
+    lock(&pipeline).partition_count = partition_count;
+    owner.set_checker(view::checker(
+        views,
+        view::CheckRules {
+            rules: lock(&pipeline).rules.clone(),
+            partitions: partition_count,
+            partitioner: kafka_config.partitioner,
+        },
+    ));
     match kafka_config.assignment.partitions() {
         None => consumer
             .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
@@ -1183,6 +1321,7 @@ pub fn run(
         p.apply_ready(now);
         refresh_highs(&consumer, &mut p, now);
         p.apply_ready(now);
+        p.publish();
         if drain {
             let partitions: Vec<i32> = p.parts.keys().copied().collect();
             ends.confirm(&consumer, p.topics(), &partitions);
@@ -1282,61 +1421,6 @@ pub fn run(
     Ok(summary)
 }
 
-/// The check, answered under the run loop's lock from the partition's book: every event
-/// applied so far counts, flushed or not.
-fn checker(pipeline: std::sync::Weak<Mutex<Pipeline>>) -> crate::holds::owner::Checker {
-    use crate::holds::owner::CheckError;
-    Box::new(move |partition, request| {
-        let pipeline = pipeline.upgrade().ok_or(CheckError::Starting)?;
-        let p = lock(&pipeline);
-        let work = p
-            .parts
-            .get(&partition)
-            .ok_or(CheckError::NotOwner(partition))?;
-        if crate::holds::partition_of(
-            &request.account,
-            p.partition_count,
-            p.config.kafka.partitioner,
-        ) != partition
-        {
-            return Err(CheckError::NotOwner(partition));
-        }
-        let quantity = request
-            .quantity
-            .unwrap_or(tally_core::Credits::from_whole(1));
-        let at = Utc::now();
-        let blank;
-        let state = match work.book.accounts.get(&request.account) {
-            Some(state) => state,
-            None => {
-                blank = tally_core::AccountState::default();
-                &blank
-            }
-        };
-        let check = state
-            .check(
-                &p.rules,
-                &request.feature,
-                request.variant.as_deref(),
-                quantity,
-                at,
-            )
-            .map_err(CheckError::Rejected)?;
-        let lag = |high: i64, next: i64| (high != i64::MAX).then(|| (high - next).max(0));
-        Ok(crate::holds::CheckResponse {
-            account: request.account.clone(),
-            check,
-            freshness: crate::holds::Freshness {
-                partition,
-                usage_applied: work.usage.applied_next,
-                commands_applied: work.commands.applied_next,
-                usage_lag: lag(work.usage.high, work.usage.applied_next),
-                commands_lag: lag(work.commands.high, work.commands.applied_next),
-            },
-        })
-    })
-}
-
 /// Bytes of a record's key, payload and headers: what producing it again takes.
 fn record_size(message: &BorrowedMessage<'_>) -> usize {
     use rdkafka::message::Headers;
@@ -1403,7 +1487,7 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
         p.config.kafka.commands_topic.clone(),
     );
     // While a flush is pending, consumption is paused on purpose: nothing is stalled.
-    let paused = p.pending.is_some();
+    let paused = !p.pending.is_empty();
     let last_any_received = p.last_any_received;
     for work in p.parts.values_mut() {
         for (which, topic) in [

@@ -2,6 +2,7 @@
 //! for the next flush.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_core::{Book, Outcome, Rules};
@@ -9,6 +10,7 @@ use tally_core::{Book, Outcome, Rules};
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::Rollups;
+use super::view::{Applied, PartitionView};
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
 use crate::store::checkpoint::{Commit, Restored};
@@ -40,6 +42,10 @@ pub struct PartitionWork {
     /// Latest broker timestamp applied, in seconds.
     pub arrival_high: i64,
     touched: HashSet<String>,
+    /// Accounts changed since the last publish to the checks' view.
+    unpublished: HashSet<String>,
+    /// What checks read: the states as of the last publish.
+    pub view: Arc<PartitionView>,
     ledger: Vec<LedgerRow>,
     /// Running totals of the days still open to late events.
     rollups: Rollups,
@@ -66,6 +72,8 @@ pub struct PartitionWork {
     /// it, must have confirmed against the exact rows before it goes: set when
     /// [`PartitionWork::apply_ready`] stopped for them.
     pub confirm: Vec<(u128, Vec<tally_core::dedup::Written>)>,
+    /// The confirmation of `confirm`'s keys, once asked.
+    pub confirming: super::confirm::Confirm,
 }
 
 /// Probable duplicates gathered per confirmation: the event that waits and those queued
@@ -73,7 +81,12 @@ pub struct PartitionWork {
 const CONFIRM_AHEAD: usize = 1_000;
 
 impl PartitionWork {
-    pub fn new(partition: i32, restored: Restored, metrics: PartitionMetrics) -> Self {
+    pub fn new(
+        partition: i32,
+        restored: Restored,
+        metrics: PartitionMetrics,
+        view: Arc<PartitionView>,
+    ) -> Self {
         PartitionWork {
             partition,
             book: restored.book,
@@ -84,6 +97,8 @@ impl PartitionWork {
             decided: Vec::new(),
             arrival_high: restored.arrival_high,
             touched: HashSet::new(),
+            unpublished: HashSet::new(),
+            view,
             ledger: Vec::new(),
             rollups: Rollups::restore(restored.segment_records, restored.days),
             outgoing: Outgoing::default(),
@@ -96,6 +111,7 @@ impl PartitionWork {
             snapshot_pending: None,
             metrics,
             confirm: Vec::new(),
+            confirming: super::confirm::Confirm::Idle,
         }
     }
 
@@ -266,6 +282,9 @@ impl PartitionWork {
                     };
                     self.record(entry_id, entry, usage_offset);
                 }
+                if !self.unpublished.contains(&account) {
+                    self.unpublished.insert(account.clone());
+                }
                 self.touched.insert(account);
             }
             Outcome::Tick => {}
@@ -310,8 +329,31 @@ impl PartitionWork {
         if !self.touched.contains(entry.account.as_str()) {
             self.touched.insert(entry.account.to_string());
         }
+        if !self.unpublished.contains(entry.account.as_str()) {
+            self.unpublished.insert(entry.account.to_string());
+        }
         // Version is set when the flush is built.
         self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+    }
+
+    /// How far this partition has applied, and the ends its sides know.
+    pub fn applied(&self) -> Applied {
+        let known = |high: i64| (high != i64::MAX).then_some(high);
+        Applied {
+            usage_next: self.usage.applied_next,
+            commands_next: self.commands.applied_next,
+            usage_end: known(self.usage.high),
+            commands_end: known(self.commands.high),
+        }
+    }
+
+    /// Publishes the states changed since the last publish, and `asked` (accounts checks
+    /// wait for), to the checks' view.
+    pub fn publish(&mut self, asked: &[String]) {
+        let applied = self.applied();
+        let changed = self.unpublished.iter().chain(asked);
+        self.view.publish(changed, &self.book.accounts, applied);
+        self.unpublished.clear();
     }
 
     /// Moves this partition's outputs since the last flush into `batch`, with the rows

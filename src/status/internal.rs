@@ -96,7 +96,8 @@ async fn internal_check(
         Err(e) => return json_answer(400, serde_json::json!({"error": e.to_string()})),
     };
     let owner = internal.owner.clone();
-    // The check takes the run loop's lock: off the async workers.
+    // A check of an account not published yet waits for the run loop to publish it (up to
+    // two seconds): off the async workers.
     let checked = tokio::task::spawn_blocking(move || owner.check(query.partition, &request)).await;
     match checked {
         Ok(Ok(answer)) => (StatusCode::OK, Json(answer)).into_response(),
