@@ -351,8 +351,8 @@ impl PartitionWork {
     /// wait for), to the checks' view.
     pub fn publish(&mut self, asked: &[String]) {
         let applied = self.applied();
-        let changed = self.unpublished.iter().chain(asked);
-        self.view.publish(changed, &self.book.accounts, applied);
+        self.view
+            .publish(&self.unpublished, asked, &self.book.accounts, applied);
         self.unpublished.clear();
     }
 

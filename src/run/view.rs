@@ -5,9 +5,9 @@
 //!
 //! A state is published as an `Arc` swapped into its shard's map: the shard's lock guards
 //! one pointer insert or one lookup, never an apply, a flush build or the check itself.
-//! States restored at a claim are not copied up front (a million accounts would double the
-//! memory): a check for an account not published yet asks the run loop, which publishes it
-//! between two passes.
+//! Only the accounts checks are about are copied (every account would double the states'
+//! memory): the first check of an account asks the run loop, which publishes it between
+//! two passes, and from then on publishes it whenever it changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -99,27 +99,16 @@ impl PartitionView {
     /// a check that reads the new offsets finds states at least that recent.
     pub fn publish<'a, S: BuildHasher>(
         &self,
-        accounts: impl IntoIterator<Item = &'a String>,
+        changed: impl IntoIterator<Item = &'a String>,
+        asked: impl IntoIterator<Item = &'a String>,
         states: &HashMap<String, AccountState, S>,
         applied: Applied,
     ) {
-        for account in accounts {
-            let known = match states.get(account) {
-                Some(state) => Known::State(Arc::new(state.clone())),
-                None if self.empties.load(Ordering::Relaxed) < EMPTIES => Known::NoEvents,
-                None => {
-                    write(self.shard(account)).remove(account);
-                    continue;
-                }
-            };
-            let new_empty = matches!(known, Known::NoEvents);
-            let old = write(self.shard(account)).insert(account.clone(), known);
-            let old_empty = matches!(old, Some(Known::NoEvents));
-            if new_empty && !old_empty {
-                self.empties.fetch_add(1, Ordering::Relaxed);
-            } else if old_empty && !new_empty {
-                self.empties.fetch_sub(1, Ordering::Relaxed);
-            }
+        for account in changed {
+            self.update(account, states, false);
+        }
+        for account in asked {
+            self.update(account, states, true);
         }
         let known = |end: Option<i64>| end.unwrap_or(UNKNOWN);
         self.usage_end
@@ -130,6 +119,36 @@ impl PartitionView {
             .store(applied.usage_next, Ordering::Release);
         self.commands_applied
             .store(applied.commands_next, Ordering::Release);
+    }
+
+    /// Copies the account's state into the view: always when a check `asked` for it,
+    /// otherwise only when a check has read it before, so the view holds copies of the
+    /// accounts checks are about, not of every account the partition applies.
+    fn update<S: BuildHasher>(
+        &self,
+        account: &String,
+        states: &HashMap<String, AccountState, S>,
+        asked: bool,
+    ) {
+        let mut shard = write(self.shard(account));
+        if !asked && !shard.contains_key(account) {
+            return;
+        }
+        let known = match states.get(account) {
+            Some(state) => Known::State(Arc::new(state.clone())),
+            None if self.empties.load(Ordering::Relaxed) < EMPTIES => Known::NoEvents,
+            None => {
+                shard.remove(account);
+                return;
+            }
+        };
+        let new_empty = matches!(known, Known::NoEvents);
+        let old_empty = matches!(shard.insert(account.clone(), known), Some(Known::NoEvents));
+        if new_empty && !old_empty {
+            self.empties.fetch_add(1, Ordering::Relaxed);
+        } else if old_empty && !new_empty {
+            self.empties.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The account as last published (`None`: not published, ask the run loop).
@@ -184,7 +203,7 @@ impl Views {
     /// A fresh view for a partition just claimed: nothing published, everything asked for.
     pub fn claimed(&self, partition: i32, applied: Applied) -> Arc<PartitionView> {
         let view = Arc::new(PartitionView::new());
-        view.publish([], &HashMap::<String, AccountState>::new(), applied);
+        view.publish([], [], &HashMap::<String, AccountState>::new(), applied);
         write(&self.parts).insert(partition, view.clone());
         view
     }
@@ -329,7 +348,10 @@ mod tests {
         states.insert("a".to_string(), AccountState::default());
         let view = views.claimed(3, applied(7));
         assert!(view.state("a").is_none());
-        view.publish([&"a".to_string()], &states, applied(7));
+        // Changed but never checked: no copy.
+        view.publish([&"a".to_string()], [], &states, applied(7));
+        assert!(view.state("a").is_none());
+        view.publish([], [&"a".to_string()], &states, applied(7));
         assert!(matches!(view.state("a"), Some(Known::State(_))));
         assert!(view.state("b").is_none());
         let fresh = view.freshness(3);
@@ -338,11 +360,11 @@ mod tests {
         // A state published again replaces the old one; one gone is remembered as having
         // no events, so the next check need not ask.
         states.remove("a");
-        view.publish([&"a".to_string()], &states, applied(9));
+        view.publish([&"a".to_string()], [], &states, applied(9));
         assert!(matches!(view.state("a"), Some(Known::NoEvents)));
         assert_eq!(view.empties.load(Ordering::Relaxed), 1);
         states.insert("a".to_string(), AccountState::default());
-        view.publish([&"a".to_string()], &states, applied(9));
+        view.publish([&"a".to_string()], [], &states, applied(9));
         assert_eq!(view.empties.load(Ordering::Relaxed), 0);
         assert_eq!(view.freshness(3).usage_applied, 9);
         assert!(views.get(3).is_some() && views.get(4).is_none());
@@ -366,7 +388,7 @@ mod tests {
             if revoke {
                 views.released_all();
             } else if let Some(view) = views.get(ask.partition) {
-                view.publish([&ask.account], &states, applied(8));
+                view.publish([], [&ask.account], &states, applied(8));
             }
             let _ = ask.done.try_send(());
             return;
@@ -414,7 +436,7 @@ mod tests {
         let view = views.claimed(2, applied(7));
         let mut states = HashMap::new();
         states.insert("a".to_string(), AccountState::default());
-        view.publish([&"a".to_string()], &states, applied(8));
+        view.publish([], [&"a".to_string()], &states, applied(8));
         assert!(published(&views, &view, 2, "a", TEST_WAIT).is_ok());
         views.released_all();
         let result = published(&views, &view, 2, "a", TEST_WAIT);
