@@ -73,15 +73,21 @@ mkdir -p "$CH_DIR"/{data,tmp}
 
 pids=()
 ch_pid=""
+# stop_capture: stops the capturing server and removes its data. The server writes there
+# (query log flushes, merges) until it has exited, so removing first can fail.
+stop_capture() {
+  if [[ -n $ch_pid ]]; then
+    kill "$ch_pid" 2>/dev/null || true
+    while kill -0 "$ch_pid" 2>/dev/null; do wait "$ch_pid" 2>/dev/null || true; done
+    ch_pid=""
+  fi
+  rm -rf "$CH_DIR"
+}
 cleanup() {
   local code=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n $ch_pid ]]; then
-    kill "$ch_pid" 2>/dev/null || true
-    while kill -0 "$ch_pid" 2>/dev/null; do wait "$ch_pid" 2>/dev/null || true; done
-  fi
-  rm -rf "$CH_DIR"
+  stop_capture
   exit "$code"
 }
 trap cleanup EXIT INT TERM
@@ -215,7 +221,7 @@ own "SELECT query, Settings.Names, Settings.Values, exception FROM system.query_
 rm -rf "$LAST"
 mkdir -p "$LAST"
 cp -r "$WORK/statements.jsonl" "$WORK/tables" "$LAST/"
-rm -rf "$CH_DIR"
+stop_capture
 "${REPLAY[@]}" "$LAST"
 
 # ---- the cluster's statements ----------------------------------------------------------------
