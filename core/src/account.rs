@@ -227,7 +227,7 @@ impl AccountState {
         entry.entry_type = EntryType::Expiry;
         entry.pool = Name::from(lot.pool.as_str());
         entry.credits = -left;
-        entry.lot = lot.id.clone();
+        entry.lot = lot.id.to_string();
         entry.lot_kind = Some(lot.kind);
         Some(entry)
     }
@@ -263,7 +263,7 @@ impl AccountState {
         }
         let (name, plan, payment, cycle) = (s.name.clone(), s.plan.clone(), s.payment, s.cycle);
         self.lots.push(Lot {
-            id: id.clone(),
+            id: Name::from(id.as_str()),
             pool: plan.pool.clone(),
             kind: LotKind::Included,
             granted: plan.credits,
@@ -498,7 +498,7 @@ impl AccountState {
                     self.flex_used += take;
                     entry.shortfall -= take;
                     entry.paid.push(Payment {
-                        lot: FLEX_LOT.to_string(),
+                        lot: Name::from(FLEX_LOT),
                         kind: LotKind::Flex,
                         credits: take,
                     });
@@ -568,7 +568,7 @@ impl AccountState {
             return reject("the lot would expire before it takes effect".into());
         }
         let lot = Lot {
-            id: id.clone(),
+            id: Name::from(id.as_str()),
             pool: grant.pool.clone(),
             kind: grant.kind,
             granted: grant.credits,
@@ -626,7 +626,7 @@ impl AccountState {
         let mut entry = self.entry(rules, event, EntryType::Settlement);
         entry.pool = Name::from(pool);
         entry.credits = amount;
-        entry.lot = payment.lot.clone();
+        entry.lot = payment.lot.to_string();
         entry.lot_kind = Some(payment.kind);
         entry.paid = vec![payment];
         entry.comment = "outstanding shortfall settled by this grant".into();

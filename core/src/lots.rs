@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
+use crate::names::Name;
 
 /// What kind of grant a lot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,7 +65,8 @@ pub enum Policy {
 /// One grant of credits and what is left of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
-    pub id: String,
+    /// Shared, so each payment names its lot without a copy of the id.
+    pub id: Name,
     pub pool: String,
     pub kind: LotKind,
     pub granted: Credits,
@@ -136,7 +138,7 @@ impl Lot {
 /// One lot's share of a debit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
-    pub lot: String,
+    pub lot: Name,
     pub kind: LotKind,
     pub credits: Credits,
 }
@@ -247,7 +249,7 @@ mod tests {
         debit(lots, "ai", total, t(5), policy)
             .paid
             .into_iter()
-            .map(|p| p.lot)
+            .map(|p| p.lot.to_string())
             .collect()
     }
 

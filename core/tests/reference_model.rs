@@ -1131,7 +1131,7 @@ fn engine_view(state: &AccountState, clock: Time) -> AccountView {
         .map(|l| {
             (
                 (
-                    l.id.clone(),
+                    l.id.to_string(),
                     l.pool.clone(),
                     l.kind,
                     l.granted,

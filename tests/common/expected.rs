@@ -75,7 +75,7 @@ pub fn expect(rules: &Rules, events: &[Value], arrival: DateTime<Utc>) -> Expect
                     paid: entry
                         .paid
                         .iter()
-                        .map(|p| (p.lot.clone(), p.credits.milli()))
+                        .map(|p| (p.lot.to_string(), p.credits.milli()))
                         .collect(),
                     shortfall: entry.shortfall.milli(),
                 };

@@ -717,14 +717,14 @@ impl Account {
             let take = self.free(i).min(left);
             left -= take;
             reserved.push(Payment {
-                lot: self.lots[i].id.clone(),
+                lot: self.lots[i].id.clone().into(),
                 kind: self.lots[i].kind,
                 credits: take,
             });
         }
         if left > Credits::ZERO {
             reserved.push(Payment {
-                lot: "flex".to_string(),
+                lot: "flex".into(),
                 kind: LotKind::Flex,
                 credits: left,
             });
@@ -1022,7 +1022,7 @@ impl Account {
             match entry.paid.iter_mut().find(|p| p.lot == lot.id) {
                 Some(p) => p.credits += take,
                 None => entry.paid.push(Payment {
-                    lot: lot.id.clone(),
+                    lot: lot.id.clone().into(),
                     kind: lot.kind,
                     credits: take,
                 }),
@@ -1050,7 +1050,7 @@ impl Account {
             let take = room.min(left);
             if take > Credits::ZERO {
                 entry.paid.push(Payment {
-                    lot: "flex".to_string(),
+                    lot: "flex".into(),
                     kind: LotKind::Flex,
                     credits: take,
                 });
@@ -1144,7 +1144,7 @@ impl Account {
                 entry.pool = pool.into();
                 entry.credits = amount;
                 entry.paid = vec![Payment {
-                    lot: id.clone(),
+                    lot: id.clone().into(),
                     kind: g.kind,
                     credits: amount,
                 }];
