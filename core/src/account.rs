@@ -11,7 +11,7 @@ use crate::credits::Credits;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::hold_state::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
-use crate::lots::{self, Lot, LotKind, Payment, Policy};
+use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
 use crate::names::{Name, Names};
 use crate::plans::{self, Subscription};
 
@@ -418,7 +418,7 @@ impl AccountState {
             status: call.status,
             pool: price.pool_name.clone(),
             credits: Credits::ZERO,
-            paid: Vec::new(),
+            paid: Payments::new(),
             shortfall: Credits::ZERO,
             matrix_version: price.version_name.clone(),
             event_id: call.id.to_string(),
@@ -445,7 +445,7 @@ impl AccountState {
             // The held lots pay first, each up to what it reserved (the reservation was
             // made in debit order when the hold was placed, so a lot whose end has passed
             // since, within the grace, still pays it); then the debit order for the rest.
-            let mut paid: Vec<Payment> = Vec::new();
+            let mut paid = Payments::new();
             for reservation in held.iter().filter(|p| p.kind != LotKind::Flex) {
                 let Some(lot) = self.lots.iter_mut().find(|lot| {
                     lot.id == reservation.lot
@@ -628,7 +628,7 @@ impl AccountState {
         entry.credits = amount;
         entry.lot = payment.lot.to_string();
         entry.lot_kind = Some(payment.kind);
-        entry.paid = vec![payment];
+        entry.paid = smallvec::smallvec![payment];
         entry.comment = "outstanding shortfall settled by this grant".into();
         Some(entry)
     }
@@ -853,7 +853,7 @@ pub(crate) fn blank_entry(
         status: Status::Succeeded,
         pool: Name::default(),
         credits: Credits::ZERO,
-        paid: Vec::new(),
+        paid: Payments::new(),
         shortfall: Credits::ZERO,
         matrix_version: Name::default(),
         event_id: event_id.to_string(),

@@ -185,7 +185,7 @@ impl AccountState {
             ttl: request.ttl,
             pool: price.pool.to_string(),
             credits: price.credits,
-            reserved,
+            reserved: reserved.into_vec(),
             placed_at: event.time,
             expires_at,
             status: HoldStatus::Open,
@@ -328,7 +328,7 @@ impl AccountState {
                 outcome: SettleOutcome::Expired,
                 held: released.iter().map(|p| p.credits).sum(),
             });
-            entry.paid = released;
+            entry.paid = released.into();
             entry.comment = format!("hold {id} expired unsettled; its credits are free again");
             entries.push(entry);
         }

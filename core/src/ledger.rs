@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::credits::Credits;
 use crate::event::Status;
-use crate::lots::{LotKind, Payment, PaymentMethod};
+use crate::lots::{LotKind, PaymentMethod, Payments};
 use crate::names::Name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,7 +60,7 @@ pub struct LedgerEntry {
     pub status: Status,
     pub pool: Name,
     pub credits: Credits,
-    pub paid: Vec<Payment>,
+    pub paid: Payments,
     pub shortfall: Credits,
     pub matrix_version: Name,
     pub event_id: String,

@@ -143,10 +143,14 @@ pub struct Payment {
     pub credits: Credits,
 }
 
+/// The lots that paid one call: inline for the common one or two, so a call's entry
+/// allocates no list.
+pub type Payments = smallvec::SmallVec<[Payment; 2]>;
+
 /// The result of a debit: who paid, and what nobody could.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Debit {
-    pub paid: Vec<Payment>,
+    pub paid: Payments,
     pub shortfall: Credits,
 }
 

@@ -378,7 +378,7 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
         status: Status::Succeeded,
         pool: String::new().into(),
         credits: Credits::ZERO,
-        paid: Vec::new(),
+        paid: Default::default(),
         shortfall: Credits::ZERO,
         matrix_version: String::new().into(),
         event_id: event_id.to_string(),
@@ -796,7 +796,7 @@ impl Account {
             entry.feature = hold.feature.clone().into();
             entry.variant = hold.variant.clone().unwrap_or_default().into();
             entry.quantity = hold.quantity;
-            entry.paid = hold.reserved.clone();
+            entry.paid = hold.reserved.iter().cloned().collect();
             entry.hold = Some(HoldUse {
                 id: id.clone(),
                 outcome: SettleOutcome::Expired,
@@ -1143,11 +1143,13 @@ impl Account {
                 let mut entry = self.entry(rules, event, EntryType::Settlement);
                 entry.pool = pool.into();
                 entry.credits = amount;
-                entry.paid = vec![Payment {
+                entry.paid = [Payment {
                     lot: id.clone().into(),
                     kind: g.kind,
                     credits: amount,
-                }];
+                }]
+                .into_iter()
+                .collect();
                 entry.lot = id;
                 entry.lot_kind = Some(g.kind);
                 entry.comment = "outstanding shortfall settled by this grant".to_string();
