@@ -22,7 +22,7 @@ pub mod rules;
 pub mod runway;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};
-pub use book::{Book, Outcome, Step};
+pub use book::{Book, Entries, Outcome, Step};
 pub use credits::Credits;
 pub use event::Rejection;
 pub use holds::{Answer, Check, Hold, HoldStatus};
