@@ -14,6 +14,7 @@ use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
 use crate::names::{Name, Names};
 use crate::plans::{self, Subscription};
+use crate::short_text::ShortText;
 
 pub use crate::rules::{
     Rules, DEFAULT_MAX_OPEN_HOLDS, EXPIRING_WITHIN, FLEX_LOT, MAX_GRANT, SERVICE,
@@ -421,7 +422,7 @@ impl AccountState {
             paid: Payments::new(),
             shortfall: Credits::ZERO,
             matrix_version: price.version_name.clone(),
-            event_id: call.id.to_string(),
+            event_id: ShortText::from(call.id),
             lot: String::new(),
             lot_kind: None,
             payment_method: None,
@@ -856,7 +857,7 @@ pub(crate) fn blank_entry(
         paid: Payments::new(),
         shortfall: Credits::ZERO,
         matrix_version: Name::default(),
-        event_id: event_id.to_string(),
+        event_id: ShortText::from(event_id),
         lot: String::new(),
         lot_kind: None,
         payment_method: None,

@@ -19,6 +19,9 @@ use crate::rules::Rules;
 pub type Entries = smallvec::SmallVec<[LedgerEntry; 1]>;
 
 /// What became of one payload.
+// A call's entry is inline in `Applied` on purpose: boxing it would be the allocation per
+// call this layout removes, and a `Step` is moved once, to its caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// Applied to `account`, producing these entries (none for settings). The account is

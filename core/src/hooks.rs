@@ -214,7 +214,7 @@ fn lifecycle(entry: &LedgerEntry, state: &AccountState, at: DateTime<Utc>) -> Op
                 entry.service,
                 entry.event_id
             );
-            (kind, id, entry.shortfall, entry.event_id.clone())
+            (kind, id, entry.shortfall, entry.event_id.to_string())
         }
         _ => return None,
     };

@@ -8,6 +8,7 @@ use crate::credits::Credits;
 use crate::event::Status;
 use crate::lots::{LotKind, PaymentMethod, Payments};
 use crate::names::Name;
+use crate::short_text::ShortText;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +64,8 @@ pub struct LedgerEntry {
     pub paid: Payments,
     pub shortfall: Credits,
     pub matrix_version: Name,
-    pub event_id: String,
+    /// Inline for ids of up to 38 bytes: copied from every call without an allocation.
+    pub event_id: ShortText,
     pub lot: String,
     pub lot_kind: Option<LotKind>,
     pub payment_method: Option<PaymentMethod>,

@@ -20,6 +20,7 @@ pub mod plans;
 pub mod pricing;
 pub mod rules;
 pub mod runway;
+pub mod short_text;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};
 pub use book::{Book, Entries, Outcome, Step};

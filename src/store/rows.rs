@@ -183,7 +183,7 @@ impl LedgerRow {
             paid_credits,
             shortfall: entry.shortfall.milli(),
             matrix_version: entry.matrix_version.into(),
-            event_id: entry.event_id,
+            event_id: entry.event_id.into(),
             lot: entry.lot,
             lot_kind: entry
                 .lot_kind

@@ -67,7 +67,7 @@ pub fn expect(rules: &Rules, events: &[Value], arrival: DateTime<Utc>) -> Expect
             for entry in entries {
                 let key = (
                     entry.account.to_string(),
-                    entry.event_id.clone(),
+                    entry.event_id.to_string(),
                     entry.entry_type.as_str().to_string(),
                 );
                 let paid = Paid {

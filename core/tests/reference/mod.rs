@@ -381,7 +381,7 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
         paid: Default::default(),
         shortfall: Credits::ZERO,
         matrix_version: String::new().into(),
-        event_id: event_id.to_string(),
+        event_id: event_id.into(),
         lot: String::new(),
         lot_kind: None,
         payment_method: None,
