@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertSettings, Marks};
 use crate::credits::Credits;
+use crate::day_cache::DayCache;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::hold_state::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
@@ -24,6 +25,9 @@ pub use crate::rules::{
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     pub lots: Vec<Lot>,
+    /// The day of the last call, so the next call on it skips the zone's rules.
+    #[serde(skip)]
+    pub day_cache: DayCache,
     /// Grant order, for the last tie-break between lots.
     pub next_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,7 +414,7 @@ impl AccountState {
             entry_type: EntryType::Usage,
             account: names.intern(call.account),
             time: call.time,
-            day: self.day_of(rules, call.time),
+            day: self.day_cache.day(self.timezone(rules), call.time),
             service: names.intern(call.source),
             user: names.intern(call.user),
             feature: names.intern(call.feature),

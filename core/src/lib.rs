@@ -7,6 +7,7 @@ pub mod alerting;
 pub mod alerts;
 pub mod book;
 pub mod credits;
+pub mod day_cache;
 pub mod dedup;
 pub mod event;
 pub mod hold_state;

@@ -360,6 +360,7 @@ impl TryFrom<StoredState> for AccountState {
             .collect::<Result<_, CodecError>>()?;
         Ok(AccountState {
             lots,
+            day_cache: Default::default(),
             next_seq: s.next_seq,
             timezone: s.timezone.as_deref().map(tz).transpose()?,
             policy: s.policy,
