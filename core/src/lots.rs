@@ -108,6 +108,26 @@ impl Lot {
             && self.expires_at.is_none_or(|end| at < end)
     }
 
+    /// The debit order between two lots: `order_key`'s order, compared field by field and
+    /// stopping at the first difference (no key built for each lot and comparison).
+    fn pays_before(&self, other: &Lot, policy: Policy) -> std::cmp::Ordering {
+        let explicit = |lot: &Lot| (lot.priority.is_none(), lot.priority.unwrap_or(0));
+        let kind = |lot: &Lot| lot.kind.rank();
+        let expiry = |lot: &Lot| (lot.expires_at.is_none(), lot.expires_at);
+        let order = explicit(self).cmp(&explicit(other));
+        let order = match policy {
+            Policy::EarliestExpiry => order
+                .then_with(|| expiry(self).cmp(&expiry(other)))
+                .then_with(|| kind(self).cmp(&kind(other))),
+            Policy::KindOrder => order
+                .then_with(|| kind(self).cmp(&kind(other)))
+                .then_with(|| expiry(self).cmp(&expiry(other))),
+        };
+        let order = order.then_with(|| self.seq.cmp(&other.seq));
+        debug_assert_eq!(order, self.order_key(policy).cmp(&other.order_key(policy)));
+        order
+    }
+
     /// Sort key: the smallest key pays first. Never-expiring lots sort after expiring ones.
     fn order_key(&self, policy: Policy) -> (bool, i32, u8, bool, Option<DateTime<Utc>>, u8, u64) {
         let explicit = (self.priority.is_none(), self.priority.unwrap_or(0));
@@ -202,7 +222,7 @@ fn take(
         let next = lots
             .iter_mut()
             .filter(|lot| lot.usable(pool, at))
-            .min_by_key(|lot| lot.order_key(policy));
+            .min_by(|a, b| a.pays_before(b, policy));
         let Some(lot) = next else { break };
         // `usable` means free credits are positive; taking at most those keeps
         // `held <= remaining` on every lot.
