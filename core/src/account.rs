@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertSettings, Marks};
 use crate::credits::Credits;
+use crate::day_cache::DayCache;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::hold_state::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
-use crate::lots::{self, Lot, LotKind, Payment, Policy};
+use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
 use crate::names::{Name, Names};
 use crate::plans::{self, Subscription};
+use crate::short_text::ShortText;
 
 pub use crate::rules::{
     Rules, DEFAULT_MAX_OPEN_HOLDS, EXPIRING_WITHIN, FLEX_LOT, MAX_GRANT, SERVICE,
@@ -23,6 +25,9 @@ pub use crate::rules::{
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     pub lots: Vec<Lot>,
+    /// The day of the last call, so the next call on it skips the zone's rules.
+    #[serde(skip)]
+    pub day_cache: DayCache,
     /// Grant order, for the last tie-break between lots.
     pub next_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,7 +232,7 @@ impl AccountState {
         entry.entry_type = EntryType::Expiry;
         entry.pool = Name::from(lot.pool.as_str());
         entry.credits = -left;
-        entry.lot = lot.id.clone();
+        entry.lot = lot.id.to_string();
         entry.lot_kind = Some(lot.kind);
         Some(entry)
     }
@@ -263,7 +268,7 @@ impl AccountState {
         }
         let (name, plan, payment, cycle) = (s.name.clone(), s.plan.clone(), s.payment, s.cycle);
         self.lots.push(Lot {
-            id: id.clone(),
+            id: Name::from(id.as_str()),
             pool: plan.pool.clone(),
             kind: LotKind::Included,
             granted: plan.credits,
@@ -409,7 +414,7 @@ impl AccountState {
             entry_type: EntryType::Usage,
             account: names.intern(call.account),
             time: call.time,
-            day: self.day_of(rules, call.time),
+            day: self.day_cache.day(self.timezone(rules), call.time),
             service: names.intern(call.source),
             user: names.intern(call.user),
             feature: names.intern(call.feature),
@@ -418,10 +423,10 @@ impl AccountState {
             status: call.status,
             pool: price.pool_name.clone(),
             credits: Credits::ZERO,
-            paid: Vec::new(),
+            paid: Payments::new(),
             shortfall: Credits::ZERO,
             matrix_version: price.version_name.clone(),
-            event_id: call.id.to_string(),
+            event_id: ShortText::from(call.id),
             lot: String::new(),
             lot_kind: None,
             payment_method: None,
@@ -445,7 +450,7 @@ impl AccountState {
             // The held lots pay first, each up to what it reserved (the reservation was
             // made in debit order when the hold was placed, so a lot whose end has passed
             // since, within the grace, still pays it); then the debit order for the rest.
-            let mut paid: Vec<Payment> = Vec::new();
+            let mut paid = Payments::new();
             for reservation in held.iter().filter(|p| p.kind != LotKind::Flex) {
                 let Some(lot) = self.lots.iter_mut().find(|lot| {
                     lot.id == reservation.lot
@@ -498,7 +503,7 @@ impl AccountState {
                     self.flex_used += take;
                     entry.shortfall -= take;
                     entry.paid.push(Payment {
-                        lot: FLEX_LOT.to_string(),
+                        lot: Name::from(FLEX_LOT),
                         kind: LotKind::Flex,
                         credits: take,
                     });
@@ -568,7 +573,7 @@ impl AccountState {
             return reject("the lot would expire before it takes effect".into());
         }
         let lot = Lot {
-            id: id.clone(),
+            id: Name::from(id.as_str()),
             pool: grant.pool.clone(),
             kind: grant.kind,
             granted: grant.credits,
@@ -626,9 +631,9 @@ impl AccountState {
         let mut entry = self.entry(rules, event, EntryType::Settlement);
         entry.pool = Name::from(pool);
         entry.credits = amount;
-        entry.lot = payment.lot.clone();
+        entry.lot = payment.lot.to_string();
         entry.lot_kind = Some(payment.kind);
-        entry.paid = vec![payment];
+        entry.paid = smallvec::smallvec![payment];
         entry.comment = "outstanding shortfall settled by this grant".into();
         Some(entry)
     }
@@ -853,10 +858,10 @@ pub(crate) fn blank_entry(
         status: Status::Succeeded,
         pool: Name::default(),
         credits: Credits::ZERO,
-        paid: Vec::new(),
+        paid: Payments::new(),
         shortfall: Credits::ZERO,
         matrix_version: Name::default(),
-        event_id: event_id.to_string(),
+        event_id: ShortText::from(event_id),
         lot: String::new(),
         lot_kind: None,
         payment_method: None,

@@ -12,17 +12,22 @@ use crate::event::borrowed::UsageEvent;
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
-use crate::names::Names;
+use crate::names::{Name, Names};
 use crate::rules::Rules;
 
+/// The entries of one payload: most make one, kept inline.
+pub type Entries = smallvec::SmallVec<[LedgerEntry; 1]>;
+
 /// What became of one payload.
+// A call's entry is inline in `Applied` on purpose: boxing it would be the allocation per
+// call this layout removes, and a `Step` is moved once, to its caller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
-    /// Applied to `account`, producing these entries (none for settings).
-    Applied {
-        account: String,
-        entries: Vec<LedgerEntry>,
-    },
+    /// Applied to `account`, producing these entries (none for settings). The account is
+    /// the partition's interned name and one entry (a call's) is held inline, so applying
+    /// a call allocates neither.
+    Applied { account: Name, entries: Entries },
     /// Already applied within the dedup window; nothing changes.
     Duplicate { account: String },
     /// Goes to the dead-letter topic with this reason.
@@ -110,8 +115,8 @@ impl Book {
                 Step {
                     due,
                     outcome: Outcome::Applied {
-                        account: call.account.to_string(),
-                        entries: vec![entry],
+                        account: entry.account.clone(),
+                        entries: smallvec::smallvec![entry],
                     },
                     alerts,
                     answer: None,
@@ -169,7 +174,7 @@ impl Book {
             if moves_deadlines {
                 self.schedule(rules, account);
             }
-            changed.push(account);
+            changed.push(account.as_str());
         }
         changed.sort_unstable();
         changed.dedup();
@@ -273,8 +278,8 @@ impl Book {
             Ok(applied) => {
                 self.seen.record(key, arrival);
                 let outcome = Outcome::Applied {
-                    account: event.account,
-                    entries: applied.entries,
+                    account: self.names.intern(&event.account),
+                    entries: applied.entries.into(),
                 };
                 (outcome, applied.answer)
             }

@@ -14,6 +14,7 @@ use crate::event::{Event, HoldRef, HoldRequest, Rejection, Release};
 use crate::ledger::{EntryType, LedgerEntry};
 pub use crate::ledger::{HoldUse, SettleOutcome};
 use crate::lots::{self, LotKind, Payment};
+use crate::names::Name;
 use crate::rules::{Rules, MAX_GRANT};
 
 pub use crate::hold_state::{
@@ -169,7 +170,7 @@ impl AccountState {
         // The check counted the flex room in, so what the lots left fits in it.
         if from_lots.shortfall.is_positive() {
             reserved.push(Payment {
-                lot: FLEX_RESERVATION.to_string(),
+                lot: Name::from(FLEX_RESERVATION),
                 kind: LotKind::Flex,
                 credits: from_lots.shortfall,
             });
@@ -184,7 +185,7 @@ impl AccountState {
             ttl: request.ttl,
             pool: price.pool.to_string(),
             credits: price.credits,
-            reserved,
+            reserved: reserved.into_vec(),
             placed_at: event.time,
             expires_at,
             status: HoldStatus::Open,
@@ -327,7 +328,7 @@ impl AccountState {
                 outcome: SettleOutcome::Expired,
                 held: released.iter().map(|p| p.credits).sum(),
             });
-            entry.paid = released;
+            entry.paid = released.into();
             entry.comment = format!("hold {id} expired unsettled; its credits are free again");
             entries.push(entry);
         }

@@ -52,7 +52,7 @@ pub fn after_step(book: &mut Book, step: &Step, global: bool) -> Vec<Notice> {
         let quiet = match &step.outcome {
             Outcome::Applied { account, .. } => book
                 .accounts
-                .get(account)
+                .get(account.as_str())
                 .is_none_or(|s| s.hooks.endpoints.is_empty() && s.hooks.top_up.is_none()),
             _ => true,
         };
@@ -85,7 +85,7 @@ pub fn after_step(book: &mut Book, step: &Step, global: bool) -> Vec<Notice> {
     }
     let mut changed: Vec<&str> = step.due.iter().map(|e| e.account.as_str()).collect();
     if let Outcome::Applied { account, .. } = &step.outcome {
-        changed.push(account);
+        changed.push(account.as_str());
     }
     changed.sort_unstable();
     changed.dedup();
@@ -214,7 +214,7 @@ fn lifecycle(entry: &LedgerEntry, state: &AccountState, at: DateTime<Utc>) -> Op
                 entry.service,
                 entry.event_id
             );
-            (kind, id, entry.shortfall, entry.event_id.clone())
+            (kind, id, entry.shortfall, entry.event_id.to_string())
         }
         _ => return None,
     };

@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::credits::Credits;
 use crate::event::Status;
-use crate::lots::{LotKind, Payment, PaymentMethod};
+use crate::lots::{LotKind, PaymentMethod, Payments};
 use crate::names::Name;
+use crate::short_text::ShortText;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,10 +61,11 @@ pub struct LedgerEntry {
     pub status: Status,
     pub pool: Name,
     pub credits: Credits,
-    pub paid: Vec<Payment>,
+    pub paid: Payments,
     pub shortfall: Credits,
     pub matrix_version: Name,
-    pub event_id: String,
+    /// Inline for ids of up to 38 bytes: copied from every call without an allocation.
+    pub event_id: ShortText,
     pub lot: String,
     pub lot_kind: Option<LotKind>,
     pub payment_method: Option<PaymentMethod>,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
+use crate::names::Name;
 
 /// What kind of grant a lot came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,7 +65,8 @@ pub enum Policy {
 /// One grant of credits and what is left of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
-    pub id: String,
+    /// Shared, so each payment names its lot without a copy of the id.
+    pub id: Name,
     pub pool: String,
     pub kind: LotKind,
     pub granted: Credits,
@@ -106,6 +108,26 @@ impl Lot {
             && self.expires_at.is_none_or(|end| at < end)
     }
 
+    /// The debit order between two lots: `order_key`'s order, compared field by field and
+    /// stopping at the first difference (no key built for each lot and comparison).
+    fn pays_before(&self, other: &Lot, policy: Policy) -> std::cmp::Ordering {
+        let explicit = |lot: &Lot| (lot.priority.is_none(), lot.priority.unwrap_or(0));
+        let kind = |lot: &Lot| lot.kind.rank();
+        let expiry = |lot: &Lot| (lot.expires_at.is_none(), lot.expires_at);
+        let order = explicit(self).cmp(&explicit(other));
+        let order = match policy {
+            Policy::EarliestExpiry => order
+                .then_with(|| expiry(self).cmp(&expiry(other)))
+                .then_with(|| kind(self).cmp(&kind(other))),
+            Policy::KindOrder => order
+                .then_with(|| kind(self).cmp(&kind(other)))
+                .then_with(|| expiry(self).cmp(&expiry(other))),
+        };
+        let order = order.then_with(|| self.seq.cmp(&other.seq));
+        debug_assert_eq!(order, self.order_key(policy).cmp(&other.order_key(policy)));
+        order
+    }
+
     /// Sort key: the smallest key pays first. Never-expiring lots sort after expiring ones.
     fn order_key(&self, policy: Policy) -> (bool, i32, u8, bool, Option<DateTime<Utc>>, u8, u64) {
         let explicit = (self.priority.is_none(), self.priority.unwrap_or(0));
@@ -136,15 +158,19 @@ impl Lot {
 /// One lot's share of a debit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
-    pub lot: String,
+    pub lot: Name,
     pub kind: LotKind,
     pub credits: Credits,
 }
 
+/// The lots that paid one call: inline for the common one or two, so a call's entry
+/// allocates no list.
+pub type Payments = smallvec::SmallVec<[Payment; 2]>;
+
 /// The result of a debit: who paid, and what nobody could.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Debit {
-    pub paid: Vec<Payment>,
+    pub paid: Payments,
     pub shortfall: Credits,
 }
 
@@ -196,7 +222,7 @@ fn take(
         let next = lots
             .iter_mut()
             .filter(|lot| lot.usable(pool, at))
-            .min_by_key(|lot| lot.order_key(policy));
+            .min_by(|a, b| a.pays_before(b, policy));
         let Some(lot) = next else { break };
         // `usable` means free credits are positive; taking at most those keeps
         // `held <= remaining` on every lot.
@@ -247,7 +273,7 @@ mod tests {
         debit(lots, "ai", total, t(5), policy)
             .paid
             .into_iter()
-            .map(|p| p.lot)
+            .map(|p| p.lot.to_string())
             .collect()
     }
 

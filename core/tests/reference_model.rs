@@ -1088,7 +1088,10 @@ fn to_json(input: &Input) -> String {
 
 fn outcome_of(outcome: Outcome) -> reference::Outcome {
     match outcome {
-        Outcome::Applied { account, entries } => reference::Outcome::Applied { account, entries },
+        Outcome::Applied { account, entries } => reference::Outcome::Applied {
+            account: account.to_string(),
+            entries: entries.into_vec(),
+        },
         Outcome::Duplicate { account } => reference::Outcome::Duplicate { account },
         Outcome::Rejected(_) => reference::Outcome::Rejected,
         Outcome::Tick => reference::Outcome::Tick,
@@ -1131,7 +1134,7 @@ fn engine_view(state: &AccountState, clock: Time) -> AccountView {
         .map(|l| {
             (
                 (
-                    l.id.clone(),
+                    l.id.to_string(),
                     l.pool.clone(),
                     l.kind,
                     l.granted,

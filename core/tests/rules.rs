@@ -118,7 +118,7 @@ impl Harness {
 
     fn ok_at(&mut self, payload: &str, arrival: DateTime<Utc>) -> Vec<LedgerEntry> {
         match self.send(payload, arrival) {
-            Outcome::Applied { entries, .. } => entries,
+            Outcome::Applied { entries, .. } => entries.into_vec(),
             other => panic!("expected Applied for {payload}, got {other:?}"),
         }
     }

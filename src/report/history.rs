@@ -102,7 +102,7 @@ pub async fn load(client: &Client, account: &str, purchases: bool) -> Result<His
         .await
         .map_err(ReportError::read("lots"))?
         .into_iter()
-        .map(|lot| (lot.id.clone(), lot))
+        .map(|lot| (lot.id.to_string(), lot))
         .collect();
     let expires = |lot: &str| {
         lots.get(lot)

@@ -246,7 +246,7 @@ impl PartitionWork {
                 (Some(answer), Outcome::Applied { account, .. }) => self.decided.push((
                     offset,
                     Decided::Answer {
-                        account: account.clone(),
+                        account: account.to_string(),
                         answer: Box::new(answer.clone()),
                     },
                 )),
@@ -282,10 +282,12 @@ impl PartitionWork {
                     };
                     self.record(entry_id, entry, usage_offset);
                 }
-                if !self.unpublished.contains(&account) {
-                    self.unpublished.insert(account.clone());
+                if !self.unpublished.contains(account.as_str()) {
+                    self.unpublished.insert(account.to_string());
                 }
-                self.touched.insert(account);
+                if !self.touched.contains(account.as_str()) {
+                    self.touched.insert(account.to_string());
+                }
             }
             Outcome::Tick => {}
             Outcome::Duplicate { .. } => {

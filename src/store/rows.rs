@@ -152,7 +152,7 @@ impl LedgerRow {
         let mut paid_kinds = Vec::with_capacity(entry.paid.len());
         let mut paid_credits = Vec::with_capacity(entry.paid.len());
         for payment in entry.paid {
-            paid_lots.push(payment.lot);
+            paid_lots.push(payment.lot.into());
             paid_kinds.push(payment.kind.as_str().to_string());
             paid_credits.push(payment.credits.milli());
         }
@@ -183,7 +183,7 @@ impl LedgerRow {
             paid_credits,
             shortfall: entry.shortfall.milli(),
             matrix_version: entry.matrix_version.into(),
-            event_id: entry.event_id,
+            event_id: entry.event_id.into(),
             lot: entry.lot,
             lot_kind: entry
                 .lot_kind
@@ -208,7 +208,7 @@ impl LotRow {
     pub fn new(account: &str, lot: &Lot, version: u64) -> Self {
         LotRow {
             account: account.to_string(),
-            lot: lot.id.clone(),
+            lot: lot.id.to_string(),
             pool: lot.pool.clone(),
             kind: lot.kind.as_str().to_string(),
             granted: lot.granted.milli(),
@@ -232,7 +232,7 @@ impl LotRow {
     pub fn to_lot(&self) -> Result<Lot, super::StoreError> {
         let kind = super::stored(&LotKind::ALL, LotKind::as_str, "lots", "kind", &self.kind)?;
         Ok(Lot {
-            id: self.lot.clone(),
+            id: self.lot.as_str().into(),
             pool: self.pool.clone(),
             kind,
             granted: Credits::from_milli(self.granted),

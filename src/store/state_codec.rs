@@ -186,7 +186,7 @@ impl From<&AccountState> for StoredState {
                 .lots
                 .iter()
                 .map(|lot| StoredLot {
-                    id: lot.id.clone(),
+                    id: lot.id.to_string(),
                     pool: lot.pool.clone(),
                     kind: lot.kind,
                     granted: lot.granted.milli(),
@@ -257,7 +257,7 @@ impl From<&AccountState> for StoredState {
                     reserved: h
                         .reserved
                         .iter()
-                        .map(|p| (p.lot.clone(), p.kind, p.credits.milli()))
+                        .map(|p| (p.lot.to_string(), p.kind, p.credits.milli()))
                         .collect(),
                     placed_at: time(h.placed_at),
                     expires_at: time(h.expires_at),
@@ -278,7 +278,7 @@ impl TryFrom<StoredState> for AccountState {
             .into_iter()
             .map(|lot| {
                 Ok(Lot {
-                    id: lot.id,
+                    id: lot.id.into(),
                     pool: lot.pool,
                     kind: lot.kind,
                     granted: Credits::from_milli(lot.granted),
@@ -345,7 +345,7 @@ impl TryFrom<StoredState> for AccountState {
                         .reserved
                         .into_iter()
                         .map(|(lot, kind, c)| Payment {
-                            lot,
+                            lot: lot.into(),
                             kind,
                             credits: Credits::from_milli(c),
                         })
@@ -360,6 +360,7 @@ impl TryFrom<StoredState> for AccountState {
             .collect::<Result<_, CodecError>>()?;
         Ok(AccountState {
             lots,
+            day_cache: Default::default(),
             next_seq: s.next_seq,
             timezone: s.timezone.as_deref().map(tz).transpose()?,
             policy: s.policy,

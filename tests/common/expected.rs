@@ -67,7 +67,7 @@ pub fn expect(rules: &Rules, events: &[Value], arrival: DateTime<Utc>) -> Expect
             for entry in entries {
                 let key = (
                     entry.account.to_string(),
-                    entry.event_id.clone(),
+                    entry.event_id.to_string(),
                     entry.entry_type.as_str().to_string(),
                 );
                 let paid = Paid {
@@ -75,7 +75,7 @@ pub fn expect(rules: &Rules, events: &[Value], arrival: DateTime<Utc>) -> Expect
                     paid: entry
                         .paid
                         .iter()
-                        .map(|p| (p.lot.clone(), p.credits.milli()))
+                        .map(|p| (p.lot.to_string(), p.credits.milli()))
                         .collect(),
                     shortfall: entry.shortfall.milli(),
                 };

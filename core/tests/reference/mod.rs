@@ -378,10 +378,10 @@ fn blank(account: &str, time: Time, tz: Tz, service: &str, event_id: &str) -> Le
         status: Status::Succeeded,
         pool: String::new().into(),
         credits: Credits::ZERO,
-        paid: Vec::new(),
+        paid: Default::default(),
         shortfall: Credits::ZERO,
         matrix_version: String::new().into(),
-        event_id: event_id.to_string(),
+        event_id: event_id.into(),
         lot: String::new(),
         lot_kind: None,
         payment_method: None,
@@ -717,14 +717,14 @@ impl Account {
             let take = self.free(i).min(left);
             left -= take;
             reserved.push(Payment {
-                lot: self.lots[i].id.clone(),
+                lot: self.lots[i].id.clone().into(),
                 kind: self.lots[i].kind,
                 credits: take,
             });
         }
         if left > Credits::ZERO {
             reserved.push(Payment {
-                lot: "flex".to_string(),
+                lot: "flex".into(),
                 kind: LotKind::Flex,
                 credits: left,
             });
@@ -796,7 +796,7 @@ impl Account {
             entry.feature = hold.feature.clone().into();
             entry.variant = hold.variant.clone().unwrap_or_default().into();
             entry.quantity = hold.quantity;
-            entry.paid = hold.reserved.clone();
+            entry.paid = hold.reserved.iter().cloned().collect();
             entry.hold = Some(HoldUse {
                 id: id.clone(),
                 outcome: SettleOutcome::Expired,
@@ -1022,7 +1022,7 @@ impl Account {
             match entry.paid.iter_mut().find(|p| p.lot == lot.id) {
                 Some(p) => p.credits += take,
                 None => entry.paid.push(Payment {
-                    lot: lot.id.clone(),
+                    lot: lot.id.clone().into(),
                     kind: lot.kind,
                     credits: take,
                 }),
@@ -1050,7 +1050,7 @@ impl Account {
             let take = room.min(left);
             if take > Credits::ZERO {
                 entry.paid.push(Payment {
-                    lot: "flex".to_string(),
+                    lot: "flex".into(),
                     kind: LotKind::Flex,
                     credits: take,
                 });
@@ -1143,11 +1143,13 @@ impl Account {
                 let mut entry = self.entry(rules, event, EntryType::Settlement);
                 entry.pool = pool.into();
                 entry.credits = amount;
-                entry.paid = vec![Payment {
-                    lot: id.clone(),
+                entry.paid = [Payment {
+                    lot: id.clone().into(),
                     kind: g.kind,
                     credits: amount,
-                }];
+                }]
+                .into_iter()
+                .collect();
                 entry.lot = id;
                 entry.lot_kind = Some(g.kind);
                 entry.comment = "outstanding shortfall settled by this grant".to_string();
