@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -14,6 +15,19 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 const DROPPED_GRACE: Duration = Duration::from_secs(5);
 /// How long an idle worker sleeps when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(600);
+
+/// Since when a starting worker resends what an earlier process left unfinished: the last
+/// `resend_within`; `None` when it resends nothing.
+pub(crate) fn resend_since(resend_within: Duration) -> Option<DateTime<Utc>> {
+    if resend_within.is_zero() {
+        return None;
+    }
+    let since = chrono::TimeDelta::from_std(resend_within)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .unwrap_or(DateTime::UNIX_EPOCH);
+    Some(since)
+}
 
 /// What a handle tells its worker.
 pub(crate) enum Command<T> {

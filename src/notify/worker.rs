@@ -581,13 +581,9 @@ impl Worker {
     /// Alerts a crashed process recorded but did not deliver: pending ones go through
     /// the limits again, held-back ones wait for their digest.
     async fn recover(&mut self) {
-        if self.resend_within.is_zero() {
+        let Some(since) = queue::resend_since(self.resend_within) else {
             return;
-        }
-        let since = chrono::TimeDelta::from_std(self.resend_within)
-            .ok()
-            .and_then(|d| Utc::now().checked_sub_signed(d))
-            .unwrap_or(DateTime::UNIX_EPOCH);
+        };
         let rows = match table::unfinished(&self.store, since).await {
             Ok(rows) => rows,
             Err(e) => {

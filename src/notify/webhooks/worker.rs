@@ -426,13 +426,9 @@ impl Worker {
 
     /// Deliveries a crashed process left pending.
     async fn recover(&mut self) {
-        if self.resend_within.is_zero() {
+        let Some(since) = queue::resend_since(self.resend_within) else {
             return;
-        }
-        let since = chrono::TimeDelta::from_std(self.resend_within)
-            .ok()
-            .and_then(|d| Utc::now().checked_sub_signed(d))
-            .unwrap_or(DateTime::UNIX_EPOCH);
+        };
         let rows = match table::unfinished(&self.store, since).await {
             Ok(rows) => rows,
             Err(e) => {
