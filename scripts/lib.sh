@@ -18,6 +18,18 @@ MAILDEV="$STACK/maildev/node_modules/.bin/maildev"
 log() { echo "[stack] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# apt_install PKG...: install Debian packages (logged to .stack/logs/install-apt.log),
+# running apt-get update only when the install fails, and waiting for another apt-get's lock
+# instead of failing (stack scripts may install at the same time).
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  local opts=(-y -q -o DPkg::Lock::Timeout=600)
+  apt-get install "${opts[@]}" "$@" >>"$LOGS/install-apt.log" 2>&1 ||
+    { apt-get update -q -o DPkg::Lock::Timeout=600 >>"$LOGS/install-apt.log" 2>&1 &&
+      apt-get install "${opts[@]}" "$@" >>"$LOGS/install-apt.log" 2>&1; } ||
+    { tail -n 20 "$LOGS/install-apt.log" >&2; die "apt-get install $* failed"; }
+}
+
 # pid_alive NAME: true if .stack/NAME.pid names a live process.
 pid_alive() {
   local f="$STACK/$1.pid"

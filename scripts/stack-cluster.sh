@@ -50,14 +50,6 @@ fi
 stop_other_checkouts
 
 # ---- installs ----------------------------------------------------------------------------
-apt_install() {   # apt_install PKG...: waits for another apt-get's lock instead of failing
-  export DEBIAN_FRONTEND=noninteractive
-  local opts=(-y -q -o DPkg::Lock::Timeout=600)
-  apt-get install "${opts[@]}" "$@" >>"$LOGS/install-apt.log" 2>&1 ||
-    { apt-get update -q -o DPkg::Lock::Timeout=600 >>"$LOGS/install-apt.log" 2>&1 &&
-      apt-get install "${opts[@]}" "$@" >>"$LOGS/install-apt.log" 2>&1; } ||
-    { tail -n 20 "$LOGS/install-apt.log" >&2; die "apt-get install $* failed"; }
-}
 ZK_JAR=/usr/share/java/zookeeper.jar   # its manifest names the jars it needs
 missing=()
 [[ -f $ZK_JAR ]] || missing+=(zookeeper)

@@ -9,13 +9,6 @@ stop_other_checkouts
 mkdir -p "$LOGS"
 
 # ---- installs ----------------------------------------------------------------------------
-apt_install() {   # apt_install PKG...: install, running apt-get update only if needed
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q "$@" >>"$LOGS/install-apt.log" 2>&1 ||
-    { apt-get update -q >>"$LOGS/install-apt.log" 2>&1 &&
-      apt-get install -y -q "$@" >>"$LOGS/install-apt.log" 2>&1; } ||
-    { tail -n 20 "$LOGS/install-apt.log" >&2; die "apt-get install $* failed"; }
-}
 missing=()
 [[ -x $CLICKHOUSE_SERVER ]] || missing+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || missing+=(clickhouse-client)
