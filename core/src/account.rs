@@ -13,7 +13,7 @@ use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, 
 use crate::hold_state::{Answer, Holds};
 use crate::ledger::{EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
-use crate::names::{Name, Names};
+use crate::names::{Name, Names, OwnName};
 use crate::plans::{self, Subscription};
 use crate::short_text::ShortText;
 
@@ -28,6 +28,9 @@ pub struct AccountState {
     /// The day of the last call, so the next call on it skips the zone's rules.
     #[serde(skip)]
     pub day_cache: DayCache,
+    /// The account's interned name, so its calls skip the partition's table.
+    #[serde(skip)]
+    pub own_name: OwnName,
     /// Grant order, for the last tie-break between lots.
     pub next_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -412,13 +415,13 @@ impl AccountState {
         let mut entry = LedgerEntry {
             id: None,
             entry_type: EntryType::Usage,
-            account: names.intern(call.account),
+            account: self.own_name.get(names, call.account),
             time: call.time,
             day: self.day_cache.day(self.timezone(rules), call.time),
             service: names.intern(call.source),
             user: names.intern(call.user),
-            feature: names.intern(call.feature),
-            variant: call.variant.map_or_else(Name::default, |v| names.intern(v)),
+            feature: price.feature_name.clone(),
+            variant: price.variant_name.cloned().unwrap_or_default(),
             quantity: call.quantity,
             status: call.status,
             pool: price.pool_name.clone(),
