@@ -11,7 +11,7 @@ use crate::credits::Credits;
 use crate::day_cache::DayCache;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::hold_state::{Answer, Holds};
-use crate::ledger::{EntryType, LedgerEntry};
+use crate::ledger::{Entries, EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
 use crate::names::{Name, Names, OwnName};
 use crate::plans::{self, Subscription};
@@ -339,7 +339,9 @@ impl AccountState {
         let entries = match &event.body {
             Body::Usage(usage) => {
                 let call = Call::of(event, usage);
-                self.usage(rules, &call, arrival, names).map(|e| vec![e])
+                let mut entries = Entries::new();
+                self.usage_into(rules, &call, arrival, names, &mut entries)
+                    .map(|_| entries.into_vec())
             }
             Body::Grant(grant) => self.grant(rules, event, grant),
             Body::Void(void) => self.void(rules, event, void).map(|e| vec![e]),
@@ -379,17 +381,19 @@ impl AccountState {
         entry
     }
 
-    /// Debits one call whose time the caller checked ([`check_time`]). Its names are
-    /// interned in `names` (the pool and matrix version come named from the matrix): the
-    /// entry copies no string of the call but its event id (and a comment, when there is
-    /// one).
-    pub fn usage(
+    /// Debits one call whose time the caller checked ([`check_time`]), pushing its entry
+    /// onto `entries` (where the caller keeps it, so it is not moved again) and returning
+    /// the account's shared name. Its names are interned in `names` (the feature, variant,
+    /// pool and matrix version come named from the matrix): the entry copies no string of
+    /// the call but its event id (and a comment, when there is one).
+    pub fn usage_into(
         &mut self,
         rules: &Rules,
         call: &Call<'_>,
         arrival: DateTime<Utc>,
         names: &mut Names,
-    ) -> Result<LedgerEntry, Rejection> {
+        entries: &mut Entries,
+    ) -> Result<Name, Rejection> {
         // Failed calls are priced too, so an unknown feature is caught either way.
         let price = rules
             .matrix
@@ -412,10 +416,11 @@ impl AccountState {
                 )));
             }
         }
-        let mut entry = LedgerEntry {
+        let account = self.own_name.get(names, call.account);
+        entries.push(LedgerEntry {
             id: None,
             entry_type: EntryType::Usage,
-            account: self.own_name.get(names, call.account),
+            account: account.clone(),
             time: call.time,
             day: self.day_cache.day(self.timezone(rules), call.time),
             service: names.intern(call.source),
@@ -436,7 +441,10 @@ impl AccountState {
             payment_reference: String::new(),
             comment: call.comment.unwrap_or_default().to_string(),
             hold: None,
-        };
+        });
+        // Just pushed: the entry is the last.
+        let last = entries.len() - 1;
+        let entry = &mut entries[last];
         // The call happened, so the hold it names closes now, failed or not: a failed
         // call pays nothing and its hold gives everything back.
         let held = match call.hold {
@@ -516,7 +524,7 @@ impl AccountState {
                 *self.shortfall.entry(entry.pool.to_string()).or_default() += entry.shortfall;
             }
         }
-        Ok(entry)
+        Ok(account)
     }
 
     fn grant(

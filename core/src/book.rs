@@ -15,8 +15,7 @@ use crate::ledger::LedgerEntry;
 use crate::names::{Name, Names};
 use crate::rules::Rules;
 
-/// The entries of one payload: most make one, kept inline.
-pub type Entries = smallvec::SmallVec<[LedgerEntry; 1]>;
+pub use crate::ledger::Entries;
 
 /// What became of one payload.
 // A call's entry is inline in `Applied` on purpose: boxing it would be the allocation per
@@ -104,20 +103,21 @@ impl Book {
         let Some(state) = self.accounts.get_mut(call.account) else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
-        let applied = account::check_time(rules, call.time, arrival)
-            .and_then(|()| state.usage(rules, &call, arrival, &mut self.names));
+        // The call's entry is written where the step holds it: it is large, and moving it
+        // from the debit to the outcome to the step cost more than the debit's own work.
+        let mut entries = Entries::new();
+        let applied = account::check_time(rules, call.time, arrival).and_then(|()| {
+            state.usage_into(rules, &call, arrival, &mut self.names, &mut entries)
+        });
         match applied {
-            Ok(entry) => {
+            Ok(account) => {
                 self.seen.record(key, arrival);
                 // A call that settles no hold moves no deadline (see `apply`).
                 let at = self.clock.unwrap_or(arrival);
                 let alerts = crate::alerting::evaluate(state, rules, call.account, at);
                 Step {
                     due,
-                    outcome: Outcome::Applied {
-                        account: entry.account.clone(),
-                        entries: smallvec::smallvec![entry],
-                    },
+                    outcome: Outcome::Applied { account, entries },
                     alerts,
                     answer: None,
                 }
