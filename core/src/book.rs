@@ -106,9 +106,8 @@ impl Book {
         // The call's entry is written where the step holds it: it is large, and moving it
         // from the debit to the outcome to the step cost more than the debit's own work.
         let mut entries = Entries::new();
-        let applied = account::check_time(rules, call.time, arrival).and_then(|()| {
-            state.usage_into(rules, &call, arrival, &mut self.names, &mut entries)
-        });
+        let applied = account::check_time(rules, call.time, arrival)
+            .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.names, &mut entries));
         match applied {
             Ok(account) => {
                 self.seen.record(key, arrival);
