@@ -77,6 +77,16 @@ pub struct AccountState {
 
 /// What applying one event decided: its ledger entries, and for hold and release
 /// commands the answer the caller waits for.
+/// What the accounts of one partition share while deciding, so each need not make it
+/// again: the interned names of their entries and the last calendar day looked up (the
+/// accounts of a partition mostly share a time zone, so an account's first call of a day
+/// seldom has to work the day out from the zone's rules).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub names: Names,
+    pub day: DayCache,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub entries: Vec<LedgerEntry>,
@@ -324,23 +334,23 @@ impl AccountState {
         event: &Event,
         arrival: DateTime<Utc>,
     ) -> Result<Applied, Rejection> {
-        self.decide_with(rules, event, arrival, &mut Names::default())
+        self.decide_with(rules, event, arrival, &mut Shared::default())
     }
 
-    /// [`AccountState::decide`] with the partition's names.
+    /// [`AccountState::decide`] with what the partition's accounts share.
     pub fn decide_with(
         &mut self,
         rules: &Rules,
         event: &Event,
         arrival: DateTime<Utc>,
-        names: &mut Names,
+        shared: &mut Shared,
     ) -> Result<Applied, Rejection> {
         check_time(rules, event.time, arrival)?;
         let entries = match &event.body {
             Body::Usage(usage) => {
                 let call = Call::of(event, usage);
                 let mut entries = Entries::new();
-                self.usage_into(rules, &call, arrival, names, &mut entries)
+                self.usage_into(rules, &call, arrival, shared, &mut entries)
                     .map(|_| entries.into_vec())
             }
             Body::Grant(grant) => self.grant(rules, event, grant),
@@ -383,7 +393,7 @@ impl AccountState {
 
     /// Debits one call whose time the caller checked ([`check_time`]), pushing its entry
     /// onto `entries` (where the caller keeps it, so it is not moved again) and returning
-    /// the account's shared name. Its names are interned in `names` (the feature, variant,
+    /// the account's shared name. Its names are interned in `shared` (the feature, variant,
     /// pool and matrix version come named from the matrix): the entry copies no string of
     /// the call but its event id (and a comment, when there is one).
     pub fn usage_into(
@@ -391,7 +401,7 @@ impl AccountState {
         rules: &Rules,
         call: &Call<'_>,
         arrival: DateTime<Utc>,
-        names: &mut Names,
+        shared: &mut Shared,
         entries: &mut Entries,
     ) -> Result<Name, Rejection> {
         // Failed calls are priced too, so an unknown feature is caught either way.
@@ -416,15 +426,15 @@ impl AccountState {
                 )));
             }
         }
-        let account = self.own_name.get(names, call.account);
+        let account = self.own_name.get(&mut shared.names, call.account);
         entries.push(LedgerEntry {
             id: None,
             entry_type: EntryType::Usage,
             account: account.clone(),
             time: call.time,
-            day: self.day_cache.day(self.timezone(rules), call.time),
-            service: names.intern(call.source),
-            user: names.intern(call.user),
+            day: (self.day_cache).day_shared(&mut shared.day, self.timezone(rules), call.time),
+            service: shared.names.intern(call.source),
+            user: shared.names.intern(call.user),
             feature: price.feature_name.clone(),
             variant: price.variant_name.cloned().unwrap_or_default(),
             quantity: call.quantity,

@@ -5,14 +5,14 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::account::{self, AccountState, Call};
+use crate::account::{self, AccountState, Call, Shared};
 use crate::alerts::Alert;
 use crate::dedup::{self, Seen};
 use crate::event::borrowed::UsageEvent;
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
-use crate::names::{Name, Names};
+use crate::names::Name;
 use crate::rules::Rules;
 
 pub use crate::ledger::Entries;
@@ -61,8 +61,8 @@ pub struct Book {
     timers: BTreeSet<(DateTime<Utc>, String)>,
     deadlines: rustc_hash::FxHashMap<String, DateTime<Utc>>,
     timers_built: bool,
-    /// The partition's interned names, shared by its ledger entries.
-    names: Names,
+    /// The partition's interned names, shared by its ledger entries, and its last day.
+    shared: Shared,
 }
 
 impl Book {
@@ -107,7 +107,7 @@ impl Book {
         // from the debit to the outcome to the step cost more than the debit's own work.
         let mut entries = Entries::new();
         let applied = account::check_time(rules, call.time, arrival)
-            .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.names, &mut entries));
+            .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.shared, &mut entries));
         match applied {
             Ok(account) => {
                 self.seen.record(key, arrival);
@@ -263,10 +263,10 @@ impl Book {
         // Apply to a scratch copy only when the account is new, so a rejected first event
         // leaves no empty account behind.
         let result = match self.accounts.get_mut(&event.account) {
-            Some(state) => state.decide_with(rules, &event, arrival, &mut self.names),
+            Some(state) => state.decide_with(rules, &event, arrival, &mut self.shared),
             None => {
                 let mut state = AccountState::default();
-                let result = state.decide_with(rules, &event, arrival, &mut self.names);
+                let result = state.decide_with(rules, &event, arrival, &mut self.shared);
                 if result.is_ok() {
                     self.accounts.insert(event.account.clone(), state);
                 }
@@ -277,7 +277,7 @@ impl Book {
             Ok(applied) => {
                 self.seen.record(key, arrival);
                 let outcome = Outcome::Applied {
-                    account: self.names.intern(&event.account),
+                    account: self.shared.names.intern(&event.account),
                     entries: applied.entries.into(),
                 };
                 (outcome, applied.answer)
