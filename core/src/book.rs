@@ -103,8 +103,8 @@ impl Book {
         let Some(state) = self.accounts.get_mut(call.account) else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
-        // The call's entry is written where the step holds it: it is large, and moving it
-        // from the debit to the outcome to the step cost more than the debit's own work.
+        // The debit pushes the call's entry into the entries the step takes: it is large,
+        // and each move of it (debit to outcome to step) cost a `memcpy` of its size.
         let mut entries = Entries::new();
         let applied = account::check_time(rules, call.time, arrival)
             .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.shared, &mut entries));
