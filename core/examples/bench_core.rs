@@ -146,7 +146,7 @@ fn run_calls(book: &mut Book, rules: &Rules, calls: &[(Vec<u8>, DateTime<Utc>)])
             Outcome::Duplicate { .. } => counts.duplicates += 1,
             Outcome::Rejected(_) | Outcome::Tick => counts.rejected += 1,
         }
-        std::hint::black_box(step);
+        std::hint::black_box(&step);
     }
     counts
 }

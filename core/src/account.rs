@@ -11,9 +11,9 @@ use crate::credits::Credits;
 use crate::day_cache::DayCache;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
 use crate::hold_state::{Answer, Holds};
-use crate::ledger::{EntryType, LedgerEntry};
+use crate::ledger::{Entries, EntryType, LedgerEntry};
 use crate::lots::{self, Lot, LotKind, Payment, Payments, Policy};
-use crate::names::{Name, Names};
+use crate::names::{Name, Names, OwnName};
 use crate::plans::{self, Subscription};
 use crate::short_text::ShortText;
 
@@ -28,6 +28,9 @@ pub struct AccountState {
     /// The day of the last call, so the next call on it skips the zone's rules.
     #[serde(skip)]
     pub day_cache: DayCache,
+    /// The account's interned name, so its calls skip the partition's table.
+    #[serde(skip)]
+    pub own_name: OwnName,
     /// Grant order, for the last tie-break between lots.
     pub next_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +77,16 @@ pub struct AccountState {
 
 /// What applying one event decided: its ledger entries, and for hold and release
 /// commands the answer the caller waits for.
+/// What the accounts of one partition share while deciding, so each need not make it
+/// again: the interned names of their entries and the last calendar day looked up (the
+/// accounts of a partition mostly share a time zone, so an account's first call of a day
+/// seldom has to work the day out from the zone's rules).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub names: Names,
+    pub day: DayCache,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub entries: Vec<LedgerEntry>,
@@ -321,22 +334,24 @@ impl AccountState {
         event: &Event,
         arrival: DateTime<Utc>,
     ) -> Result<Applied, Rejection> {
-        self.decide_with(rules, event, arrival, &mut Names::default())
+        self.decide_with(rules, event, arrival, &mut Shared::default())
     }
 
-    /// [`AccountState::decide`] with the partition's names.
+    /// [`AccountState::decide`] with what the partition's accounts share.
     pub fn decide_with(
         &mut self,
         rules: &Rules,
         event: &Event,
         arrival: DateTime<Utc>,
-        names: &mut Names,
+        shared: &mut Shared,
     ) -> Result<Applied, Rejection> {
         check_time(rules, event.time, arrival)?;
         let entries = match &event.body {
             Body::Usage(usage) => {
                 let call = Call::of(event, usage);
-                self.usage(rules, &call, arrival, names).map(|e| vec![e])
+                let mut entries = Entries::new();
+                self.usage_into(rules, &call, arrival, shared, &mut entries)
+                    .map(|_| entries.into_vec())
             }
             Body::Grant(grant) => self.grant(rules, event, grant),
             Body::Void(void) => self.void(rules, event, void).map(|e| vec![e]),
@@ -376,17 +391,19 @@ impl AccountState {
         entry
     }
 
-    /// Debits one call whose time the caller checked ([`check_time`]). Its names are
-    /// interned in `names` (the pool and matrix version come named from the matrix): the
-    /// entry copies no string of the call but its event id (and a comment, when there is
-    /// one).
-    pub fn usage(
+    /// Debits one call whose time the caller checked ([`check_time`]), pushing its entry
+    /// onto `entries` (where the caller keeps it, so it is not moved again) and returning
+    /// the account's shared name. Its names are interned in `shared` (the feature, variant,
+    /// pool and matrix version come named from the matrix): the entry copies no string of
+    /// the call but its event id (and a comment, when there is one).
+    pub fn usage_into(
         &mut self,
         rules: &Rules,
         call: &Call<'_>,
         arrival: DateTime<Utc>,
-        names: &mut Names,
-    ) -> Result<LedgerEntry, Rejection> {
+        shared: &mut Shared,
+        entries: &mut Entries,
+    ) -> Result<Name, Rejection> {
         // Failed calls are priced too, so an unknown feature is caught either way.
         let price = rules
             .matrix
@@ -409,16 +426,17 @@ impl AccountState {
                 )));
             }
         }
-        let mut entry = LedgerEntry {
+        let account = self.own_name.get(&mut shared.names, call.account);
+        entries.push(LedgerEntry {
             id: None,
             entry_type: EntryType::Usage,
-            account: names.intern(call.account),
+            account: account.clone(),
             time: call.time,
-            day: self.day_cache.day(self.timezone(rules), call.time),
-            service: names.intern(call.source),
-            user: names.intern(call.user),
-            feature: names.intern(call.feature),
-            variant: call.variant.map_or_else(Name::default, |v| names.intern(v)),
+            day: (self.day_cache).day_shared(&mut shared.day, self.timezone(rules), call.time),
+            service: shared.names.intern(call.source),
+            user: shared.names.intern(call.user),
+            feature: price.feature_name.clone(),
+            variant: price.variant_name.cloned().unwrap_or_default(),
             quantity: call.quantity,
             status: call.status,
             pool: price.pool_name.clone(),
@@ -433,7 +451,10 @@ impl AccountState {
             payment_reference: String::new(),
             comment: call.comment.unwrap_or_default().to_string(),
             hold: None,
-        };
+        });
+        // Just pushed: the entry is the last.
+        let last = entries.len() - 1;
+        let entry = &mut entries[last];
         // The call happened, so the hold it names closes now, failed or not: a failed
         // call pays nothing and its hold gives everything back.
         let held = match call.hold {
@@ -513,7 +534,7 @@ impl AccountState {
                 *self.shortfall.entry(entry.pool.to_string()).or_default() += entry.shortfall;
             }
         }
-        Ok(entry)
+        Ok(account)
     }
 
     fn grant(

@@ -5,18 +5,17 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::account::{self, AccountState, Call};
+use crate::account::{self, AccountState, Call, Shared};
 use crate::alerts::Alert;
 use crate::dedup::{self, Seen};
 use crate::event::borrowed::UsageEvent;
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
 use crate::ledger::LedgerEntry;
-use crate::names::{Name, Names};
+use crate::names::Name;
 use crate::rules::Rules;
 
-/// The entries of one payload: most make one, kept inline.
-pub type Entries = smallvec::SmallVec<[LedgerEntry; 1]>;
+pub use crate::ledger::Entries;
 
 /// What became of one payload.
 // A call's entry is inline in `Applied` on purpose: boxing it would be the allocation per
@@ -62,8 +61,8 @@ pub struct Book {
     timers: BTreeSet<(DateTime<Utc>, String)>,
     deadlines: rustc_hash::FxHashMap<String, DateTime<Utc>>,
     timers_built: bool,
-    /// The partition's interned names, shared by its ledger entries.
-    names: Names,
+    /// The partition's interned names, shared by its ledger entries, and its last day.
+    shared: Shared,
 }
 
 impl Book {
@@ -104,20 +103,20 @@ impl Book {
         let Some(state) = self.accounts.get_mut(call.account) else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
+        // The debit pushes the call's entry into the entries the step takes: it is large,
+        // and each move of it (debit to outcome to step) cost a `memcpy` of its size.
+        let mut entries = Entries::new();
         let applied = account::check_time(rules, call.time, arrival)
-            .and_then(|()| state.usage(rules, &call, arrival, &mut self.names));
+            .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.shared, &mut entries));
         match applied {
-            Ok(entry) => {
+            Ok(account) => {
                 self.seen.record(key, arrival);
                 // A call that settles no hold moves no deadline (see `apply`).
                 let at = self.clock.unwrap_or(arrival);
                 let alerts = crate::alerting::evaluate(state, rules, call.account, at);
                 Step {
                     due,
-                    outcome: Outcome::Applied {
-                        account: entry.account.clone(),
-                        entries: smallvec::smallvec![entry],
-                    },
+                    outcome: Outcome::Applied { account, entries },
                     alerts,
                     answer: None,
                 }
@@ -264,10 +263,10 @@ impl Book {
         // Apply to a scratch copy only when the account is new, so a rejected first event
         // leaves no empty account behind.
         let result = match self.accounts.get_mut(&event.account) {
-            Some(state) => state.decide_with(rules, &event, arrival, &mut self.names),
+            Some(state) => state.decide_with(rules, &event, arrival, &mut self.shared),
             None => {
                 let mut state = AccountState::default();
-                let result = state.decide_with(rules, &event, arrival, &mut self.names);
+                let result = state.decide_with(rules, &event, arrival, &mut self.shared);
                 if result.is_ok() {
                     self.accounts.insert(event.account.clone(), state);
                 }
@@ -278,7 +277,7 @@ impl Book {
             Ok(applied) => {
                 self.seen.record(key, arrival);
                 let outcome = Outcome::Applied {
-                    account: self.names.intern(&event.account),
+                    account: self.shared.names.intern(&event.account),
                     entries: applied.entries.into(),
                 };
                 (outcome, applied.answer)

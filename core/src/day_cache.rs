@@ -29,10 +29,8 @@ impl Eq for DayCache {}
 impl DayCache {
     /// The day of `time` in `tz`, as `time.with_timezone(&tz).date_naive()`.
     pub fn day(&mut self, tz: Tz, time: DateTime<Utc>) -> NaiveDate {
-        if let Some(day) = self.0 {
-            if day.tz == tz && day.start <= time && time < day.end {
-                return day.date;
-            }
+        if let Some(date) = self.hit(tz, time) {
+            return date;
         }
         let date = time.with_timezone(&tz).date_naive();
         self.0 = span(tz, date).map(|(start, end)| Day {
@@ -41,6 +39,30 @@ impl DayCache {
             end,
             date,
         });
+        date
+    }
+}
+
+impl DayCache {
+    /// The day it remembers, if `time` falls in it in `tz`.
+    fn hit(&self, tz: Tz, time: DateTime<Utc>) -> Option<NaiveDate> {
+        self.0
+            .filter(|day| day.tz == tz && day.start <= time && time < day.end)
+            .map(|day| day.date)
+    }
+
+    /// [`DayCache::day`], looking in `shared` (the partition's last day) before the zone's
+    /// rules, and leaving the day in both.
+    pub fn day_shared(&mut self, shared: &mut DayCache, tz: Tz, time: DateTime<Utc>) -> NaiveDate {
+        if let Some(date) = self.hit(tz, time) {
+            return date;
+        }
+        if let Some(date) = shared.hit(tz, time) {
+            *self = *shared;
+            return date;
+        }
+        let date = self.day(tz, time);
+        *shared = *self;
         date
     }
 }
@@ -89,6 +111,31 @@ mod tests {
                 let expected = time.with_timezone(&tz).date_naive();
                 assert_eq!(cache.day(tz, time), expected, "{tz} {time}");
             }
+        }
+    }
+
+    /// Accounts of several zones sharing one partition's cache, each call against the
+    /// zone's own answer.
+    #[test]
+    fn shared_day_as_the_zone_says() {
+        let zones = [
+            chrono_tz::Asia::Seoul,
+            chrono_tz::Asia::Seoul,
+            chrono_tz::Europe::Berlin,
+            chrono_tz::America::Santiago,
+        ];
+        let from: DateTime<Utc> = "2026-03-27T00:00:00Z".parse().unwrap();
+        let mut shared = DayCache::default();
+        let mut accounts = [DayCache::default(); 4];
+        for i in 0..(40 * 24 * 60 / 13) {
+            let account = (i * 7) % accounts.len();
+            let tz = zones[account];
+            // Mostly forward, with a step back now and then.
+            let minutes = i as i64 * 13 - if i % 5 == 4 { 1500 } else { 0 };
+            let time = from + TimeDelta::minutes(minutes);
+            let expected = time.with_timezone(&tz).date_naive();
+            let day = accounts[account].day_shared(&mut shared, tz, time);
+            assert_eq!(day, expected, "{tz} {time}");
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct LedgerEntry {
     pub hold: Option<HoldUse>,
 }
 
+/// The entries of one payload: most make one, kept inline.
+pub type Entries = smallvec::SmallVec<[LedgerEntry; 1]>;
+
 /// What became of the hold a call named, noted on the call's ledger entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -155,6 +155,34 @@ impl Names {
     }
 }
 
+/// An account's own name, interned on its first call and kept with its state, so its
+/// later calls skip the table. Not part of the account's state: equal whatever it holds,
+/// never stored (a restored state starts with it empty).
+#[derive(Debug, Clone, Default)]
+pub struct OwnName(Option<Name>);
+
+impl PartialEq for OwnName {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for OwnName {}
+
+impl OwnName {
+    /// The shared copy of `account`, from `names` on first use (or if it ever differs).
+    pub fn get(&mut self, names: &mut Names, account: &str) -> Name {
+        match &self.0 {
+            Some(name) if name.as_str() == account => name.clone(),
+            _ => {
+                let name = names.intern(account);
+                self.0 = Some(name.clone());
+                name
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +196,16 @@ mod tests {
         assert_eq!(a, "kim@acme.kr");
         assert_eq!(names.len(), 1);
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"kim@acme.kr\"");
+    }
+
+    #[test]
+    fn own_name_is_the_table_copy_and_follows_its_text() {
+        let mut names = Names::default();
+        let mut own = OwnName::default();
+        let a = own.get(&mut names, "acme");
+        assert!(Arc::ptr_eq(&a.0, &names.intern("acme").0));
+        assert!(Arc::ptr_eq(&a.0, &own.get(&mut names, "acme").0));
+        assert_eq!(own.get(&mut names, "other"), "other");
+        assert_eq!(own, OwnName::default());
     }
 }

@@ -36,12 +36,39 @@ pub struct MatrixVersion {
     index: OnceLock<Index>,
 }
 
-/// A version's features by name, each with its pool's shared name, and the version's own
-/// name: the names a ledger entry carries, made once per version rather than per call.
+/// A version's features by name, each with its own, its variants' and its pool's shared
+/// names, and the version's own name: the names a ledger entry carries, made once per
+/// version rather than interned per call.
 #[derive(Debug, Clone, Default)]
 struct Index {
-    features: FxHashMap<String, (FeaturePrice, Name)>,
+    features: FxHashMap<String, Indexed>,
     name: Name,
+}
+
+/// One feature of an [`Index`].
+#[derive(Debug, Clone)]
+struct Indexed {
+    price: FeaturePrice,
+    feature: Name,
+    pool: Name,
+    /// `price.variants` with each variant's shared name.
+    variants: Option<FxHashMap<String, (Credits, Name)>>,
+}
+
+impl Indexed {
+    fn new(name: &str, price: &FeaturePrice) -> Self {
+        Indexed {
+            price: price.clone(),
+            feature: Name::from(name),
+            pool: Name::from(&*price.pool),
+            variants: price.variants.as_ref().map(|variants| {
+                variants
+                    .iter()
+                    .map(|(name, &cost)| (name.clone(), (cost, Name::from(&**name))))
+                    .collect()
+            }),
+        }
+    }
 }
 
 impl MatrixVersion {
@@ -50,7 +77,7 @@ impl MatrixVersion {
             features: self
                 .features
                 .iter()
-                .map(|(name, price)| (name.clone(), (price.clone(), Name::from(&*price.pool))))
+                .map(|(name, price)| (name.clone(), Indexed::new(name, price)))
                 .collect(),
             name: Name::from(&*self.name),
         });
@@ -93,6 +120,10 @@ pub struct Price<'m> {
     /// `pool` and `version` as shared names, for the ledger entry.
     pub pool_name: &'m Name,
     pub version_name: &'m Name,
+    /// The feature and variant priced, as shared names for the ledger entry (so a call
+    /// interns neither).
+    pub feature_name: &'m Name,
+    pub variant_name: Option<&'m Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,37 +233,42 @@ impl CostMatrix {
     ) -> Result<Price<'_>, PriceError> {
         let version = self.version_at(at).ok_or(PriceError::NoVersion(at))?;
         let index = version.index();
-        let (price, pool_name) =
-            index
-                .features
-                .get(feature)
-                .ok_or_else(|| PriceError::UnknownFeature {
-                    feature: feature.to_string(),
-                    version: version.name.clone(),
-                })?;
-        let unit_cost = match (&price.variants, price.cost, price.per_unit) {
+        let indexed = index
+            .features
+            .get(feature)
+            .ok_or_else(|| PriceError::UnknownFeature {
+                feature: feature.to_string(),
+                version: version.name.clone(),
+            })?;
+        let price = &indexed.price;
+        let (unit_cost, variant_name) = match (&indexed.variants, price.cost, price.per_unit) {
             (Some(variants), _, _) => {
-                let known = || variants.keys().cloned().collect::<Vec<_>>().join(", ");
+                let known = || {
+                    let names = price.variants.iter().flat_map(|v| v.keys().cloned());
+                    names.collect::<Vec<_>>().join(", ")
+                };
                 let variant = variant.ok_or_else(|| PriceError::VariantRequired {
                     feature: feature.to_string(),
                     known: known(),
                 })?;
-                *variants
-                    .get(variant)
-                    .ok_or_else(|| PriceError::UnknownVariant {
-                        feature: feature.to_string(),
-                        variant: variant.to_string(),
-                        known: known(),
-                    })?
+                let (cost, name) =
+                    variants
+                        .get(variant)
+                        .ok_or_else(|| PriceError::UnknownVariant {
+                            feature: feature.to_string(),
+                            variant: variant.to_string(),
+                            known: known(),
+                        })?;
+                (*cost, Some(name))
             }
             (None, _, _) if variant.is_some() => {
                 return Err(PriceError::NoVariants {
                     feature: feature.to_string(),
                 })
             }
-            (None, Some(cost), _) => cost,
-            (None, None, Some(rate)) => rate,
-            (None, None, None) => Credits::ZERO,
+            (None, Some(cost), _) => (cost, None),
+            (None, None, Some(rate)) => (rate, None),
+            (None, None, None) => (Credits::ZERO, None),
         };
         let credits = unit_cost
             .times(quantity)
@@ -241,8 +277,10 @@ impl CostMatrix {
             credits,
             pool: &price.pool,
             version: &version.name,
-            pool_name,
+            pool_name: &indexed.pool,
             version_name: &index.name,
+            feature_name: &indexed.feature,
+            variant_name,
         })
     }
 }

@@ -71,7 +71,15 @@ fn field(
     value: impl Strategy<Value = String> + 'static,
 ) -> BoxedStrategy<Vec<String>> {
     prop_oneof![
-        8 => value.prop_map(move |v| vec![format!("\"{key}\":{v}")]),
+        8 => (value, 0..8u8).prop_map(move |(v, spacing)| {
+            // Now and then whitespace around the colon, as JSON allows.
+            let colon = match spacing {
+                0 => " :\t",
+                1 => ":\n ",
+                _ => ":",
+            };
+            vec![format!("\"{key}\"{colon}{v}")]
+        }),
         1 => Just(Vec::new()),
     ]
     .boxed()

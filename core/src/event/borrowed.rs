@@ -126,9 +126,6 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     r.ws();
     loop {
         let key = r.key_in(&ENVELOPE)?;
-        r.ws();
-        r.eat(b':')?;
-        r.ws();
         let bit = match key {
             Some(Attribute::SpecVersion) => {
                 if !r.plain("1.0") && r.borrowed_string()? != "1.0" {
@@ -317,8 +314,9 @@ fn bytes_equal(word: u64, byte: u8) -> u64 {
 }
 
 /// Index of the first byte at or after `at` that ends or escapes a string or cannot be in
-/// one (`"`, `\\`, a control byte), or that a name check must look at (DEL, 0xC2); the
-/// length when there is none. Eight bytes a step.
+/// one (`"`, `\\`, a control byte), or that a name check must look at (DEL or any byte
+/// of a multi-byte character: one may be a C1 control); the length when there is none.
+/// Eight bytes a step.
 fn scan(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 8) {
         let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
@@ -327,11 +325,10 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
         let word = u64::from_le_bytes(chunk);
         // Bytes below 0x20: the subtraction borrows into their high bit.
         let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-        let found = control
-            | bytes_equal(word, b'"')
-            | bytes_equal(word, b'\\')
-            | bytes_equal(word, 0x7f)
-            | bytes_equal(word, 0xc2);
+        // Bytes from 0x7f up: their own high bit, or the one adding 1 carries into (a
+        // carry out of 0xff flags the byte above it, a false flag above a true one).
+        let wide = (word | word.wrapping_add(ONES)) & HIGH;
+        let found = control | wide | bytes_equal(word, b'"') | bytes_equal(word, b'\\');
         if found != 0 {
             // The lowest flagged byte is a true one (false flags only follow true ones).
             return at + (found.trailing_zeros() / 8) as usize;
@@ -339,7 +336,7 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
         at += 8;
     }
     while let Some(&b) = bytes.get(at) {
-        if matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f | 0xc2) {
+        if matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f..) {
             break;
         }
         at += 1;
@@ -370,9 +367,14 @@ impl<'a> Reader<'a> {
         (self.next()? == want).then_some(())
     }
 
-    /// JSON's whitespace, as serde_json reads it.
+    /// JSON's whitespace, as serde_json reads it. Payloads mostly have none: any byte
+    /// above the space ends it at one comparison.
+    #[inline]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+        while let Some(&b) = self.text.as_bytes().get(self.at) {
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+                break;
+            }
             self.at += 1;
         }
     }
@@ -385,26 +387,41 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// An object key looked up in `table`: `Some` of its value for a known key, `None`
-    /// for any other. A known key spelled plainly is matched by its bytes in place (the
-    /// common case); one with escapes goes to the full parser, as [`Reader::key`] says.
+    /// An object key looked up in `table`, and the `:` after it: `Some` of its value for a
+    /// known key, `None` for any other. A known key spelled plainly is matched by its
+    /// bytes in place (the common case); one with escapes goes to the full parser, as
+    /// [`Reader::key`] says.
     fn key_in<T: Copy>(&mut self, table: &[(&str, T)]) -> Option<Option<T>> {
         if let Some((&b'"', rest)) = self.text.as_bytes().get(self.at..)?.split_first() {
             for &(name, value) in table {
                 let len = name.len();
                 if rest.get(len) == Some(&b'"') && rest.get(..len) == Some(name.as_bytes()) {
                     self.at += len + 2;
+                    self.colon()?;
                     return Some(Some(value));
                 }
             }
         }
         let key = self.key()?;
+        self.colon()?;
         Some(
             table
                 .iter()
                 .find(|(name, _)| *name == key)
                 .map(|&(_, value)| value),
         )
+    }
+
+    /// The `:` after a key, with the whitespace around it.
+    fn colon(&mut self) -> Option<()> {
+        if self.peek() == Some(b':') {
+            self.at += 1;
+        } else {
+            self.ws();
+            self.eat(b':')?;
+        }
+        self.ws();
+        Some(())
     }
 
     /// Whether the next value is the string `value` written plainly, stepping over it if
@@ -450,9 +467,10 @@ impl<'a> Reader<'a> {
                 b'\\' => return self.escaped(start),
                 // A raw control character is a syntax error.
                 0..=0x1f => return None,
-                // DEL or 0xC2: fine in a string, a name check looks at it.
-                _ => {
-                    self.suspect = true;
+                // DEL or a byte of a multi-byte character: fine in a string; a name
+                // check looks at DEL and at 0xC2, which may start a C1 control.
+                b => {
+                    self.suspect |= b == 0x7f || b == 0xc2;
                     self.at += 1;
                 }
             }
@@ -635,9 +653,6 @@ impl<'a> Reader<'a> {
         }
         loop {
             let key = self.key_in(&DATA)?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
             let bit = match key {
                 Some(Field::User) => {
                     data.user = Some(self.name()?);
@@ -734,8 +749,8 @@ mod tests {
     /// eight-byte steps, and at no other byte.
     #[test]
     fn scan_finds_the_first_byte_that_matters() {
-        let special = [b'"', b'\\', 0x00, 0x1f, 0x7f, 0xc2];
-        let plain = [b'a', b' ', 0x20, 0x7e, 0x80, 0xc3, 0xff, b'!', b'#', b'['];
+        let special = [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xc2, 0xc3, 0xff];
+        let plain = [b'a', b' ', 0x20, 0x7e, b'!', b'#', b'[', b'/'];
         for len in 0..24 {
             for &filler in &plain {
                 let clean = vec![filler; len];
