@@ -3,11 +3,13 @@
 //! on, and a failed query is asked again after a backoff (doubling, capped), with a
 //! warning and a count per failure.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use super::edges::Store;
 use crate::store::{checkpoint, StoreError};
 
 /// The keys one confirmation asks about, with the flushes that wrote them.
@@ -41,19 +43,18 @@ pub enum Confirm {
 /// What a confirmation needs to ask ClickHouse.
 pub struct Asker<'a> {
     pub rt: &'a Handle,
-    pub store: &'a clickhouse::Client,
-    pub stream: &'a str,
+    pub store: &'a Arc<dyn Store>,
     pub partition: i32,
 }
 
 impl Asker<'_> {
     fn ask(&self, keys: Keys, backoff: Duration) -> Confirm {
-        let (store, stream) = (self.store.clone(), self.stream.to_string());
+        let store = self.store.clone();
         let partition = self.partition as u32;
         let asked = keys.clone();
         let task = self
             .rt
-            .spawn(async move { checkpoint::confirm(&store, &stream, partition, &asked).await });
+            .spawn(async move { store.confirm(partition, &asked).await });
         Confirm::Asking {
             task,
             keys,
@@ -135,11 +136,15 @@ mod tests {
     fn a_failed_confirmation_is_asked_again_after_a_doubling_capped_backoff() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         // Nothing listens there: every query fails at once.
-        let store = clickhouse::Client::default().with_url("http://127.0.0.1:1");
+        let client = clickhouse::Client::default().with_url("http://127.0.0.1:1");
+        let store: Arc<dyn Store> = Arc::new(super::super::clickhouse_edge::ClickHouseStore {
+            target: crate::store::cluster::Target::Single(Box::new(client.clone())),
+            client,
+            stream: "s".into(),
+        });
         let asker = Asker {
             rt: rt.handle(),
             store: &store,
-            stream: "s",
             partition: 0,
         };
         let mut confirm = Confirm::start(&asker, vec![(7, Vec::new())]);
