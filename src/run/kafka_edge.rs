@@ -4,6 +4,7 @@
 //! librdkafka waits for before the group goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ const REBALANCES: usize = 8;
 /// Hands rebalances to the run thread; does no work itself.
 pub struct TallyContext {
     rebalances: SyncSender<Rebalance>,
+    /// Set when the consumer closes: the run thread has flushed and released everything
+    /// and polls no more, while closing waits for the revoke's unassign.
+    closing: AtomicBool,
 }
 
 impl ClientContext for TallyContext {}
@@ -34,10 +38,16 @@ impl ClientContext for TallyContext {}
 impl ConsumerContext for TallyContext {
     fn rebalance(
         &self,
-        _consumer: &BaseConsumer<Self>,
+        consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        if self.closing.load(Ordering::Relaxed) {
+            if let Err(e) = consumer.unassign() {
+                tracing::warn!(error = %e, "cannot unassign partitions while closing");
+            }
+            return;
+        }
         let change = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 Rebalance::Assign(tpl.elements().iter().map(|e| e.partition()).collect())
@@ -71,6 +81,7 @@ impl KafkaSource {
         let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(config)
             .create_with_context(TallyContext {
                 rebalances: sender,
+                closing: AtomicBool::new(false),
             })
             .context("cannot create the Kafka consumer")?;
         Ok(KafkaSource {
@@ -250,6 +261,14 @@ impl Source for KafkaSource {
         if let Err(e) = self.consumer.commit(&list, mode) {
             tracing::warn!(error = %e, "cannot commit group offsets");
         }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing the consumer revokes and waits for the unassign, with no run thread
+        // left to take the change.
+        self.consumer.context().closing.store(true, Ordering::Relaxed);
     }
 }
 
