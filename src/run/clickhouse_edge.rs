@@ -4,7 +4,7 @@
 use clickhouse::Client;
 
 use super::alerting;
-use super::edges::{BoxFuture, Claim, Store};
+use super::edges::{Answers, BoxFuture, Claim, Store};
 use crate::store::checkpoint::{self, Probable, Restored};
 use crate::store::cluster::Target;
 use crate::store::webhooks::WebhookRow;
@@ -50,7 +50,10 @@ impl Store for ClickHouseStore {
         Box::pin(alerting::record(&self.client, context, decisions))
     }
 
-    fn record_webhooks<'a>(&'a self, rows: &'a [WebhookRow]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn record_webhooks<'a>(
+        &'a self,
+        rows: &'a [WebhookRow],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(crate::store::webhooks::write(&self.client, rows))
     }
 
@@ -79,7 +82,12 @@ impl Store for ClickHouseStore {
         &'a self,
         partition: u32,
         probable: &'a [Probable],
-    ) -> BoxFuture<'a, Result<Vec<(u128, Option<i64>)>, StoreError>> {
-        Box::pin(checkpoint::confirm(&self.client, &self.stream, partition, probable))
+    ) -> BoxFuture<'a, Result<Answers, StoreError>> {
+        Box::pin(checkpoint::confirm(
+            &self.client,
+            &self.stream,
+            partition,
+            probable,
+        ))
     }
 }

@@ -6,16 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::edges::Store;
+use super::edges::{Exec, Store};
 use crate::store::{checkpoint, StoreError};
 
 /// The keys one confirmation asks about, with the flushes that wrote them.
 pub type Keys = Vec<checkpoint::Probable>;
-/// Per key, its first arrival among committed rows, or none.
-pub type Answers = Vec<(u128, Option<i64>)>;
+pub use super::edges::Answers;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -42,7 +40,7 @@ pub enum Confirm {
 
 /// What a confirmation needs to ask ClickHouse.
 pub struct Asker<'a> {
-    pub rt: &'a Handle,
+    pub rt: &'a Exec,
     pub store: &'a Arc<dyn Store>,
     pub partition: i32,
 }
@@ -142,8 +140,9 @@ mod tests {
             client,
             stream: "s".into(),
         });
+        let exec = Exec::Shared(rt.handle().clone());
         let asker = Asker {
-            rt: rt.handle(),
+            rt: &exec,
             store: &store,
             partition: 0,
         };

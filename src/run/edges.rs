@@ -19,6 +19,8 @@ use crate::store::writes::Batch;
 use crate::store::StoreError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Per probable duplicate's key, its first arrival among committed rows, or none.
+pub type Answers = Vec<(u128, Option<i64>)>;
 
 /// Time as the run sees it: passed in, so a simulation decides when time moves.
 pub trait Clock: Send + Sync {
@@ -167,5 +169,35 @@ pub trait Store: Send + Sync {
         &'a self,
         partition: u32,
         probable: &'a [Probable],
-    ) -> BoxFuture<'a, Result<Vec<(u128, Option<i64>)>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Answers, StoreError>>;
+}
+
+/// Where the run's background work (flush writes, confirmations) runs, and how the run
+/// thread waits for it: the process's runtime, or one the run owns. A current-thread
+/// runtime moves its tasks only inside its own `block_on`, which is how a simulation
+/// decides when background work goes on.
+#[derive(Clone)]
+pub enum Exec {
+    Shared(tokio::runtime::Handle),
+    Owned(std::sync::Arc<tokio::runtime::Runtime>),
+}
+
+impl Exec {
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self {
+            Exec::Shared(handle) => handle.spawn(future),
+            Exec::Owned(rt) => rt.spawn(future),
+        }
+    }
+
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match self {
+            Exec::Shared(handle) => handle.block_on(future),
+            Exec::Owned(rt) => rt.block_on(future),
+        }
+    }
 }

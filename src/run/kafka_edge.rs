@@ -211,7 +211,10 @@ impl Source for KafkaSource {
                 .consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(10))
                 .with_context(|| {
-                    format!("cannot read metadata of topic `{topic}` from {}", self.brokers)
+                    format!(
+                        "cannot read metadata of topic `{topic}` from {}",
+                        self.brokers
+                    )
                 })?;
             let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
                 bail!("topic `{topic}` does not exist; run `tally migrate`");
@@ -224,7 +227,9 @@ impl Source for KafkaSource {
                 let (_, high) = self
                     .consumer
                     .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                    .with_context(|| format!("cannot read the end of {topic}/{}", partition.id()))?;
+                    .with_context(|| {
+                        format!("cannot read the end of {topic}/{}", partition.id())
+                    })?;
                 ends.insert((which, partition.id()), high);
             }
         }
@@ -246,8 +251,7 @@ impl Source for KafkaSource {
         for &(partition, usage, commands) in offsets {
             for (which, next) in [(Which::Usage, usage), (Which::Commands, commands)] {
                 let topic = self.topic(which).to_string();
-                if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(next))
-                {
+                if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
                     tracing::warn!(error = %e, "cannot build group offsets");
                     return;
                 }
@@ -268,7 +272,10 @@ impl Drop for KafkaSource {
     fn drop(&mut self) {
         // Closing the consumer revokes and waits for the unassign, with no run thread
         // left to take the change.
-        self.consumer.context().closing.store(true, Ordering::Relaxed);
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Relaxed);
     }
 }
 

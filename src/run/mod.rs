@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use tally_core::Rules;
 use tokio::runtime::Handle;
 
-use self::edges::{Claim, Clock, Ingest, Outbox, Rebalance, Record, Source, Store};
+use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source, Store};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, PartitionWork};
@@ -124,7 +124,7 @@ struct Pipeline {
     store: Arc<dyn Store>,
     outbox: Arc<dyn Outbox>,
     clock: Arc<dyn Clock>,
-    rt: Handle,
+    rt: Exec,
     stream: String,
     parts: BTreeMap<i32, PartitionWork>,
     /// The flushes in flight, oldest first; they commit in this order.
@@ -979,15 +979,12 @@ async fn write_flush(
             flush.outgoing_sent = true;
             done(phase::DEAD_LETTERS);
         }
-        store
-            .write_outputs(&flush.batch)
-            .await
-            .map_err(|e| {
-                (
-                    phase::WRITE_OUTPUTS,
-                    anyhow::Error::new(e).context("ClickHouse"),
-                )
-            })?;
+        store.write_outputs(&flush.batch).await.map_err(|e| {
+            (
+                phase::WRITE_OUTPUTS,
+                anyhow::Error::new(e).context("ClickHouse"),
+            )
+        })?;
         done(phase::WRITE_OUTPUTS);
         if flush.mails.is_none() {
             let mails = store
@@ -1008,15 +1005,12 @@ async fn write_flush(
                 .iter()
                 .map(crate::notify::webhooks::worker::pending_row)
                 .collect();
-            store
-                .record_webhooks(&rows)
-                .await
-                .map_err(|e| {
-                    (
-                        phase::ALERTS,
-                        anyhow::Error::new(e).context("ClickHouse: webhooks"),
-                    )
-                })?;
+            store.record_webhooks(&rows).await.map_err(|e| {
+                (
+                    phase::ALERTS,
+                    anyhow::Error::new(e).context("ClickHouse: webhooks"),
+                )
+            })?;
             flush.hooks_recorded = true;
         }
         if let Some(after) = order.after {
@@ -1178,7 +1172,7 @@ pub fn run(
         clock: Arc::new(edges::SystemClock),
         rules,
         config,
-        rt,
+        rt: Exec::Shared(rt),
         stream,
         notifier: Some(notifier),
         hooks: Some(hooks),
@@ -1297,7 +1291,7 @@ struct Setup {
     clock: Arc<dyn Clock>,
     rules: Rules,
     config: Config,
-    rt: Handle,
+    rt: Exec,
     stream: String,
     notifier: Option<crate::notify::NotifierHandle>,
     hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
@@ -1376,6 +1370,11 @@ enum Turn {
 fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
     while let Some(change) = source.rebalance() {
         p.rebalance(source, change);
+        // A revoke leaves no failed flush to retry, and a new assignment is not paused.
+        if d.paused {
+            d.paused = false;
+            set_state(&d.status, "running", None);
+        }
     }
     if !p.claiming.is_empty() {
         p.claim_due(source);
