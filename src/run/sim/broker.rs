@@ -63,7 +63,7 @@ impl Broker {
         self.rebalances += 1;
         self.rebalancing = true;
         for (id, member) in self.members.iter_mut().filter(|(_, m)| m.holds) {
-            if std::env::var("TALLY_SIM_DEBUG").is_ok() {
+            if super::tracing_on() {
                 eprintln!("revoke from member {id}");
             }
             member.changes.push_back(Rebalance::Revoke);
@@ -85,7 +85,7 @@ impl Broker {
         }
         for (id, share) in shares {
             if let Some(member) = self.members.get_mut(&id) {
-                if std::env::var("TALLY_SIM_DEBUG").is_ok() {
+                if super::tracing_on() {
                     eprintln!("assign {share:?} to member {id}");
                 }
                 member.holds = true;

@@ -11,8 +11,9 @@
 //! and the ledger must equal the reference model's (core/tests/reference), with every
 //! event debited exactly once.
 //!
-//! `TALLY_SIM_SEED=<seed>` replays one schedule; `TALLY_SIM_SEEDS=<n>` sets how many run
-//! (from a random first seed, printed).
+//! `TALLY_SIM_SEED=<seed>` replays one schedule (`TALLY_SIM_TRACE=1` prints it);
+//! `TALLY_SIM_SEEDS=<n>` sets how many run (2,000 by default, from a random first seed,
+//! printed).
 
 mod broker;
 mod clickhouse;
@@ -171,6 +172,31 @@ impl Member {
         turn(&mut self.pipeline, &mut self.source, &mut self.driver);
     }
 
+    /// What the member holds, for a schedule that never settles.
+    fn state(&self, id: usize) -> String {
+        let p = &self.pipeline;
+        let sides: Vec<_> = p
+            .parts
+            .values()
+            .map(|w| {
+                (
+                    w.partition,
+                    w.wait,
+                    (w.usage.received_next, w.usage.applied_next),
+                    (w.commands.received_next, w.commands.applied_next),
+                )
+            })
+            .collect();
+        format!(
+            "member {id}: claiming {:?}, failed flushes {}, in flight {}, paused {}, \
+             partitions (wait, usage received/applied, commands received/applied) {sides:?}",
+            p.claiming.keys().collect::<Vec<_>>(),
+            p.pending.len(),
+            p.writing.len(),
+            self.driver.paused,
+        )
+    }
+
     /// Lets the member's background writes and queries go on by `steps` yields.
     fn background(&mut self, steps: u64) {
         self.rt.block_on(async {
@@ -191,23 +217,58 @@ pub struct Outcome {
     pub rebalances: u64,
 }
 
+impl Outcome {
+    fn add(&mut self, other: &Outcome) {
+        self.events += other.events;
+        self.steps += other.steps;
+        self.crashes += other.crashes;
+        self.faults += other.faults;
+        self.rebalances += other.rebalances;
+    }
+}
+
 /// Runs the schedule of `seed` and checks its end; `Err` says what differs.
 pub fn simulate(seed: u64) -> Result<Outcome, String> {
     let mut rng = Rng::new(seed);
+    let (world, expected, events) = build(&mut rng);
+    let mut sim = Sim {
+        world,
+        members: BTreeMap::new(),
+        next_id: 0,
+        outcome: Outcome {
+            events,
+            ..Outcome::default()
+        },
+    };
+    sim.join(&mut rng);
+    for _ in 0..30 + rng.below(250) {
+        sim.step(&mut rng);
+    }
+    // Faults off: the members must catch up and commit everything.
+    lock(&sim.world.faults).on = false;
+    let settled = sim.settle();
+    sim.outcome.faults = lock(&sim.world.faults).injected;
+    sim.outcome.rebalances = lock(&sim.world.broker).rebalances;
+    settled?;
+    check(&sim.world, &expected)?;
+    Ok(sim.outcome)
+}
+
+/// The seed's settings, history and logs, and what the model makes of them.
+fn build(rng: &mut Rng) -> (World, history::Expected, usize) {
     let partitions = 1 + rng.below(4) as i32;
     let mut config = Config::default();
     config.pipeline.max_batch_events = 1 + rng.below(30) as usize;
     config.pipeline.flush_interval = Duration::from_millis(20 + rng.below(300));
     config.pipeline.snapshot_min_rows = 1 + rng.below(30) as usize;
     config.pipeline.rollup_segment_records = 2 + rng.below(40) as u32;
-    let (usage_topic, commands_topic) = (
+    let topics = (
         config.kafka.usage_topic.clone(),
         config.kafka.commands_topic.clone(),
     );
     let rules = rules::rules(MATRIX);
-    let events = history::generate(&mut rng, partitions, config.kafka.partitioner);
     let mut broker = Broker::default();
-    broker.topics = (usage_topic.clone(), commands_topic.clone());
+    broker.topics = topics.clone();
     broker.partitions = partitions;
     for partition in 0..partitions {
         for which in [Which::Usage, Which::Commands] {
@@ -215,7 +276,7 @@ pub fn simulate(seed: u64) -> Result<Outcome, String> {
         }
     }
     let mut placed = Vec::new();
-    for event in events {
+    for event in history::generate(rng, partitions, config.kafka.partitioner) {
         let log = broker
             .logs
             .get_mut(&(event.which, event.partition))
@@ -228,7 +289,7 @@ pub fn simulate(seed: u64) -> Result<Outcome, String> {
         let offset = log.len() as i64 - 1;
         placed.push((event, offset));
     }
-    let expected = history::expect(&rules, &placed, (&usage_topic, &commands_topic));
+    let expected = history::expect(&rules, &placed, (&topics.0, &topics.1));
     let world = World {
         broker: Arc::new(Mutex::new(broker)),
         db: Arc::new(Mutex::new(Db::default())),
@@ -238,112 +299,98 @@ pub fn simulate(seed: u64) -> Result<Outcome, String> {
             wall: "2026-12-01T00:00:00Z".parse().expect("a valid time"),
             elapsed: Mutex::new(Duration::ZERO),
         }),
-        stream: format!("{usage_topic}+{commands_topic}"),
+        stream: format!("{}+{}", topics.0, topics.1),
         config,
         rules,
     };
-    let mut outcome = Outcome {
-        events: placed.len(),
-        ..Outcome::default()
-    };
-    let mut members: BTreeMap<usize, Member> = BTreeMap::new();
-    let mut next_id = 0;
-    let mut join = |members: &mut BTreeMap<usize, Member>, rng: &mut Rng| {
-        let member = Member::start(&world, next_id, rng.next());
-        members.insert(next_id, member);
-        lock(&world.broker).join(next_id);
-        next_id += 1;
-    };
-    join(&mut members, &mut rng);
-    let steps = 50 + rng.below(400);
-    for _ in 0..steps {
-        outcome.steps += 1;
-        let pick = |members: &BTreeMap<usize, Member>, rng: &mut Rng| {
-            let ids: Vec<usize> = members.keys().copied().collect();
-            ids[rng.below(ids.len() as u64) as usize]
-        };
-        let debug = std::env::var("TALLY_SIM_DEBUG").is_ok();
+    (world, expected, placed.len())
+}
+
+/// The world and the members running in it.
+struct Sim {
+    world: World,
+    members: BTreeMap<usize, Member>,
+    next_id: usize,
+    outcome: Outcome,
+}
+
+impl Sim {
+    /// A new member starts and joins the group.
+    fn join(&mut self, rng: &mut Rng) {
+        let member = Member::start(&self.world, self.next_id, rng.next());
+        self.members.insert(self.next_id, member);
+        lock(&self.world.broker).join(self.next_id);
+        self.next_id += 1;
+    }
+
+    fn pick(&self, rng: &mut Rng) -> usize {
+        let ids: Vec<usize> = self.members.keys().copied().collect();
+        ids[rng.below(ids.len() as u64) as usize]
+    }
+
+    /// One step of the schedule.
+    fn step(&mut self, rng: &mut Rng) {
+        self.outcome.steps += 1;
         let action = rng.below(100);
-        if debug {
+        if tracing_on() {
             eprintln!(
-                "step {}: action {action}, members {:?}, ckpt rows {}",
-                outcome.steps,
-                members.keys().collect::<Vec<_>>(),
-                lock(&world.db).checkpoints.len()
+                "step {}: action {action}, members {:?}",
+                self.outcome.steps,
+                self.members.keys().collect::<Vec<_>>()
             );
         }
         match action {
             0..=49 => {
-                let id = pick(&members, &mut rng);
-                members.get_mut(&id).expect("picked").turn();
+                let id = self.pick(rng);
+                self.members.get_mut(&id).expect("picked").turn();
             }
             50..=64 => {
-                let id = pick(&members, &mut rng);
+                let id = self.pick(rng);
                 let steps = 1 + rng.below(4);
-                members.get_mut(&id).expect("picked").background(steps);
+                self.members.get_mut(&id).expect("picked").background(steps);
             }
-            65..=82 => world.clock.advance(Duration::from_millis(rng.below(400))),
+            65..=82 => self
+                .world
+                .clock
+                .advance(Duration::from_millis(rng.below(400))),
             83..=86 => {
-                let id = pick(&members, &mut rng);
-                members.remove(&id);
-                lock(&world.broker).leave(id);
-                outcome.crashes += 1;
-                if members.is_empty() {
-                    join(&mut members, &mut rng);
+                let id = self.pick(rng);
+                self.members.remove(&id);
+                lock(&self.world.broker).leave(id);
+                self.outcome.crashes += 1;
+                if self.members.is_empty() {
+                    self.join(rng);
                 }
             }
-            87..=89 if members.len() < 3 => join(&mut members, &mut rng),
+            87..=89 if self.members.len() < 3 => self.join(rng),
             90..=94 => {
-                let mut faults = lock(&world.faults);
+                let mut faults = lock(&self.world.faults);
                 faults.on = !faults.on;
             }
-            _ => lock(&world.faults).per_mille = rng.below(700),
+            _ => lock(&self.world.faults).per_mille = rng.below(700),
         }
     }
-    // Faults off: the members must catch up and commit everything.
-    lock(&world.faults).on = false;
-    let ends = lock(&world.broker).ends();
-    let mut settled = false;
-    for _ in 0..20_000 {
-        for member in members.values_mut() {
-            member.turn();
-            member.background(4);
+
+    /// Runs every member until everything is committed up to the logs' ends.
+    fn settle(&mut self) -> Result<(), String> {
+        let ends = lock(&self.world.broker).ends();
+        for _ in 0..20_000 {
+            for member in self.members.values_mut() {
+                member.turn();
+                member.background(4);
+            }
+            self.world.clock.advance(Duration::from_millis(50));
+            if committed_all(&self.world, &ends) {
+                return Ok(());
+            }
         }
-        world.clock.advance(Duration::from_millis(50));
-        if committed_all(&world, &ends) {
-            settled = true;
-            break;
-        }
-    }
-    {
-        let faults = lock(&world.faults);
-        outcome.faults = faults.injected;
-    }
-    outcome.rebalances = lock(&world.broker).rebalances;
-    if !settled {
-        let states: Vec<String> = members
-            .iter()
-            .map(|(id, m)| {
-                let p = &m.pipeline;
-                format!(
-                    "member {id}: parts {:?}, claiming {:?}, pending {}, writing {}, paused {}, waits {:?}",
-                    p.parts.keys().collect::<Vec<_>>(),
-                    p.claiming.keys().collect::<Vec<_>>(),
-                    p.pending.len(),
-                    p.writing.len(),
-                    m.driver.paused,
-                    p.parts.values().map(|w| (w.partition, w.wait, w.usage.received_next, w.usage.applied_next, w.commands.received_next, w.usage.queue.len())).collect::<Vec<_>>(),
-                )
-            })
-            .collect();
-        return Err(format!(
+        let states: Vec<String> = self.members.iter().map(|(id, m)| m.state(*id)).collect();
+        Err(format!(
             "the members never committed up to the ends {ends:?}; committed: {:?}; {}",
-            committed_offsets(&world),
+            committed_offsets(&self.world),
             states.join("; ")
-        ));
+        ))
     }
-    check(&world, &expected)?;
-    Ok(outcome)
 }
 
 /// The checkpointed offsets (usage, commands) of each partition.
@@ -416,6 +463,26 @@ fn lot_of_row(row: &LotRow) -> (LotKey, String) {
     )
 }
 
+/// The checkpoint rows (a claim with its owner) and the ledger rows, in write order.
+fn trace_rows(db: &Db) {
+    for r in &db.checkpoints {
+        let owner = match r.row_kind.as_str() {
+            "claim" => String::from_utf8_lossy(&r.state).to_string(),
+            _ => r.account.clone(),
+        };
+        eprintln!(
+            "checkpoint p{} {} v{} usage {} commands {} {owner}",
+            r.partition, r.row_kind, r.version, r.usage_offset, r.commands_offset
+        );
+    }
+    for r in &db.ledger {
+        eprintln!(
+            "ledger {} {} v{} {}",
+            r.account, r.entry_id, r.version, r.entry_type
+        );
+    }
+}
+
 /// Compares the committed state, the lots table and the ledger with the model.
 fn check(world: &World, expected: &history::Expected) -> Result<(), String> {
     let mut want_lots: BTreeMap<LotKey, String> = BTreeMap::new();
@@ -445,31 +512,8 @@ fn check(world: &World, expected: &history::Expected) -> Result<(), String> {
             );
         }
     }
-    if std::env::var("TALLY_SIM_DEBUG").is_ok() {
-        eprintln!("want lots {want_lots:#?}\ncommitted {committed:#?}");
-        for r in &db.checkpoints {
-            eprintln!(
-                "ckpt p{} {} {} v{} u{} c{} acct {} {}",
-                r.partition,
-                r.row_kind,
-                r.written_at,
-                r.version,
-                r.usage_offset,
-                r.commands_offset,
-                r.account,
-                if r.row_kind == "claim" {
-                    String::from_utf8_lossy(&r.state).to_string()
-                } else {
-                    String::new()
-                }
-            );
-        }
-        for r in &db.ledger {
-            eprintln!(
-                "ledger {} {} v{} {}",
-                r.account, r.entry_id, r.version, r.entry_type
-            );
-        }
+    if tracing_on() {
+        trace_rows(&db);
     }
     same("committed states' lots", &want_lots, &committed)?;
     let table: BTreeMap<LotKey, String> = Db::last(
@@ -544,6 +588,23 @@ image_generation = { pool = "ai", variants = { short = 5, mid = 10, long = 20 } 
 video_generation = { pool = "ai", variants = { short = 25, mid = 50, long = 100 } }
 "#;
 
+/// Prints the schedule's steps and the store's rows, for a replayed seed.
+fn tracing_on() -> bool {
+    std::env::var_os("TALLY_SIM_TRACE").is_some()
+}
+
+/// Runs `seeds` one after the other; the totals, or the first failure with its seed.
+fn run_seeds(seeds: std::ops::Range<u64>) -> Result<Outcome, String> {
+    let mut total = Outcome::default();
+    for seed in seeds {
+        let outcome = simulate(seed).map_err(|e| {
+            format!("simulation seed {seed} failed (replay with TALLY_SIM_SEED={seed}): {e}")
+        })?;
+        total.add(&outcome);
+    }
+    Ok(total)
+}
+
 #[test]
 fn every_schedule_ends_as_the_reference_model_says() {
     let only: Option<u64> = std::env::var("TALLY_SIM_SEED")
@@ -552,33 +613,38 @@ fn every_schedule_ends_as_the_reference_model_says() {
     let count: u64 = std::env::var("TALLY_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000);
+        .unwrap_or(2_000);
     let (first, count) = match only {
         Some(seed) => (seed, 1),
-        None => (rand::random::<u32>() as u64 * 1_000_000, count),
+        None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
     };
     eprintln!(
         "simulation: seeds {first}..{} (replay one with TALLY_SIM_SEED=<seed>)",
         first + count
     );
     let started = Instant::now();
+    // Seeds are independent: they share out over the cores, each schedule still on one
+    // thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let share = count.div_ceil(threads);
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let from = first + i * share;
+            let to = (from + share).min(first + count);
+            std::thread::spawn(move || run_seeds(from..to.max(from)))
+        })
+        .collect();
     let mut total = Outcome::default();
-    for seed in first..first + count {
-        match simulate(seed) {
-            Ok(outcome) => {
-                total.events += outcome.events;
-                total.steps += outcome.steps;
-                total.crashes += outcome.crashes;
-                total.faults += outcome.faults;
-                total.rebalances += outcome.rebalances;
-            }
-            Err(e) => {
-                panic!("simulation seed {seed} failed (replay with TALLY_SIM_SEED={seed}): {e}")
-            }
+    for worker in workers {
+        match worker.join() {
+            Ok(Ok(outcome)) => total.add(&outcome),
+            Ok(Err(failure)) => panic!("{failure}"),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
     eprintln!(
-        "simulation: {count} seeds in {:?}: {} events, {} steps, {} crashes, {} faults injected, {} rebalances",
+        "simulation: {count} seeds in {:?}: {} events, {} steps, {} crashes, {} faults \
+         injected, {} rebalances",
         started.elapsed(),
         total.events,
         total.steps,
