@@ -575,18 +575,8 @@ fn same<K: Ord + std::fmt::Debug>(
     Ok(())
 }
 
-/// The core tests' matrix: the features the history uses.
-const MATRIX: &str = r#"
-[[versions]]
-name = "2026-01"
-effective_from = "2026-01-01T00:00:00Z"
-[versions.features]
-text_to_image = { pool = "ai", cost = 8 }
-erase = { pool = "ai", cost = 7 }
-upscale = { pool = "ai", cost = 0 }
-image_generation = { pool = "ai", variants = { short = 5, mid = 10, long = 20 } }
-video_generation = { pool = "ai", variants = { short = 25, mid = 50, long = 100 } }
-"#;
+/// The shipped matrix: prices as in production.
+const MATRIX: &str = include_str!("../../../config/matrix.toml");
 
 /// Prints the schedule's steps and the store's rows, for a replayed seed.
 fn tracing_on() -> bool {
