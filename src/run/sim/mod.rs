@@ -229,11 +229,18 @@ impl Outcome {
 
 /// Runs the schedule of `seed` and checks its end; `Err` says what differs.
 pub fn simulate(seed: u64) -> Result<Outcome, String> {
+    simulate_with(seed, false)
+}
+
+/// `zombies`: some crashes leave the member running for a while after the group gave its
+/// partitions away, as a process paused past its session timeout does.
+fn simulate_with(seed: u64, zombies: bool) -> Result<Outcome, String> {
     let mut rng = Rng::new(seed);
     let (world, expected, events) = build(&mut rng);
     let mut sim = Sim {
         world,
         members: BTreeMap::new(),
+        zombies: zombies.then(BTreeMap::new),
         next_id: 0,
         outcome: Outcome {
             events,
@@ -244,8 +251,14 @@ pub fn simulate(seed: u64) -> Result<Outcome, String> {
     for _ in 0..30 + rng.below(250) {
         sim.step(&mut rng);
     }
-    // Faults off: the members must catch up and commit everything.
+    // Faults off: the members must catch up and commit everything; zombies have learned.
     lock(&sim.world.faults).on = false;
+    for id in sim.zombies.take().unwrap_or_default().into_keys() {
+        sim.members.remove(&id);
+    }
+    if sim.members.is_empty() {
+        sim.join(&mut rng);
+    }
     let settled = sim.settle();
     sim.outcome.faults = lock(&sim.world.faults).injected;
     sim.outcome.rebalances = lock(&sim.world.broker).rebalances;
@@ -310,6 +323,9 @@ fn build(rng: &mut Rng) -> (World, history::Expected, usize) {
 struct Sim {
     world: World,
     members: BTreeMap<usize, Member>,
+    /// Members the group dropped that still run, until the step they stop at; `None`
+    /// when the schedule makes no zombies.
+    zombies: Option<BTreeMap<usize, u64>>,
     next_id: usize,
     outcome: Outcome,
 }
@@ -331,6 +347,16 @@ impl Sim {
     /// One step of the schedule.
     fn step(&mut self, rng: &mut Rng) {
         self.outcome.steps += 1;
+        let step = self.outcome.steps;
+        if let Some(zombies) = self.zombies.as_mut() {
+            zombies.retain(|id, until| {
+                let alive = *until > step;
+                if !alive {
+                    self.members.remove(id);
+                }
+                alive
+            });
+        }
         let action = rng.below(100);
         if tracing_on() {
             eprintln!(
@@ -355,10 +381,18 @@ impl Sim {
                 .advance(Duration::from_millis(rng.below(400))),
             83..=86 => {
                 let id = self.pick(rng);
-                self.members.remove(&id);
+                let step = self.outcome.steps;
+                match self.zombies.as_mut() {
+                    Some(zombies) if !zombies.contains_key(&id) && rng.chance(500) => {
+                        zombies.insert(id, step + rng.below(40));
+                    }
+                    _ => {
+                        self.members.remove(&id);
+                    }
+                }
                 lock(&self.world.broker).leave(id);
                 self.outcome.crashes += 1;
-                if self.members.is_empty() {
+                if self.members.len() == self.zombies.as_ref().map_or(0, BTreeMap::len) {
                     self.join(rng);
                 }
             }
@@ -578,6 +612,31 @@ fn same<K: Ord + std::fmt::Debug>(
 /// The shipped matrix: prices as in production.
 const MATRIX: &str = include_str!("../../../config/matrix.toml");
 
+/// Known to fail (session 9 note, issue 22): a claim does not fence the owner before it.
+/// A member the group dropped while it still runs commits after the next owner's claim;
+/// its flush counts as complete, so its dedup keys are loaded by the owner after and the
+/// events it applied are skipped as duplicates. `cargo test --lib zombie -- --ignored`.
+#[test]
+#[ignore = "a claim does not fence a zombie owner yet"]
+fn a_zombie_owner_changes_nothing() {
+    let (first, count) = match seed_from_env() {
+        Some(seed) => (seed, 1),
+        None => (u64::from(rand::random::<u32>()) * 1_000_000, 500),
+    };
+    for seed in first..first + count {
+        if let Err(e) = simulate_with(seed, true) {
+            panic!("zombie seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}");
+        }
+    }
+}
+
+/// `TALLY_SIM_SEED`: the one seed to replay.
+fn seed_from_env() -> Option<u64> {
+    std::env::var("TALLY_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+}
+
 /// Prints the schedule's steps and the store's rows, for a replayed seed.
 fn tracing_on() -> bool {
     std::env::var_os("TALLY_SIM_TRACE").is_some()
@@ -597,9 +656,7 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> Result<Outcome, String> {
 
 #[test]
 fn every_schedule_ends_as_the_reference_model_says() {
-    let only: Option<u64> = std::env::var("TALLY_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok());
+    let only = seed_from_env();
     let count: u64 = std::env::var("TALLY_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
