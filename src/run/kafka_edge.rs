@@ -247,6 +247,10 @@ impl Source for KafkaSource {
     }
 
     fn commit(&mut self, offsets: &[(i32, i64, i64)], sync: bool) {
+        // An empty list would commit the consumer's positions instead.
+        if offsets.is_empty() {
+            return;
+        }
         let mut list = TopicPartitionList::new();
         for &(partition, usage, commands) in offsets {
             for (which, next) in [(Which::Usage, usage), (Which::Commands, commands)] {

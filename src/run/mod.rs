@@ -437,6 +437,7 @@ impl Pipeline {
             self.config.kafka.usage_topic.clone(),
             self.config.kafka.commands_topic.clone(),
         );
+        let applied_at = self.clock.utc();
         for work in self.parts.values_mut() {
             let asker = confirm::Asker {
                 rt: &self.rt,
@@ -477,6 +478,7 @@ impl Pipeline {
                 &self.rules,
                 (&usage_topic, &commands_topic),
                 now,
+                applied_at,
                 max_idle,
                 budget,
             );
@@ -1473,11 +1475,18 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
 /// Updates the known end of every side another side is waiting on, from the consumer's
 /// last fetch responses (no request is sent).
 fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
+    let (usage_topic, commands_topic) = (
+        p.config.kafka.usage_topic.clone(),
+        p.config.kafka.commands_topic.clone(),
+    );
     // While a flush is pending, consumption is paused on purpose: nothing is stalled.
     let paused = !p.pending.is_empty();
     let last_any_received = p.last_any_received;
     for work in p.parts.values_mut() {
-        for which in [Which::Usage, Which::Commands] {
+        for (which, topic) in [
+            (Which::Usage, &usage_topic),
+            (Which::Commands, &commands_topic),
+        ] {
             let partition = work.partition;
             let end = source.fetched_end(which, partition);
             let side = work.side_mut(which);
@@ -1498,7 +1507,7 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
                     continue;
                 };
                 tracing::warn!(
-                    topic = which.as_str(),
+                    topic = %topic,
                     partition,
                     position,
                     end = side.high,
