@@ -3,17 +3,17 @@
 //! on, and a failed query is asked again after a backoff (doubling, capped), with a
 //! warning and a count per failure.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use super::edges::{Exec, Store};
 use crate::store::{checkpoint, StoreError};
 
 /// The keys one confirmation asks about, with the flushes that wrote them.
 pub type Keys = Vec<checkpoint::Probable>;
-/// Per key, its first arrival among committed rows, or none.
-pub type Answers = Vec<(u128, Option<i64>)>;
+pub use super::edges::Answers;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -40,20 +40,19 @@ pub enum Confirm {
 
 /// What a confirmation needs to ask ClickHouse.
 pub struct Asker<'a> {
-    pub rt: &'a Handle,
-    pub store: &'a clickhouse::Client,
-    pub stream: &'a str,
+    pub rt: &'a Exec,
+    pub store: &'a Arc<dyn Store>,
     pub partition: i32,
 }
 
 impl Asker<'_> {
     fn ask(&self, keys: Keys, backoff: Duration) -> Confirm {
-        let (store, stream) = (self.store.clone(), self.stream.to_string());
+        let store = self.store.clone();
         let partition = self.partition as u32;
         let asked = keys.clone();
         let task = self
             .rt
-            .spawn(async move { checkpoint::confirm(&store, &stream, partition, &asked).await });
+            .spawn(async move { store.confirm(partition, &asked).await });
         Confirm::Asking {
             task,
             keys,
@@ -135,11 +134,16 @@ mod tests {
     fn a_failed_confirmation_is_asked_again_after_a_doubling_capped_backoff() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         // Nothing listens there: every query fails at once.
-        let store = clickhouse::Client::default().with_url("http://127.0.0.1:1");
+        let client = clickhouse::Client::default().with_url("http://127.0.0.1:1");
+        let store: Arc<dyn Store> = Arc::new(super::super::clickhouse_edge::ClickHouseStore {
+            target: crate::store::cluster::Target::Single(Box::new(client.clone())),
+            client,
+            stream: "s".into(),
+        });
+        let exec = Exec::Shared(rt.handle().clone());
         let asker = Asker {
-            rt: rt.handle(),
+            rt: &exec,
             store: &store,
-            stream: "s",
             partition: 0,
         };
         let mut confirm = Confirm::start(&asker, vec![(7, Vec::new())]);

@@ -1,9 +1,14 @@
 //! `tally run`: consume both topics, apply events through the core, and flush outputs and
-//! the checkpoint to ClickHouse. One thread owns the consumer; rebalance callbacks run on
-//! it, inside `poll`, so a revoke flushes and commits before the partitions go.
+//! the checkpoint to ClickHouse. One thread owns the consumer; rebalance callbacks hand the
+//! change to it (see [`kafka_edge`]), and it claims, or flushes and commits before the
+//! partitions go. The run's logic reaches the broker, ClickHouse and the clock only through
+//! the traits of [`edges`].
 
 pub mod alerting;
+pub mod clickhouse_edge;
 pub mod confirm;
+pub mod edges;
+pub mod kafka_edge;
 pub mod merge;
 pub mod metrics;
 pub mod partition;
@@ -11,21 +16,20 @@ pub mod rollup;
 pub mod screen;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+#[cfg(test)]
+mod sim;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tally_core::Rules;
 use tokio::runtime::Handle;
 
+use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source, Store};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, PartitionWork};
@@ -117,12 +121,10 @@ struct Order {
 struct Pipeline {
     rules: Rules,
     config: Config,
-    store: clickhouse::Client,
-    /// Where each partition's rows and checkpoint go: `store`'s server, or the partition's
-    /// shard of the cluster.
-    target: store::cluster::Target,
-    producer: FutureProducer,
-    rt: Handle,
+    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
+    clock: Arc<dyn Clock>,
+    rt: Exec,
     stream: String,
     parts: BTreeMap<i32, PartitionWork>,
     /// The flushes in flight, oldest first; they commit in this order.
@@ -138,7 +140,6 @@ struct Pipeline {
     applied_since_flush: usize,
     retry_at: Option<Instant>,
     backoff: Duration,
-    shutdown: Arc<AtomicBool>,
     summary: Summary,
     last_checkpoint: Option<DateTime<Utc>>,
     /// Mails low-credit alerts in the background; never blocks consumption.
@@ -164,6 +165,19 @@ struct Pipeline {
     /// The next offset after the last record this process forwarded, per side: a drain
     /// also applies what it forwarded, which lies past the ends it started with.
     forwarded_ends: BTreeMap<(Which, i32), i64>,
+    /// Partitions the group assigned that are not claimed yet, tried again from `at`.
+    claiming: BTreeMap<i32, Retry>,
+    /// Partitions claimed, with their starts, waiting for the others of their assignment:
+    /// the source is assigned them together.
+    claimed: BTreeMap<i32, (Option<i64>, Option<i64>)>,
+}
+
+/// When a failed claim is tried again, and on which replica.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempt: u32,
+    at: Instant,
+    backoff: Duration,
 }
 
 impl Pipeline {
@@ -174,129 +188,182 @@ impl Pipeline {
         )
     }
 
-    /// Loads the state of newly assigned partitions and returns where to start reading.
-    /// Retries while ClickHouse is unavailable: nothing may be read before the state is.
-    fn assign(&mut self, partitions: &BTreeSet<i32>) -> BTreeMap<i32, (Option<i64>, Option<i64>)> {
-        let mut starts = BTreeMap::new();
-        for &partition in partitions {
-            let mut backoff = Duration::from_millis(200);
-            // On a cluster, each retry asks the next replica of the partition's shard.
-            for attempt in 0.. {
-                let now = Utc::now().timestamp_micros().max(0) as u64;
-                let window = self.rules.dedup_window.num_milliseconds();
-                let loaded = self.rt.block_on(checkpoint::claim_and_load(
-                    self.target.for_partition(partition as u32, attempt),
-                    &self.stream,
-                    partition as u32,
-                    now,
-                    window,
-                    &self.claim_info,
-                    self.config.pipeline.rollup_segment_records,
-                ));
-                match loaded {
-                    Ok(restored) => {
-                        let metrics = self.metrics.partition(self.topics(), partition);
-                        tracing::info!(
-                            partition,
-                            accounts = restored.book.accounts.len(),
-                            usage_offset = ?restored.usage_offset,
-                            commands_offset = ?restored.commands_offset,
-                            "partition assigned"
-                        );
-                        starts.insert(partition, (restored.usage_offset, restored.commands_offset));
-                        self.owner
-                            .claimed(partition, restored.commands_offset.unwrap_or(0));
-                        let view = self.views.claimed(
-                            partition,
-                            view::Applied {
-                                usage_next: restored.usage_offset.unwrap_or(0),
-                                commands_next: restored.commands_offset.unwrap_or(0),
-                                usage_end: None,
-                                commands_end: None,
-                            },
-                        );
-                        let work = PartitionWork::new(partition, restored, metrics, view);
-                        self.parts.insert(partition, work);
-                        break;
-                    }
-                    Err(e) if !self.shutdown.load(Ordering::Relaxed) => {
-                        self.metrics.clickhouse_errors.inc();
-                        tracing::warn!(partition, error = %e, "cannot load partition state, retrying");
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition, error = %e, "shutting down before partition state loaded");
-                        break;
-                    }
+    /// Takes a rebalance the source handed over: a revoke flushes, commits and lets the
+    /// partitions go; an assignment is claimed (see [`Pipeline::claim_due`]).
+    fn rebalance(&mut self, source: &mut dyn Source, change: Rebalance) {
+        match change {
+            Rebalance::Assign(partitions) => {
+                let at = self.clock.now();
+                for partition in partitions {
+                    self.claiming.insert(
+                        partition,
+                        Retry {
+                            attempt: 0,
+                            at,
+                            backoff: Duration::from_millis(200),
+                        },
+                    );
                 }
+            }
+            Rebalance::Revoke => {
+                let offsets = self.flush_before_leaving(5);
+                let revoked = self.parts.len();
+                self.release_all();
+                source.commit(&offsets, true);
+                tracing::info!(partitions = revoked, "partitions revoked");
+                source.unassign();
+            }
+            Rebalance::Failed => {
+                self.release_all();
+                source.unassign();
+            }
+        }
+    }
+
+    /// Claims the assigned partitions whose turn it is, and loads their state; once all of
+    /// an assignment is claimed, the source reads them from their checkpointed offsets.
+    /// A claim that fails is tried again after a backoff (on a cluster, on the next
+    /// replica of the partition's shard): nothing may be read before the state is.
+    fn claim_due(&mut self, source: &mut dyn Source) {
+        let now = self.clock.now();
+        let due: Vec<(i32, Retry)> = self
+            .claiming
+            .iter()
+            .filter(|(_, retry)| retry.at <= now)
+            .map(|(p, r)| (*p, *r))
+            .collect();
+        for (partition, retry) in due {
+            match self.claim_one(partition, retry.attempt) {
+                Ok(start) => {
+                    self.claiming.remove(&partition);
+                    self.claimed.insert(partition, start);
+                }
+                Err(e) => {
+                    self.metrics.clickhouse_errors.inc();
+                    tracing::warn!(partition, error = %e, "cannot load partition state, retrying");
+                    self.claiming.insert(
+                        partition,
+                        Retry {
+                            attempt: retry.attempt + 1,
+                            at: now + retry.backoff,
+                            backoff: (retry.backoff * 2).min(MAX_BACKOFF),
+                        },
+                    );
+                }
+            }
+        }
+        if self.claiming.is_empty() && !self.claimed.is_empty() {
+            let claimed = std::mem::take(&mut self.claimed);
+            let starts = self.starts(&claimed);
+            source.assign(&starts);
+        }
+    }
+
+    /// Claims one partition and makes it this process's; returns where to start reading.
+    fn claim_one(
+        &mut self,
+        partition: i32,
+        attempt: u32,
+    ) -> Result<(Option<i64>, Option<i64>), store::StoreError> {
+        let claim_info = self.claim_info.clone();
+        let claim = Claim {
+            now_micros: self.clock.utc().timestamp_micros().max(0) as u64,
+            dedup_window_millis: self.rules.dedup_window.num_milliseconds(),
+            claim_info: &claim_info,
+            segment_records: self.config.pipeline.rollup_segment_records,
+        };
+        let restored =
+            self.rt
+                .block_on(self.store.claim_and_load(partition as u32, attempt, &claim))?;
+        let metrics = self.metrics.partition(self.topics(), partition);
+        tracing::info!(
+            partition,
+            accounts = restored.book.accounts.len(),
+            usage_offset = ?restored.usage_offset,
+            commands_offset = ?restored.commands_offset,
+            "partition assigned"
+        );
+        let start = (restored.usage_offset, restored.commands_offset);
+        self.owner
+            .claimed(partition, restored.commands_offset.unwrap_or(0));
+        let view = self.views.claimed(
+            partition,
+            view::Applied {
+                usage_next: restored.usage_offset.unwrap_or(0),
+                commands_next: restored.commands_offset.unwrap_or(0),
+                usage_end: None,
+                commands_end: None,
+            },
+        );
+        let mut work = PartitionWork::new(partition, restored, metrics, view);
+        let now = self.clock.now();
+        work.usage.last_received = now;
+        work.commands.last_received = now;
+        self.parts.insert(partition, work);
+        Ok(start)
+    }
+
+    /// Where the source reads each side of the claimed partitions from.
+    fn starts(
+        &self,
+        claimed: &BTreeMap<i32, (Option<i64>, Option<i64>)>,
+    ) -> Vec<(Which, i32, merge::Rewind)> {
+        let mut starts = Vec::new();
+        for (&partition, &(usage, commands)) in claimed {
+            for (which, start) in [(Which::Usage, usage), (Which::Commands, commands)] {
+                // Read a little before the checkpoint: a start inside a record batch would
+                // make tansu skip that batch; what comes before the checkpoint is dropped.
+                let to = start
+                    .map(|start| merge::Rewind::To(start.saturating_sub(LEAD_IN).max(0)))
+                    .unwrap_or(merge::Rewind::Beginning);
+                starts.push((which, partition, to));
             }
         }
         starts
     }
 
-    /// Claims `partitions` and returns the assignment of both topics at their
-    /// checkpointed offsets.
-    fn claim(&mut self, partitions: &BTreeSet<i32>) -> TopicPartitionList {
-        let starts = self.assign(partitions);
-        let (usage_topic, commands_topic) = self.topics();
-        let mut assignment = TopicPartitionList::new();
-        for (partition, (usage, commands)) in starts {
-            for (topic, start) in [(usage_topic, usage), (commands_topic, commands)] {
-                // Read a little before the checkpoint: a start inside a record batch would
-                // make tansu skip that batch; what comes before the checkpoint is dropped.
-                let offset = start
-                    .map(|start| Offset::Offset(start.saturating_sub(LEAD_IN).max(0)))
-                    .unwrap_or(Offset::Beginning);
-                if let Err(e) = assignment.add_partition_offset(topic, partition, offset) {
-                    tracing::error!(error = %e, "cannot build assignment");
-                }
-            }
-        }
-        assignment
-    }
-
     /// Queues one message. Returns `Rewind` when the message skips offsets and the
     /// partition must be read again (see [`merge::Side::rewound_at`]).
-    fn ingest(&mut self, message: &BorrowedMessage<'_>) -> Ingest {
-        let which = if message.topic() == self.config.kafka.usage_topic {
-            Which::Usage
-        } else {
-            Which::Commands
-        };
-        let Some(work) = self.parts.get_mut(&message.partition()) else {
+    fn ingest(&mut self, message: &Record<'_>) -> Ingest {
+        let which = message.which;
+        let Some(work) = self.parts.get_mut(&message.partition) else {
             return Ingest::Queued;
         };
         let side = work.side_mut(which);
-        if message.offset() < side.received_next {
+        if message.offset < side.received_next {
             return Ingest::Queued;
         }
-        if message.offset() > side.received_next {
+        if message.offset > side.received_next {
             match side.rewind(LEAD_IN) {
                 Some(to) => {
                     tracing::warn!(
-                        topic = message.topic(),
-                        partition = message.partition(),
+                        topic = message.topic,
+                        partition = message.partition,
                         expected = side.received_next,
-                        got = message.offset(),
+                        got = message.offset,
                         from = ?to,
                         "offsets skipped; reading the partition again"
                     );
-                    return Ingest::Rewind(to);
+                    return Ingest::Rewind {
+                        which,
+                        partition: message.partition,
+                        to,
+                    };
                 }
                 None => tracing::warn!(
-                    topic = message.topic(),
-                    partition = message.partition(),
+                    topic = message.topic,
+                    partition = message.partition,
                     expected = side.received_next,
-                    got = message.offset(),
+                    got = message.offset,
                     "offsets skipped again after rewinds; taking the gap as real"
                 ),
             }
         }
-        self.last_any_received = Instant::now();
-        side.received(message.offset(), Instant::now());
-        let pending = self.pending(message, which);
-        if let Some(work) = self.parts.get_mut(&message.partition()) {
+        let now = self.clock.now();
+        self.last_any_received = now;
+        side.received(message.offset, now);
+        let pending = self.pending(message, which, now);
+        if let Some(work) = self.parts.get_mut(&message.partition) {
             work.side_mut(which).queue.push_back(pending);
         }
         Ingest::Queued
@@ -304,26 +371,27 @@ impl Pipeline {
 
     /// A received record, screened at the edges (see [`screen`]): to apply here, to
     /// dead-letter, or to forward to its account's partition.
-    fn pending(&mut self, message: &BorrowedMessage<'_>, which: Which) -> Pending {
+    fn pending(&mut self, message: &Record<'_>, which: Which, now: Instant) -> Pending {
         let edges = screen::Edges {
             max_future_skew: self.rules.max_future_skew,
             partitions: self.partition_count,
             partitioner: self.config.kafka.partitioner,
         };
-        let timestamp = message.timestamp().to_millis();
+        let timestamp = message.timestamp;
+        // The wall clock is read here, at receipt; the core gets only the decision (a
+        // refused timestamp) and stays free of clocks.
+        let received_at = self.clock.utc();
         let arrival = timestamp
             .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .unwrap_or_else(Utc::now);
-        let payload = message.payload().unwrap_or_default();
+            .unwrap_or(received_at);
+        let payload = message.payload;
         let record = screen::Record {
             which,
-            partition: message.partition(),
+            partition: message.partition,
             payload,
             arrival,
-            // The wall clock is read here, at receipt; the core gets only the decision
-            // (a refused timestamp) and stays free of clocks.
-            received_at: Utc::now(),
-            size: record_size(message),
+            received_at,
+            size: message.size,
         };
         let (parsed, forward) = match screen::screen(&edges, &record) {
             screen::Verdict::Here(parsed) => (parsed, None),
@@ -332,8 +400,8 @@ impl Pipeline {
                     tracing::warn!(
                         source = ?event.source,
                         account = ?event.account,
-                        topic = message.topic(),
-                        partition = message.partition(),
+                        topic = message.topic,
+                        partition = message.partition,
                         owner = to,
                         partitioner = edges.partitioner.as_str(),
                         "a record in a partition that does not own its account (its producer \
@@ -343,19 +411,19 @@ impl Pipeline {
                 }
                 let forwarding = merge::Forwarding {
                     to,
-                    headers: message.headers().map(|h| h.detach()),
+                    headers: message.headers.map(|h| h.detach()),
                     timestamp,
                 };
                 (Ok(event), Some(forwarding))
             }
         };
         Pending {
-            offset: message.offset(),
+            offset: message.offset,
             arrival,
             parsed,
-            key: message.key().map(<[u8]>::to_vec),
+            key: message.key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
-            received: Instant::now(),
+            received: now,
             forward,
         }
     }
@@ -369,11 +437,11 @@ impl Pipeline {
             self.config.kafka.usage_topic.clone(),
             self.config.kafka.commands_topic.clone(),
         );
+        let applied_at = self.clock.utc();
         for work in self.parts.values_mut() {
             let asker = confirm::Asker {
                 rt: &self.rt,
                 store: &self.store,
-                stream: &self.stream,
                 partition: work.partition,
             };
             match work.confirming.step(&asker, now) {
@@ -410,6 +478,7 @@ impl Pipeline {
                 &self.rules,
                 (&usage_topic, &commands_topic),
                 now,
+                applied_at,
                 max_idle,
                 budget,
             );
@@ -484,7 +553,7 @@ impl Pipeline {
         if !self.writing.is_empty() && !self.may_overlap() {
             return;
         }
-        self.last_flush = Instant::now();
+        self.last_flush = self.clock.now();
         let Some(flush) = self.pending.pop_front().or_else(|| self.build_flush()) else {
             return;
         };
@@ -500,9 +569,8 @@ impl Pipeline {
         self.writing.push_back(self.rt.spawn(write_flush(
             FlushTargets {
                 store: self.store.clone(),
-                target: self.target.clone(),
-                producer: self.producer.clone(),
-                dlq_topic: self.config.kafka.dlq_topic.clone(),
+                outbox: self.outbox.clone(),
+                clock: self.clock.clone(),
                 metrics: self.metrics.clone(),
                 owner: self.owner.clone(),
                 email_context: self.email_context.clone(),
@@ -514,11 +582,11 @@ impl Pipeline {
 
     /// Takes what every partition applied since the last flush; `None` when nothing was.
     fn build_flush(&mut self) -> Option<Flush> {
-        let started = Instant::now();
+        let started = self.clock.now();
         let mut batch = writes::Batch::default();
         let mut outgoing = kafka::Outgoing::default();
         let mut decided = Vec::new();
-        let now_secs = Utc::now().timestamp().max(0) as u32;
+        let now_secs = self.clock.utc().timestamp().max(0) as u32;
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
         for work in self.parts.values_mut() {
@@ -547,8 +615,10 @@ impl Pipeline {
             .iter()
             .flat_map(|n| crate::notify::webhooks::deliveries(n, &self.config.webhooks))
             .collect();
-        self.metrics
-            .flush_phase(phase::BUILD, started.elapsed().as_secs_f64());
+        self.metrics.flush_phase(
+            phase::BUILD,
+            self.clock.now().duration_since(started).as_secs_f64(),
+        );
         Some(Flush {
             batch,
             outgoing,
@@ -621,7 +691,7 @@ impl Pipeline {
             if failed != phase::DEAD_LETTERS {
                 self.metrics.clickhouse_errors.inc();
             }
-            self.retry_at = Some(Instant::now() + self.backoff);
+            self.retry_at = Some(self.clock.now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             // It is the oldest flush not committed (flushes are collected in order, and a
             // retry goes alone), so it goes again first: a later checkpoint must never land
@@ -629,8 +699,10 @@ impl Pipeline {
             self.pending.push_front(flush);
             return Err(e);
         }
-        self.metrics
-            .flush_phase(phase::TOTAL, flush.started.elapsed().as_secs_f64());
+        self.metrics.flush_phase(
+            phase::TOTAL,
+            self.clock.now().duration_since(flush.started).as_secs_f64(),
+        );
         self.metrics.flush_events.observe(flush.events as f64);
         if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
             for mail in &mails {
@@ -655,7 +727,7 @@ impl Pipeline {
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
-        self.last_checkpoint = Some(Utc::now());
+        self.last_checkpoint = Some(self.clock.utc());
         for &(partition, version) in &flush.snapshots {
             let keep_claim = self
                 .parts
@@ -667,9 +739,7 @@ impl Pipeline {
             });
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
-            let pruned = self.rt.block_on(checkpoint::delete_before(
-                self.target.for_partition(partition as u32, 0),
-                &self.stream,
+            let pruned = self.rt.block_on(self.store.delete_before(
                 partition as u32,
                 version,
                 keep_claim,
@@ -710,7 +780,7 @@ impl Pipeline {
 
     /// Writes everything applied so far and waits for it: the flush in flight, a failed
     /// one, then the rest. Returns the group offsets to commit to Kafka.
-    fn flush_now(&mut self) -> anyhow::Result<Option<TopicPartitionList>> {
+    fn flush_now(&mut self) -> anyhow::Result<Vec<(i32, i64, i64)>> {
         let mut committed = Vec::new();
         loop {
             self.start_flush();
@@ -719,47 +789,26 @@ impl Pipeline {
             }
             committed.extend(self.finish_flush(true)?);
         }
-        self.group_offsets(&committed)
-    }
-
-    /// The group offsets for what checkpoints committed, the latest per partition.
-    fn group_offsets(
-        &self,
-        committed: &[(i32, i64, i64)],
-    ) -> anyhow::Result<Option<TopicPartitionList>> {
-        if committed.is_empty() {
-            return Ok(None);
-        }
-        let latest: BTreeMap<i32, (i64, i64)> = committed
-            .iter()
-            .map(|&(partition, usage, commands)| (partition, (usage, commands)))
-            .collect();
-        let (usage_topic, commands_topic) = self.topics();
-        let mut offsets = TopicPartitionList::new();
-        for (partition, (usage, commands)) in latest {
-            offsets.add_partition_offset(usage_topic, partition, Offset::Offset(usage))?;
-            offsets.add_partition_offset(commands_topic, partition, Offset::Offset(commands))?;
-        }
-        Ok(Some(offsets))
+        Ok(group_offsets(&committed))
     }
 
     /// Flushes with retries, for revoke and shutdown; gives up after `attempts`, leaving
-    /// the uncommitted tail to be replayed by the next owner.
-    fn flush_before_leaving(&mut self, attempts: u32) -> Option<TopicPartitionList> {
+    /// the uncommitted tail to be replayed by the next owner. Returns the group offsets.
+    fn flush_before_leaving(&mut self, attempts: u32) -> Vec<(i32, i64, i64)> {
         for attempt in 1..=attempts {
             match self.flush_now() {
                 Ok(offsets) => return offsets,
                 Err(e) => {
                     tracing::warn!(attempt, error = %format!("{e:#}"), "flush failed");
                     if attempt < attempts {
-                        std::thread::sleep(self.backoff);
+                        self.clock.sleep(self.backoff);
                     }
                 }
             }
         }
         tracing::error!("giving up the flush; the next owner replays from the last checkpoint");
         self.pending.clear();
-        None
+        Vec::new()
     }
 
     fn counts(&self) -> Counts {
@@ -842,6 +891,8 @@ impl Pipeline {
         self.last_commit = None;
         self.pending.clear();
         self.applied_since_flush = 0;
+        self.claiming.clear();
+        self.claimed.clear();
     }
 
     /// Records handled so far (applied, duplicates, rejected) and, once partitions are
@@ -891,10 +942,9 @@ impl Pipeline {
 
 /// Where a flush goes and whom it tells: what the writing task takes from the pipeline.
 struct FlushTargets {
-    store: clickhouse::Client,
-    target: store::cluster::Target,
-    producer: FutureProducer,
-    dlq_topic: String,
+    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
+    clock: Arc<dyn Clock>,
     metrics: RunMetrics,
     owner: Arc<crate::holds::owner::Owner>,
     email_context: Arc<alerting::Context>,
@@ -910,42 +960,37 @@ async fn write_flush(
 ) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
     let FlushTargets {
         store,
-        target,
-        producer,
-        dlq_topic,
+        outbox,
+        clock,
         metrics,
         owner,
         email_context,
     } = to;
     let result = async {
-        let mut at = Instant::now();
+        let mut at = clock.now();
         let mut done = |name: &'static str| {
-            metrics.flush_phase(name, at.elapsed().as_secs_f64());
-            at = Instant::now();
+            let now = clock.now();
+            metrics.flush_phase(name, now.duration_since(at).as_secs_f64());
+            at = now;
         };
         if !flush.outgoing_sent {
-            flush.forwarded = kafka::send_outgoing(&producer, &dlq_topic, &flush.outgoing)
+            flush.forwarded = outbox
+                .send(&flush.outgoing)
                 .await
-                .map_err(|e| {
-                    (
-                        phase::DEAD_LETTERS,
-                        anyhow::Error::new(e).context("dead letters and forwards"),
-                    )
-                })?;
+                .map_err(|e| (phase::DEAD_LETTERS, e.context("dead letters and forwards")))?;
             flush.outgoing_sent = true;
             done(phase::DEAD_LETTERS);
         }
-        writes::write_outputs(&target, &flush.batch)
-            .await
-            .map_err(|e| {
-                (
-                    phase::WRITE_OUTPUTS,
-                    anyhow::Error::new(e).context("ClickHouse"),
-                )
-            })?;
+        store.write_outputs(&flush.batch).await.map_err(|e| {
+            (
+                phase::WRITE_OUTPUTS,
+                anyhow::Error::new(e).context("ClickHouse"),
+            )
+        })?;
         done(phase::WRITE_OUTPUTS);
         if flush.mails.is_none() {
-            let mails = alerting::record(&store, &email_context, &flush.batch.alerts)
+            let mails = store
+                .record_alerts(&email_context, &flush.batch.alerts)
                 .await
                 .map_err(|e| {
                     (
@@ -962,14 +1007,12 @@ async fn write_flush(
                 .iter()
                 .map(crate::notify::webhooks::worker::pending_row)
                 .collect();
-            crate::store::webhooks::write(&store, &rows)
-                .await
-                .map_err(|e| {
-                    (
-                        phase::ALERTS,
-                        anyhow::Error::new(e).context("ClickHouse: webhooks"),
-                    )
-                })?;
+            store.record_webhooks(&rows).await.map_err(|e| {
+                (
+                    phase::ALERTS,
+                    anyhow::Error::new(e).context("ClickHouse: webhooks"),
+                )
+            })?;
             flush.hooks_recorded = true;
         }
         if let Some(after) = order.after {
@@ -980,7 +1023,7 @@ async fn write_flush(
                 )
             })?;
         }
-        writes::commit(&target, &flush.batch).await.map_err(|e| {
+        store.commit(&flush.batch).await.map_err(|e| {
             (
                 phase::CHECKPOINT,
                 anyhow::Error::new(e).context("ClickHouse"),
@@ -1010,18 +1053,13 @@ impl Ends {
         self.confirmed.get(&(which, partition)).copied()
     }
 
-    fn confirm(
-        &mut self,
-        consumer: &BaseConsumer<TallyContext>,
-        topics: (&str, &str),
-        partitions: &[i32],
-    ) {
+    fn confirm(&mut self, source: &dyn Source, partitions: &[i32]) {
         for &partition in partitions {
-            for (which, topic) in [(Which::Usage, topics.0), (Which::Commands, topics.1)] {
+            for which in [Which::Usage, Which::Commands] {
                 if self.confirmed.contains_key(&(which, partition)) {
                     continue;
                 }
-                if let Some(high) = kafka::fetched_high_watermark(consumer, topic, partition) {
+                if let Some(high) = source.fetched_end(which, partition) {
                     let listed = self.listed.get(&(which, partition)).copied().unwrap_or(0);
                     self.confirmed.insert((which, partition), high.max(listed));
                 }
@@ -1030,69 +1068,16 @@ impl Ends {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Ingest {
-    Queued,
-    Rewind(merge::Rewind),
-}
-
-struct TallyContext {
-    pipeline: Arc<Mutex<Pipeline>>,
-}
-
-impl TallyContext {
-    fn lock(&self) -> MutexGuard<'_, Pipeline> {
-        lock(&self.pipeline)
-    }
-}
-
-fn lock(pipeline: &Mutex<Pipeline>) -> MutexGuard<'_, Pipeline> {
-    pipeline
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl ClientContext for TallyContext {}
-
-impl ConsumerContext for TallyContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: BTreeSet<i32> =
-                    tpl.elements().iter().map(|e| e.partition()).collect();
-                let assignment = self.lock().claim(&partitions);
-                if let Err(e) = consumer.assign(&assignment) {
-                    tracing::error!(error = %e, "cannot assign partitions");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut pipeline = self.lock();
-                let offsets = pipeline.flush_before_leaving(5);
-                let revoked = pipeline.parts.len();
-                pipeline.release_all();
-                drop(pipeline);
-                if let Some(offsets) = offsets {
-                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                        tracing::warn!(error = %e, "cannot commit group offsets on revoke");
-                    }
-                }
-                tracing::info!(partitions = revoked, "partitions revoked");
-                if let Err(e) = consumer.unassign() {
-                    tracing::error!(error = %e, "cannot unassign partitions");
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance failed");
-                self.lock().release_all();
-                let _ = consumer.unassign();
-            }
-        }
-    }
+/// The group offsets for what checkpoints committed, the latest per partition.
+fn group_offsets(committed: &[(i32, i64, i64)]) -> Vec<(i32, i64, i64)> {
+    let latest: BTreeMap<i32, (i64, i64)> = committed
+        .iter()
+        .map(|&(partition, usage, commands)| (partition, (usage, commands)))
+        .collect();
+    latest
+        .into_iter()
+        .map(|(partition, (usage, commands))| (partition, usage, commands))
+        .collect()
 }
 
 /// How long the notifier may go on sending after the last flush; what it has not sent by
@@ -1174,45 +1159,35 @@ pub fn run(
         offers: config.offers.clone(),
     });
     let (views, asks) = view::Views::new();
-    let pipeline = Arc::new(Mutex::new(Pipeline {
+    let target = store::cluster::Target::new(&config.clickhouse);
+    let mut p = Pipeline::new(Setup {
+        store: Arc::new(clickhouse_edge::ClickHouseStore {
+            client: store,
+            target,
+            stream: stream.clone(),
+        }),
+        outbox: Arc::new(kafka_edge::KafkaOutbox {
+            producer,
+            dlq_topic: kafka_config.dlq_topic.clone(),
+            config: kafka_config.clone(),
+        }),
+        clock: Arc::new(edges::SystemClock),
         rules,
-        target: store::cluster::Target::new(&config.clickhouse),
         config,
-        store,
-        producer,
-        rt,
+        rt: Exec::Shared(rt),
         stream,
-        parts: BTreeMap::new(),
         notifier: Some(notifier),
         hooks: Some(hooks),
         email_context,
-        writing: VecDeque::new(),
-        last_commit: None,
-        pending: VecDeque::new(),
-        last_any_received: Instant::now(),
-        last_flush: Instant::now(),
-        applied_since_flush: 0,
-        retry_at: None,
-        backoff: Duration::from_millis(200),
-        shutdown: shutdown.clone(),
-        summary: Summary::default(),
-        last_checkpoint: None,
         metrics,
         owner: owner.clone(),
         views: views.clone(),
         asks,
         claim_info,
-        partition_count: 0,
-        forward_log: screen::LoggedSources::default(),
-        forwarded_ends: BTreeMap::new(),
-    }));
-    let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
-        .create_with_context(TallyContext {
-            pipeline: pipeline.clone(),
-        })
-        .context("cannot create the Kafka consumer")?;
-    let mut ends = Ends {
-        listed: end_offsets(&consumer, &kafka_config)?,
+    });
+    let mut source = kafka_edge::KafkaSource::new(&kafka_config)?;
+    let ends = Ends {
+        listed: source.end_offsets()?,
         confirmed: BTreeMap::new(),
     };
     let partition_count = ends
@@ -1220,29 +1195,20 @@ pub fn run(
         .keys()
         .filter(|(which, _)| *which == Which::Usage)
         .count() as i32;
-    lock(&pipeline).partition_count = partition_count;
+    p.partition_count = partition_count;
     owner.set_checker(view::checker(
         views,
         view::CheckRules {
-            rules: lock(&pipeline).rules.clone(),
+            rules: p.rules.clone(),
             partitions: partition_count,
             partitioner: kafka_config.partitioner,
         },
     ));
     match kafka_config.assignment.partitions() {
-        None => consumer
-            .subscribe(&[&kafka_config.usage_topic, &kafka_config.commands_topic])
-            .context("cannot subscribe")?,
+        None => source.subscribe()?,
         Some(listed) => {
             // This process owns these partitions outright: no group rebalances.
-            let partitions: BTreeSet<i32> = match listed {
-                Some(chosen) => chosen.into_iter().collect(),
-                None => ends
-                    .listed
-                    .keys()
-                    .map(|(_, partition)| *partition)
-                    .collect(),
-            };
+            let partitions = kafka_edge::listed_partitions(listed, &ends.listed);
             if let Some(missing) = partitions
                 .iter()
                 .find(|p| !ends.listed.contains_key(&(Which::Usage, **p)))
@@ -1252,10 +1218,7 @@ pub fn run(
                     kafka_config.usage_topic
                 );
             }
-            let assignment = lock(&pipeline).claim(&partitions);
-            consumer
-                .assign(&assignment)
-                .context("cannot assign partitions")?;
+            p.rebalance(&mut source, Rebalance::Assign(partitions));
         }
     }
     tracing::info!(
@@ -1268,133 +1231,35 @@ pub fn run(
     );
 
     // A drain shows how far it is; a run that never ends has `tally status` for that.
-    let mut progress = drain.then(|| {
-        crate::progress::Progress::new(
-            "drain",
-            "records",
-            lock(&pipeline).config.pipeline.progress_interval,
-        )
+    let progress = drain.then(|| {
+        crate::progress::Progress::new("drain", "records", p.config.pipeline.progress_interval)
     });
-    let mut paused = false;
-    // A drain reads up to fixed ends, so it sends no ticks of its own.
-    let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
-    let mut last_tick: Option<Instant> = None;
-    // The first poll's wait: short while something is due soon (an event whose max_idle
-    // runs out, a flush in flight whose end lets the next one start, a decision a caller
-    // waits for), so a hold's answer is not late by a whole poll.
-    let mut first_wait = POLL_WAIT;
+    let mut driver = Driver {
+        drain,
+        ends,
+        progress,
+        paused: false,
+        // A drain reads up to fixed ends, so it sends no ticks of its own.
+        tick_every: Some(tick_interval).filter(|t| !drain && !t.is_zero()),
+        last_tick: None,
+        first_wait: POLL_WAIT,
+        status: status.clone(),
+    };
     set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
-        let mut polled = 0;
-        while polled < POLL_BATCH {
-            let timeout = if polled == 0 {
-                first_wait
-            } else {
-                Duration::ZERO
-            };
-            match consumer.poll(timeout) {
-                Some(Ok(message)) => {
-                    if let Ingest::Rewind(to) = lock(&pipeline).ingest(&message) {
-                        let (topic, partition) = (message.topic().to_string(), message.partition());
-                        drop(message);
-                        seek(&consumer, &topic, partition, to);
-                        break;
-                    }
-                    polled += 1;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
-                }
-                None => break,
-            }
-        }
-        let now = Instant::now();
-        let mut p = lock(&pipeline);
-        if let Some(every) = tick_every {
-            if !p.parts.is_empty() && last_tick.is_none_or(|t| now.duration_since(t) >= every) {
-                last_tick = Some(now);
-                let partitions: Vec<i32> = p.parts.keys().copied().collect();
-                kafka::enqueue_ticks(&p.producer, &kafka_config, &partitions, Utc::now());
-            }
-        }
-        p.apply_ready(now);
-        refresh_highs(&consumer, &mut p, now);
-        p.apply_ready(now);
-        p.publish();
-        if drain {
-            let partitions: Vec<i32> = p.parts.keys().copied().collect();
-            ends.confirm(&consumer, p.topics(), &partitions);
-        }
-        let finished = p.finish_flush(false);
-        if p.flush_due(now) {
-            p.start_flush();
-        }
-        match finished.and_then(|committed| p.group_offsets(&committed)) {
-            Ok(None) => {}
-            Ok(Some(offsets)) => {
-                if paused {
-                    paused = false;
-                    set_state(&status, "running", None);
-                    resume(&consumer);
-                    // Nothing was fetched while paused: the ends known are old.
-                    for work in p.parts.values_mut() {
-                        work.usage.forget_idle();
-                        work.commands.forget_idle();
-                    }
-                    tracing::info!("writes succeed again, consumption resumed");
-                }
-                if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-                    tracing::warn!(error = %e, "cannot commit group offsets");
-                }
-            }
-            Err(e) => {
-                if !paused {
-                    paused = true;
-                    pause(&consumer);
-                }
-                set_state(&status, "paused", Some(format!("{e:#}")));
-                tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
-            }
-        }
-        p.report(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
-        p.export_lag();
-        if let Some(progress) = progress.as_mut() {
-            let (done, left) = p.drain_progress(&ends);
-            progress.update(done, left, left.map(|l| l + done));
-        }
-        first_wait = if p.due_soon() {
-            POLL_WAIT_DUE
-        } else {
-            POLL_WAIT
-        };
-        if drain && p.drained(&ends) {
-            // Everything up to the end offsets is applied; flush until nothing is left.
-            match p.flush_now() {
-                Ok(Some(offsets)) => {
-                    if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                        tracing::warn!(error = %e, "cannot commit group offsets");
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "flush failed, retrying"),
-            }
+        if turn(&mut p, &mut source, &mut driver) == Turn::Done {
+            break;
         }
     }
 
     set_state(&status, "stopping", None);
-    if let Some(mut progress) = progress.take() {
-        let (done, left) = lock(&pipeline).drain_progress(&ends);
+    if let Some(mut progress) = driver.progress.take() {
+        let (done, left) = p.drain_progress(&driver.ends);
         progress.finish(done, left, left.map(|l| l + done));
     }
-    let offsets = lock(&pipeline).flush_before_leaving(if drain { 20 } else { 10 });
-    if let Some(offsets) = offsets {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-            tracing::warn!(error = %e, "cannot commit group offsets at shutdown");
-        }
-    }
-    drop(consumer);
-    let mut p = lock(&pipeline);
+    let offsets = p.flush_before_leaving(if drain { 20 } else { 10 });
+    source.commit(&offsets, true);
+    drop(source);
     if let Some(notifier) = p.notifier.take() {
         let report = p.rt.block_on(notifier.shutdown(NOTIFIER_GRACE));
         tracing::info!(
@@ -1421,67 +1286,195 @@ pub fn run(
     Ok(summary)
 }
 
-/// Bytes of a record's key, payload and headers: what producing it again takes.
-fn record_size(message: &BorrowedMessage<'_>) -> usize {
-    use rdkafka::message::Headers;
-    let headers: usize = message.headers().map_or(0, |headers| {
-        headers
-            .iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-            .sum()
-    });
-    message.payload_len() + message.key_len() + headers
+/// What a [`Pipeline`] is made of: its edges and the process's shared parts.
+struct Setup {
+    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+    config: Config,
+    rt: Exec,
+    stream: String,
+    notifier: Option<crate::notify::NotifierHandle>,
+    hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
+    email_context: Arc<alerting::Context>,
+    metrics: RunMetrics,
+    owner: Arc<crate::holds::owner::Owner>,
+    views: Arc<view::Views>,
+    asks: view::Asks,
+    claim_info: String,
 }
 
-/// End offsets of every partition of both topics now; both must have the same partitions.
-fn end_offsets(
-    consumer: &BaseConsumer<TallyContext>,
-    config: &crate::config::KafkaConfig,
-) -> anyhow::Result<BTreeMap<(Which, i32), i64>> {
-    let mut ends = BTreeMap::new();
-    let mut counts = Vec::new();
-    for (which, topic) in [
-        (Which::Usage, &config.usage_topic),
-        (Which::Commands, &config.commands_topic),
-    ] {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| {
-                format!(
-                    "cannot read metadata of topic `{topic}` from {}",
-                    config.brokers
-                )
-            })?;
-        let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            bail!("topic `{topic}` does not exist; run `tally migrate`");
+impl Pipeline {
+    fn new(setup: Setup) -> Pipeline {
+        let now = setup.clock.now();
+        Pipeline {
+            rules: setup.rules,
+            config: setup.config,
+            store: setup.store,
+            outbox: setup.outbox,
+            clock: setup.clock,
+            rt: setup.rt,
+            stream: setup.stream,
+            parts: BTreeMap::new(),
+            notifier: setup.notifier,
+            hooks: setup.hooks,
+            email_context: setup.email_context,
+            writing: VecDeque::new(),
+            last_commit: None,
+            pending: VecDeque::new(),
+            last_any_received: now,
+            last_flush: now,
+            applied_since_flush: 0,
+            retry_at: None,
+            backoff: Duration::from_millis(200),
+            summary: Summary::default(),
+            last_checkpoint: None,
+            metrics: setup.metrics,
+            owner: setup.owner,
+            views: setup.views,
+            asks: setup.asks,
+            claim_info: setup.claim_info,
+            partition_count: 0,
+            forward_log: screen::LoggedSources::default(),
+            forwarded_ends: BTreeMap::new(),
+            claiming: BTreeMap::new(),
+            claimed: BTreeMap::new(),
+        }
+    }
+}
+
+/// The run loop's own state between turns.
+struct Driver {
+    drain: bool,
+    ends: Ends,
+    progress: Option<crate::progress::Progress>,
+    /// Consumption is paused while a flush fails.
+    paused: bool,
+    tick_every: Option<Duration>,
+    last_tick: Option<Instant>,
+    /// The first poll's wait: short while something is due soon (an event whose max_idle
+    /// runs out, a flush in flight whose end lets the next one start, a decision a caller
+    /// waits for), so a hold's answer is not late by a whole poll.
+    first_wait: Duration,
+    status: crate::status::Shared,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    Going,
+    /// A drain applied and committed everything up to its ends.
+    Done,
+}
+
+/// One turn of the run loop: rebalances and claims, a batch of polls, applying, the
+/// checks' view, the flushes and what they committed.
+fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
+    while let Some(change) = source.rebalance() {
+        p.rebalance(source, change);
+        // A revoke leaves no failed flush to retry, and a new assignment is not paused.
+        if d.paused {
+            d.paused = false;
+            set_state(&d.status, "running", None);
+        }
+    }
+    if !p.claiming.is_empty() {
+        p.claim_due(source);
+    }
+    let mut polled = 0;
+    while polled < POLL_BATCH {
+        let timeout = if polled == 0 {
+            d.first_wait
+        } else {
+            Duration::ZERO
         };
-        if meta.partitions().is_empty() {
-            bail!("topic `{topic}` does not exist or has no partitions; run `tally migrate`");
-        }
-        counts.push(meta.partitions().len());
-        for partition in meta.partitions() {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                .with_context(|| format!("cannot read the end of {topic}/{}", partition.id()))?;
-            ends.insert((which, partition.id()), high);
+        match source.poll(timeout, &mut |record| p.ingest(record)) {
+            Some(Ok(Ingest::Queued)) => polled += 1,
+            Some(Ok(Ingest::Rewind {
+                which,
+                partition,
+                to,
+            })) => {
+                source.seek(which, partition, to);
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                break;
+            }
+            None => break,
         }
     }
-    if counts[0] != counts[1] {
-        bail!(
-            "topics `{}` ({} partitions) and `{}` ({} partitions) must have the same number of \
-             partitions: an account's usage and commands must reach the same consumer",
-            config.usage_topic,
-            counts[0],
-            config.commands_topic,
-            counts[1]
-        );
+    let now = p.clock.now();
+    if let Some(every) = d.tick_every {
+        if !p.parts.is_empty() && d.last_tick.is_none_or(|t| now.duration_since(t) >= every) {
+            d.last_tick = Some(now);
+            let partitions: Vec<i32> = p.parts.keys().copied().collect();
+            p.outbox.ticks(&partitions, p.clock.utc());
+        }
     }
-    Ok(ends)
+    p.apply_ready(now);
+    refresh_highs(source, p, now);
+    p.apply_ready(now);
+    p.publish();
+    if d.drain {
+        let partitions: Vec<i32> = p.parts.keys().copied().collect();
+        d.ends.confirm(source, &partitions);
+    }
+    let finished = p.finish_flush(false);
+    if p.flush_due(now) {
+        p.start_flush();
+    }
+    match finished.map(|committed| group_offsets(&committed)) {
+        Ok(offsets) if offsets.is_empty() => {}
+        Ok(offsets) => {
+            if d.paused {
+                d.paused = false;
+                set_state(&d.status, "running", None);
+                source.resume();
+                // Nothing was fetched while paused: the ends known are old.
+                for work in p.parts.values_mut() {
+                    work.usage.forget_idle();
+                    work.commands.forget_idle();
+                }
+                tracing::info!("writes succeed again, consumption resumed");
+            }
+            source.commit(&offsets, false);
+        }
+        Err(e) => {
+            if !d.paused {
+                d.paused = true;
+                source.pause();
+            }
+            set_state(&d.status, "paused", Some(format!("{e:#}")));
+            tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
+        }
+    }
+    p.report(&mut d.status.lock().unwrap_or_else(|e| e.into_inner()));
+    p.export_lag();
+    if let Some(progress) = d.progress.as_mut() {
+        let (done, left) = p.drain_progress(&d.ends);
+        progress.update(done, left, left.map(|l| l + done));
+    }
+    d.first_wait = if p.due_soon() {
+        POLL_WAIT_DUE
+    } else {
+        POLL_WAIT
+    };
+    if d.drain && p.drained(&d.ends) {
+        // Everything up to the end offsets is applied; flush until nothing is left.
+        match p.flush_now() {
+            Ok(offsets) if offsets.is_empty() => return Turn::Done,
+            Ok(offsets) => source.commit(&offsets, true),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "flush failed, retrying"),
+        }
+    }
+    Turn::Going
 }
 
 /// Updates the known end of every side another side is waiting on, from the consumer's
 /// last fetch responses (no request is sent).
-fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: Instant) {
+fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
     let (usage_topic, commands_topic) = (
         p.config.kafka.usage_topic.clone(),
         p.config.kafka.commands_topic.clone(),
@@ -1495,11 +1488,9 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
             (Which::Commands, &commands_topic),
         ] {
             let partition = work.partition;
+            let end = source.fetched_end(which, partition);
             let side = work.side_mut(which);
-            side.observe_end(
-                kafka::fetched_high_watermark(consumer, topic, partition),
-                now,
-            );
+            side.observe_end(end, now);
             // Behind the end and nothing arriving, on this side or any other: the broker
             // skipped to a batch after our position, or there is none after it (see
             // `Side::rewound_at`). While other partitions receive, a side may just be
@@ -1523,20 +1514,9 @@ fn refresh_highs(consumer: &BaseConsumer<TallyContext>, p: &mut Pipeline, now: I
                     from = ?to,
                     "no records arrive before the end; reading the partition again"
                 );
-                seek(consumer, topic, partition, to);
+                source.seek(which, partition, to);
             }
         }
-    }
-}
-
-/// Moves the consumer's position on `topic`/`partition` to read it again from `to`.
-fn seek(consumer: &BaseConsumer<TallyContext>, topic: &str, partition: i32, to: merge::Rewind) {
-    let offset = match to {
-        merge::Rewind::To(offset) => Offset::Offset(offset),
-        merge::Rewind::Beginning => Offset::Beginning,
-    };
-    if let Err(e) = consumer.seek(topic, partition, offset, Duration::from_secs(10)) {
-        tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
     }
 }
 
@@ -1544,20 +1524,4 @@ fn set_state(status: &crate::status::Shared, state: &str, reason: Option<String>
     let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
     status.state = state.to_string();
     status.reason = reason;
-}
-
-fn pause(consumer: &BaseConsumer<TallyContext>) {
-    if let Ok(assignment) = consumer.assignment() {
-        if let Err(e) = consumer.pause(&assignment) {
-            tracing::warn!(error = %e, "cannot pause consumption");
-        }
-    }
-}
-
-fn resume(consumer: &BaseConsumer<TallyContext>) {
-    if let Ok(assignment) = consumer.assignment() {
-        if let Err(e) = consumer.resume(&assignment) {
-            tracing::warn!(error = %e, "cannot resume consumption");
-        }
-    }
 }

@@ -128,14 +128,14 @@ impl PartitionWork {
         rules: &Rules,
         topics: (&str, &str),
         now: Instant,
+        // One wall-clock read per pass, by the caller's clock: the events of one pass are
+        // applied within milliseconds of each other, and a clock read per event would
+        // cost more than the rest of the bookkeeping.
+        applied_at: chrono::DateTime<chrono::Utc>,
         max_idle: Duration,
         budget: usize,
     ) -> usize {
         let mut applied = 0;
-        // One wall-clock read per call: the events of one call are applied within
-        // milliseconds of each other, and a clock read per event would cost more than
-        // the rest of the bookkeeping.
-        let applied_at = chrono::Utc::now();
         while applied < budget {
             let which = match merge::next(&self.usage, &self.commands, now, max_idle) {
                 Decision::Apply(which) => which,

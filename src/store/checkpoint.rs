@@ -47,42 +47,45 @@ pub struct Restored {
     pub segment_records: u32,
 }
 
+/// The latest offsets row of a partition. The load's rows are public so that a stand-in
+/// of ClickHouse (the run's simulation) can select them and share the rest of the load.
 #[derive(clickhouse::Row, serde::Deserialize)]
-struct OffsetsRow {
-    usage_offset: i64,
-    commands_offset: i64,
-    arrival_high: i64,
+pub struct OffsetsRow {
+    pub usage_offset: i64,
+    pub commands_offset: i64,
+    pub arrival_high: i64,
     /// The offsets row's `seen_at`: the rollup segment size it was written with (0 before
     /// segments).
-    segment_records: i64,
+    pub segment_records: i64,
 }
 
+/// An account's latest committed state, or an open day's totals.
 #[derive(clickhouse::Row, serde::Deserialize)]
-struct StateRow {
-    account: String,
+pub struct StateRow {
+    pub account: String,
     #[serde(with = "serde_bytes")]
-    state: Vec<u8>,
+    pub state: Vec<u8>,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
-struct SeenRow {
-    key_hi: u64,
-    key_lo: u64,
-    version: u64,
-    seen_at: i64,
+pub struct SeenRow {
+    pub key_hi: u64,
+    pub key_lo: u64,
+    pub version: u64,
+    pub seen_at: i64,
 }
 
 /// One part of a sealed dedup blob.
 #[derive(clickhouse::Row, serde::Deserialize)]
-struct BlobPart {
+pub struct BlobPart {
     /// The blob: the version of the flush that wrote it.
-    key_hi: u64,
+    pub key_hi: u64,
     /// The part's index.
-    key_lo: u64,
+    pub key_lo: u64,
     /// How many parts the blob has.
-    usage_offset: i64,
+    pub usage_offset: i64,
     #[serde(with = "serde_bytes")]
-    state: Vec<u8>,
+    pub state: Vec<u8>,
 }
 
 /// A sealed blob is written in parts of at most this many bytes: ClickHouse 18.16 takes
@@ -148,24 +151,12 @@ pub async fn claim_and_load(
         .bind(partition)
         .fetch_one()
         .await?;
-    let version = now_micros.max(highest + 2);
+    let version = claim_version(now_micros, highest);
     let mut insert = super::writes::insert::<CheckpointRow>(client, "checkpoints").await?;
     insert
-        .write(&CheckpointRow {
-            stream: stream.to_string(),
-            partition,
-            row_kind: "claim".into(),
-            account: String::new(),
-            key_hi: 0,
-            key_lo: 0,
-            version,
-            usage_offset: 0,
-            commands_offset: 0,
-            arrival_high: 0,
-            state: claim_info.as_bytes().to_vec(),
-            seen_at: 0,
-            written_at: (now_micros / 1_000_000) as u32,
-        })
+        .write(&claim_row(
+            stream, partition, version, claim_info, now_micros,
+        ))
         .await?;
     insert.end().await?;
 
@@ -178,16 +169,7 @@ pub async fn claim_and_load(
         .bind(partition)
         .fetch_optional()
         .await?;
-    if let Some(stored) = offsets.as_ref().map(|o| o.segment_records) {
-        if stored != 0 && stored != i64::from(segment_records) {
-            return Err(StoreError::SegmentSize {
-                partition,
-                stored: u32::try_from(stored).unwrap_or(u32::MAX),
-                configured: segment_records,
-            });
-        }
-    }
-    let mut book = Book::default();
+    check_segments(offsets.as_ref(), partition, segment_records)?;
     let states: Vec<StateRow> = client
         .query(&format!(
             "SELECT account, argMax(state, version) FROM checkpoints \
@@ -200,6 +182,123 @@ pub async fn claim_and_load(
         .bind(partition)
         .fetch_all()
         .await?;
+    let arrival_high = offsets.as_ref().map_or(0, |o| o.arrival_high);
+    let seen = load_seen(
+        client,
+        stream,
+        partition,
+        horizon(arrival_high, dedup_window_millis),
+    )
+    .await?;
+    let days: Vec<StateRow> = client
+        .query(&format!(
+            "SELECT account, argMax(state, version) FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'day' AND key_hi >= ? \
+             AND version IN ({COMPLETE}) GROUP BY account, key_hi, key_lo"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(first_open_day(offsets.as_ref(), segment_records))
+        .bind(stream)
+        .bind(partition)
+        .fetch_all()
+        .await?;
+    restore(
+        Loaded {
+            version,
+            offsets,
+            states,
+            seen,
+            days,
+        },
+        dedup_window_millis,
+        segment_records,
+    )
+}
+
+/// The version a new owner claims with: above every version written so far.
+pub fn claim_version(now_micros: u64, highest: u64) -> u64 {
+    now_micros.max(highest + 2)
+}
+
+/// The row that claims a partition: who owns it, from which version.
+pub fn claim_row(
+    stream: &str,
+    partition: u32,
+    version: u64,
+    claim_info: &str,
+    now_micros: u64,
+) -> CheckpointRow {
+    CheckpointRow {
+        stream: stream.to_string(),
+        partition,
+        row_kind: "claim".into(),
+        account: String::new(),
+        key_hi: 0,
+        key_lo: 0,
+        version,
+        usage_offset: 0,
+        commands_offset: 0,
+        arrival_high: 0,
+        state: claim_info.as_bytes().to_vec(),
+        seen_at: 0,
+        written_at: (now_micros / 1_000_000) as u32,
+    }
+}
+
+/// Fails when the partition's checkpoint was cut with another rollup segment size.
+pub fn check_segments(
+    offsets: Option<&OffsetsRow>,
+    partition: u32,
+    segment_records: u32,
+) -> Result<(), StoreError> {
+    match offsets.map(|o| o.segment_records) {
+        Some(stored) if stored != 0 && stored != i64::from(segment_records) => {
+            Err(StoreError::SegmentSize {
+                partition,
+                stored: u32::try_from(stored).unwrap_or(u32::MAX),
+                configured: segment_records,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The oldest dedup key's first arrival the window still needs (milliseconds).
+pub fn horizon(arrival_high: i64, dedup_window_millis: i64) -> i64 {
+    arrival_high.saturating_mul(1000) - dedup_window_millis
+}
+
+/// The first day key (`key_hi`) of the open rollup segment.
+pub fn first_open_day(offsets: Option<&OffsetsRow>, segment_records: u32) -> u64 {
+    rollup::first_open_key(offsets.map_or(0, |o| o.usage_offset), segment_records)
+}
+
+/// What the queries of a load selected.
+pub struct Loaded {
+    pub version: u64,
+    pub offsets: Option<OffsetsRow>,
+    /// The latest state of each account among complete flushes.
+    pub states: Vec<StateRow>,
+    pub seen: Seen,
+    /// The latest totals of each open day among complete flushes.
+    pub days: Vec<StateRow>,
+}
+
+/// Decodes what a load selected into the new owner's start.
+pub fn restore(
+    loaded: Loaded,
+    dedup_window_millis: i64,
+    segment_records: u32,
+) -> Result<Restored, StoreError> {
+    let Loaded {
+        version,
+        offsets,
+        states,
+        mut seen,
+        days,
+    } = loaded;
+    let mut book = Book::default();
     for row in states {
         let state: AccountState =
             state_codec::decode(&row.state).map_err(|e| StoreError::State {
@@ -212,33 +311,10 @@ pub async fn claim_and_load(
     book.clock = (arrival_high > 0)
         .then(|| chrono::DateTime::from_timestamp(arrival_high, 0))
         .flatten();
-    book.seen = load_seen(
-        client,
-        stream,
-        partition,
-        arrival_high.saturating_mul(1000) - dedup_window_millis,
-    )
-    .await?;
     if let Some(clock) = book.clock {
-        book.seen
-            .expire(clock, chrono::TimeDelta::milliseconds(dedup_window_millis));
+        seen.expire(clock, chrono::TimeDelta::milliseconds(dedup_window_millis));
     }
-    let days: Vec<StateRow> = client
-        .query(&format!(
-            "SELECT account, argMax(state, version) FROM checkpoints \
-             WHERE {WHERE_PARTITION} AND row_kind = 'day' AND key_hi >= ? \
-             AND version IN ({COMPLETE}) GROUP BY account, key_hi, key_lo"
-        ))
-        .bind(stream)
-        .bind(partition)
-        .bind(rollup::first_open_key(
-            offsets.as_ref().map_or(0, |o| o.usage_offset),
-            segment_records,
-        ))
-        .bind(stream)
-        .bind(partition)
-        .fetch_all()
-        .await?;
+    book.seen = seen;
     let days = days
         .into_iter()
         .map(|row| {
@@ -270,7 +346,7 @@ async fn load_seen(
     partition: u32,
     horizon_millis: i64,
 ) -> Result<Seen, StoreError> {
-    let mut seen = Seen::sealing();
+    let mut loader = SeenLoader::new(partition);
     let mut parts = client
         .query(&format!(
             "SELECT key_hi, key_lo, usage_offset, state FROM checkpoints \
@@ -281,48 +357,10 @@ async fn load_seen(
         .bind(partition)
         .bind(horizon_millis)
         .fetch::<BlobPart>()?;
-    // Parts arrive in order, one blob after the other; a retried flush may have written
-    // a blob's parts twice (the same bytes).
-    let mut blob: Option<(u64, i64, Vec<u8>)> = None;
-    let mut next_part = 0u64;
-    let bad = |problem: String| StoreError::State {
-        account: format!("(dedup blob of partition {partition})"),
-        problem,
-    };
     while let Some(part) = parts.next().await? {
-        if blob.as_ref().is_some_and(|b| b.0 != part.key_hi) {
-            if let Some((id, count, bytes)) = blob.take() {
-                if next_part != count as u64 {
-                    return Err(bad(format!("blob {id}: {next_part} of {count} parts")));
-                }
-                seen.restore_blob(&bytes)
-                    .map_err(|e| bad(format!("blob {id}: {e}")))?;
-            }
-        }
-        let (_, _, bytes) = blob.get_or_insert_with(|| {
-            next_part = 0;
-            (part.key_hi, part.usage_offset, Vec::new())
-        });
-        if part.key_lo < next_part {
-            continue;
-        }
-        if part.key_lo != next_part {
-            return Err(bad(format!(
-                "blob {}: part {next_part} missing",
-                part.key_hi
-            )));
-        }
-        bytes.extend_from_slice(&part.state);
-        next_part += 1;
+        loader.part(part)?;
     }
-    if let Some((id, count, bytes)) = blob.take() {
-        if next_part != count as u64 {
-            return Err(bad(format!("blob {id}: {next_part} of {count} parts")));
-        }
-        seen.restore_blob(&bytes)
-            .map_err(|e| bad(format!("blob {id}: {e}")))?;
-    }
-    seen.finish_restore();
+    let sealed_through = loader.blobs_done()?;
     // Keys of committed flushes after the last sealed one: at most one seal's worth
     // (a snapshot seals everything committed, so the offsets rows these need survive
     // its pruning).
@@ -335,29 +373,108 @@ async fn load_seen(
         .bind(stream)
         .bind(partition)
         .bind(horizon_millis)
-        .bind(seen.sealed_through().unwrap_or(0))
+        .bind(sealed_through)
         .bind(stream)
         .bind(partition)
         .fetch_all()
         .await?;
-    let mut written: BTreeMap<u64, Written> = BTreeMap::new();
-    for row in rows {
-        seen.restore(
-            (u128::from(row.key_hi) << 64) | u128::from(row.key_lo),
-            row.seen_at,
-        );
-        let w = written.entry(row.version).or_insert(Written {
-            version: row.version,
-            first_at: row.seen_at,
-            last_at: row.seen_at,
-        });
-        w.first_at = w.first_at.min(row.seen_at);
-        w.last_at = w.last_at.max(row.seen_at);
+    Ok(loader.rows(rows))
+}
+
+/// Rebuilds the dedup window from the sealed blobs' parts (in order of blob and part),
+/// then from the keys committed after the last sealed flush.
+pub struct SeenLoader {
+    seen: Seen,
+    partition: u32,
+    /// The blob being read: its id, its count of parts and its bytes so far.
+    blob: Option<(u64, i64, Vec<u8>)>,
+    next_part: u64,
+}
+
+impl SeenLoader {
+    pub fn new(partition: u32) -> SeenLoader {
+        SeenLoader {
+            seen: Seen::sealing(),
+            partition,
+            blob: None,
+            next_part: 0,
+        }
     }
-    for w in written.into_values() {
-        seen.restore_written(w);
+
+    fn bad(&self, problem: String) -> StoreError {
+        StoreError::State {
+            account: format!("(dedup blob of partition {})", self.partition),
+            problem,
+        }
     }
-    Ok(seen)
+
+    /// Takes the next part. Parts arrive in order, one blob after the other; a retried
+    /// flush may have written a blob's parts twice (the same bytes).
+    pub fn part(&mut self, part: BlobPart) -> Result<(), StoreError> {
+        if self.blob.as_ref().is_some_and(|b| b.0 != part.key_hi) {
+            self.finish_blob()?;
+        }
+        if self.blob.is_none() {
+            self.next_part = 0;
+            self.blob = Some((part.key_hi, part.usage_offset, Vec::new()));
+        }
+        if part.key_lo < self.next_part {
+            return Ok(());
+        }
+        if part.key_lo != self.next_part {
+            return Err(self.bad(format!(
+                "blob {}: part {} missing",
+                part.key_hi, self.next_part
+            )));
+        }
+        if let Some((_, _, bytes)) = self.blob.as_mut() {
+            bytes.extend_from_slice(&part.state);
+        }
+        self.next_part += 1;
+        Ok(())
+    }
+
+    fn finish_blob(&mut self) -> Result<(), StoreError> {
+        if let Some((id, count, bytes)) = self.blob.take() {
+            if self.next_part != count as u64 {
+                return Err(self.bad(format!("blob {id}: {} of {count} parts", self.next_part)));
+            }
+            self.seen
+                .restore_blob(&bytes)
+                .map_err(|e| self.bad(format!("blob {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the blobs; returns the version the last sealed one covers (0 without any):
+    /// only keys of later flushes are read one by one.
+    pub fn blobs_done(&mut self) -> Result<u64, StoreError> {
+        self.finish_blob()?;
+        self.seen.finish_restore();
+        Ok(self.seen.sealed_through().unwrap_or(0))
+    }
+
+    /// Adds the keys committed after the last sealed flush.
+    pub fn rows(mut self, rows: Vec<SeenRow>) -> Seen {
+        let mut written: BTreeMap<u64, Written> = BTreeMap::new();
+        for row in rows {
+            self.seen.restore(
+                (u128::from(row.key_hi) << 64) | u128::from(row.key_lo),
+                row.seen_at,
+            );
+            let w = written.entry(row.version).or_insert(Written {
+                version: row.version,
+                first_at: row.seen_at,
+                last_at: row.seen_at,
+            });
+            w.first_at = w.first_at.min(row.seen_at);
+            w.last_at = w.last_at.max(row.seen_at);
+        }
+        for w in written.into_values() {
+            self.seen.restore_written(w);
+        }
+        self.seen
+    }
 }
 
 /// A probable duplicate's key and the committed flushes that may hold it.

@@ -1,0 +1,331 @@
+//! The run's [`Source`] and [`Outbox`] on Kafka (rdkafka). The rebalance callbacks only
+//! hand the change to the run thread over a bounded channel: the run thread claims the
+//! partitions (or flushes before giving them up) and then assigns (or unassigns), which
+//! librdkafka waits for before the group goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::edges::{BoxFuture, Ingest, Outbox, Rebalance, Record, Source};
+use super::merge::{Rewind, Which};
+use crate::config::KafkaConfig;
+use crate::kafka::{self, Outgoing};
+
+/// Rebalance changes waiting for the run thread. The group waits for the run thread's
+/// assign or unassign before it changes again, so a few are plenty.
+const REBALANCES: usize = 8;
+
+/// Hands rebalances to the run thread; does no work itself.
+pub struct TallyContext {
+    rebalances: SyncSender<Rebalance>,
+    /// Set when the consumer closes: the run thread has flushed and released everything
+    /// and polls no more, while closing waits for the revoke's unassign.
+    closing: AtomicBool,
+}
+
+impl ClientContext for TallyContext {}
+
+impl ConsumerContext for TallyContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if self.closing.load(Ordering::Relaxed) {
+            if let Err(e) = consumer.unassign() {
+                tracing::warn!(error = %e, "cannot unassign partitions while closing");
+            }
+            return;
+        }
+        let change = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                Rebalance::Assign(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke,
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                Rebalance::Failed
+            }
+        };
+        // The callback runs inside `poll`, on the run thread itself: it must never wait.
+        if let Err(TrySendError::Full(change) | TrySendError::Disconnected(change)) =
+            self.rebalances.try_send(change)
+        {
+            tracing::error!(change = ?change, "rebalance dropped: the run thread is not taking them");
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<TallyContext>,
+    rebalances: Receiver<Rebalance>,
+    usage_topic: String,
+    commands_topic: String,
+    brokers: String,
+}
+
+impl KafkaSource {
+    pub fn new(config: &KafkaConfig) -> anyhow::Result<KafkaSource> {
+        let (sender, rebalances) = std::sync::mpsc::sync_channel(REBALANCES);
+        let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(config)
+            .create_with_context(TallyContext {
+                rebalances: sender,
+                closing: AtomicBool::new(false),
+            })
+            .context("cannot create the Kafka consumer")?;
+        Ok(KafkaSource {
+            consumer,
+            rebalances,
+            usage_topic: config.usage_topic.clone(),
+            commands_topic: config.commands_topic.clone(),
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Joins the group on both topics; assignments come as [`Rebalance`]s.
+    pub fn subscribe(&self) -> anyhow::Result<()> {
+        self.consumer
+            .subscribe(&[&self.usage_topic, &self.commands_topic])
+            .context("cannot subscribe")
+    }
+
+    fn topic(&self, which: Which) -> &str {
+        match which {
+            Which::Usage => &self.usage_topic,
+            Which::Commands => &self.commands_topic,
+        }
+    }
+
+    fn assignment(&self) -> Option<TopicPartitionList> {
+        self.consumer.assignment().ok()
+    }
+}
+
+fn offset(to: Rewind) -> Offset {
+    match to {
+        Rewind::To(offset) => Offset::Offset(offset),
+        Rewind::Beginning => Offset::Beginning,
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        take: &mut dyn FnMut(&Record<'_>) -> Ingest,
+    ) -> Option<Result<Ingest, String>> {
+        match self.consumer.poll(timeout)? {
+            Ok(message) => {
+                let which = if message.topic() == self.usage_topic {
+                    Which::Usage
+                } else {
+                    Which::Commands
+                };
+                let record = Record {
+                    which,
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload().unwrap_or_default(),
+                    timestamp: message.timestamp().to_millis(),
+                    headers: message.headers(),
+                    size: record_size(&message),
+                };
+                Some(Ok(take(&record)))
+            }
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }
+
+    fn rebalance(&mut self) -> Option<Rebalance> {
+        self.rebalances.try_recv().ok()
+    }
+
+    fn assign(&mut self, starts: &[(Which, i32, Rewind)]) {
+        let mut assignment = TopicPartitionList::new();
+        for &(which, partition, to) in starts {
+            let topic = self.topic(which).to_string();
+            if let Err(e) = assignment.add_partition_offset(&topic, partition, offset(to)) {
+                tracing::error!(error = %e, "cannot build assignment");
+            }
+        }
+        if let Err(e) = self.consumer.assign(&assignment) {
+            tracing::error!(error = %e, "cannot assign partitions");
+        }
+    }
+
+    fn unassign(&mut self) {
+        if let Err(e) = self.consumer.unassign() {
+            tracing::error!(error = %e, "cannot unassign partitions");
+        }
+    }
+
+    fn seek(&mut self, which: Which, partition: i32, to: Rewind) {
+        let topic = self.topic(which).to_string();
+        if let Err(e) = self
+            .consumer
+            .seek(&topic, partition, offset(to), Duration::from_secs(10))
+        {
+            tracing::error!(topic = %topic, partition, error = %e, "cannot rewind");
+        }
+    }
+
+    fn pause(&mut self) {
+        if let Some(assignment) = self.assignment() {
+            if let Err(e) = self.consumer.pause(&assignment) {
+                tracing::warn!(error = %e, "cannot pause consumption");
+            }
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(assignment) = self.assignment() {
+            if let Err(e) = self.consumer.resume(&assignment) {
+                tracing::warn!(error = %e, "cannot resume consumption");
+            }
+        }
+    }
+
+    fn fetched_end(&self, which: Which, partition: i32) -> Option<i64> {
+        kafka::fetched_high_watermark(&self.consumer, self.topic(which), partition)
+    }
+
+    fn end_offsets(&self) -> anyhow::Result<BTreeMap<(Which, i32), i64>> {
+        let mut ends = BTreeMap::new();
+        let mut counts = Vec::new();
+        for which in [Which::Usage, Which::Commands] {
+            let topic = self.topic(which);
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| {
+                    format!(
+                        "cannot read metadata of topic `{topic}` from {}",
+                        self.brokers
+                    )
+                })?;
+            let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                bail!("topic `{topic}` does not exist; run `tally migrate`");
+            };
+            if meta.partitions().is_empty() {
+                bail!("topic `{topic}` does not exist or has no partitions; run `tally migrate`");
+            }
+            counts.push(meta.partitions().len());
+            for partition in meta.partitions() {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                    .with_context(|| {
+                        format!("cannot read the end of {topic}/{}", partition.id())
+                    })?;
+                ends.insert((which, partition.id()), high);
+            }
+        }
+        if counts[0] != counts[1] {
+            bail!(
+                "topics `{}` ({} partitions) and `{}` ({} partitions) must have the same number of \
+                 partitions: an account's usage and commands must reach the same consumer",
+                self.usage_topic,
+                counts[0],
+                self.commands_topic,
+                counts[1]
+            );
+        }
+        Ok(ends)
+    }
+
+    fn commit(&mut self, offsets: &[(i32, i64, i64)], sync: bool) {
+        // An empty list would commit the consumer's positions instead.
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for &(partition, usage, commands) in offsets {
+            for (which, next) in [(Which::Usage, usage), (Which::Commands, commands)] {
+                let topic = self.topic(which).to_string();
+                if let Err(e) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                    tracing::warn!(error = %e, "cannot build group offsets");
+                    return;
+                }
+            }
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = self.consumer.commit(&list, mode) {
+            tracing::warn!(error = %e, "cannot commit group offsets");
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing the consumer revokes and waits for the unassign, with no run thread
+        // left to take the change.
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Relaxed);
+    }
+}
+
+/// Bytes of a record's key, payload and headers: what producing it again takes.
+fn record_size(message: &BorrowedMessage<'_>) -> usize {
+    use rdkafka::message::Headers;
+    let headers: usize = message.headers().map_or(0, |headers| {
+        headers
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    message.payload_len() + message.key_len() + headers
+}
+
+/// Dead letters and forwards through the producer; ticks queued on the commands topic.
+pub struct KafkaOutbox {
+    pub producer: FutureProducer,
+    pub dlq_topic: String,
+    pub config: KafkaConfig,
+}
+
+impl Outbox for KafkaOutbox {
+    fn send<'a>(
+        &'a self,
+        outgoing: &'a Outgoing,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<(String, i32, i64)>>> {
+        Box::pin(async move {
+            kafka::send_outgoing(&self.producer, &self.dlq_topic, outgoing)
+                .await
+                .map_err(anyhow::Error::new)
+        })
+    }
+
+    fn ticks(&self, partitions: &[i32], at: DateTime<Utc>) {
+        kafka::enqueue_ticks(&self.producer, &self.config, partitions, at);
+    }
+}
+
+/// The partitions `assignment` names, for a process that owns them outright.
+pub fn listed_partitions(
+    listed: Option<Vec<i32>>,
+    ends: &BTreeMap<(Which, i32), i64>,
+) -> BTreeSet<i32> {
+    match listed {
+        Some(chosen) => chosen.into_iter().collect(),
+        None => ends.keys().map(|(_, partition)| *partition).collect(),
+    }
+}
