@@ -113,7 +113,11 @@ impl Book {
                 self.seen.record(key, arrival);
                 // A call that settles no hold moves no deadline (see `apply`).
                 let at = self.clock.unwrap_or(arrival);
-                let alerts = crate::alerting::evaluate(state, rules, call.account, at);
+                let alerts = if call.hold.is_some() {
+                    crate::alerting::evaluate(state, rules, call.account, at)
+                } else {
+                    crate::alerting::evaluate_call(state, rules, call.account, at)
+                };
                 Step {
                     due,
                     outcome: Outcome::Applied { account, entries },
