@@ -6,7 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{AlertSettings, Marks};
+use crate::alerts::{AlertSettings, Marks, Quiet};
 use crate::credits::Credits;
 use crate::day_cache::DayCache;
 use crate::event::{Body, Event, Grant, PlanChange, Rejection, Settings, Status, Usage, Void};
@@ -63,6 +63,9 @@ pub struct AccountState {
     /// Where each alert threshold stands, so it fires once per crossing and cycle.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub alert_marks: Marks,
+    /// What the last evaluation of the alerts proved about the next calls.
+    #[serde(skip)]
+    pub alert_quiet: Quiet,
     /// Open holds, and closed ones for the dedup window after they closed. States
     /// written before holds existed have none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

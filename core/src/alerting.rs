@@ -1,13 +1,38 @@
 //! Low-credit alert decisions: which thresholds an account's pools crossed downward, fired
 //! once per threshold per cycle and re-armed when the pool is back above it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::account::AccountState;
-use crate::alerts::{Alert, AlertKind, Mark, Marks};
+use crate::alerts::{Alert, AlertKind, AlertRules, Calm, Mark, Marks};
 use crate::credits::Credits;
+use crate::lots::Lot;
 use crate::plans;
 use crate::rules::{Rules, EXPIRING_WITHIN};
+
+/// [`evaluate`] after a call that settles no hold: skipped when the account's last
+/// evaluation proved that this one changes nothing (see [`crate::alerts::Quiet`]).
+pub fn evaluate_call(
+    state: &mut AccountState,
+    rules: &Rules,
+    account: &str,
+    at: DateTime<Utc>,
+) -> Vec<Alert> {
+    let Some(limits) = checked_limits(state, rules) else {
+        return Vec::new();
+    };
+    let quiet = state.alert_quiet.covers(
+        &limits,
+        at,
+        &state.lots,
+        state.next_seq,
+        state.shortfall.len(),
+    );
+    if quiet {
+        return Vec::new();
+    }
+    evaluate_all(state, rules, limits, account, at)
+}
 
 /// Checks every threshold of every pool of the account at `at` and returns the alerts that
 /// fire now, updating the account's marks. Accounts with no admins and no webhook (of
@@ -18,12 +43,29 @@ pub fn evaluate(
     account: &str,
     at: DateTime<Utc>,
 ) -> Vec<Alert> {
+    match checked_limits(state, rules) {
+        Some(limits) => evaluate_all(state, rules, limits, account, at),
+        None => Vec::new(),
+    }
+}
+
+/// The account's thresholds, if it has them on and someone to tell.
+fn checked_limits(state: &AccountState, rules: &Rules) -> Option<AlertRules> {
     let limits = state.alerts.effective(&rules.alerts);
     let listened =
         !state.admins.is_empty() || !state.hooks.endpoints.is_empty() || limits.global_webhooks;
-    if !limits.enabled || !listened {
-        return Vec::new();
-    }
+    (limits.enabled && listened).then_some(limits)
+}
+
+/// [`evaluate`] with the account's thresholds, leaving in the state what it proved about
+/// the next calls.
+fn evaluate_all(
+    state: &mut AccountState,
+    rules: &Rules,
+    limits: AlertRules,
+    account: &str,
+    at: DateTime<Utc>,
+) -> Vec<Alert> {
     let cycle_start = match &state.subscription {
         Some(s) => s.cycle_start,
         None => plans::month_start(state.timezone(rules), at),
@@ -58,6 +100,7 @@ pub fn evaluate(
         }
     };
     let mut fired = Vec::new();
+    let mut slack = Credits::from_milli(i64::MAX);
     let marks = &mut state.alert_marks;
     let context = Context {
         account,
@@ -85,10 +128,19 @@ pub fn evaluate(
         };
         if limits.low_balance.is_positive() {
             let below = available < limits.low_balance;
+            if !below {
+                slack = slack.min(available - limits.low_balance + Credits::from_milli(1));
+            }
             check(AlertKind::LowBalance, below, limits.low_balance, available);
         }
         if limits.shortfall {
             let owed = state.shortfall.get(pool).copied().unwrap_or_default();
+            if !owed.is_positive() && state.shortfall.contains_key(pool) {
+                // Unpaid calls add to a pool's entry, made when the first goes unpaid (a
+                // new entry changes their count): only an entry owing nothing can grow
+                // unseen.
+                slack = Credits::ZERO;
+            }
             check(
                 AlertKind::Shortfall,
                 owed.is_positive(),
@@ -107,6 +159,9 @@ pub fn evaluate(
                 .filter(|lot| lot.expires_at.is_some_and(|end| end <= soon))
                 .map(|lot| lot.free())
                 .sum();
+            if expiring > limits.expiring_min {
+                slack = slack.min(expiring - limits.expiring_min);
+            }
             check(
                 AlertKind::Expiring,
                 expiring > limits.expiring_min,
@@ -129,11 +184,58 @@ pub fn evaluate(
                     * i128::from(limits.included_used_percent.min(100))
                     / 100;
                 let line = Credits::from_milli(i64::try_from(share).unwrap_or(i64::MAX));
+                if used < line {
+                    slack = slack.min(line - used);
+                }
                 check(AlertKind::IncludedUsed, used >= line, line, available);
             }
         }
     }
+    let calm = Calm {
+        limits,
+        from: at,
+        until: quiet_until(state, rules, at, cycle_start),
+        lots: state.lots.len(),
+        next_seq: state.next_seq,
+        shortfall_pools: state.shortfall.len(),
+        free: state.lots.iter().map(Lot::free).sum(),
+        slack,
+    };
+    state.alert_quiet.set(calm);
     fired
+}
+
+/// The first instant after `at` at which time alone may move a check: a lot starting,
+/// expiring or coming within [`EXPIRING_WITHIN`] of its expiry, or the next cycle.
+fn quiet_until(
+    state: &AccountState,
+    rules: &Rules,
+    at: DateTime<Utc>,
+    cycle_start: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let next_cycle = match &state.subscription {
+        Some(s) => s.cycle_end,
+        // Months are shorter than 32 days: 32 days on lies in the next month.
+        None => cycle_start
+            .checked_add_signed(TimeDelta::days(32))
+            .map_or(at, |later| plans::month_start(state.timezone(rules), later)),
+    };
+    let lot_times = state
+        .lots
+        .iter()
+        .filter(|lot| !lot.voided && !lot.expired)
+        .flat_map(|lot| {
+            let nearing = lot
+                .expires_at
+                .and_then(|end| end.checked_sub_signed(EXPIRING_WITHIN));
+            [Some(lot.effective_at), lot.expires_at, nearing]
+        })
+        .flatten();
+    std::iter::once(next_cycle)
+        .chain(lot_times)
+        .filter(|&time| time > at)
+        .min()
+        .unwrap_or(at)
 }
 
 /// Pools whose names [`evaluate`] sorts on the stack; an account with more lots and

@@ -125,3 +125,76 @@ pub struct Alert {
 
 /// Marks of an account, by "pool/kind".
 pub type Marks = BTreeMap<String, Mark>;
+
+/// What the last full evaluation of an account's alerts proved about the calls after it,
+/// so that a call which moves no check across its threshold costs a few comparisons
+/// instead of every check of every pool. Derived from the state, never stored (a restored
+/// state starts without it and evaluates in full), and equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+pub struct Quiet(Option<Calm>);
+
+/// After a full evaluation every check's mark already agrees with its side of the
+/// threshold, so the next evaluation changes nothing while no check changes side. Between
+/// two calls without a hold only debits happen, and a debit only lowers lots: each check
+/// that a debit can move across is at least `slack` away, and each time-bound change (a
+/// lot starting, expiring or nearing its expiry, a new cycle) is at `until` or later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Calm {
+    pub limits: AlertRules,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The lots, grants and shortfall pools there were: any other count means the state
+    /// changed in another way than a debit.
+    pub lots: usize,
+    pub next_seq: u64,
+    pub shortfall_pools: usize,
+    /// The free credits of all lots together.
+    pub free: Credits,
+    /// Debits (in all) smaller than this move no check across its threshold.
+    pub slack: Credits,
+}
+
+impl PartialEq for Quiet {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Quiet {}
+
+impl Quiet {
+    pub(crate) fn set(&mut self, calm: Calm) {
+        self.0 = Some(calm);
+    }
+
+    /// Forgets what it proved: the state changed in a way it does not follow.
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+
+    /// Whether the evaluation at `at`, with these limits, lots and shortfall pools, would
+    /// change no mark and fire nothing.
+    pub(crate) fn covers(
+        &self,
+        limits: &AlertRules,
+        at: DateTime<Utc>,
+        lots: &[crate::lots::Lot],
+        next_seq: u64,
+        shortfall_pools: usize,
+    ) -> bool {
+        let Some(calm) = &self.0 else {
+            return false;
+        };
+        if calm.from > at
+            || at >= calm.until
+            || calm.lots != lots.len()
+            || calm.next_seq != next_seq
+            || calm.shortfall_pools != shortfall_pools
+            || calm.limits != *limits
+        {
+            return false;
+        }
+        let debited = calm.free - lots.iter().map(crate::lots::Lot::free).sum();
+        !debited.is_negative() && debited < calm.slack
+    }
+}

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::account::{self, AccountState, Call, Shared};
 use crate::alerts::Alert;
-use crate::dedup::{self, Seen};
+use crate::dedup::{self, Probe, Seen};
 use crate::event::borrowed::UsageEvent;
 use crate::event::{self, Event, Rejection};
 use crate::holds::Answer;
@@ -90,16 +90,19 @@ impl Book {
         }
         let call = Call::borrowed(usage);
         let key = dedup::key(call.account, call.source, call.id);
-        if self.seen.is_duplicate(key, arrival, rules.dedup_window) {
-            return Step {
-                due,
-                outcome: Outcome::Duplicate {
-                    account: call.account.to_string(),
-                },
-                alerts: Vec::new(),
-                answer: None,
-            };
-        }
+        let unrecorded = match self.seen.probe(key, arrival, rules.dedup_window) {
+            Probe::New(unrecorded) => unrecorded,
+            Probe::Duplicate => {
+                return Step {
+                    due,
+                    outcome: Outcome::Duplicate {
+                        account: call.account.to_string(),
+                    },
+                    alerts: Vec::new(),
+                    answer: None,
+                }
+            }
+        };
         let Some(state) = self.accounts.get_mut(call.account) else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
@@ -110,10 +113,14 @@ impl Book {
             .and_then(|()| state.usage_into(rules, &call, arrival, &mut self.shared, &mut entries));
         match applied {
             Ok(account) => {
-                self.seen.record(key, arrival);
+                unrecorded.record();
                 // A call that settles no hold moves no deadline (see `apply`).
                 let at = self.clock.unwrap_or(arrival);
-                let alerts = crate::alerting::evaluate(state, rules, call.account, at);
+                let alerts = if call.hold.is_some() {
+                    crate::alerting::evaluate(state, rules, call.account, at)
+                } else {
+                    crate::alerting::evaluate_call(state, rules, call.account, at)
+                };
                 Step {
                     due,
                     outcome: Outcome::Applied { account, entries },

@@ -10,6 +10,7 @@
 //! Without an answer the core treats the id as new. A `Seen::default()` never seals, so
 //! it is exact by itself (the reference model and the core's tests use it).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -281,6 +282,30 @@ pub enum BlobError {
     Count { counted: u64, said: u64 },
 }
 
+/// What [`Seen::probe`] found.
+pub enum Probe<'a> {
+    /// A copy of a key seen within the window: not to be applied.
+    Duplicate,
+    /// Not seen (or not provably): applied, it is to be recorded.
+    New(Unrecorded<'a>),
+}
+
+/// A new key's place in the window, held while its event is decided.
+pub struct Unrecorded<'a> {
+    slot: Entry<'a, u128, i64>,
+    fresh: &'a mut Vec<(u128, i64)>,
+    key: u128,
+    at: i64,
+}
+
+impl Unrecorded<'_> {
+    /// [`Seen::record`] for the probed key and arrival, in the place found.
+    pub fn record(self) {
+        self.slot.insert_entry(self.at);
+        self.fresh.push((self.key, self.at));
+    }
+}
+
 /// The ids of the window: exact ones since the last seal, compact ones before.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
@@ -337,6 +362,34 @@ impl Seen {
     /// proven: a probable duplicate not yet confirmed counts as new.
     pub fn is_duplicate(&self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> bool {
         self.lookup(key, arrival, window) == Lookup::Duplicate
+    }
+
+    /// [`Seen::is_duplicate`], and for a key that is not, the place where
+    /// [`Unrecorded::record`] records it: one probe of the exact keys for both, which every
+    /// call makes.
+    pub fn probe(&mut self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> Probe<'_> {
+        let at = arrival.timestamp_millis();
+        let window = window.num_milliseconds();
+        let horizon = self.horizon();
+        let within = |first: i64| first >= horizon && at < first + window;
+        let slot = self.first.entry(key);
+        let duplicate = match &slot {
+            Entry::Occupied(first) => within(*first.get()),
+            // As `lookup`: an answer decides a key not kept exactly; a probable copy in the
+            // sealed set is not a duplicate until answered.
+            Entry::Vacant(_) => {
+                matches!(self.answers.get(&key), Some(Some(first)) if within(*first))
+            }
+        };
+        if duplicate {
+            return Probe::Duplicate;
+        }
+        Probe::New(Unrecorded {
+            slot,
+            fresh: &mut self.fresh,
+            key,
+            at,
+        })
     }
 
     /// Whether ids first seen at most at `last` may hold a copy of one arriving at

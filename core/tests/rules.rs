@@ -1700,6 +1700,52 @@ fn a_low_balance_alert_fires_once_per_crossing_and_cycle() {
 }
 
 #[test]
+fn alerts_cross_after_quiet_calls_by_debits_and_by_time_alone() {
+    // Calls that move no threshold skip most of the alert check: these crossings each
+    // follow such calls, one by the debit of a call, one by time alone.
+    let mut h = alerting(AlertRules {
+        enabled: true,
+        low_balance: whole(20),
+        expiring_min: whole(10),
+        ..AlertRules::default()
+    });
+    h.grant(
+        "g1",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "purchased", "credits": 56, "expires_at": "2026-11-30T00:00:00Z"}"#,
+    );
+    let erase = r#"{"user": "u", "feature": "erase"}"#;
+    for (id, time) in [
+        ("u1", "2026-11-02T00:00:00Z"),
+        ("u2", "2026-11-02T01:00:00Z"),
+        ("u3", "2026-11-02T02:00:00Z"),
+        ("u4", "2026-11-15T23:59:59Z"),
+    ] {
+        h.call(id, time, erase);
+    }
+    assert!(
+        h.alerts.is_empty(),
+        "28 left, expiring in more than 14 days"
+    );
+    // 14 days before its end the lot's 21 left count as expiring (more than 10).
+    h.call("u5", "2026-11-16T00:00:00Z", erase);
+    assert_eq!(fired(&h), [(AlertKind::Expiring, whole(10), whole(21))]);
+    // 14 left: below 20.
+    h.call("u6", "2026-11-16T01:00:00Z", erase);
+    // 7 left: below 10 expiring, re-armed without an alert.
+    h.call("u7", "2026-11-16T02:00:00Z", erase);
+    assert_eq!(
+        fired(&h),
+        [
+            (AlertKind::Expiring, whole(10), whole(21)),
+            (AlertKind::LowBalance, whole(20), whole(14)),
+        ]
+    );
+    let expiring = &h.book.accounts["acme"].alert_marks["ai/expiring"];
+    assert!(!expiring.tripped, "re-armed: {expiring:?}");
+}
+
+#[test]
 fn included_use_and_shortfall_alerts() {
     let mut h = alerting(AlertRules {
         enabled: true,

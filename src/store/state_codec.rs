@@ -362,6 +362,7 @@ impl TryFrom<StoredState> for AccountState {
             lots,
             day_cache: Default::default(),
             own_name: Default::default(),
+            alert_quiet: Default::default(),
             next_seq: s.next_seq,
             timezone: s.timezone.as_deref().map(tz).transpose()?,
             policy: s.policy,
