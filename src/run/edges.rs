@@ -83,7 +83,10 @@ pub enum Ingest {
 pub enum Rebalance {
     Assign(BTreeSet<i32>),
     Revoke,
-    /// The group protocol failed: give everything up.
+    /// The group protocol failed, or the group already gave the partitions to another
+    /// member (the assignment is lost: this member missed its heartbeats or its poll
+    /// interval): give everything up without a flush, since committing now would write
+    /// over the new owner's claim with a zombie's work.
     Failed,
 }
 

@@ -52,6 +52,10 @@ impl ConsumerContext for TallyContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 Rebalance::Assign(tpl.elements().iter().map(|e| e.partition()).collect())
             }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if consumer.assignment_lost() => {
+                tracing::warn!("partitions lost to the group: dropping uncommitted work");
+                Rebalance::Failed
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke,
             other => {
                 tracing::error!(error = ?other, "rebalance failed");
