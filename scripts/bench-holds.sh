@@ -101,12 +101,13 @@ for phase in sums:
     if counts.get(phase):
         print(f"{phase:14} {1000 * sums[phase] / counts[phase]:8.1f} ms  {int(counts[phase])}")
 '
-echo "== from a record's broker timestamp to its application (mean; the merge waits kafka.max_idle)"
+echo "== from a record's broker timestamp, and a command's receipt, to its application (mean; the merge waits kafka.max_idle)"
 curl -s http://127.0.0.1:$STATUS_PORT/metrics | python3 -c '
 import sys
-v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("tally_apply_delay_seconds_")}
-s, c = v.get("tally_apply_delay_seconds_sum", 0), v.get("tally_apply_delay_seconds_count", 0)
-print(f"apply delay    {1000 * s / c:8.1f} ms  {int(c)} records" if c else "no records")
+v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith(("tally_apply_delay_seconds_", "tally_command_wait_seconds_"))}
+for name, label in [("tally_apply_delay_seconds", "apply delay"), ("tally_command_wait_seconds", "command wait")]:
+    s, c = v.get(name + "_sum", 0), v.get(name + "_count", 0)
+    print(f"{label:14} {1000 * s / c:8.1f} ms  {int(c)} records" if c else f"{label:14} (none)")
 '
 echo "== CPU time of tally run (user+system): $(ps -o times= -p $run_pid | tr -d ' ') s, of tally serve: $(ps -o times= -p $serve_pid | tr -d ' ') s"
 kill -TERM $run_pid; wait $run_pid || true

@@ -235,8 +235,18 @@ pub const DEAD_LETTER_KEY_MAX_BYTES: usize = 1024;
 /// Every producer of tally: keyed records go where `kafka.partitioner` says, which is
 /// where `tally run` applies them.
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(config, "5")
+}
+
+/// A producer for records a caller waits on, one at a time (`POST /v1/holds`): each is
+/// sent at once instead of after `linger.ms`, which would add to every answer.
+pub fn producer_at_once(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(config, "0")
+}
+
+fn producer_lingering(config: &KafkaConfig, linger_ms: &str) -> Result<FutureProducer, KafkaError> {
     Ok(client_config(config)
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms)
         .set("message.timeout.ms", "30000")
         .set("partitioner", config.partitioner.librdkafka_name())
         .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())

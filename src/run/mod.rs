@@ -39,8 +39,9 @@ const APPLY_BUDGET: usize = 10_000;
 const POLL_BATCH: usize = 5_000;
 /// The longest the run loop waits for a message before it looks at its partitions again.
 const POLL_WAIT: Duration = Duration::from_millis(20);
-/// ... and while something is due soon (see [`Pipeline::due_soon`]).
-const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
+/// ... and while something is due soon (see [`Pipeline::due_soon`]): a flush in flight
+/// ends within milliseconds, and a decision's flush starts only once the loop sees it end.
+const POLL_WAIT_DUE: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -164,6 +165,8 @@ struct Pipeline {
     /// The next offset after the last record this process forwarded, per side: a drain
     /// also applies what it forwarded, which lies past the ends it started with.
     forwarded_ends: BTreeMap<(Which, i32), i64>,
+    /// When the first decision not yet in a flush was applied (for `decision_wait`).
+    decided_since: Option<Instant>,
 }
 
 impl Pipeline {
@@ -413,6 +416,9 @@ impl Pipeline {
                 max_idle,
                 budget,
             );
+            if !work.decided.is_empty() {
+                self.decided_since.get_or_insert_with(Instant::now);
+            }
             if !work.confirm.is_empty() {
                 // Probable duplicates (sealed fingerprints) are confirmed against the
                 // exact rows before the partition goes on; the others go on meanwhile.
@@ -444,14 +450,32 @@ impl Pipeline {
     }
 
     /// Something the loop should look at again soon: a flush in flight (its end lets the
-    /// next start), a decision waiting for its flush, an event waiting out `max_idle`.
+    /// next start), a decision waiting for its flush, a confirmation under way. An event
+    /// waiting out `max_idle` has its own deadline (see [`Pipeline::poll_wait`]).
     fn due_soon(&self) -> bool {
         !self.writing.is_empty()
-            || self.parts.values().any(|work| {
-                !work.decided.is_empty()
-                    || !work.confirming.is_idle()
-                    || matches!(work.wait, Some((_, merge::WaitReason::IdleAtEnd)))
-            })
+            || self
+                .parts
+                .values()
+                .any(|work| !work.decided.is_empty() || !work.confirming.is_idle())
+    }
+
+    /// How long the next poll may wait for a record before the loop looks again.
+    fn poll_wait(&self, now: Instant) -> Duration {
+        let longest = if self.due_soon() {
+            POLL_WAIT_DUE
+        } else {
+            POLL_WAIT
+        };
+        // Nothing is applied while a failed flush waits: the waits noted are old.
+        if !self.pending.is_empty() {
+            return longest;
+        }
+        let deadlines = self.parts.values().filter_map(|work| {
+            let (_, reason) = work.wait?;
+            reason.deadline()
+        });
+        merge::poll_wait(longest, deadlines, now)
     }
 
     fn flush_due(&self, now: Instant) -> bool {
@@ -540,6 +564,12 @@ impl Pipeline {
             }
         }
         let events = std::mem::take(&mut self.applied_since_flush);
+        if let Some(since) = self.decided_since.take() {
+            self.metrics.flush_phase(
+                phase::DECISION_WAIT,
+                started.saturating_duration_since(since).as_secs_f64(),
+            );
+        }
         if offsets.is_empty() {
             return None;
         }
@@ -842,6 +872,7 @@ impl Pipeline {
         self.last_commit = None;
         self.pending.clear();
         self.applied_since_flush = 0;
+        self.decided_since = None;
     }
 
     /// Records handled so far (applied, duplicates, rejected) and, once partitions are
@@ -1205,6 +1236,7 @@ pub fn run(
         partition_count: 0,
         forward_log: screen::LoggedSources::default(),
         forwarded_ends: BTreeMap::new(),
+        decided_since: None,
     }));
     let consumer: BaseConsumer<TallyContext> = kafka::consumer_config(&kafka_config)
         .create_with_context(TallyContext {
@@ -1279,9 +1311,9 @@ pub fn run(
     // A drain reads up to fixed ends, so it sends no ticks of its own.
     let tick_every = Some(tick_interval).filter(|t| !drain && !t.is_zero());
     let mut last_tick: Option<Instant> = None;
-    // The first poll's wait: short while something is due soon (an event whose max_idle
-    // runs out, a flush in flight whose end lets the next one start, a decision a caller
-    // waits for), so a hold's answer is not late by a whole poll.
+    // The first poll's wait: up to the instant an event's max_idle runs out, and short
+    // while something is due soon (a flush in flight whose end lets the next one start, a
+    // decision a caller waits for), so a hold's answer is not late by a whole poll.
     let mut first_wait = POLL_WAIT;
     set_state(&status, "running", None);
     while !shutdown.load(Ordering::Relaxed) {
@@ -1363,11 +1395,7 @@ pub fn run(
             let (done, left) = p.drain_progress(&ends);
             progress.update(done, left, left.map(|l| l + done));
         }
-        first_wait = if p.due_soon() {
-            POLL_WAIT_DUE
-        } else {
-            POLL_WAIT
-        };
+        first_wait = p.poll_wait(Instant::now());
         if drain && p.drained(&ends) {
             // Everything up to the end offsets is applied; flush until nothing is left.
             match p.flush_now() {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tally_core::{AccountState, Credits, Rules};
 
-use crate::holds::owner::{CheckError, Checker};
+use crate::holds::owner::{Asking, CheckError, Checker};
 use crate::holds::{CheckRequest, CheckResponse, Freshness};
 use crate::partitioner::Partitioner;
 
@@ -228,7 +228,7 @@ pub struct CheckRules {
 /// The check, answered from the published states: every event of the last apply batch
 /// counts, flushed or not, and the answer says how far that is.
 pub fn checker(views: Arc<Views>, with: CheckRules) -> Checker {
-    Box::new(move |partition, request| check(&views, &with, partition, request))
+    Box::new(move |partition, request, asking| check(&views, &with, partition, request, asking))
 }
 
 /// The run loop's end of the checks' asks; it answers them between passes.
@@ -243,18 +243,20 @@ impl Asks {
 }
 
 /// The account's published state (`None`: it has no events), asking the run loop for it
-/// when it has none yet. Without an answer from the run loop in time, the check is not
-/// answered (`Starting`: try again) rather than answered as if the account were empty.
+/// when it has none yet (`Some(wait)`: up to that long; `None`: never, `NotPublished`).
+/// Without an answer from the run loop in time, the check is not answered (`Starting`:
+/// try again) rather than answered as if the account were empty.
 fn published(
     views: &Views,
     view: &Arc<PartitionView>,
     partition: i32,
     account: &str,
-    ask_wait: Duration,
+    ask_wait: Option<Duration>,
 ) -> Result<Option<Arc<AccountState>>, CheckError> {
-    let known = match view.state(account) {
-        Some(known) => known,
-        None => {
+    let known = match (view.state(account), ask_wait) {
+        (Some(known), _) => known,
+        (None, None) => return Err(CheckError::NotPublished),
+        (None, Some(ask_wait)) => {
             ask(views, partition, account, ask_wait)?;
             // Published now, or past the cap on remembered empties: then it has none.
             view.state(account).unwrap_or(Known::NoEvents)
@@ -298,6 +300,7 @@ fn check(
     with: &CheckRules,
     partition: i32,
     request: &CheckRequest,
+    asking: Asking,
 ) -> Result<CheckResponse, CheckError> {
     let view = views
         .get(partition)
@@ -307,7 +310,12 @@ fn check(
         return Err(CheckError::NotOwner(partition));
     }
     let freshness = view.freshness(partition);
-    let state = published(views, &view, partition, &request.account, ASK_WAIT)?.unwrap_or_default();
+    let ask_wait = match asking {
+        Asking::Wait => Some(ASK_WAIT),
+        Asking::Never => None,
+    };
+    let state =
+        published(views, &view, partition, &request.account, ask_wait)?.unwrap_or_default();
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
     let check = state
         .check(
@@ -402,7 +410,7 @@ mod tests {
         let mut states = HashMap::new();
         states.insert("restored".to_string(), AccountState::default());
         let answered = run_loop(views.clone(), asks, states, false);
-        let state = published(&views, &view, 2, "restored", TEST_WAIT).expect("answered");
+        let state = published(&views, &view, 2, "restored", Some(TEST_WAIT)).expect("answered");
         answered.join().expect("run loop");
         assert!(state.is_some());
         assert_eq!(view.freshness(2).usage_applied, 8);
@@ -413,7 +421,7 @@ mod tests {
         let (views, asks) = Views::new();
         let view = views.claimed(2, applied(7));
         let answered = run_loop(views.clone(), asks, HashMap::new(), true);
-        let result = published(&views, &view, 2, "restored", TEST_WAIT);
+        let result = published(&views, &view, 2, "restored", Some(TEST_WAIT));
         answered.join().expect("run loop");
         assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
@@ -423,11 +431,29 @@ mod tests {
         let (views, asks) = Views::new();
         let view = views.claimed(2, applied(7));
         let answered = run_loop(views.clone(), asks, HashMap::new(), false);
-        let state = published(&views, &view, 2, "nobody", TEST_WAIT).expect("answered");
+        let state = published(&views, &view, 2, "nobody", Some(TEST_WAIT)).expect("answered");
         answered.join().expect("run loop");
         assert!(state.is_none());
         // The next check reads it without asking.
         assert!(matches!(view.state("nobody"), Some(Known::NoEvents)));
+    }
+
+    #[test]
+    fn a_check_that_may_not_ask_answers_from_what_is_published_or_says_it_is_not() {
+        let (views, asks) = Views::new();
+        let view = views.claimed(2, applied(7));
+        let result = published(&views, &view, 2, "a", None);
+        assert!(matches!(result, Err(CheckError::NotPublished)));
+        assert!(asks.take().is_empty(), "the run loop was not asked");
+        let mut states = HashMap::new();
+        states.insert("a".to_string(), AccountState::default());
+        view.publish([], [&"a".to_string()], &states, applied(8));
+        view.publish([], [&"nobody".to_string()], &states, applied(8));
+        assert!(matches!(published(&views, &view, 2, "a", None), Ok(Some(_))));
+        assert!(matches!(published(&views, &view, 2, "nobody", None), Ok(None)));
+        views.released_all();
+        let result = published(&views, &view, 2, "a", None);
+        assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
 
     #[test]
@@ -437,9 +463,9 @@ mod tests {
         let mut states = HashMap::new();
         states.insert("a".to_string(), AccountState::default());
         view.publish([], [&"a".to_string()], &states, applied(8));
-        assert!(published(&views, &view, 2, "a", TEST_WAIT).is_ok());
+        assert!(published(&views, &view, 2, "a", Some(TEST_WAIT)).is_ok());
         views.released_all();
-        let result = published(&views, &view, 2, "a", TEST_WAIT);
+        let result = published(&views, &view, 2, "a", Some(TEST_WAIT));
         assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
 }
