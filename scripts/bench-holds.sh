@@ -7,7 +7,8 @@
 # p50, p99 and max of each. Release build unless PROFILE=debug.
 # BIN (tally) and BENCH_HOLDS_BIN run given binaries instead of building (e.g. an older
 # build, side by side); STATUS_PORT and SERVE_PORT move the two listeners; STACK_UP=0
-# uses the stack as it runs; BACKLOG=N adds checks while N calls are applied.
+# uses the stack as it runs; BACKLOG=N adds checks while N calls are applied; DATABASE
+# names the ClickHouse database (dropped first).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -32,14 +33,15 @@ BENCH="${BENCH_HOLDS_BIN:-$TARGET/$PROFILE/examples/bench_holds}"
 run="benchholds-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"
 export TALLY_KAFKA__DLQ_TOPIC="$run.tally.dlq" TALLY_KAFKA__GROUP_ID="$run"
-export TALLY_CLICKHOUSE__DATABASE="tally_bench_holds" TALLY_STATUS__LISTEN="127.0.0.1:$STATUS_PORT"
+DATABASE="${DATABASE:-tally_bench_holds}"
+export TALLY_CLICKHOUSE__DATABASE="$DATABASE" TALLY_STATUS__LISTEN="127.0.0.1:$STATUS_PORT"
 export TALLY_SERVE__LISTEN="127.0.0.1:$SERVE_PORT" TALLY_PIPELINE__TICK_INTERVAL=0s
 export TALLY_SMTP__HOST=127.0.0.1 TALLY_SMTP__PORT=1025 TALLY_LOG=warn
 KEY="bench-admin-key-0123456789abcdef"
 export TALLY_SERVE__KEYS="admin=$KEY"
 # One key sends every check and hold of the benchmark: its rate limit is not measured here.
 export TALLY_SERVE__RATE_PER_SECOND=1000000 TALLY_SERVE__RATE_BURST=1000000
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS tally_bench_holds" >/dev/null
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $DATABASE" >/dev/null
 "$TALLY" migrate >/dev/null
 at="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"
 for i in $(seq 0 $((ACCOUNTS - 1))); do

@@ -39,9 +39,11 @@ const APPLY_BUDGET: usize = 10_000;
 const POLL_BATCH: usize = 5_000;
 /// The longest the run loop waits for a message before it looks at its partitions again.
 const POLL_WAIT: Duration = Duration::from_millis(20);
-/// ... and while something is due soon (see [`Pipeline::due_soon`]): a flush in flight
-/// ends within milliseconds, and a decision's flush starts only once the loop sees it end.
-const POLL_WAIT_DUE: Duration = Duration::from_millis(1);
+/// ... and while something is due soon (see [`Pipeline::due_soon`]).
+const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
+/// ... and while a decision waits for the flush in flight to end: its own flush starts
+/// only once the loop sees that, and a caller waits for it.
+const POLL_WAIT_DECISION: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -462,15 +464,21 @@ impl Pipeline {
 
     /// How long the next poll may wait for a record before the loop looks again.
     fn poll_wait(&self, now: Instant) -> Duration {
-        let longest = if self.due_soon() {
+        let usual = if self.due_soon() {
             POLL_WAIT_DUE
         } else {
             POLL_WAIT
         };
-        // Nothing is applied while a failed flush waits: the waits noted are old.
+        // A failed flush waits for its retry: no decision goes before it, and the waits
+        // noted are old (nothing is applied meanwhile).
         if !self.pending.is_empty() {
-            return longest;
+            return usual;
         }
+        let longest = if self.parts.values().any(|work| !work.decided.is_empty()) {
+            POLL_WAIT_DECISION
+        } else {
+            usual
+        };
         let deadlines = self.parts.values().filter_map(|work| {
             let (_, reason) = work.wait?;
             reason.deadline()
