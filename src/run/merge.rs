@@ -436,7 +436,10 @@ mod tests {
             }
         );
         // Waiting for records has no deadline: their arrival wakes the loop.
-        let lagging = WaitReason::Lagging { received: 3, end: 5 };
+        let lagging = WaitReason::Lagging {
+            received: 3,
+            end: 5,
+        };
         assert_eq!(lagging.deadline(), None);
         assert_eq!(WaitReason::EndUnknown.deadline(), None);
     }

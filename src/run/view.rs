@@ -314,8 +314,7 @@ fn check(
         Asking::Wait => Some(ASK_WAIT),
         Asking::Never => None,
     };
-    let state =
-        published(views, &view, partition, &request.account, ask_wait)?.unwrap_or_default();
+    let state = published(views, &view, partition, &request.account, ask_wait)?.unwrap_or_default();
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
     let check = state
         .check(
@@ -449,8 +448,14 @@ mod tests {
         states.insert("a".to_string(), AccountState::default());
         view.publish([], [&"a".to_string()], &states, applied(8));
         view.publish([], [&"nobody".to_string()], &states, applied(8));
-        assert!(matches!(published(&views, &view, 2, "a", None), Ok(Some(_))));
-        assert!(matches!(published(&views, &view, 2, "nobody", None), Ok(None)));
+        assert!(matches!(
+            published(&views, &view, 2, "a", None),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            published(&views, &view, 2, "nobody", None),
+            Ok(None)
+        ));
         views.released_all();
         let result = published(&views, &view, 2, "a", None);
         assert!(matches!(result, Err(CheckError::NotOwner(2))));
