@@ -68,6 +68,8 @@ bench() {
 }
 echo "== checks alone, $RATE/s for ${SECONDS_EACH}s"
 bench --mode check --rate "$RATE"
+# The delays below count from here: the grants applied at start-up waited for the start.
+curl -s http://127.0.0.1:$STATUS_PORT/metrics >".stack/$run-metrics-before.txt"
 echo "== holds alone, $HOLD_RATE/s for ${SECONDS_EACH}s"
 bench --mode hold --rate "$HOLD_RATE" --prefix "$run-a"
 echo "== checks at $RATE/s and holds at $HOLD_RATE/s at once, ${SECONDS_EACH}s"
@@ -103,13 +105,17 @@ for phase in sums:
     if counts.get(phase):
         print(f"{phase:14} {1000 * sums[phase] / counts[phase]:8.1f} ms  {int(counts[phase])}")
 '
-echo "== from a record's broker timestamp, and a command's receipt, to its application (mean; the merge waits kafka.max_idle)"
+echo "== the holds' records, from broker timestamp and from receipt to application (mean; the merge waits kafka.max_idle)"
 curl -s http://127.0.0.1:$STATUS_PORT/metrics | python3 -c '
 import sys
-v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith(("tally_apply_delay_seconds_", "tally_command_wait_seconds_"))}
+def read(lines):
+    return {l.split()[0]: float(l.split()[1]) for l in lines if l.startswith(("tally_apply_delay_seconds_", "tally_command_wait_seconds_"))}
+v, b = read(sys.stdin), read(open(sys.argv[1]))
 for name, label in [("tally_apply_delay_seconds", "apply delay"), ("tally_command_wait_seconds", "command wait")]:
-    s, c = v.get(name + "_sum", 0), v.get(name + "_count", 0)
+    s = v.get(name + "_sum", 0) - b.get(name + "_sum", 0)
+    c = v.get(name + "_count", 0) - b.get(name + "_count", 0)
     print(f"{label:14} {1000 * s / c:8.1f} ms  {int(c)} records" if c else f"{label:14} (none)")
-'
+' ".stack/$run-metrics-before.txt"
+rm -f ".stack/$run-metrics-before.txt"
 echo "== CPU time of tally run (user+system): $(ps -o times= -p $run_pid | tr -d ' ') s, of tally serve: $(ps -o times= -p $serve_pid | tr -d ' ') s"
 kill -TERM $run_pid; wait $run_pid || true
