@@ -7,7 +7,8 @@
 # p50, p99 and max of each. Release build unless PROFILE=debug.
 # BIN (tally) and BENCH_HOLDS_BIN run given binaries instead of building (e.g. an older
 # build, side by side); STATUS_PORT and SERVE_PORT move the two listeners; STACK_UP=0
-# uses the stack as it runs; BACKLOG=N adds checks while N calls are applied.
+# uses the stack as it runs; BACKLOG=N adds checks while N calls are applied; DATABASE
+# names the ClickHouse database (dropped first).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -32,14 +33,15 @@ BENCH="${BENCH_HOLDS_BIN:-$TARGET/$PROFILE/examples/bench_holds}"
 run="benchholds-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"
 export TALLY_KAFKA__DLQ_TOPIC="$run.tally.dlq" TALLY_KAFKA__GROUP_ID="$run"
-export TALLY_CLICKHOUSE__DATABASE="tally_bench_holds" TALLY_STATUS__LISTEN="127.0.0.1:$STATUS_PORT"
+DATABASE="${DATABASE:-tally_bench_holds}"
+export TALLY_CLICKHOUSE__DATABASE="$DATABASE" TALLY_STATUS__LISTEN="127.0.0.1:$STATUS_PORT"
 export TALLY_SERVE__LISTEN="127.0.0.1:$SERVE_PORT" TALLY_PIPELINE__TICK_INTERVAL=0s
 export TALLY_SMTP__HOST=127.0.0.1 TALLY_SMTP__PORT=1025 TALLY_LOG=warn
 KEY="bench-admin-key-0123456789abcdef"
 export TALLY_SERVE__KEYS="admin=$KEY"
 # One key sends every check and hold of the benchmark: its rate limit is not measured here.
 export TALLY_SERVE__RATE_PER_SECOND=1000000 TALLY_SERVE__RATE_BURST=1000000
-curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS tally_bench_holds" >/dev/null
+curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS $DATABASE" >/dev/null
 "$TALLY" migrate >/dev/null
 at="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"
 for i in $(seq 0 $((ACCOUNTS - 1))); do
@@ -66,6 +68,8 @@ bench() {
 }
 echo "== checks alone, $RATE/s for ${SECONDS_EACH}s"
 bench --mode check --rate "$RATE"
+# The delays below count from here: the grants applied at start-up waited for the start.
+curl -s http://127.0.0.1:$STATUS_PORT/metrics >".stack/$run-metrics-before.txt"
 echo "== holds alone, $HOLD_RATE/s for ${SECONDS_EACH}s"
 bench --mode hold --rate "$HOLD_RATE" --prefix "$run-a"
 echo "== checks at $RATE/s and holds at $HOLD_RATE/s at once, ${SECONDS_EACH}s"
@@ -101,12 +105,17 @@ for phase in sums:
     if counts.get(phase):
         print(f"{phase:14} {1000 * sums[phase] / counts[phase]:8.1f} ms  {int(counts[phase])}")
 '
-echo "== from a record's broker timestamp to its application (mean; the merge waits kafka.max_idle)"
+echo "== the holds' records, from broker timestamp and from receipt to application (mean; the merge waits kafka.max_idle)"
 curl -s http://127.0.0.1:$STATUS_PORT/metrics | python3 -c '
 import sys
-v = {l.split()[0]: float(l.split()[1]) for l in sys.stdin if l.startswith("tally_apply_delay_seconds_")}
-s, c = v.get("tally_apply_delay_seconds_sum", 0), v.get("tally_apply_delay_seconds_count", 0)
-print(f"apply delay    {1000 * s / c:8.1f} ms  {int(c)} records" if c else "no records")
-'
+def read(lines):
+    return {l.split()[0]: float(l.split()[1]) for l in lines if l.startswith(("tally_apply_delay_seconds_", "tally_command_wait_seconds_"))}
+v, b = read(sys.stdin), read(open(sys.argv[1]))
+for name, label in [("tally_apply_delay_seconds", "apply delay"), ("tally_command_wait_seconds", "command wait")]:
+    s = v.get(name + "_sum", 0) - b.get(name + "_sum", 0)
+    c = v.get(name + "_count", 0) - b.get(name + "_count", 0)
+    print(f"{label:14} {1000 * s / c:8.1f} ms  {int(c)} records" if c else f"{label:14} (none)")
+' ".stack/$run-metrics-before.txt"
+rm -f ".stack/$run-metrics-before.txt"
 echo "== CPU time of tally run (user+system): $(ps -o times= -p $run_pid | tr -d ' ') s, of tally serve: $(ps -o times= -p $serve_pid | tr -d ' ') s"
 kill -TERM $run_pid; wait $run_pid || true

@@ -212,9 +212,10 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         // tansu answers a fetch at the end of a partition only when this runs out, so it is
         // how late a live record arrives: a hold's answer waits for it (measured: 50 ms
-        // here put the median hold 45 ms later). With records waiting, fetches return at
-        // once whatever it is.
-        .set("fetch.wait.max.ms", "10");
+        // here put the median hold 45 ms later; 5 instead of 10 took produce-to-receipt
+        // from 19 to 8 ms mean, docs/benchmarks.md, session 9). With records waiting,
+        // fetches return at once whatever it is; idle, it costs 200 fetches a second.
+        .set("fetch.wait.max.ms", "5");
     if !config.instance_id.is_empty() {
         client.set("group.instance.id", &config.instance_id);
     }
@@ -235,8 +236,18 @@ pub const DEAD_LETTER_KEY_MAX_BYTES: usize = 1024;
 /// Every producer of tally: keyed records go where `kafka.partitioner` says, which is
 /// where `tally run` applies them.
 pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(config, "5")
+}
+
+/// A producer for records a caller waits on, one at a time (`POST /v1/holds`): each is
+/// sent at once instead of after `linger.ms`, which would add to every answer.
+pub fn producer_at_once(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    producer_lingering(config, "0")
+}
+
+fn producer_lingering(config: &KafkaConfig, linger_ms: &str) -> Result<FutureProducer, KafkaError> {
     Ok(client_config(config)
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms)
         .set("message.timeout.ms", "30000")
         .set("partitioner", config.partitioner.librdkafka_name())
         .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())

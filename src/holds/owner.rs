@@ -26,6 +26,20 @@ pub enum CheckError {
     Rejected(Rejection),
     #[error("this process answers no checks yet")]
     Starting,
+    /// Asked with [`Asking::Never`] about an account the run loop has not published.
+    #[error("the account's state is not published yet")]
+    NotPublished,
+}
+
+/// Whether a check may wait for the run loop to publish an account it has not published
+/// yet (the first check of an account).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asking {
+    /// Ask the run loop and wait for it: this blocks, so it runs off the async workers.
+    Wait,
+    /// Answer only from what is published, without blocking; otherwise
+    /// [`CheckError::NotPublished`].
+    Never,
 }
 
 /// Where a caller's wait for a decision stands.
@@ -45,7 +59,7 @@ pub enum Wait {
 
 /// The check, installed by the run loop: (partition, request) to its answer.
 pub type Checker =
-    Box<dyn Fn(i32, &CheckRequest) -> Result<CheckResponse, CheckError> + Send + Sync>;
+    Box<dyn Fn(i32, &CheckRequest, Asking) -> Result<CheckResponse, CheckError> + Send + Sync>;
 
 /// A decision as answered: which answer it is and its JSON body.
 type Rendered = (AnswerKind, Arc<[u8]>);
@@ -100,15 +114,16 @@ impl Owner {
         let _ = self.checker.set(checker);
     }
 
-    /// Answers a check for `partition` from the published states (may block: an account
-    /// not published yet waits for the run loop's next pass).
+    /// Answers a check for `partition` from the published states. With [`Asking::Wait`]
+    /// it may block: an account not published yet waits for the run loop's next pass.
     pub fn check(
         &self,
         partition: i32,
         request: &CheckRequest,
+        asking: Asking,
     ) -> Result<CheckResponse, CheckError> {
         match self.checker.get() {
-            Some(check) => check(partition, request),
+            Some(check) => check(partition, request, asking),
             None => Err(CheckError::Starting),
         }
     }

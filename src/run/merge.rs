@@ -167,8 +167,20 @@ pub enum WaitReason {
     EndUnknown,
     /// The broker holds records of the other side that are not received yet.
     Lagging { received: i64, end: i64 },
-    /// The other side has received up to its end; it gets `max_idle` to receive more.
-    IdleAtEnd,
+    /// The other side has received up to its end; it gets `max_idle` to receive more,
+    /// which runs out `until`: the run loop wakes then, not a poll later.
+    IdleAtEnd { until: Instant },
+}
+
+impl WaitReason {
+    /// When the wait ends by itself, if nothing is received meanwhile; `None` while it
+    /// waits for records (they wake the run loop when they come).
+    pub fn deadline(self) -> Option<Instant> {
+        match self {
+            WaitReason::IdleAtEnd { until } => Some(until),
+            WaitReason::EndUnknown | WaitReason::Lagging { .. } => None,
+        }
+    }
 }
 
 impl fmt::Display for WaitReason {
@@ -180,7 +192,9 @@ impl fmt::Display for WaitReason {
                 "the broker holds {} records not received yet (received up to {received}, end {end})",
                 end - received
             ),
-            WaitReason::IdleAtEnd => f.write_str("it is at its end; waiting up to max_idle"),
+            WaitReason::IdleAtEnd { .. } => {
+                f.write_str("it is at its end; waiting up to max_idle")
+            }
         }
     }
 }
@@ -234,11 +248,33 @@ fn alone(which: Which, head: &Pending, other: &Side, now: Instant, max_idle: Dur
         });
     }
     match other.at_end_since {
-        Some(since) if now.saturating_duration_since(since.max(head.received)) >= max_idle => {
-            Decision::Apply(which)
+        Some(since) => {
+            let until = since.max(head.received) + max_idle;
+            if now >= until {
+                Decision::Apply(which)
+            } else {
+                wait(WaitReason::IdleAtEnd { until })
+            }
         }
-        _ => wait(WaitReason::IdleAtEnd),
+        // Not seen at its end since it moved: the run loop looks at its end this pass, and
+        // the wait counts from then at the earliest.
+        None => wait(WaitReason::IdleAtEnd {
+            until: now.max(head.received) + max_idle,
+        }),
     }
+}
+
+/// How long the run loop's next poll may wait: `longest`, cut to the earliest deadline
+/// of a wait at the end, so an event goes when its `max_idle` runs out, not a poll later.
+pub fn poll_wait(
+    longest: Duration,
+    deadlines: impl IntoIterator<Item = Instant>,
+    now: Instant,
+) -> Duration {
+    deadlines
+        .into_iter()
+        .map(|at| at.saturating_duration_since(now))
+        .fold(longest, Duration::min)
 }
 
 #[cfg(test)]
@@ -350,7 +386,7 @@ mod tests {
         assert!(matches!(
             next(&u, &other, late + IDLE * 5, IDLE),
             Decision::Wait {
-                reason: WaitReason::IdleAtEnd,
+                reason: WaitReason::IdleAtEnd { .. },
                 ..
             }
         ));
@@ -359,6 +395,64 @@ mod tests {
             next(&u, &other, late + IDLE * 6, IDLE),
             Decision::Apply(Which::Usage)
         );
+    }
+
+    #[test]
+    fn a_wait_at_the_end_names_the_instant_it_ends_and_ends_exactly_then() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut other = side(vec![], 5, 5);
+        other.observe_end(None, start);
+        // The head arrived after the side was seen at its end: max_idle from its arrival.
+        let u = side(vec![pending(0, Some(TEN), start + ms(50))], 1, 1);
+        let waiting = next(&u, &other, start + ms(60), IDLE);
+        let until = start + ms(250);
+        assert_eq!(
+            waiting,
+            Decision::Wait {
+                waiting: Which::Usage,
+                reason: WaitReason::IdleAtEnd { until }
+            }
+        );
+        let Decision::Wait { reason, .. } = waiting else {
+            unreachable!("checked above")
+        };
+        assert_eq!(reason.deadline(), Some(until));
+        assert!(matches!(
+            next(&u, &other, until - Duration::from_nanos(1), IDLE),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(next(&u, &other, until, IDLE), Decision::Apply(Which::Usage));
+        // Seen at its end after the head arrived: max_idle from then.
+        let mut other = side(vec![], 5, 5);
+        other.observe_end(None, start + ms(100));
+        assert_eq!(
+            next(&u, &other, start + ms(100), IDLE),
+            Decision::Wait {
+                waiting: Which::Usage,
+                reason: WaitReason::IdleAtEnd {
+                    until: start + ms(300)
+                }
+            }
+        );
+        // Waiting for records has no deadline: their arrival wakes the loop.
+        let lagging = WaitReason::Lagging {
+            received: 3,
+            end: 5,
+        };
+        assert_eq!(lagging.deadline(), None);
+        assert_eq!(WaitReason::EndUnknown.deadline(), None);
+    }
+
+    #[test]
+    fn the_poll_waits_until_the_earliest_deadline_at_most() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(poll_wait(ms(20), [], now), ms(20));
+        assert_eq!(poll_wait(ms(20), [now + ms(30)], now), ms(20));
+        assert_eq!(poll_wait(ms(20), [now + ms(30), now + ms(7)], now), ms(7));
+        // A deadline passed already: no wait at all.
+        assert_eq!(poll_wait(ms(20), [now], now + ms(1)), Duration::ZERO);
     }
 
     #[test]

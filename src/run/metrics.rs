@@ -7,6 +7,8 @@
 //! once per partition ([`PartitionMetrics`]), so the hot path is a relaxed atomic add per
 //! event and a non-atomic histogram observation flushed once per batch.
 
+use std::time::Duration;
+
 use prometheus::core::Collector;
 use prometheus::local::LocalHistogram;
 use prometheus::{
@@ -33,13 +35,17 @@ pub mod phase {
     /// From the start of the attempt that landed (with the build, when the batch was
     /// built by that attempt) to its commit.
     pub const TOTAL: &str = "total";
-    pub const ALL: [&str; 6] = [
+    /// From the first decision on a hold or release the flush carries to the flush's
+    /// start: how long a caller's answer waited for the flush before it.
+    pub const DECISION_WAIT: &str = "decision_wait";
+    pub const ALL: [&str; 7] = [
         BUILD,
         DEAD_LETTERS,
         WRITE_OUTPUTS,
         ALERTS,
         CHECKPOINT,
         TOTAL,
+        DECISION_WAIT,
     ];
 }
 
@@ -81,6 +87,8 @@ pub struct RunMetrics {
     pub flush_failures: IntCounterVec,
     /// Seconds from broker timestamp to applied, every record.
     pub apply_delay: Histogram,
+    /// Seconds from a commands record's receipt to its application: the merge's wait.
+    pub command_wait: Histogram,
     /// Low-credit alerts by outcome: sent, suppressed (held for a digest), failed.
     pub alerts: IntCounterVec,
     /// ClickHouse calls of the run loop that failed (flush phases, state loads,
@@ -160,6 +168,13 @@ impl RunMetrics {
             )
             .buckets(DELAY_BUCKETS.to_vec()),
         )?;
+        let command_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "tally_command_wait_seconds",
+                "Seconds from a commands record's receipt by tally run to its application (the merge's wait for the usage side)",
+            )
+            .buckets(DELAY_BUCKETS.to_vec()),
+        )?;
         let alerts = IntCounterVec::new(
             Opts::new(
                 "tally_alerts_total",
@@ -192,7 +207,7 @@ impl RunMetrics {
             ),
             &["outcome"],
         )?;
-        let collectors: [Box<dyn Collector>; 14] = [
+        let collectors: [Box<dyn Collector>; 15] = [
             Box::new(applied.clone()),
             Box::new(rejected.clone()),
             Box::new(duplicates.clone()),
@@ -202,6 +217,7 @@ impl RunMetrics {
             Box::new(flush_events.clone()),
             Box::new(flush_failures.clone()),
             Box::new(apply_delay.clone()),
+            Box::new(command_wait.clone()),
             Box::new(alerts.clone()),
             Box::new(clickhouse_errors.clone()),
             Box::new(http_requests.clone()),
@@ -236,6 +252,7 @@ impl RunMetrics {
             flush_events,
             flush_failures,
             apply_delay,
+            command_wait,
             alerts,
             clickhouse_errors,
             http_requests,
@@ -260,6 +277,7 @@ impl RunMetrics {
             ),
             rejected: self.rejected.clone(),
             apply_delay: self.apply_delay.local(),
+            command_wait: self.command_wait.local(),
             lag: (None, None),
             lag_vec: self.lag.clone(),
         }
@@ -314,6 +332,7 @@ pub struct PartitionMetrics {
     forwarded: (IntCounter, IntCounter),
     rejected: IntCounterVec,
     apply_delay: LocalHistogram,
+    command_wait: LocalHistogram,
     lag: (Option<IntGauge>, Option<IntGauge>),
     lag_vec: IntGaugeVec,
 }
@@ -348,9 +367,15 @@ impl PartitionMetrics {
         self.apply_delay.observe(seconds.max(0.0));
     }
 
-    /// Moves the buffered delay observations into the shared histogram.
+    /// A commands record applied `waited` after tally received it.
+    pub fn command_waited(&self, waited: Duration) {
+        self.command_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Moves the buffered delay observations into the shared histograms.
     pub fn publish(&self) {
         self.apply_delay.flush();
+        self.command_wait.flush();
     }
 
     /// Sets the lag of one side: `end` is the partition's end (None: not known yet),

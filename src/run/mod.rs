@@ -45,6 +45,9 @@ const POLL_BATCH: usize = 5_000;
 const POLL_WAIT: Duration = Duration::from_millis(20);
 /// ... and while something is due soon (see [`Pipeline::due_soon`]).
 const POLL_WAIT_DUE: Duration = Duration::from_millis(5);
+/// ... and while a decision waits for the flush in flight to end: its own flush starts
+/// only once the loop sees that, and a caller waits for it.
+const POLL_WAIT_DECISION: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a side may sit behind its known end with nothing arriving before it is read
 /// again from the start.
@@ -170,6 +173,8 @@ struct Pipeline {
     /// Partitions claimed, with their starts, waiting for the others of their assignment:
     /// the source is assigned them together.
     claimed: BTreeMap<i32, (Option<i64>, Option<i64>)>,
+    /// When the first decision not yet in a flush was applied (for `decision_wait`).
+    decided_since: Option<Instant>,
 }
 
 /// When a failed claim is tried again, and on which replica.
@@ -482,6 +487,9 @@ impl Pipeline {
                 max_idle,
                 budget,
             );
+            if !work.decided.is_empty() {
+                self.decided_since.get_or_insert(now);
+            }
             if !work.confirm.is_empty() {
                 // Probable duplicates (sealed fingerprints) are confirmed against the
                 // exact rows before the partition goes on; the others go on meanwhile.
@@ -513,14 +521,38 @@ impl Pipeline {
     }
 
     /// Something the loop should look at again soon: a flush in flight (its end lets the
-    /// next start), a decision waiting for its flush, an event waiting out `max_idle`.
+    /// next start), a decision waiting for its flush, a confirmation under way. An event
+    /// waiting out `max_idle` has its own deadline (see [`Pipeline::poll_wait`]).
     fn due_soon(&self) -> bool {
         !self.writing.is_empty()
-            || self.parts.values().any(|work| {
-                !work.decided.is_empty()
-                    || !work.confirming.is_idle()
-                    || matches!(work.wait, Some((_, merge::WaitReason::IdleAtEnd)))
-            })
+            || self
+                .parts
+                .values()
+                .any(|work| !work.decided.is_empty() || !work.confirming.is_idle())
+    }
+
+    /// How long the next poll may wait for a record before the loop looks again.
+    fn poll_wait(&self, now: Instant) -> Duration {
+        let usual = if self.due_soon() {
+            POLL_WAIT_DUE
+        } else {
+            POLL_WAIT
+        };
+        // A failed flush waits for its retry: no decision goes before it, and the waits
+        // noted are old (nothing is applied meanwhile).
+        if !self.pending.is_empty() {
+            return usual;
+        }
+        let longest = if self.parts.values().any(|work| !work.decided.is_empty()) {
+            POLL_WAIT_DECISION
+        } else {
+            usual
+        };
+        let deadlines = self.parts.values().filter_map(|work| {
+            let (_, reason) = work.wait?;
+            reason.deadline()
+        });
+        merge::poll_wait(longest, deadlines, now)
     }
 
     fn flush_due(&self, now: Instant) -> bool {
@@ -608,6 +640,12 @@ impl Pipeline {
             }
         }
         let events = std::mem::take(&mut self.applied_since_flush);
+        if let Some(since) = self.decided_since.take() {
+            self.metrics.flush_phase(
+                phase::DECISION_WAIT,
+                started.saturating_duration_since(since).as_secs_f64(),
+            );
+        }
         if offsets.is_empty() {
             return None;
         }
@@ -893,6 +931,7 @@ impl Pipeline {
         self.applied_since_flush = 0;
         self.claiming.clear();
         self.claimed.clear();
+        self.decided_since = None;
     }
 
     /// Records handled so far (applied, duplicates, rejected) and, once partitions are
@@ -1340,6 +1379,7 @@ impl Pipeline {
             forwarded_ends: BTreeMap::new(),
             claiming: BTreeMap::new(),
             claimed: BTreeMap::new(),
+            decided_since: None,
         }
     }
 }
@@ -1456,11 +1496,10 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
         let (done, left) = p.drain_progress(&d.ends);
         progress.update(done, left, left.map(|l| l + done));
     }
-    d.first_wait = if p.due_soon() {
-        POLL_WAIT_DUE
-    } else {
-        POLL_WAIT
-    };
+    // Up to the instant an event's max_idle runs out, and short while something is due
+    // soon (a flush in flight whose end lets the next one start, a decision a caller
+    // waits for), so a hold's answer is not late by a whole poll.
+    d.first_wait = p.poll_wait(p.clock.now());
     if d.drain && p.drained(&d.ends) {
         // Everything up to the end offsets is applied; flush until nothing is left.
         match p.flush_now() {

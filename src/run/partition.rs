@@ -165,6 +165,9 @@ impl PartitionWork {
             let delay = applied_at - pending.arrival;
             self.metrics
                 .delay(delay.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+            if which == Which::Commands {
+                self.metrics.command_waited(pending.received.elapsed());
+            }
             self.apply(rules, which, topic, pending);
             self.side_mut(which).applied_next = offset + 1;
             applied += 1;

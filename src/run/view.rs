@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tally_core::{AccountState, Credits, Rules};
 
-use crate::holds::owner::{CheckError, Checker};
+use crate::holds::owner::{Asking, CheckError, Checker};
 use crate::holds::{CheckRequest, CheckResponse, Freshness};
 use crate::partitioner::Partitioner;
 
@@ -57,6 +57,9 @@ pub struct PartitionView {
     commands_end: AtomicI64,
     /// Accounts remembered as [`Known::NoEvents`].
     empties: AtomicUsize,
+    /// Publishes begun plus publishes ended: odd while one runs. A check that sees the
+    /// same even value before and after its reads read states and offsets of one publish.
+    epoch: AtomicU64,
 }
 
 /// How far a partition had applied, and the ends its sides knew, at a publish.
@@ -86,6 +89,7 @@ impl PartitionView {
             usage_end: AtomicI64::new(UNKNOWN),
             commands_end: AtomicI64::new(UNKNOWN),
             empties: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +108,7 @@ impl PartitionView {
         states: &HashMap<String, AccountState, S>,
         applied: Applied,
     ) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         for account in changed {
             self.update(account, states, false);
         }
@@ -119,6 +124,7 @@ impl PartitionView {
             .store(applied.usage_next, Ordering::Release);
         self.commands_applied
             .store(applied.commands_next, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     /// Copies the account's state into the view: always when a check `asked` for it,
@@ -228,7 +234,7 @@ pub struct CheckRules {
 /// The check, answered from the published states: every event of the last apply batch
 /// counts, flushed or not, and the answer says how far that is.
 pub fn checker(views: Arc<Views>, with: CheckRules) -> Checker {
-    Box::new(move |partition, request| check(&views, &with, partition, request))
+    Box::new(move |partition, request, asking| check(&views, &with, partition, request, asking))
 }
 
 /// The run loop's end of the checks' asks; it answers them between passes.
@@ -243,18 +249,20 @@ impl Asks {
 }
 
 /// The account's published state (`None`: it has no events), asking the run loop for it
-/// when it has none yet. Without an answer from the run loop in time, the check is not
-/// answered (`Starting`: try again) rather than answered as if the account were empty.
+/// when it has none yet (`Some(wait)`: up to that long; `None`: never, `NotPublished`).
+/// Without an answer from the run loop in time, the check is not answered (`Starting`:
+/// try again) rather than answered as if the account were empty.
 fn published(
     views: &Views,
     view: &Arc<PartitionView>,
     partition: i32,
     account: &str,
-    ask_wait: Duration,
+    ask_wait: Option<Duration>,
 ) -> Result<Option<Arc<AccountState>>, CheckError> {
-    let known = match view.state(account) {
-        Some(known) => known,
-        None => {
+    let known = match (view.state(account), ask_wait) {
+        (Some(known), _) => known,
+        (None, None) => return Err(CheckError::NotPublished),
+        (None, Some(ask_wait)) => {
             ask(views, partition, account, ask_wait)?;
             // Published now, or past the cap on remembered empties: then it has none.
             view.state(account).unwrap_or(Known::NoEvents)
@@ -293,11 +301,40 @@ fn ask(views: &Views, partition: i32, account: &str, wait_for: Duration) -> Resu
     }
 }
 
+/// Reads before giving up on a read that no publish overlaps; then the last read stands
+/// (its offsets are never ahead of its state, only maybe behind).
+const CONSISTENT_READS: usize = 4;
+
+/// The partition's freshness and what `read` reads, from one publish when a read meets
+/// no publish under way (a seqlock on [`PartitionView::epoch`]): a check never shows a
+/// state with the offsets of the publish before it.
+fn consistent<T>(
+    view: &PartitionView,
+    partition: i32,
+    mut read: impl FnMut() -> Result<T, CheckError>,
+) -> Result<(Freshness, T), CheckError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = view.epoch.load(Ordering::Acquire);
+        let freshness = view.freshness(partition);
+        let value = read()?;
+        // The reads above happen before the second look at the epoch.
+        std::sync::atomic::fence(Ordering::Acquire);
+        let settled = before.is_multiple_of(2) && view.epoch.load(Ordering::Relaxed) == before;
+        if settled || attempt >= CONSISTENT_READS {
+            return Ok((freshness, value));
+        }
+        std::thread::yield_now();
+    }
+}
+
 fn check(
     views: &Views,
     with: &CheckRules,
     partition: i32,
     request: &CheckRequest,
+    asking: Asking,
 ) -> Result<CheckResponse, CheckError> {
     let view = views
         .get(partition)
@@ -306,8 +343,14 @@ fn check(
     {
         return Err(CheckError::NotOwner(partition));
     }
-    let freshness = view.freshness(partition);
-    let state = published(views, &view, partition, &request.account, ASK_WAIT)?.unwrap_or_default();
+    let ask_wait = match asking {
+        Asking::Wait => Some(ASK_WAIT),
+        Asking::Never => None,
+    };
+    let (freshness, state) = consistent(&view, partition, || {
+        published(views, &view, partition, &request.account, ask_wait)
+    })?;
+    let state = state.unwrap_or_default();
     let quantity = request.quantity.unwrap_or(Credits::from_whole(1));
     let check = state
         .check(
@@ -344,8 +387,7 @@ mod tests {
     #[test]
     fn a_check_reads_the_last_published_state_and_its_offsets() {
         let (views, _asks) = Views::new();
-        let mut states = HashMap::new();
-        states.insert("a".to_string(), AccountState::default());
+        let mut states = one_account("a");
         let view = views.claimed(3, applied(7));
         assert!(view.state("a").is_none());
         // Changed but never checked: no copy.
@@ -370,6 +412,11 @@ mod tests {
         assert!(views.get(3).is_some() && views.get(4).is_none());
         views.released_all();
         assert!(views.get(3).is_none());
+    }
+
+    /// The run loop's states: `account` with an empty state.
+    fn one_account(account: &str) -> HashMap<String, AccountState> {
+        HashMap::from([(account.to_string(), AccountState::default())])
     }
 
     /// Answers the next ask the way the run loop does: publishes the account from
@@ -399,10 +446,9 @@ mod tests {
     fn a_check_of_an_account_not_published_asks_the_run_loop() {
         let (views, asks) = Views::new();
         let view = views.claimed(2, applied(7));
-        let mut states = HashMap::new();
-        states.insert("restored".to_string(), AccountState::default());
+        let states = one_account("restored");
         let answered = run_loop(views.clone(), asks, states, false);
-        let state = published(&views, &view, 2, "restored", TEST_WAIT).expect("answered");
+        let state = published(&views, &view, 2, "restored", Some(TEST_WAIT)).expect("answered");
         answered.join().expect("run loop");
         assert!(state.is_some());
         assert_eq!(view.freshness(2).usage_applied, 8);
@@ -413,7 +459,7 @@ mod tests {
         let (views, asks) = Views::new();
         let view = views.claimed(2, applied(7));
         let answered = run_loop(views.clone(), asks, HashMap::new(), true);
-        let result = published(&views, &view, 2, "restored", TEST_WAIT);
+        let result = published(&views, &view, 2, "restored", Some(TEST_WAIT));
         answered.join().expect("run loop");
         assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
@@ -423,7 +469,7 @@ mod tests {
         let (views, asks) = Views::new();
         let view = views.claimed(2, applied(7));
         let answered = run_loop(views.clone(), asks, HashMap::new(), false);
-        let state = published(&views, &view, 2, "nobody", TEST_WAIT).expect("answered");
+        let state = published(&views, &view, 2, "nobody", Some(TEST_WAIT)).expect("answered");
         answered.join().expect("run loop");
         assert!(state.is_none());
         // The next check reads it without asking.
@@ -431,15 +477,66 @@ mod tests {
     }
 
     #[test]
+    fn a_check_that_may_not_ask_answers_from_what_is_published_or_says_it_is_not() {
+        let (views, asks) = Views::new();
+        let view = views.claimed(2, applied(7));
+        let result = published(&views, &view, 2, "a", None);
+        assert!(matches!(result, Err(CheckError::NotPublished)));
+        assert!(asks.take().is_empty(), "the run loop was not asked");
+        let states = one_account("a");
+        view.publish([], [&"a".to_string()], &states, applied(8));
+        view.publish([], [&"nobody".to_string()], &states, applied(8));
+        assert!(matches!(
+            published(&views, &view, 2, "a", None),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            published(&views, &view, 2, "nobody", None),
+            Ok(None)
+        ));
+        views.released_all();
+        let result = published(&views, &view, 2, "a", None);
+        assert!(matches!(result, Err(CheckError::NotOwner(2))));
+    }
+
+    #[test]
+    fn a_read_that_a_publish_overlaps_is_read_again() {
+        let (views, _asks) = Views::new();
+        let view = views.claimed(2, applied(7));
+        let states = one_account("a");
+        let mut reads = 0;
+        // The first read runs while a publish does (what the run loop would do between
+        // its states and its offsets); the second meets none and stands.
+        let (freshness, ()) = consistent(&view, 2, || {
+            reads += 1;
+            if reads == 1 {
+                view.publish([], [&"a".to_string()], &states, applied(9));
+            }
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(reads, 2);
+        assert_eq!(freshness.usage_applied, 9);
+        // A publish under way on every read: the last read stands.
+        let mut reads = 0;
+        let result = consistent(&view, 2, || {
+            reads += 1;
+            view.epoch.fetch_add(2, Ordering::AcqRel);
+            Ok(())
+        });
+        assert!(result.is_ok());
+        assert_eq!(reads, CONSISTENT_READS);
+    }
+
+    #[test]
     fn a_published_state_is_not_answered_once_its_partition_is_revoked() {
         let (views, _asks) = Views::new();
         let view = views.claimed(2, applied(7));
-        let mut states = HashMap::new();
-        states.insert("a".to_string(), AccountState::default());
+        let states = one_account("a");
         view.publish([], [&"a".to_string()], &states, applied(8));
-        assert!(published(&views, &view, 2, "a", TEST_WAIT).is_ok());
+        assert!(published(&views, &view, 2, "a", Some(TEST_WAIT)).is_ok());
         views.released_all();
-        let result = published(&views, &view, 2, "a", TEST_WAIT);
+        let result = published(&views, &view, 2, "a", Some(TEST_WAIT));
         assert!(matches!(result, Err(CheckError::NotOwner(2))));
     }
 }

@@ -435,7 +435,13 @@ async fn decide(
         let topic = &state.config.kafka.commands_topic;
         let sent = tokio::time::timeout(
             remaining,
-            kafka::send(&state.producer, topic, Some(account), &payload, None),
+            kafka::send(
+                &state.commands_producer,
+                topic,
+                Some(account),
+                &payload,
+                None,
+            ),
         )
         .await;
         let (partition, offset) = match sent {

@@ -39,6 +39,8 @@ pub struct AppState {
     pub rules: Rules,
     pub client: clickhouse::Client,
     pub producer: FutureProducer,
+    /// Produces holds and releases, each at once: their callers wait for the answer.
+    pub commands_producer: FutureProducer,
     pub keys: KeySet,
     /// One rate limit per key, by its index in `keys`.
     pub limits: RateLimits,
@@ -123,9 +125,12 @@ pub async fn run(
         Ok(()) => {}
     }
     let producer = kafka::producer(&config.kafka).context("cannot create the Kafka producer")?;
+    let commands_producer =
+        kafka::producer_at_once(&config.kafka).context("cannot create the Kafka producer")?;
     let state = Arc::new(AppState {
         client,
         producer,
+        commands_producer,
         limits: RateLimits::new(
             keys.len(),
             config.serve.rate_per_second,

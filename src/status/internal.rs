@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::holds::owner::{CheckError, Owner, Wait};
+use crate::holds::owner::{Asking, CheckError, Owner, Wait};
 use crate::holds::{AnswerKind, CheckRequest};
 
 /// The longest one wait for a hold's decision lasts; the caller asks again after it.
@@ -95,10 +95,22 @@ async fn internal_check(
         Ok(request) => request,
         Err(e) => return json_answer(400, serde_json::json!({"error": e.to_string()})),
     };
-    let owner = internal.owner.clone();
-    // A check of an account not published yet waits for the run loop to publish it (up to
-    // two seconds): off the async workers.
-    let checked = tokio::task::spawn_blocking(move || owner.check(query.partition, &request)).await;
+    // A published account is answered here, on the async worker: reading its state takes
+    // microseconds. Only the first check of an account waits for the run loop to publish
+    // it (up to two seconds), and that wait runs off the async workers.
+    let checked = match internal
+        .owner
+        .check(query.partition, &request, Asking::Never)
+    {
+        Err(CheckError::NotPublished) => {
+            let owner = internal.owner.clone();
+            tokio::task::spawn_blocking(move || {
+                owner.check(query.partition, &request, Asking::Wait)
+            })
+            .await
+        }
+        answered => Ok(answered),
+    };
     match checked {
         Ok(Ok(answer)) => (StatusCode::OK, Json(answer)).into_response(),
         Ok(Err(e @ CheckError::NotOwner(_))) => {
@@ -108,7 +120,7 @@ async fn internal_check(
             400,
             serde_json::json!({"error": rejection.to_string(), "code": rejection.code()}),
         ),
-        Ok(Err(e @ CheckError::Starting)) => {
+        Ok(Err(e @ (CheckError::Starting | CheckError::NotPublished))) => {
             json_answer(503, serde_json::json!({"error": e.to_string()}))
         }
         Err(e) => json_answer(500, serde_json::json!({"error": e.to_string()})),

@@ -44,6 +44,9 @@ impl axum::serve::Listener for TimedListener {
         // axum's own accept loop for TCP: logs and backs off on errors (e.g. too many
         // open files) instead of giving up.
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Answers are small and each waits for the one before on the same connection
+        // (`tally serve`'s checks): no Nagle delay.
+        let _ = stream.set_nodelay(true);
         (TimedIo::new(stream, self.idle, self.lifetime), addr)
     }
 
