@@ -154,7 +154,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
                 16
             }
             Some(Attribute::Time) => {
-                time = Some(r.borrowed_string()?);
+                time = Some(r.time()?);
                 32
             }
             Some(Attribute::Data) => {
@@ -191,10 +191,8 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
     }
     let (id, source, account) = (id.0, source.0, account.0);
     let time = match time {
-        Some(text) => match utc_time(text) {
-            Some(time) => time,
-            None => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
-        },
+        Some(Time::Read(time)) => time,
+        Some(Time::Text(text)) => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
         None => arrival,
     };
     let data = data?;
@@ -240,8 +238,15 @@ const SCALE: [u32; 10] = [
 /// The common form of an event time, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without
 /// chrono's general parser; `None` for any other form (an offset, a leap second, more
 /// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
+#[cfg(test)]
 fn utc_time(text: &str) -> Option<DateTime<Utc>> {
-    let (head, rest) = text.as_bytes().split_first_chunk::<19>()?;
+    utc_prefix(text.as_bytes()).and_then(|(time, len)| (len == text.len()).then_some(time))
+}
+
+/// [`utc_time`] of the start of `bytes`, and how many bytes it took: the reader reads a
+/// time in place, so its string is not scanned first.
+fn utc_prefix(bytes: &[u8]) -> Option<(DateTime<Utc>, usize)> {
+    let (head, rest) = bytes.split_first_chunk::<19>()?;
     let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
     let separators = head[4] == b'-'
         && head[7] == b'-'
@@ -257,18 +262,23 @@ fn utc_time(text: &str) -> Option<DateTime<Utc>> {
     let two = |i: usize| digit(i) * 10 + digit(i + 1);
     let year = (two(0) * 100 + two(2)) as i32;
     let (hour, minute, second) = (two(11), two(14), two(17));
-    let nano = match rest {
-        [b'Z'] => 0,
-        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+    let (nano, len) = match rest {
+        [b'Z', ..] => (0, 20),
+        [b'.', fraction @ ..] => {
             let mut nano = 0u32;
-            for &d in fraction {
+            let mut count = 0;
+            for &d in fraction.iter().take(10) {
                 let d = u32::from(d.wrapping_sub(b'0'));
                 if d > 9 {
-                    return None;
+                    break;
                 }
                 nano = nano * 10 + d;
+                count += 1;
             }
-            nano * SCALE[fraction.len()]
+            if !(1..=9).contains(&count) || fraction.get(count) != Some(&b'Z') {
+                return None;
+            }
+            (nano * SCALE[count], 21 + count)
         }
         _ => return None,
     };
@@ -278,7 +288,14 @@ fn utc_time(text: &str) -> Option<DateTime<Utc>> {
     }
     let date = chrono::NaiveDate::from_ymd_opt(year, two(5), two(8))?;
     let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?;
-    Some(date.and_time(time).and_utc())
+    Some((date.and_time(time).and_utc(), len))
+}
+
+/// The `time` attribute as read: in its common form already a time, else its text for
+/// chrono's general parser.
+enum Time<'a> {
+    Read(DateTime<Utc>),
+    Text(&'a str),
 }
 
 /// The `data` of a usage event, as far as read.
@@ -342,6 +359,22 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
         at += 1;
     }
     at
+}
+
+/// The value of the leading ASCII digits of `bytes` and their count: at least one and at
+/// most `most`, `None` otherwise (so the value fits an `i64` with room for thousandths).
+fn digits(bytes: &[u8], most: usize) -> Option<(i64, usize)> {
+    let mut value = 0i64;
+    let mut count = 0;
+    for &b in bytes.iter().take(most + 1) {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        value = value * 10 + i64::from(d);
+        count += 1;
+    }
+    (1..=most).contains(&count).then_some((value, count))
 }
 
 /// A cursor over the payload.
@@ -436,6 +469,21 @@ impl<'a> Reader<'a> {
             self.at += len + 2;
         }
         found
+    }
+
+    /// The `time` attribute: its common form read in place (see [`utc_prefix`]), any other
+    /// string left to chrono.
+    fn time(&mut self) -> Option<Time<'a>> {
+        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        if let Some((&b'"', rest)) = rest.split_first() {
+            if let Some((time, len)) = utc_prefix(rest) {
+                if rest.get(len) == Some(&b'"') {
+                    self.at += len + 2;
+                    return Some(Time::Read(time));
+                }
+            }
+        }
+        self.borrowed_string().map(Time::Text)
     }
 
     /// A string the full parser borrows (`specversion`, `time`): no escapes.
@@ -633,6 +681,57 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A quantity in any other form (an exponent, more decimals, a string with escapes,
+    /// ...), read as the full parser reads it.
+    #[cold]
+    #[inline(never)]
+    fn quantity(&mut self, data: &mut Data<'a>) -> Option<u8> {
+        let quantity = match self.peek()? {
+            b'"' => credits::parse_decimal(&self.string()?),
+            _ => credits::parse_decimal(self.number()?),
+        };
+        data.quantity = quantity.ok()?;
+        Some(8)
+    }
+
+    /// The common forms of a quantity, read in place: a number or a string of up to 15
+    /// whole digits (no leading zero) and up to three decimals (a thousandth is the
+    /// unit). `None` for anything else, left to [`Reader::quantity`]; `parse_decimal`
+    /// reads these forms to the same amount.
+    #[inline]
+    fn plain_quantity(&mut self) -> Option<Credits> {
+        let rest = self.text.as_bytes().get(self.at..)?;
+        let (quoted, rest) = match rest.split_first() {
+            Some((&b'"', rest)) => (true, rest),
+            _ => (false, rest),
+        };
+        let (whole, len) = digits(rest, 15)?;
+        if len > 1 && rest[0] == b'0' {
+            return None;
+        }
+        let (milli, end) = match rest.get(len) {
+            Some(&b'.') => {
+                let (fraction, count) = digits(rest.get(len + 1..)?, 3)?;
+                let unit = [0, 100, 10, 1][count];
+                (whole * 1000 + fraction * unit, len + 1 + count)
+            }
+            _ => (whole * 1000, len),
+        };
+        // What follows must end the value: a closing quote for a string; for a number
+        // anything but more of a number (JSON then reads `,`, `}` or whitespace).
+        let next = rest.get(end).copied();
+        let fits = if quoted {
+            next == Some(b'"')
+        } else {
+            !matches!(next, Some(b'0'..=b'9' | b'.' | b'e' | b'E'))
+        };
+        if !fits {
+            return None;
+        }
+        self.at += end + usize::from(quoted) * 2;
+        Some(Credits::from_milli(milli))
+    }
+
     /// The `data` object of a usage event: only its own fields, each once, each of the
     /// type the full parser wants (`deny_unknown_fields` there); a hold goes to it too.
     fn data(&mut self) -> Option<Data<'a>> {
@@ -673,12 +772,12 @@ impl<'a> Reader<'a> {
                     4
                 }
                 Some(Field::Quantity) => {
-                    let quantity = match self.peek()? {
-                        b'"' => credits::parse_decimal(&self.string()?),
-                        _ => credits::parse_decimal(self.number()?),
-                    };
-                    data.quantity = quantity.ok()?;
-                    8
+                    if let Some(quantity) = self.plain_quantity() {
+                        data.quantity = quantity;
+                        8
+                    } else {
+                        self.quantity(&mut data)?
+                    }
                 }
                 Some(Field::Status) => {
                     data.status = match &*self.string()? {
