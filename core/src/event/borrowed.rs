@@ -340,12 +340,15 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
             break;
         };
         let word = u64::from_le_bytes(chunk);
-        // Bytes below 0x20: the subtraction borrows into their high bit.
-        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        // Bytes below 0x20 and `"`, in one test: flipping bit 1 turns `"` (0x22) into 0x20
+        // and keeps every byte below 0x20 below it (and the space above it); then bytes
+        // below 0x21 are flagged by the borrow into their high bit.
+        let flipped = word ^ (ONES * 0x02);
+        let control = flipped.wrapping_sub(ONES * 0x21) & !flipped & HIGH;
         // Bytes from 0x7f up: their own high bit, or the one adding 1 carries into (a
         // carry out of 0xff flags the byte above it, a false flag above a true one).
         let wide = (word | word.wrapping_add(ONES)) & HIGH;
-        let found = control | wide | bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        let found = control | wide | bytes_equal(word, b'\\');
         if found != 0 {
             // The lowest flagged byte is a true one (false flags only follow true ones).
             return at + (found.trailing_zeros() / 8) as usize;
