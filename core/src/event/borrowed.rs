@@ -502,7 +502,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string value, borrowed unless it holds escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
         let bytes = self.text.as_bytes();
