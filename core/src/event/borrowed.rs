@@ -171,11 +171,8 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
             return None;
         }
         seen |= bit;
-        r.ws();
-        match r.next()? {
-            b',' => r.ws(),
-            b'}' => break,
-            _ => return None,
+        if !r.more()? {
+            break;
         }
     }
     r.ws();
@@ -412,6 +409,29 @@ impl<'a> Reader<'a> {
                 break;
             }
             self.at += 1;
+        }
+    }
+
+    /// What follows a member of an object: `,` and another member (`true`, the cursor at
+    /// it) or the closing `}` (`false`). Whitespace is looked for only where the byte
+    /// after the value is not one of them: payloads mostly have none.
+    #[inline(always)]
+    fn more(&mut self) -> Option<bool> {
+        let mut b = self.next()?;
+        if b <= b' ' {
+            self.at -= 1;
+            self.ws();
+            b = self.next()?;
+        }
+        match b {
+            b',' => {
+                if self.peek()? != b'"' {
+                    self.ws();
+                }
+                Some(true)
+            }
+            b'}' => Some(false),
+            _ => None,
         }
     }
 
@@ -800,11 +820,8 @@ impl<'a> Reader<'a> {
                 return None;
             }
             seen |= bit;
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
-                b'}' => return Some(data),
-                _ => return None,
+            if !self.more()? {
+                return Some(data);
             }
         }
     }
