@@ -515,6 +515,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A name: a string, and whether [`name_ok`] must check it in full.
+    #[inline(always)]
     fn name(&mut self) -> Option<Named<'a>> {
         self.suspect = false;
         let text = self.string()?;
