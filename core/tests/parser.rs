@@ -25,6 +25,10 @@ fn name(valid: &'static [&'static str]) -> impl Strategy<Value = String> {
         [
             "\"\"",
             "\"   \"",
+            "\" x\"",
+            "\"\\t\"",
+            "\"\u{3000}\"",
+            "\"\u{3000}x\"",
             "null",
             "7",
             "\"k\\u00e9\"",

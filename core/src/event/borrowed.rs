@@ -180,7 +180,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
-    if ty != USAGE || id.0.is_empty() || source.0.is_empty() || account.0.trim().is_empty() {
+    if ty != USAGE || id.0.is_empty() || source.0.is_empty() || blank(&account.0) {
         return None;
     }
     if !(name_ok(&id) && name_ok(&source) && name_ok(&account)) {
@@ -216,6 +216,12 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         status: data.status,
         comment: data.comment,
     })
+}
+
+/// Whether `text` is empty or only whitespace; a name starting with a visible ASCII
+/// character (the common case) is not, without walking its characters.
+fn blank(text: &str) -> bool {
+    !text.as_bytes().first().is_some_and(u8::is_ascii_graphic) && text.trim().is_empty()
 }
 
 /// Nanoseconds in one unit of a fraction of so many decimals.
