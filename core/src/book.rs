@@ -40,6 +40,11 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Step {
     pub due: Vec<LedgerEntry>,
+    /// Every account whose state the clock changed (a lot expired, a cycle turned, a hold
+    /// expired or was forgotten), with an entry in `due` or not: an empty lot's expiry
+    /// writes none, yet its state must be stored. The payload's own account is in
+    /// `outcome`.
+    pub changed: Vec<String>,
     pub outcome: Outcome,
     /// Low-credit alerts that fired on the accounts this payload or the clock changed.
     pub alerts: Vec<Alert>,
@@ -47,6 +52,14 @@ pub struct Step {
     /// A duplicate has none: the copy applied first answered (the shell gives every
     /// request its own event id, so only a producer's retry is a duplicate).
     pub answer: Option<Answer>,
+}
+
+/// What moving the clock changed: the entries that fell due and the accounts it changed.
+#[derive(Debug, Default)]
+pub struct Due {
+    pub entries: Vec<LedgerEntry>,
+    /// Each account once, whether or not it wrote an entry.
+    pub changed: Vec<String>,
 }
 
 /// Accounts of one partition, owned by exactly one writer.
@@ -85,9 +98,10 @@ impl Book {
         arrival: DateTime<Utc>,
     ) -> Step {
         let due = self.advance(rules, arrival);
-        if !due.is_empty() {
+        if !due.entries.is_empty() {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         }
+        let Due { entries: due, changed } = due;
         let call = Call::borrowed(usage);
         let key = dedup::key(call.account, call.source, call.id);
         let unrecorded = match self.seen.probe(key, arrival, rules.dedup_window) {
@@ -95,6 +109,7 @@ impl Book {
             Probe::Duplicate => {
                 return Step {
                     due,
+                    changed,
                     outcome: Outcome::Duplicate {
                         account: call.account.to_string(),
                     },
@@ -104,6 +119,7 @@ impl Book {
             }
         };
         let Some(state) = self.accounts.get_mut(call.account) else {
+            let due = Due { entries: due, changed };
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
         // The debit pushes the call's entry into the entries the step takes: it is large,
@@ -123,6 +139,7 @@ impl Book {
                 };
                 Step {
                     due,
+                    changed,
                     outcome: Outcome::Applied { account, entries },
                     alerts,
                     answer: None,
@@ -130,6 +147,7 @@ impl Book {
             }
             Err(rejection) => Step {
                 due,
+                changed,
                 outcome: Outcome::Rejected(rejection),
                 alerts: Vec::new(),
                 answer: None,
@@ -149,6 +167,7 @@ impl Book {
             Err(rejection) if rejection.keeps_clock() => {
                 return Step {
                     due: Vec::new(),
+                    changed: Vec::new(),
                     outcome: Outcome::Rejected(rejection),
                     alerts: Vec::new(),
                     answer: None,
@@ -164,7 +183,7 @@ impl Book {
     fn finish(
         &mut self,
         rules: &Rules,
-        due: Vec<LedgerEntry>,
+        due: Due,
         parsed: Result<Event, Rejection>,
         arrival: DateTime<Utc>,
     ) -> Step {
@@ -175,24 +194,27 @@ impl Book {
             Ok(Event { body: crate::event::Body::Usage(usage), .. }) if usage.hold.is_none()
         );
         let (outcome, answer) = self.decide(rules, parsed, arrival);
-        let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
+        let Due { entries: due, changed } = due;
+        // Alerts look at the accounts whose credits moved: those with an entry.
+        let mut moved: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
         if let Outcome::Applied { account, .. } = &outcome {
             if moves_deadlines {
                 self.schedule(rules, account);
             }
-            changed.push(account.as_str());
+            moved.push(account.as_str());
         }
-        changed.sort_unstable();
-        changed.dedup();
+        moved.sort_unstable();
+        moved.dedup();
         let at = self.clock.unwrap_or(arrival);
         let mut alerts = Vec::new();
-        for account in changed {
+        for account in moved {
             if let Some(state) = self.accounts.get_mut(account) {
                 alerts.extend(crate::alerting::evaluate(state, rules, account, at));
             }
         }
         Step {
             due,
+            changed,
             outcome,
             alerts,
             answer,
@@ -200,7 +222,7 @@ impl Book {
     }
 
     /// Moves the clock to `now` (never back) and writes what fell due on every account.
-    pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Vec<LedgerEntry> {
+    pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Due {
         if !self.timers_built {
             let accounts: Vec<String> = self.accounts.keys().cloned().collect();
             for account in accounts {
@@ -210,15 +232,19 @@ impl Book {
         }
         let clock = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(clock);
-        let mut due = Vec::new();
+        let mut due = Due::default();
         // The first timer is looked at in place: every call comes here, and only one in
         // many has something due.
         while let Some((_, account)) = self.timers.first().filter(|(at, _)| *at <= clock) {
             let account = account.clone();
             if let Some(state) = self.accounts.get_mut(&account) {
-                due.extend(state.advance(rules, &account, clock));
+                due.entries.extend(state.advance(rules, &account, clock));
             }
             self.schedule(rules, &account);
+            // A timer that fell due changed its account, entry or not; the account's next
+            // deadline is later than `clock` now, so it comes here once.
+            debug_assert!(!due.changed.contains(&account), "{account} advanced twice");
+            due.changed.push(account);
         }
         due
     }
