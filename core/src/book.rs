@@ -43,8 +43,8 @@ pub struct Step {
     /// Every account whose state the clock changed (a lot expired, a cycle turned, a hold
     /// expired or was forgotten), with an entry in `due` or not: an empty lot's expiry
     /// writes none, yet its state must be stored. The payload's own account is in
-    /// `outcome`.
-    pub changed: Vec<String>,
+    /// `outcome`. `None` when the clock changed nothing: one word, cheap on every call.
+    pub changed: Option<Box<[String]>>,
     pub outcome: Outcome,
     /// Low-credit alerts that fired on the accounts this payload or the clock changed.
     pub alerts: Vec<Alert>,
@@ -52,14 +52,6 @@ pub struct Step {
     /// A duplicate has none: the copy applied first answered (the shell gives every
     /// request its own event id, so only a producer's retry is a duplicate).
     pub answer: Option<Answer>,
-}
-
-/// What moving the clock changed: the entries that fell due and the accounts it changed.
-#[derive(Debug, Default)]
-pub struct Due {
-    pub entries: Vec<LedgerEntry>,
-    /// Each account once, whether or not it wrote an entry.
-    pub changed: Vec<String>,
 }
 
 /// Accounts of one partition, owned by exactly one writer.
@@ -76,6 +68,8 @@ pub struct Book {
     timers_built: bool,
     /// The partition's interned names, shared by its ledger entries, and its last day.
     shared: Shared,
+    /// Accounts the clock changed since the last step, for that step to name.
+    changed: Vec<String>,
 }
 
 impl Book {
@@ -98,10 +92,10 @@ impl Book {
         arrival: DateTime<Utc>,
     ) -> Step {
         let due = self.advance(rules, arrival);
-        if !due.entries.is_empty() {
+        // What the clock changed takes the general way too, so this way names nothing.
+        if !due.is_empty() || !self.changed.is_empty() {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         }
-        let Due { entries: due, changed } = due;
         let call = Call::borrowed(usage);
         let key = dedup::key(call.account, call.source, call.id);
         let unrecorded = match self.seen.probe(key, arrival, rules.dedup_window) {
@@ -109,7 +103,7 @@ impl Book {
             Probe::Duplicate => {
                 return Step {
                     due,
-                    changed,
+                    changed: None,
                     outcome: Outcome::Duplicate {
                         account: call.account.to_string(),
                     },
@@ -119,7 +113,6 @@ impl Book {
             }
         };
         let Some(state) = self.accounts.get_mut(call.account) else {
-            let due = Due { entries: due, changed };
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
         // The debit pushes the call's entry into the entries the step takes: it is large,
@@ -139,7 +132,7 @@ impl Book {
                 };
                 Step {
                     due,
-                    changed,
+                    changed: None,
                     outcome: Outcome::Applied { account, entries },
                     alerts,
                     answer: None,
@@ -147,7 +140,7 @@ impl Book {
             }
             Err(rejection) => Step {
                 due,
-                changed,
+                changed: None,
                 outcome: Outcome::Rejected(rejection),
                 alerts: Vec::new(),
                 answer: None,
@@ -167,7 +160,7 @@ impl Book {
             Err(rejection) if rejection.keeps_clock() => {
                 return Step {
                     due: Vec::new(),
-                    changed: Vec::new(),
+                    changed: None,
                     outcome: Outcome::Rejected(rejection),
                     alerts: Vec::new(),
                     answer: None,
@@ -183,7 +176,7 @@ impl Book {
     fn finish(
         &mut self,
         rules: &Rules,
-        due: Due,
+        due: Vec<LedgerEntry>,
         parsed: Result<Event, Rejection>,
         arrival: DateTime<Utc>,
     ) -> Step {
@@ -194,27 +187,25 @@ impl Book {
             Ok(Event { body: crate::event::Body::Usage(usage), .. }) if usage.hold.is_none()
         );
         let (outcome, answer) = self.decide(rules, parsed, arrival);
-        let Due { entries: due, changed } = due;
-        // Alerts look at the accounts whose credits moved: those with an entry.
-        let mut moved: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
+        let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
         if let Outcome::Applied { account, .. } = &outcome {
             if moves_deadlines {
                 self.schedule(rules, account);
             }
-            moved.push(account.as_str());
+            changed.push(account.as_str());
         }
-        moved.sort_unstable();
-        moved.dedup();
+        changed.sort_unstable();
+        changed.dedup();
         let at = self.clock.unwrap_or(arrival);
         let mut alerts = Vec::new();
-        for account in moved {
+        for account in changed {
             if let Some(state) = self.accounts.get_mut(account) {
                 alerts.extend(crate::alerting::evaluate(state, rules, account, at));
             }
         }
         Step {
             due,
-            changed,
+            changed: self.take_changed(),
             outcome,
             alerts,
             answer,
@@ -222,7 +213,8 @@ impl Book {
     }
 
     /// Moves the clock to `now` (never back) and writes what fell due on every account.
-    pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Due {
+    /// The accounts it changed, entry or not, are named by the next step.
+    pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Vec<LedgerEntry> {
         if !self.timers_built {
             let accounts: Vec<String> = self.accounts.keys().cloned().collect();
             for account in accounts {
@@ -232,21 +224,29 @@ impl Book {
         }
         let clock = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(clock);
-        let mut due = Due::default();
+        let mut due = Vec::new();
         // The first timer is looked at in place: every call comes here, and only one in
         // many has something due.
         while let Some((_, account)) = self.timers.first().filter(|(at, _)| *at <= clock) {
             let account = account.clone();
             if let Some(state) = self.accounts.get_mut(&account) {
-                due.entries.extend(state.advance(rules, &account, clock));
+                due.extend(state.advance(rules, &account, clock));
             }
             self.schedule(rules, &account);
-            // A timer that fell due changed its account, entry or not; the account's next
-            // deadline is later than `clock` now, so it comes here once.
-            debug_assert!(!due.changed.contains(&account), "{account} advanced twice");
-            due.changed.push(account);
+            // A timer that fell due changed its account, entry or not. Its next deadline
+            // is later than `clock` now, so it comes here once.
+            debug_assert!(!self.changed.contains(&account), "{account} advanced twice");
+            self.changed.push(account);
         }
         due
+    }
+
+    /// The accounts the clock changed since the last step, for the step to name.
+    fn take_changed(&mut self) -> Option<Box<[String]>> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.changed).into_boxed_slice())
     }
 
     /// Files `account` under its next deadline, replacing the old one.

@@ -24,7 +24,7 @@ pub mod runway;
 pub mod short_text;
 
 pub use account::{AccountState, Applied, PoolBalance, Rules};
-pub use book::{Book, Due, Entries, Outcome, Step};
+pub use book::{Book, Entries, Outcome, Step};
 pub use credits::Credits;
 pub use event::Rejection;
 pub use holds::{Answer, Check, Hold, HoldStatus};

@@ -1281,7 +1281,10 @@ fn an_empty_lot_expiring_by_time_alone_makes_the_step_name_its_account() {
         "2026-11-20T10:00:00Z",
         r#"{"user":"kim","feature":"text_to_image"}"#,
     );
-    for (payload, time) in [(grant, "2026-11-20T09:00:00Z"), (call, "2026-11-20T10:00:00Z")] {
+    for (payload, time) in [
+        (grant, "2026-11-20T09:00:00Z"),
+        (call, "2026-11-20T10:00:00Z"),
+    ] {
         let step = book.process(&rules, payload.as_bytes(), at(time));
         assert!(matches!(step.outcome, Outcome::Applied { .. }), "{step:?}");
     }
@@ -1298,7 +1301,7 @@ fn an_empty_lot_expiring_by_time_alone_makes_the_step_name_its_account() {
         at("2026-11-21T00:05:00Z"),
     );
     assert!(step.due.is_empty(), "an empty lot expires without an entry");
-    assert_eq!(step.changed, ["acme"]);
+    assert_eq!(step.changed.as_deref(), Some(&["acme".to_string()][..]));
     assert!(book.accounts["acme"].lots[0].expired);
     // Once expired, the lot changes nothing more.
     let step = book.process(
@@ -1306,9 +1309,8 @@ fn an_empty_lot_expiring_by_time_alone_makes_the_step_name_its_account() {
         tick("2026-11-22T00:00:00Z").as_bytes(),
         at("2026-11-22T00:00:00Z"),
     );
-    assert!(step.changed.is_empty() && step.due.is_empty(), "{step:?}");
+    assert!(step.changed.is_none() && step.due.is_empty(), "{step:?}");
 }
-
 
 #[test]
 fn a_plan_issues_its_allowance_each_cycle_and_the_unused_part_expires() {

@@ -275,8 +275,8 @@ impl PartitionWork {
         }
         // The clock may change an account without an entry (an empty lot expiring): its
         // state and lots rows are written all the same.
-        for account in step.changed {
-            self.touch(&account);
+        for account in step.changed.iter().flatten() {
+            self.touch(account);
         }
         match step.outcome {
             Outcome::Applied { account, entries } => {
