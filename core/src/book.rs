@@ -40,6 +40,11 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Step {
     pub due: Vec<LedgerEntry>,
+    /// Every account whose state the clock changed (a lot expired, a cycle turned, a hold
+    /// expired or was forgotten), with an entry in `due` or not: an empty lot's expiry
+    /// writes none, yet its state must be stored. The payload's own account is in
+    /// `outcome`. `None` when the clock changed nothing: one word, cheap on every call.
+    pub changed: Option<Box<[String]>>,
     pub outcome: Outcome,
     /// Low-credit alerts that fired on the accounts this payload or the clock changed.
     pub alerts: Vec<Alert>,
@@ -63,6 +68,8 @@ pub struct Book {
     timers_built: bool,
     /// The partition's interned names, shared by its ledger entries, and its last day.
     shared: Shared,
+    /// Accounts the clock changed since the last step, for that step to name.
+    changed: Vec<String>,
 }
 
 impl Book {
@@ -85,7 +92,8 @@ impl Book {
         arrival: DateTime<Utc>,
     ) -> Step {
         let due = self.advance(rules, arrival);
-        if !due.is_empty() {
+        // What the clock changed takes the general way too, so this way names nothing.
+        if !due.is_empty() || !self.changed.is_empty() {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         }
         let call = Call::borrowed(usage);
@@ -95,6 +103,7 @@ impl Book {
             Probe::Duplicate => {
                 return Step {
                     due,
+                    changed: None,
                     outcome: Outcome::Duplicate {
                         account: call.account.to_string(),
                     },
@@ -123,6 +132,7 @@ impl Book {
                 };
                 Step {
                     due,
+                    changed: None,
                     outcome: Outcome::Applied { account, entries },
                     alerts,
                     answer: None,
@@ -130,6 +140,7 @@ impl Book {
             }
             Err(rejection) => Step {
                 due,
+                changed: None,
                 outcome: Outcome::Rejected(rejection),
                 alerts: Vec::new(),
                 answer: None,
@@ -149,6 +160,7 @@ impl Book {
             Err(rejection) if rejection.keeps_clock() => {
                 return Step {
                     due: Vec::new(),
+                    changed: None,
                     outcome: Outcome::Rejected(rejection),
                     alerts: Vec::new(),
                     answer: None,
@@ -193,6 +205,7 @@ impl Book {
         }
         Step {
             due,
+            changed: self.take_changed(),
             outcome,
             alerts,
             answer,
@@ -200,6 +213,7 @@ impl Book {
     }
 
     /// Moves the clock to `now` (never back) and writes what fell due on every account.
+    /// The accounts it changed, entry or not, are named by the next step.
     pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Vec<LedgerEntry> {
         if !self.timers_built {
             let accounts: Vec<String> = self.accounts.keys().cloned().collect();
@@ -219,8 +233,19 @@ impl Book {
                 due.extend(state.advance(rules, &account, clock));
             }
             self.schedule(rules, &account);
+            // A timer that fell due changed its account, entry or not. Within one advance
+            // an account comes here once (its next deadline is later than `clock` now).
+            self.changed.push(account);
         }
         due
+    }
+
+    /// The accounts the clock changed since the last step, for the step to name.
+    fn take_changed(&mut self) -> Option<Box<[String]>> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.changed).into_boxed_slice())
     }
 
     /// Files `account` under its next deadline, replacing the old one.

@@ -1267,6 +1267,52 @@ fn a_grant_above_a_trillion_credits_is_rejected() {
 // ---- Plans, cycles, expiry, flex and shortfall [000][002][003][004] ----
 
 #[test]
+fn an_empty_lot_expiring_by_time_alone_makes_the_step_name_its_account() {
+    let rules = rules();
+    let mut book = Book::default();
+    let grant = event(
+        "credit.grant",
+        "g",
+        "2026-11-20T09:00:00Z",
+        r#"{"kind":"purchased","credits":8,"expires_at":"2026-11-21T00:00:00Z"}"#,
+    );
+    let call = usage(
+        "u",
+        "2026-11-20T10:00:00Z",
+        r#"{"user":"kim","feature":"text_to_image"}"#,
+    );
+    for (payload, time) in [
+        (grant, "2026-11-20T09:00:00Z"),
+        (call, "2026-11-20T10:00:00Z"),
+    ] {
+        let step = book.process(&rules, payload.as_bytes(), at(time));
+        assert!(matches!(step.outcome, Outcome::Applied { .. }), "{step:?}");
+    }
+    assert_eq!(book.accounts["acme"].lots[0].remaining, Credits::ZERO);
+    // A tick for nobody in particular, past the lot's end and the grace (5 minutes).
+    let tick = |time: &str| {
+        format!(
+            r#"{{"specversion":"1.0","type":"tally.tick","id":"tick-{time}","source":"tally","time":"{time}"}}"#
+        )
+    };
+    let step = book.process(
+        &rules,
+        tick("2026-11-21T00:05:00Z").as_bytes(),
+        at("2026-11-21T00:05:00Z"),
+    );
+    assert!(step.due.is_empty(), "an empty lot expires without an entry");
+    assert_eq!(step.changed.as_deref(), Some(&["acme".to_string()][..]));
+    assert!(book.accounts["acme"].lots[0].expired);
+    // Once expired, the lot changes nothing more.
+    let step = book.process(
+        &rules,
+        tick("2026-11-22T00:00:00Z").as_bytes(),
+        at("2026-11-22T00:00:00Z"),
+    );
+    assert!(step.changed.is_none() && step.due.is_empty(), "{step:?}");
+}
+
+#[test]
 fn a_plan_issues_its_allowance_each_cycle_and_the_unused_part_expires() {
     let mut h = Harness::new();
     // Midnight on 1 October in Seoul.

@@ -273,6 +273,11 @@ impl PartitionWork {
             let entry_id = entry.id.clone().unwrap_or_default();
             self.record(entry_id, entry, usage_offset);
         }
+        // The clock may change an account without an entry (an empty lot expiring): its
+        // state and lots rows are written all the same.
+        for account in step.changed.iter().flatten() {
+            self.touch(account);
+        }
         match step.outcome {
             Outcome::Applied { account, entries } => {
                 self.counts.applied += 1;
@@ -285,12 +290,7 @@ impl PartitionWork {
                     };
                     self.record(entry_id, entry, usage_offset);
                 }
-                if !self.unpublished.contains(account.as_str()) {
-                    self.unpublished.insert(account.to_string());
-                }
-                if !self.touched.contains(account.as_str()) {
-                    self.touched.insert(account.to_string());
-                }
+                self.touch(account.as_str());
             }
             Outcome::Tick => {}
             Outcome::Duplicate { .. } => {
@@ -331,14 +331,20 @@ impl PartitionWork {
     /// Keeps one ledger entry for the next flush and notes what it touched.
     fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
         self.rollups.add(&entry, usage_offset);
-        if !self.touched.contains(entry.account.as_str()) {
-            self.touched.insert(entry.account.to_string());
-        }
-        if !self.unpublished.contains(entry.account.as_str()) {
-            self.unpublished.insert(entry.account.to_string());
-        }
+        self.touch(entry.account.as_str());
         // Version is set when the flush is built.
         self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+    }
+
+    /// Notes that `account`'s state changed: the next flush writes it, the next publish
+    /// shows it. Looked up before inserting, so a known account costs no allocation.
+    fn touch(&mut self, account: &str) {
+        if !self.touched.contains(account) {
+            self.touched.insert(account.to_string());
+        }
+        if !self.unpublished.contains(account) {
+            self.unpublished.insert(account.to_string());
+        }
     }
 
     /// How far this partition has applied, and the ends its sides know.

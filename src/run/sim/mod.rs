@@ -470,7 +470,7 @@ fn lot_of_model(account: &str, lot: &reference::Lot) -> (LotKey, String) {
         lot.expires_at.map(crate::store::rows::seconds).unwrap_or(0),
         lot.seq,
         lot.voided,
-        lot.expired && lot.remaining.milli() != 0,
+        lot.expired,
     );
     ((account.to_string(), lot.id.clone()), format!("{row:?}"))
 }
@@ -485,11 +485,9 @@ fn lot_of_row(row: &LotRow) -> (LotKey, String) {
         row.expires_at,
         row.seq,
         row.voided != 0,
-        // Known gap, found by this simulation: an empty lot's expiry changes the state
-        // without a ledger entry, so no flush writes that account's state (or lots) for
-        // it; a restart expires it again. The core's step would have to name the
-        // accounts it changed without an entry (session 9 note, issue 22).
-        row.expired != 0 && row.remaining != 0,
+        // Every lot, empty ones too: an empty lot's expiry writes no ledger entry, so only
+        // the step's `changed` accounts get its state and lots rows written.
+        row.expired != 0,
     );
     (
         (row.account.clone(), row.lot.clone()),
