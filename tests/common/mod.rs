@@ -9,6 +9,7 @@ pub mod maildev;
 pub mod reference;
 pub mod server;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -516,12 +517,21 @@ impl Drop for Running {
     }
 }
 
-/// A port nobody listens on now, for a process a test starts.
+/// A port nobody listens on now, for a process a test starts, and never one this test
+/// binary handed out before: the kernel may give the port just released to the next
+/// bind, so two calls in a row (maildev's SMTP and web ports) once got the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The bound on every wait of these tests for progress of a process they started: far
