@@ -61,7 +61,7 @@ pub fn run(
     let status = crate::status::Shared::default();
     {
         let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-        s.state = "starting".into();
+        s.state = crate::status::ProcessState::Starting;
         s.group = config.kafka.group_id.clone();
         s.pid = std::process::id();
     }
@@ -274,16 +274,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     match &process {
-        Ok(p) => println!(
-            "tally run (pid {}, group {}): {}{}",
-            p.pid,
-            p.group,
-            p.state,
-            p.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ),
+        Ok(p) => println!("tally run (pid {}, group {}): {}", p.pid, p.group, p.state),
         Err(e) => println!("tally run: {e}"),
     }
     if let Err(e) = &checkpoints {

@@ -53,9 +53,9 @@ pub struct Side {
     pub applied_next: i64,
     /// Next offset to receive.
     pub received_next: i64,
-    /// The latest known end of the topic partition; `i64::MAX` until a fetch response
-    /// told us, so an unknown side is never taken for caught up.
-    pub high: i64,
+    /// The latest known end of the topic partition; `None` until a fetch response told
+    /// us, so an unknown side is never taken for caught up.
+    pub high: Option<i64>,
     /// Since when this side has been seen at its end (everything up to `high` received)
     /// by the run loop; `None` while it lags, before it was seen there, and after a pause
     /// (a paused consumer fetches nothing, so the end it knows may be old).
@@ -98,7 +98,7 @@ impl Side {
             queue: VecDeque::new(),
             applied_next: offset,
             received_next: offset,
-            high: i64::MAX,
+            high: None,
             at_end_since: None,
             rewound_at: None,
             last_received: Instant::now(),
@@ -107,13 +107,13 @@ impl Side {
 
     /// Everything up to the known end has been received (it may not be applied yet).
     pub fn at_end(&self) -> bool {
-        self.high != i64::MAX && self.received_next >= self.high
+        self.high.is_some_and(|high| self.received_next >= high)
     }
 
     /// Takes a new end from a fetch response and notes when the side was first seen at
     /// it. Records received since (see [`Side::received`]) reset the idle clock.
     pub fn observe_end(&mut self, high: Option<i64>, now: Instant) {
-        if let Some(high) = high {
+        if high.is_some() {
             self.high = high;
         }
         if !self.at_end() {
@@ -238,13 +238,13 @@ fn alone(which: Which, head: &Pending, other: &Side, now: Instant, max_idle: Dur
         waiting: which,
         reason,
     };
-    if other.high == i64::MAX {
+    let Some(end) = other.high else {
         return wait(WaitReason::EndUnknown);
-    }
+    };
     if !other.at_end() {
         return wait(WaitReason::Lagging {
             received: other.received_next,
-            end: other.high,
+            end,
         });
     }
     match other.at_end_since {
@@ -309,7 +309,7 @@ mod tests {
             queue: items.into(),
             applied_next: 0,
             received_next,
-            high,
+            high: Some(high),
             at_end_since: None,
             rewound_at: None,
             last_received: Instant::now(),
@@ -382,7 +382,7 @@ mod tests {
         );
         // A record received resets the idle clock until the side is seen at its end again.
         other.received(5, late);
-        other.high = 6;
+        other.high = Some(6);
         assert!(matches!(
             next(&u, &other, late + IDLE * 5, IDLE),
             Decision::Wait {

@@ -35,6 +35,7 @@ use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, PartitionWork};
 use crate::config::Config;
 use crate::kafka;
+use crate::status::ProcessState;
 use crate::store::{self, checkpoint, writes};
 
 /// Events applied per partition between two polls, so polling stays regular.
@@ -876,8 +877,8 @@ impl Pipeline {
                 commands_applied: w.commands.applied_next,
                 usage_received: w.usage.received_next,
                 commands_received: w.commands.received_next,
-                usage_end: (w.usage.high != i64::MAX).then_some(w.usage.high),
-                commands_end: (w.commands.high != i64::MAX).then_some(w.commands.high),
+                usage_end: w.usage.high,
+                commands_end: w.commands.high,
                 waiting: w.wait.map(|(which, _)| which.as_str().to_string()),
                 waiting_for: w.wait.map(|(which, _)| which.other().as_str().to_string()),
                 wait_reason: w.wait.map(|(_, reason)| reason.to_string()),
@@ -903,10 +904,8 @@ impl Pipeline {
             .with_label_values(&["sealed"])
             .set(sealed as i64);
         for work in self.parts.values_mut() {
-            let known = |high: i64| (high != i64::MAX).then_some(high);
-            let (usage_end, usage_next) = (known(work.usage.high), work.usage.applied_next);
-            let (commands_end, commands_next) =
-                (known(work.commands.high), work.commands.applied_next);
+            let (usage_end, usage_next) = (work.usage.high, work.usage.applied_next);
+            let (commands_end, commands_next) = (work.commands.high, work.commands.applied_next);
             work.metrics.set_lag(Which::Usage, usage_end, usage_next);
             work.metrics
                 .set_lag(Which::Commands, commands_end, commands_next);
@@ -1284,14 +1283,14 @@ pub fn run(
         first_wait: POLL_WAIT,
         status: status.clone(),
     };
-    set_state(&status, "running", None);
+    set_state(&status, ProcessState::Running);
     while !shutdown.load(Ordering::Relaxed) {
         if turn(&mut p, &mut source, &mut driver) == Turn::Done {
             break;
         }
     }
 
-    set_state(&status, "stopping", None);
+    set_state(&status, ProcessState::Stopping);
     if let Some(mut progress) = driver.progress.take() {
         let (done, left) = p.drain_progress(&driver.ends);
         progress.finish(done, left, left.map(|l| l + done));
@@ -1415,7 +1414,7 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
         // A revoke leaves no failed flush to retry, and a new assignment is not paused.
         if d.paused {
             d.paused = false;
-            set_state(&d.status, "running", None);
+            set_state(&d.status, ProcessState::Running);
         }
     }
     if !p.claiming.is_empty() {
@@ -1470,7 +1469,7 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
         Ok(offsets) => {
             if d.paused {
                 d.paused = false;
-                set_state(&d.status, "running", None);
+                set_state(&d.status, ProcessState::Running);
                 source.resume();
                 // Nothing was fetched while paused: the ends known are old.
                 for work in p.parts.values_mut() {
@@ -1486,7 +1485,12 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
                 d.paused = true;
                 source.pause();
             }
-            set_state(&d.status, "paused", Some(format!("{e:#}")));
+            set_state(
+                &d.status,
+                ProcessState::Paused {
+                    reason: format!("{e:#}"),
+                },
+            );
             tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
         }
     }
@@ -1534,9 +1538,9 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
             // skipped to a batch after our position, or there is none after it (see
             // `Side::rewound_at`). While other partitions receive, a side may just be
             // starved: tansu shares one byte budget among all partitions of a fetch.
+            let Some(end) = side.high else { continue };
             if !paused
-                && side.received_next < side.high
-                && side.high != i64::MAX
+                && side.received_next < end
                 && now.duration_since(side.last_received) >= STALL
                 && now.duration_since(last_any_received) >= STALL
             {
@@ -1549,7 +1553,7 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
                     topic = %topic,
                     partition,
                     position,
-                    end = side.high,
+                    end,
                     from = ?to,
                     "no records arrive before the end; reading the partition again"
                 );
@@ -1559,8 +1563,6 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
     }
 }
 
-fn set_state(status: &crate::status::Shared, state: &str, reason: Option<String>) {
-    let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
-    status.state = state.to_string();
-    status.reason = reason;
+fn set_state(status: &crate::status::Shared, state: ProcessState) {
+    status.lock().unwrap_or_else(|e| e.into_inner()).state = state;
 }

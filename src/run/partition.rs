@@ -349,12 +349,11 @@ impl PartitionWork {
 
     /// How far this partition has applied, and the ends its sides know.
     pub fn applied(&self) -> Applied {
-        let known = |high: i64| (high != i64::MAX).then_some(high);
         Applied {
             usage_next: self.usage.applied_next,
             commands_next: self.commands.applied_next,
-            usage_end: known(self.usage.high),
-            commands_end: known(self.commands.high),
+            usage_end: self.usage.high,
+            commands_end: self.commands.high,
         }
     }
 

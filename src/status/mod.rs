@@ -11,5 +11,5 @@ pub mod server;
 pub mod timed;
 
 pub use client::fetch;
-pub use model::{PartitionStatus, ProcessStatus, Shared};
+pub use model::{PartitionStatus, ProcessState, ProcessStatus, Shared};
 pub use server::{bind, serve, Endpoint, Exposition, StatusError};

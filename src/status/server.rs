@@ -193,7 +193,7 @@ mod tests {
 
     use super::*;
     use crate::status::client::fetch;
-    use crate::status::model::status;
+    use crate::status::model::{status, ProcessState};
 
     /// A registry with the endpoint's request counter and one metric of the process's own.
     #[derive(Clone)]
@@ -239,9 +239,9 @@ mod tests {
         }
     }
 
-    async fn start(state: &str, partitions: usize) -> (String, Endpoint<Registry>) {
+    async fn start(state: ProcessState, partitions: usize) -> (String, Endpoint<Registry>) {
         let endpoint = Endpoint {
-            status: Arc::new(Mutex::new(status(state, partitions, None))),
+            status: Arc::new(Mutex::new(status(state, partitions))),
             metrics: Registry::new(),
             owner: Owner::new(),
             token: None,
@@ -273,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_status_metrics_and_probes() {
-        let (addr, endpoint) = start("running", 3).await;
+        let (addr, endpoint) = start(ProcessState::Running, 3).await;
         endpoint.status.lock().expect("lock").applied = 42;
         let fetched = fetch(&addr).await.expect("status fetched");
         assert_eq!(fetched.applied, 42);
@@ -283,7 +283,9 @@ mod tests {
         assert_eq!(get(&addr, "/nothing").await.0, 404);
         // The owner's routes are the endpoint's too (no partition owned here: 421).
         assert_eq!(get(&addr, "/internal/answers/0/7?wait_ms=0").await.0, 421);
-        endpoint.status.lock().expect("lock").state = "paused".into();
+        endpoint.status.lock().expect("lock").state = ProcessState::Paused {
+            reason: "writes failing".into(),
+        };
         let (code, body) = get(&addr, "/readyz").await;
         assert_eq!(
             (code, body.as_str()),
