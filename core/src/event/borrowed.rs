@@ -107,10 +107,11 @@ const DATA: [(&str, Field); 6] = [
 
 /// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
 pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
-    // One UTF-8 check of the whole payload: every string between quotes is then valid.
-    let text = std::str::from_utf8(payload).ok()?;
+    // No UTF-8 check of the whole payload: outside strings the reader takes ASCII only,
+    // and a string checks each multi-byte character as its scan stops at it (see
+    // [`Reader::string`]), so a payload the reader takes is valid UTF-8 throughout.
     let mut r = Reader {
-        text,
+        bytes: payload,
         at: 0,
         suspect: false,
     };
@@ -176,7 +177,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         }
     }
     r.ws();
-    if r.at != text.len() || seen & 1 == 0 {
+    if r.at != payload.len() || seen & 1 == 0 {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
@@ -367,6 +368,20 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
+/// The length of the UTF-8 character of two to four bytes at the start of `bytes`, `None`
+/// when they do not start one (a stray continuation byte, an overlong form, a surrogate,
+/// a code point above U+10FFFF, or a character cut short).
+#[cold]
+fn char_len(bytes: &[u8]) -> Option<usize> {
+    let len = match bytes.first()? {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return None,
+    };
+    std::str::from_utf8(bytes.get(..len)?).ok().map(|_| len)
+}
+
 /// The value of the leading ASCII digits of `bytes` and their count: at least one and at
 /// most `most`, `None` otherwise (so the value fits an `i64` with room for thousandths).
 fn digits(bytes: &[u8], most: usize) -> Option<(i64, usize)> {
@@ -385,7 +400,7 @@ fn digits(bytes: &[u8], most: usize) -> Option<(i64, usize)> {
 
 /// A cursor over the payload.
 struct Reader<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     at: usize,
     /// Set when a string read held an escape, DEL or 0xC2 (see [`Named`]).
     suspect: bool,
@@ -393,7 +408,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     fn next(&mut self) -> Option<u8> {
@@ -410,7 +425,7 @@ impl<'a> Reader<'a> {
     /// above the space ends it at one comparison.
     #[inline]
     fn ws(&mut self) {
-        while let Some(&b) = self.text.as_bytes().get(self.at) {
+        while let Some(&b) = self.bytes.get(self.at) {
             if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 break;
             }
@@ -454,7 +469,7 @@ impl<'a> Reader<'a> {
     /// bytes in place (the common case); one with escapes goes to the full parser, as
     /// [`Reader::key`] says.
     fn key_in<T: Copy>(&mut self, table: &[(&str, T)]) -> Option<Option<T>> {
-        if let Some((&b'"', rest)) = self.text.as_bytes().get(self.at..)?.split_first() {
+        if let Some((&b'"', rest)) = self.bytes.get(self.at..)?.split_first() {
             for &(name, value) in table {
                 let len = name.len();
                 if rest.get(len) == Some(&b'"') && rest.get(..len) == Some(name.as_bytes()) {
@@ -489,7 +504,7 @@ impl<'a> Reader<'a> {
     /// Whether the next value is the string `value` written plainly, stepping over it if
     /// so: the expected values (`1.0`, `ai.usage`) are matched in place, without a scan.
     fn plain(&mut self, value: &str) -> bool {
-        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         let len = value.len();
         let found = rest.first() == Some(&b'"')
             && rest.get(len + 1) == Some(&b'"')
@@ -503,7 +518,7 @@ impl<'a> Reader<'a> {
     /// The `time` attribute: its common form read in place (see [`utc_prefix`]), any other
     /// string left to chrono.
     fn time(&mut self) -> Option<Time<'a>> {
-        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         if let Some((&b'"', rest)) = rest.split_first() {
             if let Some((time, len)) = utc_prefix(rest) {
                 if rest.get(len) == Some(&b'"') {
@@ -532,24 +547,36 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.at;
         loop {
             self.at = scan(bytes, self.at);
             match *bytes.get(self.at)? {
                 b'"' => {
-                    let s = self.text.get(start..self.at)?;
+                    let run = bytes.get(start..self.at)?;
+                    // SAFETY: `run` is valid UTF-8. `scan` steps only over ASCII bytes
+                    // (it stops at every byte from 0x7f up), and the loop steps over DEL
+                    // (ASCII) and over a multi-byte character only after `char_len`
+                    // checked that character with `std::str::from_utf8`; so `run` is a
+                    // sequence of ASCII bytes and whole, checked characters. Tested by
+                    // `core/tests/parser.rs`'s `invalid_utf8_in_any_string_is_the_full_parsers`.
+                    let s = unsafe { std::str::from_utf8_unchecked(run) };
                     self.at += 1;
                     return Some(Cow::Borrowed(s));
                 }
                 b'\\' => return self.escaped(start),
                 // A raw control character is a syntax error.
                 0..=0x1f => return None,
-                // DEL or a byte of a multi-byte character: fine in a string; a name
-                // check looks at DEL and at 0xC2, which may start a C1 control.
-                b => {
-                    self.suspect |= b == 0x7f || b == 0xc2;
+                // DEL: fine in a string; a name check looks at it.
+                0x7f => {
+                    self.suspect = true;
                     self.at += 1;
+                }
+                // A multi-byte character: fine in a string once checked; a name check
+                // looks at 0xC2, which may start a C1 control.
+                b => {
+                    self.suspect |= b == 0xc2;
+                    self.at += char_len(bytes.get(self.at..)?)?;
                 }
             }
         }
@@ -560,9 +587,10 @@ impl<'a> Reader<'a> {
     #[cold]
     #[inline(never)]
     fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         self.suspect = true;
-        let mut out = String::from(self.text.get(start..self.at)?);
+        // The payload was not checked as a whole: each run is checked as it is copied.
+        let mut out = String::from(std::str::from_utf8(bytes.get(start..self.at)?).ok()?);
         loop {
             let run = self.at;
             loop {
@@ -572,7 +600,7 @@ impl<'a> Reader<'a> {
                     _ => self.at += 1,
                 }
             }
-            out.push_str(self.text.get(run..self.at)?);
+            out.push_str(std::str::from_utf8(bytes.get(run..self.at)?).ok()?);
             if self.next()? == b'"' {
                 return Some(Cow::Owned(out));
             }
@@ -609,7 +637,7 @@ impl<'a> Reader<'a> {
     }
 
     fn hex4(&mut self) -> Option<u32> {
-        let digits = self.text.get(self.at..self.at + 4)?;
+        let digits = std::str::from_utf8(self.bytes.get(self.at..self.at + 4)?).ok()?;
         if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -619,7 +647,7 @@ impl<'a> Reader<'a> {
 
     /// A number in JSON's grammar, as its text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     fn number(&mut self) -> Option<&'a str> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.at;
         let digits = |r: &mut Self| {
             let from = r.at;
@@ -653,11 +681,11 @@ impl<'a> Reader<'a> {
                 return None;
             }
         }
-        self.text.get(start..self.at)
+        std::str::from_utf8(bytes.get(start..self.at)?).ok()
     }
 
     fn literal(&mut self, word: &str) -> Option<()> {
-        if self.text.get(self.at..)?.starts_with(word) {
+        if self.bytes.get(self.at..)?.starts_with(word.as_bytes()) {
             self.at += word.len();
             Some(())
         } else {
@@ -730,7 +758,7 @@ impl<'a> Reader<'a> {
     /// reads these forms to the same amount.
     #[inline]
     fn plain_quantity(&mut self) -> Option<Credits> {
-        let rest = self.text.as_bytes().get(self.at..)?;
+        let rest = self.bytes.get(self.at..)?;
         let (quoted, rest) = match rest.split_first() {
             Some((&b'"', rest)) => (true, rest),
             _ => (false, rest),
