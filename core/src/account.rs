@@ -927,12 +927,18 @@ pub fn check_time(
 /// 10^9 up) and every other pair take chrono's way.
 fn ahead_of(time: DateTime<Utc>, arrival: DateTime<Utc>) -> TimeDelta {
     let (time, arrival) = (time.naive_utc(), arrival.naive_utc());
-    let (nanos, arrival_nanos) = (time.nanosecond(), arrival.nanosecond());
-    if time.date() != arrival.date() || nanos >= 1_000_000_000 || arrival_nanos >= 1_000_000_000 {
+    if time.date() != arrival.date() {
         return time.signed_duration_since(arrival);
     }
-    let seconds = i64::from(time.num_seconds_from_midnight())
-        - i64::from(arrival.num_seconds_from_midnight());
+    // `NaiveTime`'s own accessors: a date-time's `num_seconds_from_midnight` is worked
+    // out from its hour, minute and second.
+    let (of_day, arrival_of_day) = (time.time(), arrival.time());
+    let (nanos, arrival_nanos) = (of_day.nanosecond(), arrival_of_day.nanosecond());
+    if nanos >= 1_000_000_000 || arrival_nanos >= 1_000_000_000 {
+        return time.signed_duration_since(arrival);
+    }
+    let seconds = i64::from(of_day.num_seconds_from_midnight())
+        - i64::from(arrival_of_day.num_seconds_from_midnight());
     let nanos = i64::from(nanos) - i64::from(arrival_nanos);
     // Under a day of seconds and under a second of nanoseconds: nowhere near overflow.
     TimeDelta::nanoseconds(seconds * 1_000_000_000 + nanos)
