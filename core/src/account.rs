@@ -501,7 +501,10 @@ impl AccountState {
             // Without a hold the debit's own list is the whole list (a debit names each
             // lot once: it takes a lot's free credits whole or stops).
             if paid.is_empty() {
-                paid = debit.paid;
+                // The entry's list is the empty inline one it was built with: nothing to
+                // free, so it is forgotten instead of dropped (a call, on every call).
+                debug_assert!(entry.paid.is_empty() && !entry.paid.spilled());
+                std::mem::forget(std::mem::replace(&mut entry.paid, debit.paid));
             } else {
                 for payment in debit.paid {
                     match paid.iter_mut().find(|p| p.lot == payment.lot) {
@@ -509,9 +512,9 @@ impl AccountState {
                         None => paid.push(payment),
                     }
                 }
+                entry.paid = paid;
             }
             entry.credits = price.credits;
-            entry.paid = paid;
             entry.shortfall = debit.shortfall;
             if entry.shortfall.is_positive() && self.flex_enabled(rules) {
                 let period = self.flex_period_at(rules, call.time);
