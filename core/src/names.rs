@@ -165,7 +165,7 @@ impl Names {
                 return name.clone();
             }
         }
-        let name = self.from_table(text);
+        let name = self.intern_in_table(text);
         if self.recent.is_empty() {
             self.recent.resize(RECENT, None);
         }
@@ -174,7 +174,7 @@ impl Names {
     }
 
     /// [`Names::intern`] by the table.
-    fn from_table(&mut self, text: &str) -> Name {
+    fn intern_in_table(&mut self, text: &str) -> Name {
         if let Some(name) = self.table.get(text) {
             return name.clone();
         }
