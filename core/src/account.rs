@@ -452,7 +452,7 @@ impl AccountState {
             lot_kind: None,
             payment_method: None,
             payment_reference: String::new(),
-            comment: call.comment.unwrap_or_default().to_string(),
+            comment: call.comment.map(str::to_string).unwrap_or_default(),
             hold: None,
         });
         // Just pushed: the entry is the last.
