@@ -127,7 +127,7 @@ impl<'de> Deserialize<'de> for Name {
 pub const MAX_NAMES: usize = 1 << 20;
 
 /// Places in [`Names`]'s cache of recent names.
-const RECENT: usize = 256;
+const RECENT: usize = 1024;
 
 /// The names of one partition.
 #[derive(Debug, Default, Clone)]
@@ -153,7 +153,7 @@ fn recent_place(text: &str) -> usize {
             .fold(0u64, |h, &b| h.rotate_left(8) ^ u64::from(b)),
     };
     let spread = (mixed ^ bytes.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (spread >> 56) as usize % RECENT
+    (spread >> 54) as usize % RECENT
 }
 
 impl Names {
