@@ -73,13 +73,15 @@ pub struct Book {
     shared: Shared,
     /// Accounts the clock changed since the last step, for that step to name.
     changed: Vec<String>,
+    /// The date of the last event time read, for the next event of the same day.
+    last_date: crate::event::borrowed::LastDate,
 }
 
 impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
-        match crate::event::borrowed::usage(payload, arrival) {
+        match crate::event::borrowed::usage_after(payload, arrival, &mut self.last_date) {
             Some(usage) => self.apply_usage(rules, &usage, arrival),
             None => self.apply(rules, event::parse_reference(payload, arrival), arrival),
         }

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::credits::{self, Credits};
 use crate::event::{check_name, check_text, Body, Event, Status, Usage, MAX_NAME_BYTES};
@@ -107,6 +107,22 @@ const DATA: [(&str, Field); 6] = [
 
 /// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
 pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
+    usage_after(payload, arrival, &mut LastDate::default())
+}
+
+/// The calendar date of the last event time read (its text `YYYY-MM-DD` and the date), so
+/// that the next event of the same day skips chrono's date check: a partition's events
+/// mostly share their day. Any date, never a wrong one: only a text that was read as
+/// that date matches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LastDate(Option<([u8; 10], NaiveDate)>);
+
+/// [`usage`], with the date of the last event time read by the caller (see [`LastDate`]).
+pub fn usage_after<'a>(
+    payload: &'a [u8],
+    arrival: DateTime<Utc>,
+    last: &mut LastDate,
+) -> Option<UsageEvent<'a>> {
     // No UTF-8 check of the whole payload: outside strings the reader takes ASCII only,
     // and a string checks each multi-byte character as its scan stops at it (see
     // [`Reader::string`]), so a payload the reader takes is valid UTF-8 throughout.
@@ -114,7 +130,16 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         bytes: payload,
         at: 0,
         suspect: false,
+        last_date: *last,
     };
+    let event = read(&mut r, arrival);
+    *last = r.last_date;
+    event
+}
+
+/// The event of [`usage_after`], read by `r` from the payload's start.
+fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>> {
+    let payload = r.bytes;
     let mut seen = 0u16;
     let mut id = None;
     let mut source = None;
@@ -244,27 +269,30 @@ const SCALE: [u32; 10] = [
 /// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
 #[cfg(test)]
 fn utc_time(text: &str) -> Option<DateTime<Utc>> {
-    utc_prefix(text.as_bytes()).and_then(|(time, len)| (len == text.len()).then_some(time))
+    utc_prefix(text.as_bytes(), &mut LastDate::default())
+        .and_then(|(time, len)| (len == text.len()).then_some(time))
 }
 
 /// [`utc_time`] of the start of `bytes`, and how many bytes it took: the reader reads a
 /// time in place, so its string is not scanned first.
-fn utc_prefix(bytes: &[u8]) -> Option<(DateTime<Utc>, usize)> {
+fn utc_prefix(bytes: &[u8], last: &mut LastDate) -> Option<(DateTime<Utc>, usize)> {
     let (head, rest) = bytes.split_first_chunk::<19>()?;
+    let day = head.first_chunk::<10>()?;
     let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
-    let separators = head[4] == b'-'
-        && head[7] == b'-'
-        && head[10] == b'T'
-        && head[13] == b':'
-        && head[16] == b':';
-    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
-        .iter()
-        .all(|&i| digit(i) <= 9);
+    let separators = head[10] == b'T' && head[13] == b':' && head[16] == b':';
+    let digits = [11, 12, 14, 15, 17, 18].iter().all(|&i| digit(i) <= 9);
     if !(separators && digits) {
         return None;
     }
     let two = |i: usize| digit(i) * 10 + digit(i + 1);
-    let year = (two(0) * 100 + two(2)) as i32;
+    let date = match last.0 {
+        Some((text, date)) if text == *day => date,
+        _ => {
+            let date = calendar_date(day)?;
+            last.0 = Some((*day, date));
+            date
+        }
+    };
     let (hour, minute, second) = (two(11), two(14), two(17));
     let (nano, len) = match rest {
         [b'Z', ..] => (0, 20),
@@ -290,9 +318,19 @@ fn utc_prefix(bytes: &[u8]) -> Option<(DateTime<Utc>, usize)> {
     if second > 59 {
         return None;
     }
-    let date = chrono::NaiveDate::from_ymd_opt(year, two(5), two(8))?;
     let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?;
     Some((date.and_time(time).and_utc(), len))
+}
+
+/// The date of a `YYYY-MM-DD` text, `None` for any other text or no such day.
+fn calendar_date(day: &[u8; 10]) -> Option<NaiveDate> {
+    let digit = |i: usize| u32::from(day[i].wrapping_sub(b'0'));
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| digit(i) <= 9);
+    if !(digits && day[4] == b'-' && day[7] == b'-') {
+        return None;
+    }
+    let two = |i: usize| digit(i) * 10 + digit(i + 1);
+    NaiveDate::from_ymd_opt((two(0) * 100 + two(2)) as i32, two(5), two(8))
 }
 
 /// The `time` attribute as read: in its common form already a time, else its text for
@@ -404,6 +442,7 @@ struct Reader<'a> {
     at: usize,
     /// Set when a string read held an escape, DEL or 0xC2 (see [`Named`]).
     suspect: bool,
+    last_date: LastDate,
 }
 
 impl<'a> Reader<'a> {
@@ -520,7 +559,7 @@ impl<'a> Reader<'a> {
     fn time(&mut self) -> Option<Time<'a>> {
         let rest = self.bytes.get(self.at..).unwrap_or_default();
         if let Some((&b'"', rest)) = rest.split_first() {
-            if let Some((time, len)) = utc_prefix(rest) {
+            if let Some((time, len)) = utc_prefix(rest, &mut self.last_date) {
                 if rest.get(len) == Some(&b'"') {
                     self.at += len + 2;
                     return Some(Time::Read(time));
@@ -896,6 +935,41 @@ mod tests {
             "2026-11-20T09:15:02.1x3Z",
         ] {
             assert_eq!(utc_time(text), None, "{text}");
+        }
+    }
+
+    /// A time read after another, with the date the first left in [`LastDate`], reads as
+    /// chrono reads it alone: the same day, another day, a day that does not exist, a text
+    /// that differs from the last date in one byte.
+    #[test]
+    fn utc_times_after_another_read_as_chrono_reads_them() {
+        let texts = [
+            "2026-11-20T09:15:02Z",
+            "2026-11-20T23:59:59.5Z",
+            "2026-11-21T00:00:00Z",
+            "2026-02-28T12:00:00Z",
+            "2026-02-29T12:00:00Z",
+            "2028-02-29T12:00:00Z",
+            "2026-11-2aT09:15:02Z",
+            "2026-11-20t09:15:02Z",
+            "2026-11-20T24:00:00Z",
+            "2026/11/20T09:15:02Z",
+            "2026-11-20T09:15:02+09:00",
+            "2026-11-20T23:59:60Z",
+        ];
+        for first in texts {
+            for then in texts {
+                let mut last = LastDate::default();
+                utc_prefix(first.as_bytes(), &mut last);
+                let read = utc_prefix(then.as_bytes(), &mut last)
+                    .and_then(|(time, len)| (len == then.len()).then_some(time));
+                let chrono = DateTime::parse_from_rfc3339(then).map(|t| t.with_timezone(&Utc));
+                // The reader leaves leap seconds and offsets to chrono (`None` here).
+                match read {
+                    Some(time) => assert_eq!(Ok(time), chrono, "{then} after {first}"),
+                    None => assert_eq!(utc_time(then), None, "{then} after {first}"),
+                }
+            }
         }
     }
 
