@@ -206,7 +206,10 @@ fn evaluate_all(
 }
 
 /// The first instant after `at` at which time alone may move a check: a lot starting,
-/// expiring or coming within [`EXPIRING_WITHIN`] of its expiry, or the next cycle.
+/// expiring or coming within [`EXPIRING_WITHIN`] of its expiry, or the next cycle. Only
+/// the expiring check looks at that last window, and it leaves out a plan's allowance
+/// (which ends with its cycle), so an allowance's window is no such instant: counting it
+/// made every account with a plan evaluate in full once more in each cycle's last days.
 fn quiet_until(
     state: &AccountState,
     rules: &Rules,
@@ -227,6 +230,7 @@ fn quiet_until(
         .flat_map(|lot| {
             let nearing = lot
                 .expires_at
+                .filter(|_| !lot.from_plan)
                 .and_then(|end| end.checked_sub_signed(EXPIRING_WITHIN));
             [Some(lot.effective_at), lot.expires_at, nearing]
         })

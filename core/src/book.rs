@@ -64,19 +64,24 @@ pub struct Book {
     pub clock: Option<DateTime<Utc>>,
     /// (deadline, account) for every account with something due; built on first use.
     timers: BTreeSet<(DateTime<Utc>, String)>,
+    /// The first deadline in `timers`, kept with it: every call compares the clock with it,
+    /// and a look into the set walks down to its first leaf.
+    first_timer: Option<DateTime<Utc>>,
     deadlines: rustc_hash::FxHashMap<String, DateTime<Utc>>,
     timers_built: bool,
     /// The partition's interned names, shared by its ledger entries, and its last day.
     shared: Shared,
     /// Accounts the clock changed since the last step, for that step to name.
     changed: Vec<String>,
+    /// The date of the last event time read, for the next event of the same day.
+    last_date: crate::event::borrowed::LastDate,
 }
 
 impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
-        match crate::event::borrowed::usage(payload, arrival) {
+        match crate::event::borrowed::usage_after(payload, arrival, &mut self.last_date) {
             Some(usage) => self.apply_usage(rules, &usage, arrival),
             None => self.apply(rules, event::parse_reference(payload, arrival), arrival),
         }
@@ -225,9 +230,13 @@ impl Book {
         let clock = self.clock.map_or(now, |c| c.max(now));
         self.clock = Some(clock);
         let mut due = Vec::new();
-        // The first timer is looked at in place: every call comes here, and only one in
-        // many has something due.
-        while let Some((_, account)) = self.timers.first().filter(|(at, _)| *at <= clock) {
+        // Every call comes here, and only one in many has something due: the first
+        // deadline is compared from its field, the set looked into only when it is due.
+        debug_assert_eq!(self.first_timer, self.timers.first().map(|(at, _)| *at));
+        while self.first_timer.is_some_and(|at| at <= clock) {
+            let Some((_, account)) = self.timers.first() else {
+                break;
+            };
             let account = account.clone();
             if let Some(state) = self.accounts.get_mut(&account) {
                 due.extend(state.advance(rules, &account, clock));
@@ -270,6 +279,7 @@ impl Book {
                 self.deadlines.remove(account);
             }
         }
+        self.first_timer = self.timers.first().map(|(at, _)| *at);
     }
 
     fn decide(

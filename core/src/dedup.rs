@@ -369,9 +369,9 @@ impl Seen {
     /// call makes.
     pub fn probe(&mut self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> Probe<'_> {
         let at = arrival.timestamp_millis();
-        let window = window.num_milliseconds();
+        // The window in milliseconds only for a key seen before: most keys are new.
         let horizon = self.horizon();
-        let within = |first: i64| first >= horizon && at < first + window;
+        let within = |first: i64| first >= horizon && at < first + window.num_milliseconds();
         let slot = self.first.entry(key);
         let duplicate = match &slot {
             Entry::Occupied(first) => within(*first.get()),

@@ -100,12 +100,13 @@ impl Lot {
 
     /// Whether this lot can pay for a call (or back a hold) in `pool` made at `at`.
     pub fn usable(&self, pool: &str, at: DateTime<Utc>) -> bool {
+        // The pool's text last: it is the one comparison that calls out (`memcmp`).
         !self.voided
             && !self.expired
             && self.free().is_positive()
-            && self.pool == pool
             && self.effective_at <= at
             && self.expires_at.is_none_or(|end| at < end)
+            && self.pool == pool
     }
 
     /// The debit order between two lots: `order_key`'s order, compared field by field and
@@ -219,11 +220,10 @@ fn take(
     let mut debit = Debit::default();
     let mut left = amount;
     while left.is_positive() {
-        let next = lots
-            .iter_mut()
-            .filter(|lot| lot.usable(pool, at))
-            .min_by(|a, b| a.pays_before(b, policy));
-        let Some(lot) = next else { break };
+        let Some(next) = first_payer(lots, pool, at, policy) else {
+            break;
+        };
+        let lot = &mut lots[next];
         // `usable` means free credits are positive; taking at most those keeps
         // `held <= remaining` on every lot.
         let take = lot.free().min(left);
@@ -240,6 +240,19 @@ fn take(
     }
     debit.shortfall = left.max(Credits::ZERO);
     debit
+}
+
+/// The index of the usable lot that pays first (the first of equals, as `min_by` gives).
+fn first_payer(lots: &[Lot], pool: &str, at: DateTime<Utc>, policy: Policy) -> Option<usize> {
+    let mut first: Option<(usize, &Lot)> = None;
+    for (i, lot) in lots.iter().enumerate() {
+        if lot.usable(pool, at)
+            && first.is_none_or(|(_, best)| lot.pays_before(best, policy).is_lt())
+        {
+            first = Some((i, lot));
+        }
+    }
+    first.map(|(i, _)| i)
 }
 
 #[cfg(test)]

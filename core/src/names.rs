@@ -126,15 +126,55 @@ impl<'de> Deserialize<'de> for Name {
 /// and a flood of made-up names cannot grow the table without bound.
 pub const MAX_NAMES: usize = 1 << 20;
 
+/// Places in [`Names`]'s cache of recent names.
+const RECENT: usize = 1024;
+
 /// The names of one partition.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
     table: rustc_hash::FxHashSet<Name>,
+    /// Names recently interned, each at the place [`recent_place`] gives its text (empty
+    /// until the first name): most calls name a user and a service seen moments ago, and
+    /// one comparison there costs less than hashing the text for the table.
+    recent: Vec<Option<Name>>,
+}
+
+/// A place in the cache of recent names for `text`, from its length and its first and
+/// last eight bytes (the parts where names of one kind differ: a user's number, a
+/// service's kind).
+fn recent_place(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mixed = match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => {
+            u64::from_le_bytes(*head) ^ u64::from_le_bytes(*tail).rotate_left(29)
+        }
+        _ => bytes
+            .iter()
+            .fold(0u64, |h, &b| h.rotate_left(8) ^ u64::from(b)),
+    };
+    let spread = (mixed ^ bytes.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (spread >> 54) as usize % RECENT
 }
 
 impl Names {
     /// The shared copy of `text`, made on first use.
     pub fn intern(&mut self, text: &str) -> Name {
+        let place = recent_place(text);
+        if let Some(Some(name)) = self.recent.get(place) {
+            if name.as_str() == text {
+                return name.clone();
+            }
+        }
+        let name = self.intern_in_table(text);
+        if self.recent.is_empty() {
+            self.recent.resize(RECENT, None);
+        }
+        self.recent[place] = Some(name.clone());
+        name
+    }
+
+    /// [`Names::intern`] by the table.
+    fn intern_in_table(&mut self, text: &str) -> Name {
         if let Some(name) = self.table.get(text) {
             return name.clone();
         }
@@ -196,6 +236,27 @@ mod tests {
         assert_eq!(a, "kim@acme.kr");
         assert_eq!(names.len(), 1);
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"kim@acme.kr\"");
+    }
+
+    /// Texts that share a place in the cache of recent names (more texts than places, of
+    /// every length around the eight-byte words it reads) each get their own name, and
+    /// the same copy each time.
+    #[test]
+    fn recent_names_are_the_table_copies_of_their_own_text() {
+        let texts: Vec<String> = (0..2000)
+            .map(|i| format!("{}{i}", "u".repeat(i % 19)))
+            .chain(["", "a", "ab", "abcdefg", "abcdefgh", "abcdefghi"].map(String::from))
+            .collect();
+        let mut names = Names::default();
+        let first: Vec<Name> = texts.iter().map(|t| names.intern(t)).collect();
+        for _ in 0..2 {
+            for (text, name) in texts.iter().zip(&first) {
+                let again = names.intern(text);
+                assert_eq!(again, **text);
+                assert!(Arc::ptr_eq(&again.0, &name.0), "{text}");
+            }
+        }
+        assert_eq!(names.len(), texts.len());
     }
 
     #[test]

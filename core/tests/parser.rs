@@ -386,3 +386,76 @@ fn the_contract_example_is_read_in_place() {
         );
     }
 }
+
+/// The borrowed reader checks UTF-8 only where its scan meets a byte from 0x80 up (its
+/// strings are handed out unchecked): every malformed sequence, in every kind of string
+/// (a name, the comment, a key, an ignored attribute, an escaped string), must still give
+/// the full parser's rejection, and every well-formed one its event.
+#[test]
+fn invalid_utf8_in_any_string_is_the_full_parsers() {
+    let invalid: [&[u8]; 14] = [
+        b"\x80",             // a continuation byte alone
+        b"\xbf",             // the last continuation byte alone
+        b"\xc0\x80",         // overlong NUL
+        b"\xc1\xbf",         // overlong, two bytes
+        b"\xc2",             // cut short before the quote
+        b"\xc2\x41",         // a lead byte without its continuation
+        b"\xe0\x80\x80",     // overlong, three bytes
+        b"\xed\xa0\x80",     // a surrogate (U+D800)
+        b"\xe2\x82",         // three-byte character cut short
+        b"\xf0\x80\x80\x80", // overlong, four bytes
+        b"\xf4\x90\x80\x80", // above U+10FFFF
+        b"\xf5\x80\x80\x80", // a lead byte that never starts a character
+        b"\xff",             // a byte that never appears in UTF-8
+        b"\xe2\x82\xac\x80", // a valid euro sign, then a stray continuation byte
+    ];
+    let valid: [&[u8]; 7] = [
+        "\u{a0}".as_bytes(), // the first above the C1 controls, which names refuse
+        "\u{7ff}".as_bytes(),
+        "\u{800}".as_bytes(),
+        "\u{d7ff}".as_bytes(),
+        "\u{ffff}".as_bytes(),
+        "\u{10000}".as_bytes(),
+        "\u{10ffff}".as_bytes(),
+    ];
+    // `@` marks where the sequence goes; before and after it ASCII of several lengths, so
+    // the sequence falls inside and across the scan's eight-byte words.
+    let templates = [
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-@","source":"s","subject":"acme","data":{"user":"u","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme-0123456789@","data":{"user":"u","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","data":{"user":"@kim@acme.kr","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","data":{"user":"u","feature":"erase","comment":"a comment @ here"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","ext@":1,"data":{"user":"u","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","ext":["x@y"],"data":{"user":"u","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","data":{"user":"k\u00e9@","feature":"erase"}}"#,
+        r#"{"specversion":"1.0","type":"ai.usage","id":"evt-1","source":"s","subject":"acme","data":{"user":"u","feature":"erase","comment":"\n@"}}"#,
+    ];
+    for template in templates {
+        let (head, tail) = template.split_once('@').expect("a marked place");
+        let with = |sequence: &[u8]| [head.as_bytes(), sequence, tail.as_bytes()].concat();
+        for sequence in invalid {
+            let payload = with(sequence);
+            assert!(
+                borrowed::usage(&payload, arrival()).is_none(),
+                "{sequence:x?} in {template}"
+            );
+            // The full parser decides (it refuses the sequence in a value it reads; in an
+            // attribute it ignores, serde_json does not look at it).
+            let reference = parse_reference(&payload, arrival());
+            assert_eq!(parse(&payload, arrival()), reference, "{template}");
+        }
+        for sequence in valid {
+            let payload = with(sequence);
+            let reference = parse_reference(&payload, arrival());
+            assert_eq!(parse(&payload, arrival()), reference, "{template}");
+            // The reader takes every template except the unknown field in `data`; none
+            // of these has one, so each well-formed payload is read in place.
+            let event = borrowed::usage(&payload, arrival());
+            assert_eq!(
+                event.map(|e| e.into_event()),
+                Some(reference.expect("a valid payload")),
+                "{sequence:x?} in {template}"
+            );
+        }
+    }
+}

@@ -1792,6 +1792,45 @@ fn alerts_cross_after_quiet_calls_by_debits_and_by_time_alone() {
 }
 
 #[test]
+fn quiet_calls_through_a_cycle_miss_no_check_a_full_evaluation_would_make() {
+    // Calls that move no threshold skip the full check until the first instant time alone
+    // could move one. After every call of a cycle, with a plan's allowance in its last 14
+    // days (a window no check looks at) and a grant that comes within 14 days of its end
+    // (one the expiring check does look at), a full evaluation of a copy of the account
+    // must find nothing the calls' own checks did not already.
+    let mut h = alerting(AlertRules {
+        enabled: true,
+        low_balance: whole(20),
+        expiring_min: whole(10),
+        included_used_percent: 80,
+        ..AlertRules::default()
+    });
+    h.plan("p1", "2026-11-01T00:00:00Z", r#"{"plan": "pro"}"#);
+    h.grant(
+        "g1",
+        "2026-11-01T00:00:00Z",
+        r#"{"kind": "promotional", "credits": 150, "expires_at": "2026-12-10T00:00:00Z"}"#,
+    );
+    // The allowance (100, ending with the cycle on Dec 1) pays first: 9 calls of 7.
+    for day in [2, 10, 15, 17, 18, 20, 24, 27, 30] {
+        let time = format!("2026-11-{day:02}T12:00:00Z");
+        h.call(
+            &format!("u{day}"),
+            &time,
+            r#"{"user": "u", "feature": "erase"}"#,
+        );
+        let state = &h.book.accounts["acme"];
+        let mut full = state.clone();
+        let missed = tally_core::alerting::evaluate(&mut full, &h.rules, "acme", at(&time));
+        assert!(missed.is_empty(), "{time}: {missed:?}");
+        assert_eq!(full.alert_marks, state.alert_marks, "{time}");
+    }
+    // The grant's 150 count as expiring from Nov 26, found by the call of Nov 27; the
+    // allowance's last 14 days (its 58 to 37 left) count for no check.
+    assert_eq!(fired(&h), [(AlertKind::Expiring, whole(10), whole(150))]);
+}
+
+#[test]
 fn included_use_and_shortfall_alerts() {
     let mut h = alerting(AlertRules {
         enabled: true,

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::credits::{self, Credits};
 use crate::event::{check_name, check_text, Body, Event, Status, Usage, MAX_NAME_BYTES};
@@ -107,13 +107,39 @@ const DATA: [(&str, Field); 6] = [
 
 /// Reads `payload` as a plain usage event, or `None` when the full parser must decide.
 pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
-    // One UTF-8 check of the whole payload: every string between quotes is then valid.
-    let text = std::str::from_utf8(payload).ok()?;
+    usage_after(payload, arrival, &mut LastDate::default())
+}
+
+/// The calendar date of the last event time read (its text `YYYY-MM-DD` and the date), so
+/// that the next event of the same day skips chrono's date check: a partition's events
+/// mostly share their day. Any date, never a wrong one: only a text that was read as
+/// that date matches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LastDate(Option<([u8; 10], NaiveDate)>);
+
+/// [`usage`], with the date of the last event time read by the caller (see [`LastDate`]).
+pub fn usage_after<'a>(
+    payload: &'a [u8],
+    arrival: DateTime<Utc>,
+    last: &mut LastDate,
+) -> Option<UsageEvent<'a>> {
+    // No UTF-8 check of the whole payload: outside strings the reader takes ASCII only,
+    // and a string checks each multi-byte character as its scan stops at it (see
+    // [`Reader::string`]), so a payload the reader takes is valid UTF-8 throughout.
     let mut r = Reader {
-        text,
+        bytes: payload,
         at: 0,
         suspect: false,
+        last_date: *last,
     };
+    let event = read(&mut r, arrival);
+    *last = r.last_date;
+    event
+}
+
+/// The event of [`usage_after`], read by `r` from the payload's start.
+fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>> {
+    let payload = r.bytes;
     let mut seen = 0u16;
     let mut id = None;
     let mut source = None;
@@ -176,7 +202,7 @@ pub fn usage(payload: &[u8], arrival: DateTime<Utc>) -> Option<UsageEvent<'_>> {
         }
     }
     r.ws();
-    if r.at != text.len() || seen & 1 == 0 {
+    if r.at != payload.len() || seen & 1 == 0 {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
@@ -243,27 +269,30 @@ const SCALE: [u32; 10] = [
 /// than nine decimals, ...), which `DateTime::parse_from_rfc3339` then reads.
 #[cfg(test)]
 fn utc_time(text: &str) -> Option<DateTime<Utc>> {
-    utc_prefix(text.as_bytes()).and_then(|(time, len)| (len == text.len()).then_some(time))
+    utc_prefix(text.as_bytes(), &mut LastDate::default())
+        .and_then(|(time, len)| (len == text.len()).then_some(time))
 }
 
 /// [`utc_time`] of the start of `bytes`, and how many bytes it took: the reader reads a
 /// time in place, so its string is not scanned first.
-fn utc_prefix(bytes: &[u8]) -> Option<(DateTime<Utc>, usize)> {
+fn utc_prefix(bytes: &[u8], last: &mut LastDate) -> Option<(DateTime<Utc>, usize)> {
     let (head, rest) = bytes.split_first_chunk::<19>()?;
+    let day = head.first_chunk::<10>()?;
     let digit = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
-    let separators = head[4] == b'-'
-        && head[7] == b'-'
-        && head[10] == b'T'
-        && head[13] == b':'
-        && head[16] == b':';
-    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
-        .iter()
-        .all(|&i| digit(i) <= 9);
+    let separators = head[10] == b'T' && head[13] == b':' && head[16] == b':';
+    let digits = [11, 12, 14, 15, 17, 18].iter().all(|&i| digit(i) <= 9);
     if !(separators && digits) {
         return None;
     }
     let two = |i: usize| digit(i) * 10 + digit(i + 1);
-    let year = (two(0) * 100 + two(2)) as i32;
+    let date = match last.0 {
+        Some((text, date)) if text == *day => date,
+        _ => {
+            let date = calendar_date(day)?;
+            last.0 = Some((*day, date));
+            date
+        }
+    };
     let (hour, minute, second) = (two(11), two(14), two(17));
     let (nano, len) = match rest {
         [b'Z', ..] => (0, 20),
@@ -289,9 +318,19 @@ fn utc_prefix(bytes: &[u8]) -> Option<(DateTime<Utc>, usize)> {
     if second > 59 {
         return None;
     }
-    let date = chrono::NaiveDate::from_ymd_opt(year, two(5), two(8))?;
     let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?;
     Some((date.and_time(time).and_utc(), len))
+}
+
+/// The date of a `YYYY-MM-DD` text, `None` for any other text or no such day.
+fn calendar_date(day: &[u8; 10]) -> Option<NaiveDate> {
+    let digit = |i: usize| u32::from(day[i].wrapping_sub(b'0'));
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| digit(i) <= 9);
+    if !(digits && day[4] == b'-' && day[7] == b'-') {
+        return None;
+    }
+    let two = |i: usize| digit(i) * 10 + digit(i + 1);
+    NaiveDate::from_ymd_opt((two(0) * 100 + two(2)) as i32, two(5), two(8))
 }
 
 /// The `time` attribute as read: in its common form already a time, else its text for
@@ -367,6 +406,20 @@ fn scan(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
+/// The length of the UTF-8 character of two to four bytes at the start of `bytes`, `None`
+/// when they do not start one (a stray continuation byte, an overlong form, a surrogate,
+/// a code point above U+10FFFF, or a character cut short).
+#[cold]
+fn char_len(bytes: &[u8]) -> Option<usize> {
+    let len = match bytes.first()? {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => return None,
+    };
+    std::str::from_utf8(bytes.get(..len)?).ok().map(|_| len)
+}
+
 /// The value of the leading ASCII digits of `bytes` and their count: at least one and at
 /// most `most`, `None` otherwise (so the value fits an `i64` with room for thousandths).
 fn digits(bytes: &[u8], most: usize) -> Option<(i64, usize)> {
@@ -385,15 +438,16 @@ fn digits(bytes: &[u8], most: usize) -> Option<(i64, usize)> {
 
 /// A cursor over the payload.
 struct Reader<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     at: usize,
     /// Set when a string read held an escape, DEL or 0xC2 (see [`Named`]).
     suspect: bool,
+    last_date: LastDate,
 }
 
 impl<'a> Reader<'a> {
     fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     fn next(&mut self) -> Option<u8> {
@@ -410,7 +464,7 @@ impl<'a> Reader<'a> {
     /// above the space ends it at one comparison.
     #[inline]
     fn ws(&mut self) {
-        while let Some(&b) = self.text.as_bytes().get(self.at) {
+        while let Some(&b) = self.bytes.get(self.at) {
             if b > b' ' || !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 break;
             }
@@ -454,7 +508,7 @@ impl<'a> Reader<'a> {
     /// bytes in place (the common case); one with escapes goes to the full parser, as
     /// [`Reader::key`] says.
     fn key_in<T: Copy>(&mut self, table: &[(&str, T)]) -> Option<Option<T>> {
-        if let Some((&b'"', rest)) = self.text.as_bytes().get(self.at..)?.split_first() {
+        if let Some((&b'"', rest)) = self.bytes.get(self.at..)?.split_first() {
             for &(name, value) in table {
                 let len = name.len();
                 if rest.get(len) == Some(&b'"') && rest.get(..len) == Some(name.as_bytes()) {
@@ -489,7 +543,7 @@ impl<'a> Reader<'a> {
     /// Whether the next value is the string `value` written plainly, stepping over it if
     /// so: the expected values (`1.0`, `ai.usage`) are matched in place, without a scan.
     fn plain(&mut self, value: &str) -> bool {
-        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         let len = value.len();
         let found = rest.first() == Some(&b'"')
             && rest.get(len + 1) == Some(&b'"')
@@ -503,9 +557,9 @@ impl<'a> Reader<'a> {
     /// The `time` attribute: its common form read in place (see [`utc_prefix`]), any other
     /// string left to chrono.
     fn time(&mut self) -> Option<Time<'a>> {
-        let rest = self.text.as_bytes().get(self.at..).unwrap_or_default();
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
         if let Some((&b'"', rest)) = rest.split_first() {
-            if let Some((time, len)) = utc_prefix(rest) {
+            if let Some((time, len)) = utc_prefix(rest, &mut self.last_date) {
                 if rest.get(len) == Some(&b'"') {
                     self.at += len + 2;
                     return Some(Time::Read(time));
@@ -532,24 +586,36 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.eat(b'"')?;
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.at;
         loop {
             self.at = scan(bytes, self.at);
             match *bytes.get(self.at)? {
                 b'"' => {
-                    let s = self.text.get(start..self.at)?;
+                    let run = bytes.get(start..self.at)?;
+                    // SAFETY: `run` is valid UTF-8. `scan` steps only over ASCII bytes
+                    // (it stops at every byte from 0x7f up), and the loop steps over DEL
+                    // (ASCII) and over a multi-byte character only after `char_len`
+                    // checked that character with `std::str::from_utf8`; so `run` is a
+                    // sequence of ASCII bytes and whole, checked characters. Tested by
+                    // `core/tests/parser.rs`'s `invalid_utf8_in_any_string_is_the_full_parsers`.
+                    let s = unsafe { std::str::from_utf8_unchecked(run) };
                     self.at += 1;
                     return Some(Cow::Borrowed(s));
                 }
                 b'\\' => return self.escaped(start),
                 // A raw control character is a syntax error.
                 0..=0x1f => return None,
-                // DEL or a byte of a multi-byte character: fine in a string; a name
-                // check looks at DEL and at 0xC2, which may start a C1 control.
-                b => {
-                    self.suspect |= b == 0x7f || b == 0xc2;
+                // DEL: fine in a string; a name check looks at it.
+                0x7f => {
+                    self.suspect = true;
                     self.at += 1;
+                }
+                // A multi-byte character: fine in a string once checked; a name check
+                // looks at 0xC2, which may start a C1 control.
+                b => {
+                    self.suspect |= b == 0xc2;
+                    self.at += char_len(bytes.get(self.at..)?)?;
                 }
             }
         }
@@ -560,9 +626,10 @@ impl<'a> Reader<'a> {
     #[cold]
     #[inline(never)]
     fn escaped(&mut self, start: usize) -> Option<Cow<'a, str>> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         self.suspect = true;
-        let mut out = String::from(self.text.get(start..self.at)?);
+        // The payload was not checked as a whole: each run is checked as it is copied.
+        let mut out = String::from(std::str::from_utf8(bytes.get(start..self.at)?).ok()?);
         loop {
             let run = self.at;
             loop {
@@ -572,7 +639,7 @@ impl<'a> Reader<'a> {
                     _ => self.at += 1,
                 }
             }
-            out.push_str(self.text.get(run..self.at)?);
+            out.push_str(std::str::from_utf8(bytes.get(run..self.at)?).ok()?);
             if self.next()? == b'"' {
                 return Some(Cow::Owned(out));
             }
@@ -609,7 +676,7 @@ impl<'a> Reader<'a> {
     }
 
     fn hex4(&mut self) -> Option<u32> {
-        let digits = self.text.get(self.at..self.at + 4)?;
+        let digits = std::str::from_utf8(self.bytes.get(self.at..self.at + 4)?).ok()?;
         if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -619,7 +686,7 @@ impl<'a> Reader<'a> {
 
     /// A number in JSON's grammar, as its text: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     fn number(&mut self) -> Option<&'a str> {
-        let bytes = self.text.as_bytes();
+        let bytes = self.bytes;
         let start = self.at;
         let digits = |r: &mut Self| {
             let from = r.at;
@@ -653,11 +720,11 @@ impl<'a> Reader<'a> {
                 return None;
             }
         }
-        self.text.get(start..self.at)
+        std::str::from_utf8(bytes.get(start..self.at)?).ok()
     }
 
     fn literal(&mut self, word: &str) -> Option<()> {
-        if self.text.get(self.at..)?.starts_with(word) {
+        if self.bytes.get(self.at..)?.starts_with(word.as_bytes()) {
             self.at += word.len();
             Some(())
         } else {
@@ -730,7 +797,7 @@ impl<'a> Reader<'a> {
     /// reads these forms to the same amount.
     #[inline]
     fn plain_quantity(&mut self) -> Option<Credits> {
-        let rest = self.text.as_bytes().get(self.at..)?;
+        let rest = self.bytes.get(self.at..)?;
         let (quoted, rest) = match rest.split_first() {
             Some((&b'"', rest)) => (true, rest),
             _ => (false, rest),
@@ -868,6 +935,41 @@ mod tests {
             "2026-11-20T09:15:02.1x3Z",
         ] {
             assert_eq!(utc_time(text), None, "{text}");
+        }
+    }
+
+    /// A time read after another, with the date the first left in [`LastDate`], reads as
+    /// chrono reads it alone: the same day, another day, a day that does not exist, a text
+    /// that differs from the last date in one byte.
+    #[test]
+    fn utc_times_after_another_read_as_chrono_reads_them() {
+        let texts = [
+            "2026-11-20T09:15:02Z",
+            "2026-11-20T23:59:59.5Z",
+            "2026-11-21T00:00:00Z",
+            "2026-02-28T12:00:00Z",
+            "2026-02-29T12:00:00Z",
+            "2028-02-29T12:00:00Z",
+            "2026-11-2aT09:15:02Z",
+            "2026-11-20t09:15:02Z",
+            "2026-11-20T24:00:00Z",
+            "2026/11/20T09:15:02Z",
+            "2026-11-20T09:15:02+09:00",
+            "2026-11-20T23:59:60Z",
+        ];
+        for first in texts {
+            for then in texts {
+                let mut last = LastDate::default();
+                utc_prefix(first.as_bytes(), &mut last);
+                let read = utc_prefix(then.as_bytes(), &mut last)
+                    .and_then(|(time, len)| (len == then.len()).then_some(time));
+                let chrono = DateTime::parse_from_rfc3339(then).map(|t| t.with_timezone(&Utc));
+                // The reader leaves leap seconds and offsets to chrono (`None` here).
+                match read {
+                    Some(time) => assert_eq!(Ok(time), chrono, "{then} after {first}"),
+                    None => assert_eq!(utc_time(then), None, "{then} after {first}"),
+                }
+            }
         }
     }
 
