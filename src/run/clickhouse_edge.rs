@@ -65,15 +65,14 @@ impl Store for ClickHouseStore {
         &self,
         partition: u32,
         version: u64,
-        keep_claim: u64,
+        claim: u64,
         horizon_millis: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(checkpoint::delete_before(
             self.target.for_partition(partition, 0),
-            &self.stream,
-            partition,
+            (&self.stream, partition),
             version,
-            keep_claim,
+            claim,
             horizon_millis,
         ))
     }

@@ -767,7 +767,7 @@ impl Pipeline {
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.clock.utc());
         for &(partition, version) in &flush.snapshots {
-            let keep_claim = self
+            let claim = self
                 .parts
                 .get(&partition)
                 .map_or(version, |work| work.claim_version);
@@ -780,14 +780,19 @@ impl Pipeline {
             let pruned = self.rt.block_on(self.store.delete_before(
                 partition as u32,
                 version,
-                keep_claim,
+                claim,
                 horizon,
             ));
             match pruned {
-                Ok(()) => tracing::info!(
+                Ok(true) => tracing::info!(
                     partition,
                     version,
                     "partition snapshotted; older checkpoint rows deleted"
+                ),
+                Ok(false) => tracing::warn!(
+                    partition,
+                    version,
+                    "a later claim supersedes this owner: its flushes no longer count"
                 ),
                 Err(e) => {
                     self.metrics.clickhouse_errors.inc();
