@@ -329,7 +329,11 @@ pub async fn claim_and_load(
     let mut insert = super::writes::insert::<CheckpointRow>(client, "checkpoints").await?;
     insert
         .write(&base_row(
-            stream, partition, version, (base, parent), now_micros,
+            stream,
+            partition,
+            version,
+            (base, parent),
+            now_micros,
         ))
         .await?;
     insert.end().await?;

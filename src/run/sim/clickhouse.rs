@@ -159,16 +159,14 @@ impl Db {
         segment_records: u32,
     ) -> Result<(Restored, (u64, u64)), StoreError> {
         let rows: Vec<&CheckpointRow> = self.of(stream, partition).collect();
-        let offsets = self
-            .counted_offsets(stream, partition)
-            .map(|r| OffsetsRow {
-                usage_offset: r.usage_offset,
-                commands_offset: r.commands_offset,
-                arrival_high: r.arrival_high,
-                segment_records: r.seen_at,
-                version: r.version,
-                claim: r.claim,
-            });
+        let offsets = self.counted_offsets(stream, partition).map(|r| OffsetsRow {
+            usage_offset: r.usage_offset,
+            commands_offset: r.commands_offset,
+            arrival_high: r.arrival_high,
+            segment_records: r.seen_at,
+            version: r.version,
+            claim: r.claim,
+        });
         checkpoint::check_segments(offsets.as_ref(), partition, segment_records)?;
         let base = offsets.as_ref().map_or((0, 0), |o| (o.version, o.claim));
         let fence = Lineage::below(&self.bases(stream, partition), base.0, base.1);
