@@ -767,10 +767,11 @@ impl Pipeline {
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.clock.utc());
         for &(partition, version) in &flush.snapshots {
-            let claim = self
-                .parts
-                .get(&partition)
-                .map_or(version, |work| work.claim_version);
+            // A partition given up since: its claim is not known here, so nothing is
+            // deleted (the next snapshot of its owner deletes it).
+            let Some(claim) = self.parts.get(&partition).map(|work| work.claim_version) else {
+                continue;
+            };
             // Dedup rows and blobs stay while the window may need them.
             let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
                 work.arrival_high.saturating_mul(1000) - self.rules.dedup_window.num_milliseconds()
