@@ -230,7 +230,7 @@ impl Outcome {
 /// Runs the schedule of `seed` and checks its end; `Err` says what differs. A third of the
 /// seeds make zombies.
 pub fn simulate(seed: u64) -> Result<Outcome, String> {
-    simulate_with(seed, seed % 3 == 0)
+    simulate_with(seed, seed.is_multiple_of(3))
 }
 
 /// `zombies`: some crashes leave the member running for a while after the group gave its
