@@ -82,12 +82,13 @@ impl Store for ClickHouseStore {
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>> {
         Box::pin(checkpoint::confirm(
             &self.client,
-            &self.stream,
-            partition,
+            (&self.stream, partition),
+            claim,
             probable,
         ))
     }

@@ -168,10 +168,12 @@ pub trait Store: Send + Sync {
         claim: u64,
         horizon_millis: i64,
     ) -> BoxFuture<'_, Result<bool, StoreError>>;
-    /// Confirms probable duplicates against the exact rows.
+    /// Confirms probable duplicates against the exact rows of the lineage of `claim` (the
+    /// owner's own, even once superseded: its decisions must follow its own history).
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>>;
 }

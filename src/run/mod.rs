@@ -448,6 +448,7 @@ impl Pipeline {
                 rt: &self.rt,
                 store: &self.store,
                 partition: work.partition,
+                claim: work.claim_version,
             };
             match work.confirming.step(&asker, now) {
                 confirm::Step::Ready(None) => {}

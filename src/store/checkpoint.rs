@@ -150,6 +150,18 @@ impl Lineage {
         }
     }
 
+    /// The lineage of the owner of `claim`, superseded or not: its own rows, then what its
+    /// base row says it loaded.
+    pub fn own(bases: &[BaseRow], claim: u64) -> Lineage {
+        let mut lineage = Lineage {
+            members: vec![(claim, u64::MAX)],
+        };
+        if let Some(own) = bases.iter().find(|b| b.claim == claim) {
+            lineage.extend(bases, own.base, own.parent);
+        }
+        lineage
+    }
+
     /// What a load that found its base at flush `base` of claim `parent` counts (and what
     /// its base row will tell the next owner): `parent`'s rows up to `base`, then that
     /// claim's own lineage. Nothing when `base` is 0.
@@ -639,8 +651,8 @@ const CONFIRM_KEYS: usize = 2_000;
 /// the version range of those flushes (the table's order), not the whole window.
 pub async fn confirm(
     client: &Client,
-    stream: &str,
-    partition: u32,
+    (stream, partition): (&str, u32),
+    claim: u64,
     probable: &[Probable],
 ) -> Result<Vec<(u128, Option<i64>)>, StoreError> {
     // Keys whose flushes fall in one range are asked together.
@@ -650,8 +662,8 @@ pub async fn confirm(
         let high = item.1.iter().map(|w| w.version).max().unwrap_or(0);
         groups.entry((low, high)).or_default().push(item);
     }
-    // Only rows of the lineage count: a superseded owner's rows may carry the same versions.
-    let fence = Lineage::of(&bases(client, stream, partition).await?).sql();
+    // Only rows of this owner's lineage count: another owner's may carry the same versions.
+    let fence = Lineage::own(&bases(client, stream, partition).await?, claim).sql();
     let mut answers = Vec::with_capacity(probable.len());
     for ((low, high), items) in groups {
         for chunk in items.chunks(CONFIRM_KEYS) {

@@ -432,6 +432,7 @@ impl Store for SimStore {
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>> {
         Box::pin(async move {
@@ -440,7 +441,7 @@ impl Store for SimStore {
             if faults.fails() {
                 return Err(injected("confirm"));
             }
-            let lineage = Lineage::of(&db.bases(&self.stream, partition));
+            let lineage = Lineage::own(&db.bases(&self.stream, partition), claim);
             let seen: Vec<&CheckpointRow> = db
                 .of(&self.stream, partition)
                 .filter(|r| r.row_kind == "seen" && lineage.counts(r.claim, r.version))
