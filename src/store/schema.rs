@@ -138,8 +138,10 @@ const TABLES: [Table; 8] = [
     // account that changed, the new dedup keys and, last, the partition's next offsets.
     // ClickHouse 18.16 keeps the rows it had parsed when a client dies mid-INSERT, so a
     // flush's rows only count once its offsets row exists (written last, it proves the
-    // rows before it arrived). Plain MergeTree: a torn flush's rows must never replace a
-    // complete one's, as a ReplacingMergeTree merge would.
+    // rows before it arrived), and only in the lineage of claims a load follows (`claim`:
+    // the claim each row was written under; see `checkpoint::Lineage`), so a superseded
+    // owner's late flushes never count. Plain MergeTree: a torn flush's rows must never
+    // replace a complete one's, as a ReplacingMergeTree merge would.
     Table {
         name: "checkpoints",
         columns: "stream String,
