@@ -316,6 +316,8 @@ async fn through_clickhouse(
             stream,
             partition: 0,
             version,
+            // Rows as written before fencing: the claim's load counts them.
+            claim: 0,
             usage_offset: 0,
             commands_offset: 0,
             arrival_high,

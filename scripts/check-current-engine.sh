@@ -135,7 +135,7 @@ log "capture: workload against a ClickHouse 18.16 on $CAP (database $DB)"
 t migrate
 # The columns added after the first release: dropped, so the second migrate adds them.
 for col in "daily_usage flex" "lots expired" "lots from_plan" "ledger hold_id" "ledger hold_outcome" "ledger hold_held" \
-  "ledger partition" "lots partition" "balances partition" "daily_rollups partition"; do
+  "ledger partition" "lots partition" "balances partition" "daily_rollups partition" "checkpoints claim"; do
   set -- $col
   own "ALTER TABLE $1 DROP COLUMN $2" "$DB" >/dev/null
 done

@@ -58,6 +58,8 @@ impl Store for ClickHouseStore {
     }
 
     fn commit<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), StoreError>> {
+        #[cfg(debug_assertions)]
+        freeze::before_commit();
         Box::pin(writes::commit(&self.target, batch))
     }
 
@@ -65,15 +67,14 @@ impl Store for ClickHouseStore {
         &self,
         partition: u32,
         version: u64,
-        keep_claim: u64,
+        claim: u64,
         horizon_millis: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(checkpoint::delete_before(
             self.target.for_partition(partition, 0),
-            &self.stream,
-            partition,
+            (&self.stream, partition),
             version,
-            keep_claim,
+            claim,
             horizon_millis,
         ))
     }
@@ -81,13 +82,49 @@ impl Store for ClickHouseStore {
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>> {
         Box::pin(checkpoint::confirm(
             &self.client,
-            &self.stream,
-            partition,
+            (&self.stream, partition),
+            claim,
             probable,
         ))
+    }
+}
+
+/// A test's hook (debug builds only): `DEBUG_TALLY_FREEZE_AT_COMMIT=n` stops the process
+/// (SIGSTOP to itself) just before its n-th checkpoint INSERT, so a real-stack test can
+/// make a zombie owner at a point it decides (tests/zombie.rs): frozen with its flush built
+/// and not committed, resumed with SIGCONT after the group moved on.
+#[cfg(debug_assertions)]
+mod freeze {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn before_commit() {
+        let Some(at) = std::env::var("DEBUG_TALLY_FREEZE_AT_COMMIT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 != at {
+            return;
+        }
+        tracing::warn!(
+            commit = at,
+            "frozen before this checkpoint INSERT (test hook)"
+        );
+        // `kill` returns once the signal is sent; this thread stops on its way back from
+        // waiting for it, before the INSERT.
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &std::process::id().to_string()])
+            .status();
+        if let Err(e) = stopped {
+            tracing::error!(error = %e, "the freeze hook cannot stop this process");
+        }
     }
 }

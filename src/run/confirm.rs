@@ -43,16 +43,18 @@ pub struct Asker<'a> {
     pub rt: &'a Exec,
     pub store: &'a Arc<dyn Store>,
     pub partition: i32,
+    /// The claim the partition is owned under: only its lineage's rows answer.
+    pub claim: u64,
 }
 
 impl Asker<'_> {
     fn ask(&self, keys: Keys, backoff: Duration) -> Confirm {
         let store = self.store.clone();
-        let partition = self.partition as u32;
+        let (partition, claim) = (self.partition as u32, self.claim);
         let asked = keys.clone();
         let task = self
             .rt
-            .spawn(async move { store.confirm(partition, &asked).await });
+            .spawn(async move { store.confirm(partition, claim, &asked).await });
         Confirm::Asking {
             task,
             keys,
@@ -145,6 +147,7 @@ mod tests {
             rt: &exec,
             store: &store,
             partition: 0,
+            claim: 0,
         };
         let mut confirm = Confirm::start(&asker, vec![(7, Vec::new())]);
         let mut now = Instant::now();

@@ -159,18 +159,21 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The commit point: the checkpoint rows, offsets last.
     fn commit<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Drops checkpoint rows a committed snapshot made dead.
+    /// Drops checkpoint rows a committed snapshot made dead, unless a claim above this
+    /// owner's `claim` exists (then `false`: see `checkpoint::delete_before`).
     fn delete_before(
         &self,
         partition: u32,
         version: u64,
-        keep_claim: u64,
+        claim: u64,
         horizon_millis: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Confirms probable duplicates against the exact rows.
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Confirms probable duplicates against the exact rows of the lineage of `claim` (the
+    /// owner's own, even once superseded: its decisions must follow its own history).
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>>;
 }

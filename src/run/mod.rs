@@ -449,6 +449,7 @@ impl Pipeline {
                 rt: &self.rt,
                 store: &self.store,
                 partition: work.partition,
+                claim: work.claim_version,
             };
             match work.confirming.step(&asker, now) {
                 confirm::Step::Ready(None) => {}
@@ -768,10 +769,11 @@ impl Pipeline {
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.clock.utc());
         for &(partition, version) in &flush.snapshots {
-            let keep_claim = self
-                .parts
-                .get(&partition)
-                .map_or(version, |work| work.claim_version);
+            // A partition given up since: its claim is not known here, so nothing is
+            // deleted (the next snapshot of its owner deletes it).
+            let Some(claim) = self.parts.get(&partition).map(|work| work.claim_version) else {
+                continue;
+            };
             // Dedup rows and blobs stay while the window may need them.
             let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
                 work.arrival_high.saturating_mul(1000) - self.rules.dedup_window.num_milliseconds()
@@ -781,14 +783,19 @@ impl Pipeline {
             let pruned = self.rt.block_on(self.store.delete_before(
                 partition as u32,
                 version,
-                keep_claim,
+                claim,
                 horizon,
             ));
             match pruned {
-                Ok(()) => tracing::info!(
+                Ok(true) => tracing::info!(
                     partition,
                     version,
                     "partition snapshotted; older checkpoint rows deleted"
+                ),
+                Ok(false) => tracing::warn!(
+                    partition,
+                    version,
+                    "a later claim supersedes this owner: its flushes no longer count"
                 ),
                 Err(e) => {
                     self.metrics.clickhouse_errors.inc();

@@ -392,6 +392,7 @@ impl PartitionWork {
             stream,
             partition: self.partition as u32,
             version,
+            claim: self.claim_version,
             usage_offset: self.usage.applied_next,
             commands_offset: self.commands.applied_next,
             arrival_high: self.arrival_high,

@@ -57,6 +57,9 @@ pub struct OffsetsRow {
     /// The offsets row's `seen_at`: the rollup segment size it was written with (0 before
     /// segments).
     pub segment_records: i64,
+    /// The flush it commits, and the claim it was written under: the new owner's base.
+    pub version: u64,
+    pub claim: u64,
 }
 
 /// An account's latest committed state, or an open day's totals.
@@ -94,9 +97,133 @@ const BLOB_PART_BYTES: usize = 1 << 20;
 
 const WHERE_PARTITION: &str = "stream = ? AND partition = ?";
 
-/// The versions of a partition's complete flushes: those whose offsets row landed.
-const COMPLETE: &str = "SELECT version FROM checkpoints \
-     WHERE stream = ? AND partition = ? AND row_kind = 'offsets'";
+/// The versions of a partition's complete flushes in `lineage` (an SQL condition, see
+/// [`Lineage::sql`]): those whose offsets row landed.
+fn complete(lineage: &str) -> String {
+    format!(
+        "SELECT version FROM checkpoints \
+         WHERE {WHERE_PARTITION} AND row_kind = 'offsets' AND {lineage}"
+    )
+}
+
+/// A claim's base row (`row_kind = 'base'`, `version` and `claim` the claim's version),
+/// written once its owner has loaded: the flush it loaded from (`key_hi`, 0 for none) and
+/// that flush's claim (`key_lo`).
+#[derive(clickhouse::Row, serde::Deserialize, Debug, Clone, Copy)]
+pub struct BaseRow {
+    pub claim: u64,
+    pub base: u64,
+    pub parent: u64,
+}
+
+/// The claims whose checkpoint rows count, each with the highest version of its rows that
+/// counts: the fence against superseded owners.
+///
+/// The head is the highest claim with a base row; its rows all count. Before it, its
+/// base's claim up to the base, then that claim's base's claim up to its base, and so on.
+/// A superseded owner (paused past its session, cut off from the group) keeps writing
+/// under its own claim, with versions above the base the next owner recorded: none of
+/// them count, whatever their versions (time-based versions of a later claim may be
+/// lower). Rows written before fencing (`claim` 0) count as a claim of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// (claim, highest version that counts), newest claim first; versions of different
+    /// members never overlap (a claim is above every version its base saw).
+    members: Vec<(u64, u64)>,
+}
+
+impl Lineage {
+    /// The lineage a load follows, from every base row of the partition; without any (a
+    /// partition checkpointed before fencing, or never) the rows written before fencing.
+    pub fn of(bases: &[BaseRow]) -> Lineage {
+        match bases.iter().max_by_key(|b| b.claim) {
+            Some(head) => {
+                let mut lineage = Lineage {
+                    members: vec![(head.claim, u64::MAX)],
+                };
+                lineage.extend(bases, head.base, head.parent);
+                lineage
+            }
+            None => Lineage {
+                members: vec![(0, u64::MAX)],
+            },
+        }
+    }
+
+    /// The lineage of the owner of `claim`, superseded or not: its own rows, then what its
+    /// base row says it loaded.
+    pub fn own(bases: &[BaseRow], claim: u64) -> Lineage {
+        let mut lineage = Lineage {
+            members: vec![(claim, u64::MAX)],
+        };
+        if let Some(own) = bases.iter().find(|b| b.claim == claim) {
+            lineage.extend(bases, own.base, own.parent);
+        }
+        lineage
+    }
+
+    /// What a load that found its base at flush `base` of claim `parent` counts (and what
+    /// its base row will tell the next owner): `parent`'s rows up to `base`, then that
+    /// claim's own lineage. Nothing when `base` is 0.
+    pub fn below(bases: &[BaseRow], base: u64, parent: u64) -> Lineage {
+        let mut lineage = Lineage {
+            members: Vec::new(),
+        };
+        lineage.extend(bases, base, parent);
+        lineage
+    }
+
+    fn extend(&mut self, bases: &[BaseRow], mut base: u64, mut parent: u64) {
+        while base != 0 {
+            self.members.push((parent, base));
+            // A claim's base is below it: the walk ends at the rows before fencing, or at
+            // a claim whose base row a snapshot deleted (nothing of its lineage is left).
+            let Some(next) = bases.iter().find(|b| b.claim == parent && parent != 0) else {
+                break;
+            };
+            if next.base >= base {
+                break;
+            }
+            (base, parent) = (next.base, next.parent);
+        }
+    }
+
+    /// Whether the row of `claim` at `version` counts.
+    pub fn counts(&self, claim: u64, version: u64) -> bool {
+        self.members
+            .iter()
+            .any(|&(c, highest)| c == claim && version <= highest)
+    }
+
+    /// The same as an SQL condition on `claim` and `version` (numbers only).
+    pub fn sql(&self) -> String {
+        if self.members.is_empty() {
+            return "0".into();
+        }
+        let terms: Vec<String> = self
+            .members
+            .iter()
+            .map(|&(claim, highest)| match highest {
+                u64::MAX => format!("claim = {claim}"),
+                _ => format!("(claim = {claim} AND version <= {highest})"),
+            })
+            .collect();
+        format!("({})", terms.join(" OR "))
+    }
+}
+
+/// Every base row of a partition.
+async fn bases(client: &Client, stream: &str, partition: u32) -> Result<Vec<BaseRow>, StoreError> {
+    Ok(client
+        .query(&format!(
+            "SELECT claim, key_hi, key_lo FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'base'"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .fetch_all()
+        .await?)
+}
 
 /// Fails when `stream`'s checkpoints were written with another rollup segment size.
 pub async fn check_segment_size(
@@ -130,10 +257,11 @@ pub async fn check_segment_size(
 
 /// Claims `partition` for this process and loads its committed state.
 ///
-/// The claim row raises the partition's version above every version written so far,
-/// including the one flush a crashed owner may have written without committing (its
-/// version is at most the committed maximum plus one), so this owner's rows always
-/// replace theirs.
+/// The claim row takes a version above every version written so far, so this owner's
+/// rows replace those of every earlier one in the output tables. Then the load follows
+/// the lineage of the highest claim that has loaded (see [`Lineage`]), and the base row
+/// records what it counted: from then on nothing an earlier owner writes counts. A
+/// snapshot's deletions wait for no higher claim (see [`delete_before`]).
 pub async fn claim_and_load(
     client: &Client,
     stream: &str,
@@ -160,21 +288,28 @@ pub async fn claim_and_load(
         .await?;
     insert.end().await?;
 
+    let bases = bases(client, stream, partition).await?;
     let offsets: Option<OffsetsRow> = client
         .query(&format!(
-            "SELECT usage_offset, commands_offset, arrival_high, seen_at FROM checkpoints \
-             WHERE {WHERE_PARTITION} AND row_kind = 'offsets' ORDER BY version DESC LIMIT 1"
+            "SELECT usage_offset, commands_offset, arrival_high, seen_at, version, claim \
+             FROM checkpoints WHERE {WHERE_PARTITION} AND row_kind = 'offsets' AND {} \
+             ORDER BY version DESC LIMIT 1",
+            Lineage::of(&bases).sql()
         ))
         .bind(stream)
         .bind(partition)
         .fetch_optional()
         .await?;
     check_segments(offsets.as_ref(), partition, segment_records)?;
+    // Everything else up to the base only: the owner before may still be writing.
+    let (base, parent) = offsets.as_ref().map_or((0, 0), |o| (o.version, o.claim));
+    let fence = Lineage::below(&bases, base, parent).sql();
+    let complete = complete(&fence);
     let states: Vec<StateRow> = client
         .query(&format!(
             "SELECT account, argMax(state, version) FROM checkpoints \
-             WHERE {WHERE_PARTITION} AND row_kind = 'state' AND version IN ({COMPLETE}) \
-             GROUP BY account"
+             WHERE {WHERE_PARTITION} AND row_kind = 'state' AND {fence} \
+             AND version IN ({complete}) GROUP BY account"
         ))
         .bind(stream)
         .bind(partition)
@@ -185,16 +320,16 @@ pub async fn claim_and_load(
     let arrival_high = offsets.as_ref().map_or(0, |o| o.arrival_high);
     let seen = load_seen(
         client,
-        stream,
-        partition,
+        (stream, partition),
+        &fence,
         horizon(arrival_high, dedup_window_millis),
     )
     .await?;
     let days: Vec<StateRow> = client
         .query(&format!(
             "SELECT account, argMax(state, version) FROM checkpoints \
-             WHERE {WHERE_PARTITION} AND row_kind = 'day' AND key_hi >= ? \
-             AND version IN ({COMPLETE}) GROUP BY account, key_hi, key_lo"
+             WHERE {WHERE_PARTITION} AND row_kind = 'day' AND key_hi >= ? AND {fence} \
+             AND version IN ({complete}) GROUP BY account, key_hi, key_lo"
         ))
         .bind(stream)
         .bind(partition)
@@ -203,6 +338,17 @@ pub async fn claim_and_load(
         .bind(partition)
         .fetch_all()
         .await?;
+    let mut insert = super::writes::insert::<CheckpointRow>(client, "checkpoints").await?;
+    insert
+        .write(&base_row(
+            stream,
+            partition,
+            version,
+            (base, parent),
+            now_micros,
+        ))
+        .await?;
+    insert.end().await?;
     restore(
         Loaded {
             version,
@@ -243,7 +389,23 @@ pub fn claim_row(
         state: claim_info.as_bytes().to_vec(),
         seen_at: 0,
         written_at: (now_micros / 1_000_000) as u32,
+        claim: version,
     }
+}
+
+/// The row that ends a claim's load: the flush it loaded from, and that flush's claim.
+pub fn base_row(
+    stream: &str,
+    partition: u32,
+    claim: u64,
+    (base, parent): (u64, u64),
+    now_micros: u64,
+) -> CheckpointRow {
+    let mut row = claim_row(stream, partition, claim, "", now_micros);
+    row.row_kind = "base".into();
+    row.key_hi = base;
+    row.key_lo = parent;
+    row
 }
 
 /// Fails when the partition's checkpoint was cut with another rollup segment size.
@@ -337,13 +499,13 @@ pub fn restore(
     })
 }
 
-/// The dedup window of a partition as its committed rows hold it: the sealed blobs whose
-/// latest id is within the window (loaded whole: time grows with their bytes, not with
-/// rows), then, one row each, the keys committed after the last sealed flush.
+/// The dedup window of a partition as its committed rows in `fence` hold it: the sealed
+/// blobs whose latest id is within the window (loaded whole: time grows with their bytes,
+/// not with rows), then, one row each, the keys committed after the last sealed flush.
 async fn load_seen(
     client: &Client,
-    stream: &str,
-    partition: u32,
+    (stream, partition): (&str, u32),
+    fence: &str,
     horizon_millis: i64,
 ) -> Result<Seen, StoreError> {
     let mut loader = SeenLoader::new(partition);
@@ -351,7 +513,7 @@ async fn load_seen(
         .query(&format!(
             "SELECT key_hi, key_lo, usage_offset, state FROM checkpoints \
              WHERE {WHERE_PARTITION} AND row_kind = 'seen_blob' AND seen_at >= ? \
-             ORDER BY key_hi, key_lo"
+             AND {fence} ORDER BY key_hi, key_lo"
         ))
         .bind(stream)
         .bind(partition)
@@ -368,7 +530,8 @@ async fn load_seen(
         .query(&format!(
             "SELECT key_hi, key_lo, version, seen_at FROM checkpoints \
              WHERE {WHERE_PARTITION} AND row_kind = 'seen' AND seen_at >= ? \
-             AND version > ? AND version IN ({COMPLETE})"
+             AND version > ? AND {fence} AND version IN ({})",
+            complete(fence)
         ))
         .bind(stream)
         .bind(partition)
@@ -488,8 +651,8 @@ const CONFIRM_KEYS: usize = 2_000;
 /// the version range of those flushes (the table's order), not the whole window.
 pub async fn confirm(
     client: &Client,
-    stream: &str,
-    partition: u32,
+    (stream, partition): (&str, u32),
+    claim: u64,
     probable: &[Probable],
 ) -> Result<Vec<(u128, Option<i64>)>, StoreError> {
     // Keys whose flushes fall in one range are asked together.
@@ -499,6 +662,8 @@ pub async fn confirm(
         let high = item.1.iter().map(|w| w.version).max().unwrap_or(0);
         groups.entry((low, high)).or_default().push(item);
     }
+    // Only rows of this owner's lineage count: another owner's may carry the same versions.
+    let fence = Lineage::own(&bases(client, stream, partition).await?, claim).sql();
     let mut answers = Vec::with_capacity(probable.len());
     for ((low, high), items) in groups {
         for chunk in items.chunks(CONFIRM_KEYS) {
@@ -511,7 +676,8 @@ pub async fn confirm(
                 .query(&format!(
                     "SELECT key_hi, key_lo, version, seen_at FROM checkpoints \
                      WHERE {WHERE_PARTITION} AND row_kind = 'seen' \
-                     AND version >= ? AND version <= ? AND (key_hi, key_lo) IN ({keys})"
+                     AND version >= ? AND version <= ? AND {fence} \
+                     AND (key_hi, key_lo) IN ({keys})"
                 ))
                 .bind(stream)
                 .bind(partition)
@@ -540,33 +706,61 @@ pub async fn confirm(
 }
 
 /// Deletes a partition's checkpoint rows older than `version`, once the snapshot written
-/// with `version` has committed (its rows hold every live account and open day, and
-/// every committed dedup key is in a sealed blob), except the claim row at `keep_claim`:
-/// the current owner's, which says where it answers checks and holds; and the dedup rows
-/// and blobs still in the window (from `horizon_millis`), which no snapshot rewrites.
-/// ClickHouse runs the deletion as a mutation in the background.
+/// with `version` under `claim` has committed (its rows hold every live account and open
+/// day, and every committed dedup key is in a sealed blob), except the dedup rows and
+/// blobs still in the window (from `horizon_millis`), which no snapshot rewrites, and the
+/// claim and base rows their lineage still walks through. ClickHouse runs the deletion as
+/// a mutation in the background.
+///
+/// Fenced: nothing when a higher claim exists (this owner may have been superseded before
+/// its snapshot counted), and only rows of claims up to `claim`. A claim that lands after
+/// the check loads after the snapshot committed, so its lineage holds the snapshot and
+/// needs nothing older that this deletes. Returns whether it deleted.
 pub async fn delete_before(
     client: &Client,
-    stream: &str,
-    partition: u32,
+    (stream, partition): (&str, u32),
     version: u64,
-    keep_claim: u64,
+    claim: u64,
     horizon_millis: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let higher: u64 = client
+        .query(&format!(
+            "SELECT count() FROM checkpoints \
+             WHERE {WHERE_PARTITION} AND row_kind = 'claim' AND version > ?"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(claim)
+        .fetch_one()
+        .await?;
+    if higher > 0 {
+        return Ok(false);
+    }
+    let oldest: Option<u64> = client
+        .query(&format!(
+            "SELECT claim FROM checkpoints WHERE {WHERE_PARTITION} \
+             AND row_kind IN ('seen', 'seen_blob') AND seen_at >= ? ORDER BY claim LIMIT 1"
+        ))
+        .bind(stream)
+        .bind(partition)
+        .bind(horizon_millis)
+        .fetch_optional()
+        .await?;
     client
         .query(&format!(
             "ALTER TABLE checkpoints DELETE WHERE {WHERE_PARTITION} AND version < ? \
-             AND NOT (row_kind = 'claim' AND version >= ?) \
+             AND claim <= ? AND NOT (row_kind IN ('claim', 'base') AND claim >= ?) \
              AND NOT (row_kind IN ('seen', 'seen_blob') AND seen_at >= ?)"
         ))
         .bind(stream)
         .bind(partition)
         .bind(version)
-        .bind(keep_claim)
+        .bind(claim)
+        .bind(oldest.map_or(claim, |o| o.min(claim)))
         .bind(horizon_millis)
         .execute()
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// The rows of one partition's commit.
@@ -574,6 +768,8 @@ pub struct Commit<'a> {
     pub stream: &'a str,
     pub partition: u32,
     pub version: u64,
+    /// The claim this owner writes under.
+    pub claim: u64,
     pub usage_offset: i64,
     pub commands_offset: i64,
     pub arrival_high: i64,
@@ -598,6 +794,7 @@ impl Commit<'_> {
             state: Vec::new(),
             seen_at: 0,
             written_at: self.written_at,
+            claim: self.claim,
         }
     }
 

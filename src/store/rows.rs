@@ -126,6 +126,9 @@ pub struct CheckpointRow {
     pub state: Vec<u8>,
     pub seen_at: i64,
     pub written_at: u32,
+    /// The claim (its version) of the owner that wrote the row: only the rows of the
+    /// claims a load's lineage names count (`checkpoint::Lineage`). 0 before fencing.
+    pub claim: u64,
 }
 
 pub fn seconds(at: DateTime<Utc>) -> u32 {

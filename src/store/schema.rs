@@ -138,8 +138,10 @@ const TABLES: [Table; 8] = [
     // account that changed, the new dedup keys and, last, the partition's next offsets.
     // ClickHouse 18.16 keeps the rows it had parsed when a client dies mid-INSERT, so a
     // flush's rows only count once its offsets row exists (written last, it proves the
-    // rows before it arrived). Plain MergeTree: a torn flush's rows must never replace a
-    // complete one's, as a ReplacingMergeTree merge would.
+    // rows before it arrived), and only in the lineage of claims a load follows (`claim`:
+    // the claim each row was written under; see `checkpoint::Lineage`), so a superseded
+    // owner's late flushes never count. Plain MergeTree: a torn flush's rows must never
+    // replace a complete one's, as a ReplacingMergeTree merge would.
     Table {
         name: "checkpoints",
         columns: "stream String,
@@ -154,7 +156,8 @@ const TABLES: [Table; 8] = [
         arrival_high Int64,
         state String,
         seen_at Int64,
-        written_at DateTime",
+        written_at DateTime,
+        claim UInt64",
         engine: "MergeTree",
         keys: "ORDER BY (stream, partition, row_kind, version)",
         shard_by: "partition",
@@ -223,7 +226,7 @@ const TABLES: [Table; 8] = [
 
 /// Columns added after the first release, appended at the end of their tables, so a
 /// database created by an earlier `tally migrate` is brought up to date.
-const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 11] = [
     ("daily_usage", "flex", "Int64"),
     ("lots", "expired", "UInt8"),
     ("lots", "from_plan", "UInt8"),
@@ -238,6 +241,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("lots", "partition", "UInt32"),
     ("balances", "partition", "UInt32"),
     ("daily_rollups", "partition", "UInt32"),
+    // The claim a checkpoint row was written under, which fences a superseded owner
+    // (`checkpoint::Lineage`); rows written before read as 0, the lineage before fencing.
+    ("checkpoints", "claim", "UInt64"),
 ];
 
 /// One table: the statement that creates it is assembled from these, for one server

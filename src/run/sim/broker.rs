@@ -59,7 +59,8 @@ impl Broker {
         self.rebalance();
     }
 
-    fn rebalance(&mut self) {
+    /// Every holder revokes; then the partitions are handed out again.
+    pub fn rebalance(&mut self) {
         self.rebalances += 1;
         self.rebalancing = true;
         for (id, member) in self.members.iter_mut().filter(|(_, m)| m.holds) {

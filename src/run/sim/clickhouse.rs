@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::super::alerting;
 use super::super::edges::{Answers, BoxFuture, Claim, Store};
 use super::Rng;
-use crate::store::checkpoint::{self, BlobPart, Loaded, OffsetsRow, Probable, Restored};
-use crate::store::checkpoint::{SeenLoader, SeenRow, StateRow};
+use crate::store::checkpoint::{self, BaseRow, BlobPart, Lineage, Loaded, OffsetsRow};
+use crate::store::checkpoint::{Probable, Restored, SeenLoader, SeenRow, StateRow};
 use crate::store::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LedgerRow, LotRow};
 use crate::store::webhooks::WebhookRow;
 use crate::store::writes::Batch;
@@ -124,7 +124,32 @@ impl Db {
             .filter(move |r| r.stream == stream && r.partition == partition)
     }
 
-    /// The load's selections (see `checkpoint::claim_and_load`), for the claim's version.
+    /// Every base row of a partition.
+    fn bases(&self, stream: &str, partition: u32) -> Vec<BaseRow> {
+        self.of(stream, partition)
+            .filter(|r| r.row_kind == "base")
+            .map(|r| BaseRow {
+                claim: r.claim,
+                base: r.key_hi,
+                parent: r.key_lo,
+            })
+            .collect()
+    }
+
+    /// The offsets row a load counts last: what a new owner would start from.
+    pub fn counted_offsets<'a>(
+        &'a self,
+        stream: &'a str,
+        partition: u32,
+    ) -> Option<&'a CheckpointRow> {
+        let lineage = Lineage::of(&self.bases(stream, partition));
+        self.of(stream, partition)
+            .filter(|r| r.row_kind == "offsets" && lineage.counts(r.claim, r.version))
+            .max_by_key(|r| r.version)
+    }
+
+    /// The load's selections (see `checkpoint::claim_and_load`), for the claim's version;
+    /// with the base the claim's base row records.
     pub fn load(
         &self,
         stream: &str,
@@ -132,28 +157,32 @@ impl Db {
         version: u64,
         window: i64,
         segment_records: u32,
-    ) -> Result<Restored, StoreError> {
+    ) -> Result<(Restored, (u64, u64)), StoreError> {
         let rows: Vec<&CheckpointRow> = self.of(stream, partition).collect();
+        let offsets = self.counted_offsets(stream, partition).map(|r| OffsetsRow {
+            usage_offset: r.usage_offset,
+            commands_offset: r.commands_offset,
+            arrival_high: r.arrival_high,
+            segment_records: r.seen_at,
+            version: r.version,
+            claim: r.claim,
+        });
+        checkpoint::check_segments(offsets.as_ref(), partition, segment_records)?;
+        let base = offsets.as_ref().map_or((0, 0), |o| (o.version, o.claim));
+        let fence = Lineage::below(&self.bases(stream, partition), base.0, base.1);
+        let counts = |r: &CheckpointRow| fence.counts(r.claim, r.version);
         let complete: BTreeSet<u64> = rows
             .iter()
-            .filter(|r| r.row_kind == "offsets")
+            .filter(|r| r.row_kind == "offsets" && counts(r))
             .map(|r| r.version)
             .collect();
-        let offsets = rows
-            .iter()
-            .filter(|r| r.row_kind == "offsets")
-            .max_by_key(|r| r.version)
-            .map(|r| OffsetsRow {
-                usage_offset: r.usage_offset,
-                commands_offset: r.commands_offset,
-                arrival_high: r.arrival_high,
-                segment_records: r.seen_at,
-            });
-        checkpoint::check_segments(offsets.as_ref(), partition, segment_records)?;
         let latest = |kind: &str, from_key: u64| {
             let mut by_key: BTreeMap<(String, u64, u64), &CheckpointRow> = BTreeMap::new();
             for r in rows.iter().filter(|r| {
-                r.row_kind == kind && complete.contains(&r.version) && r.key_hi >= from_key
+                r.row_kind == kind
+                    && counts(r)
+                    && complete.contains(&r.version)
+                    && r.key_hi >= from_key
             }) {
                 let key = (r.account.clone(), r.key_hi, r.key_lo);
                 if by_key.get(&key).is_none_or(|old| old.version < r.version) {
@@ -174,7 +203,7 @@ impl Db {
         let mut loader = SeenLoader::new(partition);
         let mut parts: Vec<&&CheckpointRow> = rows
             .iter()
-            .filter(|r| r.row_kind == "seen_blob" && r.seen_at >= horizon)
+            .filter(|r| r.row_kind == "seen_blob" && r.seen_at >= horizon && counts(r))
             .collect();
         parts.sort_by_key(|r| (r.key_hi, r.key_lo));
         for r in parts {
@@ -192,6 +221,7 @@ impl Db {
                 r.row_kind == "seen"
                     && r.seen_at >= horizon
                     && r.version > sealed_through
+                    && counts(r)
                     && complete.contains(&r.version)
             })
             .map(|r| SeenRow {
@@ -206,7 +236,7 @@ impl Db {
             "day",
             checkpoint::first_open_day(offsets.as_ref(), segment_records),
         );
-        checkpoint::restore(
+        let restored = checkpoint::restore(
             Loaded {
                 version,
                 offsets,
@@ -216,7 +246,8 @@ impl Db {
             },
             window,
             segment_records,
-        )
+        )?;
+        Ok((restored, base))
     }
 
     /// The latest rows of a ReplacingMergeTree by key, as `FINAL` reads them.
@@ -288,13 +319,17 @@ impl Store for SimStore {
             if faults.fails() {
                 return Err(injected("load"));
             }
-            db.load(
+            let (restored, base) = db.load(
                 &self.stream,
                 partition,
                 version,
                 claim.dedup_window_millis,
                 claim.segment_records,
-            )
+            )?;
+            let row =
+                checkpoint::base_row(&self.stream, partition, version, base, claim.now_micros);
+            insert(&mut db.checkpoints, &[row], &mut faults, "base")?;
+            Ok(restored)
         })
     }
 
@@ -358,30 +393,46 @@ impl Store for SimStore {
         &self,
         partition: u32,
         version: u64,
-        keep_claim: u64,
+        claim: u64,
         horizon_millis: i64,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             let (mut db, mut faults) = self.both();
             if faults.fails() {
                 return Err(injected("delete"));
             }
             let stream = self.stream.clone();
+            if db
+                .of(&stream, partition)
+                .any(|r| r.row_kind == "claim" && r.version > claim)
+            {
+                return Ok(false);
+            }
+            let dedup = |r: &CheckpointRow| {
+                (r.row_kind == "seen" || r.row_kind == "seen_blob") && r.seen_at >= horizon_millis
+            };
+            let keep_from = db
+                .of(&stream, partition)
+                .filter(|r| dedup(r))
+                .map(|r| r.claim)
+                .min()
+                .map_or(claim, |oldest| oldest.min(claim));
             db.checkpoints.retain(|r| {
                 !(r.stream == stream
                     && r.partition == partition
                     && r.version < version
-                    && !(r.row_kind == "claim" && r.version >= keep_claim)
-                    && !((r.row_kind == "seen" || r.row_kind == "seen_blob")
-                        && r.seen_at >= horizon_millis))
+                    && r.claim <= claim
+                    && !((r.row_kind == "claim" || r.row_kind == "base") && r.claim >= keep_from)
+                    && !dedup(r))
             });
-            Ok(())
+            Ok(true)
         })
     }
 
     fn confirm<'a>(
         &'a self,
         partition: u32,
+        claim: u64,
         probable: &'a [Probable],
     ) -> BoxFuture<'a, Result<Answers, StoreError>> {
         Box::pin(async move {
@@ -390,9 +441,10 @@ impl Store for SimStore {
             if faults.fails() {
                 return Err(injected("confirm"));
             }
+            let lineage = Lineage::own(&db.bases(&self.stream, partition), claim);
             let seen: Vec<&CheckpointRow> = db
                 .of(&self.stream, partition)
-                .filter(|r| r.row_kind == "seen")
+                .filter(|r| r.row_kind == "seen" && lineage.counts(r.claim, r.version))
                 .collect();
             Ok(probable
                 .iter()
