@@ -118,13 +118,18 @@ mod freeze {
             commit = at,
             "frozen before this checkpoint INSERT (test hook)"
         );
-        // `kill` returns once the signal is sent; this thread stops on its way back from
-        // waiting for it, before the INSERT.
-        let stopped = std::process::Command::new("kill")
-            .args(["-STOP", &std::process::id().to_string()])
-            .status();
-        if let Err(e) = stopped {
-            tracing::error!(error = %e, "the freeze hook cannot stop this process");
+        // A SIGSTOP sent to the process (`kill`) wakes one thread of it to begin the
+        // group stop, not necessarily this one: under load this thread ran on into its
+        // INSERT before the stop reached it. Raised on this thread, the signal is taken
+        // before `raise` returns, so nothing below runs until SIGCONT.
+        // SAFETY: `raise` has no memory-safety preconditions; SIGSTOP cannot be caught,
+        // so no handler runs on this thread.
+        let stopped = unsafe { libc::raise(libc::SIGSTOP) };
+        if stopped != 0 {
+            tracing::error!(
+                error = %std::io::Error::last_os_error(),
+                "the freeze hook cannot stop this process"
+            );
         }
     }
 }
