@@ -18,6 +18,7 @@
 mod broker;
 mod clickhouse;
 mod history;
+mod takeover;
 #[allow(dead_code)]
 #[path = "../../../core/tests/reference/mod.rs"]
 mod reference;
