@@ -79,7 +79,9 @@ fn takeover(seed: u64) -> Result<bool, String> {
 }
 
 /// The takeover family over 300 seeds (`TALLY_SIM_SEEDS` to change, `TALLY_SIM_SEED` to
-/// replay one). It must reach the fence in some of them, or it proves nothing.
+/// replay one), from a random first seed (printed). It must reach the fence in some of
+/// them, or it proves nothing. Without the fence about one seed in ten fails (lots of an
+/// account N never rewrote missing or stale, or a call debited twice).
 #[test]
 fn a_zombie_snapshot_deletes_nothing_a_later_lineage_needs() {
     let count: u64 = std::env::var("TALLY_SIM_SEEDS")
@@ -99,5 +101,10 @@ fn a_zombie_snapshot_deletes_nothing_a_later_lineage_needs() {
         }
     }
     eprintln!("takeover: the fence refused a deletion in {fenced} of {count} seeds");
-    assert!(fenced > 0, "no seed reached the deletion fence");
+    // About one seed in four reaches it: a hundred that all miss means the family no
+    // longer makes the case (a replayed seed may miss it).
+    assert!(
+        fenced > 0 || count < 100,
+        "none of {count} seeds reached the deletion fence"
+    );
 }
