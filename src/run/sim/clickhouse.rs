@@ -83,6 +83,9 @@ pub struct Db {
     pub lots: Vec<LotRow>,
     pub balances: Vec<BalanceRow>,
     pub daily: Vec<DailyUsageRow>,
+    /// Deletions the fence refused (a later claim existed): the takeover test asks that
+    /// its schedules reach it.
+    pub refused_deletions: u64,
 }
 
 /// One INSERT of `rows` into `table`, as its fate says.
@@ -406,6 +409,7 @@ impl Store for SimStore {
                 .of(&stream, partition)
                 .any(|r| r.row_kind == "claim" && r.version > claim)
             {
+                db.refused_deletions += 1;
                 return Ok(false);
             }
             let dedup = |r: &CheckpointRow| {

@@ -24,6 +24,7 @@ mod reference;
 #[allow(dead_code)]
 #[path = "../../../core/tests/common/mod.rs"]
 mod rules;
+mod takeover;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
