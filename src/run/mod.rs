@@ -8,6 +8,8 @@ pub mod alerting;
 pub mod clickhouse_edge;
 pub mod confirm;
 pub mod edges;
+pub mod encode;
+pub mod flush;
 pub mod kafka_edge;
 pub mod merge;
 pub mod metrics;
@@ -30,12 +32,13 @@ use tally_core::Rules;
 use tokio::runtime::Handle;
 
 use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source, Store};
+use self::flush::{Committed, Failed, Flush, Order, Writing};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
-use self::partition::{Counts, PartitionWork};
+use self::partition::{Counts, Outputs, PartitionWork};
 use crate::config::Config;
 use crate::kafka;
-use crate::store::{self, checkpoint, writes};
+use crate::store::{self, checkpoint};
 
 /// Events applied per partition between two polls, so polling stays regular.
 const APPLY_BUDGET: usize = 10_000;
@@ -67,38 +70,6 @@ pub struct Summary {
     pub flushes: u64,
 }
 
-/// A flush that has been built and not yet committed; retried as it is until it lands.
-struct Flush {
-    batch: writes::Batch,
-    /// Dead letters and forwarded records: produced first, as the offsets covering them
-    /// are committed by the checkpoint.
-    outgoing: kafka::Outgoing,
-    outgoing_sent: bool,
-    /// Where the forwards landed (topic, partition, offset), once sent.
-    forwarded: Vec<(String, i32, i64)>,
-    /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
-    mails: Option<Vec<crate::notify::Alert>>,
-    /// The flush's webhook deliveries; recorded pending before the checkpoint, handed to
-    /// the webhook worker after it.
-    hooks: Vec<crate::notify::webhooks::Delivery>,
-    hooks_recorded: bool,
-    /// Records (every outcome) the flush commits.
-    events: usize,
-    /// Decisions on hold and release commands it commits: answered once it has landed.
-    decided: Vec<(i32, i64, crate::holds::Decided)>,
-    /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
-    /// states them: what the group offsets become once it has landed.
-    offsets: Vec<(i32, i64, i64)>,
-    /// Partitions whose state this flush writes whole, with the snapshot's version: older
-    /// checkpoint rows are deleted once it has landed.
-    snapshots: Vec<(i32, u64)>,
-    started: Instant,
-}
-
-/// A flush being written in the background while the next batch is applied. It gives the
-/// flush back, with the phase that failed and why.
-type Writing = tokio::task::JoinHandle<(Flush, Result<(), (&'static str, anyhow::Error)>)>;
-
 /// Flushes in flight at once. Above one, a later flush starts only for a decision a
 /// caller waits on; it writes its outputs beside the earlier one's and its checkpoint
 /// after it, so checkpoints still land in order. Measured on ClickHouse 18.16 with holds
@@ -113,13 +84,6 @@ const _: () = assert!(
     MAX_IN_FLIGHT == 1,
     "seal committed versions only before overlapping flushes"
 );
-
-/// The order of two flushes in flight: the later one's checkpoint waits for the earlier
-/// one's commit, and gives up when the earlier one failed.
-struct Order {
-    after: Option<tokio::sync::oneshot::Receiver<()>>,
-    committed: tokio::sync::oneshot::Sender<()>,
-}
 
 struct Pipeline {
     rules: Rules,
@@ -598,14 +562,15 @@ impl Pipeline {
         };
         let (committed, next) = tokio::sync::oneshot::channel();
         self.last_commit = Some(next);
-        self.writing.push_back(self.rt.spawn(write_flush(
-            FlushTargets {
+        self.writing.push_back(self.rt.spawn(flush::write(
+            flush::Targets {
                 store: self.store.clone(),
                 outbox: self.outbox.clone(),
                 clock: self.clock.clone(),
                 metrics: self.metrics.clone(),
                 owner: self.owner.clone(),
                 email_context: self.email_context.clone(),
+                stream: self.stream.clone(),
             },
             flush,
             Order { after, committed },
@@ -613,31 +578,31 @@ impl Pipeline {
     }
 
     /// Takes what every partition applied since the last flush; `None` when nothing was.
+    /// Its rows are drafts: the writing task encodes them.
     fn build_flush(&mut self) -> Option<Flush> {
         let started = self.clock.now();
-        let mut batch = writes::Batch::default();
-        let mut outgoing = kafka::Outgoing::default();
-        let mut decided = Vec::new();
+        let mut out = Outputs::default();
         let now_secs = self.clock.utc().timestamp().max(0) as u32;
+        let mut drafts = Vec::new();
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
         for work in self.parts.values_mut() {
-            if work.drain_into(
-                &mut batch,
-                &mut outgoing,
-                &mut decided,
-                &self.stream,
-                now_secs,
-                self.config.pipeline.snapshot_min_rows,
-            ) {
-                offsets.push((
-                    work.partition,
-                    work.usage.applied_next,
-                    work.commands.applied_next,
-                ));
-                snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
-                work.next_version(&self.rules);
-            }
+            let min_rows = self.config.pipeline.snapshot_min_rows;
+            let Some(draft) = work.drain_into(&mut out, now_secs, min_rows) else {
+                continue;
+            };
+            debug_assert_eq!(
+                draft.version, work.version,
+                "a draft of the current version"
+            );
+            offsets.push((
+                work.partition,
+                work.usage.applied_next,
+                work.commands.applied_next,
+            ));
+            snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
+            work.next_version(&self.rules);
+            drafts.push(draft);
         }
         let events = std::mem::take(&mut self.applied_since_flush);
         if let Some(since) = self.decided_since.take() {
@@ -649,7 +614,8 @@ impl Pipeline {
         if offsets.is_empty() {
             return None;
         }
-        let hooks: Vec<_> = std::mem::take(&mut batch.notices)
+        let hooks: Vec<_> = out
+            .notices
             .iter()
             .flat_map(|n| crate::notify::webhooks::deliveries(n, &self.config.webhooks))
             .collect();
@@ -658,18 +624,21 @@ impl Pipeline {
             self.clock.now().duration_since(started).as_secs_f64(),
         );
         Some(Flush {
-            batch,
-            outgoing,
-            outgoing_sent: false,
-            forwarded: Vec::new(),
-            mails: None,
-            hooks,
-            hooks_recorded: false,
-            events,
-            decided,
-            offsets,
-            snapshots,
-            started,
+            rows: encode::Rows::Drafted {
+                drafts,
+                alerts: out.alerts,
+            },
+            step: flush::Step::Built {
+                outgoing: out.outgoing,
+            },
+            commits: flush::Commits {
+                hooks,
+                events,
+                decided: out.decided,
+                offsets,
+                snapshots,
+                started,
+            },
         })
     }
 
@@ -703,10 +672,8 @@ impl Pipeline {
     fn after_failure(&mut self) {
         while let Some(handle) = self.writing.pop_front() {
             match self.rt.block_on(handle) {
-                Ok((flush, result)) => {
-                    debug_assert!(result.is_err(), "a flush committed after a failed one");
-                    self.pending.push_back(flush);
-                }
+                Ok(Err(Failed { flush, .. })) => self.pending.push_back(flush),
+                Ok(Ok(_)) => debug_assert!(false, "a flush committed after a failed one"),
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
@@ -714,35 +681,56 @@ impl Pipeline {
 
     /// Collects one flush; see [`Pipeline::finish_flush`].
     fn finish_one(&mut self, handle: Writing) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-        let (mut flush, result) = match self.rt.block_on(handle) {
+        let result = match self.rt.block_on(handle) {
             Ok(done) => done,
             // The batch went down with the task: its events are applied in memory but
             // were never written, so no later checkpoint may land. Only a restart from
             // the last checkpoint is exact.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        if let Err((failed, e)) = result {
-            self.metrics
-                .flush_failures
-                .with_label_values(&[failed])
-                .inc();
-            if failed != phase::DEAD_LETTERS {
-                self.metrics.clickhouse_errors.inc();
-            }
-            self.retry_at = Some(self.clock.now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            // It is the oldest flush not committed (flushes are collected in order, and a
-            // retry goes alone), so it goes again first: a later checkpoint must never land
-            // before it.
-            self.pending.push_front(flush);
-            return Err(e);
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(failed) => return Err(self.failed(failed)),
+        };
+        self.after_commit(committed)
+    }
+
+    /// Keeps a failed flush to be written again first, after a backoff; returns why.
+    fn failed(&mut self, failed: Failed) -> anyhow::Error {
+        self.metrics
+            .flush_failures
+            .with_label_values(&[failed.phase])
+            .inc();
+        if failed.phase != phase::DEAD_LETTERS {
+            self.metrics.clickhouse_errors.inc();
         }
+        self.retry_at = Some(self.clock.now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // It is the oldest flush not committed (flushes are collected in order, and a
+        // retry goes alone), so it goes again first: a later checkpoint must never land
+        // before it.
+        self.pending.push_front(failed.flush);
+        failed.error
+    }
+
+    /// Hands a committed flush's emails and webhooks on, and prunes what its snapshots
+    /// superseded; returns the offsets its checkpoint committed.
+    fn after_commit(&mut self, flush: Committed) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        let Committed {
+            forwarded,
+            mails,
+            commits,
+            ledger_rows,
+        } = flush;
         self.metrics.flush_phase(
             phase::TOTAL,
-            self.clock.now().duration_since(flush.started).as_secs_f64(),
+            self.clock
+                .now()
+                .duration_since(commits.started)
+                .as_secs_f64(),
         );
-        self.metrics.flush_events.observe(flush.events as f64);
-        if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
+        self.metrics.flush_events.observe(commits.events as f64);
+        if !mails.is_empty() {
             for mail in &mails {
                 tracing::info!(account = %mail.account, pool = %mail.pool, kind = mail.kind.as_str(), "low-credit alert");
             }
@@ -751,7 +739,7 @@ impl Pipeline {
                 tracing::error!("the notifier has stopped; alerts stay pending in ClickHouse and are sent at the next start");
             }
         }
-        let hooks = std::mem::take(&mut flush.hooks);
+        let hooks = commits.hooks;
         if !hooks.is_empty() {
             for d in &hooks {
                 tracing::info!(account = %d.account, event = %d.event_type, endpoint = %d.target.name(), "webhook decided");
@@ -761,12 +749,12 @@ impl Pipeline {
                 tracing::error!("the webhook worker has stopped; webhooks stay pending in ClickHouse and are sent at the next start");
             }
         }
-        self.note_forwarded(&flush.forwarded);
+        self.note_forwarded(&forwarded);
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.clock.utc());
-        for &(partition, version) in &flush.snapshots {
+        for &(partition, version) in &commits.snapshots {
             let keep_claim = self
                 .parts
                 .get(&partition)
@@ -795,13 +783,8 @@ impl Pipeline {
                 }
             }
         }
-        tracing::debug!(
-            ledger_rows = flush.batch.ledger.len(),
-            dead_letters = flush.outgoing.dead_letters.len(),
-            forwarded = flush.outgoing.forwards.len(),
-            "flushed"
-        );
-        Ok(flush.offsets)
+        tracing::debug!(ledger_rows, forwarded = forwarded.len(), "flushed");
+        Ok(commits.offsets)
     }
 
     fn note_forwarded(&mut self, landed: &[(String, i32, i64)]) {
@@ -977,107 +960,6 @@ impl Pipeline {
                 })
             })
     }
-}
-
-/// Where a flush goes and whom it tells: what the writing task takes from the pipeline.
-struct FlushTargets {
-    store: Arc<dyn Store>,
-    outbox: Arc<dyn Outbox>,
-    clock: Arc<dyn Clock>,
-    metrics: RunMetrics,
-    owner: Arc<crate::holds::owner::Owner>,
-    email_context: Arc<alerting::Context>,
-}
-
-/// Writes one flush: dead letters, then the outputs (side by side), the alerts, and the
-/// checkpoint last, skipping what a failed attempt already wrote. Runs on the runtime
-/// while the run thread applies the next batch.
-async fn write_flush(
-    to: FlushTargets,
-    mut flush: Flush,
-    order: Order,
-) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
-    let FlushTargets {
-        store,
-        outbox,
-        clock,
-        metrics,
-        owner,
-        email_context,
-    } = to;
-    let result = async {
-        let mut at = clock.now();
-        let mut done = |name: &'static str| {
-            let now = clock.now();
-            metrics.flush_phase(name, now.duration_since(at).as_secs_f64());
-            at = now;
-        };
-        if !flush.outgoing_sent {
-            flush.forwarded = outbox
-                .send(&flush.outgoing)
-                .await
-                .map_err(|e| (phase::DEAD_LETTERS, e.context("dead letters and forwards")))?;
-            flush.outgoing_sent = true;
-            done(phase::DEAD_LETTERS);
-        }
-        store.write_outputs(&flush.batch).await.map_err(|e| {
-            (
-                phase::WRITE_OUTPUTS,
-                anyhow::Error::new(e).context("ClickHouse"),
-            )
-        })?;
-        done(phase::WRITE_OUTPUTS);
-        if flush.mails.is_none() {
-            let mails = store
-                .record_alerts(&email_context, &flush.batch.alerts)
-                .await
-                .map_err(|e| {
-                    (
-                        phase::ALERTS,
-                        anyhow::Error::new(e).context("ClickHouse: alerts"),
-                    )
-                })?;
-            flush.mails = Some(mails);
-            done(phase::ALERTS);
-        }
-        if !flush.hooks_recorded {
-            let rows: Vec<_> = flush
-                .hooks
-                .iter()
-                .map(crate::notify::webhooks::worker::pending_row)
-                .collect();
-            store.record_webhooks(&rows).await.map_err(|e| {
-                (
-                    phase::ALERTS,
-                    anyhow::Error::new(e).context("ClickHouse: webhooks"),
-                )
-            })?;
-            flush.hooks_recorded = true;
-        }
-        if let Some(after) = order.after {
-            after.await.map_err(|_| {
-                (
-                    phase::CHECKPOINT,
-                    anyhow::anyhow!("the flush before this one failed; both are written again"),
-                )
-            })?;
-        }
-        store.commit(&flush.batch).await.map_err(|e| {
-            (
-                phase::CHECKPOINT,
-                anyhow::Error::new(e).context("ClickHouse"),
-            )
-        })?;
-        done(phase::CHECKPOINT);
-        // Committed: the callers waiting on its decisions get them now, not when the run
-        // loop next looks at this task.
-        owner.committed(&flush.offsets, std::mem::take(&mut flush.decided));
-        // The flush started after this one may commit now; none may be waiting.
-        let _ = order.committed.send(());
-        Ok(())
-    }
-    .await;
-    (flush, result)
 }
 
 /// End offsets seen at start: the broker's ListOffsets answer, raised by the first

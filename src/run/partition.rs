@@ -5,18 +5,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_core::{Book, Outcome, Rules};
+use tally_core::{AccountState, Book, LedgerEntry, Outcome, Rules};
 
+use super::encode::Draft;
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::Rollups;
 use super::view::{Applied, PartitionView};
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
-use crate::store::checkpoint::{Commit, Restored};
-use crate::store::rollup::daily_row;
-use crate::store::rows::{balance_rows, from_seconds, BalanceRow, LedgerRow, LotRow};
-use crate::store::writes::Batch;
+use crate::store::checkpoint::Restored;
+use crate::store::rows::from_seconds;
 
 /// Counters for logs and status.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,6 +23,16 @@ pub struct Counts {
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: u64,
+}
+
+/// What a flush takes from its partitions besides their rows.
+#[derive(Default)]
+pub struct Outputs {
+    pub outgoing: Outgoing,
+    /// Decisions on holds and releases: (partition, commands offset, decision).
+    pub decided: Vec<(i32, i64, Decided)>,
+    pub alerts: Vec<tally_core::alerts::Alert>,
+    pub notices: Vec<tally_core::hooks::Notice>,
 }
 
 pub struct PartitionWork {
@@ -46,7 +55,8 @@ pub struct PartitionWork {
     unpublished: HashSet<String>,
     /// What checks read: the states as of the last publish.
     pub view: Arc<PartitionView>,
-    ledger: Vec<LedgerRow>,
+    /// Ledger entries since the last flush, with their ids: rows once encoded.
+    ledger: Vec<(String, LedgerEntry)>,
     /// Running totals of the days still open to late events.
     rollups: Rollups,
     /// Dead letters and records forwarded to their account's partition, produced before
@@ -332,8 +342,7 @@ impl PartitionWork {
     fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
         self.rollups.add(&entry, usage_offset);
         self.touch(entry.account.as_str());
-        // Version is set when the flush is built.
-        self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+        self.ledger.push((entry_id, entry));
     }
 
     /// Notes that `account`'s state changed: the next flush writes it, the next publish
@@ -367,39 +376,18 @@ impl PartitionWork {
         self.unpublished.clear();
     }
 
-    /// Moves this partition's outputs since the last flush into `batch`, with the rows
-    /// that commit them. Returns false when there was nothing to write.
+    /// Takes this partition's outputs since the last flush: its rows as a draft (encoded
+    /// off the run thread, see [`super::encode`]), the rest into `out`. `None` when there
+    /// was nothing to write.
     pub fn drain_into(
         &mut self,
-        batch: &mut Batch,
-        outgoing: &mut Outgoing,
-        decided: &mut Vec<(i32, i64, Decided)>,
-        stream: &str,
+        out: &mut Outputs,
         now_secs: u32,
         snapshot_min_rows: usize,
-    ) -> bool {
+    ) -> Option<Draft> {
         if !self.dirty {
-            return false;
+            return None;
         }
-        let version = self.version;
-        let partition = self.partition as u32;
-        for mut row in self.ledger.drain(..) {
-            row.version = version;
-            row.partition = partition;
-            batch.ledger.push(row);
-        }
-        let as_of = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
-        let commit = Commit {
-            stream,
-            partition: self.partition as u32,
-            version,
-            usage_offset: self.usage.applied_next,
-            commands_offset: self.commands.applied_next,
-            arrival_high: self.arrival_high,
-            written_at: now_secs,
-            segment_records: self.rollups.size(),
-        };
-        let first_row = batch.checkpoint.len();
         // A snapshot once the dead rows of the log (states and days rewritten since, dedup
         // keys the window has left) outgrow the live states and days twice over: restart
         // reads stay bounded by live accounts, open days and the dedup window, and what
@@ -415,62 +403,57 @@ impl PartitionWork {
         } else {
             self.touched.drain().collect()
         };
-        for account in accounts {
-            if let Some(state) = self.book.accounts.get(&account) {
-                for lot in &state.lots {
-                    let mut row = LotRow::new(&account, lot, version);
-                    row.partition = partition;
-                    batch.lots.push(row);
-                }
-                batch.balances.extend(
-                    balance_rows(&account, &state.lots, as_of, version)
-                        .into_iter()
-                        .map(|row| BalanceRow { partition, ..row }),
-                );
-                batch.checkpoint.push(commit.state(&account, state));
-            }
-        }
+        // Copies: the encoder reads them while the next batch changes the book.
+        let states: Vec<(String, AccountState)> = accounts
+            .into_iter()
+            .filter_map(|account| {
+                let state = self.book.accounts.get(&account)?.clone();
+                Some((account, state))
+            })
+            .collect();
         let days = if snapshot {
             self.rollups.all()
         } else {
             self.rollups.take_changed()
         };
-        let superseding = batch.checkpoint.len() - first_row + days.len();
-        for (account, day) in days {
-            batch
-                .daily
-                .push(daily_row(&account, &day, self.partition, version));
-            batch.checkpoint.push(commit.day(&account, &day));
-        }
+        let superseding = states.len() + days.len();
         // Dedup keys: the new ones one row each (the exact record a confirmation reads),
         // and the committed ones, once enough (or at a snapshot: all), sealed into one
         // compact blob that a restart loads instead of their rows. Sealing first: the
         // keys taken now are not committed yet.
-        let sealed = self.book.seen.seal(snapshot);
-        for (key, seen_at) in self.book.seen.take_fresh(version) {
-            batch.checkpoint.push(commit.seen(key, seen_at));
-        }
-        if let Some(blob) = sealed {
-            batch.checkpoint.extend(commit.seen_blob(&blob));
-        }
+        let blob = self.book.seen.seal(snapshot);
+        let seen = self.book.seen.take_fresh(self.version);
         if snapshot {
             self.rows_since_snapshot = 0;
-            self.snapshot_pending = Some(version);
+            self.snapshot_pending = Some(self.version);
         } else {
             self.rows_since_snapshot += superseding;
         }
-        batch.checkpoint.push(commit.offsets());
-        outgoing.append(&mut self.outgoing);
+        out.outgoing.append(&mut self.outgoing);
         let partition = self.partition;
-        decided.extend(
+        out.decided.extend(
             self.decided
                 .drain(..)
                 .map(|(offset, decision)| (partition, offset, decision)),
         );
-        batch.alerts.append(&mut self.alerts);
-        batch.notices.append(&mut self.notices);
+        out.alerts.append(&mut self.alerts);
+        out.notices.append(&mut self.notices);
         self.dirty = false;
-        true
+        Some(Draft {
+            partition,
+            version: self.version,
+            usage_offset: self.usage.applied_next,
+            commands_offset: self.commands.applied_next,
+            arrival_high: self.arrival_high,
+            as_of: from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)),
+            written_at: now_secs,
+            segment_records: self.rollups.size(),
+            ledger: std::mem::take(&mut self.ledger),
+            states,
+            days,
+            seen,
+            blob,
+        })
     }
 
     /// Once this partition's rows went into a flush: what is applied next belongs to the
