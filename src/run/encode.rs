@@ -1,11 +1,10 @@
-//! Encoding a flush's rows, off the run thread. A partition drafts what it applied (the
-//! ledger entries as the core made them, copies of the states it changed, its open days,
-//! its dedup keys); the flush's writing task turns the drafts into ClickHouse rows before
-//! its first INSERT, so the run thread neither allocates a row's strings nor encodes a
-//! state.
+//! Encoding a flush's rows, off the run thread. A partition drafts what it applied (its
+//! ledger rows, copies of the states it changed, its open days, its dedup keys); the
+//! flush's writing task turns the drafts into ClickHouse rows before its first INSERT, so
+//! the run thread neither encodes a state nor builds its lot, balance and day rows.
 
 use chrono::{DateTime, Utc};
-use tally_core::{AccountState, LedgerEntry};
+use tally_core::AccountState;
 
 use crate::store::checkpoint::Commit;
 use crate::store::rollup::{daily_row, StoredDay};
@@ -34,8 +33,8 @@ pub struct Draft {
     pub as_of: DateTime<Utc>,
     pub written_at: u32,
     pub segment_records: u32,
-    /// Ledger entries with their ids, in the order they were applied.
-    pub ledger: Vec<(String, LedgerEntry)>,
+    /// Ledger rows in the order they were applied, without their version and partition.
+    pub ledger: Vec<LedgerRow>,
     /// The states to write: those changed since the last flush, or all at a snapshot.
     pub states: Vec<(String, AccountState)>,
     /// Open days to write.
@@ -72,8 +71,8 @@ impl Draft {
         let version = self.version;
         let partition = self.partition as u32;
         batch.ledger.reserve(self.ledger.len());
-        for (entry_id, entry) in self.ledger {
-            let mut row = LedgerRow::new(entry_id, entry, version);
+        for mut row in self.ledger {
+            row.version = version;
             row.partition = partition;
             batch.ledger.push(row);
         }
@@ -113,5 +112,99 @@ impl Draft {
             batch.checkpoint.extend(commit.seen_blob(blob));
         }
         batch.checkpoint.push(commit.offsets());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::state_codec;
+
+    fn draft(partition: i32, version: u64) -> Draft {
+        Draft {
+            partition,
+            version,
+            usage_offset: 120,
+            commands_offset: 7,
+            arrival_high: 1_700_000_000,
+            as_of: from_secs(1_700_000_000),
+            written_at: 1_700_000_100,
+            segment_records: 1_000,
+            ledger: Vec::new(),
+            states: vec![
+                ("acme".to_string(), AccountState::default()),
+                ("globex".to_string(), AccountState::default()),
+            ],
+            days: Vec::new(),
+            seen: vec![((1 << 64) | 5, 11), (9, 12)],
+            blob: None,
+        }
+    }
+
+    fn from_secs(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).expect("a valid time")
+    }
+
+    #[test]
+    fn each_partition_encodes_its_states_then_its_keys_and_ends_with_its_offsets() {
+        let rows = Rows::Drafted {
+            drafts: vec![draft(0, 4), draft(3, 9)],
+            alerts: Vec::new(),
+        };
+        let batch = rows.encode("usage+commands");
+        let kinds: Vec<(u32, &str, &str, u64)> = batch
+            .checkpoint
+            .iter()
+            .map(|r| {
+                (
+                    r.partition,
+                    r.row_kind.as_str(),
+                    r.account.as_str(),
+                    r.version,
+                )
+            })
+            .collect();
+        let expected = |p: u32, v: u64| {
+            [
+                (p, "state", "acme", v),
+                (p, "state", "globex", v),
+                (p, "seen", "", v),
+                (p, "seen", "", v),
+                (p, "offsets", "", v),
+            ]
+        };
+        let mut want = expected(0, 4).to_vec();
+        want.extend(expected(3, 9));
+        assert_eq!(kinds, want);
+        let offsets = &batch.checkpoint[4];
+        assert_eq!(
+            (
+                offsets.stream.as_str(),
+                offsets.usage_offset,
+                offsets.commands_offset
+            ),
+            ("usage+commands", 120, 7)
+        );
+        assert_eq!(
+            (offsets.seen_at, offsets.written_at),
+            (1_000, 1_700_000_100)
+        );
+        let key = &batch.checkpoint[2];
+        assert_eq!((key.key_hi, key.key_lo, key.seen_at), (1, 5, 11));
+        let state = state_codec::decode(&batch.checkpoint[0].state).expect("a state");
+        assert_eq!(state, AccountState::default());
+        // Accounts without lots have no lot or balance rows.
+        assert!(batch.lots.is_empty() && batch.balances.is_empty() && batch.ledger.is_empty());
+    }
+
+    #[test]
+    fn encoded_rows_stay_as_they_are() {
+        let batch = Rows::Drafted {
+            drafts: vec![draft(1, 2)],
+            alerts: Vec::new(),
+        }
+        .encode("s");
+        let again = Rows::Encoded(batch).encode("another stream");
+        assert!(again.checkpoint.iter().all(|r| r.stream == "s"));
     }
 }

@@ -145,6 +145,13 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
             batch
         }
     };
+    debug_assert!(
+        batch
+            .checkpoint
+            .last()
+            .is_some_and(|row| row.row_kind == "offsets"),
+        "a flush's checkpoint ends with a partition's offsets row"
+    );
     let failed = |batch: Batch, step: Step, commits: Commits, phase, error| Failed {
         flush: Flush {
             rows: Rows::Encoded(batch),
