@@ -2,22 +2,25 @@
 # Profiles one `tally run --drain` of 200,000 calls over 10,000 accounts (release build,
 # the local stack up): perf data in /tmp/perf.data; read it with
 # `perf report -i /tmp/perf.data --no-children --sort comm,dso -g none`.
+# PERF_DATA: where perf writes (default /tmp/perf.data); PERF_CALL_GRAPH (default -g; e.g.
+# "--call-graph dwarf,16384" to unwind without frame pointers) and PERF_FREQ (499). BIN: the binary to profile (default: the release build in $CARGO_TARGET_DIR, else target/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release/tally}"
 run="prof-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"
 export TALLY_KAFKA__DLQ_TOPIC="$run.tally.dlq" TALLY_KAFKA__GROUP_ID="$run"
 export TALLY_CLICKHOUSE__DATABASE="tally_prof" TALLY_STATUS__LISTEN="" TALLY_PIPELINE__TICK_INTERVAL=0s
 export TALLY_SMTP__HOST=127.0.0.1 TALLY_SMTP__PORT=1025
 curl -sf http://127.0.0.1:8123/ --data-binary "DROP DATABASE IF EXISTS tally_prof" >/dev/null
-target/release/tally migrate >/dev/null
+"$BIN" migrate >/dev/null
 now="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 python3 scripts/bench-events.py --accounts 10000 --grants --days 1 --now "$now" > .stack/prof-grants.jsonl
-target/release/tally send --stamp-event-time .stack/prof-grants.jsonl >/dev/null
-target/release/tally run --drain >/dev/null 2>&1
+"$BIN" send --stamp-event-time .stack/prof-grants.jsonl >/dev/null
+"$BIN" run --drain >/dev/null 2>&1
 python3 scripts/bench-events.py --accounts 10000 --calls 200000 --round 1 --days 1 --now "$now" > .stack/prof-round.jsonl
-target/release/tally send --stamp-event-time .stack/prof-round.jsonl >/dev/null
+"$BIN" send --stamp-event-time .stack/prof-round.jsonl >/dev/null
 t0=$(date +%s.%N)
-perf record -F 499 -g -o /tmp/perf.data target/release/tally run --drain >/dev/null 2>/tmp/prof-run.log
+perf record -F "${PERF_FREQ:-499}" ${PERF_CALL_GRAPH:--g} -o "${PERF_DATA:-/tmp/perf.data}" "$BIN" run --drain >/dev/null 2>/tmp/prof-run.log
 t1=$(date +%s.%N)
 python3 -c "print('drain', 200000/($t1-$t0), 'events/s')"

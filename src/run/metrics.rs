@@ -23,6 +23,9 @@ use crate::notify::AlertCounters;
 pub mod phase {
     /// Taking the partitions' outputs into one batch (CPU only).
     pub const BUILD: &str = "build";
+    /// Turning the drafted rows into ClickHouse rows and encoding the states, by the
+    /// writing task (the first attempt only).
+    pub const ENCODE: &str = "encode";
     /// Producing the rejected events to the dead-letter topic, and misplaced records to
     /// their account's partition.
     pub const DEAD_LETTERS: &str = "dead_letters";
@@ -38,8 +41,9 @@ pub mod phase {
     /// From the first decision on a hold or release the flush carries to the flush's
     /// start: how long a caller's answer waited for the flush before it.
     pub const DECISION_WAIT: &str = "decision_wait";
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         BUILD,
+        ENCODE,
         DEAD_LETTERS,
         WRITE_OUTPUTS,
         ALERTS,

@@ -8,6 +8,8 @@ pub mod alerting;
 pub mod clickhouse_edge;
 pub mod confirm;
 pub mod edges;
+pub mod encode;
+pub mod flush;
 pub mod kafka_edge;
 pub mod merge;
 pub mod metrics;
@@ -30,13 +32,14 @@ use tally_core::Rules;
 use tokio::runtime::Handle;
 
 use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source, Store};
+use self::flush::{Committed, Failed, Flush, Order, Writing};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
-use self::partition::{Counts, PartitionWork};
+use self::partition::{Counts, Outputs, PartitionWork};
 use crate::config::Config;
 use crate::kafka;
 use crate::status::ProcessState;
-use crate::store::{self, checkpoint, writes};
+use crate::store::{self, checkpoint};
 
 /// Events applied per partition between two polls, so polling stays regular.
 const APPLY_BUDGET: usize = 10_000;
@@ -68,38 +71,6 @@ pub struct Summary {
     pub flushes: u64,
 }
 
-/// A flush that has been built and not yet committed; retried as it is until it lands.
-struct Flush {
-    batch: writes::Batch,
-    /// Dead letters and forwarded records: produced first, as the offsets covering them
-    /// are committed by the checkpoint.
-    outgoing: kafka::Outgoing,
-    outgoing_sent: bool,
-    /// Where the forwards landed (topic, partition, offset), once sent.
-    forwarded: Vec<(String, i32, i64)>,
-    /// The flush's alerts as emails, once recorded; handed to the notifier after commit.
-    mails: Option<Vec<crate::notify::Alert>>,
-    /// The flush's webhook deliveries; recorded pending before the checkpoint, handed to
-    /// the webhook worker after it.
-    hooks: Vec<crate::notify::webhooks::Delivery>,
-    hooks_recorded: bool,
-    /// Records (every outcome) the flush commits.
-    events: usize,
-    /// Decisions on hold and release commands it commits: answered once it has landed.
-    decided: Vec<(i32, i64, crate::holds::Decided)>,
-    /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
-    /// states them: what the group offsets become once it has landed.
-    offsets: Vec<(i32, i64, i64)>,
-    /// Partitions whose state this flush writes whole, with the snapshot's version: older
-    /// checkpoint rows are deleted once it has landed.
-    snapshots: Vec<(i32, u64)>,
-    started: Instant,
-}
-
-/// A flush being written in the background while the next batch is applied. It gives the
-/// flush back, with the phase that failed and why.
-type Writing = tokio::task::JoinHandle<(Flush, Result<(), (&'static str, anyhow::Error)>)>;
-
 /// Flushes in flight at once. Above one, a later flush starts only for a decision a
 /// caller waits on; it writes its outputs beside the earlier one's and its checkpoint
 /// after it, so checkpoints still land in order. Measured on ClickHouse 18.16 with holds
@@ -115,21 +86,9 @@ const _: () = assert!(
     "seal committed versions only before overlapping flushes"
 );
 
-/// The order of two flushes in flight: the later one's checkpoint waits for the earlier
-/// one's commit, and gives up when the earlier one failed.
-struct Order {
-    after: Option<tokio::sync::oneshot::Receiver<()>>,
-    committed: tokio::sync::oneshot::Sender<()>,
-}
-
 struct Pipeline {
-    rules: Rules,
-    config: Config,
-    store: Arc<dyn Store>,
-    outbox: Arc<dyn Outbox>,
-    clock: Arc<dyn Clock>,
-    rt: Exec,
-    stream: String,
+    /// What it was given: edges, settings and the process's shared parts.
+    env: Env,
     parts: BTreeMap<i32, PartitionWork>,
     /// The flushes in flight, oldest first; they commit in this order.
     writing: VecDeque<Writing>,
@@ -146,22 +105,6 @@ struct Pipeline {
     backoff: Duration,
     summary: Summary,
     last_checkpoint: Option<DateTime<Utc>>,
-    /// Mails low-credit alerts in the background; never blocks consumption.
-    /// Taken at shutdown to stop it.
-    notifier: Option<crate::notify::NotifierHandle>,
-    /// Sends signed webhooks in the background; taken at shutdown to stop it.
-    hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
-    /// The plans and offers the emails' recommendations come from.
-    email_context: Arc<alerting::Context>,
-    metrics: RunMetrics,
-    /// Answers checks and hands decisions on holds to their callers.
-    owner: Arc<crate::holds::owner::Owner>,
-    /// What checks read, published after each pass.
-    views: Arc<view::Views>,
-    /// Accounts checks wait for, published at the next pass.
-    asks: view::Asks,
-    /// What the claim rows say about this process (`ClaimInfo` as JSON).
-    claim_info: String,
     /// Partitions of each topic, among which `kafka.partitioner` places an account.
     partition_count: i32,
     /// Sources whose misplaced records have been logged (each once).
@@ -189,8 +132,8 @@ struct Retry {
 impl Pipeline {
     fn topics(&self) -> (&str, &str) {
         (
-            &self.config.kafka.usage_topic,
-            &self.config.kafka.commands_topic,
+            &self.env.config.kafka.usage_topic,
+            &self.env.config.kafka.commands_topic,
         )
     }
 
@@ -199,7 +142,7 @@ impl Pipeline {
     fn rebalance(&mut self, source: &mut dyn Source, change: Rebalance) {
         match change {
             Rebalance::Assign(partitions) => {
-                let at = self.clock.now();
+                let at = self.env.clock.now();
                 for partition in partitions {
                     self.claiming.insert(
                         partition,
@@ -231,7 +174,7 @@ impl Pipeline {
     /// A claim that fails is tried again after a backoff (on a cluster, on the next
     /// replica of the partition's shard): nothing may be read before the state is.
     fn claim_due(&mut self, source: &mut dyn Source) {
-        let now = self.clock.now();
+        let now = self.env.clock.now();
         let due: Vec<(i32, Retry)> = self
             .claiming
             .iter()
@@ -245,7 +188,7 @@ impl Pipeline {
                     self.claimed.insert(partition, start);
                 }
                 Err(e) => {
-                    self.metrics.clickhouse_errors.inc();
+                    self.env.metrics.clickhouse_errors.inc();
                     tracing::warn!(partition, error = %e, "cannot load partition state, retrying");
                     self.claiming.insert(
                         partition,
@@ -271,17 +214,19 @@ impl Pipeline {
         partition: i32,
         attempt: u32,
     ) -> Result<(Option<i64>, Option<i64>), store::StoreError> {
-        let claim_info = self.claim_info.clone();
+        let claim_info = self.env.claim_info.clone();
         let claim = Claim {
-            now_micros: self.clock.utc().timestamp_micros().max(0) as u64,
-            dedup_window_millis: self.rules.dedup_window.num_milliseconds(),
+            now_micros: self.env.clock.utc().timestamp_micros().max(0) as u64,
+            dedup_window_millis: self.env.rules.dedup_window.num_milliseconds(),
             claim_info: &claim_info,
-            segment_records: self.config.pipeline.rollup_segment_records,
+            segment_records: self.env.config.pipeline.rollup_segment_records,
         };
-        let restored =
-            self.rt
-                .block_on(self.store.claim_and_load(partition as u32, attempt, &claim))?;
-        let metrics = self.metrics.partition(self.topics(), partition);
+        let restored = self.env.rt.block_on(self.env.store.claim_and_load(
+            partition as u32,
+            attempt,
+            &claim,
+        ))?;
+        let metrics = self.env.metrics.partition(self.topics(), partition);
         tracing::info!(
             partition,
             accounts = restored.book.accounts.len(),
@@ -290,9 +235,10 @@ impl Pipeline {
             "partition assigned"
         );
         let start = (restored.usage_offset, restored.commands_offset);
-        self.owner
+        self.env
+            .owner
             .claimed(partition, restored.commands_offset.unwrap_or(0));
-        let view = self.views.claimed(
+        let view = self.env.views.claimed(
             partition,
             view::Applied {
                 usage_next: restored.usage_offset.unwrap_or(0),
@@ -302,7 +248,7 @@ impl Pipeline {
             },
         );
         let mut work = PartitionWork::new(partition, restored, metrics, view);
-        let now = self.clock.now();
+        let now = self.env.clock.now();
         work.usage.last_received = now;
         work.commands.last_received = now;
         self.parts.insert(partition, work);
@@ -365,7 +311,7 @@ impl Pipeline {
                 ),
             }
         }
-        let now = self.clock.now();
+        let now = self.env.clock.now();
         self.last_any_received = now;
         side.received(message.offset, now);
         let pending = self.pending(message, which, now);
@@ -379,14 +325,14 @@ impl Pipeline {
     /// dead-letter, or to forward to its account's partition.
     fn pending(&mut self, message: &Record<'_>, which: Which, now: Instant) -> Pending {
         let edges = screen::Edges {
-            max_future_skew: self.rules.max_future_skew,
+            max_future_skew: self.env.rules.max_future_skew,
             partitions: self.partition_count,
-            partitioner: self.config.kafka.partitioner,
+            partitioner: self.env.config.kafka.partitioner,
         };
         let timestamp = message.timestamp;
         // The wall clock is read here, at receipt; the core gets only the decision (a
         // refused timestamp) and stays free of clocks.
-        let received_at = self.clock.utc();
+        let received_at = self.env.clock.utc();
         let arrival = timestamp
             .and_then(DateTime::<Utc>::from_timestamp_millis)
             .unwrap_or(received_at);
@@ -438,16 +384,16 @@ impl Pipeline {
         if !self.pending.is_empty() {
             return;
         }
-        let max_idle = self.config.kafka.max_idle;
+        let max_idle = self.env.config.kafka.max_idle;
         let (usage_topic, commands_topic) = (
-            self.config.kafka.usage_topic.clone(),
-            self.config.kafka.commands_topic.clone(),
+            self.env.config.kafka.usage_topic.clone(),
+            self.env.config.kafka.commands_topic.clone(),
         );
-        let applied_at = self.clock.utc();
+        let applied_at = self.env.clock.utc();
         for work in self.parts.values_mut() {
             let asker = confirm::Asker {
-                rt: &self.rt,
-                store: &self.store,
+                rt: &self.env.rt,
+                store: &self.env.store,
                 partition: work.partition,
                 claim: work.claim_version,
             };
@@ -461,7 +407,8 @@ impl Pipeline {
                     );
                     for (key, first) in answers {
                         let outcome = if first.is_some() { "duplicate" } else { "new" };
-                        self.metrics
+                        self.env
+                            .metrics
                             .dedup_confirmed
                             .with_label_values(&[outcome])
                             .inc();
@@ -470,19 +417,20 @@ impl Pipeline {
                 }
                 confirm::Step::Blocked => continue,
                 confirm::Step::Failed { error, backoff } => {
-                    self.metrics.clickhouse_errors.inc();
+                    self.env.metrics.clickhouse_errors.inc();
                     tracing::warn!(partition = work.partition, error = %error, retry_in = ?backoff, "cannot confirm probable duplicates, retrying");
                     continue;
                 }
             }
             let budget = self
+                .env
                 .config
                 .pipeline
                 .max_batch_events
                 .saturating_sub(self.applied_since_flush)
                 .min(APPLY_BUDGET);
             self.applied_since_flush += work.apply_ready(
-                &self.rules,
+                &self.env.rules,
                 (&usage_topic, &commands_topic),
                 now,
                 applied_at,
@@ -505,7 +453,7 @@ impl Pipeline {
     /// the accounts checks have asked for; then tells those checks.
     fn publish(&mut self) {
         let mut asked: BTreeMap<i32, Vec<view::Ask>> = BTreeMap::new();
-        for ask in self.asks.take() {
+        for ask in self.env.asks.take() {
             asked.entry(ask.partition).or_default().push(ask);
         }
         for work in self.parts.values_mut() {
@@ -569,8 +517,9 @@ impl Pipeline {
             (Some(_), None) => true,
             (None, _) => {
                 decision_waits
-                    || self.applied_since_flush >= self.config.pipeline.max_batch_events
-                    || now.duration_since(self.last_flush) >= self.config.pipeline.flush_interval
+                    || self.applied_since_flush >= self.env.config.pipeline.max_batch_events
+                    || now.duration_since(self.last_flush)
+                        >= self.env.config.pipeline.flush_interval
             }
         }
     }
@@ -587,7 +536,7 @@ impl Pipeline {
         if !self.writing.is_empty() && !self.may_overlap() {
             return;
         }
-        self.last_flush = self.clock.now();
+        self.last_flush = self.env.clock.now();
         let Some(flush) = self.pending.pop_front().or_else(|| self.build_flush()) else {
             return;
         };
@@ -600,14 +549,15 @@ impl Pipeline {
         };
         let (committed, next) = tokio::sync::oneshot::channel();
         self.last_commit = Some(next);
-        self.writing.push_back(self.rt.spawn(write_flush(
-            FlushTargets {
-                store: self.store.clone(),
-                outbox: self.outbox.clone(),
-                clock: self.clock.clone(),
-                metrics: self.metrics.clone(),
-                owner: self.owner.clone(),
-                email_context: self.email_context.clone(),
+        self.writing.push_back(self.env.rt.spawn(flush::write(
+            flush::Targets {
+                store: self.env.store.clone(),
+                outbox: self.env.outbox.clone(),
+                clock: self.env.clock.clone(),
+                metrics: self.env.metrics.clone(),
+                owner: self.env.owner.clone(),
+                email_context: self.env.email_context.clone(),
+                stream: self.env.stream.clone(),
             },
             flush,
             Order { after, committed },
@@ -615,35 +565,35 @@ impl Pipeline {
     }
 
     /// Takes what every partition applied since the last flush; `None` when nothing was.
+    /// Its rows are drafts: the writing task encodes them.
     fn build_flush(&mut self) -> Option<Flush> {
-        let started = self.clock.now();
-        let mut batch = writes::Batch::default();
-        let mut outgoing = kafka::Outgoing::default();
-        let mut decided = Vec::new();
-        let now_secs = self.clock.utc().timestamp().max(0) as u32;
+        let started = self.env.clock.now();
+        let mut out = Outputs::default();
+        let now_secs = self.env.clock.utc().timestamp().max(0) as u32;
+        let mut drafts = Vec::new();
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
         for work in self.parts.values_mut() {
-            if work.drain_into(
-                &mut batch,
-                &mut outgoing,
-                &mut decided,
-                &self.stream,
-                now_secs,
-                self.config.pipeline.snapshot_min_rows,
-            ) {
-                offsets.push((
-                    work.partition,
-                    work.usage.applied_next,
-                    work.commands.applied_next,
-                ));
-                snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
-                work.next_version(&self.rules);
-            }
+            let min_rows = self.env.config.pipeline.snapshot_min_rows;
+            let Some(draft) = work.drain_into(&mut out, now_secs, min_rows) else {
+                continue;
+            };
+            debug_assert_eq!(
+                draft.version, work.version,
+                "a draft of the current version"
+            );
+            offsets.push((
+                work.partition,
+                work.usage.applied_next,
+                work.commands.applied_next,
+            ));
+            snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
+            work.next_version(&self.env.rules);
+            drafts.push(draft);
         }
         let events = std::mem::take(&mut self.applied_since_flush);
         if let Some(since) = self.decided_since.take() {
-            self.metrics.flush_phase(
+            self.env.metrics.flush_phase(
                 phase::DECISION_WAIT,
                 started.saturating_duration_since(since).as_secs_f64(),
             );
@@ -651,27 +601,31 @@ impl Pipeline {
         if offsets.is_empty() {
             return None;
         }
-        let hooks: Vec<_> = std::mem::take(&mut batch.notices)
+        let hooks: Vec<_> = out
+            .notices
             .iter()
-            .flat_map(|n| crate::notify::webhooks::deliveries(n, &self.config.webhooks))
+            .flat_map(|n| crate::notify::webhooks::deliveries(n, &self.env.config.webhooks))
             .collect();
-        self.metrics.flush_phase(
+        self.env.metrics.flush_phase(
             phase::BUILD,
-            self.clock.now().duration_since(started).as_secs_f64(),
+            self.env.clock.now().duration_since(started).as_secs_f64(),
         );
         Some(Flush {
-            batch,
-            outgoing,
-            outgoing_sent: false,
-            forwarded: Vec::new(),
-            mails: None,
-            hooks,
-            hooks_recorded: false,
-            events,
-            decided,
-            offsets,
-            snapshots,
-            started,
+            rows: encode::Rows::Drafted {
+                drafts,
+                alerts: out.alerts,
+            },
+            step: flush::Step::Built {
+                outgoing: out.outgoing,
+            },
+            commits: flush::Commits {
+                hooks,
+                events,
+                decided: out.decided,
+                offsets,
+                snapshots,
+                started,
+            },
         })
     }
 
@@ -704,11 +658,9 @@ impl Pipeline {
     /// checkpoints come after its one): they wait to be written again, in order.
     fn after_failure(&mut self) {
         while let Some(handle) = self.writing.pop_front() {
-            match self.rt.block_on(handle) {
-                Ok((flush, result)) => {
-                    debug_assert!(result.is_err(), "a flush committed after a failed one");
-                    self.pending.push_back(flush);
-                }
+            match self.env.rt.block_on(handle) {
+                Ok(Err(Failed { flush, .. })) => self.pending.push_back(flush),
+                Ok(Ok(_)) => debug_assert!(false, "a flush committed after a failed one"),
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         }
@@ -716,59 +668,82 @@ impl Pipeline {
 
     /// Collects one flush; see [`Pipeline::finish_flush`].
     fn finish_one(&mut self, handle: Writing) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-        let (mut flush, result) = match self.rt.block_on(handle) {
+        let result = match self.env.rt.block_on(handle) {
             Ok(done) => done,
             // The batch went down with the task: its events are applied in memory but
             // were never written, so no later checkpoint may land. Only a restart from
             // the last checkpoint is exact.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        if let Err((failed, e)) = result {
-            self.metrics
-                .flush_failures
-                .with_label_values(&[failed])
-                .inc();
-            if failed != phase::DEAD_LETTERS {
-                self.metrics.clickhouse_errors.inc();
-            }
-            self.retry_at = Some(self.clock.now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            // It is the oldest flush not committed (flushes are collected in order, and a
-            // retry goes alone), so it goes again first: a later checkpoint must never land
-            // before it.
-            self.pending.push_front(flush);
-            return Err(e);
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(failed) => return Err(self.failed(failed)),
+        };
+        self.after_commit(committed)
+    }
+
+    /// Keeps a failed flush to be written again first, after a backoff; returns why.
+    fn failed(&mut self, failed: Failed) -> anyhow::Error {
+        self.env
+            .metrics
+            .flush_failures
+            .with_label_values(&[failed.phase])
+            .inc();
+        if failed.phase != phase::DEAD_LETTERS {
+            self.env.metrics.clickhouse_errors.inc();
         }
-        self.metrics.flush_phase(
+        self.retry_at = Some(self.env.clock.now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // It is the oldest flush not committed (flushes are collected in order, and a
+        // retry goes alone), so it goes again first: a later checkpoint must never land
+        // before it.
+        self.pending.push_front(failed.flush);
+        failed.error
+    }
+
+    /// Hands a committed flush's emails and webhooks on, and prunes what its snapshots
+    /// superseded; returns the offsets its checkpoint committed.
+    fn after_commit(&mut self, flush: Committed) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        let Committed {
+            forwarded,
+            mails,
+            commits,
+            ledger_rows,
+        } = flush;
+        self.env.metrics.flush_phase(
             phase::TOTAL,
-            self.clock.now().duration_since(flush.started).as_secs_f64(),
+            self.env
+                .clock
+                .now()
+                .duration_since(commits.started)
+                .as_secs_f64(),
         );
-        self.metrics.flush_events.observe(flush.events as f64);
-        if let Some(mails) = flush.mails.take().filter(|m| !m.is_empty()) {
+        self.env.metrics.flush_events.observe(commits.events as f64);
+        if !mails.is_empty() {
             for mail in &mails {
                 tracing::info!(account = %mail.account, pool = %mail.pool, kind = mail.kind.as_str(), "low-credit alert");
             }
-            let submitted = self.notifier.as_ref().map(|n| n.submit(mails));
+            let submitted = self.env.notifier.as_ref().map(|n| n.submit(mails));
             if !matches!(submitted, Some(Ok(()))) {
                 tracing::error!("the notifier has stopped; alerts stay pending in ClickHouse and are sent at the next start");
             }
         }
-        let hooks = std::mem::take(&mut flush.hooks);
+        let hooks = commits.hooks;
         if !hooks.is_empty() {
             for d in &hooks {
                 tracing::info!(account = %d.account, event = %d.event_type, endpoint = %d.target.name(), "webhook decided");
             }
-            let submitted = self.hooks.as_ref().map(|h| h.submit(hooks));
+            let submitted = self.env.hooks.as_ref().map(|h| h.submit(hooks));
             if !matches!(submitted, Some(Ok(()))) {
                 tracing::error!("the webhook worker has stopped; webhooks stay pending in ClickHouse and are sent at the next start");
             }
         }
-        self.note_forwarded(&flush.forwarded);
+        self.note_forwarded(&forwarded);
         self.retry_at = None;
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
-        self.last_checkpoint = Some(self.clock.utc());
-        for &(partition, version) in &flush.snapshots {
+        self.last_checkpoint = Some(self.env.clock.utc());
+        for &(partition, version) in &commits.snapshots {
             // A partition given up since: its claim is not known here, so nothing is
             // deleted (the next snapshot of its owner deletes it).
             let Some(claim) = self.parts.get(&partition).map(|work| work.claim_version) else {
@@ -776,11 +751,12 @@ impl Pipeline {
             };
             // Dedup rows and blobs stay while the window may need them.
             let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
-                work.arrival_high.saturating_mul(1000) - self.rules.dedup_window.num_milliseconds()
+                work.arrival_high.saturating_mul(1000)
+                    - self.env.rules.dedup_window.num_milliseconds()
             });
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
-            let pruned = self.rt.block_on(self.store.delete_before(
+            let pruned = self.env.rt.block_on(self.env.store.delete_before(
                 partition as u32,
                 version,
                 claim,
@@ -798,23 +774,18 @@ impl Pipeline {
                     "a later claim supersedes this owner: its flushes no longer count"
                 ),
                 Err(e) => {
-                    self.metrics.clickhouse_errors.inc();
+                    self.env.metrics.clickhouse_errors.inc();
                     tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
                 }
             }
         }
-        tracing::debug!(
-            ledger_rows = flush.batch.ledger.len(),
-            dead_letters = flush.outgoing.dead_letters.len(),
-            forwarded = flush.outgoing.forwards.len(),
-            "flushed"
-        );
-        Ok(flush.offsets)
+        tracing::debug!(ledger_rows, forwarded = forwarded.len(), "flushed");
+        Ok(commits.offsets)
     }
 
     fn note_forwarded(&mut self, landed: &[(String, i32, i64)]) {
         for (topic, partition, offset) in landed {
-            let which = if *topic == self.config.kafka.usage_topic {
+            let which = if *topic == self.env.config.kafka.usage_topic {
                 Which::Usage
             } else {
                 Which::Commands
@@ -847,7 +818,7 @@ impl Pipeline {
                 Err(e) => {
                     tracing::warn!(attempt, error = %format!("{e:#}"), "flush failed");
                     if attempt < attempts {
-                        self.clock.sleep(self.backoff);
+                        self.env.clock.sleep(self.backoff);
                     }
                 }
             }
@@ -902,11 +873,13 @@ impl Pipeline {
                 s + work.book.seen.sealed_len(),
             )
         });
-        self.metrics
+        self.env
+            .metrics
             .dedup_ids
             .with_label_values(&["exact"])
             .set(exact as i64);
-        self.metrics
+        self.env
+            .metrics
             .dedup_ids
             .with_label_values(&["sealed"])
             .set(sealed as i64);
@@ -926,11 +899,11 @@ impl Pipeline {
             work.metrics.forget();
         }
         self.parts.clear();
-        self.owner.released_all();
-        self.views.released_all();
+        self.env.owner.released_all();
+        self.env.views.released_all();
         // Let the flushes in flight land or fail before the partitions go to a new owner.
         while let Some(handle) = self.writing.pop_front() {
-            let _ = self.rt.block_on(handle);
+            let _ = self.env.rt.block_on(handle);
         }
         self.last_commit = None;
         self.pending.clear();
@@ -983,107 +956,6 @@ impl Pipeline {
                 })
             })
     }
-}
-
-/// Where a flush goes and whom it tells: what the writing task takes from the pipeline.
-struct FlushTargets {
-    store: Arc<dyn Store>,
-    outbox: Arc<dyn Outbox>,
-    clock: Arc<dyn Clock>,
-    metrics: RunMetrics,
-    owner: Arc<crate::holds::owner::Owner>,
-    email_context: Arc<alerting::Context>,
-}
-
-/// Writes one flush: dead letters, then the outputs (side by side), the alerts, and the
-/// checkpoint last, skipping what a failed attempt already wrote. Runs on the runtime
-/// while the run thread applies the next batch.
-async fn write_flush(
-    to: FlushTargets,
-    mut flush: Flush,
-    order: Order,
-) -> (Flush, Result<(), (&'static str, anyhow::Error)>) {
-    let FlushTargets {
-        store,
-        outbox,
-        clock,
-        metrics,
-        owner,
-        email_context,
-    } = to;
-    let result = async {
-        let mut at = clock.now();
-        let mut done = |name: &'static str| {
-            let now = clock.now();
-            metrics.flush_phase(name, now.duration_since(at).as_secs_f64());
-            at = now;
-        };
-        if !flush.outgoing_sent {
-            flush.forwarded = outbox
-                .send(&flush.outgoing)
-                .await
-                .map_err(|e| (phase::DEAD_LETTERS, e.context("dead letters and forwards")))?;
-            flush.outgoing_sent = true;
-            done(phase::DEAD_LETTERS);
-        }
-        store.write_outputs(&flush.batch).await.map_err(|e| {
-            (
-                phase::WRITE_OUTPUTS,
-                anyhow::Error::new(e).context("ClickHouse"),
-            )
-        })?;
-        done(phase::WRITE_OUTPUTS);
-        if flush.mails.is_none() {
-            let mails = store
-                .record_alerts(&email_context, &flush.batch.alerts)
-                .await
-                .map_err(|e| {
-                    (
-                        phase::ALERTS,
-                        anyhow::Error::new(e).context("ClickHouse: alerts"),
-                    )
-                })?;
-            flush.mails = Some(mails);
-            done(phase::ALERTS);
-        }
-        if !flush.hooks_recorded {
-            let rows: Vec<_> = flush
-                .hooks
-                .iter()
-                .map(crate::notify::webhooks::worker::pending_row)
-                .collect();
-            store.record_webhooks(&rows).await.map_err(|e| {
-                (
-                    phase::ALERTS,
-                    anyhow::Error::new(e).context("ClickHouse: webhooks"),
-                )
-            })?;
-            flush.hooks_recorded = true;
-        }
-        if let Some(after) = order.after {
-            after.await.map_err(|_| {
-                (
-                    phase::CHECKPOINT,
-                    anyhow::anyhow!("the flush before this one failed; both are written again"),
-                )
-            })?;
-        }
-        store.commit(&flush.batch).await.map_err(|e| {
-            (
-                phase::CHECKPOINT,
-                anyhow::Error::new(e).context("ClickHouse"),
-            )
-        })?;
-        done(phase::CHECKPOINT);
-        // Committed: the callers waiting on its decisions get them now, not when the run
-        // loop next looks at this task.
-        owner.committed(&flush.offsets, std::mem::take(&mut flush.decided));
-        // The flush started after this one may commit now; none may be waiting.
-        let _ = order.committed.send(());
-        Ok(())
-    }
-    .await;
-    (flush, result)
 }
 
 /// End offsets seen at start: the broker's ListOffsets answer, raised by the first
@@ -1205,7 +1077,7 @@ pub fn run(
     });
     let (views, asks) = view::Views::new();
     let target = store::cluster::Target::new(&config.clickhouse);
-    let mut p = Pipeline::new(Setup {
+    let mut p = Pipeline::new(Env {
         store: Arc::new(clickhouse_edge::ClickHouseStore {
             client: store,
             target,
@@ -1244,7 +1116,7 @@ pub fn run(
     owner.set_checker(view::checker(
         views,
         view::CheckRules {
-            rules: p.rules.clone(),
+            rules: p.env.rules.clone(),
             partitions: partition_count,
             partitioner: kafka_config.partitioner,
         },
@@ -1277,7 +1149,7 @@ pub fn run(
 
     // A drain shows how far it is; a run that never ends has `tally status` for that.
     let progress = drain.then(|| {
-        crate::progress::Progress::new("drain", "records", p.config.pipeline.progress_interval)
+        crate::progress::Progress::new("drain", "records", p.env.config.pipeline.progress_interval)
     });
     let mut driver = Driver {
         drain,
@@ -1305,8 +1177,8 @@ pub fn run(
     let offsets = p.flush_before_leaving(if drain { 20 } else { 10 });
     source.commit(&offsets, true);
     drop(source);
-    if let Some(notifier) = p.notifier.take() {
-        let report = p.rt.block_on(notifier.shutdown(NOTIFIER_GRACE));
+    if let Some(notifier) = p.env.notifier.take() {
+        let report = p.env.rt.block_on(notifier.shutdown(NOTIFIER_GRACE));
         tracing::info!(
             sent = report.sent,
             failed = report.failed,
@@ -1315,8 +1187,8 @@ pub fn run(
             "notifier stopped"
         );
     }
-    if let Some(hooks) = p.hooks.take() {
-        let report = p.rt.block_on(hooks.shutdown(NOTIFIER_GRACE));
+    if let Some(hooks) = p.env.hooks.take() {
+        let report = p.env.rt.block_on(hooks.shutdown(NOTIFIER_GRACE));
         tracing::info!(
             sent = report.sent,
             failed = report.failed,
@@ -1331,8 +1203,8 @@ pub fn run(
     Ok(summary)
 }
 
-/// What a [`Pipeline`] is made of: its edges and the process's shared parts.
-struct Setup {
+/// What a [`Pipeline`] is given: its edges, its settings and the process's shared parts.
+struct Env {
     store: Arc<dyn Store>,
     outbox: Arc<dyn Outbox>,
     clock: Arc<dyn Clock>,
@@ -1340,31 +1212,30 @@ struct Setup {
     config: Config,
     rt: Exec,
     stream: String,
+    /// Mails low-credit alerts in the background; never blocks consumption.
+    /// Taken at shutdown to stop it.
     notifier: Option<crate::notify::NotifierHandle>,
+    /// Sends signed webhooks in the background; taken at shutdown to stop it.
     hooks: Option<crate::notify::webhooks::WebhookWorkerHandle>,
+    /// The plans and offers the emails' recommendations come from.
     email_context: Arc<alerting::Context>,
     metrics: RunMetrics,
+    /// Answers checks and hands decisions on holds to their callers.
     owner: Arc<crate::holds::owner::Owner>,
+    /// What checks read, published after each pass.
     views: Arc<view::Views>,
+    /// Accounts checks wait for, published at the next pass.
     asks: view::Asks,
+    /// What the claim rows say about this process (`ClaimInfo` as JSON).
     claim_info: String,
 }
 
 impl Pipeline {
-    fn new(setup: Setup) -> Pipeline {
-        let now = setup.clock.now();
+    fn new(env: Env) -> Pipeline {
+        let now = env.clock.now();
         Pipeline {
-            rules: setup.rules,
-            config: setup.config,
-            store: setup.store,
-            outbox: setup.outbox,
-            clock: setup.clock,
-            rt: setup.rt,
-            stream: setup.stream,
+            env,
             parts: BTreeMap::new(),
-            notifier: setup.notifier,
-            hooks: setup.hooks,
-            email_context: setup.email_context,
             writing: VecDeque::new(),
             last_commit: None,
             pending: VecDeque::new(),
@@ -1375,11 +1246,6 @@ impl Pipeline {
             backoff: Duration::from_millis(200),
             summary: Summary::default(),
             last_checkpoint: None,
-            metrics: setup.metrics,
-            owner: setup.owner,
-            views: setup.views,
-            asks: setup.asks,
-            claim_info: setup.claim_info,
             partition_count: 0,
             forward_log: screen::LoggedSources::default(),
             forwarded_ends: BTreeMap::new(),
@@ -1451,12 +1317,12 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
             None => break,
         }
     }
-    let now = p.clock.now();
+    let now = p.env.clock.now();
     if let Some(every) = d.tick_every {
         if !p.parts.is_empty() && d.last_tick.is_none_or(|t| now.duration_since(t) >= every) {
             d.last_tick = Some(now);
             let partitions: Vec<i32> = p.parts.keys().copied().collect();
-            p.outbox.ticks(&partitions, p.clock.utc());
+            p.env.outbox.ticks(&partitions, p.env.clock.utc());
         }
     }
     p.apply_ready(now);
@@ -1510,7 +1376,7 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
     // Up to the instant an event's max_idle runs out, and short while something is due
     // soon (a flush in flight whose end lets the next one start, a decision a caller
     // waits for), so a hold's answer is not late by a whole poll.
-    d.first_wait = p.poll_wait(p.clock.now());
+    d.first_wait = p.poll_wait(p.env.clock.now());
     if d.drain && p.drained(&d.ends) {
         // Everything up to the end offsets is applied; flush until nothing is left.
         match p.flush_now() {
@@ -1526,8 +1392,8 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
 /// last fetch responses (no request is sent).
 fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
     let (usage_topic, commands_topic) = (
-        p.config.kafka.usage_topic.clone(),
-        p.config.kafka.commands_topic.clone(),
+        p.env.config.kafka.usage_topic.clone(),
+        p.env.config.kafka.commands_topic.clone(),
     );
     // While a flush is pending, consumption is paused on purpose: nothing is stalled.
     let paused = !p.pending.is_empty();

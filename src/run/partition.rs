@@ -5,18 +5,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tally_core::{Book, Outcome, Rules};
+use tally_core::{AccountState, Book, Outcome, Rules};
 
+use super::encode::Draft;
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::Rollups;
 use super::view::{Applied, PartitionView};
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
-use crate::store::checkpoint::{Commit, Restored};
-use crate::store::rollup::daily_row;
-use crate::store::rows::{balance_rows, from_seconds, BalanceRow, LedgerRow, LotRow};
-use crate::store::writes::Batch;
+use crate::store::checkpoint::Restored;
+use crate::store::rows::{from_seconds, LedgerRow};
 
 /// Counters for logs and status.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,6 +23,16 @@ pub struct Counts {
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: u64,
+}
+
+/// What a flush takes from its partitions besides their rows.
+#[derive(Default)]
+pub struct Outputs {
+    pub outgoing: Outgoing,
+    /// Decisions on holds and releases: (partition, commands offset, decision).
+    pub decided: Vec<(i32, i64, Decided)>,
+    pub alerts: Vec<tally_core::alerts::Alert>,
+    pub notices: Vec<tally_core::hooks::Notice>,
 }
 
 pub struct PartitionWork {
@@ -46,6 +55,10 @@ pub struct PartitionWork {
     unpublished: HashSet<String>,
     /// What checks read: the states as of the last publish.
     pub view: Arc<PartitionView>,
+    /// Ledger rows since the last flush; version and partition are set by the encoder.
+    /// Built here, not by the encoder: an entry's interned names are reference-counted,
+    /// and dropping them on another thread than the one that cloned them bounces their
+    /// counts between cores (measured: slower than building the row here).
     ledger: Vec<LedgerRow>,
     /// Running totals of the days still open to late events.
     rollups: Rollups,
@@ -332,7 +345,6 @@ impl PartitionWork {
     fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
         self.rollups.add(&entry, usage_offset);
         self.touch(entry.account.as_str());
-        // Version is set when the flush is built.
         self.ledger.push(LedgerRow::new(entry_id, entry, 0));
     }
 
@@ -366,40 +378,18 @@ impl PartitionWork {
         self.unpublished.clear();
     }
 
-    /// Moves this partition's outputs since the last flush into `batch`, with the rows
-    /// that commit them. Returns false when there was nothing to write.
+    /// Takes this partition's outputs since the last flush: its rows as a draft (encoded
+    /// off the run thread, see [`super::encode`]), the rest into `out`. `None` when there
+    /// was nothing to write.
     pub fn drain_into(
         &mut self,
-        batch: &mut Batch,
-        outgoing: &mut Outgoing,
-        decided: &mut Vec<(i32, i64, Decided)>,
-        stream: &str,
+        out: &mut Outputs,
         now_secs: u32,
         snapshot_min_rows: usize,
-    ) -> bool {
+    ) -> Option<Draft> {
         if !self.dirty {
-            return false;
+            return None;
         }
-        let version = self.version;
-        let partition = self.partition as u32;
-        for mut row in self.ledger.drain(..) {
-            row.version = version;
-            row.partition = partition;
-            batch.ledger.push(row);
-        }
-        let as_of = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
-        let commit = Commit {
-            stream,
-            partition: self.partition as u32,
-            version,
-            claim: self.claim_version,
-            usage_offset: self.usage.applied_next,
-            commands_offset: self.commands.applied_next,
-            arrival_high: self.arrival_high,
-            written_at: now_secs,
-            segment_records: self.rollups.size(),
-        };
-        let first_row = batch.checkpoint.len();
         // A snapshot once the dead rows of the log (states and days rewritten since, dedup
         // keys the window has left) outgrow the live states and days twice over: restart
         // reads stay bounded by live accounts, open days and the dedup window, and what
@@ -415,62 +405,60 @@ impl PartitionWork {
         } else {
             self.touched.drain().collect()
         };
-        for account in accounts {
-            if let Some(state) = self.book.accounts.get(&account) {
-                for lot in &state.lots {
-                    let mut row = LotRow::new(&account, lot, version);
-                    row.partition = partition;
-                    batch.lots.push(row);
-                }
-                batch.balances.extend(
-                    balance_rows(&account, &state.lots, as_of, version)
-                        .into_iter()
-                        .map(|row| BalanceRow { partition, ..row }),
-                );
-                batch.checkpoint.push(commit.state(&account, state));
-            }
-        }
+        // Copies: the encoder reads them while the next batch changes the book.
+        let states: Vec<(String, AccountState)> = accounts
+            .into_iter()
+            .filter_map(|account| {
+                let state = self.book.accounts.get(&account)?.clone();
+                Some((account, state))
+            })
+            .collect();
         let days = if snapshot {
             self.rollups.all()
         } else {
             self.rollups.take_changed()
         };
-        let superseding = batch.checkpoint.len() - first_row + days.len();
-        for (account, day) in days {
-            batch
-                .daily
-                .push(daily_row(&account, &day, self.partition, version));
-            batch.checkpoint.push(commit.day(&account, &day));
-        }
+        let superseding = states.len() + days.len();
         // Dedup keys: the new ones one row each (the exact record a confirmation reads),
         // and the committed ones, once enough (or at a snapshot: all), sealed into one
         // compact blob that a restart loads instead of their rows. Sealing first: the
         // keys taken now are not committed yet.
-        let sealed = self.book.seen.seal(snapshot);
-        for (key, seen_at) in self.book.seen.take_fresh(version) {
-            batch.checkpoint.push(commit.seen(key, seen_at));
-        }
-        if let Some(blob) = sealed {
-            batch.checkpoint.extend(commit.seen_blob(&blob));
-        }
+        let blob = self.book.seen.seal(snapshot);
+        let seen = self.book.seen.take_fresh(self.version);
         if snapshot {
             self.rows_since_snapshot = 0;
-            self.snapshot_pending = Some(version);
+            self.snapshot_pending = Some(self.version);
         } else {
             self.rows_since_snapshot += superseding;
         }
-        batch.checkpoint.push(commit.offsets());
-        outgoing.append(&mut self.outgoing);
+        out.outgoing.append(&mut self.outgoing);
         let partition = self.partition;
-        decided.extend(
+        out.decided.extend(
             self.decided
                 .drain(..)
                 .map(|(offset, decision)| (partition, offset, decision)),
         );
-        batch.alerts.append(&mut self.alerts);
-        batch.notices.append(&mut self.notices);
+        out.alerts.append(&mut self.alerts);
+        out.notices.append(&mut self.notices);
         self.dirty = false;
-        true
+        let ledger_len = self.ledger.len();
+        Some(Draft {
+            partition,
+            version: self.version,
+            claim: self.claim_version,
+            usage_offset: self.usage.applied_next,
+            commands_offset: self.commands.applied_next,
+            arrival_high: self.arrival_high,
+            as_of: from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)),
+            written_at: now_secs,
+            segment_records: self.rollups.size(),
+            // The next flush takes about as many: no regrowth, no copies of it on the way.
+            ledger: std::mem::replace(&mut self.ledger, Vec::with_capacity(ledger_len)),
+            states,
+            days,
+            seen,
+            blob,
+        })
     }
 
     /// Once this partition's rows went into a flush: what is applied next belongs to the

@@ -37,7 +37,7 @@ use self::broker::{Broker, Message, SimOutbox, SimSource};
 use self::clickhouse::{lock, Db, Faults, SimStore};
 use super::edges::{Clock, Exec};
 use super::merge::Which;
-use super::{turn, view, Driver, Ends, Pipeline, Setup, POLL_WAIT};
+use super::{turn, view, Driver, Ends, Env, Pipeline, POLL_WAIT};
 use crate::config::Config;
 use crate::store::rows::{LedgerRow, LotRow};
 
@@ -121,7 +121,7 @@ impl Member {
                 .expect("a current-thread runtime"),
         );
         let (views, asks) = view::Views::new();
-        let mut pipeline = Pipeline::new(Setup {
+        let mut pipeline = Pipeline::new(Env {
             store: Arc::new(SimStore {
                 db: world.db.clone(),
                 faults: world.faults.clone(),
