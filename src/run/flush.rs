@@ -64,10 +64,22 @@ pub struct Commits {
     /// Each partition's next offsets (usage, commands) as its checkpoint in this flush
     /// states them: what the group offsets become once it has landed.
     pub offsets: Vec<(i32, i64, i64)>,
-    /// Partitions whose state this flush writes whole, with the snapshot's version: older
-    /// checkpoint rows are deleted once it has landed.
-    pub snapshots: Vec<(i32, u64)>,
+    /// Partitions whose state this flush writes whole: older checkpoint rows are deleted
+    /// once it has landed.
+    pub snapshots: Vec<Snapshot>,
     pub started: Instant,
+}
+
+/// A partition's state written whole by a flush.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub partition: i32,
+    pub version: u64,
+    /// The latest broker timestamp (seconds) the snapshot covers. Its deletion keeps the
+    /// dedup rows a restart from it needs: the window ends where the snapshot's clock
+    /// does, not where the partition's clock has moved on to since (a restart replays the
+    /// events in between, and their duplicates must still be found).
+    pub arrival_high: i64,
 }
 
 /// A flush whose checkpoint landed: what the run thread still does with it.

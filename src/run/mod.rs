@@ -32,7 +32,7 @@ use tally_core::Rules;
 use tokio::runtime::Handle;
 
 use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source, Store};
-use self::flush::{Committed, Failed, Flush, Order, Writing};
+use self::flush::{Committed, Failed, Flush, Order, Snapshot, Writing};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
 use self::partition::{Counts, Outputs, PartitionWork};
@@ -587,7 +587,11 @@ impl Pipeline {
                 work.usage.applied_next,
                 work.commands.applied_next,
             ));
-            snapshots.extend(work.snapshot_pending.take().map(|v| (work.partition, v)));
+            snapshots.extend(work.snapshot_pending.take().map(|version| Snapshot {
+                partition: work.partition,
+                version,
+                arrival_high: draft.arrival_high,
+            }));
             work.next_version(&self.env.rules);
             drafts.push(draft);
         }
@@ -743,17 +747,19 @@ impl Pipeline {
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.env.clock.utc());
-        for &(partition, version) in &commits.snapshots {
+        for snapshot in &commits.snapshots {
+            let (partition, version) = (snapshot.partition, snapshot.version);
             // A partition given up since: its claim is not known here, so nothing is
             // deleted (the next snapshot of its owner deletes it).
             let Some(claim) = self.parts.get(&partition).map(|work| work.claim_version) else {
                 continue;
             };
-            // Dedup rows and blobs stay while the window may need them.
-            let horizon = self.parts.get(&partition).map_or(i64::MIN, |work| {
-                work.arrival_high.saturating_mul(1000)
-                    - self.env.rules.dedup_window.num_milliseconds()
-            });
+            // Dedup rows and blobs stay while the window of a restart from this snapshot
+            // may need them.
+            let horizon = checkpoint::horizon(
+                snapshot.arrival_high,
+                self.env.rules.dedup_window.num_milliseconds(),
+            );
             // The snapshot holds everything live: older checkpoint rows are dead. A
             // failure only leaves them for the next snapshot to delete.
             let pruned = self.env.rt.block_on(self.env.store.delete_before(
