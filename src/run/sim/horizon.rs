@@ -41,22 +41,31 @@ fn calls(rng: &mut Rng, window: TimeDelta) -> Vec<Event> {
     let first = input(0, "credit.grant", &account, start, Data::Grant(grant));
     let mut events = vec![event(Which::Commands, &account, first, start)];
     let mut time = start;
-    let step = window.num_seconds() / 4;
-    for n in 1..20 + rng.below(30) {
-        time += TimeDelta::seconds(1 + rng.below(step as u64) as i64);
+    let window_secs = window.num_seconds() as u64;
+    for n in 1..20 + rng.below(40) {
+        // Mostly close together, so that snapshots come well within a window; now and
+        // then a jump of up to a window, so that a partition's clock may pass a key's
+        // window while a flush is in flight.
+        let gap = match rng.chance(150) {
+            true => window_secs / 2 + rng.below(window_secs / 2),
+            false => 1 + rng.below(window_secs / 20),
+        };
+        time += TimeDelta::seconds(gap as i64);
         let arrival = time + TimeDelta::milliseconds(rng.below(1_000) as i64);
         let recent: Vec<&Event> = events
             .iter()
             .filter(|e| e.which == Which::Usage && e.arrival + window > arrival)
             .collect();
         let call = if rng.chance(330) && !recent.is_empty() {
-            let copy = recent[rng.below(recent.len() as u64) as usize];
+            // The oldest inside the window: its first arrival is the likeliest to sit in
+            // a dedup row an earlier snapshot wrote.
+            let copy = recent[rng.below(recent.len().min(2) as u64) as usize];
             let mut call = copy.input.clone().expect("every call is readable");
             call.time = Some(time);
             call
         } else {
             let usage = UsageData {
-                user: format!("user-{}", rng.below(3)),
+                user: "user-0".into(),
                 feature: "erase".into(),
                 variant: None,
                 quantity: None,
@@ -81,21 +90,13 @@ fn event(which: Which, account: &str, input: super::reference::Input, at: DateTi
     }
 }
 
-/// How many flushes have landed (their offsets rows).
-fn landed(sim: &Sim) -> usize {
-    let db = lock(&sim.world.db);
-    let mut versions: Vec<(u64, u64)> = db
-        .checkpoints
-        .iter()
-        .filter(|r| r.row_kind == "offsets")
-        .map(|r| (r.claim, r.version))
-        .collect();
-    versions.dedup();
-    versions.len()
+/// How many checkpoint rows the store holds: fewer after a snapshot's deletion.
+fn rows(sim: &Sim) -> usize {
+    lock(&sim.world.db).checkpoints.len()
 }
 
-/// The scripted schedule of `seed`: the owner crashes right after its `commits`th flush
-/// landed and its deletion ran; the next owner replays from there.
+/// The scripted schedule of `seed`: the owner crashes right after one of its snapshots'
+/// deletions; the next owner replays from there.
 fn horizon(seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut rules = rules::rules(MATRIX);
@@ -120,16 +121,17 @@ fn horizon(seed: u64) -> Result<(), String> {
         },
     };
     sim.join(&mut rng);
-    let commits = 2 + rng.below(10) as usize;
     for _ in 0..2_000 {
+        let before = rows(&sim);
         let member = sim.members.get_mut(&0).expect("running");
         member.turn();
-        if landed(&sim) >= commits {
+        // A snapshot's deletion just ran: the crash comes before anything newer lands.
+        if rows(&sim) < before && rng.chance(500) {
             break;
         }
         // Writes go on now and then: the turns between apply on, past the flush in
         // flight.
-        if rng.chance(300) {
+        if rng.chance(80) {
             let steps = 1 + rng.below(4);
             let member = sim.members.get_mut(&0).expect("running");
             member.background(steps);
