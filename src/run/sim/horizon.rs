@@ -14,8 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tally_core::{Credits, LotKind};
 
-use super::history::{input, to_json, Event};
 use super::super::merge::Which;
+use super::history::{input, to_json, Event};
 use super::reference::{Data, GrantData, UsageData};
 use super::{check, lock, place, rules, seed_from_env, Outcome, Rng, Sim, MATRIX};
 use crate::config::Config;
@@ -46,7 +46,7 @@ fn calls(rng: &mut Rng, window: TimeDelta) -> Vec<Event> {
         // Mostly close together, so that snapshots come well within a window; now and
         // then a jump of up to a window, so that a partition's clock may pass a key's
         // window while a flush is in flight.
-        let gap = match rng.chance(150) {
+        let gap = match rng.chance(200) {
             true => window_secs / 2 + rng.below(window_secs / 2),
             false => 1 + rng.below(window_secs / 20),
         };
@@ -56,7 +56,7 @@ fn calls(rng: &mut Rng, window: TimeDelta) -> Vec<Event> {
             .iter()
             .filter(|e| e.which == Which::Usage && e.arrival + window > arrival)
             .collect();
-        let call = if rng.chance(330) && !recent.is_empty() {
+        let call = if rng.chance(500) && !recent.is_empty() {
             // The oldest inside the window: its first arrival is the likeliest to sit in
             // a dedup row an earlier snapshot wrote.
             let copy = recent[rng.below(recent.len().min(2) as u64) as usize];
@@ -96,8 +96,9 @@ fn rows(sim: &Sim) -> usize {
 }
 
 /// The scripted schedule of `seed`: the owner crashes right after one of its snapshots'
-/// deletions; the next owner replays from there.
-fn horizon(seed: u64) -> Result<(), String> {
+/// deletions (or after 2,000 turns); the next owner replays from there. Whether it
+/// crashed after a deletion, or what differs from the model.
+fn horizon(seed: u64) -> Result<bool, String> {
     let mut rng = Rng::new(seed);
     let mut rules = rules::rules(MATRIX);
     rules.dedup_window = TimeDelta::minutes(10 + rng.below(50) as i64);
@@ -121,12 +122,14 @@ fn horizon(seed: u64) -> Result<(), String> {
         },
     };
     sim.join(&mut rng);
+    let mut after_deletion = false;
     for _ in 0..2_000 {
         let before = rows(&sim);
         let member = sim.members.get_mut(&0).expect("running");
         member.turn();
         // A snapshot's deletion just ran: the crash comes before anything newer lands.
         if rows(&sim) < before && rng.chance(500) {
+            after_deletion = true;
             break;
         }
         // Writes go on now and then: the turns between apply on, past the flush in
@@ -142,11 +145,15 @@ fn horizon(seed: u64) -> Result<(), String> {
     lock(&sim.world.broker).leave(0);
     sim.join(&mut rng);
     sim.settle()?;
-    check(&sim.world, &expected)
+    check(&sim.world, &expected)?;
+    Ok(after_deletion)
 }
 
 /// The horizon family over 300 seeds (`TALLY_SIM_SEEDS` to change, `TALLY_SIM_SEED` to
-/// replay one), from a random first seed (printed).
+/// replay one), from a random first seed (printed). With the horizon taken from the
+/// partition's clock at deletion time (before 2a86f62) about one seed in ten fails: a copy
+/// replayed after the snapshot debited again (or a later copy, outside the first
+/// arrival's window, taken for a duplicate of that one).
 #[test]
 fn a_snapshot_deletion_keeps_the_dedup_rows_a_replay_from_it_needs() {
     let count: u64 = std::env::var("TALLY_SIM_SEEDS")
@@ -158,9 +165,17 @@ fn a_snapshot_deletion_keeps_the_dedup_rows_a_replay_from_it_needs() {
         None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
     };
     eprintln!("horizon: seeds {first}..{}", first + count);
+    let mut crashed = 0;
     for seed in first..first + count {
-        if let Err(e) = horizon(seed) {
-            panic!("horizon seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}");
+        match horizon(seed) {
+            Ok(hit) => crashed += u64::from(hit),
+            Err(e) => panic!("horizon seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),
         }
     }
+    eprintln!("horizon: the owner crashed right after a deletion in {crashed} of {count} seeds");
+    // Most seeds do: a hundred that all miss means the family no longer makes the case.
+    assert!(
+        crashed > 0 || count < 100,
+        "none of {count} seeds crashed after a snapshot's deletion"
+    );
 }

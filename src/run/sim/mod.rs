@@ -18,13 +18,13 @@
 mod broker;
 mod clickhouse;
 mod history;
+mod horizon;
 #[allow(dead_code)]
 #[path = "../../../core/tests/reference/mod.rs"]
 mod reference;
 #[allow(dead_code)]
 #[path = "../../../core/tests/common/mod.rs"]
 mod rules;
-mod horizon;
 mod takeover;
 
 use std::collections::BTreeMap;
