@@ -5,8 +5,9 @@
 //! later than the snapshot's; then it crashes before its next checkpoint, and the next
 //! owner replays from the snapshot. The deletion after the snapshot must keep every dedup
 //! row that replay needs: the window ends at the snapshot's clock. Deleting by the
-//! partition's clock at deletion time dropped the first arrival of a copy applied after
-//! the snapshot, and the replay debited the copy a second time.
+//! partition's clock at deletion time dropped the exact row of a first arrival (what a
+//! confirmation of a probable duplicate from the sealed blob reads) that a copy applied
+//! after the snapshot needed, and the replay debited the copy a second time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,8 +58,8 @@ fn calls(rng: &mut Rng, window: TimeDelta) -> Vec<Event> {
             .filter(|e| e.which == Which::Usage && e.arrival + window > arrival)
             .collect();
         let call = if rng.chance(500) && !recent.is_empty() {
-            // The oldest inside the window: its first arrival is the likeliest to sit in
-            // a dedup row an earlier snapshot wrote.
+            // The oldest inside the window: its first arrival is the likeliest to fall
+            // below the horizon of a partition clock that moved on since the snapshot.
             let copy = recent[rng.below(recent.len().min(2) as u64) as usize];
             let mut call = copy.input.clone().expect("every call is readable");
             call.time = Some(time);
