@@ -124,7 +124,7 @@ pub fn generate(rng: &mut Rng, partitions: i32, partitioner: Partitioner) -> Vec
     events
 }
 
-fn input(n: u64, ty: &str, account: &str, time: DateTime<Utc>, data: Data) -> Input {
+pub fn input(n: u64, ty: &str, account: &str, time: DateTime<Utc>, data: Data) -> Input {
     Input {
         ty: ty.into(),
         id: format!("evt-{n}"),
@@ -140,7 +140,7 @@ fn time_json(t: DateTime<Utc>) -> Value {
 }
 
 /// The CloudEvent for the kinds of input the simulation sends.
-fn to_json(input: &Input) -> String {
+pub fn to_json(input: &Input) -> String {
     let data = match &input.data {
         Data::Usage(u) => {
             let mut data = json!({"user": u.user, "feature": u.feature});

@@ -18,6 +18,7 @@
 mod broker;
 mod clickhouse;
 mod history;
+mod horizon;
 #[allow(dead_code)]
 #[path = "../../../core/tests/reference/mod.rs"]
 mod reference;
@@ -283,11 +284,23 @@ fn build(rng: &mut Rng) -> (World, history::Expected, usize) {
     config.pipeline.flush_interval = Duration::from_millis(20 + rng.below(300));
     config.pipeline.snapshot_min_rows = 1 + rng.below(30) as usize;
     config.pipeline.rollup_segment_records = 2 + rng.below(40) as u32;
+    let rules = rules::rules(MATRIX);
+    let events = history::generate(rng, partitions, config.kafka.partitioner);
+    place(rng, config, rules, partitions, events)
+}
+
+/// The world for `events` (in each partition's order) and what the model makes of them.
+fn place(
+    rng: &mut Rng,
+    config: Config,
+    rules: Rules,
+    partitions: i32,
+    events: Vec<history::Event>,
+) -> (World, history::Expected, usize) {
     let topics = (
         config.kafka.usage_topic.clone(),
         config.kafka.commands_topic.clone(),
     );
-    let rules = rules::rules(MATRIX);
     let mut broker = Broker::default();
     broker.topics = topics.clone();
     broker.partitions = partitions;
@@ -297,7 +310,7 @@ fn build(rng: &mut Rng) -> (World, history::Expected, usize) {
         }
     }
     let mut placed = Vec::new();
-    for event in history::generate(rng, partitions, config.kafka.partitioner) {
+    for event in events {
         let log = broker
             .logs
             .get_mut(&(event.which, event.partition))
