@@ -18,7 +18,7 @@ use tally_core::{Credits, LotKind};
 use super::super::merge::Which;
 use super::history::{input, to_json, Event};
 use super::reference::{Data, GrantData, UsageData};
-use super::{check, lock, place, rules, seed_from_env, Outcome, Rng, Sim, MATRIX};
+use super::{check, lock, place, rules, seeds, Outcome, Rng, Sim, MATRIX};
 use crate::config::Config;
 
 /// One account's calls, each 1 s to a quarter window after the one before, a third of
@@ -157,17 +157,10 @@ fn horizon(seed: u64) -> Result<bool, String> {
 /// arrival's window, taken for a duplicate of that one).
 #[test]
 fn a_snapshot_deletion_keeps_the_dedup_rows_a_replay_from_it_needs() {
-    let count: u64 = std::env::var("TALLY_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let (first, count) = match seed_from_env() {
-        Some(seed) => (seed, 1),
-        None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
-    };
-    eprintln!("horizon: seeds {first}..{}", first + count);
+    let seeds = seeds("horizon", 300);
+    let count = seeds.end - seeds.start;
     let mut crashed = 0;
-    for seed in first..first + count {
+    for seed in seeds {
         match horizon(seed) {
             Ok(hit) => crashed += u64::from(hit),
             Err(e) => panic!("horizon seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),

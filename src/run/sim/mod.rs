@@ -639,26 +639,29 @@ const MATRIX: &str = include_str!("../../../config/matrix.toml");
 /// `TALLY_SIM_SEEDS` says how many (300 by default).
 #[test]
 fn a_zombie_owner_changes_nothing() {
-    let count: u64 = std::env::var("TALLY_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let (first, count) = match seed_from_env() {
-        Some(seed) => (seed, 1),
-        None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
-    };
-    for seed in first..first + count {
+    for seed in seeds("zombie", 300) {
         if let Err(e) = simulate_with(seed, Some(150)) {
             panic!("zombie seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}");
         }
     }
 }
 
-/// `TALLY_SIM_SEED`: the one seed to replay.
-fn seed_from_env() -> Option<u64> {
-    std::env::var("TALLY_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
+/// The seeds a test of `family` runs, printed: the one `TALLY_SIM_SEED` names, or
+/// `TALLY_SIM_SEEDS` of them (`default` without it) from a random first seed.
+fn seeds(family: &str, default: u64) -> std::ops::Range<u64> {
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let (first, count) = match var("TALLY_SIM_SEED") {
+        Some(seed) => (seed, 1),
+        None => (
+            u64::from(rand::random::<u32>()) * 1_000_000,
+            var("TALLY_SIM_SEEDS").unwrap_or(default),
+        ),
+    };
+    eprintln!(
+        "{family}: seeds {first}..{} (replay one with TALLY_SIM_SEED=<seed>)",
+        first + count
+    );
+    first..first + count
 }
 
 /// Prints the schedule's steps and the store's rows, for a replayed seed.
@@ -680,19 +683,8 @@ fn run_seeds(seeds: std::ops::Range<u64>) -> Result<Outcome, String> {
 
 #[test]
 fn every_schedule_ends_as_the_reference_model_says() {
-    let only = seed_from_env();
-    let count: u64 = std::env::var("TALLY_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
-    let (first, count) = match only {
-        Some(seed) => (seed, 1),
-        None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
-    };
-    eprintln!(
-        "simulation: seeds {first}..{} (replay one with TALLY_SIM_SEED=<seed>)",
-        first + count
-    );
+    let range = seeds("simulation", 2_000);
+    let (first, count) = (range.start, range.end - range.start);
     let started = Instant::now();
     // Seeds are independent: they share out over the cores, each schedule still on one
     // thread.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{build, check, lock, seed_from_env, Outcome, Rng, Sim};
+use super::{build, check, lock, seeds, Outcome, Rng, Sim};
 
 /// Runs member `id` for `rounds` rounds of a turn, its background writes and 50 ms, or
 /// until `done` says so.
@@ -84,17 +84,10 @@ fn takeover(seed: u64) -> Result<bool, String> {
 /// account N never rewrote missing or stale, or a call debited twice).
 #[test]
 fn a_zombie_snapshot_deletes_nothing_a_later_lineage_needs() {
-    let count: u64 = std::env::var("TALLY_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let (first, count) = match seed_from_env() {
-        Some(seed) => (seed, 1),
-        None => (u64::from(rand::random::<u32>()) * 1_000_000, count),
-    };
-    eprintln!("takeover: seeds {first}..{}", first + count);
+    let seeds = seeds("takeover", 300);
+    let count = seeds.end - seeds.start;
     let mut fenced = 0;
-    for seed in first..first + count {
+    for seed in seeds {
         match takeover(seed) {
             Ok(hit) => fenced += u64::from(hit),
             Err(e) => panic!("takeover seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),
