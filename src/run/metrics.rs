@@ -120,8 +120,8 @@ pub struct RunMetrics {
     /// The most records one side's queue has held since the process started: at most
     /// `pipeline.max_queued_records`.
     pub queue_peak_records: IntGauge,
-    /// Sides whose fetch was paused, by why: `full` (the queue reached its bound) or
-    /// `flush_failed` (every side, while flushes fail).
+    /// Sides whose fetch was paused, by side and why: `full` (the queue reached its bound)
+    /// or `flush_failed` (every side, while flushes fail).
     pub fetch_pauses: IntCounterVec,
 }
 
@@ -243,9 +243,9 @@ impl RunMetrics {
         let fetch_pauses = IntCounterVec::new(
             Opts::new(
                 "tally_fetch_pauses_total",
-                "Partition sides whose fetch was paused, by reason: full (its queue reached its bound) or flush_failed",
+                "Partition sides whose fetch was paused, by side (usage, commands) and reason: full (its queue reached its bound) or flush_failed",
             ),
-            &["reason"],
+            &["side", "reason"],
         )?;
         let collectors: [Box<dyn Collector>; 19] = [
             Box::new(applied.clone()),
@@ -285,8 +285,10 @@ impl RunMetrics {
         for outcome in ["duplicate", "new"] {
             dedup_confirmed.with_label_values(&[outcome]);
         }
-        for reason in [pause::FULL, pause::FLUSH_FAILED] {
-            fetch_pauses.with_label_values(&[reason]);
+        for side in [Which::Usage, Which::Commands] {
+            for reason in [pause::FULL, pause::FLUSH_FAILED] {
+                fetch_pauses.with_label_values(&[side.as_str(), reason]);
+            }
         }
         Ok(RunMetrics {
             registry,
@@ -340,6 +342,15 @@ impl RunMetrics {
             sent: self.alerts.with_label_values(&["sent"]),
             suppressed: self.alerts.with_label_values(&["suppressed"]),
             failed: self.alerts.with_label_values(&["failed"]),
+        }
+    }
+
+    /// Counts `sides` paused for `reason` (see [`pause`]).
+    pub fn paused(&self, sides: &[(Which, i32)], reason: &str) {
+        for (which, _) in sides {
+            self.fetch_pauses
+                .with_label_values(&[which.as_str(), reason])
+                .inc();
         }
     }
 

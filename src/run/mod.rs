@@ -1343,12 +1343,9 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
             Some(Ok(Ingest::Queued)) => polled += 1,
             Some(Ok(Ingest::Full { which, partition })) => {
                 // At once: the next poll must not add to it.
-                source.pause(&[(which, partition)]);
-                p.env
-                    .metrics
-                    .fetch_pauses
-                    .with_label_values(&[metrics::pause::FULL])
-                    .inc();
+                let side = [(which, partition)];
+                source.pause(&side);
+                p.env.metrics.paused(&side, metrics::pause::FULL);
                 polled += 1;
             }
             Some(Ok(Ingest::Rewind {
@@ -1505,11 +1502,7 @@ fn settle_fetch(p: &mut Pipeline, source: &mut dyn Source, failing: bool) {
     } else {
         metrics::pause::FULL
     };
-    p.env
-        .metrics
-        .fetch_pauses
-        .with_label_values(&[reason])
-        .inc_by(pause.len() as u64);
+    p.env.metrics.paused(&pause, reason);
     source.pause(&pause);
     source.resume(&resume);
 }

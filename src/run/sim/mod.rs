@@ -283,10 +283,13 @@ fn simulate_with(seed: u64, zombies: Option<u64>) -> Result<Outcome, String> {
     sim.outcome.rebalances = lock(&sim.world.broker).rebalances;
     sim.outcome.pauses = lock(&sim.world.broker).pauses;
     let metrics = &sim.world.metrics;
-    sim.outcome.full = metrics
-        .fetch_pauses
-        .with_label_values(&[super::metrics::pause::FULL])
-        .get();
+    sim.outcome.full = [Which::Usage, Which::Commands]
+        .iter()
+        .map(|side| {
+            let labels = [side.as_str(), super::metrics::pause::FULL];
+            metrics.fetch_pauses.with_label_values(&labels).get()
+        })
+        .sum();
     settled?;
     let (peak, bound) = (
         metrics.queue_peak_records.get(),
