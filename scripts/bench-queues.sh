@@ -6,9 +6,12 @@
 # broker and wait in their side's queue (tansu shares one byte budget among the partitions
 # of a fetch). BASE_BIN (the build before) and BIN (the build after) drain the same topics,
 # each into a fresh database of its own, alternating which goes first, ROUNDS times; per
-# drain: wall time, records a second and peak RSS (GNU time). STACK_UP=0 uses the stack as
+# drain: wall time, records a second and peak RSS (GNU time), and for the after build the
+# largest queue of a side and the sides paused (its /metrics on PORT, 7390 by default,
+# scraped until it exits). STACK_UP=0 uses the stack as
 # it runs. Extra settings for the after build go in AFTER_ENV (e.g.
-# "TALLY_PIPELINE__MAX_QUEUED_RECORDS=5000").
+# "TALLY_PIPELINE__MAX_QUEUED_RECORDS=5000"). The before build reads the shipped config of
+# BASE_REV (main by default): an older build refuses keys it does not know.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,7 +25,10 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [ "${STACK_UP:-1}" = 0 ] || bash scripts/stack-up.sh
 [ -n "${BIN:-}" ] || cargo build --release --quiet --bin tally
 AFTER="${BIN:-$TARGET/release/tally}"
-mkdir -p "$WORK"
+mkdir -p "$WORK/base-config"
+for file in tally.toml matrix.toml; do
+  git show "${BASE_REV:-main}:config/$file" > "$WORK/base-config/$file"
+done
 
 run="bench-queues-$(date +%s)"
 export TALLY_KAFKA__USAGE_TOPIC="$run.ai.usage" TALLY_KAFKA__COMMANDS_TOPIC="$run.credit.commands"
@@ -52,35 +58,55 @@ for i in range(calls):
           {"user": f"user-{i % 40}", "feature": "text_to_image"})
 EOF
 records=$((SETTINGS + ACCOUNTS + CALLS))
-TALLY_CLICKHOUSE__DATABASE=tally_bq_after "$AFTER" migrate >/dev/null
+TALLY_CLICKHOUSE__DATABASE=tally_bq_after "$AFTER" migrate >/dev/null 2>&1
 TALLY_CLICKHOUSE__DATABASE=tally_bq_after "$AFTER" send "$WORK/events.jsonl" 2>/dev/null
+
+# The after build's queue metrics, from the last scrape: the largest queue, sides paused.
+queues() {
+  local peak pauses
+  peak=$(grep '^tally_queue_peak_records ' "$WORK/metrics" | cut -d' ' -f2)
+  pauses=$(grep '^tally_fetch_pauses_total{reason="full"' "$WORK/metrics" | cut -d' ' -f2 | paste -sd+ | bc)
+  echo "${peak:--} ${pauses:--}"
+}
 
 # drain NAME BIN [ENV...]: a fresh database and group, then one timed drain.
 drain() {
-  local name="$1" bin="$2"
+  local name="$1" bin="$2" port="${PORT:-7390}"
   shift 2
   local db="tally_bq_$name"
   ch "DROP DATABASE IF EXISTS $db" >/dev/null
   env TALLY_CLICKHOUSE__DATABASE="$db" TALLY_KAFKA__GROUP_ID="$run-$name-$round" "$@" \
-    "$bin" migrate >/dev/null
-  env TALLY_CLICKHOUSE__DATABASE="$db" TALLY_KAFKA__GROUP_ID="$run-$name-$round" "$@" \
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" run --drain >/dev/null 2>"$WORK/$name.log"
+    "$bin" migrate >/dev/null 2>&1
+  : > "$WORK/metrics"
+  [ "$name" = after ] || port=""
+  env TALLY_CLICKHOUSE__DATABASE="$db" TALLY_KAFKA__GROUP_ID="$run-$name-$round" \
+    TALLY_STATUS__LISTEN="${port:+127.0.0.1:$port}" "$@" \
+    /usr/bin/time -f "%e %M" -o "$WORK/time" "$bin" run --drain >/dev/null 2>"$WORK/$name.log" &
+  local pid=$!
+  # The peak gauge only grows: the last scrape before the exit holds the drain's largest queue.
+  while [ -n "$port" ] && kill -0 "$pid" 2>/dev/null; do
+    curl -sf --max-time 1 "http://127.0.0.1:$port/metrics" > "$WORK/metrics.new" &&
+      mv "$WORK/metrics.new" "$WORK/metrics"
+    sleep 0.2
+  done
+  wait "$pid"
   read -r seconds rss_kb < "$WORK/time"
-  local ledger
+  local ledger queue
   ledger=$(ch "SELECT count() FROM $db.ledger FINAL WHERE entry_type = 'usage'")
-  python3 -c "print(f'{\"$name\":<7} {$round:<6} {$seconds:<10} {$records / $seconds:<12.0f} {$rss_kb / 1024:<14.0f} {$ledger}')"
+  queue=$(queues)
+  python3 -c "print(f'{\"$name\":<7} {$round:<6} {$seconds:<10} {$records / $seconds:<12.0f} {$rss_kb / 1024:<14.0f} {$ledger:<11} {\"$queue\"}')"
 }
 
 echo "== $SETTINGS settings and $ACCOUNTS grants (commands), $CALLS calls (usage) after them, 6 partitions"
-printf '%-7s %-6s %-10s %-12s %-14s %s\n' build round seconds records/s "peak RSS MiB" "usage rows"
+printf '%-7s %-6s %-10s %-12s %-14s %-11s %s\n' build round seconds records/s "peak RSS MiB" "usage rows" "largest queue, sides paused"
 for round in $(seq 1 "$ROUNDS"); do
   read -ra after_env <<< "${AFTER_ENV:-}"
   if [ $((round % 2)) = 1 ]; then
-    drain base "$BASE_BIN"
+    drain base "$BASE_BIN" TALLY_CONFIG="$WORK/base-config/tally.toml"
     drain after "$AFTER" "${after_env[@]}"
   else
     drain after "$AFTER" "${after_env[@]}"
-    drain base "$BASE_BIN"
+    drain base "$BASE_BIN" TALLY_CONFIG="$WORK/base-config/tally.toml"
   fi
 done
 ch "DROP DATABASE IF EXISTS tally_bq_base" >/dev/null

@@ -1656,6 +1656,18 @@ mod tests {
                 "rules.flex.threshold",
                 "between 0",
             ),
+            (
+                "TALLY_PIPELINE__MAX_QUEUED_RECORDS",
+                "0",
+                "pipeline.max_queued_records",
+                "between 1",
+            ),
+            (
+                "TALLY_PIPELINE__MAX_QUEUED_BYTES",
+                "100",
+                "pipeline.max_queued_bytes",
+                "between 1024",
+            ),
         ];
         for (name, value, key, problem) in cases {
             let err = Config::load(&shipped(), env(&[(name, value)])).unwrap_err();
