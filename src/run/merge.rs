@@ -110,14 +110,26 @@ pub struct Side {
     /// (a paused consumer fetches nothing, so the end it knows may be old).
     pub at_end_since: Option<Instant>,
     /// Where records last went missing and the side was read again: from a little before
-    /// (the first time at a position), then from the beginning (the second). A broker must
+    /// (the first time at a position; right after a resume, from less before first, see
+    /// [`Side::resumed_at`]), then from the beginning (the second). A broker must
     /// return the record batch that contains the fetch offset; tansu 0.6 returns the next
     /// batch instead, so a seek into the middle of a batch would skip records. A gap met
     /// a third time at the same position is real (compaction, transaction markers).
     pub rewound_at: Option<(i64, Rewind)>,
+    /// The position at the side's last resume: a gap met there first reads again from
+    /// [`RESUME_LEAD_IN`] before it.
+    pub resumed_at: Option<i64>,
     /// When the last record arrived (or the side was assigned).
     pub last_received: Instant,
 }
+
+/// How far before its position a side is read again first when records go missing right
+/// after it resumed. librdkafka resumes at the record after the last one handed over, which
+/// is usually inside a record batch; tansu answers that fetch with the next batch. The
+/// batches `tally send` and most producers write are far smaller than the general lead-in
+/// (`run::LEAD_IN`, 10,000), so every resume would otherwise read up to 10,000 records
+/// again; if the batch is larger, the gap comes again and the general lead-in follows.
+pub const RESUME_LEAD_IN: i64 = 1_000;
 
 /// Where a side is read again from when records before its position went missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +145,15 @@ impl Side {
     /// once both rewinds were tried at this position (the gap is real).
     pub fn rewind(&mut self, lead_in: i64) -> Option<Rewind> {
         let at = self.received_next;
+        let back = |by: i64| at.saturating_sub(by).max(0);
         let next = match self.rewound_at {
             Some((position, Rewind::Beginning)) if position == at => return None,
+            Some((position, Rewind::To(to))) if position == at && to > back(lead_in) => {
+                Rewind::To(back(lead_in))
+            }
             Some((position, Rewind::To(_))) if position == at => Rewind::Beginning,
-            _ => Rewind::To(at.saturating_sub(lead_in).max(0)),
+            _ if self.resumed_at == Some(at) => Rewind::To(back(RESUME_LEAD_IN)),
+            _ => Rewind::To(back(lead_in)),
         };
         self.rewound_at = Some((at, next));
         Some(next)
@@ -152,6 +169,7 @@ impl Side {
             high: None,
             at_end_since: None,
             rewound_at: None,
+            resumed_at: None,
             last_received: Instant::now(),
         }
     }
@@ -242,6 +260,7 @@ impl Side {
         if change == Some(Change::Resume) {
             self.forget_idle();
             self.last_received = now;
+            self.resumed_at = Some(self.received_next);
         }
         change
     }
@@ -425,6 +444,7 @@ mod tests {
             high: Some(high),
             at_end_since: None,
             rewound_at: None,
+            resumed_at: None,
             last_received: Instant::now(),
         }
     }
@@ -609,6 +629,17 @@ mod tests {
             "a new position starts over"
         );
         assert_eq!(Side::starting_at(3).rewind(10_000), Some(Rewind::To(0)));
+        // Right after a resume: a little before first, then as usual.
+        let mut resumed = Side::starting_at(25_000);
+        resumed.resumed_at = Some(25_000);
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::To(24_000)));
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::To(15_000)));
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::Beginning));
+        assert_eq!(resumed.rewind(10_000), None);
+        let mut near_start = Side::starting_at(500);
+        near_start.resumed_at = Some(500);
+        assert_eq!(near_start.rewind(10_000), Some(Rewind::To(0)));
+        assert_eq!(near_start.rewind(10_000), Some(Rewind::Beginning));
     }
 
     #[test]
