@@ -459,6 +459,12 @@ pub struct PipelineConfig {
     /// what is left) when stderr is not a terminal; on a terminal they draw a bar instead.
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
+    /// Most records one side (usage or commands) of a partition holds received and not yet
+    /// applied, e.g. while the other side lags: at this many its fetch pauses, and it
+    /// resumes once the merge has applied half of them.
+    pub max_queued_records: usize,
+    /// The same bound in bytes (received key and payload, plus each entry's fixed size).
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -623,6 +629,8 @@ impl Default for PipelineConfig {
             rollup_segment_records: 50_000,
             shutdown_timeout: Duration::from_secs(30),
             progress_interval: Duration::from_secs(5),
+            max_queued_records: 20_000,
+            max_queued_bytes: 16 << 20,
         }
     }
 }
@@ -997,6 +1005,19 @@ impl Config {
             return Err(key_err(
                 "pipeline.max_batch_events",
                 "must be between 1 and 500000".into(),
+            ));
+        }
+        if self.pipeline.max_queued_records == 0 || self.pipeline.max_queued_records > 1_000_000 {
+            // The queues of every partition's two sides are held in memory at once.
+            return Err(key_err(
+                "pipeline.max_queued_records",
+                "must be between 1 and 1000000".into(),
+            ));
+        }
+        if self.pipeline.max_queued_bytes < 1 << 10 || self.pipeline.max_queued_bytes > 1 << 30 {
+            return Err(key_err(
+                "pipeline.max_queued_bytes",
+                "must be between 1024 and 1073741824".into(),
             ));
         }
         if self.pipeline.rollup_segment_records == 0
@@ -1634,6 +1655,18 @@ mod tests {
                 "-1",
                 "rules.flex.threshold",
                 "between 0",
+            ),
+            (
+                "TALLY_PIPELINE__MAX_QUEUED_RECORDS",
+                "0",
+                "pipeline.max_queued_records",
+                "between 1",
+            ),
+            (
+                "TALLY_PIPELINE__MAX_QUEUED_BYTES",
+                "100",
+                "pipeline.max_queued_bytes",
+                "between 1024",
             ),
         ];
         for (name, value, key, problem) in cases {

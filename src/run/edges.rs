@@ -68,6 +68,12 @@ pub struct Record<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ingest {
     Queued,
+    /// Queued, and the side's queue reached its bound (see [`super::merge::Bound`]): pause
+    /// fetching the side before the next poll.
+    Full {
+        which: Which,
+        partition: i32,
+    },
     /// The record skips offsets: read the side again from `to` (see
     /// [`super::merge::Side::rewound_at`]).
     Rewind {
@@ -105,9 +111,14 @@ pub trait Source {
     fn assign(&mut self, starts: &[(Which, i32, Rewind)]);
     fn unassign(&mut self);
     fn seek(&mut self, which: Which, partition: i32, to: Rewind);
-    /// Stops and restarts fetching on every assigned partition.
-    fn pause(&mut self);
-    fn resume(&mut self);
+    /// Stops fetching these sides (topic, partition) of the assignment: no record of them
+    /// comes out of `poll` after this returns, not even one the consumer fetched ahead
+    /// (librdkafka drops those and fetches them again on resume). An assignment starts
+    /// with every side fetched.
+    fn pause(&mut self, sides: &[(Which, i32)]);
+    /// Fetches these sides again, from the record after the last one `poll` handed over
+    /// (or from where a seek since put them): nothing is skipped or handed over twice.
+    fn resume(&mut self, sides: &[(Which, i32)]);
     /// The side's end as of the last fetch response, without a request.
     fn fetched_end(&self, which: Which, partition: i32) -> Option<i64>;
     /// Every partition's end of both topics now (asks the broker).

@@ -111,8 +111,13 @@ impl KafkaSource {
         }
     }
 
-    fn assignment(&self) -> Option<TopicPartitionList> {
-        self.consumer.assignment().ok()
+    /// The list of these sides, for `pause` and `resume`.
+    fn sides(&self, sides: &[(Which, i32)]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &(which, partition) in sides {
+            list.add_partition(self.topic(which), partition);
+        }
+        list
     }
 }
 
@@ -158,6 +163,12 @@ impl Source for KafkaSource {
     }
 
     fn assign(&mut self, starts: &[(Which, i32, Rewind)]) {
+        // librdkafka keeps a partition the application paused paused across unassign and
+        // assign (the flag lives on the partition, not the assignment): a side paused
+        // under an earlier assignment would never be fetched again. Resuming one that is
+        // not paused does nothing.
+        let sides: Vec<(Which, i32)> = starts.iter().map(|&(w, p, _)| (w, p)).collect();
+        self.resume(&sides);
         let mut assignment = TopicPartitionList::new();
         for &(which, partition, to) in starts {
             let topic = self.topic(which).to_string();
@@ -186,19 +197,21 @@ impl Source for KafkaSource {
         }
     }
 
-    fn pause(&mut self) {
-        if let Some(assignment) = self.assignment() {
-            if let Err(e) = self.consumer.pause(&assignment) {
-                tracing::warn!(error = %e, "cannot pause consumption");
-            }
+    fn pause(&mut self, sides: &[(Which, i32)]) {
+        if sides.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consumer.pause(&self.sides(sides)) {
+            tracing::warn!(error = %e, "cannot pause consumption");
         }
     }
 
-    fn resume(&mut self) {
-        if let Some(assignment) = self.assignment() {
-            if let Err(e) = self.consumer.resume(&assignment) {
-                tracing::warn!(error = %e, "cannot resume consumption");
-            }
+    fn resume(&mut self, sides: &[(Which, i32)]) {
+        if sides.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consumer.resume(&self.sides(sides)) {
+            tracing::warn!(error = %e, "cannot resume consumption");
         }
     }
 

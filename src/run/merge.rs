@@ -36,6 +36,12 @@ pub struct Forwarding {
 }
 
 impl Pending {
+    /// What it takes in a side's queue, for the side's byte bound: the entry itself and
+    /// the received bytes it keeps (the parsed event's fields are about as many again).
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Pending>() + self.key.as_ref().map_or(0, Vec::len) + self.payload.len()
+    }
+
     /// Rejected payloads have no time and never wait, nor do records forwarded elsewhere
     /// (they are applied in their own partition's order).
     fn time(&self) -> Option<DateTime<Utc>> {
@@ -46,9 +52,52 @@ impl Pending {
     }
 }
 
+/// How much one side of a partition may hold received and not applied (TigerBeetle's "a
+/// bound on every queue"): at the bound the source stops fetching it, and once the merge
+/// has drained it to half (the low-water mark) it fetches again. Half, so that a resumed
+/// side takes a good share of records per pause rather than flapping on every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl Bound {
+    fn reached(self, records: usize, bytes: usize) -> bool {
+        records >= self.records || bytes >= self.bytes
+    }
+
+    fn drained(self, records: usize, bytes: usize) -> bool {
+        records <= self.records / 2 && bytes <= self.bytes / 2
+    }
+}
+
+/// Whether the source fetches a side, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    Open,
+    /// Its queue reached its [`Bound`]: paused until the merge drains it to half.
+    Full,
+    /// Paused with every other side while flushes fail (nothing is applied meanwhile).
+    Held,
+}
+
+/// What to tell the source about a side after a pass of the merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Pause,
+    Resume,
+}
+
 /// One topic's side of a partition.
 pub struct Side {
+    /// Received, not applied. Grown by [`Side::push`] and taken by [`Side::pop`] only, which
+    /// keep `queued_bytes`.
     pub queue: VecDeque<Pending>,
+    /// The queue's [`Pending::footprint`]s, summed.
+    pub queued_bytes: usize,
+    /// Whether the source fetches this side.
+    pub fetch: Fetch,
     /// Next offset to apply: the side's committed position.
     pub applied_next: i64,
     /// Next offset to receive.
@@ -61,14 +110,26 @@ pub struct Side {
     /// (a paused consumer fetches nothing, so the end it knows may be old).
     pub at_end_since: Option<Instant>,
     /// Where records last went missing and the side was read again: from a little before
-    /// (the first time at a position), then from the beginning (the second). A broker must
+    /// (the first time at a position; right after a resume, from less before first, see
+    /// [`Side::resumed_at`]), then from the beginning (the second). A broker must
     /// return the record batch that contains the fetch offset; tansu 0.6 returns the next
     /// batch instead, so a seek into the middle of a batch would skip records. A gap met
     /// a third time at the same position is real (compaction, transaction markers).
     pub rewound_at: Option<(i64, Rewind)>,
+    /// The position at the side's last resume: a gap met there first reads again from
+    /// [`RESUME_LEAD_IN`] before it.
+    pub resumed_at: Option<i64>,
     /// When the last record arrived (or the side was assigned).
     pub last_received: Instant,
 }
+
+/// How far before its position a side is read again first when records go missing right
+/// after it resumed. librdkafka resumes at the record after the last one handed over, which
+/// is usually inside a record batch; tansu answers that fetch with the next batch. The
+/// batches `tally send` and most producers write are far smaller than the general lead-in
+/// (`run::LEAD_IN`, 10,000), so every resume would otherwise read up to 10,000 records
+/// again; if the batch is larger, the gap comes again and the general lead-in follows.
+pub const RESUME_LEAD_IN: i64 = 1_000;
 
 /// Where a side is read again from when records before its position went missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +145,15 @@ impl Side {
     /// once both rewinds were tried at this position (the gap is real).
     pub fn rewind(&mut self, lead_in: i64) -> Option<Rewind> {
         let at = self.received_next;
+        let back = |by: i64| at.saturating_sub(by).max(0);
         let next = match self.rewound_at {
             Some((position, Rewind::Beginning)) if position == at => return None,
+            Some((position, Rewind::To(to))) if position == at && to > back(lead_in) => {
+                Rewind::To(back(lead_in))
+            }
             Some((position, Rewind::To(_))) if position == at => Rewind::Beginning,
-            _ => Rewind::To(at.saturating_sub(lead_in).max(0)),
+            _ if self.resumed_at == Some(at) => Rewind::To(back(RESUME_LEAD_IN)),
+            _ => Rewind::To(back(lead_in)),
         };
         self.rewound_at = Some((at, next));
         Some(next)
@@ -96,11 +162,14 @@ impl Side {
     pub fn starting_at(offset: i64) -> Side {
         Side {
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            fetch: Fetch::Open,
             applied_next: offset,
             received_next: offset,
             high: None,
             at_end_since: None,
             rewound_at: None,
+            resumed_at: None,
             last_received: Instant::now(),
         }
     }
@@ -111,12 +180,13 @@ impl Side {
     }
 
     /// Takes a new end from a fetch response and notes when the side was first seen at
-    /// it. Records received since (see [`Side::received`]) reset the idle clock.
+    /// it. Records received since (see [`Side::received`]) reset the idle clock, and a
+    /// paused side is never seen at its end: nothing fetches it, so its end may be old.
     pub fn observe_end(&mut self, high: Option<i64>, now: Instant) {
         if high.is_some() {
             self.high = high;
         }
-        if !self.at_end() {
+        if !self.at_end() || self.fetch != Fetch::Open {
             self.at_end_since = None;
         } else if self.at_end_since.is_none() {
             self.at_end_since = Some(now);
@@ -134,6 +204,65 @@ impl Side {
     /// The end this side knows may be old (the consumer was paused or blocked).
     pub fn forget_idle(&mut self) {
         self.at_end_since = None;
+    }
+
+    /// Queues a received record. `true` when the queue has just reached its bound: the
+    /// caller pauses the side's fetch at once, so no poll adds to it meanwhile (librdkafka
+    /// hands over nothing of a paused partition, not even what it fetched ahead).
+    pub fn push(&mut self, pending: Pending, bound: Bound) -> bool {
+        let footprint = pending.footprint();
+        self.queued_bytes += footprint;
+        self.queue.push_back(pending);
+        // A paused side receives nothing: a queue exceeds its bound by at most the record
+        // that reached it.
+        debug_assert!(
+            self.queue.len() <= bound.records
+                && self.queued_bytes < bound.bytes.saturating_add(footprint),
+            "a side's queue past its bound: {} records, {} bytes, bound {bound:?}, {:?}",
+            self.queue.len(),
+            self.queued_bytes,
+            self.fetch
+        );
+        if self.fetch == Fetch::Open && bound.reached(self.queue.len(), self.queued_bytes) {
+            self.fetch = Fetch::Full;
+            return true;
+        }
+        false
+    }
+
+    /// Takes the head of the queue, to apply it.
+    pub fn pop(&mut self) -> Option<Pending> {
+        let pending = self.queue.pop_front()?;
+        debug_assert!(
+            self.queued_bytes >= pending.footprint(),
+            "bytes counted at push"
+        );
+        self.queued_bytes -= pending.footprint();
+        Some(pending)
+    }
+
+    /// After a pass of the merge: whether the source should pause or resume this side, now
+    /// that its queue is where it is and flushes fail or not (`failing`: every side holds,
+    /// and a full side stays paused after the failure until drained). A resumed side's end
+    /// is old and its silence while paused was no stall.
+    pub fn settle_fetch(&mut self, bound: Bound, failing: bool, now: Instant) -> Option<Change> {
+        let (records, bytes) = (self.queue.len(), self.queued_bytes);
+        let (next, change) = match self.fetch {
+            Fetch::Open if failing => (Fetch::Held, Some(Change::Pause)),
+            Fetch::Open if bound.reached(records, bytes) => (Fetch::Full, Some(Change::Pause)),
+            Fetch::Full if bound.drained(records, bytes) && failing => (Fetch::Held, None),
+            Fetch::Full if bound.drained(records, bytes) => (Fetch::Open, Some(Change::Resume)),
+            Fetch::Held if !failing && bound.reached(records, bytes) => (Fetch::Full, None),
+            Fetch::Held if !failing => (Fetch::Open, Some(Change::Resume)),
+            unchanged => (unchanged, None),
+        };
+        self.fetch = next;
+        if change == Some(Change::Resume) {
+            self.forget_idle();
+            self.last_received = now;
+            self.resumed_at = Some(self.received_next);
+        }
+        change
     }
 }
 
@@ -305,13 +434,17 @@ mod tests {
     }
 
     fn side(items: Vec<Pending>, received_next: i64, high: i64) -> Side {
+        let queued_bytes = items.iter().map(Pending::footprint).sum();
         Side {
             queue: items.into(),
+            queued_bytes,
+            fetch: Fetch::Open,
             applied_next: 0,
             received_next,
             high: Some(high),
             at_end_since: None,
             rewound_at: None,
+            resumed_at: None,
             last_received: Instant::now(),
         }
     }
@@ -496,6 +629,17 @@ mod tests {
             "a new position starts over"
         );
         assert_eq!(Side::starting_at(3).rewind(10_000), Some(Rewind::To(0)));
+        // Right after a resume: a little before first, then as usual.
+        let mut resumed = Side::starting_at(25_000);
+        resumed.resumed_at = Some(25_000);
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::To(24_000)));
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::To(15_000)));
+        assert_eq!(resumed.rewind(10_000), Some(Rewind::Beginning));
+        assert_eq!(resumed.rewind(10_000), None);
+        let mut near_start = Side::starting_at(500);
+        near_start.resumed_at = Some(500);
+        assert_eq!(near_start.rewind(10_000), Some(Rewind::To(0)));
+        assert_eq!(near_start.rewind(10_000), Some(Rewind::Beginning));
     }
 
     #[test]
@@ -508,5 +652,81 @@ mod tests {
             next(&u, &side(vec![], 0, 9), now, IDLE),
             Decision::Apply(Which::Usage)
         );
+    }
+
+    #[test]
+    fn a_full_side_pauses_at_its_bound_and_resumes_at_half() {
+        let now = Instant::now();
+        let bound = Bound {
+            records: 4,
+            bytes: usize::MAX,
+        };
+        let mut s = Side::starting_at(0);
+        for offset in 0..3 {
+            assert!(!s.push(pending(offset, Some(TEN), now), bound));
+        }
+        assert!(
+            s.push(pending(3, Some(TEN), now), bound),
+            "the fourth fills it"
+        );
+        assert_eq!(s.fetch, Fetch::Full);
+        assert_eq!(s.settle_fetch(bound, false, now), None, "paused already");
+        s.pop();
+        assert_eq!(
+            s.settle_fetch(bound, false, now),
+            None,
+            "3 left: above half"
+        );
+        s.pop();
+        s.observe_end(Some(4), now);
+        assert_eq!(
+            s.at_end_since, None,
+            "a paused side is never idle at its end"
+        );
+        assert_eq!(s.settle_fetch(bound, false, now), Some(Change::Resume));
+        assert_eq!(s.fetch, Fetch::Open);
+        assert_eq!(
+            s.queued_bytes,
+            s.queue.iter().map(Pending::footprint).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn bytes_bound_a_side_too() {
+        let now = Instant::now();
+        let one = pending(0, Some(TEN), now).footprint();
+        let bound = Bound {
+            records: 1_000,
+            bytes: one * 2,
+        };
+        let mut s = Side::starting_at(0);
+        assert!(!s.push(pending(0, Some(TEN), now), bound));
+        assert!(s.push(pending(1, Some(TEN), now), bound));
+        s.pop();
+        assert_eq!(s.settle_fetch(bound, false, now), Some(Change::Resume));
+        assert_eq!(s.queued_bytes, one);
+    }
+
+    #[test]
+    fn a_failing_flush_holds_every_side_and_its_end_keeps_full_ones_paused() {
+        let now = Instant::now();
+        let bound = Bound {
+            records: 2,
+            bytes: usize::MAX,
+        };
+        let mut open = Side::starting_at(0);
+        let mut full = Side::starting_at(0);
+        full.push(pending(0, Some(TEN), now), bound);
+        assert!(full.push(pending(1, Some(TEN), now), bound));
+        assert_eq!(open.settle_fetch(bound, true, now), Some(Change::Pause));
+        assert_eq!(full.settle_fetch(bound, true, now), None);
+        // The flush succeeds again: the open side resumes, the full one stays paused...
+        assert_eq!(open.settle_fetch(bound, false, now), Some(Change::Resume));
+        assert_eq!(full.settle_fetch(bound, false, now), None);
+        // ... until the merge drains it, and not while another failure holds it.
+        full.pop();
+        assert_eq!(full.settle_fetch(bound, true, now), None);
+        assert_eq!(full.fetch, Fetch::Held);
+        assert_eq!(full.settle_fetch(bound, false, now), Some(Change::Resume));
     }
 }

@@ -53,6 +53,12 @@ pub mod phase {
     ];
 }
 
+/// Why a side's fetch was paused (`tally_fetch_pauses_total{reason}`).
+pub mod pause {
+    pub const FULL: &str = "full";
+    pub const FLUSH_FAILED: &str = "flush_failed";
+}
+
 /// Seconds from a record's broker timestamp to its application: sub-second when the
 /// consumer keeps up, up to an hour for a backlog (older is +Inf).
 const DELAY_BUCKETS: [f64; 15] = [
@@ -106,6 +112,17 @@ pub struct RunMetrics {
     /// Probable duplicates (sealed fingerprints) confirmed against ClickHouse, by what
     /// the exact rows said: `duplicate` or `new`.
     pub dedup_confirmed: IntCounterVec,
+    /// Records received and not applied, over every side of every partition, after the
+    /// last batch of polls (when the queues are fullest).
+    pub queued_records: IntGauge,
+    /// The same in bytes (see `merge::Pending::footprint`).
+    pub queued_bytes: IntGauge,
+    /// The most records one side's queue has held since the process started: at most
+    /// `pipeline.max_queued_records`.
+    pub queue_peak_records: IntGauge,
+    /// Sides whose fetch was paused, by side and why: `full` (the queue reached its bound)
+    /// or `flush_failed` (every side, while flushes fail).
+    pub fetch_pauses: IntCounterVec,
 }
 
 impl RunMetrics {
@@ -211,7 +228,26 @@ impl RunMetrics {
             ),
             &["outcome"],
         )?;
-        let collectors: [Box<dyn Collector>; 15] = [
+        let queued_records = IntGauge::new(
+            "tally_queued_records",
+            "Records received and not yet applied, all partitions and sides, after the last batch of polls",
+        )?;
+        let queued_bytes = IntGauge::new(
+            "tally_queued_bytes",
+            "Bytes of the records received and not yet applied, all partitions and sides",
+        )?;
+        let queue_peak_records = IntGauge::new(
+            "tally_queue_peak_records",
+            "The most records one partition side has held received and not applied since start (bounded by pipeline.max_queued_records)",
+        )?;
+        let fetch_pauses = IntCounterVec::new(
+            Opts::new(
+                "tally_fetch_pauses_total",
+                "Partition sides whose fetch was paused, by side (usage, commands) and reason: full (its queue reached its bound) or flush_failed",
+            ),
+            &["side", "reason"],
+        )?;
+        let collectors: [Box<dyn Collector>; 19] = [
             Box::new(applied.clone()),
             Box::new(rejected.clone()),
             Box::new(duplicates.clone()),
@@ -227,6 +263,10 @@ impl RunMetrics {
             Box::new(http_requests.clone()),
             Box::new(dedup_ids.clone()),
             Box::new(dedup_confirmed.clone()),
+            Box::new(queued_records.clone()),
+            Box::new(queued_bytes.clone()),
+            Box::new(queue_peak_records.clone()),
+            Box::new(fetch_pauses.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
@@ -245,6 +285,11 @@ impl RunMetrics {
         for outcome in ["duplicate", "new"] {
             dedup_confirmed.with_label_values(&[outcome]);
         }
+        for side in [Which::Usage, Which::Commands] {
+            for reason in [pause::FULL, pause::FLUSH_FAILED] {
+                fetch_pauses.with_label_values(&[side.as_str(), reason]);
+            }
+        }
         Ok(RunMetrics {
             registry,
             applied,
@@ -262,6 +307,10 @@ impl RunMetrics {
             http_requests,
             dedup_ids,
             dedup_confirmed,
+            queued_records,
+            queued_bytes,
+            queue_peak_records,
+            fetch_pauses,
         })
     }
 
@@ -293,6 +342,15 @@ impl RunMetrics {
             sent: self.alerts.with_label_values(&["sent"]),
             suppressed: self.alerts.with_label_values(&["suppressed"]),
             failed: self.alerts.with_label_values(&["failed"]),
+        }
+    }
+
+    /// Counts `sides` paused for `reason` (see [`pause`]).
+    pub fn paused(&self, sides: &[(Which, i32)], reason: &str) {
+        for (which, _) in sides {
+            self.fetch_pauses
+                .with_label_values(&[which.as_str(), reason])
+                .inc();
         }
     }
 

@@ -315,10 +315,43 @@ impl Pipeline {
         self.last_any_received = now;
         side.received(message.offset, now);
         let pending = self.pending(message, which, now);
-        if let Some(work) = self.parts.get_mut(&message.partition) {
-            work.side_mut(which).queue.push_back(pending);
+        let bound = self.bound();
+        let Some(work) = self.parts.get_mut(&message.partition) else {
+            return Ingest::Queued;
+        };
+        if work.side_mut(which).push(pending, bound) {
+            return Ingest::Full {
+                which,
+                partition: message.partition,
+            };
         }
         Ingest::Queued
+    }
+
+    /// How much each side of a partition may hold received and not applied.
+    fn bound(&self) -> merge::Bound {
+        merge::Bound {
+            records: self.env.config.pipeline.max_queued_records,
+            bytes: self.env.config.pipeline.max_queued_bytes,
+        }
+    }
+
+    /// Sets the queue gauges, after a batch of polls (when the queues are fullest).
+    fn export_queues(&self) {
+        let (mut records, mut bytes, mut most) = (0, 0, 0);
+        for work in self.parts.values() {
+            for side in [&work.usage, &work.commands] {
+                records += side.queue.len();
+                bytes += side.queued_bytes;
+                most = most.max(side.queue.len());
+            }
+        }
+        let metrics = &self.env.metrics;
+        metrics.queued_records.set(records as i64);
+        metrics.queued_bytes.set(bytes as i64);
+        if most as i64 > metrics.queue_peak_records.get() {
+            metrics.queue_peak_records.set(most as i64);
+        }
     }
 
     /// A received record, screened at the edges (see [`screen`]): to apply here, to
@@ -1308,6 +1341,13 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
         };
         match source.poll(timeout, &mut |record| p.ingest(record)) {
             Some(Ok(Ingest::Queued)) => polled += 1,
+            Some(Ok(Ingest::Full { which, partition })) => {
+                // At once: the next poll must not add to it.
+                let side = [(which, partition)];
+                source.pause(&side);
+                p.env.metrics.paused(&side, metrics::pause::FULL);
+                polled += 1;
+            }
             Some(Ok(Ingest::Rewind {
                 which,
                 partition,
@@ -1323,6 +1363,7 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
             None => break,
         }
     }
+    p.export_queues();
     let now = p.env.clock.now();
     if let Some(every) = d.tick_every {
         if !p.parts.is_empty() && d.last_tick.is_none_or(|t| now.duration_since(t) >= every) {
@@ -1349,21 +1390,12 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
             if d.paused {
                 d.paused = false;
                 set_state(&d.status, ProcessState::Running);
-                source.resume();
-                // Nothing was fetched while paused: the ends known are old.
-                for work in p.parts.values_mut() {
-                    work.usage.forget_idle();
-                    work.commands.forget_idle();
-                }
                 tracing::info!("writes succeed again, consumption resumed");
             }
             source.commit(&offsets, false);
         }
         Err(e) => {
-            if !d.paused {
-                d.paused = true;
-                source.pause();
-            }
+            d.paused = true;
             set_state(
                 &d.status,
                 ProcessState::Paused {
@@ -1373,6 +1405,7 @@ fn turn(p: &mut Pipeline, source: &mut dyn Source, d: &mut Driver) -> Turn {
             tracing::warn!(error = %format!("{e:#}"), "flush failed, consumption paused, retrying");
         }
     }
+    settle_fetch(p, source, d.paused);
     p.report(&mut d.status.lock().unwrap_or_else(|e| e.into_inner()));
     p.export_lag();
     if let Some(progress) = d.progress.as_mut() {
@@ -1418,7 +1451,9 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
             // `Side::rewound_at`). While other partitions receive, a side may just be
             // starved: tansu shares one byte budget among all partitions of a fetch.
             let Some(end) = side.high else { continue };
+            // A side paused because its queue is full receives nothing on purpose too.
             if !paused
+                && side.fetch == merge::Fetch::Open
                 && side.received_next < end
                 && now.duration_since(side.last_received) >= STALL
                 && now.duration_since(last_any_received) >= STALL
@@ -1440,6 +1475,36 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
             }
         }
     }
+}
+
+/// Pauses and resumes the fetch of each side as its queue and the flushes require (see
+/// [`merge::Side::settle_fetch`]): every side while flushes fail, and a full side until
+/// the merge drained it, also after a failure ends. Partitions claimed but not yet
+/// assigned to the source are left until they are.
+fn settle_fetch(p: &mut Pipeline, source: &mut dyn Source, failing: bool) {
+    let bound = p.bound();
+    let now = p.env.clock.now();
+    let (mut pause, mut resume) = (Vec::new(), Vec::new());
+    for work in p.parts.values_mut() {
+        if p.claimed.contains_key(&work.partition) {
+            continue;
+        }
+        for which in [Which::Usage, Which::Commands] {
+            match work.side_mut(which).settle_fetch(bound, failing, now) {
+                Some(merge::Change::Pause) => pause.push((which, work.partition)),
+                Some(merge::Change::Resume) => resume.push((which, work.partition)),
+                None => {}
+            }
+        }
+    }
+    let reason = if failing {
+        metrics::pause::FLUSH_FAILED
+    } else {
+        metrics::pause::FULL
+    };
+    p.env.metrics.paused(&pause, reason);
+    source.pause(&pause);
+    source.resume(&resume);
 }
 
 fn set_state(status: &crate::status::Shared, state: ProcessState) {

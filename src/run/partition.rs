@@ -167,7 +167,7 @@ impl PartitionWork {
             if self.needs_confirm(rules, which) {
                 break;
             }
-            let Some(pending) = self.side_mut(which).queue.pop_front() else {
+            let Some(pending) = self.side_mut(which).pop() else {
                 break;
             };
             let topic = match which {

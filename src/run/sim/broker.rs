@@ -38,6 +38,8 @@ pub struct Broker {
     /// A rebalance waits for every holder to unassign.
     rebalancing: bool,
     pub rebalances: u64,
+    /// Sides paused by any member, over the schedule.
+    pub pauses: u64,
 }
 
 impl Broker {
@@ -108,9 +110,11 @@ pub struct SimSource {
     pub member: usize,
     pub broker: Arc<Mutex<Broker>>,
     pub rng: Rng,
+    /// The next record to hand over, per assigned side: where a paused side resumes.
     positions: BTreeMap<(Which, i32), i64>,
     fetched: BTreeMap<(Which, i32), i64>,
-    paused: bool,
+    /// Sides paused, as librdkafka pauses partitions: nothing fetched, nothing handed over.
+    paused: BTreeSet<(Which, i32)>,
 }
 
 impl SimSource {
@@ -121,7 +125,7 @@ impl SimSource {
             rng: Rng::new(seed),
             positions: BTreeMap::new(),
             fetched: BTreeMap::new(),
-            paused: false,
+            paused: BTreeSet::new(),
         }
     }
 }
@@ -132,12 +136,12 @@ impl Source for SimSource {
         _timeout: Duration,
         take: &mut dyn FnMut(&Record<'_>) -> Ingest,
     ) -> Option<Result<Ingest, String>> {
-        if self.paused || self.positions.is_empty() {
+        if self.positions.is_empty() {
             return None;
         }
         let broker = lock(&self.broker);
-        // A fetch response: the ends of every assigned partition.
-        for key in self.positions.keys() {
+        // A fetch response: the ends of every assigned side that is not paused.
+        for key in self.positions.keys().filter(|k| !self.paused.contains(k)) {
             let end = broker.logs.get(key).map_or(0, |log| log.len() as i64);
             self.fetched.insert(*key, end);
         }
@@ -148,10 +152,11 @@ impl Source for SimSource {
             .positions
             .iter()
             .filter(|(key, at)| {
-                broker
-                    .logs
-                    .get(key)
-                    .is_some_and(|log| (**at as usize) < log.len())
+                !self.paused.contains(key)
+                    && broker
+                        .logs
+                        .get(key)
+                        .is_some_and(|log| (**at as usize) < log.len())
             })
             .map(|(key, _)| *key)
             .collect();
@@ -185,8 +190,8 @@ impl Source for SimSource {
     }
 
     fn assign(&mut self, starts: &[(Which, i32, Rewind)]) {
-        // As librdkafka pauses partitions, not the consumer: a new assignment is not.
-        self.paused = false;
+        // A new assignment starts with every side fetched (see `KafkaSource::assign`).
+        self.paused.clear();
         self.positions.clear();
         self.fetched.clear();
         for &(which, partition, to) in starts {
@@ -195,7 +200,7 @@ impl Source for SimSource {
     }
 
     fn unassign(&mut self) {
-        self.paused = false;
+        self.paused.clear();
         self.positions.clear();
         self.fetched.clear();
         let mut broker = lock(&self.broker);
@@ -216,12 +221,24 @@ impl Source for SimSource {
         self.positions.insert((which, partition), at);
     }
 
-    fn pause(&mut self) {
-        self.paused = true;
+    fn pause(&mut self, sides: &[(Which, i32)]) {
+        let assigned: Vec<_> = sides
+            .iter()
+            .filter(|side| self.positions.contains_key(side))
+            .collect();
+        debug_assert_eq!(
+            assigned.len(),
+            sides.len(),
+            "only assigned sides are paused"
+        );
+        lock(&self.broker).pauses += assigned.len() as u64;
+        self.paused.extend(assigned);
     }
 
-    fn resume(&mut self) {
-        self.paused = false;
+    fn resume(&mut self, sides: &[(Which, i32)]) {
+        for side in sides {
+            self.paused.remove(side);
+        }
     }
 
     fn fetched_end(&self, which: Which, partition: i32) -> Option<i64> {
