@@ -146,7 +146,16 @@ fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>
     let mut ty = None;
     let mut subject = None;
     let mut time = None;
-    let mut data = None;
+    // Read in place (`data` is large: returning it would copy it); `seen` says whether
+    // the attribute was there.
+    let mut data = Data {
+        user: None,
+        feature: None,
+        variant: None,
+        quantity: Credits::from_whole(1),
+        status: Status::Succeeded,
+        comment: None,
+    };
     r.ws();
     r.eat(b'{')?;
     r.ws();
@@ -184,7 +193,7 @@ fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>
                 32
             }
             Some(Attribute::Data) => {
-                data = Some(r.data()?);
+                r.data(&mut data)?;
                 64
             }
             None => {
@@ -202,7 +211,8 @@ fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>
         }
     }
     r.ws();
-    if r.at != payload.len() || seen & 1 == 0 {
+    // `specversion` and `data` must be there.
+    if r.at != payload.len() || seen & (1 | 64) != 1 | 64 {
         return None;
     }
     let (id, source, ty, account) = (id?, source?, ty?, subject?);
@@ -218,7 +228,6 @@ fn read<'a>(r: &mut Reader<'a>, arrival: DateTime<Utc>) -> Option<UsageEvent<'a>
         Some(Time::Text(text)) => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
         None => arrival,
     };
-    let data = data?;
     let (user, feature) = (data.user?, data.feature?);
     if feature.0.is_empty() || data.quantity.is_negative() {
         return None;
@@ -875,23 +884,16 @@ impl<'a> Reader<'a> {
         Some(Credits::from_milli(milli))
     }
 
-    /// The `data` object of a usage event: only its own fields, each once, each of the
-    /// type the full parser wants (`deny_unknown_fields` there); a hold goes to it too.
-    fn data(&mut self) -> Option<Data<'a>> {
-        let mut data = Data {
-            user: None,
-            feature: None,
-            variant: None,
-            quantity: Credits::from_whole(1),
-            status: Status::Succeeded,
-            comment: None,
-        };
+    /// The `data` object of a usage event, read into `data` (as yet unread): only its
+    /// own fields, each once, each of the type the full parser wants
+    /// (`deny_unknown_fields` there); a hold goes to it too.
+    fn data(&mut self, data: &mut Data<'a>) -> Option<()> {
         let mut seen = 0u8;
         self.eat(b'{')?;
         self.ws();
         if self.peek()? == b'}' {
             self.at += 1;
-            return Some(data);
+            return Some(());
         }
         loop {
             let key = self.key_in(&DATA)?;
@@ -919,7 +921,7 @@ impl<'a> Reader<'a> {
                         data.quantity = quantity;
                         8
                     } else {
-                        self.quantity(&mut data)?
+                        self.quantity(data)?
                     }
                 }
                 Some(Field::Status) => {
@@ -941,7 +943,7 @@ impl<'a> Reader<'a> {
             }
             seen |= bit;
             if !self.more()? {
-                return Some(data);
+                return Some(());
             }
         }
     }
