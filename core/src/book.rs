@@ -230,7 +230,7 @@ impl Book {
         debug_assert!(
             !self.timers_built || self.first_timer == self.timers.first().map(|(at, _)| *at)
         );
-        if self.timers_built && !self.first_timer.is_some_and(|at| at <= clock) {
+        if self.timers_built && self.first_timer.is_none_or(|at| at > clock) {
             return Vec::new();
         }
         self.write_due(rules, clock)
