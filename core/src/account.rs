@@ -496,16 +496,22 @@ impl AccountState {
                     credits: take,
                 });
             }
-            let debit = lots::debit(&mut self.lots, price.pool, left, call.time, policy);
             // A held lot that also pays beyond its reservation shows once, with the sum.
             // Without a hold the debit's own list is the whole list (a debit names each
-            // lot once: it takes a lot's free credits whole or stops).
+            // lot once: it takes a lot's free credits whole or stops), so it is written
+            // straight into the entry's list, empty as it was built (on every call).
             if paid.is_empty() {
-                // The entry's list is the empty inline one it was built with: nothing to
-                // free, so it is forgotten instead of dropped (a call, on every call).
-                debug_assert!(entry.paid.is_empty() && !entry.paid.spilled());
-                std::mem::forget(std::mem::replace(&mut entry.paid, debit.paid));
+                debug_assert!(entry.paid.is_empty());
+                entry.shortfall = lots::debit_into(
+                    &mut self.lots,
+                    price.pool,
+                    left,
+                    call.time,
+                    policy,
+                    &mut entry.paid,
+                );
             } else {
+                let debit = lots::debit(&mut self.lots, price.pool, left, call.time, policy);
                 for payment in debit.paid {
                     match paid.iter_mut().find(|p| p.lot == payment.lot) {
                         Some(p) => p.credits += payment.credits,
@@ -513,9 +519,9 @@ impl AccountState {
                     }
                 }
                 entry.paid = paid;
+                entry.shortfall = debit.shortfall;
             }
             entry.credits = price.credits;
-            entry.shortfall = debit.shortfall;
             if entry.shortfall.is_positive() && self.flex_enabled(rules) {
                 let period = self.flex_period_at(rules, call.time);
                 if self.flex_period != Some(period) {

@@ -81,8 +81,10 @@ impl Book {
     /// Parses and applies one payload that arrived at `arrival` (the broker's timestamp,
     /// so a replay decides the same way).
     pub fn process(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
-        match crate::event::borrowed::usage_after(payload, arrival, &mut self.last_date) {
-            Some(usage) => self.apply_usage(rules, &usage, arrival),
+        // Looked at where it was read: moving the (large) event out of the `Option` cost a
+        // `memcpy` of its size.
+        match &crate::event::borrowed::usage_after(payload, arrival, &mut self.last_date) {
+            Some(usage) => self.apply_usage(rules, usage, arrival),
             None => self.apply(rules, event::parse_reference(payload, arrival), arrival),
         }
     }
@@ -219,7 +221,24 @@ impl Book {
 
     /// Moves the clock to `now` (never back) and writes what fell due on every account.
     /// The accounts it changed, entry or not, are named by the next step.
+    #[inline]
     pub fn advance(&mut self, rules: &Rules, now: DateTime<Utc>) -> Vec<LedgerEntry> {
+        let clock = self.clock.map_or(now, |c| c.max(now));
+        self.clock = Some(clock);
+        // Every call comes here, and only one in many has something due: the first
+        // deadline is compared from its field, the rest done apart only when it is due.
+        debug_assert!(
+            !self.timers_built || self.first_timer == self.timers.first().map(|(at, _)| *at)
+        );
+        if self.timers_built && self.first_timer.is_none_or(|at| at > clock) {
+            return Vec::new();
+        }
+        self.write_due(rules, clock)
+    }
+
+    /// What fell due by `clock` on every account (the timers built on first use).
+    #[inline(never)]
+    fn write_due(&mut self, rules: &Rules, clock: DateTime<Utc>) -> Vec<LedgerEntry> {
         if !self.timers_built {
             let accounts: Vec<String> = self.accounts.keys().cloned().collect();
             for account in accounts {
@@ -227,11 +246,7 @@ impl Book {
             }
             self.timers_built = true;
         }
-        let clock = self.clock.map_or(now, |c| c.max(now));
-        self.clock = Some(clock);
         let mut due = Vec::new();
-        // Every call comes here, and only one in many has something due: the first
-        // deadline is compared from its field, the set looked into only when it is due.
         debug_assert_eq!(self.first_timer, self.timers.first().map(|(at, _)| *at));
         while self.first_timer.is_some_and(|at| at <= clock) {
             let Some((_, account)) = self.timers.first() else {

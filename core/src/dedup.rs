@@ -20,6 +20,7 @@ use crate::event::Event;
 
 /// 128-bit key of (account, source, id): collisions are out of reach at any volume.
 /// The hash is xxh3-128 of each part's length (8 bytes, little-endian) then its bytes.
+#[inline]
 pub fn key(account: &str, source: &str, id: &str) -> u128 {
     // Every event comes here: the parts are laid out in a buffer on the stack and hashed
     // in one call, which gives the streaming hasher's digest at a fraction of its cost.
@@ -300,6 +301,7 @@ pub struct Unrecorded<'a> {
 
 impl Unrecorded<'_> {
     /// [`Seen::record`] for the probed key and arrival, in the place found.
+    #[inline]
     pub fn record(self) {
         self.slot.insert_entry(self.at);
         self.fresh.push((self.key, self.at));
@@ -367,6 +369,7 @@ impl Seen {
     /// [`Seen::is_duplicate`], and for a key that is not, the place where
     /// [`Unrecorded::record`] records it: one probe of the exact keys for both, which every
     /// call makes.
+    #[inline]
     pub fn probe(&mut self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> Probe<'_> {
         let at = arrival.timestamp_millis();
         // The window in milliseconds only for a key seen before: most keys are new.

@@ -185,7 +185,22 @@ pub fn debit(
     at: DateTime<Utc>,
     policy: Policy,
 ) -> Debit {
-    take(lots, pool, amount, at, policy, Take::Debit)
+    let mut debit = Debit::default();
+    debit.shortfall = take(lots, pool, amount, at, policy, Take::Debit, &mut debit.paid);
+    debit
+}
+
+/// [`debit`], pushing the payments onto `paid` (a call's entry's own list, so they are
+/// not moved there from a list of their own) and returning the shortfall.
+pub fn debit_into(
+    lots: &mut [Lot],
+    pool: &str,
+    amount: Credits,
+    at: DateTime<Utc>,
+    policy: Policy,
+    paid: &mut Payments,
+) -> Credits {
+    take(lots, pool, amount, at, policy, Take::Debit, paid)
 }
 
 /// Reserves `amount` from the free credits of the usable lots of `pool` at `at`, in `policy`
@@ -198,7 +213,17 @@ pub fn reserve(
     at: DateTime<Utc>,
     policy: Policy,
 ) -> Debit {
-    take(lots, pool, amount, at, policy, Take::Reserve)
+    let mut debit = Debit::default();
+    debit.shortfall = take(
+        lots,
+        pool,
+        amount,
+        at,
+        policy,
+        Take::Reserve,
+        &mut debit.paid,
+    );
+    debit
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -208,7 +233,8 @@ enum Take {
 }
 
 /// One walk of the debit order for both debits and reservations, so a hold reserves
-/// exactly the credits the same call would have been paid from.
+/// exactly the credits the same call would have been paid from. Pushes who paid onto
+/// `paid` and returns what nobody could.
 fn take(
     lots: &mut [Lot],
     pool: &str,
@@ -216,8 +242,8 @@ fn take(
     at: DateTime<Utc>,
     policy: Policy,
     how: Take,
-) -> Debit {
-    let mut debit = Debit::default();
+    paid: &mut Payments,
+) -> Credits {
     let mut left = amount;
     while left.is_positive() {
         let Some(next) = first_payer(lots, pool, at, policy) else {
@@ -232,14 +258,13 @@ fn take(
             Take::Reserve => lot.held += take,
         }
         left -= take;
-        debit.paid.push(Payment {
+        paid.push(Payment {
             lot: lot.id.clone(),
             kind: lot.kind,
             credits: take,
         });
     }
-    debit.shortfall = left.max(Credits::ZERO);
-    debit
+    left.max(Credits::ZERO)
 }
 
 /// The index of the usable lot that pays first (the first of equals, as `min_by` gives).

@@ -158,6 +158,7 @@ fn recent_place(text: &str) -> usize {
 
 impl Names {
     /// The shared copy of `text`, made on first use.
+    #[inline]
     pub fn intern(&mut self, text: &str) -> Name {
         let place = recent_place(text);
         if let Some(Some(name)) = self.recent.get(place) {
