@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::alerting;
 use super::edges::{Clock, Outbox, Store};
 use super::encode::Rows;
+use crate::store::ledger_block::LedgerBlock;
 use super::metrics::{phase, RunMetrics};
 use crate::holds::Decided;
 use crate::kafka;
@@ -258,7 +259,7 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
         forwarded,
         mails,
         commits,
-        ledger_rows: batch.ledger.len(),
+        ledger_rows: batch.ledger.iter().map(LedgerBlock::rows).sum(),
     })
 }
 

@@ -8,7 +8,9 @@
 //! carries them) are bounded by one segment of traffic, not by history or the lateness
 //! window; a late call opens a row of its old day in the current segment.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use tally_core::{EntryType, LedgerEntry};
 
@@ -31,9 +33,9 @@ struct Open {
 pub struct Rollups {
     /// Usage records per segment.
     size: u32,
-    open: HashMap<String, HashMap<(u64, u16, u64), Open>>,
+    open: FxHashMap<String, FxHashMap<(u64, u16, u64), Open>>,
     /// Accounts with a day changed since the last flush.
-    dirty: HashSet<String>,
+    dirty: FxHashSet<String>,
 }
 
 impl Rollups {
@@ -41,8 +43,8 @@ impl Rollups {
     pub fn new(size: u32) -> Rollups {
         Rollups {
             size,
-            open: HashMap::new(),
-            dirty: HashSet::new(),
+            open: FxHashMap::default(),
+            dirty: FxHashSet::default(),
         }
     }
 
