@@ -308,7 +308,10 @@ impl PartitionWork {
                     };
                     self.record(id, entry, usage_offset);
                 }
-                self.touch(account.as_str());
+                // Recording an entry of the account touched it already (most events).
+                if !entries.iter().any(|entry| entry.account == account) {
+                    self.touch(account.as_str());
+                }
             }
             Outcome::Tick => {}
             Outcome::Duplicate { .. } => {
