@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use tally_core::AccountState;
 
 use crate::store::checkpoint::Commit;
-use crate::store::rollup::{daily_row, StoredDay};
 use crate::store::ledger_block::LedgerBlock;
+use crate::store::rollup::{daily_row, StoredDay};
 use crate::store::rows::{balance_rows, BalanceRow, LotRow};
 use crate::store::writes::Batch;
 

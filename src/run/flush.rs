@@ -9,12 +9,12 @@ use std::time::Instant;
 use super::alerting;
 use super::edges::{Clock, Outbox, Store};
 use super::encode::Rows;
-use crate::store::ledger_block::LedgerBlock;
 use super::metrics::{phase, RunMetrics};
 use crate::holds::Decided;
 use crate::kafka;
 use crate::notify::webhooks::Delivery;
 use crate::notify::Alert;
+use crate::store::ledger_block::LedgerBlock;
 use crate::store::writes::Batch;
 
 /// Where forwarded records landed: topic, partition, offset.

@@ -473,7 +473,11 @@ impl PartitionWork {
     /// (the flush already carries what it needs of them).
     pub fn next_version(&mut self, rules: &Rules) {
         self.version += 1;
-        debug_assert_eq!(self.ledger.version(), self.version, "rows of the next flush");
+        debug_assert_eq!(
+            self.ledger.version(),
+            self.version,
+            "rows of the next flush"
+        );
         let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
         let before = self.book.seen.len() + self.rollups.len();
         self.book.seen.expire(clock, rules.dedup_window);

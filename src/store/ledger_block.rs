@@ -417,11 +417,27 @@ mod tests {
             ("b", LotKind::Purchased, 250),
         ];
         vec![
-            (at("ai.usage", 3, 41, 0), "ai.usage/3/41", call("acme", two_lots, 0)),
+            (
+                at("ai.usage", 3, 41, 0),
+                "ai.usage/3/41",
+                call("acme", two_lots, 0),
+            ),
             (at("ai.usage", 3, 41, 2), "ai.usage/3/41#2", failed),
-            (at("credit.commands", 0, 0, 0), "credit.commands/0/0", grant(PaymentMethod::Card)),
-            (at("credit.commands", 12, 9_007_199_254_740_993, 1), "credit.commands/12/9007199254740993#1", grant(PaymentMethod::Cash)),
-            (EntryId::Given("expiry/acme/lot-7"), "expiry/acme/lot-7", expiry),
+            (
+                at("credit.commands", 0, 0, 0),
+                "credit.commands/0/0",
+                grant(PaymentMethod::Card),
+            ),
+            (
+                at("credit.commands", 12, 9_007_199_254_740_993, 1),
+                "credit.commands/12/9007199254740993#1",
+                grant(PaymentMethod::Cash),
+            ),
+            (
+                EntryId::Given("expiry/acme/lot-7"),
+                "expiry/acme/lot-7",
+                expiry,
+            ),
             (at("ai.usage", 5, 1_000_000, 0), "ai.usage/5/1000000", held),
             (at(long_topic, 11, 5, 0), long_id, released),
         ]

@@ -67,7 +67,11 @@ struct Share<'a> {
 impl<'a> Share<'a> {
     fn of(batch: &'a Batch, mine: impl Fn(u32) -> bool) -> Share<'a> {
         Share {
-            ledger: batch.ledger.iter().filter(|b| mine(b.partition())).collect(),
+            ledger: batch
+                .ledger
+                .iter()
+                .filter(|b| mine(b.partition()))
+                .collect(),
             lots: batch.lots.iter().filter(|r| mine(r.partition)).collect(),
             balances: batch
                 .balances
