@@ -169,45 +169,16 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ledger_block;
     use crate::store::rollup::{checkpoint_key, daily_row, first_open_key};
-    use chrono::{NaiveDate, TimeZone, Utc};
-    use tally_core::lots::Payment;
-    use tally_core::Credits;
     use tally_core::LotKind;
 
+    /// A call of `user`, every lot named "l".
     fn call(account: &str, user: &str, paid: &[(LotKind, i64)], shortfall: i64) -> LedgerEntry {
-        let credits: i64 = paid.iter().map(|p| p.1).sum::<i64>() + shortfall;
+        let paid: Vec<(&str, LotKind, i64)> = paid.iter().map(|&(k, c)| ("l", k, c)).collect();
         LedgerEntry {
-            id: None,
-            entry_type: EntryType::Usage,
-            account: account.into(),
-            time: Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap(),
-            day: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-            service: "studio".into(),
             user: user.into(),
-            feature: "erase".into(),
-            variant: "".into(),
-            quantity: Credits::from_whole(1),
-            status: tally_core::event::Status::Succeeded,
-            pool: "ai".into(),
-            credits: Credits::from_milli(credits),
-            paid: paid
-                .iter()
-                .map(|(kind, c)| Payment {
-                    lot: "l".into(),
-                    kind: *kind,
-                    credits: Credits::from_milli(*c),
-                })
-                .collect(),
-            shortfall: Credits::from_milli(shortfall),
-            matrix_version: "v".into(),
-            event_id: "e".into(),
-            lot: String::new(),
-            lot_kind: None,
-            payment_method: None,
-            payment_reference: String::new(),
-            comment: String::new(),
-            hold: None,
+            ..ledger_block::tests::call(account, &paid, shortfall)
         }
     }
 

@@ -314,7 +314,7 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::{NaiveDate, TimeZone, Utc};
     use tally_core::event::Status;
@@ -322,7 +322,12 @@ mod tests {
     use tally_core::lots::Payment;
     use tally_core::{Credits, EntryType, LotKind};
 
-    fn call(account: &str, paid: &[(&str, LotKind, i64)], shortfall: i64) -> LedgerEntry {
+    /// A call of kim's, paid by `paid` (lot, kind, credits) and `shortfall`.
+    pub(crate) fn call(
+        account: &str,
+        paid: &[(&str, LotKind, i64)],
+        shortfall: i64,
+    ) -> LedgerEntry {
         let credits: i64 = paid.iter().map(|p| p.2).sum::<i64>() + shortfall;
         LedgerEntry {
             id: None,
