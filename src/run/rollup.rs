@@ -85,15 +85,20 @@ impl Rollups {
         );
         let days = match self.open.get_mut(entry.account.as_str()) {
             Some(days) => days,
-            None => self.open.entry(entry.account.to_string()).or_default(),
+            None => self
+                .open
+                .entry(entry.account.as_str().to_owned())
+                .or_default(),
         };
+        // `as_str().to_owned()`: a `Name`'s `to_string` goes through `Display`, several
+        // times the cost of the copy, and a new day takes four of them.
         let open = days.entry(id).or_insert_with(|| Open {
             key: DayKey {
                 segment,
                 day,
-                service: entry.service.to_string(),
-                user: entry.user.to_string(),
-                feature: entry.feature.to_string(),
+                service: entry.service.as_str().to_owned(),
+                user: entry.user.as_str().to_owned(),
+                feature: entry.feature.as_str().to_owned(),
             },
             totals: Totals::default(),
             dirty: false,
@@ -102,7 +107,7 @@ impl Rollups {
         if !open.dirty {
             open.dirty = true;
             if !self.dirty.contains(entry.account.as_str()) {
-                self.dirty.insert(entry.account.to_string());
+                self.dirty.insert(entry.account.as_str().to_owned());
             }
         }
     }

@@ -212,7 +212,9 @@ fn put_id(out: &mut Vec<u8>, id: EntryId<'_>) {
     }
     let (prefix, len) = varint((out.len() - start - 1) as u64);
     out[start] = prefix[0];
-    out.splice(start + 1..start + 1, prefix[1..len].iter().copied());
+    if len > 1 {
+        out.splice(start + 1..start + 1, prefix[1..len].iter().copied());
+    }
 }
 
 fn put_decimal(out: &mut Vec<u8>, value: i64) {
