@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use tally_core::AccountState;
 
 use crate::store::checkpoint::Commit;
+use crate::store::ledger_block::LedgerBlock;
 use crate::store::rollup::{daily_row, StoredDay};
-use crate::store::rows::{balance_rows, BalanceRow, LedgerRow, LotRow};
+use crate::store::rows::{balance_rows, BalanceRow, LotRow};
 use crate::store::writes::Batch;
 
 /// A flush's rows: drafted by the run thread, encoded by the first attempt to write them
@@ -35,8 +36,8 @@ pub struct Draft {
     pub as_of: DateTime<Utc>,
     pub written_at: u32,
     pub segment_records: u32,
-    /// Ledger rows in the order they were applied, without their version and partition.
-    pub ledger: Vec<LedgerRow>,
+    /// Ledger rows in the order they were applied, encoded.
+    pub ledger: LedgerBlock,
     /// The states to write: those changed since the last flush, or all at a snapshot.
     pub states: Vec<(String, AccountState)>,
     /// Open days to write.
@@ -72,11 +73,13 @@ impl Draft {
     fn encode(self, stream: &str, batch: &mut Batch) {
         let version = self.version;
         let partition = self.partition as u32;
-        batch.ledger.reserve(self.ledger.len());
-        for mut row in self.ledger {
-            row.version = version;
-            row.partition = partition;
-            batch.ledger.push(row);
+        debug_assert_eq!(
+            (self.ledger.version(), self.ledger.partition()),
+            (version, partition),
+            "ledger rows of this draft"
+        );
+        if !self.ledger.is_empty() {
+            batch.ledger.push(self.ledger);
         }
         let commit = Commit {
             stream,
@@ -135,7 +138,7 @@ mod tests {
             as_of: from_secs(1_700_000_000),
             written_at: 1_700_000_100,
             segment_records: 1_000,
-            ledger: Vec::new(),
+            ledger: LedgerBlock::new(partition as u32, version, 0),
             states: vec![
                 ("acme".to_string(), AccountState::default()),
                 ("globex".to_string(), AccountState::default()),

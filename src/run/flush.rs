@@ -14,6 +14,7 @@ use crate::holds::Decided;
 use crate::kafka;
 use crate::notify::webhooks::Delivery;
 use crate::notify::Alert;
+use crate::store::ledger_block::LedgerBlock;
 use crate::store::writes::Batch;
 
 /// Where forwarded records landed: topic, partition, offset.
@@ -258,7 +259,7 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
         forwarded,
         mails,
         commits,
-        ledger_rows: batch.ledger.len(),
+        ledger_rows: batch.ledger.iter().map(LedgerBlock::rows).sum(),
     })
 }
 

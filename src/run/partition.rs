@@ -1,7 +1,7 @@
 //! One assigned partition: its book of accounts, its two sides, and the outputs waiting
 //! for the next flush.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use super::view::{Applied, PartitionView};
 use crate::holds::Decided;
 use crate::kafka::{DeadLetter, Forward, Outgoing};
 use crate::store::checkpoint::Restored;
-use crate::store::rows::{from_seconds, LedgerRow};
+use crate::store::ledger_block::{EntryId, LedgerBlock};
+use crate::store::rows::from_seconds;
 
 /// Counters for logs and status.
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,16 +51,16 @@ pub struct PartitionWork {
     pub decided: Vec<(i64, Decided)>,
     /// Latest broker timestamp applied, in seconds.
     pub arrival_high: i64,
-    touched: HashSet<String>,
+    touched: FxHashSet<String>,
     /// Accounts changed since the last publish to the checks' view.
-    unpublished: HashSet<String>,
+    unpublished: FxHashSet<String>,
     /// What checks read: the states as of the last publish.
     pub view: Arc<PartitionView>,
-    /// Ledger rows since the last flush; version and partition are set by the encoder.
-    /// Built here, not by the encoder: an entry's interned names are reference-counted,
-    /// and dropping them on another thread than the one that cloned them bounces their
-    /// counts between cores (measured: slower than building the row here).
-    ledger: Vec<LedgerRow>,
+    /// Ledger rows since the last flush, encoded as each entry is applied (of the next
+    /// flush's version). Here, not by the flush's task: an entry's interned names are
+    /// reference-counted, and dropping them on another thread than the one that cloned
+    /// them bounces their counts between cores (measured: slower than encoding here).
+    ledger: LedgerBlock,
     /// Running totals of the days still open to late events.
     rollups: Rollups,
     /// Dead letters and records forwarded to their account's partition, produced before
@@ -109,10 +110,10 @@ impl PartitionWork {
             claim_version: restored.version,
             decided: Vec::new(),
             arrival_high: restored.arrival_high,
-            touched: HashSet::new(),
-            unpublished: HashSet::new(),
+            touched: FxHashSet::default(),
+            unpublished: FxHashSet::default(),
             view,
-            ledger: Vec::new(),
+            ledger: LedgerBlock::new(partition as u32, restored.version + 1, 0),
             rollups: Rollups::restore(restored.segment_records, restored.days),
             outgoing: Outgoing::default(),
             alerts: Vec::new(),
@@ -282,9 +283,9 @@ impl PartitionWork {
             Which::Usage => offset,
             Which::Commands => self.usage.applied_next,
         };
-        for entry in step.due {
-            let entry_id = entry.id.clone().unwrap_or_default();
-            self.record(entry_id, entry, usage_offset);
+        for entry in &step.due {
+            let id = EntryId::Given(entry.id.as_deref().unwrap_or_default());
+            self.record(id, entry, usage_offset);
         }
         // The clock may change an account without an entry (an empty lot expiring): its
         // state and lots rows are written all the same.
@@ -295,15 +296,22 @@ impl PartitionWork {
             Outcome::Applied { account, entries } => {
                 self.counts.applied += 1;
                 self.metrics.applied(which);
-                for (i, entry) in entries.into_iter().enumerate() {
-                    let entry_id = match &entry.id {
-                        Some(id) => id.clone(),
-                        None if i == 0 => format!("{topic}/{}/{offset}", self.partition),
-                        None => format!("{topic}/{}/{offset}#{i}", self.partition),
+                for (index, entry) in entries.iter().enumerate() {
+                    let id = match &entry.id {
+                        Some(id) => EntryId::Given(id),
+                        None => EntryId::Position {
+                            topic,
+                            partition: self.partition,
+                            offset,
+                            index,
+                        },
                     };
-                    self.record(entry_id, entry, usage_offset);
+                    self.record(id, entry, usage_offset);
                 }
-                self.touch(account.as_str());
+                // Recording an entry of the account touched it already (most events).
+                if !entries.iter().any(|entry| entry.account == account) {
+                    self.touch(account.as_str());
+                }
             }
             Outcome::Tick => {}
             Outcome::Duplicate { .. } => {
@@ -342,10 +350,10 @@ impl PartitionWork {
     }
 
     /// Keeps one ledger entry for the next flush and notes what it touched.
-    fn record(&mut self, entry_id: String, entry: tally_core::LedgerEntry, usage_offset: i64) {
-        self.rollups.add(&entry, usage_offset);
+    fn record(&mut self, id: EntryId<'_>, entry: &tally_core::LedgerEntry, usage_offset: i64) {
+        self.rollups.add(entry, usage_offset);
         self.touch(entry.account.as_str());
-        self.ledger.push(LedgerRow::new(entry_id, entry, 0));
+        self.ledger.push(id, entry);
     }
 
     /// Notes that `account`'s state changed: the next flush writes it, the next publish
@@ -441,7 +449,7 @@ impl PartitionWork {
         out.alerts.append(&mut self.alerts);
         out.notices.append(&mut self.notices);
         self.dirty = false;
-        let ledger_len = self.ledger.len();
+        debug_assert_eq!(self.ledger.version(), self.version, "rows of this flush");
         Some(Draft {
             partition,
             version: self.version,
@@ -452,8 +460,7 @@ impl PartitionWork {
             as_of: from_seconds(u32::try_from(self.arrival_high).unwrap_or(0)),
             written_at: now_secs,
             segment_records: self.rollups.size(),
-            // The next flush takes about as many: no regrowth, no copies of it on the way.
-            ledger: std::mem::replace(&mut self.ledger, Vec::with_capacity(ledger_len)),
+            ledger: self.ledger.take(self.version + 1),
             states,
             days,
             seen,
@@ -466,6 +473,11 @@ impl PartitionWork {
     /// (the flush already carries what it needs of them).
     pub fn next_version(&mut self, rules: &Rules) {
         self.version += 1;
+        debug_assert_eq!(
+            self.ledger.version(),
+            self.version,
+            "rows of the next flush"
+        );
         let clock = from_seconds(u32::try_from(self.arrival_high).unwrap_or(0));
         let before = self.book.seen.len() + self.rollups.len();
         self.book.seen.expire(clock, rules.dedup_window);

@@ -8,7 +8,9 @@
 //! carries them) are bounded by one segment of traffic, not by history or the lateness
 //! window; a late call opens a row of its old day in the current segment.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use tally_core::{EntryType, LedgerEntry};
 
@@ -31,9 +33,9 @@ struct Open {
 pub struct Rollups {
     /// Usage records per segment.
     size: u32,
-    open: HashMap<String, HashMap<(u64, u16, u64), Open>>,
+    open: FxHashMap<String, FxHashMap<(u64, u16, u64), Open>>,
     /// Accounts with a day changed since the last flush.
-    dirty: HashSet<String>,
+    dirty: FxHashSet<String>,
 }
 
 impl Rollups {
@@ -41,8 +43,8 @@ impl Rollups {
     pub fn new(size: u32) -> Rollups {
         Rollups {
             size,
-            open: HashMap::new(),
-            dirty: HashSet::new(),
+            open: FxHashMap::default(),
+            dirty: FxHashSet::default(),
         }
     }
 
@@ -83,15 +85,20 @@ impl Rollups {
         );
         let days = match self.open.get_mut(entry.account.as_str()) {
             Some(days) => days,
-            None => self.open.entry(entry.account.to_string()).or_default(),
+            None => self
+                .open
+                .entry(entry.account.as_str().to_owned())
+                .or_default(),
         };
+        // `as_str().to_owned()`: a `Name`'s `to_string` goes through `Display`, several
+        // times the cost of the copy, and a new day takes four of them.
         let open = days.entry(id).or_insert_with(|| Open {
             key: DayKey {
                 segment,
                 day,
-                service: entry.service.to_string(),
-                user: entry.user.to_string(),
-                feature: entry.feature.to_string(),
+                service: entry.service.as_str().to_owned(),
+                user: entry.user.as_str().to_owned(),
+                feature: entry.feature.as_str().to_owned(),
             },
             totals: Totals::default(),
             dirty: false,
@@ -100,7 +107,7 @@ impl Rollups {
         if !open.dirty {
             open.dirty = true;
             if !self.dirty.contains(entry.account.as_str()) {
-                self.dirty.insert(entry.account.to_string());
+                self.dirty.insert(entry.account.as_str().to_owned());
             }
         }
     }
@@ -167,45 +174,16 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ledger_block;
     use crate::store::rollup::{checkpoint_key, daily_row, first_open_key};
-    use chrono::{NaiveDate, TimeZone, Utc};
-    use tally_core::lots::Payment;
-    use tally_core::Credits;
     use tally_core::LotKind;
 
+    /// A call of `user`, every lot named "l".
     fn call(account: &str, user: &str, paid: &[(LotKind, i64)], shortfall: i64) -> LedgerEntry {
-        let credits: i64 = paid.iter().map(|p| p.1).sum::<i64>() + shortfall;
+        let paid: Vec<(&str, LotKind, i64)> = paid.iter().map(|&(k, c)| ("l", k, c)).collect();
         LedgerEntry {
-            id: None,
-            entry_type: EntryType::Usage,
-            account: account.into(),
-            time: Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap(),
-            day: NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
-            service: "studio".into(),
             user: user.into(),
-            feature: "erase".into(),
-            variant: "".into(),
-            quantity: Credits::from_whole(1),
-            status: tally_core::event::Status::Succeeded,
-            pool: "ai".into(),
-            credits: Credits::from_milli(credits),
-            paid: paid
-                .iter()
-                .map(|(kind, c)| Payment {
-                    lot: "l".into(),
-                    kind: *kind,
-                    credits: Credits::from_milli(*c),
-                })
-                .collect(),
-            shortfall: Credits::from_milli(shortfall),
-            matrix_version: "v".into(),
-            event_id: "e".into(),
-            lot: String::new(),
-            lot_kind: None,
-            payment_method: None,
-            payment_reference: String::new(),
-            comment: String::new(),
-            hold: None,
+            ..ledger_block::tests::call(account, &paid, shortfall)
         }
     }
 

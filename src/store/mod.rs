@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod checkpoint;
 pub mod cluster;
 mod keyed;
+pub mod ledger_block;
 pub mod reads;
 pub mod rollup;
 pub mod rows;

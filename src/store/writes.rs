@@ -7,13 +7,15 @@ use clickhouse::{Client, Row};
 use serde::Serialize;
 
 use super::cluster::{shard_of, Shards, Target};
-use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LedgerRow, LotRow};
+use super::ledger_block::{self, LedgerBlock};
+use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LotRow};
 use super::StoreError;
 
 /// Everything one flush writes.
 #[derive(Default)]
 pub struct Batch {
-    pub ledger: Vec<LedgerRow>,
+    /// Ledger rows, one block per partition, encoded by the run thread.
+    pub ledger: Vec<LedgerBlock>,
     pub lots: Vec<LotRow>,
     pub balances: Vec<BalanceRow>,
     /// Absolute totals of every open day that changed.
@@ -55,7 +57,7 @@ enum Part {
 
 /// The rows of a batch that go to one shard (all of them on one server).
 struct Share<'a> {
-    ledger: Vec<&'a LedgerRow>,
+    ledger: Vec<&'a LedgerBlock>,
     lots: Vec<&'a LotRow>,
     balances: Vec<&'a BalanceRow>,
     daily: Vec<&'a DailyUsageRow>,
@@ -65,7 +67,11 @@ struct Share<'a> {
 impl<'a> Share<'a> {
     fn of(batch: &'a Batch, mine: impl Fn(u32) -> bool) -> Share<'a> {
         Share {
-            ledger: batch.ledger.iter().filter(|r| mine(r.partition)).collect(),
+            ledger: batch
+                .ledger
+                .iter()
+                .filter(|b| mine(b.partition()))
+                .collect(),
             lots: batch.lots.iter().filter(|r| mine(r.partition)).collect(),
             balances: batch
                 .balances
@@ -86,7 +92,7 @@ impl<'a> Share<'a> {
             Part::Checkpoint => insert_all(client, "checkpoints", &self.checkpoint).await,
             Part::Outputs => {
                 let (ledger, lots, balances, daily) = tokio::join!(
-                    insert_all(client, "ledger", &self.ledger),
+                    insert_ledger(client, &self.ledger),
                     insert_all(client, "lots", &self.lots),
                     insert_all(client, "balances", &self.balances),
                     insert_all(client, "daily_rollups", &self.daily),
@@ -133,6 +139,25 @@ async fn write_shard(
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// The ledger's blocks, as they are, in one INSERT.
+async fn insert_ledger(client: &Client, blocks: &[&LedgerBlock]) -> Result<(), StoreError> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert_formatted_with(ledger_block::insert_sql());
+    for (name, value) in settings_for(client).await? {
+        insert = insert.with_setting(*name, *value);
+    }
+    // A chunk per block: each is one partition's flush, large enough to send alone.
+    for block in blocks {
+        insert
+            .send(bytes::Bytes::copy_from_slice(block.bytes()))
+            .await?;
+    }
+    insert.end().await?;
+    Ok(())
 }
 
 async fn insert_all<T>(client: &Client, table: &str, rows: &[&T]) -> Result<(), StoreError>

@@ -342,8 +342,9 @@ impl Store for SimStore {
             let (mut db, mut faults) = self.both();
             let db = &mut *db;
             // Side by side, as the real writes go: each lands or not on its own.
+            let ledger: Vec<LedgerRow> = batch.ledger.iter().flat_map(|b| b.decode()).collect();
             let results = [
-                insert(&mut db.ledger, &batch.ledger, &mut faults, "ledger"),
+                insert(&mut db.ledger, &ledger, &mut faults, "ledger"),
                 insert(&mut db.lots, &batch.lots, &mut faults, "lots"),
                 insert(&mut db.balances, &batch.balances, &mut faults, "balances"),
                 insert(&mut db.daily, &batch.daily, &mut faults, "daily_rollups"),
