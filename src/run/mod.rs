@@ -508,10 +508,14 @@ impl Pipeline {
     /// waiting out `max_idle` has its own deadline (see [`Pipeline::poll_wait`]).
     fn due_soon(&self) -> bool {
         !self.writing.is_empty()
-            || self
-                .parts
-                .values()
-                .any(|work| !work.decided.is_empty() || !work.confirming.is_idle())
+            || self.decision_waits()
+            || self.parts.values().any(|work| !work.confirming.is_idle())
+    }
+
+    /// Whether a partition holds a decision that a caller waits on until its flush
+    /// commits.
+    fn decision_waits(&self) -> bool {
+        self.parts.values().any(|work| !work.decided.is_empty())
     }
 
     /// How long the next poll may wait for a record before the loop looks again.
@@ -526,7 +530,7 @@ impl Pipeline {
         if !self.pending.is_empty() {
             return usual;
         }
-        let longest = if self.parts.values().any(|work| !work.decided.is_empty()) {
+        let longest = if self.decision_waits() {
             POLL_WAIT_DECISION
         } else {
             usual
@@ -541,7 +545,7 @@ impl Pipeline {
     fn flush_due(&self, now: Instant) -> bool {
         // A caller waits for a hold's answer until its flush commits: flush now, beside
         // the flush in flight if there is room.
-        let decision_waits = self.parts.values().any(|work| !work.decided.is_empty());
+        let decision_waits = self.decision_waits();
         if !self.writing.is_empty() {
             return self.may_overlap() && decision_waits;
         }
