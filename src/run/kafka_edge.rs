@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::edges::{BoxFuture, Ingest, Outbox, Rebalance, Record, Source};
+use super::edges::{BoxFuture, Headers, Ingest, Outbox, Rebalance, Record, Source};
 use super::merge::{Rewind, Which};
 use crate::config::KafkaConfig;
 use crate::kafka::{self, Outgoing};
@@ -149,8 +149,7 @@ impl Source for KafkaSource {
                     key: message.key(),
                     payload: message.payload().unwrap_or_default(),
                     timestamp: message.timestamp().to_millis(),
-                    headers: message.headers(),
-                    size: record_size(&message),
+                    headers: &message,
                 };
                 Some(Ok(take(&record)))
             }
@@ -300,16 +299,10 @@ impl Drop for KafkaSource {
     }
 }
 
-/// Bytes of a record's key, payload and headers: what producing it again takes.
-fn record_size(message: &BorrowedMessage<'_>) -> usize {
-    use rdkafka::message::Headers;
-    let headers: usize = message.headers().map_or(0, |headers| {
-        headers
-            .iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-            .sum()
-    });
-    message.payload_len() + message.key_len() + headers
+impl Headers for BorrowedMessage<'_> {
+    fn read(&self) -> Option<&BorrowedHeaders> {
+        Message::headers(self)
+    }
 }
 
 /// Dead letters and forwards through the producer; ticks queued on the commands topic.

@@ -376,7 +376,7 @@ impl Pipeline {
             payload,
             arrival,
             received_at,
-            size: message.size,
+            size: &|| message.size(),
         };
         let (parsed, forward) = match screen::screen(&edges, &record) {
             screen::Verdict::Here(parsed) => (parsed, None),
@@ -396,7 +396,7 @@ impl Pipeline {
                 }
                 let forwarding = merge::Forwarding {
                     to,
-                    headers: message.headers.map(|h| h.detach()),
+                    headers: message.headers.read().map(|h| h.detach()),
                     timestamp,
                 };
                 (Ok(event), Some(forwarding))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::super::edges::{BoxFuture, Ingest, Outbox, Rebalance, Record, Source};
+use super::super::edges::{BoxFuture, Ingest, NoHeaders, Outbox, Rebalance, Record, Source};
 use super::super::merge::{Rewind, Which};
 use super::clickhouse::{lock, Faults};
 use super::Rng;
@@ -175,8 +175,7 @@ impl Source for SimSource {
             key: Some(&message.key),
             payload: &message.payload,
             timestamp: Some(message.timestamp),
-            headers: None,
-            size: message.key.len() + message.payload.len(),
+            headers: &NoHeaders,
         };
         Some(Ok(take(&record)))
     }
