@@ -14,7 +14,7 @@ use chrono::{TimeDelta, Utc};
 use common::{brokers, grant, hours_ago, milli, rfc3339, usage, Deployment};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
@@ -53,6 +53,8 @@ struct Raw<'a> {
     partition: Option<i32>,
     /// Broker timestamp (CreateTime), milliseconds; `None`: now.
     timestamp: Option<i64>,
+    /// Headers (name, value), as a service adds trace ids.
+    headers: &'a [(&'a str, &'a str)],
 }
 
 /// Produces `records` with librdkafka's `partitioner` (as a Java, Go or Python service
@@ -74,6 +76,18 @@ fn produce(partitioner: &str, records: &[Raw<'_>]) -> Vec<(i32, i64)> {
         }
         if let Some(at) = raw.timestamp {
             record = record.timestamp(at);
+        }
+        if !raw.headers.is_empty() {
+            let headers = raw
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |all, (key, value)| {
+                    all.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                });
+            record = record.headers(headers);
         }
         if let Err((e, _)) = producer.send(record) {
             panic!("cannot queue a record for {}: {e}", raw.topic);
@@ -104,6 +118,66 @@ struct Letter {
     headers: BTreeMap<String, String>,
 }
 
+/// Headers a service put on a record, which a forward must keep.
+const TRACE: &[(&str, &str)] = &[
+    ("traceparent", "00-4bf92f3577b34da6-00f067aa0ba902b7-01"),
+    ("empty", ""),
+];
+
+/// Every record of one partition as it is now (bounded: fails after 60 s).
+fn records_at(topic: &str, partition: i32) -> Vec<Letter> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{topic}-{partition}-read"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .expect("watermarks");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(low))
+        .expect("offset");
+    consumer.assign(&list).expect("assign");
+    let mut records = Vec::new();
+    let mut next = low;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next < high && Instant::now() < deadline {
+        match consumer.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                records.push(letter(&m));
+            }
+            Some(Err(e)) => panic!("reading {topic}/{partition}: {e}"),
+            None => {}
+        }
+    }
+    assert!(
+        next >= high,
+        "read {topic}/{partition} up to {next} of {high} in 60 s"
+    );
+    records
+}
+
+/// A record's payload and headers, as read back.
+fn letter(m: &rdkafka::message::BorrowedMessage<'_>) -> Letter {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|x| {
+                    let value = x.value.map(String::from_utf8_lossy);
+                    (x.key.to_string(), value.unwrap_or_default().into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Letter {
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
+}
+
 /// Reads the first `expected` records of the dead-letter topic (bounded: fails with what
 /// it saw).
 fn dead_letters(d: &Deployment, expected: usize) -> Vec<Letter> {
@@ -119,23 +193,7 @@ fn dead_letters(d: &Deployment, expected: usize) -> Vec<Letter> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while letters.len() < expected && Instant::now() < deadline {
         match consumer.poll(Duration::from_secs(5)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                let value = x.value.map(String::from_utf8_lossy);
-                                (x.key.to_string(), value.unwrap_or_default().into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                letters.push(Letter {
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
-            }
+            Some(Ok(m)) => letters.push(letter(&m)),
             Some(Err(e)) => panic!("reading the dead-letter topic: {e}"),
             None => {}
         }
@@ -204,6 +262,7 @@ fn a_record_stamped_in_the_future_expires_no_one_elses_lots() {
             payload: json_bytes(&skewed_call),
             partition: Some(0),
             timestamp: Some(ahead.timestamp_millis()),
+            headers: &[],
         }],
     );
     // Then a call of the victim's, from a host with a good clock: erase costs 7.
@@ -299,6 +358,7 @@ fn calls_from_a_murmur2_producer_are_charged_in_their_accounts_partition() {
             payload: json_bytes(call),
             partition: None,
             timestamp: None,
+            headers: &[],
         })
         .collect();
     let landed = produce("murmur2_random", &records);
@@ -326,9 +386,28 @@ fn calls_from_a_murmur2_producer_are_charged_in_their_accounts_partition() {
             payload: json_bytes(first_call),
             partition: Some(stray),
             timestamp: None,
+            headers: TRACE,
         }],
     );
     drain_bounded(&d);
+
+    // The stray record was forwarded to its account's partition with its headers.
+    let owner = Partitioner::Crc32.partition(first_account.as_bytes(), 6);
+    let copies: Vec<Letter> = records_at(&d.usage_topic, owner)
+        .into_iter()
+        .filter(|r| r.payload == json_bytes(first_call))
+        .collect();
+    let traced = |r: &Letter| {
+        TRACE
+            .iter()
+            .all(|(key, value)| r.headers.get(*key).map(String::as_str) == Some(*value))
+    };
+    assert_eq!(
+        copies.iter().filter(|r| traced(r)).count(),
+        usize::from(stray != owner),
+        "the stray record's copy in partition {owner} keeps its headers: {:?}",
+        copies.iter().map(|r| &r.headers).collect::<Vec<_>>()
+    );
 
     for account in &accounts {
         assert_eq!(
@@ -384,6 +463,7 @@ fn a_grant_on_the_usage_topic_grants_nothing() {
                 payload: json_bytes(&forged),
                 partition: None,
                 timestamp: None,
+                headers: &[],
             },
             Raw {
                 topic: &d.commands_topic,
@@ -391,6 +471,7 @@ fn a_grant_on_the_usage_topic_grants_nothing() {
                 payload: json_bytes(&misrouted_call),
                 partition: None,
                 timestamp: None,
+                headers: &[],
             },
         ],
     );
@@ -464,6 +545,7 @@ fn a_dead_letter_at_the_producers_size_limit_does_not_stop_the_run() {
             payload,
             partition: Some(0),
             timestamp: None,
+            headers: &[],
         })
         .collect();
     let landed = produce("consistent_random", &raws);
