@@ -18,7 +18,7 @@ use tally_core::{Credits, LotKind};
 use super::super::merge::Which;
 use super::history::{input, to_json, Event};
 use super::reference::{Data, GrantData, UsageData};
-use super::{check, lock, place, rules, seeds, Outcome, Rng, Sim, MATRIX};
+use super::{check, lock, place, reached, rules, Outcome, Rng, Sim, MATRIX};
 use crate::config::Config;
 
 /// One account's calls, each 1 s to a quarter window after the one before, a third of
@@ -157,15 +157,7 @@ fn horizon(seed: u64) -> Result<bool, String> {
 /// arrival's window, taken for a duplicate of that one).
 #[test]
 fn a_snapshot_deletion_keeps_the_dedup_rows_a_replay_from_it_needs() {
-    let seeds = seeds("horizon", 300);
-    let count = seeds.end - seeds.start;
-    let mut crashed = 0;
-    for seed in seeds {
-        match horizon(seed) {
-            Ok(hit) => crashed += u64::from(hit),
-            Err(e) => panic!("horizon seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),
-        }
-    }
+    let (crashed, count) = reached("horizon", 300, horizon);
     eprintln!("horizon: the owner crashed right after a deletion in {crashed} of {count} seeds");
     // Most seeds do: a hundred that all miss means the family no longer makes the case.
     assert!(

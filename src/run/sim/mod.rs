@@ -705,6 +705,22 @@ fn seeds(family: &str, default: u64) -> std::ops::Range<u64> {
     first..first + count
 }
 
+/// Runs a scripted family of `seeds` (see [`seeds`]) and counts the seeds in which it
+/// reached the case it is for: `(reached, seeds run)`. Panics at the first failing seed,
+/// naming it.
+fn reached(family: &str, default: u64, run: impl Fn(u64) -> Result<bool, String>) -> (u64, u64) {
+    let seeds = seeds(family, default);
+    let count = seeds.end - seeds.start;
+    let mut reached = 0;
+    for seed in seeds {
+        match run(seed) {
+            Ok(hit) => reached += u64::from(hit),
+            Err(e) => panic!("{family} seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),
+        }
+    }
+    (reached, count)
+}
+
 /// Prints the schedule's steps and the store's rows, for a replayed seed.
 fn tracing_on() -> bool {
     std::env::var_os("TALLY_SIM_TRACE").is_some()

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{build, check, lock, seeds, Outcome, Rng, Sim};
+use super::{build, check, lock, reached, Outcome, Rng, Sim};
 
 /// Runs member `id` for `rounds` rounds of a turn, its background writes and 50 ms, or
 /// until `done` says so.
@@ -84,15 +84,7 @@ fn takeover(seed: u64) -> Result<bool, String> {
 /// account N never rewrote missing or stale, or a call debited twice).
 #[test]
 fn a_zombie_snapshot_deletes_nothing_a_later_lineage_needs() {
-    let seeds = seeds("takeover", 300);
-    let count = seeds.end - seeds.start;
-    let mut fenced = 0;
-    for seed in seeds {
-        match takeover(seed) {
-            Ok(hit) => fenced += u64::from(hit),
-            Err(e) => panic!("takeover seed {seed} (replay with TALLY_SIM_SEED={seed}): {e}"),
-        }
-    }
+    let (fenced, count) = reached("takeover", 300, takeover);
     eprintln!("takeover: the fence refused a deletion in {fenced} of {count} seeds");
     // About one seed in four reaches it: a hundred that all miss means the family no
     // longer makes the case (a replayed seed may miss it).
