@@ -51,6 +51,16 @@ pub enum PaymentMethod {
     Cash,
 }
 
+impl PaymentMethod {
+    /// The name the event contract and the ledger use (serde's, above).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::Card => "card",
+            PaymentMethod::Cash => "cash",
+        }
+    }
+}
+
 /// Which lot pays first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -98,7 +98,7 @@ impl LedgerBlock {
         put_str(out, entry.event_id.as_str());
         put_str(out, &entry.lot);
         put_str(out, entry.lot_kind.map_or("", |kind| kind.as_str()));
-        put_str(out, entry.payment_method.map_or("", method_name));
+        put_str(out, entry.payment_method.map_or("", PaymentMethod::as_str));
         put_str(out, &entry.payment_reference);
         put_str(out, &entry.comment);
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -129,14 +129,6 @@ pub fn insert_sql() -> String {
         "INSERT INTO `ledger`({}) FORMAT RowBinary",
         columns.join(",")
     )
-}
-
-/// As the row before these blocks stored it (`format!("{m:?}").to_lowercase()`).
-fn method_name(method: PaymentMethod) -> &'static str {
-    match method {
-        PaymentMethod::Card => "card",
-        PaymentMethod::Cash => "cash",
-    }
 }
 
 /// The three parallel arrays of a call's payments: lots, kinds, credits.
