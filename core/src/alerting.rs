@@ -1,10 +1,10 @@
 //! Low-credit alert decisions: which thresholds an account's pools crossed downward, fired
 //! once per threshold per cycle and re-armed when the pool is back above it.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::account::AccountState;
-use crate::alerts::{Alert, AlertKind, AlertRules, Calm, Mark, Marks};
+use crate::alerts::{Alert, AlertKind, AlertRules, Calm, Mark, Marks, Month};
 use crate::credits::Credits;
 use crate::lots::Lot;
 use crate::plans;
@@ -23,6 +23,7 @@ pub fn evaluate_call(
     };
     let quiet = state.alert_quiet.covers(
         &limits,
+        state.timezone(rules),
         at,
         &state.lots,
         state.next_seq,
@@ -66,10 +67,8 @@ fn evaluate_all(
     account: &str,
     at: DateTime<Utc>,
 ) -> Vec<Alert> {
-    let cycle_start = match &state.subscription {
-        Some(s) => s.cycle_start,
-        None => plans::month_start(state.timezone(rules), at),
-    };
+    let zone = state.timezone(rules);
+    let (cycle_start, cycle_end, month) = cycle(state, zone, at);
     // Every call of an account with admins comes here, so nothing is allocated unless an
     // alert fires or a mark is new: the pools' names are sorted in a buffer on the stack
     // (an account has a few), their credits summed in place, and each check applied to
@@ -193,36 +192,46 @@ fn evaluate_all(
     }
     let calm = Calm {
         limits,
+        zone,
         from: at,
-        until: quiet_until(state, rules, at, cycle_start),
+        until: quiet_until(state, at, cycle_end),
         lots: state.lots.len(),
         next_seq: state.next_seq,
         shortfall_pools: state.shortfall.len(),
         free: state.lots.iter().map(Lot::free).sum(),
         slack,
+        month,
     };
     state.alert_quiet.set(calm);
     fired
 }
 
-/// The first instant after `at` at which time alone may move a check: a lot starting,
-/// expiring or coming within [`EXPIRING_WITHIN`] of its expiry, or the next cycle. Only
-/// the expiring check looks at that last window, and it leaves out a plan's allowance
-/// (which ends with its cycle), so an allowance's window is no such instant: counting it
-/// made every account with a plan evaluate in full once more in each cycle's last days.
-fn quiet_until(
+/// The cycle `at` falls in: the plan's, or without one the calendar month, taken from the
+/// last evaluation's when `at` falls in that (the zone's rules cost more than the rest of
+/// an evaluation), with the month to remember.
+fn cycle(
     state: &AccountState,
-    rules: &Rules,
+    zone: chrono_tz::Tz,
     at: DateTime<Utc>,
-    cycle_start: DateTime<Utc>,
-) -> DateTime<Utc> {
-    let next_cycle = match &state.subscription {
-        Some(s) => s.cycle_end,
-        // Months are shorter than 32 days: 32 days on lies in the next month.
-        None => cycle_start
-            .checked_add_signed(TimeDelta::days(32))
-            .map_or(at, |later| plans::month_start(state.timezone(rules), later)),
+) -> (DateTime<Utc>, DateTime<Utc>, Option<Month>) {
+    if let Some(s) = &state.subscription {
+        return (s.cycle_start, s.cycle_end, None);
+    }
+    let month = match state.alert_quiet.month(zone, at) {
+        Some(month) => month,
+        None => plans::month(zone, at),
     };
+    debug_assert_eq!(month.start, plans::month_start(zone, at));
+    (month.start, month.end, Some(month))
+}
+
+/// The first instant after `at` at which time alone may move a check: a lot starting,
+/// expiring or coming within [`EXPIRING_WITHIN`] of its expiry, or the next cycle (at
+/// `next_cycle`). Only the expiring check looks at that last window, and it leaves out a
+/// plan's allowance (which ends with its cycle), so an allowance's window is no such
+/// instant: counting it made every account with a plan evaluate in full once more in
+/// each cycle's last days.
+fn quiet_until(state: &AccountState, at: DateTime<Utc>, next_cycle: DateTime<Utc>) -> DateTime<Utc> {
     let lot_times = state
         .lots
         .iter()

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
@@ -128,8 +129,10 @@ pub type Marks = BTreeMap<String, Mark>;
 
 /// What the last full evaluation of an account's alerts proved about the calls after it,
 /// so that a call which moves no check across its threshold costs a few comparisons
-/// instead of every check of every pool. Derived from the state, never stored (a restored
-/// state starts without it and evaluates in full), and equal whatever it holds.
+/// instead of every check of every pool. Kept in the account's checkpointed state (the
+/// shell's codec stores it), so the first call after a restart is as cheap as the others;
+/// a state stored without it starts without it and evaluates in full. Equal whatever it
+/// holds: it is a shortcut, not part of what the account is.
 #[derive(Debug, Clone, Default)]
 pub struct Quiet(Option<Calm>);
 
@@ -138,9 +141,14 @@ pub struct Quiet(Option<Calm>);
 /// two calls without a hold only debits happen, and a debit only lowers lots: each check
 /// that a debit can move across is at least `slack` away, and each time-bound change (a
 /// lot starting, expiring or nearing its expiry, a new cycle) is at `until` or later.
+/// Its fields are public for the codec that stores it; only an evaluation makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Calm {
+pub struct Calm {
+    /// The thresholds it was proved for: other ones (a changed config after a restart,
+    /// say) prove nothing.
     pub limits: AlertRules,
+    /// The account's time zone it was proved in (the config's default may change).
+    pub zone: Tz,
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
     /// The lots, grants and shortfall pools there were: any other count means the state
@@ -152,6 +160,30 @@ pub(crate) struct Calm {
     pub free: Credits,
     /// Debits (in all) smaller than this move no check across its threshold.
     pub slack: Credits,
+    /// The calendar month it found the account in, when it has no plan: the next
+    /// evaluation in it skips the zone's rules.
+    pub month: Option<Month>,
+}
+
+/// A calendar month in a time zone, as `plans::month` finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Month {
+    /// `plans::month_start` of every instant in `[known_from, known_until)`.
+    pub start: DateTime<Utc>,
+    /// The next month's start.
+    pub end: DateTime<Utc>,
+    /// Where local time is surely in the month: from the last local instant of its first
+    /// midnight (a change of the clock may repeat it) to the first of the next one (or
+    /// earlier, where a change of the clock skips that midnight).
+    pub known_from: DateTime<Utc>,
+    pub known_until: DateTime<Utc>,
+}
+
+impl Month {
+    /// Whether `at` surely falls in it.
+    pub fn holds(&self, at: DateTime<Utc>) -> bool {
+        self.known_from <= at && at < self.known_until
+    }
 }
 
 impl PartialEq for Quiet {
@@ -167,6 +199,25 @@ impl Quiet {
         self.0 = Some(calm);
     }
 
+    /// A proof as stored with the account's state.
+    pub fn restored(calm: Calm) -> Self {
+        Quiet(Some(calm))
+    }
+
+    /// What it proved, if anything: for the codec to store.
+    pub fn calm(&self) -> Option<&Calm> {
+        self.0.as_ref()
+    }
+
+    /// The month the last evaluation found the account in, if `at` in `zone` falls in it.
+    pub(crate) fn month(&self, zone: Tz, at: DateTime<Utc>) -> Option<Month> {
+        self.0
+            .as_ref()
+            .filter(|calm| calm.zone == zone)
+            .and_then(|calm| calm.month)
+            .filter(|month| month.holds(at))
+    }
+
     /// Forgets what it proved: the state changed in a way it does not follow.
     pub fn forget(&mut self) {
         self.0 = None;
@@ -177,6 +228,7 @@ impl Quiet {
     pub(crate) fn covers(
         &self,
         limits: &AlertRules,
+        zone: Tz,
         at: DateTime<Utc>,
         lots: &[crate::lots::Lot],
         next_seq: u64,
@@ -191,6 +243,7 @@ impl Quiet {
             || calm.next_seq != next_seq
             || calm.shortfall_pools != shortfall_pools
             || calm.limits != *limits
+            || calm.zone != zone
         {
             return false;
         }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelt
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::Month;
 use crate::credits::Credits;
 use crate::lots::PaymentMethod;
 
@@ -114,6 +115,44 @@ pub fn month_start(tz: Tz, at: DateTime<Utc>) -> DateTime<Utc> {
     match NaiveDate::from_ymd_opt(local.year(), local.month(), 1) {
         Some(first) => resolve(tz, first.and_time(chrono::NaiveTime::MIN)),
         None => at,
+    }
+}
+
+/// The calendar month containing `at` in `tz`: its [`month_start`], the next month's, and
+/// the span in which [`Month::holds`] is true and its start is [`month_start`] without the zone's rules.
+pub fn month(tz: Tz, at: DateTime<Utc>) -> Month {
+    let local = at.with_timezone(&tz).naive_local();
+    let first = NaiveDate::from_ymd_opt(local.year(), local.month(), 1);
+    let next = first.and_then(|first| first.checked_add_months(chrono::Months::new(1)));
+    let (Some(first), Some(next)) = (first, next) else {
+        // Out of the calendar's range: nothing is known, every time is computed.
+        return Month {
+            start: month_start(tz, at),
+            end: at,
+            known_from: at,
+            known_until: at,
+        };
+    };
+    let (first, next) = (
+        first.and_time(chrono::NaiveTime::MIN),
+        next.and_time(chrono::NaiveTime::MIN),
+    );
+    let (start, end) = (resolve(tz, first), resolve(tz, next));
+    let known_from = tz
+        .from_local_datetime(&first)
+        .latest()
+        .map_or(start, |t| t.with_timezone(&Utc).max(start));
+    // A skipped midnight: `end` lies after the gap, whose instants are in the next month
+    // already; two days before it lies before any gap there is.
+    let known_until = tz.from_local_datetime(&next).earliest().map_or_else(
+        || end - TimeDelta::days(2),
+        |t| t.with_timezone(&Utc).min(end),
+    );
+    Month {
+        start,
+        end,
+        known_from,
+        known_until,
     }
 }
 

@@ -5,13 +5,18 @@
 //! postcard is not self-describing: the byte layout is the order of the fields below. A
 //! change of any field or enum order must come with a new format byte and a decoder for
 //! the old one; `golden_bytes_do_not_change` fails first when the layout moves.
+//!
+//! Either format may end with the account's alert proof (`StoredCalm`), so that the first
+//! call after a restart skips the full alert check as the calls before it did. A state
+//! without one (written before it existed) loads without one; a decoder older than it
+//! reads what it knows and leaves the rest, so a state with one loads there too.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use tally_core::alerts::{AlertSettings, Mark};
+use tally_core::alerts::{AlertRules, AlertSettings, Calm, Mark, Month, Quiet};
 use tally_core::holds::{Hold, HoldStatus};
 use tally_core::hooks::{Endpoint, HookState, TopUp, TopUpMark};
 use tally_core::lots::{Lot, LotKind, Payment, PaymentMethod, Policy};
@@ -50,6 +55,9 @@ pub fn encode(state: &AccountState) -> Vec<u8> {
     if hooks {
         bytes.extend(postcard::to_allocvec(&StoredHooks::from(&state.hooks)).unwrap_or_default());
     }
+    if let Some(calm) = state.alert_quiet.calm() {
+        bytes.extend(postcard::to_allocvec(&StoredCalm::from(calm)).unwrap_or_default());
+    }
     bytes
 }
 
@@ -58,15 +66,28 @@ pub fn decode(bytes: &[u8]) -> Result<AccountState, CodecError> {
     match bytes.first() {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-        Some(&FORMAT_V1) => postcard::from_bytes::<StoredState>(&bytes[1..])?.try_into(),
+        Some(&FORMAT_V1) => {
+            let (stored, rest) = postcard::take_from_bytes::<StoredState>(&bytes[1..])?;
+            with_proof(stored.try_into()?, rest)
+        }
         Some(&FORMAT_V2) => {
             let (stored, rest) = postcard::take_from_bytes::<StoredState>(&bytes[1..])?;
             let mut state: AccountState = stored.try_into()?;
-            state.hooks = postcard::from_bytes::<StoredHooks>(rest)?.into();
-            Ok(state)
+            let (hooks, rest) = postcard::take_from_bytes::<StoredHooks>(rest)?;
+            state.hooks = hooks.into();
+            with_proof(state, rest)
         }
         Some(&other) => Err(CodecError::UnknownFormat(other)),
     }
+}
+
+/// `state` with the alert proof that `rest` holds, if any.
+fn with_proof(mut state: AccountState, rest: &[u8]) -> Result<AccountState, CodecError> {
+    if !rest.is_empty() {
+        let calm = postcard::from_bytes::<StoredCalm>(rest)?.try_into()?;
+        state.alert_quiet = Quiet::restored(calm);
+    }
+    Ok(state)
 }
 
 /// Seconds and nanoseconds: 5 to 7 bytes where RFC 3339 text takes 22 to 32.
@@ -389,6 +410,89 @@ impl TryFrom<StoredState> for AccountState {
             alert_marks,
             holds,
             hooks: HookState::default(),
+        })
+    }
+}
+
+/// The alert proof (`tally_core::alerts::Calm`): the thresholds (enabled, low balance,
+/// included-use percent, shortfall, expiring minimum, global webhooks; credits in
+/// thousandths), the zone's name, from, until, the counts of lots, grants and shortfall
+/// pools, free credits and slack, and the month (start, end, known from, known until).
+#[derive(Serialize, Deserialize)]
+struct StoredCalm {
+    limits: (bool, i64, u32, bool, i64, bool),
+    zone: String,
+    from: Time,
+    until: Time,
+    lots: u64,
+    next_seq: u64,
+    shortfall_pools: u64,
+    free: i64,
+    slack: i64,
+    month: Option<(Time, Time, Time, Time)>,
+}
+
+impl From<&Calm> for StoredCalm {
+    fn from(c: &Calm) -> Self {
+        let l = &c.limits;
+        StoredCalm {
+            limits: (
+                l.enabled,
+                l.low_balance.milli(),
+                l.included_used_percent,
+                l.shortfall,
+                l.expiring_min.milli(),
+                l.global_webhooks,
+            ),
+            zone: c.zone.name().to_string(),
+            from: time(c.from),
+            until: time(c.until),
+            lots: c.lots as u64,
+            next_seq: c.next_seq,
+            shortfall_pools: c.shortfall_pools as u64,
+            free: c.free.milli(),
+            slack: c.slack.milli(),
+            month: c
+                .month
+                .map(|m| (time(m.start), time(m.end), time(m.known_from), time(m.known_until))),
+        }
+    }
+}
+
+impl TryFrom<StoredCalm> for Calm {
+    type Error = CodecError;
+
+    fn try_from(s: StoredCalm) -> Result<Self, CodecError> {
+        let (enabled, low_balance, included_used_percent, shortfall, expiring_min, global_webhooks) =
+            s.limits;
+        let month = match s.month {
+            Some((start, end, known_from, known_until)) => Some(Month {
+                start: from_time(start)?,
+                end: from_time(end)?,
+                known_from: from_time(known_from)?,
+                known_until: from_time(known_until)?,
+            }),
+            None => None,
+        };
+        Ok(Calm {
+            limits: AlertRules {
+                enabled,
+                low_balance: Credits::from_milli(low_balance),
+                included_used_percent,
+                shortfall,
+                expiring_min: Credits::from_milli(expiring_min),
+                global_webhooks,
+            },
+            zone: tz(&s.zone)?,
+            from: from_time(s.from)?,
+            until: from_time(s.until)?,
+            // A count that does not fit proves nothing: it matches no state.
+            lots: usize::try_from(s.lots).unwrap_or(usize::MAX),
+            next_seq: s.next_seq,
+            shortfall_pools: usize::try_from(s.shortfall_pools).unwrap_or(usize::MAX),
+            free: Credits::from_milli(s.free),
+            slack: Credits::from_milli(s.slack),
+            month,
         })
     }
 }
