@@ -231,7 +231,11 @@ fn cycle(
 /// plan's allowance (which ends with its cycle), so an allowance's window is no such
 /// instant: counting it made every account with a plan evaluate in full once more in
 /// each cycle's last days.
-fn quiet_until(state: &AccountState, at: DateTime<Utc>, next_cycle: DateTime<Utc>) -> DateTime<Utc> {
+fn quiet_until(
+    state: &AccountState,
+    at: DateTime<Utc>,
+    next_cycle: DateTime<Utc>,
+) -> DateTime<Utc> {
     let lot_times = state
         .lots
         .iter()

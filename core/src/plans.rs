@@ -241,4 +241,66 @@ mod tests {
             utc("2026-11-30T15:00:00Z")
         );
     }
+
+    /// Every 37 minutes over three years, in zones whose clocks change at midnight, by
+    /// half hours or by a whole day: wherever `month` says it holds, its start is
+    /// `month_start`'s and its end the next month's, and it holds most of the time.
+    #[test]
+    fn a_month_holds_only_where_month_start_agrees() {
+        let zones = [
+            Tz::UTC,
+            chrono_tz::Asia::Seoul,
+            chrono_tz::Europe::Berlin,
+            chrono_tz::America::Santiago,
+            chrono_tz::America::Havana,
+            chrono_tz::Asia::Beirut,
+            chrono_tz::Australia::Lord_Howe,
+            chrono_tz::Pacific::Apia,
+            chrono_tz::Asia::Gaza,
+            chrono_tz::America::Asuncion,
+            chrono_tz::Asia::Damascus,
+        ];
+        let from = utc("2010-12-20T00:00:00Z");
+        for tz in zones {
+            let mut remembered = month(tz, from);
+            let (mut held, mut steps) = (0, 0);
+            for i in 0..(3 * 366 * 24 * 60 / 37) {
+                // Mostly forward, with a step back now and then.
+                let minutes = if i % 5 == 4 { i * 37 - 1500 } else { i * 37 };
+                let at = from + TimeDelta::minutes(minutes);
+                let expected = month_start(tz, at);
+                steps += 1;
+                if remembered.holds(at) {
+                    held += 1;
+                    assert_eq!(remembered.start, expected, "{tz} {at}");
+                } else {
+                    remembered = month(tz, at);
+                    assert_eq!(remembered.start, expected, "{tz} {at}");
+                }
+                let next = month_start(tz, expected + TimeDelta::days(32));
+                assert_eq!(remembered.end, next, "{tz} {at}");
+            }
+            assert!(held * 10 > steps * 9, "{tz}: held {held} of {steps}");
+        }
+    }
+
+    /// Havana's clocks go back from 01:00 to midnight as 1 November 2026 begins: its first
+    /// midnight comes twice. The month starts at the earlier one and is known from the
+    /// later one on.
+    #[test]
+    fn a_month_whose_first_midnight_comes_twice() {
+        let tz = chrono_tz::America::Havana;
+        let m = month(tz, utc("2026-11-10T00:00:00Z"));
+        assert_eq!(
+            (m.start, m.known_from, m.end),
+            (
+                utc("2026-11-01T04:00:00Z"),
+                utc("2026-11-01T05:00:00Z"),
+                utc("2026-12-01T05:00:00Z")
+            )
+        );
+        assert!(!m.holds(utc("2026-11-01T04:30:00Z")));
+        assert!(m.holds(utc("2026-11-01T05:00:00Z")));
+        assert!(!m.holds(m.end));
+    }
 }

@@ -452,9 +452,14 @@ impl From<&Calm> for StoredCalm {
             shortfall_pools: c.shortfall_pools as u64,
             free: c.free.milli(),
             slack: c.slack.milli(),
-            month: c
-                .month
-                .map(|m| (time(m.start), time(m.end), time(m.known_from), time(m.known_until))),
+            month: c.month.map(|m| {
+                (
+                    time(m.start),
+                    time(m.end),
+                    time(m.known_from),
+                    time(m.known_until),
+                )
+            }),
         }
     }
 }
@@ -689,5 +694,319 @@ mod tests {
             ]
         );
         assert_eq!(decode(&bytes).expect("decodes"), state);
+    }
+
+    /// The config's rules with these alert thresholds.
+    fn rules_with(low_balance: i64, expiring_min: i64) -> tally_core::Rules {
+        let mut rules = crate::config::Config::default()
+            .validate("(defaults)", None)
+            .expect("the defaults are valid");
+        rules.alerts = AlertRules {
+            enabled: true,
+            low_balance: Credits::from_whole(low_balance),
+            expiring_min: Credits::from_whole(expiring_min),
+            included_used_percent: 80,
+            shortfall: true,
+            global_webhooks: false,
+        };
+        rules
+    }
+
+    fn payload(ty: &str, id: &str, time: &str, data: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","type":"{ty}","id":"{id}","source":"billing","subject":"acme","time":"{time}","data":{data}}}"#
+        )
+    }
+
+    const CALL: &str = r#"{"user":"kim","feature":"text_to_image"}"#;
+
+    /// Applies `payload` at its own time; returns the alerts as (kind, threshold, balance)
+    /// in whole credits.
+    fn send(
+        book: &mut Book,
+        rules: &tally_core::Rules,
+        payload: &str,
+        time: &str,
+    ) -> Vec<(tally_core::alerts::AlertKind, i64, i64)> {
+        let step = book.process(rules, payload.as_bytes(), time.parse().expect("time"));
+        assert!(
+            matches!(step.outcome, tally_core::Outcome::Applied { .. }),
+            "{payload}: {:?}",
+            step.outcome
+        );
+        step.alerts
+            .iter()
+            .map(|a| (a.kind, a.threshold.milli() / 1000, a.balance.milli() / 1000))
+            .collect()
+    }
+
+    /// The account as a restart finds it: through the codec.
+    fn restart(book: &mut Book) {
+        let state = book.accounts.remove("acme").expect("acme");
+        let restored = decode(&encode(&state)).expect("decodes");
+        assert_eq!(
+            restored.alert_quiet.calm(),
+            state.alert_quiet.calm(),
+            "the proof survives"
+        );
+        book.accounts.insert("acme".to_string(), restored);
+    }
+
+    /// An account with admins, 100 and 30 credits, and one call of 8 (122 left, far above
+    /// a low-balance limit of 20: the proof lets calls through until 102 more are spent).
+    fn quiet_account(rules: &tally_core::Rules) -> Book {
+        let mut book = Book::default();
+        let t = "2026-11-02T00:00:00Z";
+        let settings = r#"{"admins":["ops@acme.kr"],"timezone":"UTC"}"#;
+        send(
+            &mut book,
+            rules,
+            &payload("account.settings", "s", t, settings),
+            t,
+        );
+        let grant = r#"{"kind":"purchased","credits":100}"#;
+        send(
+            &mut book,
+            rules,
+            &payload("credit.grant", "g1", t, grant),
+            t,
+        );
+        let grant = r#"{"kind":"purchased","credits":30}"#;
+        send(
+            &mut book,
+            rules,
+            &payload("credit.grant", "g2", t, grant),
+            t,
+        );
+        let t = "2026-11-02T01:00:00Z";
+        assert_eq!(
+            send(&mut book, rules, &payload("ai.usage", "u1", t, CALL), t),
+            []
+        );
+        assert!(book.accounts["acme"].alert_quiet.calm().is_some());
+        book
+    }
+
+    #[test]
+    fn a_restored_proof_fires_on_the_call_that_crosses_a_threshold_changed_meanwhile() {
+        let mut book = quiet_account(&rules_with(20, 0));
+        restart(&mut book);
+        // Restarted with a limit of 120: the next call (122 to 114) crosses it and fires,
+        // although it is far within what the stored proof allowed under the old limit.
+        let rules = rules_with(120, 0);
+        let t = "2026-11-02T02:00:00Z";
+        assert_eq!(
+            send(&mut book, &rules, &payload("ai.usage", "u2", t, CALL), t),
+            [(tally_core::alerts::AlertKind::LowBalance, 120, 114)]
+        );
+        // Restarted with the old limit: the next calls are quiet until one crosses 20.
+        let mut book = quiet_account(&rules_with(20, 0));
+        restart(&mut book);
+        let rules = rules_with(20, 0);
+        let mut fired = Vec::new();
+        for (n, hour) in (2..=14).enumerate() {
+            let t = format!("2026-11-02T{hour:02}:00:00Z");
+            let alerts = send(
+                &mut book,
+                &rules,
+                &payload("ai.usage", &format!("c{n}"), &t, CALL),
+                &t,
+            );
+            fired.extend(alerts.into_iter().map(|alert| (n, alert)));
+        }
+        // 122 - 8 * 13 = 18 after the 13th call (n = 12); 26 after the 12th.
+        assert_eq!(
+            fired,
+            [(12, (tally_core::alerts::AlertKind::LowBalance, 20, 18))]
+        );
+    }
+
+    #[test]
+    fn a_restored_proof_fires_on_the_call_that_crosses_after_a_command_changed_the_lots() {
+        let rules = rules_with(20, 0);
+        let mut book = quiet_account(&rules);
+        restart(&mut book);
+        // The call paid from the first lot (the older of two alike): voiding it leaves 30,
+        // above 20, so the void fires nothing.
+        let t = "2026-11-02T02:00:00Z";
+        let void = r#"{"lot":"g1","reason":"refund"}"#;
+        assert_eq!(
+            send(&mut book, &rules, &payload("credit.void", "v1", t, void), t),
+            []
+        );
+        restart(&mut book);
+        // 30 to 22, quiet; 22 to 14 crosses 20.
+        let t = "2026-11-02T03:00:00Z";
+        assert_eq!(
+            send(&mut book, &rules, &payload("ai.usage", "u2", t, CALL), t),
+            []
+        );
+        restart(&mut book);
+        let t = "2026-11-02T04:00:00Z";
+        assert_eq!(
+            send(&mut book, &rules, &payload("ai.usage", "u3", t, CALL), t),
+            [(tally_core::alerts::AlertKind::LowBalance, 20, 14)]
+        );
+    }
+
+    #[test]
+    fn a_restored_proof_of_another_time_zone_proves_nothing() {
+        let rules = rules_with(20, 0);
+        let mut book = quiet_account(&rules);
+        let settings = r#"{"timezone":"Asia/Seoul"}"#;
+        let t = "2026-11-02T01:30:00Z";
+        send(
+            &mut book,
+            &rules,
+            &payload("account.settings", "s2", t, settings),
+            t,
+        );
+        // The stored proof was made in Seoul, with Seoul's month. Had it been made in
+        // another zone than the account's (the config's default zone changed between two
+        // runs, say), the next call evaluates in full, in the account's zone.
+        restart(&mut book);
+        let calm = book.accounts["acme"]
+            .alert_quiet
+            .calm()
+            .cloned()
+            .expect("a proof");
+        assert_eq!(calm.zone, chrono_tz::Asia::Seoul);
+        let month = calm.month.expect("no plan: the calendar month");
+        assert_eq!(
+            month.start,
+            "2026-10-31T15:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let mut other = calm.clone();
+        other.zone = chrono_tz::UTC;
+        book.accounts.get_mut("acme").expect("acme").alert_quiet = Quiet::restored(other);
+        let t = "2026-11-02T02:00:00Z";
+        assert_eq!(
+            send(&mut book, &rules, &payload("ai.usage", "u2", t, CALL), t),
+            []
+        );
+        let now = book.accounts["acme"]
+            .alert_quiet
+            .calm()
+            .cloned()
+            .expect("a proof");
+        assert_eq!(
+            (now.zone, now.from),
+            (chrono_tz::Asia::Seoul, t.parse().unwrap()),
+            "evaluated in full again, in the account's zone"
+        );
+    }
+
+    /// A state stored before the proof was (no trailer) loads with none; with a proof, the
+    /// bytes before the trailer are the old format's, so an older decoder loads them too.
+    #[test]
+    fn states_without_a_proof_load_and_the_proof_is_a_trailer() {
+        let rules = rules_with(20, 0);
+        let book = quiet_account(&rules);
+        let state = &book.accounts["acme"];
+        let with = encode(state);
+        let mut without_proof = state.clone();
+        without_proof.alert_quiet = Quiet::default();
+        let old = encode(&without_proof);
+        assert!(with.len() > old.len() && with.starts_with(&old));
+        let loaded = decode(&old).expect("an old state loads");
+        assert!(loaded.alert_quiet.calm().is_none());
+        assert_eq!(loaded, *state);
+        // What a decoder without the trailer reads: the state alone.
+        let older: StoredState = postcard::from_bytes(&with[1..]).expect("older decoder");
+        assert_eq!(AccountState::try_from(older).expect("state"), *state);
+        let mut truncated = with.clone();
+        truncated.pop();
+        assert!(decode(&truncated).is_err(), "a torn trailer is an error");
+    }
+
+    /// Seeded histories over three months (calls, grants that expire or not, voids, a plan,
+    /// the account's own thresholds, days without calls), with the config's thresholds
+    /// changing between runs: an account restored through the codec before every event
+    /// fires the same alerts and keeps the same marks as the same account whose proof is
+    /// dropped before every event, so that every call is evaluated in full.
+    #[test]
+    fn restored_proofs_fire_what_full_evaluations_fire() {
+        let configs = [rules_with(20, 0), rules_with(40, 15), rules_with(5, 30)];
+        // Alerts fired, and calls the restored proof let through without a full check.
+        let (mut fired, mut quiet) = (0, 0);
+        for seed in 1..=40u64 {
+            let mut random = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = move |n: u64| {
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                random % n
+            };
+            let (mut restored, mut full) = (Book::default(), Book::default());
+            let mut time: DateTime<Utc> = "2026-10-28T00:00:00Z".parse().unwrap();
+            let mut rules = &configs[0];
+            let settings = r#"{"admins":["ops@acme.kr"],"timezone":"Asia/Seoul"}"#;
+            let settings = payload("account.settings", "s", &time.to_rfc3339(), settings);
+            restored.process(rules, settings.as_bytes(), time);
+            full.process(rules, settings.as_bytes(), time);
+            for n in 0..300 {
+                time += chrono::TimeDelta::minutes(if next(20) == 0 {
+                    60 * 24 * (1 + next(6) as i64)
+                } else {
+                    1 + next(600) as i64
+                });
+                let t = time.to_rfc3339();
+                let id = format!("e{n}");
+                let event = match next(100) {
+                    0..=64 => payload("ai.usage", &id, &t, CALL),
+                    65..=76 => {
+                        let expiry = match next(3) {
+                            0 => String::new(),
+                            _ => format!(r#","valid_days":{}"#, 5 + next(30)),
+                        };
+                        let data = format!(
+                            r#"{{"kind":"purchased","credits":{}{expiry}}}"#,
+                            1 + next(60)
+                        );
+                        payload("credit.grant", &id, &t, &data)
+                    }
+                    77..=80 => {
+                        let lot = format!(r#"{{"lot":"e{}"}}"#, next(n + 1));
+                        payload("credit.void", &id, &t, &lot)
+                    }
+                    81..=84 => {
+                        let data = format!(r#"{{"alerts":{{"low_balance":{}}}}}"#, next(50));
+                        payload("account.settings", &id, &t, &data)
+                    }
+                    85 if seed % 2 == 0 => payload("account.plan", &id, &t, r#"{"plan":"pro"}"#),
+                    86..=90 => {
+                        rules = &configs[next(3) as usize];
+                        continue;
+                    }
+                    _ => payload("ai.usage", &id, &t, CALL),
+                };
+                if let Some(state) = restored.accounts.remove("acme") {
+                    let state = decode(&encode(&state)).expect("decodes");
+                    restored.accounts.insert("acme".to_string(), state);
+                }
+                if let Some(state) = full.accounts.get_mut("acme") {
+                    state.alert_quiet = Quiet::default();
+                }
+                let a = restored.process(rules, event.as_bytes(), time);
+                let b = full.process(rules, event.as_bytes(), time);
+                assert_eq!(a.alerts, b.alerts, "seed {seed}, event {n}: {event}");
+                fired += a.alerts.len();
+                let proved_at = restored
+                    .accounts
+                    .get("acme")
+                    .and_then(|s| s.alert_quiet.calm());
+                quiet += usize::from(proved_at.is_some_and(|calm| calm.from < time));
+                assert_eq!(
+                    restored.accounts.get("acme").map(|s| &s.alert_marks),
+                    full.accounts.get("acme").map(|s| &s.alert_marks),
+                    "seed {seed}, event {n}"
+                );
+            }
+        }
+        eprintln!("{fired} alerts, {quiet} calls let through by a restored proof");
+        assert!(
+            fired > 100 && quiet > 2000,
+            "{fired} alerts, {quiet} quiet calls"
+        );
     }
 }
