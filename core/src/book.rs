@@ -195,9 +195,14 @@ impl Book {
         );
         let (outcome, answer) = self.decide(rules, parsed, arrival);
         let mut changed: Vec<&str> = due.iter().map(|e| e.account.as_str()).collect();
+        // The account of such a call that the clock left alone was only debited: its alert
+        // check may rest on what the account's last check proved (`evaluate_call`).
+        let mut only_debited = None;
         if let Outcome::Applied { account, .. } = &outcome {
             if moves_deadlines {
                 self.schedule(rules, account);
+            } else if !self.changed.iter().any(|c| c == account.as_str()) {
+                only_debited = Some(account.as_str());
             }
             changed.push(account.as_str());
         }
@@ -207,7 +212,11 @@ impl Book {
         let mut alerts = Vec::new();
         for account in changed {
             if let Some(state) = self.accounts.get_mut(account) {
-                alerts.extend(crate::alerting::evaluate(state, rules, account, at));
+                alerts.extend(if only_debited == Some(account) {
+                    crate::alerting::evaluate_call(state, rules, account, at)
+                } else {
+                    crate::alerting::evaluate(state, rules, account, at)
+                });
             }
         }
         Step {
