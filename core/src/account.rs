@@ -155,8 +155,19 @@ impl AccountState {
     fn flex_period_at(&self, rules: &Rules, at: DateTime<Utc>) -> DateTime<Utc> {
         let period = match &self.subscription {
             Some(s) => s.cycle_start,
-            None => plans::month_start(self.timezone(rules), at),
+            // The month the last alert check found, when `at` lies in it: the zone's rules
+            // cost more than the rest of a call.
+            None => {
+                let zone = self.timezone(rules);
+                match self.alert_quiet.month(zone, at) {
+                    Some(month) => month.start,
+                    None => plans::month_start(zone, at),
+                }
+            }
         };
+        debug_assert!(
+            self.subscription.is_some() || period == plans::month_start(self.timezone(rules), at)
+        );
         self.flex_period.map_or(period, |p| p.max(period))
     }
 

@@ -56,7 +56,8 @@ pub fn encode(state: &AccountState) -> Vec<u8> {
         bytes.extend(postcard::to_allocvec(&StoredHooks::from(&state.hooks)).unwrap_or_default());
     }
     if let Some(calm) = state.alert_quiet.calm() {
-        bytes.extend(postcard::to_allocvec(&StoredCalm::from(calm)).unwrap_or_default());
+        // Written in place: this runs for every changed account at every flush.
+        bytes = postcard::to_extend(&StoredCalm::from(calm), bytes).unwrap_or_default();
     }
     bytes
 }
@@ -84,7 +85,7 @@ pub fn decode(bytes: &[u8]) -> Result<AccountState, CodecError> {
 /// `state` with the alert proof that `rest` holds, if any.
 fn with_proof(mut state: AccountState, rest: &[u8]) -> Result<AccountState, CodecError> {
     if !rest.is_empty() {
-        let calm = postcard::from_bytes::<StoredCalm>(rest)?.try_into()?;
+        let calm = postcard::from_bytes::<StoredCalm<'_>>(rest)?.try_into()?;
         state.alert_quiet = Quiet::restored(calm);
     }
     Ok(state)
@@ -419,9 +420,9 @@ impl TryFrom<StoredState> for AccountState {
 /// thousandths), the zone's name, from, until, the counts of lots, grants and shortfall
 /// pools, free credits and slack, and the month (start, end, known from, known until).
 #[derive(Serialize, Deserialize)]
-struct StoredCalm {
+struct StoredCalm<'a> {
     limits: (bool, i64, u32, bool, i64, bool),
-    zone: String,
+    zone: &'a str,
     from: Time,
     until: Time,
     lots: u64,
@@ -432,7 +433,7 @@ struct StoredCalm {
     month: Option<(Time, Time, Time, Time)>,
 }
 
-impl From<&Calm> for StoredCalm {
+impl From<&Calm> for StoredCalm<'static> {
     fn from(c: &Calm) -> Self {
         let l = &c.limits;
         StoredCalm {
@@ -444,7 +445,7 @@ impl From<&Calm> for StoredCalm {
                 l.expiring_min.milli(),
                 l.global_webhooks,
             ),
-            zone: c.zone.name().to_string(),
+            zone: c.zone.name(),
             from: time(c.from),
             until: time(c.until),
             lots: c.lots as u64,
@@ -464,10 +465,10 @@ impl From<&Calm> for StoredCalm {
     }
 }
 
-impl TryFrom<StoredCalm> for Calm {
+impl TryFrom<StoredCalm<'_>> for Calm {
     type Error = CodecError;
 
-    fn try_from(s: StoredCalm) -> Result<Self, CodecError> {
+    fn try_from(s: StoredCalm<'_>) -> Result<Self, CodecError> {
         let (enabled, low_balance, included_used_percent, shortfall, expiring_min, global_webhooks) =
             s.limits;
         let month = match s.month {
@@ -488,7 +489,7 @@ impl TryFrom<StoredCalm> for Calm {
                 expiring_min: Credits::from_milli(expiring_min),
                 global_webhooks,
             },
-            zone: tz(&s.zone)?,
+            zone: tz(s.zone)?,
             from: from_time(s.from)?,
             until: from_time(s.until)?,
             // A count that does not fit proves nothing: it matches no state.
