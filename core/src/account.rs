@@ -63,7 +63,8 @@ pub struct AccountState {
     /// Where each alert threshold stands, so it fires once per crossing and cycle.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub alert_marks: Marks,
-    /// What the last evaluation of the alerts proved about the next calls.
+    /// What the last evaluation of the alerts proved about the next calls. The shell's
+    /// state codec stores it; the JSON form (of earlier versions) does not.
     #[serde(skip)]
     pub alert_quiet: Quiet,
     /// Open holds, and closed ones for the dedup window after they closed. States
