@@ -130,6 +130,12 @@ impl Book {
         let Some(state) = state else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
+        // What the lines asked above point to, now that they are in: the texts of the
+        // account's own name and of its lots' ids, which the call's entry shares.
+        state.own_name.prefetch();
+        for lot in &state.lots {
+            crate::prefetch::start(&lot.id);
+        }
         // The debit pushes the call's entry into the entries the step takes: it is large,
         // and each move of it (debit to outcome to step) cost a `memcpy` of its size.
         let mut entries = Entries::new();

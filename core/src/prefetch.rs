@@ -11,13 +11,26 @@ const MAX_LINES: usize = 16;
 /// Starts loading the memory of `value`.
 #[inline]
 pub fn value<T>(value: &T) {
-    bytes(std::ptr::from_ref(value).cast(), std::mem::size_of::<T>());
+    // A count known when compiling, whatever the value's alignment: the loop unrolls to
+    // one instruction a line (the line past the end covers a value that straddles one).
+    let start: *const u8 = std::ptr::from_ref(value).cast();
+    let lines = (std::mem::size_of::<T>().div_ceil(LINE) + 1).min(MAX_LINES);
+    for line in 0..lines {
+        line_at(start.wrapping_add(line * LINE));
+    }
 }
 
 /// Starts loading the memory of the elements of `slice`.
 #[inline]
 pub fn slice<T>(slice: &[T]) {
     bytes(slice.as_ptr().cast(), std::mem::size_of_val(slice));
+}
+
+/// Starts loading the line where `text` starts: for short texts (names and ids), one
+/// instruction where [`slice`] spends a loop.
+#[inline]
+pub fn start(text: &str) {
+    line_at(text.as_ptr());
 }
 
 /// Starts loading the lines of `len` bytes from `start` (up to [`MAX_LINES`] of them).
