@@ -297,7 +297,7 @@ impl AccountState {
         let (name, plan, payment, cycle) = (s.name.clone(), s.plan.clone(), s.payment, s.cycle);
         self.lots.push(Lot {
             id: Name::from(id.as_str()),
-            pool: plan.pool.clone(),
+            pool: plan.pool.as_str().into(),
             kind: LotKind::Included,
             granted: plan.credits,
             remaining: plan.credits,
@@ -619,7 +619,7 @@ impl AccountState {
         }
         let lot = Lot {
             id: Name::from(id.as_str()),
-            pool: grant.pool.clone(),
+            pool: grant.pool.as_str().into(),
             kind: grant.kind,
             granted: grant.credits,
             remaining: grant.credits,
@@ -657,14 +657,14 @@ impl AccountState {
             return None;
         }
         let lot = self.lots.last_mut()?;
-        let owed = self.shortfall.get_mut(&lot.pool)?;
+        let owed = self.shortfall.get_mut(lot.pool.as_str())?;
         let amount = (*owed).min(lot.remaining);
         if !amount.is_positive() {
             return None;
         }
         *owed -= amount;
         if !owed.is_positive() {
-            self.shortfall.remove(&lot.pool);
+            self.shortfall.remove(lot.pool.as_str());
         }
         lot.remaining -= amount;
         let payment = Payment {
@@ -672,9 +672,9 @@ impl AccountState {
             kind: lot.kind,
             credits: amount,
         };
-        let pool = lot.pool.clone();
+        let pool = Name::from(lot.pool.as_str());
         let mut entry = self.entry(rules, event, EntryType::Settlement);
-        entry.pool = Name::from(pool);
+        entry.pool = pool;
         entry.credits = amount;
         entry.lot = payment.lot.to_string();
         entry.lot_kind = Some(payment.kind);
@@ -756,10 +756,10 @@ impl AccountState {
         // A refund takes reserved credits too: the holds on this lot lose them.
         lot.held = Credits::ZERO;
         lot.voided = true;
-        let (pool, kind) = (lot.pool.clone(), lot.kind);
+        let (pool, kind) = (Name::from(lot.pool.as_str()), lot.kind);
         self.drop_reservations(&void.lot);
         let mut entry = self.entry(rules, event, EntryType::Void);
-        entry.pool = Name::from(pool);
+        entry.pool = pool;
         entry.credits = -removed;
         entry.lot = void.lot.clone();
         entry.lot_kind = Some(kind);
@@ -855,7 +855,7 @@ pub fn balance(lots: &[Lot], at: DateTime<Utc>) -> BTreeMap<String, PoolBalance>
     let mut pools: BTreeMap<String, PoolBalance> = BTreeMap::new();
     let soon = at.checked_add_signed(EXPIRING_WITHIN).unwrap_or(at);
     for lot in lots {
-        let pool = pools.entry(lot.pool.clone()).or_default();
+        let pool = pools.entry(lot.pool.to_string()).or_default();
         for kind in LotKind::ALL {
             pool.by_kind.entry(kind.as_str()).or_default();
         }

@@ -104,6 +104,14 @@ impl Book {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         }
         let call = Call::borrowed(usage);
+        // The account is looked up first and its state and lots asked from memory: they
+        // load while the dedup key is hashed and probed (a lookup changes nothing, so a
+        // duplicate still leaves every account as it was).
+        let state = self.accounts.get_mut(call.account);
+        if let Some(state) = &state {
+            crate::prefetch::value(&**state);
+            crate::prefetch::slice(&state.lots);
+        }
         let key = dedup::key(call.account, call.source, call.id);
         let unrecorded = match self.seen.probe(key, arrival, rules.dedup_window) {
             Probe::New(unrecorded) => unrecorded,
@@ -119,9 +127,15 @@ impl Book {
                 }
             }
         };
-        let Some(state) = self.accounts.get_mut(call.account) else {
+        let Some(state) = state else {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         };
+        // What the lines asked above point to, now that they are in: the texts of the
+        // account's own name and of its lots' ids, which the call's entry shares.
+        state.own_name.prefetch();
+        for lot in &state.lots {
+            crate::prefetch::start(&lot.id);
+        }
         // The debit pushes the call's entry into the entries the step takes: it is large,
         // and each move of it (debit to outcome to step) cost a `memcpy` of its size.
         let mut entries = Entries::new();

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod lots;
 pub mod names;
 pub mod plans;
+pub mod prefetch;
 pub mod pricing;
 pub mod rules;
 pub mod runway;

@@ -211,6 +211,14 @@ impl PartialEq for OwnName {
 impl Eq for OwnName {}
 
 impl OwnName {
+    /// Starts loading the name's text (see [`crate::prefetch`]), if it has one.
+    #[inline]
+    pub fn prefetch(&self) {
+        if let Some(name) = &self.0 {
+            crate::prefetch::start(name);
+        }
+    }
+
     /// The shared copy of `account`, from `names` on first use (or if it ever differs).
     pub fn get(&mut self, names: &mut Names, account: &str) -> Name {
         match &self.0 {

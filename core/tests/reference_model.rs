@@ -1135,7 +1135,7 @@ fn engine_view(state: &AccountState, clock: Time) -> AccountView {
             (
                 (
                     l.id.to_string(),
-                    l.pool.clone(),
+                    l.pool.to_string(),
                     l.kind,
                     l.granted,
                     l.remaining,

@@ -216,7 +216,7 @@ impl LotRow {
         LotRow {
             account: account.to_string(),
             lot: lot.id.to_string(),
-            pool: lot.pool.clone(),
+            pool: lot.pool.to_string(),
             kind: lot.kind.as_str().to_string(),
             granted: lot.granted.milli(),
             remaining: lot.remaining.milli(),
@@ -240,7 +240,7 @@ impl LotRow {
         let kind = super::stored(&LotKind::ALL, LotKind::as_str, "lots", "kind", &self.kind)?;
         Ok(Lot {
             id: self.lot.as_str().into(),
-            pool: self.pool.clone(),
+            pool: self.pool.as_str().into(),
             kind,
             granted: Credits::from_milli(self.granted),
             remaining: Credits::from_milli(self.remaining),

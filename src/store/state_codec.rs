@@ -209,7 +209,7 @@ impl From<&AccountState> for StoredState {
                 .iter()
                 .map(|lot| StoredLot {
                     id: lot.id.to_string(),
-                    pool: lot.pool.clone(),
+                    pool: lot.pool.to_string(),
                     kind: lot.kind,
                     granted: lot.granted.milli(),
                     remaining: lot.remaining.milli(),
@@ -301,7 +301,7 @@ impl TryFrom<StoredState> for AccountState {
             .map(|lot| {
                 Ok(Lot {
                     id: lot.id.into(),
-                    pool: lot.pool,
+                    pool: lot.pool.into(),
                     kind: lot.kind,
                     granted: Credits::from_milli(lot.granted),
                     remaining: Credits::from_milli(lot.remaining),
