@@ -72,6 +72,74 @@ pub struct StoredDay {
     pub totals: Totals,
 }
 
+impl StoredDay {
+    /// The checkpoint's JSON of this day, byte for byte what `serde_json::to_vec` writes
+    /// (the fields flattened, in declaration order), and what `restore` reads back with
+    /// serde. Written by hand because the flush's workers wrote one per changed day and
+    /// serde's flattening went through a map serializer field by field.
+    pub fn json(&self) -> Vec<u8> {
+        let (k, t) = (&self.key, &self.totals);
+        let mut out = Vec::with_capacity(
+            200 + k.service.len() + k.user.len() + k.feature.len(),
+        );
+        put_field(&mut out, b"{\"segment\":", k.segment);
+        put_field(&mut out, b",\"day\":", k.day);
+        put_text(&mut out, b",\"service\":", &k.service);
+        put_text(&mut out, b",\"user\":", &k.user);
+        put_text(&mut out, b",\"feature\":", &k.feature);
+        put_field(&mut out, b",\"calls\":", t.calls);
+        put_field(&mut out, b",\"failed_calls\":", t.failed_calls);
+        put_field(&mut out, b",\"credits\":", t.credits);
+        put_field(&mut out, b",\"included\":", t.included);
+        put_field(&mut out, b",\"promotional\":", t.promotional);
+        put_field(&mut out, b",\"purchased\":", t.purchased);
+        put_field(&mut out, b",\"flex\":", t.flex);
+        put_field(&mut out, b",\"shortfall\":", t.shortfall);
+        out.push(b'}');
+        out
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: impl itoa::Integer) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// A JSON string as serde_json escapes it: quotes and backslashes, the control characters
+/// (the five with a short form, the rest as `\u00XX`); everything else, UTF-8 included,
+/// as it is.
+fn put_text(out: &mut Vec<u8>, name: &[u8], text: &str) {
+    out.extend_from_slice(name);
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        if short == 0 {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
 /// The checkpoint's `key_hi` of an open total: segment, then day, so the totals of the
 /// segments a partition has applied past sort below a bound and are never loaded.
 pub fn checkpoint_key(key: &DayKey) -> u64 {
@@ -133,6 +201,86 @@ pub fn daily_row(account: &str, day: &StoredDay, partition: i32, version: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn day(segment: u64, day: u16, names: [&str; 3], totals: Totals) -> StoredDay {
+        let [service, user, feature] = names.map(str::to_string);
+        StoredDay {
+            key: DayKey {
+                segment,
+                day,
+                service,
+                user,
+                feature,
+            },
+            totals,
+        }
+    }
+
+    #[test]
+    fn the_day_json_is_what_serde_json_wrote_and_reads_back() {
+        let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
+        let names = [
+            ["chat", "alice", ""],
+            ["", "", ""],
+            [every_ascii.as_str(), "\"quoted\" \\ back", "tab\there\nnew\r\u{c}\u{8}"],
+            ["\u{0}\u{1f}\u{7f}", "é日本🦀", "\u{2028}\u{2029}\u{fffd}\u{10ffff}"],
+            ["a/b</script>", "\\u0041", "trailing\\"],
+        ];
+        let totals = [
+            Totals::default(),
+            Totals {
+                calls: 1,
+                failed_calls: 1,
+                credits: -1,
+                included: 999,
+                promotional: 1_000,
+                purchased: -999_999,
+                flex: 12_345_678_901,
+                shortfall: 7,
+            },
+            Totals {
+                calls: u64::MAX,
+                failed_calls: u64::MAX - 1,
+                credits: i64::MAX,
+                included: i64::MIN,
+                promotional: i64::MAX - 1,
+                purchased: i64::MIN + 1,
+                flex: -10,
+                shortfall: 10,
+            },
+        ];
+        let keys = [(0, 0), (1, 1), (u64::MAX >> 16, u16::MAX), (123_456, 20_454)];
+        let mut checked = 0;
+        for (n, names) in names.iter().enumerate() {
+            for (t, totals) in totals.iter().enumerate() {
+                let (segment, number) = keys[(n + t) % keys.len()];
+                let stored = day(segment, number, *names, *totals);
+                let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+                let json = stored.json();
+                assert_eq!(
+                    String::from_utf8_lossy(&json),
+                    String::from_utf8_lossy(&want)
+                );
+                assert_eq!(json, want);
+                let back: StoredDay = serde_json::from_slice(&json).expect("reads back");
+                assert_eq!((back.key, back.totals), (stored.key, stored.totals));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 15);
+    }
+
+    #[test]
+    fn every_character_class_is_escaped_as_serde_json_does() {
+        // Each code point below 0x800 and a sample above, alone between two letters.
+        let points = (0u32..0x800).chain((0x800..=0x10ffff).step_by(997));
+        for c in points.filter_map(char::from_u32) {
+            let name = format!("a{c}b");
+            let stored = day(1, 2, [&name, "u", "f"], Totals::default());
+            let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+            assert_eq!(stored.json(), want, "code point {:#x}", u32::from(c));
+        }
+    }
 
     #[test]
     fn the_group_hash_tells_apart_what_concatenation_would_not() {
