@@ -79,9 +79,7 @@ impl StoredDay {
     /// serde's flattening went through a map serializer field by field.
     pub fn json(&self) -> Vec<u8> {
         let (k, t) = (&self.key, &self.totals);
-        let mut out = Vec::with_capacity(
-            200 + k.service.len() + k.user.len() + k.feature.len(),
-        );
+        let mut out = Vec::with_capacity(200 + k.service.len() + k.user.len() + k.feature.len());
         put_field(&mut out, b"{\"segment\":", k.segment);
         put_field(&mut out, b",\"day\":", k.day);
         put_text(&mut out, b",\"service\":", &k.service);
@@ -222,8 +220,16 @@ mod tests {
         let names = [
             ["chat", "alice", ""],
             ["", "", ""],
-            [every_ascii.as_str(), "\"quoted\" \\ back", "tab\there\nnew\r\u{c}\u{8}"],
-            ["\u{0}\u{1f}\u{7f}", "é日本🦀", "\u{2028}\u{2029}\u{fffd}\u{10ffff}"],
+            [
+                every_ascii.as_str(),
+                "\"quoted\" \\ back",
+                "tab\there\nnew\r\u{c}\u{8}",
+            ],
+            [
+                "\u{0}\u{1f}\u{7f}",
+                "é日本🦀",
+                "\u{2028}\u{2029}\u{fffd}\u{10ffff}",
+            ],
             ["a/b</script>", "\\u0041", "trailing\\"],
         ];
         let totals = [
@@ -249,7 +255,12 @@ mod tests {
                 shortfall: 10,
             },
         ];
-        let keys = [(0, 0), (1, 1), (u64::MAX >> 16, u16::MAX), (123_456, 20_454)];
+        let keys = [
+            (0, 0),
+            (1, 1),
+            (u64::MAX >> 16, u16::MAX),
+            (123_456, 20_454),
+        ];
         let mut checked = 0;
         for (n, names) in names.iter().enumerate() {
             for (t, totals) in totals.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use super::rows::{CheckpointRow, DailyUsageRow};
+use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LotRow};
 
 /// A table's rows as the bytes of one RowBinary INSERT.
 pub trait Encode: clickhouse::Row {
@@ -89,6 +89,58 @@ impl Encode for DailyUsageRow {
         ] {
             put(out, credits.to_le_bytes());
         }
+        put(out, self.version.to_le_bytes());
+        put(out, self.partition.to_le_bytes());
+    }
+}
+
+impl Encode for LotRow {
+    const TABLE: &'static str = "lots";
+    const ROW_BYTES: usize = 128;
+
+    fn sql() -> &'static OnceLock<String> {
+        static SQL: OnceLock<String> = OnceLock::new();
+        &SQL
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.account);
+        put_str(out, &self.lot);
+        put_str(out, &self.pool);
+        put_str(out, &self.kind);
+        put(out, self.granted.to_le_bytes());
+        put(out, self.remaining.to_le_bytes());
+        put(out, self.effective_at.to_le_bytes());
+        put(out, self.expires_at.to_le_bytes());
+        out.push(self.never_expires);
+        put(out, self.priority.to_le_bytes());
+        out.push(self.has_priority);
+        put(out, self.seq.to_le_bytes());
+        out.push(self.voided);
+        put(out, self.version.to_le_bytes());
+        out.push(self.expired);
+        out.push(self.from_plan);
+        put(out, self.partition.to_le_bytes());
+    }
+}
+
+impl Encode for BalanceRow {
+    const TABLE: &'static str = "balances";
+    const ROW_BYTES: usize = 96;
+
+    fn sql() -> &'static OnceLock<String> {
+        static SQL: OnceLock<String> = OnceLock::new();
+        &SQL
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.account);
+        put_str(out, &self.pool);
+        put(out, self.available.to_le_bytes());
+        put(out, self.included.to_le_bytes());
+        put(out, self.promotional.to_le_bytes());
+        put(out, self.purchased.to_le_bytes());
+        put(out, self.as_of.to_le_bytes());
         put(out, self.version.to_le_bytes());
         put(out, self.partition.to_le_bytes());
     }
@@ -226,6 +278,44 @@ mod tests {
         let rows = checkpoint_rows();
         let back = read_back(&rows).await;
         assert_eq!(back, rows);
+    }
+
+    #[tokio::test]
+    async fn the_client_reads_the_lot_and_balance_rows_from_the_bytes() {
+        let lot = |seq: u64, flags: u8| LotRow {
+            account: "acme".into(),
+            lot: format!("grant-{seq}-ü"),
+            pool: "default".into(),
+            kind: "purchased".into(),
+            granted: 5_000_000,
+            remaining: -3,
+            effective_at: 1_700_000_000,
+            expires_at: u32::MAX,
+            never_expires: flags,
+            priority: -2,
+            has_priority: 1 - flags,
+            seq,
+            voided: flags,
+            version: 99,
+            expired: 1 - flags,
+            from_plan: flags,
+            partition: 12,
+        };
+        let lots = vec![lot(0, 0), lot(u64::MAX, 1)];
+        assert_eq!(read_back(&lots).await, lots);
+        let balance = |pool: &str, available: i64| BalanceRow {
+            account: "globex".into(),
+            pool: pool.into(),
+            available,
+            included: 1,
+            promotional: -2,
+            purchased: i64::MAX,
+            as_of: 1_700_000_123,
+            version: 7,
+            partition: 3,
+        };
+        let balances = vec![balance("", i64::MIN), balance(&"p".repeat(300), 0)];
+        assert_eq!(read_back(&balances).await, balances);
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ pub struct LedgerRow {
     pub partition: u32,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct LotRow {
     pub account: String,
     pub lot: String,
@@ -94,7 +94,7 @@ pub struct DailyUsageRow {
     pub partition: u32,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct BalanceRow {
     pub account: String,
     pub pool: String,

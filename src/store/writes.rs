@@ -4,7 +4,6 @@ use std::sync::OnceLock;
 
 use clickhouse::insert::Insert;
 use clickhouse::{Client, Row};
-use serde::Serialize;
 
 use super::cluster::{shard_of, Shards, Target};
 use super::ledger_block::{self, LedgerBlock};
@@ -94,8 +93,8 @@ impl<'a> Share<'a> {
             Part::Outputs => {
                 let (ledger, lots, balances, daily) = tokio::join!(
                     insert_ledger(client, &self.ledger),
-                    insert_all(client, "lots", &self.lots),
-                    insert_all(client, "balances", &self.balances),
+                    insert_encoded(client, &self.lots),
+                    insert_encoded(client, &self.balances),
                     insert_encoded(client, &self.daily),
                 );
                 ledger?;
@@ -163,8 +162,7 @@ async fn insert_ledger(client: &Client, blocks: &[&LedgerBlock]) -> Result<(), S
     Ok(())
 }
 
-/// Rows of a table a flush writes about one of per event, encoded by hand
-/// (`row_binary`), in one INSERT.
+/// A flush's rows of one table, encoded by hand (`row_binary`), in one INSERT.
 async fn insert_encoded<T: Encode>(client: &Client, rows: &[&T]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -173,22 +171,9 @@ async fn insert_encoded<T: Encode>(client: &Client, rows: &[&T]) -> Result<(), S
     for (name, value) in settings_for(client).await? {
         insert = insert.with_setting(*name, *value);
     }
-    insert.send(bytes::Bytes::from(row_binary::encode_all(rows))).await?;
-    insert.end().await?;
-    Ok(())
-}
-
-async fn insert_all<T>(client: &Client, table: &str, rows: &[&T]) -> Result<(), StoreError>
-where
-    T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite,
-{
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut insert = insert::<T>(client, table).await?;
-    for row in rows {
-        insert.write(*row).await?;
-    }
+    insert
+        .send(bytes::Bytes::from(row_binary::encode_all(rows)))
+        .await?;
     insert.end().await?;
     Ok(())
 }
