@@ -36,6 +36,8 @@ pub struct Rollups {
     open: FxHashMap<String, FxHashMap<(u64, u16, u64), Open>>,
     /// Accounts with a day changed since the last flush.
     dirty: FxHashSet<String>,
+    /// Days changed since the last flush: the room `take_changed` takes at once.
+    dirty_days: usize,
 }
 
 impl Rollups {
@@ -45,6 +47,7 @@ impl Rollups {
             size,
             open: FxHashMap::default(),
             dirty: FxHashSet::default(),
+            dirty_days: 0,
         }
     }
 
@@ -106,6 +109,7 @@ impl Rollups {
         open.totals.add(entry);
         if !open.dirty {
             open.dirty = true;
+            self.dirty_days += 1;
             if !self.dirty.contains(entry.account.as_str()) {
                 self.dirty.insert(entry.account.as_str().to_owned());
             }
@@ -114,22 +118,37 @@ impl Rollups {
 
     /// The rows changed since the last call, as absolute totals.
     pub fn take_changed(&mut self) -> Vec<(String, StoredDay)> {
-        let mut changed = Vec::new();
+        let dirty_days = std::mem::take(&mut self.dirty_days);
+        let mut changed = Vec::with_capacity(dirty_days);
         for account in std::mem::take(&mut self.dirty) {
             let Some(days) = self.open.get_mut(&account) else {
                 continue;
             };
+            let first = changed.len();
             for open in days.values_mut().filter(|open| open.dirty) {
                 open.dirty = false;
                 changed.push((
-                    account.clone(),
+                    String::new(),
                     StoredDay {
                         key: open.key.clone(),
                         totals: open.totals,
                     },
                 ));
             }
+            // The account's name taken from the set into its last day, copied for the
+            // others (usually none: a flush changes one day of most accounts).
+            if let Some(((last, _), rest)) = changed[first..].split_last_mut() {
+                for (name, _) in rest {
+                    name.clone_from(&account);
+                }
+                *last = account;
+            }
         }
+        debug_assert_eq!(
+            changed.len(),
+            dirty_days,
+            "every day counted dirty is taken"
+        );
         changed
     }
 
