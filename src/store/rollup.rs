@@ -105,13 +105,23 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: impl itoa::Integer) {
 
 /// A JSON string as serde_json escapes it: quotes and backslashes, the control characters
 /// (the five with a short form, the rest as `\u00XX`); everything else, UTF-8 included,
-/// as it is.
+/// as it is. Names rarely hold any of those: eight bytes at a time are checked at once and
+/// copied whole when clean.
 fn put_text(out: &mut Vec<u8>, name: &[u8], text: &str) {
     out.extend_from_slice(name);
     out.push(b'"');
     let bytes = text.as_bytes();
-    let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    let mut clean = 0;
+    while let Some(chunk) = bytes.get(clean..clean + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if needs_escape(word) {
+            break;
+        }
+        clean += 8;
+    }
+    out.extend_from_slice(&bytes[..clean]);
+    let mut start = clean;
+    for (i, &byte) in bytes.iter().enumerate().skip(clean) {
         let short = match byte {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -136,6 +146,22 @@ fn put_text(out: &mut Vec<u8>, name: &[u8], text: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `word` is below 0x20, a quote or a backslash (the
+/// classic "has a byte less than n" and "has a zero byte" tests; a byte of 0x80 or more
+/// never sets its lane's flag).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = word.wrapping_sub(ONES * 0x20);
+    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    ((below & !word)
+        | (quote & !(word ^ (ONES * u64::from(b'"'))))
+        | (backslash & !(word ^ (ONES * u64::from(b'\\')))))
+        & HIGH
+        != 0
 }
 
 /// The checkpoint's `key_hi` of an open total: segment, then day, so the totals of the
@@ -282,6 +308,27 @@ mod tests {
             }
         }
         assert_eq!(checked, 15);
+    }
+
+    #[test]
+    fn an_escape_is_found_at_every_position_of_a_long_name() {
+        // Names longer than a checked word, one byte to escape (or a byte next to one in
+        // value) at each position, among ASCII and multi-byte text.
+        let specials = [
+            '"', '\\', '\u{0}', '\u{1f}', '\n', ' ', '!', '#', '[', ']', '\u{7f}', 'é',
+        ];
+        for len in [8, 15, 16, 17, 24, 40] {
+            for at in 0..len {
+                for special in specials {
+                    let name: String = (0..len)
+                        .map(|i| if i == at { special } else { 'x' })
+                        .collect();
+                    let stored = day(1, 2, ["s", &name, "f"], Totals::default());
+                    let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+                    assert_eq!(stored.json(), want, "{special:?} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
