@@ -1,9 +1,7 @@
-//! The rows a flush writes one or more of per event (checkpoint and daily rollup rows)
+//! The rows of a flush but the ledger's (checkpoint, daily rollup, lot and balance rows),
 //! encoded by hand into the bytes of their INSERT (RowBinary, the columns of the row type
 //! in order): the client's serde path checked its buffer's room field by field and cost
-//! several times the bytes it wrote.
-
-use std::sync::OnceLock;
+//! several times the bytes it wrote, for one or more rows per event.
 
 use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LotRow};
 
@@ -13,35 +11,26 @@ pub trait Encode: clickhouse::Row {
     const TABLE: &'static str;
     /// About what one row takes, reserved before a batch is written.
     const ROW_BYTES: usize;
-    /// Where the type's INSERT is kept once built.
-    fn sql() -> &'static OnceLock<String>;
     /// Appends this row's columns in the order of the type's `COLUMN_NAMES`.
     fn encode(&self, out: &mut Vec<u8>);
 
-    /// `INSERT INTO table(columns) FORMAT RowBinary`, built once.
-    fn insert_sql() -> &'static str {
-        Self::sql().get_or_init(|| {
-            let columns: Vec<String> = Self::COLUMN_NAMES
-                .iter()
-                .map(|name| format!("`{name}`"))
-                .collect();
-            format!(
-                "INSERT INTO `{}`({}) FORMAT RowBinary",
-                Self::TABLE,
-                columns.join(",")
-            )
-        })
+    /// `INSERT INTO table(columns) FORMAT RowBinary` (a few hundred bytes once a flush).
+    fn insert_sql() -> String {
+        let columns: Vec<String> = Self::COLUMN_NAMES
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
+        format!(
+            "INSERT INTO `{}`({}) FORMAT RowBinary",
+            Self::TABLE,
+            columns.join(",")
+        )
     }
 }
 
 impl Encode for CheckpointRow {
     const TABLE: &'static str = "checkpoints";
     const ROW_BYTES: usize = 160;
-
-    fn sql() -> &'static OnceLock<String> {
-        static SQL: OnceLock<String> = OnceLock::new();
-        &SQL
-    }
 
     fn encode(&self, out: &mut Vec<u8>) {
         put_str(out, &self.stream);
@@ -64,11 +53,6 @@ impl Encode for CheckpointRow {
 impl Encode for DailyUsageRow {
     const TABLE: &'static str = "daily_rollups";
     const ROW_BYTES: usize = 160;
-
-    fn sql() -> &'static OnceLock<String> {
-        static SQL: OnceLock<String> = OnceLock::new();
-        &SQL
-    }
 
     fn encode(&self, out: &mut Vec<u8>) {
         put(out, self.day.to_le_bytes());
@@ -98,11 +82,6 @@ impl Encode for LotRow {
     const TABLE: &'static str = "lots";
     const ROW_BYTES: usize = 128;
 
-    fn sql() -> &'static OnceLock<String> {
-        static SQL: OnceLock<String> = OnceLock::new();
-        &SQL
-    }
-
     fn encode(&self, out: &mut Vec<u8>) {
         put_str(out, &self.account);
         put_str(out, &self.lot);
@@ -127,11 +106,6 @@ impl Encode for LotRow {
 impl Encode for BalanceRow {
     const TABLE: &'static str = "balances";
     const ROW_BYTES: usize = 96;
-
-    fn sql() -> &'static OnceLock<String> {
-        static SQL: OnceLock<String> = OnceLock::new();
-        &SQL
-    }
 
     fn encode(&self, out: &mut Vec<u8>) {
         put_str(out, &self.account);
@@ -263,7 +237,7 @@ mod tests {
             .trim_end_matches(") FORMAT RowBinary");
         let names: Vec<String> = T::COLUMN_NAMES.iter().map(|n| format!("`{n}`")).collect();
         assert_eq!(columns, names.join(","));
-        let mut insert = client.insert_formatted_with(sql);
+        let mut insert = client.insert_formatted_with(sql.as_str());
         let refs: Vec<&T> = rows.iter().collect();
         insert
             .send(bytes::Bytes::from(encode_all(&refs)))
