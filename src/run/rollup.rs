@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use tally_core::{EntryType, LedgerEntry};
+use tally_core::{EntryType, LedgerEntry, Name};
 
 use crate::store::rollup::{group_hash, segment_of, DayKey, StoredDay, Totals};
 use crate::store::rows::day_number;
@@ -20,10 +20,34 @@ use crate::store::rows::day_number;
 /// One open day of an account: its key (kept to write the row) and its totals.
 #[derive(Debug)]
 struct Open {
-    key: DayKey,
+    key: OpenKey,
     totals: Totals,
     /// Changed since the last flush.
     dirty: bool,
+}
+
+/// A [`DayKey`] holding the entry's shared names: a new day costs three pointer copies, not
+/// three string copies (in a busy partition nearly every call opens a day of its own).
+/// The names stay on the run thread; a flush takes owned copies (`DayKey`).
+#[derive(Debug)]
+struct OpenKey {
+    segment: u64,
+    day: u16,
+    service: Name,
+    user: Name,
+    feature: Name,
+}
+
+impl OpenKey {
+    fn stored(&self) -> DayKey {
+        DayKey {
+            segment: self.segment,
+            day: self.day,
+            service: self.service.as_str().to_owned(),
+            user: self.user.as_str().to_owned(),
+            feature: self.feature.as_str().to_owned(),
+        }
+    }
 }
 
 /// The open days of one partition's accounts, by account, then by (segment, day, group
@@ -61,10 +85,24 @@ impl Rollups {
         let mut rollups = Rollups::new(size);
         for (account, day) in days {
             let id = (day.key.segment, day.key.day, day.key.group_hash());
+            let DayKey {
+                segment,
+                day: number,
+                service,
+                user,
+                feature,
+            } = day.key;
+            let key = OpenKey {
+                segment,
+                day: number,
+                service: service.into(),
+                user: user.into(),
+                feature: feature.into(),
+            };
             rollups.open.entry(account).or_default().insert(
                 id,
                 Open {
-                    key: day.key,
+                    key,
                     totals: day.totals,
                     dirty: false,
                 },
@@ -93,15 +131,13 @@ impl Rollups {
                 .entry(entry.account.as_str().to_owned())
                 .or_default(),
         };
-        // `as_str().to_owned()`: a `Name`'s `to_string` goes through `Display`, several
-        // times the cost of the copy, and a new day takes four of them.
         let open = days.entry(id).or_insert_with(|| Open {
-            key: DayKey {
+            key: OpenKey {
                 segment,
                 day,
-                service: entry.service.as_str().to_owned(),
-                user: entry.user.as_str().to_owned(),
-                feature: entry.feature.as_str().to_owned(),
+                service: entry.service.clone(),
+                user: entry.user.clone(),
+                feature: entry.feature.clone(),
             },
             totals: Totals::default(),
             dirty: false,
@@ -130,7 +166,7 @@ impl Rollups {
                 changed.push((
                     String::new(),
                     StoredDay {
-                        key: open.key.clone(),
+                        key: open.key.stored(),
                         totals: open.totals,
                     },
                 ));
@@ -161,7 +197,7 @@ impl Rollups {
                     (
                         account.clone(),
                         StoredDay {
-                            key: open.key.clone(),
+                            key: open.key.stored(),
                             totals: open.totals,
                         },
                     )
