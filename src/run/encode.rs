@@ -58,6 +58,7 @@ impl Rows {
                     alerts,
                     ..Batch::default()
                 };
+                reserve(&mut batch, &drafts);
                 for draft in drafts {
                     draft.encode(stream, &mut batch);
                 }
@@ -65,6 +66,20 @@ impl Rows {
             }
         }
     }
+}
+
+/// Room for every row the drafts make, taken once: the vectors would otherwise grow by
+/// doubling, copying every row built so far several times over.
+fn reserve(batch: &mut Batch, drafts: &[Draft]) {
+    let count = |rows: fn(&Draft) -> usize| drafts.iter().map(rows).sum::<usize>();
+    let lots = count(|d| d.states.iter().map(|(_, s)| s.lots.len()).sum());
+    batch.ledger.reserve(drafts.len());
+    batch.lots.reserve(lots);
+    batch.balances.reserve(count(|d| d.states.len()));
+    batch.daily.reserve(count(|d| d.days.len()));
+    batch.checkpoint.reserve(count(|d| {
+        d.states.len() + d.days.len() + d.seen.len() + usize::from(d.blob.is_some()) + 1
+    }));
 }
 
 impl Draft {

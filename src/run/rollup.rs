@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use tally_core::{EntryType, LedgerEntry};
+use tally_core::{EntryType, LedgerEntry, Name};
 
 use crate::store::rollup::{group_hash, segment_of, DayKey, StoredDay, Totals};
 use crate::store::rows::day_number;
@@ -20,10 +20,34 @@ use crate::store::rows::day_number;
 /// One open day of an account: its key (kept to write the row) and its totals.
 #[derive(Debug)]
 struct Open {
-    key: DayKey,
+    key: OpenKey,
     totals: Totals,
     /// Changed since the last flush.
     dirty: bool,
+}
+
+/// A [`DayKey`] holding the entry's shared names: a new day costs three pointer copies, not
+/// three string copies (in a busy partition nearly every call opens a day of its own).
+/// The names stay on the run thread; a flush takes owned copies (`DayKey`).
+#[derive(Debug)]
+struct OpenKey {
+    segment: u64,
+    day: u16,
+    service: Name,
+    user: Name,
+    feature: Name,
+}
+
+impl OpenKey {
+    fn stored(&self) -> DayKey {
+        DayKey {
+            segment: self.segment,
+            day: self.day,
+            service: self.service.as_str().to_owned(),
+            user: self.user.as_str().to_owned(),
+            feature: self.feature.as_str().to_owned(),
+        }
+    }
 }
 
 /// The open days of one partition's accounts, by account, then by (segment, day, group
@@ -36,6 +60,8 @@ pub struct Rollups {
     open: FxHashMap<String, FxHashMap<(u64, u16, u64), Open>>,
     /// Accounts with a day changed since the last flush.
     dirty: FxHashSet<String>,
+    /// Days changed since the last flush: the room `take_changed` takes at once.
+    dirty_days: usize,
 }
 
 impl Rollups {
@@ -45,6 +71,7 @@ impl Rollups {
             size,
             open: FxHashMap::default(),
             dirty: FxHashSet::default(),
+            dirty_days: 0,
         }
     }
 
@@ -58,10 +85,24 @@ impl Rollups {
         let mut rollups = Rollups::new(size);
         for (account, day) in days {
             let id = (day.key.segment, day.key.day, day.key.group_hash());
+            let DayKey {
+                segment,
+                day: number,
+                service,
+                user,
+                feature,
+            } = day.key;
+            let key = OpenKey {
+                segment,
+                day: number,
+                service: service.into(),
+                user: user.into(),
+                feature: feature.into(),
+            };
             rollups.open.entry(account).or_default().insert(
                 id,
                 Open {
-                    key: day.key,
+                    key,
                     totals: day.totals,
                     dirty: false,
                 },
@@ -90,15 +131,13 @@ impl Rollups {
                 .entry(entry.account.as_str().to_owned())
                 .or_default(),
         };
-        // `as_str().to_owned()`: a `Name`'s `to_string` goes through `Display`, several
-        // times the cost of the copy, and a new day takes four of them.
         let open = days.entry(id).or_insert_with(|| Open {
-            key: DayKey {
+            key: OpenKey {
                 segment,
                 day,
-                service: entry.service.as_str().to_owned(),
-                user: entry.user.as_str().to_owned(),
-                feature: entry.feature.as_str().to_owned(),
+                service: entry.service.clone(),
+                user: entry.user.clone(),
+                feature: entry.feature.clone(),
             },
             totals: Totals::default(),
             dirty: false,
@@ -106,6 +145,7 @@ impl Rollups {
         open.totals.add(entry);
         if !open.dirty {
             open.dirty = true;
+            self.dirty_days += 1;
             if !self.dirty.contains(entry.account.as_str()) {
                 self.dirty.insert(entry.account.as_str().to_owned());
             }
@@ -114,22 +154,37 @@ impl Rollups {
 
     /// The rows changed since the last call, as absolute totals.
     pub fn take_changed(&mut self) -> Vec<(String, StoredDay)> {
-        let mut changed = Vec::new();
+        let dirty_days = std::mem::take(&mut self.dirty_days);
+        let mut changed = Vec::with_capacity(dirty_days);
         for account in std::mem::take(&mut self.dirty) {
             let Some(days) = self.open.get_mut(&account) else {
                 continue;
             };
+            let first = changed.len();
             for open in days.values_mut().filter(|open| open.dirty) {
                 open.dirty = false;
                 changed.push((
-                    account.clone(),
+                    String::new(),
                     StoredDay {
-                        key: open.key.clone(),
+                        key: open.key.stored(),
                         totals: open.totals,
                     },
                 ));
             }
+            // The account's name taken from the set into its last day, copied for the
+            // others (usually none: a flush changes one day of most accounts).
+            if let Some(((last, _), rest)) = changed[first..].split_last_mut() {
+                for (name, _) in rest {
+                    name.clone_from(&account);
+                }
+                *last = account;
+            }
         }
+        debug_assert_eq!(
+            changed.len(),
+            dirty_days,
+            "every day counted dirty is taken"
+        );
         changed
     }
 
@@ -142,7 +197,7 @@ impl Rollups {
                     (
                         account.clone(),
                         StoredDay {
-                            key: open.key.clone(),
+                            key: open.key.stored(),
                             totals: open.totals,
                         },
                     )

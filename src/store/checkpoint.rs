@@ -817,8 +817,7 @@ impl Commit<'_> {
         row.account = account.to_string();
         row.key_hi = rollup::checkpoint_key(&day.key);
         row.key_lo = day.key.group_hash();
-        // Plain data with string keys serializes.
-        row.state = serde_json::to_vec(day).unwrap_or_default();
+        row.state = day.json();
         row
     }
 

@@ -8,6 +8,7 @@ mod keyed;
 pub mod ledger_block;
 pub mod reads;
 pub mod rollup;
+mod row_binary;
 pub mod rows;
 pub mod schema;
 pub mod state_codec;

@@ -72,6 +72,98 @@ pub struct StoredDay {
     pub totals: Totals,
 }
 
+impl StoredDay {
+    /// The checkpoint's JSON of this day, byte for byte what `serde_json::to_vec` writes
+    /// (the fields flattened, in declaration order), and what `restore` reads back with
+    /// serde. Written by hand because the flush's workers wrote one per changed day and
+    /// serde's flattening went through a map serializer field by field.
+    pub fn json(&self) -> Vec<u8> {
+        let (k, t) = (&self.key, &self.totals);
+        let mut out = Vec::with_capacity(200 + k.service.len() + k.user.len() + k.feature.len());
+        put_field(&mut out, b"{\"segment\":", k.segment);
+        put_field(&mut out, b",\"day\":", k.day);
+        put_text(&mut out, b",\"service\":", &k.service);
+        put_text(&mut out, b",\"user\":", &k.user);
+        put_text(&mut out, b",\"feature\":", &k.feature);
+        put_field(&mut out, b",\"calls\":", t.calls);
+        put_field(&mut out, b",\"failed_calls\":", t.failed_calls);
+        put_field(&mut out, b",\"credits\":", t.credits);
+        put_field(&mut out, b",\"included\":", t.included);
+        put_field(&mut out, b",\"promotional\":", t.promotional);
+        put_field(&mut out, b",\"purchased\":", t.purchased);
+        put_field(&mut out, b",\"flex\":", t.flex);
+        put_field(&mut out, b",\"shortfall\":", t.shortfall);
+        out.push(b'}');
+        out
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: impl itoa::Integer) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// A JSON string as serde_json escapes it: quotes and backslashes, the control characters
+/// (the five with a short form, the rest as `\u00XX`); everything else, UTF-8 included,
+/// as it is. Names rarely hold any of those: eight bytes at a time are checked at once and
+/// copied whole when clean.
+fn put_text(out: &mut Vec<u8>, name: &[u8], text: &str) {
+    out.extend_from_slice(name);
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut clean = 0;
+    while let Some(chunk) = bytes.get(clean..clean + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if needs_escape(word) {
+            break;
+        }
+        clean += 8;
+    }
+    out.extend_from_slice(&bytes[..clean]);
+    let mut start = clean;
+    for (i, &byte) in bytes.iter().enumerate().skip(clean) {
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x00..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        if short == 0 {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `word` is below 0x20, a quote or a backslash (the
+/// classic "has a byte less than n" and "has a zero byte" tests; a byte of 0x80 or more
+/// never sets its lane's flag).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = word.wrapping_sub(ONES * 0x20);
+    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    ((below & !word)
+        | (quote & !(word ^ (ONES * u64::from(b'"'))))
+        | (backslash & !(word ^ (ONES * u64::from(b'\\')))))
+        & HIGH
+        != 0
+}
+
 /// The checkpoint's `key_hi` of an open total: segment, then day, so the totals of the
 /// segments a partition has applied past sort below a bound and are never loaded.
 pub fn checkpoint_key(key: &DayKey) -> u64 {
@@ -87,12 +179,15 @@ pub fn first_open_key(usage_offset: i64, size: u32) -> u64 {
 /// FNV-1a of (service, user, feature), each part ended by 0xff (a byte no UTF-8 text
 /// holds), so ("ab", "c") and ("a", "bc") differ.
 pub fn group_hash(parts: [&str; 3]) -> u64 {
+    // A plain loop and the end byte after it: chaining the end byte onto the bytes as an
+    // iterator cost the run thread a branch per byte.
+    let step = |hash: u64, byte: u8| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
-        for byte in part.bytes().chain(std::iter::once(0xff)) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        for &byte in part.as_bytes() {
+            hash = step(hash, byte);
         }
+        hash = step(hash, 0xff);
     }
     hash
 }
@@ -134,6 +229,120 @@ pub fn daily_row(account: &str, day: &StoredDay, partition: i32, version: u64) -
 mod tests {
     use super::*;
 
+    fn day(segment: u64, day: u16, names: [&str; 3], totals: Totals) -> StoredDay {
+        let [service, user, feature] = names.map(str::to_string);
+        StoredDay {
+            key: DayKey {
+                segment,
+                day,
+                service,
+                user,
+                feature,
+            },
+            totals,
+        }
+    }
+
+    #[test]
+    fn the_day_json_is_what_serde_json_wrote_and_reads_back() {
+        let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
+        let names = [
+            ["chat", "alice", ""],
+            ["", "", ""],
+            [
+                every_ascii.as_str(),
+                "\"quoted\" \\ back",
+                "tab\there\nnew\r\u{c}\u{8}",
+            ],
+            [
+                "\u{0}\u{1f}\u{7f}",
+                "é日本🦀",
+                "\u{2028}\u{2029}\u{fffd}\u{10ffff}",
+            ],
+            ["a/b</script>", "\\u0041", "trailing\\"],
+        ];
+        let totals = [
+            Totals::default(),
+            Totals {
+                calls: 1,
+                failed_calls: 1,
+                credits: -1,
+                included: 999,
+                promotional: 1_000,
+                purchased: -999_999,
+                flex: 12_345_678_901,
+                shortfall: 7,
+            },
+            Totals {
+                calls: u64::MAX,
+                failed_calls: u64::MAX - 1,
+                credits: i64::MAX,
+                included: i64::MIN,
+                promotional: i64::MAX - 1,
+                purchased: i64::MIN + 1,
+                flex: -10,
+                shortfall: 10,
+            },
+        ];
+        let keys = [
+            (0, 0),
+            (1, 1),
+            (u64::MAX >> 16, u16::MAX),
+            (123_456, 20_454),
+        ];
+        let mut checked = 0;
+        for (n, names) in names.iter().enumerate() {
+            for (t, totals) in totals.iter().enumerate() {
+                let (segment, number) = keys[(n + t) % keys.len()];
+                let stored = day(segment, number, *names, *totals);
+                let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+                let json = stored.json();
+                assert_eq!(
+                    String::from_utf8_lossy(&json),
+                    String::from_utf8_lossy(&want)
+                );
+                assert_eq!(json, want);
+                let back: StoredDay = serde_json::from_slice(&json).expect("reads back");
+                assert_eq!((back.key, back.totals), (stored.key, stored.totals));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 15);
+    }
+
+    #[test]
+    fn an_escape_is_found_at_every_position_of_a_long_name() {
+        // Names longer than a checked word, one byte to escape (or a byte next to one in
+        // value) at each position, among ASCII and multi-byte text.
+        let specials = [
+            '"', '\\', '\u{0}', '\u{1f}', '\n', ' ', '!', '#', '[', ']', '\u{7f}', 'é',
+        ];
+        for len in [8, 15, 16, 17, 24, 40] {
+            for at in 0..len {
+                for special in specials {
+                    let name: String = (0..len)
+                        .map(|i| if i == at { special } else { 'x' })
+                        .collect();
+                    let stored = day(1, 2, ["s", &name, "f"], Totals::default());
+                    let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+                    assert_eq!(stored.json(), want, "{special:?} at {at} of {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_character_class_is_escaped_as_serde_json_does() {
+        // Each code point below 0x800 and a sample above, alone between two letters.
+        let points = (0u32..0x800).chain((0x800..=0x10ffff).step_by(997));
+        for c in points.filter_map(char::from_u32) {
+            let name = format!("a{c}b");
+            let stored = day(1, 2, [&name, "u", "f"], Totals::default());
+            let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
+            assert_eq!(stored.json(), want, "code point {:#x}", u32::from(c));
+        }
+    }
+
     #[test]
     fn the_group_hash_tells_apart_what_concatenation_would_not() {
         let key = |s: &str, u: &str| DayKey {
@@ -145,5 +354,16 @@ mod tests {
         };
         assert_ne!(key("ab", "c").group_hash(), key("a", "bc").group_hash());
         assert_eq!(key("ab", "c").group_hash(), key("ab", "c").group_hash());
+    }
+
+    #[test]
+    fn the_group_hash_is_the_one_stored_checkpoints_carry() {
+        // FNV-1a over the parts, each ended by 0xff, computed apart from this code (Python).
+        assert_eq!(
+            group_hash(["chat", "alice", "summarize"]),
+            0x26a8_4f77_ace7_e57b
+        );
+        assert_eq!(group_hash(["", "", ""]), 0xf998_341b_e47b_ae14);
+        assert_eq!(group_hash(["é日本", "u", "f"]), 0x9387_eb0c_90eb_d639);
     }
 }

@@ -47,7 +47,7 @@ pub struct LedgerRow {
     pub partition: u32,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct LotRow {
     pub account: String,
     pub lot: String,
@@ -72,7 +72,7 @@ pub struct LotRow {
 
 /// One `daily_rollups` row as tally writes it: absolute totals of one open day within
 /// one segment of the log.
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct DailyUsageRow {
     pub day: u16,
     pub account: String,
@@ -94,7 +94,7 @@ pub struct DailyUsageRow {
     pub partition: u32,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct BalanceRow {
     pub account: String,
     pub pool: String,
@@ -109,7 +109,7 @@ pub struct BalanceRow {
     pub partition: u32,
 }
 
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct CheckpointRow {
     pub stream: String,
     pub partition: u32,

@@ -4,10 +4,10 @@ use std::sync::OnceLock;
 
 use clickhouse::insert::Insert;
 use clickhouse::{Client, Row};
-use serde::Serialize;
 
 use super::cluster::{shard_of, Shards, Target};
 use super::ledger_block::{self, LedgerBlock};
+use super::row_binary::{self, Encode};
 use super::rows::{BalanceRow, CheckpointRow, DailyUsageRow, LotRow};
 use super::StoreError;
 
@@ -89,13 +89,13 @@ impl<'a> Share<'a> {
 
     async fn write(&self, client: &Client, part: Part) -> Result<(), StoreError> {
         match part {
-            Part::Checkpoint => insert_all(client, "checkpoints", &self.checkpoint).await,
+            Part::Checkpoint => insert_encoded(client, &self.checkpoint).await,
             Part::Outputs => {
                 let (ledger, lots, balances, daily) = tokio::join!(
                     insert_ledger(client, &self.ledger),
-                    insert_all(client, "lots", &self.lots),
-                    insert_all(client, "balances", &self.balances),
-                    insert_all(client, "daily_rollups", &self.daily),
+                    insert_encoded(client, &self.lots),
+                    insert_encoded(client, &self.balances),
+                    insert_encoded(client, &self.daily),
                 );
                 ledger?;
                 lots?;
@@ -146,7 +146,9 @@ async fn insert_ledger(client: &Client, blocks: &[&LedgerBlock]) -> Result<(), S
     if blocks.is_empty() {
         return Ok(());
     }
-    let mut insert = client.insert_formatted_with(ledger_block::insert_sql());
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(ledger_block::insert_sql);
+    let mut insert = client.insert_formatted_with(sql.as_str());
     for (name, value) in settings_for(client).await? {
         insert = insert.with_setting(*name, *value);
     }
@@ -160,17 +162,18 @@ async fn insert_ledger(client: &Client, blocks: &[&LedgerBlock]) -> Result<(), S
     Ok(())
 }
 
-async fn insert_all<T>(client: &Client, table: &str, rows: &[&T]) -> Result<(), StoreError>
-where
-    T: Row + Serialize + for<'a> Row<Value<'a> = T> + clickhouse::RowWrite,
-{
+/// A flush's rows of one table, encoded by hand (`row_binary`), in one INSERT.
+async fn insert_encoded<T: Encode>(client: &Client, rows: &[&T]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut insert = insert::<T>(client, table).await?;
-    for row in rows {
-        insert.write(*row).await?;
+    let mut insert = client.insert_formatted_with(T::insert_sql());
+    for (name, value) in settings_for(client).await? {
+        insert = insert.with_setting(*name, *value);
     }
+    insert
+        .send(bytes::Bytes::from(row_binary::encode_all(rows)))
+        .await?;
     insert.end().await?;
     Ok(())
 }
