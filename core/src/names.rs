@@ -162,7 +162,7 @@ impl Names {
     pub fn intern(&mut self, text: &str) -> Name {
         let place = recent_place(text);
         if let Some(Some(name)) = self.recent.get(place) {
-            if name.as_str() == text {
+            if crate::short_text::same(name.as_str(), text) {
                 return name.clone();
             }
         }
@@ -222,7 +222,7 @@ impl OwnName {
     /// The shared copy of `account`, from `names` on first use (or if it ever differs).
     pub fn get(&mut self, names: &mut Names, account: &str) -> Name {
         match &self.0 {
-            Some(name) if name.as_str() == account => name.clone(),
+            Some(name) if crate::short_text::same(name.as_str(), account) => name.clone(),
             _ => {
                 let name = names.intern(account);
                 self.0 = Some(name.clone());

@@ -36,14 +36,16 @@ pub fn start(text: &str) {
 /// Starts loading the lines of `len` bytes from `start` (up to [`MAX_LINES`] of them).
 #[inline]
 fn bytes(start: *const u8, len: usize) {
-    // A plain loop: an iterator adapter cost several instructions a line.
-    let mut line = start as usize & !(LINE - 1);
-    let end = (start as usize)
-        .saturating_add(len)
-        .min(line.saturating_add(MAX_LINES * LINE));
-    while line < end {
-        line_at(line as *const u8);
-        line += LINE;
+    // A count known when compiling with an early exit: the loop unrolls to a comparison
+    // and a prefetch a line at fixed offsets (a loop counting lines cost five a line).
+    let first = start as usize & !(LINE - 1);
+    let end = (start as usize).saturating_add(len);
+    for line in 0..MAX_LINES {
+        let at = first.wrapping_add(line * LINE);
+        if at >= end {
+            break;
+        }
+        line_at(at as *const u8);
     }
 }
 

@@ -113,6 +113,32 @@ impl PartialEq<String> for ShortText {
     }
 }
 
+/// Whether `a` and `b` are the same text, as `a == b`. Texts of 4 to 32 bytes (pools,
+/// names, ids) are compared inline as their first and last few bytes (overlapping): `==`
+/// calls `memcmp`, whose call costs more than the comparison of such a text, and a call
+/// compares several names (interned ones, the account's own).
+#[inline(always)]
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        16..=32 => ends::<16>(a, b),
+        8..=15 => ends::<8>(a, b),
+        4..=7 => ends::<4>(a, b),
+        _ => a == b,
+    }
+}
+
+/// Whether `a` and `b`, as long as each other and `W` to `2 * W` bytes long, have the same
+/// first `W` and last `W` bytes, which together are all of them.
+#[inline(always)]
+fn ends<const W: usize>(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    a[..W] == b[..W] && a[n - W..] == b[n - W..]
+}
+
 impl fmt::Debug for ShortText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -140,6 +166,29 @@ impl<'de> Deserialize<'de> for ShortText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `same` is `==` at every length up to past the inline comparisons, for equal texts
+    /// and for texts that differ in any one byte (first, middle, last) or in length.
+    #[test]
+    fn same_is_equality() {
+        let text: String = (0..40u8).map(|i| char::from(b'a' + i % 26)).collect();
+        for len in 0..=text.len() {
+            let a = &text[..len];
+            // A copy elsewhere in memory: equal by content, not by place.
+            let copy = a.to_owned();
+            assert!(same(a, &copy), "{len}");
+            for at in 0..len {
+                let mut other = a.as_bytes().to_vec();
+                other[at] = b'_';
+                let other = String::from_utf8(other).expect("ASCII");
+                assert!(!same(a, &other), "{len} {at}");
+            }
+            if len > 0 {
+                assert!(!same(a, &text[..len - 1]), "{len}");
+                assert!(!same(&text[1..len], &text[..len - 1]) || len == 1, "{len}");
+            }
+        }
+    }
 
     #[test]
     fn reads_back_what_it_was_given_at_every_length() {
