@@ -131,6 +131,14 @@ pub struct Side {
 /// again; if the batch is larger, the gap comes again and the general lead-in follows.
 pub const RESUME_LEAD_IN: i64 = 1_000;
 
+/// How long a side that resumed may receive nothing at the position it resumed from, while
+/// the broker holds records past it, before it is read again. On tansu this happens when
+/// the position is inside the partition's last batch: there is no later batch to answer
+/// with, so no skipped offset shows the gap, and the general stall (`run::STALL`, which
+/// also waits for every other side to go quiet) cost two seconds a step at the end of
+/// every drain whose sides had paused (docs/benchmarks.md, session 12).
+pub const RESUME_STALL: Duration = Duration::from_millis(250);
+
 /// Where a side is read again from when records before its position went missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rewind {
@@ -157,6 +165,13 @@ impl Side {
         };
         self.rewound_at = Some((at, next));
         Some(next)
+    }
+
+    /// Whether the side still waits at the position it resumed from: nothing arrived
+    /// since the resume and it was not read again there yet.
+    pub fn waits_since_resume(&self) -> bool {
+        let at = self.received_next;
+        self.resumed_at == Some(at) && self.rewound_at.is_none_or(|(position, _)| position != at)
     }
 
     pub fn starting_at(offset: i64) -> Side {
@@ -640,6 +655,26 @@ mod tests {
         near_start.resumed_at = Some(500);
         assert_eq!(near_start.rewind(10_000), Some(Rewind::To(0)));
         assert_eq!(near_start.rewind(10_000), Some(Rewind::Beginning));
+    }
+
+    #[test]
+    fn a_side_waits_since_its_resume_until_a_record_arrives_or_it_is_read_again() {
+        let now = Instant::now();
+        let mut side = Side::starting_at(25_000);
+        assert!(!side.waits_since_resume(), "never resumed");
+        side.resumed_at = Some(25_000);
+        assert!(side.waits_since_resume());
+        side.received(25_000, now);
+        assert!(
+            !side.waits_since_resume(),
+            "a record arrived after the resume"
+        );
+        side.resumed_at = Some(25_001);
+        assert_eq!(side.rewind(10_000), Some(Rewind::To(24_001)));
+        assert!(
+            !side.waits_since_resume(),
+            "read again at the position: the usual stall takes over"
+        );
     }
 
     #[test]

@@ -1456,14 +1456,21 @@ fn refresh_highs(source: &mut dyn Source, p: &mut Pipeline, now: Instant) {
             // starved: tansu shares one byte budget among all partitions of a fetch.
             let Some(end) = side.high else { continue };
             // A side paused because its queue is full receives nothing on purpose too.
+            let quiet = now.duration_since(side.last_received);
+            let stuck_after_resume = side.waits_since_resume() && quiet >= merge::RESUME_STALL;
+            let stalled = quiet >= STALL && now.duration_since(last_any_received) >= STALL;
             if !paused
                 && side.fetch == merge::Fetch::Open
                 && side.received_next < end
-                && now.duration_since(side.last_received) >= STALL
-                && now.duration_since(last_any_received) >= STALL
+                && (stuck_after_resume || stalled)
             {
                 let position = side.received_next;
                 side.last_received = now;
+                if stuck_after_resume {
+                    // The batch holding the position has none after it, and may be larger
+                    // than the resume's short lead-in: read from the general one at once.
+                    side.resumed_at = None;
+                }
                 let Some(to) = side.rewind(LEAD_IN) else {
                     continue;
                 };
