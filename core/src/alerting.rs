@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 
 use crate::account::AccountState;
-use crate::alerts::{Alert, AlertKind, AlertRules, Calm, Mark, Marks, Month};
+use crate::alerts::{Alert, AlertKind, AlertRules, Calm, Mark, Marks};
 use crate::credits::Credits;
 use crate::lots::Lot;
 use crate::plans;
+use crate::plans::Month;
 use crate::rules::{Rules, EXPIRING_WITHIN};
 
 /// [`evaluate`] after a call that settles no hold: skipped when the account's last

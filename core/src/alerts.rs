@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::credits::Credits;
+use crate::plans::Month;
 pub use crate::rules::AlertRules;
 
 /// What an alert is about: the one kind of alert, decided by `alerting`, stored
@@ -163,27 +164,6 @@ pub struct Calm {
     /// The calendar month it found the account in, when it has no plan: the next
     /// evaluation in it skips the zone's rules.
     pub month: Option<Month>,
-}
-
-/// A calendar month in a time zone, as `plans::month` finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Month {
-    /// `plans::month_start` of every instant in `[known_from, known_until)`.
-    pub start: DateTime<Utc>,
-    /// The next month's start.
-    pub end: DateTime<Utc>,
-    /// Where local time is surely in the month: from the last local instant of its first
-    /// midnight (a change of the clock may repeat it) to the first of the next one (or
-    /// earlier, where a change of the clock skips that midnight).
-    pub known_from: DateTime<Utc>,
-    pub known_until: DateTime<Utc>,
-}
-
-impl Month {
-    /// Whether `at` surely falls in it.
-    pub fn holds(&self, at: DateTime<Utc>) -> bool {
-        self.known_from <= at && at < self.known_until
-    }
 }
 
 impl PartialEq for Quiet {

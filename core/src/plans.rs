@@ -5,7 +5,6 @@ use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeDelt
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::Month;
 use crate::credits::Credits;
 use crate::lots::PaymentMethod;
 
@@ -108,6 +107,27 @@ pub fn cycle_at(
     )
 }
 
+/// A calendar month in a time zone, as [`month`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Month {
+    /// `plans::month_start` of every instant in `[known_from, known_until)`.
+    pub start: DateTime<Utc>,
+    /// The next month's start.
+    pub end: DateTime<Utc>,
+    /// Where local time is surely in the month: from the last local instant of its first
+    /// midnight (a change of the clock may repeat it) to the first of the next one (or
+    /// earlier, where a change of the clock skips that midnight).
+    pub known_from: DateTime<Utc>,
+    pub known_until: DateTime<Utc>,
+}
+
+impl Month {
+    /// Whether `at` surely falls in it.
+    pub fn holds(&self, at: DateTime<Utc>) -> bool {
+        self.known_from <= at && at < self.known_until
+    }
+}
+
 /// Start of the calendar month containing `at` in `tz`: the flex period of an account
 /// without a plan.
 pub fn month_start(tz: Tz, at: DateTime<Utc>) -> DateTime<Utc> {
@@ -180,6 +200,23 @@ fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
     }
 }
 
+/// Zones whose clocks change at midnight, at 02:00, by half hours or by a whole day: the
+/// cases calendar arithmetic gets wrong, for the tests of `plans` and `day_cache`.
+#[cfg(test)]
+pub(crate) const ODD_CLOCK_ZONES: [Tz; 11] = [
+    Tz::UTC,
+    chrono_tz::Asia::Seoul,
+    chrono_tz::Europe::Berlin,
+    chrono_tz::America::Santiago,
+    chrono_tz::America::Havana,
+    chrono_tz::Asia::Beirut,
+    chrono_tz::Australia::Lord_Howe,
+    chrono_tz::Pacific::Apia,
+    chrono_tz::Asia::Gaza,
+    chrono_tz::America::Asuncion,
+    chrono_tz::Asia::Damascus,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,21 +284,8 @@ mod tests {
     /// `month_start`'s and its end the next month's, and it holds most of the time.
     #[test]
     fn a_month_holds_only_where_month_start_agrees() {
-        let zones = [
-            Tz::UTC,
-            chrono_tz::Asia::Seoul,
-            chrono_tz::Europe::Berlin,
-            chrono_tz::America::Santiago,
-            chrono_tz::America::Havana,
-            chrono_tz::Asia::Beirut,
-            chrono_tz::Australia::Lord_Howe,
-            chrono_tz::Pacific::Apia,
-            chrono_tz::Asia::Gaza,
-            chrono_tz::America::Asuncion,
-            chrono_tz::Asia::Damascus,
-        ];
         let from = utc("2010-12-20T00:00:00Z");
-        for tz in zones {
+        for tz in ODD_CLOCK_ZONES {
             let mut remembered = month(tz, from);
             let (mut held, mut steps) = (0, 0);
             for i in 0..(3 * 366 * 24 * 60 / 37) {

@@ -16,10 +16,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use tally_core::alerts::{AlertRules, AlertSettings, Calm, Mark, Month, Quiet};
+use tally_core::alerts::{AlertRules, AlertSettings, Calm, Mark, Quiet};
 use tally_core::holds::{Hold, HoldStatus};
 use tally_core::hooks::{Endpoint, HookState, TopUp, TopUpMark};
 use tally_core::lots::{Lot, LotKind, Payment, PaymentMethod, Policy};
+use tally_core::plans::Month;
 use tally_core::plans::{Period, Plan, Subscription};
 use tally_core::{AccountState, Credits};
 
