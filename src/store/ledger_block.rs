@@ -7,6 +7,7 @@
 use tally_core::lots::PaymentMethod;
 use tally_core::LedgerEntry;
 
+use super::row_binary::{self, put_str, put_varint, varint};
 use super::rows::{day_number, seconds, LedgerRow};
 
 /// What a usual row takes, reserved before it is written.
@@ -121,14 +122,7 @@ impl LedgerBlock {
 
 /// The INSERT the blocks' bytes are the data of.
 pub fn insert_sql() -> String {
-    let columns: Vec<String> = <LedgerRow as clickhouse::Row>::COLUMN_NAMES
-        .iter()
-        .map(|name| format!("`{name}`"))
-        .collect();
-    format!(
-        "INSERT INTO `ledger`({}) FORMAT RowBinary",
-        columns.join(",")
-    )
+    row_binary::insert_sql("ledger", <LedgerRow as clickhouse::Row>::COLUMN_NAMES)
 }
 
 /// The three parallel arrays of a call's payments: lots, kinds, credits.
@@ -146,35 +140,6 @@ fn put_payments(out: &mut Vec<u8>, entry: &LedgerEntry) {
     for payment in &entry.paid {
         out.extend_from_slice(&payment.credits.milli().to_le_bytes());
     }
-}
-
-/// A RowBinary length: LEB128. Almost every length here is under 128: one byte.
-#[inline]
-fn put_varint(out: &mut Vec<u8>, value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
-        return;
-    }
-    let (bytes, len) = varint(value);
-    out.extend_from_slice(&bytes[..len]);
-}
-
-fn varint(mut value: u64) -> ([u8; 10], usize) {
-    let mut bytes = [0u8; 10];
-    let mut len = 0;
-    while value >= 0x80 {
-        bytes[len] = (value as u8) | 0x80;
-        value >>= 7;
-        len += 1;
-    }
-    bytes[len] = value as u8;
-    (bytes, len + 1)
-}
-
-#[inline]
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    put_varint(out, text.len() as u64);
-    out.extend_from_slice(text.as_bytes());
 }
 
 /// The id as a string; a position is written digit by digit, its length put in front

@@ -14,18 +14,20 @@ pub trait Encode: clickhouse::Row {
     /// Appends this row's columns in the order of the type's `COLUMN_NAMES`.
     fn encode(&self, out: &mut Vec<u8>);
 
-    /// `INSERT INTO table(columns) FORMAT RowBinary` (a few hundred bytes once a flush).
+    /// Its INSERT's SQL (a few hundred bytes once a flush).
     fn insert_sql() -> String {
-        let columns: Vec<String> = Self::COLUMN_NAMES
-            .iter()
-            .map(|name| format!("`{name}`"))
-            .collect();
-        format!(
-            "INSERT INTO `{}`({}) FORMAT RowBinary",
-            Self::TABLE,
-            columns.join(",")
-        )
+        insert_sql(Self::TABLE, Self::COLUMN_NAMES)
     }
+}
+
+/// `INSERT INTO table(columns) FORMAT RowBinary`: the columns named, so the bytes are read
+/// in the order they were written whatever the table's own order.
+pub(super) fn insert_sql(table: &str, columns: &[&str]) -> String {
+    let columns: Vec<String> = columns.iter().map(|name| format!("`{name}`")).collect();
+    format!(
+        "INSERT INTO `{table}`({}) FORMAT RowBinary",
+        columns.join(",")
+    )
 }
 
 impl Encode for CheckpointRow {
@@ -134,21 +136,40 @@ fn put<const N: usize>(out: &mut Vec<u8>, bytes: [u8; N]) {
     out.extend_from_slice(&bytes);
 }
 
+/// A RowBinary string: its length, then its bytes.
 #[inline]
-fn put_str(out: &mut Vec<u8>, text: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, text: &str) {
     put_bytes(out, text.as_bytes());
 }
 
-/// A length (LEB128; almost always one byte here), then the bytes.
 #[inline]
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = bytes.len() as u64;
-    while len >= 0x80 {
-        out.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
+    put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
+}
+
+/// A RowBinary length: LEB128. Almost every length here is under 128: one byte.
+#[inline]
+pub(super) fn put_varint(out: &mut Vec<u8>, value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
+    }
+    let (bytes, len) = varint(value);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `value` in LEB128, and how many of the bytes it takes.
+pub(super) fn varint(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    while value >= 0x80 {
+        bytes[len] = (value as u8) | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    bytes[len] = value as u8;
+    (bytes, len + 1)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use clickhouse::insert::Insert;
+use clickhouse::insert_formatted::InsertFormatted;
 use clickhouse::{Client, Row};
 
 use super::cluster::{shard_of, Shards, Target};
@@ -147,11 +148,7 @@ async fn insert_ledger(client: &Client, blocks: &[&LedgerBlock]) -> Result<(), S
         return Ok(());
     }
     static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(ledger_block::insert_sql);
-    let mut insert = client.insert_formatted_with(sql.as_str());
-    for (name, value) in settings_for(client).await? {
-        insert = insert.with_setting(*name, *value);
-    }
+    let mut insert = insert_formatted(client, SQL.get_or_init(ledger_block::insert_sql)).await?;
     // A chunk per block: each is one partition's flush, large enough to send alone.
     for block in blocks {
         insert
@@ -167,10 +164,7 @@ async fn insert_encoded<T: Encode>(client: &Client, rows: &[&T]) -> Result<(), S
     if rows.is_empty() {
         return Ok(());
     }
-    let mut insert = client.insert_formatted_with(T::insert_sql());
-    for (name, value) in settings_for(client).await? {
-        insert = insert.with_setting(*name, *value);
-    }
+    let mut insert = insert_formatted(client, T::insert_sql()).await?;
     insert
         .send(bytes::Bytes::from(row_binary::encode_all(rows)))
         .await?;
@@ -257,9 +251,23 @@ async fn settings_for(
     Ok(INSERT_SETTINGS.get_or_init(|| insert_settings(&version, replicated)))
 }
 
-/// Starts an INSERT into `table` with `insert_settings`. Every INSERT tally makes starts here.
+/// Starts an INSERT into `table` with `insert_settings`. Every INSERT tally makes starts here
+/// or in [`insert_formatted`].
 pub async fn insert<T: Row>(client: &Client, table: &str) -> Result<Insert<T>, StoreError> {
     let mut insert = client.insert::<T>(table).await?;
+    for (name, value) in settings_for(client).await? {
+        insert = insert.with_setting(*name, *value);
+    }
+    Ok(insert)
+}
+
+/// Starts an INSERT of bytes encoded by tally (`sql` names the table, columns and format)
+/// with `insert_settings`.
+async fn insert_formatted(
+    client: &Client,
+    sql: impl Into<String>,
+) -> Result<InsertFormatted, StoreError> {
+    let mut insert = client.insert_formatted_with(sql);
     for (name, value) in settings_for(client).await? {
         insert = insert.with_setting(*name, *value);
     }
