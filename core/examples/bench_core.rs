@@ -8,6 +8,12 @@
 //! in 50 is a copy of an earlier one (a duplicate). Times move forward through the day, so
 //! the clock and the day of each call move as they do in a partition.
 //!
+//! Each payload is read one call ahead (`Book::read_usage`, `Book::look_ahead`), as a
+//! partition's loop can read its next record before it decides the current one, so the
+//! memory the next decision reads (its dedup slot, its account's state) loads while the
+//! current one is decided (`Book::apply_usage_keyed`). The reference model's tests decide
+//! their payloads the same way (`read_ahead_agrees`).
+//!
 //! `cargo run --release -p tally-core --example bench_core [EVENTS]` prints events a
 //! second (wall clock: noisy on a shared machine, take the best of several runs).
 //! `bash scripts/bench-core.sh` runs it under callgrind and prints instructions per event
@@ -16,7 +22,8 @@
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tally_core::{Book, CostMatrix, Outcome, Policy, Rules};
+use tally_core::event::borrowed::UsageEvent;
+use tally_core::{Ahead, Book, CostMatrix, Outcome, Policy, Rules, Step};
 
 /// Accounts of the partition.
 const ACCOUNTS: usize = 10_000;
@@ -139,16 +146,75 @@ struct Counts {
 #[inline(never)]
 fn run_calls(book: &mut Book, rules: &Rules, calls: &[(Vec<u8>, DateTime<Utc>)]) -> Counts {
     let mut counts = Counts::default();
-    for (payload, arrival) in calls {
-        let step = book.process(rules, payload, *arrival);
-        match step.outcome {
-            Outcome::Applied { .. } => counts.applied += 1,
-            Outcome::Duplicate { .. } => counts.duplicates += 1,
-            Outcome::Rejected(_) | Outcome::Tick => counts.rejected += 1,
-        }
-        std::hint::black_box(&step);
+    // Each payload is read one call ahead, as a partition's loop can read its next record
+    // before it decides the current one: the memory the next decision reads (its dedup
+    // slot, its account) loads while the current one is decided. Two calls a turn, each
+    // read into a place of its own (moving a read event costs a copy of its size).
+    let mut calls = calls.iter();
+    let Some((mut a_payload, mut a_arrival)) = calls.next().map(|(p, t)| (p, *t)) else {
+        return counts;
+    };
+    let mut a = book.read_usage(a_payload, a_arrival);
+    let mut a_key = a.as_ref().map(|usage| book.look_ahead(usage));
+    loop {
+        let Some((b_payload, b_arrival)) = calls.next().map(|(p, t)| (p, *t)) else {
+            count(
+                &mut counts,
+                decide(book, rules, &a, a_key, a_payload, a_arrival),
+            );
+            break;
+        };
+        let b = book.read_usage(b_payload, b_arrival);
+        let b_key = b.as_ref().map(|usage| book.look_ahead(usage));
+        count(
+            &mut counts,
+            decide(book, rules, &a, a_key, a_payload, a_arrival),
+        );
+        drop(a);
+        let Some((payload, arrival)) = calls.next().map(|(p, t)| (p, *t)) else {
+            count(
+                &mut counts,
+                decide(book, rules, &b, b_key, b_payload, b_arrival),
+            );
+            break;
+        };
+        (a_payload, a_arrival) = (payload, arrival);
+        a = book.read_usage(a_payload, a_arrival);
+        a_key = a.as_ref().map(|usage| book.look_ahead(usage));
+        count(
+            &mut counts,
+            decide(book, rules, &b, b_key, b_payload, b_arrival),
+        );
     }
     counts
+}
+
+/// Decides a payload read ahead (its usage event, or `None`), with what
+/// [`Book::look_ahead`] gave.
+#[inline(always)]
+fn decide(
+    book: &mut Book,
+    rules: &Rules,
+    usage: &Option<UsageEvent<'_>>,
+    ahead: Option<Ahead>,
+    payload: &[u8],
+    arrival: DateTime<Utc>,
+) -> Step {
+    match (usage, ahead) {
+        (Some(usage), Some(ahead)) => book.apply_usage_keyed(rules, usage, ahead, arrival),
+        _ => book.process_other(rules, payload, arrival),
+    }
+}
+
+/// Counts what one call came to.
+#[inline(always)]
+fn count(counts: &mut Counts, step: Step) {
+    match step.outcome {
+        Outcome::Applied { .. } => counts.applied += 1,
+        Outcome::Duplicate { .. } => counts.duplicates += 1,
+        Outcome::Rejected(_) | Outcome::Tick => counts.rejected += 1,
+    }
+    std::hint::black_box(&step);
 }
 
 /// Clock ticks a second in `/proc` (`USER_HZ`, 100 on Linux).

@@ -54,6 +54,15 @@ pub struct Step {
     pub answer: Option<Answer>,
 }
 
+/// What [`Book::look_ahead`] learnt of a usage event, for its decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Ahead {
+    /// The dedup key of the event's (account, source, id).
+    key: u128,
+    /// Its account's slot among the hints.
+    hint: crate::hints::Slot,
+}
+
 /// Accounts of one partition, owned by exactly one writer.
 #[derive(Debug, Default)]
 pub struct Book {
@@ -75,6 +84,8 @@ pub struct Book {
     changed: Vec<String>,
     /// The date of the last event time read, for the next event of the same day.
     last_date: crate::event::borrowed::LastDate,
+    /// Where each account's state was last seen, to ask for it a call ahead.
+    hints: crate::hints::Hints,
 }
 
 impl Book {
@@ -89,6 +100,41 @@ impl Book {
         }
     }
 
+    /// Reads a usage event in place, as [`Book::process`] does first: `None` for anything
+    /// else (a command, a payload to reject), which [`Book::process_other`] decides.
+    ///
+    /// With [`Book::look_ahead`] and [`Book::apply_usage_keyed`], a caller can read its
+    /// next payload before it decides the current one, and the memory the next decision
+    /// reads loads meanwhile. Reading changes no decision.
+    #[inline]
+    pub fn read_usage<'p>(
+        &mut self,
+        payload: &'p [u8],
+        arrival: DateTime<Utc>,
+    ) -> Option<UsageEvent<'p>> {
+        crate::event::borrowed::usage_after(payload, arrival, &mut self.last_date)
+    }
+
+    /// What [`Book::apply_usage_keyed`] needs of `usage` beyond the event; asks the CPU
+    /// for the memory its decision reads first: its dedup slot and its account's state,
+    /// where the account's last call found it (a look changes nothing).
+    #[inline(always)]
+    pub fn look_ahead(&self, usage: &UsageEvent<'_>) -> Ahead {
+        let ahead = Ahead {
+            key: dedup::key(&usage.account, &usage.source, &usage.id),
+            hint: self.hints.slot(&usage.account),
+        };
+        self.seen.prefetch(ahead.key);
+        self.hints.prefetch::<(String, AccountState)>(ahead.hint);
+        ahead
+    }
+
+    /// Decides a payload that [`Book::read_usage`] did not read, as [`Book::process`]
+    /// decides it.
+    pub fn process_other(&mut self, rules: &Rules, payload: &[u8], arrival: DateTime<Utc>) -> Step {
+        self.apply(rules, event::parse_reference(payload, arrival), arrival)
+    }
+
     /// Applies a usage event read in place, as [`Book::apply`] would apply it parsed: one
     /// account lookup, names interned, no copy of the event. Ticks that fall due and new
     /// accounts take the general way.
@@ -98,21 +144,37 @@ impl Book {
         usage: &UsageEvent<'_>,
         arrival: DateTime<Utc>,
     ) -> Step {
+        let ahead = self.look_ahead(usage);
+        self.apply_usage_keyed(rules, usage, ahead, arrival)
+    }
+
+    /// [`Book::apply_usage`] with what [`Book::look_ahead`] gave for `usage`.
+    #[inline]
+    pub fn apply_usage_keyed(
+        &mut self,
+        rules: &Rules,
+        usage: &UsageEvent<'_>,
+        ahead: Ahead,
+        arrival: DateTime<Utc>,
+    ) -> Step {
+        let key = ahead.key;
+        debug_assert_eq!(key, dedup::key(&usage.account, &usage.source, &usage.id));
         let due = self.advance(rules, arrival);
         // What the clock changed takes the general way too, so this way names nothing.
         if !due.is_empty() || !self.changed.is_empty() {
             return self.finish(rules, due, Ok(usage.clone().into_event()), arrival);
         }
         let call = Call::borrowed(usage);
-        // The account is looked up first and its state and lots asked from memory: they
-        // load while the dedup key is hashed and probed (a lookup changes nothing, so a
-        // duplicate still leaves every account as it was).
+        // The account is looked up first and its lots asked from memory (`look_ahead`
+        // asked for its state): they load while the dedup window is probed (a lookup
+        // changes nothing, so a duplicate still leaves every account as it was).
+        let accounts = self.accounts.len();
         let state = self.accounts.get_mut(call.account);
         if let Some(state) = &state {
-            crate::prefetch::value(&**state);
-            crate::prefetch::slice(&state.lots);
+            // The first lots (most accounts have a few), a fixed count of lines.
+            crate::prefetch::lines_of::<[u8; 4 * 64]>(state.lots.as_ptr() as usize);
+            self.hints.note(ahead.hint, &**state, accounts);
         }
-        let key = dedup::key(call.account, call.source, call.id);
         let unrecorded = match self.seen.probe(key, arrival, rules.dedup_window) {
             Probe::New(unrecorded) => unrecorded,
             Probe::Duplicate => {

@@ -10,13 +10,13 @@
 //! Without an answer the core treats the id as new. A `Seen::default()` never seals, so
 //! it is exact by itself (the reference model and the core's tests use it).
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::event::Event;
+use crate::key_table::{Found, KeyTable};
 
 /// 128-bit key of (account, source, id): collisions are out of reach at any volume.
 /// The hash is xxh3-128 of each part's length (8 bytes, little-endian) then its bytes.
@@ -31,10 +31,33 @@ pub fn key(account: &str, source: &str, id: &str) -> u128 {
             return streamed_key(account, source, id);
         };
         slot[..8].copy_from_slice(&(part.len() as u64).to_le_bytes());
-        slot[8..].copy_from_slice(part.as_bytes());
+        copy_part(&mut slot[8..], part.as_bytes());
         len += 8 + part.len();
     }
     xxhash_rust::xxh3::xxh3_128(&buffer[..len])
+}
+
+/// Copies `part` into `slot`, of the same length. Parts are short (ids, names): two
+/// copies of a fixed size that overlap in the middle cover 4 to 32 bytes, where
+/// `copy_from_slice` calls `memcpy` for a length it does not know.
+#[inline(always)]
+fn copy_part(slot: &mut [u8], part: &[u8]) {
+    debug_assert_eq!(slot.len(), part.len());
+    let len = part.len();
+    match len {
+        4..=7 => copy_ends::<4>(slot, part),
+        8..=15 => copy_ends::<8>(slot, part),
+        16..=32 => copy_ends::<16>(slot, part),
+        _ => slot.copy_from_slice(part),
+    }
+}
+
+/// Copies the first and the last `N` bytes of `part` (`N <= part.len() <= 2 * N`).
+#[inline(always)]
+fn copy_ends<const N: usize>(slot: &mut [u8], part: &[u8]) {
+    let len = part.len();
+    slot[..N].copy_from_slice(&part[..N]);
+    slot[len - N..len].copy_from_slice(&part[len - N..]);
 }
 
 /// Bytes of the parts of a key hashed in one call; longer ones are streamed. Every call
@@ -295,7 +318,9 @@ pub enum Probe<'a> {
 
 /// A new key's place in the window, held while its event is decided.
 pub struct Unrecorded<'a> {
-    slot: Entry<'a, u128, i64>,
+    table: &'a mut KeyTable,
+    /// What the probe found: absent, or held with a first arrival out of the window.
+    found: Found,
     fresh: &'a mut Vec<(u128, i64)>,
     key: u128,
     at: i64,
@@ -305,7 +330,10 @@ impl Unrecorded<'_> {
     /// [`Seen::record`] for the probed key and arrival, in the place found.
     #[inline]
     pub fn record(self) {
-        self.slot.insert_entry(self.at);
+        match self.found {
+            Found::Absent(absent) => self.table.insert_absent(absent, self.at),
+            Found::Present { .. } => self.table.insert(self.key, self.at),
+        }
         self.fresh.push((self.key, self.at));
     }
 }
@@ -314,7 +342,7 @@ impl Unrecorded<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
     /// Exact keys and first arrivals (milliseconds) not sealed yet.
-    first: KeyMap<i64>,
+    first: KeyTable,
     /// Keys recorded since the last [`Seen::take_fresh`]: not committed yet.
     fresh: Vec<(u128, i64)>,
     /// Committed flushes whose keys are in `first`.
@@ -362,6 +390,13 @@ impl Seen {
         self.written.push(written);
     }
 
+    /// Starts loading the memory that [`Seen::probe`] of `key` reads first: a caller that
+    /// knows the next call's key asks for it while it decides the call before.
+    #[inline]
+    pub fn prefetch(&self, key: u128) {
+        self.first.prefetch(key);
+    }
+
     /// Whether `key` already arrived within `window` before `arrival`, as far as is
     /// proven: a probable duplicate not yet confirmed counts as new.
     pub fn is_duplicate(&self, key: u128, arrival: DateTime<Utc>, window: TimeDelta) -> bool {
@@ -377,13 +412,13 @@ impl Seen {
         // The window in milliseconds only for a key seen before: most keys are new.
         let horizon = self.horizon();
         let within = |first: i64| first >= horizon && at < first + window.num_milliseconds();
-        let slot = self.first.entry(key);
-        let duplicate = match &slot {
-            Entry::Occupied(first) => within(*first.get()),
+        let found = self.first.find(key);
+        let duplicate = match found {
+            Found::Present { first } => within(first),
             // As `lookup`: an answer decides a key not kept exactly; a probable copy in the
             // sealed set is not a duplicate until answered.
             // Answers are rare (a seal's probable copies): most windows hold none.
-            Entry::Vacant(_) => {
+            Found::Absent(_) => {
                 !self.answers.is_empty()
                     && matches!(self.answers.get(&key), Some(Some(first)) if within(*first))
             }
@@ -392,7 +427,8 @@ impl Seen {
             return Probe::Duplicate;
         }
         Probe::New(Unrecorded {
-            slot,
+            table: &mut self.first,
+            found,
             fresh: &mut self.fresh,
             key,
             at,
@@ -412,7 +448,7 @@ impl Seen {
         let window = window.num_milliseconds();
         let within = |first: i64| self.may_hold(first, arrival, window);
         // The exact keys are the latest record of a key: they decide alone.
-        if let Some(&first) = self.first.get(&key) {
+        if let Some(first) = self.first.get(key) {
             return if within(first) {
                 Lookup::Duplicate
             } else {
@@ -512,17 +548,15 @@ impl Seen {
         }
         let fresh: HashSet<u128> = self.fresh.iter().map(|f| f.0).collect();
         let mut moved = Vec::with_capacity(committed);
+        // The table is laid out again for what is left.
         self.first.retain(|key, at| {
-            if fresh.contains(key) {
+            if fresh.contains(&key) {
                 true
             } else {
-                moved.push((*key, *at));
+                moved.push((key, at));
                 false
             }
         });
-        // A table emptied by `retain` is full of tombstones, which every lookup of a new
-        // key would walk: laid out again, it holds just what is left.
-        self.first.shrink_to_fit();
         if moved.is_empty() {
             return None;
         }
@@ -663,7 +697,7 @@ impl Seen {
             return;
         }
         self.horizon = Some(horizon);
-        self.first.retain(|_, first| *first >= horizon);
+        self.first.retain(|_, first| first >= horizon);
         self.written.retain(|w| w.last_at >= horizon);
         if !self.generations.is_empty() {
             // Their entries go at the next seal's layout; lookups skip them already.
@@ -826,7 +860,10 @@ mod tests {
     #[test]
     fn one_shot_keys_are_the_streamed_keys() {
         for len in 0..=KEY_BUFFER + 16 {
-            let long = "x".repeat(len);
+            // Every byte its own (a copy that misplaces one changes the key).
+            let long: String = (0..len)
+                .map(|i| char::from(b'!' + (i % 90) as u8))
+                .collect();
             for (account, source, id) in [
                 (long.as_str(), "svc", "evt-1"),
                 ("acct-1", long.as_str(), ""),

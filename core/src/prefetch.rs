@@ -26,6 +26,17 @@ pub fn slice<T>(slice: &[T]) {
     bytes(slice.as_ptr().cast(), std::mem::size_of_val(slice));
 }
 
+/// Starts loading the lines of a `T` at `address`, which may be stale or no address at
+/// all: a prefetch never faults (see [`line_at`]).
+#[inline]
+pub fn lines_of<T>(address: usize) {
+    // As `value`: a count known when compiling, one instruction a line.
+    let lines = (std::mem::size_of::<T>().div_ceil(LINE) + 1).min(MAX_LINES);
+    for line in 0..lines {
+        line_at((address as *const u8).wrapping_add(line * LINE));
+    }
+}
+
 /// Starts loading the line where `text` starts: for short texts (names and ids), one
 /// instruction where [`slice`] spends a loop.
 #[inline]

@@ -16,9 +16,12 @@ use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeDelta, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
+use tally_core::event::borrowed::UsageEvent;
 use tally_core::event::Status;
 use tally_core::lots::PaymentMethod;
-use tally_core::{AccountState, Book, Credits, LedgerEntry, LotKind, Outcome, Policy, Rules};
+use tally_core::{
+    AccountState, Ahead, Book, Credits, LedgerEntry, LotKind, Outcome, Policy, Rules,
+};
 
 use reference::{
     AccountView, BalanceView, Data, GrantData, HoldData, Input, Model, SettingsData, UsageData,
@@ -1192,6 +1195,7 @@ fn run(cfg: &Config, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut arrival = at("2026-06-01T00:00:00Z") + TimeDelta::seconds(cfg.start_secs);
     let mut sent: Vec<Sent> = Vec::new();
+    let mut decided: Vec<Decided> = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         arrival += TimeDelta::milliseconds(step.advance_ms);
         let (input, payload) = match step.op {
@@ -1283,6 +1287,11 @@ fn run(cfg: &Config, steps: &[Step]) -> Result<(), TestCaseError> {
         model
             .check_conservation()
             .map_err(|problem| TestCaseError::fail(format!("{problem}; {}", context())))?;
+        decided.push(Decided {
+            payload: payload.clone(),
+            arrival,
+            expected,
+        });
         // Ticks are not resent: see the SPEC AMBIGUITY about their time in `input_for`.
         if input.ty != reference::TICK {
             sent.push(Sent {
@@ -1290,6 +1299,81 @@ fn run(cfg: &Config, steps: &[Step]) -> Result<(), TestCaseError> {
                 payload,
                 arrival,
             });
+        }
+    }
+    read_ahead_agrees(&rules, &decided, &model)
+}
+
+/// Reads `d`'s payload ahead of its decision.
+fn read<'d>(book: &mut Book, d: &'d Decided) -> (Option<UsageEvent<'d>>, Option<Ahead>) {
+    let usage = book.read_usage(d.payload.as_bytes(), d.arrival);
+    let ahead = usage.as_ref().map(|usage| book.look_ahead(usage));
+    (usage, ahead)
+}
+
+/// A payload the engine decided, and what the model expected of it.
+struct Decided {
+    payload: String,
+    arrival: Time,
+    expected: reference::Step,
+}
+
+/// The same payloads decided by a book that reads each one a call ahead (as
+/// `bench_core` does), before the previous one is decided: every decision and the final
+/// accounts are the model's.
+fn read_ahead_agrees(
+    rules: &Rules,
+    decided: &[Decided],
+    model: &Model,
+) -> Result<(), TestCaseError> {
+    let mut book = Book::default();
+    let mut next = decided.first().map(|d| read(&mut book, d));
+    for (index, d) in decided.iter().enumerate() {
+        let (usage, ahead) = next.take().expect("read ahead");
+        next = decided.get(index + 1).map(|d| read(&mut book, d));
+        let engine = match (&usage, ahead) {
+            (Some(usage), Some(ahead)) => book.apply_usage_keyed(rules, usage, ahead, d.arrival),
+            _ => book.process_other(rules, d.payload.as_bytes(), d.arrival),
+        };
+        let context = || format!("read ahead: step {index}, payload {}", d.payload);
+        prop_assert_eq!(
+            outcome_of(engine.outcome),
+            d.expected.outcome.clone(),
+            "{}",
+            context()
+        );
+        prop_assert_eq!(
+            engine.answer,
+            d.expected.answer.clone(),
+            "answer; {}",
+            context()
+        );
+        prop_assert_eq!(
+            per_account(&engine.due),
+            per_account(&d.expected.due),
+            "due entries; {}",
+            context()
+        );
+    }
+    let Some(clock) = model.clock else {
+        return Ok(());
+    };
+    prop_assert_eq!(book.clock, model.clock, "read ahead: clock");
+    prop_assert_eq!(
+        book.accounts.len(),
+        model.accounts.len(),
+        "read ahead: accounts"
+    );
+    for (name, account) in &model.accounts {
+        let state = book.accounts.get(name);
+        prop_assert!(state.is_some(), "read ahead: account {} missing", name);
+        if let Some(state) = state {
+            prop_assert_eq!(
+                engine_view(state, clock),
+                account.view(clock),
+                "read ahead: {}",
+                name
+            );
         }
     }
     Ok(())
