@@ -163,6 +163,30 @@ for name in "${order[@]}"; do
     --accounts "$ACCOUNTS" --id-prefix "lat-$name" >"$WORK/$name-latency.txt"
   cat "$WORK/$name-latency.txt"
   uptime
+  # tally's own view of the same seconds: apply delay (broker timestamp, here the producer's
+  # clock, to application) and the flushes (count, mean duration by phase, records each).
+  curl -sf "http://127.0.0.1:$STATUS_PORT/metrics" >"$WORK/$name-metrics.txt" || true
+  python3 - "$WORK/$name-metrics.txt" "$name" <<'PY'
+import re, sys
+v = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'(tally_(?:apply_delay_seconds|flush_duration_seconds|flush_batch_events)_(?:sum|count|bucket))(\{[^}]*\})? (\S+)', line)
+    if m:
+        v[m[1] + (m[2] or "")] = float(m[3])
+def mean(name, labels=""):
+    n = v.get(f"{name}_count{labels}", 0)
+    return v.get(f"{name}_sum{labels}", 0) / n if n else float("nan")
+d = "tally_apply_delay_seconds"
+n = v.get(f"{d}_count", 0)
+le1 = v.get(f'{d}_bucket{{le="1"}}', 0) / n if n else float("nan")
+f = "tally_flush_duration_seconds"
+flushes = v.get(f'{f}_count{{phase="total"}}', 0)
+phases = ", ".join(f"{p} {mean(f, '{phase=' + chr(34) + p + chr(34) + '}') * 1000:.0f} ms"
+                   for p in ("build", "encode", "write_outputs", "checkpoint", "total"))
+print(f"{sys.argv[2]}: tally's metrics since its start: {n:.0f} records applied, apply delay mean "
+      f"{mean(d):.3f} s ({le1:.1%} within 1 s); {flushes:.0f} flushes, mean {phases}; "
+      f"{mean('tally_flush_batch_events'):.0f} records a flush")
+PY
   kill -TERM "$run_pid"
   rc=0; wait "$run_pid" || rc=$?
   forget "$run_pid"
