@@ -49,6 +49,11 @@ DB="${BENCH_DB:-tally_latency}"
 die() { echo "bench-latency: $*" >&2; exit 1; }
 ch() { curl -sf http://127.0.0.1:8123/ --data-binary "$1"; }
 now() { date +%s.%N; }
+# busy: load average and the processes using the CPU now (over half a second): what else ran.
+busy() {
+  echo "load:$(uptime | sed 's/.*load average://'); busiest now: $(top -b -n 2 -d 0.5 -w 200 |
+    awk '/^top -/ { f++ } f == 2' | sed -n '8,11p' | awk '{ printf "%s %s%%, ", $12, $9 }')"
+}
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 ch "SELECT 1" >/dev/null || die "ClickHouse does not answer on 127.0.0.1:8123"
 timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9092' 2>/dev/null || die "no broker on 127.0.0.1:9092"
@@ -143,7 +148,7 @@ done
 echo "== produce to ledger row at $RATE events/s for ${DURATION}s, each build alone, in the order ${order[*]}"
 for name in "${order[@]}"; do
   bin=$(bin_of "$name")
-  uptime
+  busy
   # Whatever the other build produced is history too: this build's group consumes it first.
   t0=$(now)
   run_fg $(as_build "$name") "$bin" run --drain >"$WORK/$name-catchup.out" 2>"$WORK/$name-catchup.log"
@@ -159,10 +164,18 @@ for name in "${order[@]}"; do
     sleep 0.2
   done
   echo "$name: tally run ready (/readyz) after $(elapsed "$t0" "$(now)") s"
+  # What the machine does meanwhile, every 5 s (a sample, not a synchronisation).
+  (while :; do busy; sleep 5; done) >"$WORK/$name-busy.txt" 2>&1 &
+  sampler=$!
+  pids+=("$sampler")
   run_fg $(as_build "$name") python3 scripts/bench-latency.py --rate "$RATE" --seconds "$DURATION" \
     --accounts "$ACCOUNTS" --id-prefix "lat-$name" >"$WORK/$name-latency.txt"
   cat "$WORK/$name-latency.txt"
-  uptime
+  kill -TERM "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  forget "$sampler"
+  echo "$name: during the run (every 5 s):"
+  sed 's/^/  /' "$WORK/$name-busy.txt"
   # tally's own view of the same seconds: apply delay (broker timestamp, here the producer's
   # clock, to application) and the flushes (count, mean duration by phase, records each).
   curl -sf "http://127.0.0.1:$STATUS_PORT/metrics" >"$WORK/$name-metrics.txt" || true
