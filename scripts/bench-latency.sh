@@ -25,7 +25,7 @@
 # (main) and BASE_NAME (base); STACK_UP=0 uses the stack as it runs (else
 # scripts/stack-up.sh first); BENCH_DB the databases' prefix (default tally_latency:
 # tally_latency_main, tally_latency_base) and of the topics and groups; ACCOUNTS (10000),
-# HISTORY (1000000), RATE (10000), DURATION (30), FIRST (NAME or BASE_NAME; default NAME),
+# HISTORY (1000000; 0: grants only), RATE (10000), DURATION (30), FIRST (NAME or BASE_NAME; default NAME),
 # STATUS_PORT (18501), READY_TIMEOUT (seconds, 300), WORK (where the event files and logs go;
 # default a new folder under /tmp). Every process the script starts is stopped on exit.
 #   STACK_UP=0 BIN=/path/tally BASE_BIN=/path/tally-base BENCH_DB=lat13 bash scripts/bench-latency.sh
@@ -128,10 +128,11 @@ for name in "${names[@]}"; do
 done
 at="$(date -u +%Y-%m-%dT%H:%M:%S+00:00)"
 python3 scripts/bench-events.py --accounts "$ACCOUNTS" --grants --now "$at" >"$WORK/grants.jsonl"
-python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$HISTORY" --now "$at" >"$WORK/history.jsonl"
+# HISTORY=0: the grants alone (the figure without history, for comparison in the same run).
+((HISTORY == 0)) || python3 scripts/bench-events.py --accounts "$ACCOUNTS" --calls "$HISTORY" --now "$at" >"$WORK/history.jsonl"
 t0=$(now)
 run_fg "$BIN" send --stamp-event-time "$WORK/grants.jsonl" >/dev/null 2>"$WORK/send.log"
-run_fg "$BIN" send --stamp-event-time "$WORK/history.jsonl" >/dev/null 2>>"$WORK/send.log"
+((HISTORY == 0)) || run_fg "$BIN" send --stamp-event-time "$WORK/history.jsonl" >/dev/null 2>>"$WORK/send.log"
 echo "== sent grants for $ACCOUNTS accounts and $HISTORY usage events of history in $(elapsed "$t0" "$(now)") s"
 
 declare -A drain catchup result
