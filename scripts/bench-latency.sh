@@ -25,9 +25,11 @@
 # (main) and BASE_NAME (base); STACK_UP=0 uses the stack as it runs (else
 # scripts/stack-up.sh first); BENCH_DB the databases' prefix (default tally_latency:
 # tally_latency_main, tally_latency_base) and of the topics and groups; ACCOUNTS (10000),
-# HISTORY (1000000; 0: grants only), RATE (10000), DURATION (30), FIRST (NAME or BASE_NAME; default NAME),
-# STATUS_PORT (18501), READY_TIMEOUT (seconds, 300), WORK (where the event files and logs go;
-# default a new folder under /tmp). Every process the script starts is stopped on exit.
+# HISTORY (1000000; 0: the grants alone), RATE (10000), DURATION (30), FIRST (NAME or
+# BASE_NAME; default NAME), STATUS_PORT (18501), READY_TIMEOUT (seconds, 300), WORK (where
+# the event files and logs go; default a new folder under /tmp). Every process the script
+# starts is stopped on exit. Also printed: what else used the CPU during each follow run
+# (every 5 s) and tally's own metrics of it (apply delay, flushes by phase).
 #   STACK_UP=0 BIN=/path/tally BASE_BIN=/path/tally-base BENCH_DB=lat13 bash scripts/bench-latency.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
