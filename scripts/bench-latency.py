@@ -3,7 +3,10 @@
 running `tally run` and polls ClickHouse every --poll seconds for the ledger rows that
 became visible; prints p50, p95, p99 and max of (first poll that saw the row) minus (the
 moment the event was handed to the producer). The poll interval is the resolution.
-Topics and database come from the TALLY_* environment, as `tally` itself reads them."""
+Topics and database come from the TALLY_* environment, as `tally` itself reads them.
+Event ids are --id-prefix, a dash and a nine-digit sequence number ("lat-000000000"): two
+runs into the same topics (two builds, each with its own database) use two prefixes, so
+neither's events are duplicates of the other's."""
 
 import argparse
 import json
@@ -35,6 +38,7 @@ def main():
     p.add_argument("--seconds", type=int, default=30)
     p.add_argument("--accounts", type=int, default=10000)
     p.add_argument("--poll", type=float, default=0.2)
+    p.add_argument("--id-prefix", default="lat")
     a = p.parse_args()
     topic = os.environ["TALLY_KAFKA__USAGE_TOPIC"]
     database = os.environ["TALLY_CLICKHOUSE__DATABASE"]
@@ -42,23 +46,28 @@ def main():
                          "linger.ms": 5})
     rng = random.Random(11)
     total = a.rate * a.seconds
+    prefix = a.id_prefix + "-"
     sent_at = [0.0] * total
     seen_at = [0.0] * total
     sent = [0]
     done = threading.Event()
+
+    polls = []   # seconds each poll's query took: the resolution is --poll plus this
 
     def poll():
         low = 0
         while low < total:
             high = sent[0]
             if high > low:
+                asked = time.time()
                 rows = query(database,
-                             f"SELECT event_id FROM ledger WHERE event_id >= 'lat-{low:09d}' "
-                             f"AND event_id <= 'lat-{high - 1:09d}' AND entry_type = 'usage' "
+                             f"SELECT event_id FROM ledger WHERE event_id >= '{prefix}{low:09d}' "
+                             f"AND event_id <= '{prefix}{high - 1:09d}' AND entry_type = 'usage' "
                              "FORMAT TabSeparated")
                 now = time.time()
+                polls.append(now - asked)
                 for line in rows.split():
-                    n = int(line[4:])
+                    n = int(line[len(prefix):])
                     if not seen_at[n]:
                         seen_at[n] = now
                 while low < high and seen_at[low]:
@@ -87,7 +96,7 @@ def main():
             if variant:
                 data["variant"] = variant
             account = f"acct-{rng.randrange(a.accounts):06d}"
-            event = {"specversion": "1.0", "type": "ai.usage", "id": f"lat-{n:09d}",
+            event = {"specversion": "1.0", "type": "ai.usage", "id": f"{prefix}{n:09d}",
                      "source": service, "subject": account,
                      "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                      "data": data}
@@ -110,6 +119,10 @@ def main():
     print(f"sent {total} events at {achieved:.0f}/s; visible {len(lat)}, missing {missing}")
     print(f"produce -> ledger visible (resolution {a.poll}s): p50 {pct(0.50):.3f}s "
           f"p95 {pct(0.95):.3f}s p99 {pct(0.99):.3f}s max {lat[-1] if lat else float('nan'):.3f}s")
+    if polls:
+        polls.sort()
+        print(f"{len(polls)} polls of the ledger, query time mean {sum(polls) / len(polls):.3f}s "
+              f"max {polls[-1]:.3f}s")
 
 
 if __name__ == "__main__":
