@@ -11,26 +11,15 @@ const MAX_LINES: usize = 16;
 /// Starts loading the memory of `value`.
 #[inline]
 pub fn value<T>(value: &T) {
-    // A count known when compiling, whatever the value's alignment: the loop unrolls to
-    // one instruction a line (the line past the end covers a value that straddles one).
-    let start: *const u8 = std::ptr::from_ref(value).cast();
-    let lines = (std::mem::size_of::<T>().div_ceil(LINE) + 1).min(MAX_LINES);
-    for line in 0..lines {
-        line_at(start.wrapping_add(line * LINE));
-    }
-}
-
-/// Starts loading the memory of the elements of `slice`.
-#[inline]
-pub fn slice<T>(slice: &[T]) {
-    bytes(slice.as_ptr().cast(), std::mem::size_of_val(slice));
+    lines_of::<T>(std::ptr::from_ref(value) as usize);
 }
 
 /// Starts loading the lines of a `T` at `address`, which may be stale or no address at
 /// all: a prefetch never faults (see [`line_at`]).
 #[inline]
 pub fn lines_of<T>(address: usize) {
-    // As `value`: a count known when compiling, one instruction a line.
+    // A count known when compiling, whatever the value's alignment: the loop unrolls to
+    // one instruction a line (the line past the end covers a value that straddles one).
     let lines = (std::mem::size_of::<T>().div_ceil(LINE) + 1).min(MAX_LINES);
     for line in 0..lines {
         line_at((address as *const u8).wrapping_add(line * LINE));
@@ -38,26 +27,10 @@ pub fn lines_of<T>(address: usize) {
 }
 
 /// Starts loading the line where `text` starts: for short texts (names and ids), one
-/// instruction where [`slice`] spends a loop.
+/// instruction where a value spends a loop.
 #[inline]
 pub fn start(text: &str) {
     line_at(text.as_ptr());
-}
-
-/// Starts loading the lines of `len` bytes from `start` (up to [`MAX_LINES`] of them).
-#[inline]
-fn bytes(start: *const u8, len: usize) {
-    // A count known when compiling with an early exit: the loop unrolls to a comparison
-    // and a prefetch a line at fixed offsets (a loop counting lines cost five a line).
-    let first = start as usize & !(LINE - 1);
-    let end = (start as usize).saturating_add(len);
-    for line in 0..MAX_LINES {
-        let at = first.wrapping_add(line * LINE);
-        if at >= end {
-            break;
-        }
-        line_at(at as *const u8);
-    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
@@ -91,11 +64,13 @@ mod tests {
     fn hints_leave_the_values_as_they_were() {
         let values: Vec<u64> = (0..1000).collect();
         for start in 0..9 {
-            slice(&values[start..]);
-            slice(&values[start..start]);
+            lines_of::<[u64; 1000]>(values[start..].as_ptr() as usize);
             value(&values[start]);
         }
         value(&());
+        // No address at all, and one past any mapping: still only a hint.
+        lines_of::<[u8; 256]>(0);
+        lines_of::<[u8; 256]>(usize::MAX - 64);
         assert_eq!(values, (0..1000).collect::<Vec<u64>>());
     }
 }
