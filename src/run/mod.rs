@@ -609,6 +609,7 @@ impl Pipeline {
                 owner: self.env.owner.clone(),
                 email_context: self.env.email_context.clone(),
                 stream: self.env.stream.clone(),
+                dedup_window_millis: self.env.rules.dedup_window.num_milliseconds(),
             },
             flush,
             Order { after, committed },
@@ -641,6 +642,7 @@ impl Pipeline {
             snapshots.extend(work.snapshot_pending.take().map(|version| Snapshot {
                 partition: work.partition,
                 version,
+                claim: work.claim_version,
                 arrival_high: draft.arrival_high,
             }));
             work.next_version(&self.env.rules);
@@ -756,8 +758,9 @@ impl Pipeline {
         failed.error
     }
 
-    /// Hands a committed flush's emails and webhooks on, and prunes what its snapshots
-    /// superseded; returns the offsets its checkpoint committed.
+    /// Hands a committed flush's emails and webhooks on (its task has answered its
+    /// decisions and pruned what its snapshots superseded); returns the offsets its
+    /// checkpoint committed.
     fn after_commit(&mut self, flush: Committed) -> anyhow::Result<Vec<(i32, i64, i64)>> {
         let Committed {
             forwarded,
@@ -765,14 +768,6 @@ impl Pipeline {
             commits,
             ledger_rows,
         } = flush;
-        self.env.metrics.flush_phase(
-            phase::TOTAL,
-            self.env
-                .clock
-                .now()
-                .duration_since(commits.started)
-                .as_secs_f64(),
-        );
         self.env.metrics.flush_events.observe(commits.events as f64);
         if !mails.is_empty() {
             for mail in &mails {
@@ -798,44 +793,6 @@ impl Pipeline {
         self.backoff = Duration::from_millis(200);
         self.summary.flushes += 1;
         self.last_checkpoint = Some(self.env.clock.utc());
-        for snapshot in &commits.snapshots {
-            let (partition, version) = (snapshot.partition, snapshot.version);
-            // A partition given up since: its claim is not known here, so nothing is
-            // deleted (the next snapshot of its owner deletes it).
-            let Some(claim) = self.parts.get(&partition).map(|work| work.claim_version) else {
-                continue;
-            };
-            // Dedup rows and blobs stay while the window of a restart from this snapshot
-            // may need them.
-            let horizon = checkpoint::horizon(
-                snapshot.arrival_high,
-                self.env.rules.dedup_window.num_milliseconds(),
-            );
-            // The snapshot holds everything live: older checkpoint rows are dead. A
-            // failure only leaves them for the next snapshot to delete.
-            let pruned = self.env.rt.block_on(self.env.store.delete_before(
-                partition as u32,
-                version,
-                claim,
-                horizon,
-            ));
-            match pruned {
-                Ok(true) => tracing::info!(
-                    partition,
-                    version,
-                    "partition snapshotted; older checkpoint rows deleted"
-                ),
-                Ok(false) => tracing::warn!(
-                    partition,
-                    version,
-                    "a later claim supersedes this owner: its flushes no longer count"
-                ),
-                Err(e) => {
-                    self.env.metrics.clickhouse_errors.inc();
-                    tracing::warn!(partition, version, error = %e, "cannot delete checkpoint rows older than a snapshot")
-                }
-            }
-        }
         tracing::debug!(ledger_rows, forwarded = forwarded.len(), "flushed");
         Ok(commits.offsets)
     }

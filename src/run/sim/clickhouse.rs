@@ -86,6 +86,8 @@ pub struct Db {
     /// Deletions the fence refused (a later claim existed): the takeover test asks that
     /// its schedules reach it.
     pub refused_deletions: u64,
+    /// Deletions done: the horizon test crashes the owner right after one.
+    pub deletions: u64,
 }
 
 /// One INSERT of `rows` into `table`, as its fate says.
@@ -430,6 +432,7 @@ impl Store for SimStore {
                     && !((r.row_kind == "claim" || r.row_kind == "base") && r.claim >= keep_from)
                     && !dedup(r))
             });
+            db.deletions += 1;
             Ok(true)
         })
     }

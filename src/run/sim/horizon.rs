@@ -91,9 +91,10 @@ fn event(which: Which, account: &str, input: super::reference::Input, at: DateTi
     }
 }
 
-/// How many checkpoint rows the store holds: fewer after a snapshot's deletion.
-fn rows(sim: &Sim) -> usize {
-    lock(&sim.world.db).checkpoints.len()
+/// How many snapshot deletions the store has done. A deletion runs in its flush's task,
+/// right after the commit, so it may land in a turn or in the steps between turns.
+fn deletions(sim: &Sim) -> u64 {
+    lock(&sim.world.db).deletions
 }
 
 /// The scripted schedule of `seed`: the owner crashes right after one of its snapshots'
@@ -125,11 +126,11 @@ fn horizon(seed: u64) -> Result<bool, String> {
     sim.join(&mut rng);
     let mut after_deletion = false;
     for _ in 0..2_000 {
-        let before = rows(&sim);
+        let before = deletions(&sim);
         let member = sim.members.get_mut(&0).expect("running");
         member.turn();
         // A snapshot's deletion just ran: the crash comes before anything newer lands.
-        if rows(&sim) < before && rng.chance(500) {
+        if deletions(&sim) > before && rng.chance(500) {
             after_deletion = true;
             break;
         }
@@ -137,8 +138,13 @@ fn horizon(seed: u64) -> Result<bool, String> {
         // flight.
         if rng.chance(80) {
             let steps = 1 + rng.below(4);
+            let before = deletions(&sim);
             let member = sim.members.get_mut(&0).expect("running");
             member.background(steps);
+            if deletions(&sim) > before && rng.chance(500) {
+                after_deletion = true;
+                break;
+            }
         }
         sim.world.clock.advance(Duration::from_millis(50));
     }
