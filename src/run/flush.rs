@@ -276,8 +276,9 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
 
 /// Deletes the checkpoint rows the flush's snapshots superseded, every partition's at once,
 /// once the flush has committed and its answers are out: the run thread applies on
-/// meanwhile, and only the next flush waits (a partition's deletion took up to 0.66 s on
-/// the run thread). A failure leaves the rows for the partition's next snapshot to delete.
+/// meanwhile (three statements a partition, 8-31 ms each measured on 18.16 with history;
+/// they blocked it), and only the next flush waits. A failure leaves the rows for the
+/// partition's next snapshot to delete.
 async fn prune(to: &Targets, snapshots: &[Snapshot]) {
     let deletions = snapshots.iter().map(|snapshot| async move {
         // Dedup rows and blobs stay while the window of a restart from this snapshot may
