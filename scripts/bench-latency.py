@@ -57,8 +57,9 @@ def main():
     done = threading.Event()
 
     polls = []   # seconds each poll's query took
-    # Every event of this run has a time at or after this (the ledger's `time` is seconds).
-    since = datetime.fromtimestamp(int(time.time()) - 1, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    # Every event of this run has a time at or after this (the ledger's `time` is seconds);
+    # a number, so the server's time zone does not change what it means.
+    since = int(time.time()) - 1
 
     def poll():
         low = 0
@@ -67,7 +68,7 @@ def main():
             if high > low:
                 asked = time.time()
                 rows = query(database,
-                             f"SELECT event_id FROM ledger PREWHERE time >= '{since}' "
+                             f"SELECT event_id FROM ledger PREWHERE time >= toDateTime({since}) "
                              f"WHERE event_id >= '{prefix}{low:09d}' "
                              f"AND event_id <= '{prefix}{high - 1:09d}' AND entry_type = 'usage' "
                              "FORMAT TabSeparated")
