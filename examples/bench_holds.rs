@@ -34,6 +34,8 @@ struct Args {
     warmup: u64,
     accounts: u64,
     prefix: String,
+    /// Each hold's ttl in seconds.
+    ttl: u32,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -46,6 +48,7 @@ fn args() -> anyhow::Result<Args> {
         warmup: 1,
         accounts: 100,
         prefix: format!("b{}", std::process::id()),
+        ttl: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +64,7 @@ fn args() -> anyhow::Result<Args> {
             "--warmup" => a.warmup = value.parse()?,
             "--accounts" => a.accounts = value.parse()?,
             "--prefix" => a.prefix = value,
+            "--ttl" => a.ttl = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -193,7 +197,7 @@ fn pace(
             (
                 "/v1/holds",
                 serde_json::json!({"id": format!("{}-{i}", a.prefix), "account": account,
-                                   "feature": "erase", "ttl": 60}),
+                                   "feature": "erase", "ttl": a.ttl}),
             )
         };
         let request = Request::builder()
