@@ -406,6 +406,23 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
     check_until(&server, "the expiry", |c| {
         milli(&c["held"]) == 35_000 && milli(&c["available"]) == 7_000
     });
+    // Each answered hold or release (N + h-late + the release + h-short) timed its phases:
+    // an answer follows at least one produce.
+    let metrics = server.get("/metrics", None).body;
+    let count = |phase: &str| -> u64 {
+        let name = format!("tally_hold_phase_seconds_count{{phase=\"{phase}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&name))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let (produced, answered) = (count("produce"), count("answer"));
+    assert!(answered >= N as u64 + 3, "{answered} answers timed");
+    assert!(
+        produced >= answered,
+        "{produced} produced, {answered} answered"
+    );
     stop_run(run);
 
     // By hand: 49 granted; the call paid 7 from its hold; one released, one expired:

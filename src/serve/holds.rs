@@ -418,6 +418,13 @@ async fn decide(
             .with_label_values(&[reason])
             .inc()
     };
+    let phase_seconds = |phase: &str, took: Duration| {
+        state
+            .metrics
+            .hold_phase_seconds
+            .with_label_values(&[phase])
+            .observe(took.as_secs_f64())
+    };
     let timed_out = || {
         retried("timeout");
         ApiError::Timeout(format!(
@@ -431,7 +438,8 @@ async fn decide(
             "subject": account, "time": Utc::now().to_rfc3339(), "data": data});
         let payload =
             serde_json::to_vec(&event).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let producing = Instant::now();
+        let remaining = deadline.saturating_duration_since(producing);
         let topic = &state.config.kafka.commands_topic;
         let sent = tokio::time::timeout(
             remaining,
@@ -456,6 +464,8 @@ async fn decide(
             }
             Err(_) => return Err(timed_out()),
         };
+        let produced = Instant::now();
+        phase_seconds("produce", produced.duration_since(producing));
         let mut fresh = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -481,6 +491,7 @@ async fn decide(
                 .await
             {
                 Ok((status @ (200 | 201 | 402 | 409), body)) => {
+                    phase_seconds("answer", produced.elapsed());
                     tracing::debug!(
                         partition,
                         offset,

@@ -1,11 +1,18 @@
 //! Prometheus metrics of `tally serve` (the `prometheus` crate's registry and text
 //! format): HTTP requests by route, method (HTTP's own methods, others as `other`) and
 //! status, their duration, ingested and rejected
-//! events, ClickHouse errors, and what routing checks and holds to partition owners met.
+//! events, ClickHouse errors, what routing checks and holds to partition owners met, and
+//! where a hold's time goes.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+
+/// Buckets of [`Metrics::hold_phase_seconds`]: fine around `kafka.max_idle` (200 ms by
+/// default), which every answer waits out, and at the milliseconds a produce takes.
+const HOLD_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.21, 0.225, 0.25, 0.3, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Every metric `tally serve` exposes at `/metrics`.
 #[derive(Clone)]
@@ -28,6 +35,9 @@ pub struct Metrics {
     pub owner_retries: IntCounterVec,
     /// Connections closed at once because `serve.max_connections` were open.
     pub connections_refused: IntCounter,
+    /// A hold's or release's time by phase: `produce` (until the broker took the command),
+    /// `answer` (from then until the owner's committed answer arrived).
+    pub hold_phase_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -83,6 +93,16 @@ impl Metrics {
             "Connections answered 503 and closed because serve.max_connections were open",
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let hold_phase_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tally_hold_phase_seconds",
+                "Holds and releases by phase: produce (until the broker took the command), \
+                 answer (from then until the owner's committed answer arrived)",
+            )
+            .buckets(HOLD_BUCKETS.to_vec()),
+            &["phase"],
+        )?;
+        registry.register(Box::new(hold_phase_seconds.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -92,6 +112,7 @@ impl Metrics {
             clickhouse_errors,
             owner_retries,
             connections_refused,
+            hold_phase_seconds,
         })
     }
 
