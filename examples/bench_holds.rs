@@ -127,14 +127,11 @@ async fn main() -> anyhow::Result<()> {
         warm.len(),
         by_status
     );
-    let answered = |sent: &[Sent]| {
-        let mut ok: Vec<Duration> = sent
-            .iter()
+    let answered = |sent: &[Sent]| -> Vec<Duration> {
+        sent.iter()
             .filter(|s| matches!(s.status, 200 | 201 | 402))
             .map(|s| s.latency)
-            .collect();
-        ok.sort();
-        ok
+            .collect()
     };
     print_figures(&a.mode, "latency (answered)", answered(&counted));
     print_figures(&a.mode, "warm-up latency, not counted", answered(&warm));

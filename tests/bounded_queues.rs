@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::expected::{assert_matches, expect, rules};
-use common::{free_port, hours_ago, rfc3339, test_seed, workload, Deployment};
+use common::{free_port, hours_ago, metric_value, rfc3339, test_seed, workload, Deployment};
 use serde_json::{json, Value};
 
 /// The bound of the test: a fifth of what one batch of polls takes (5,000), a twentieth of
@@ -24,14 +24,6 @@ const BOUND: u64 = 1_000;
 const SETTINGS: usize = 30_000;
 const ACCOUNTS: usize = 30;
 const CALLS: usize = 4_000;
-
-/// The value of one series of a Prometheus text (name and labels as written there).
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.trim().parse().ok()
-    })
-}
 
 fn scrape(base: &str) -> String {
     let out = Command::new("curl")
@@ -88,7 +80,7 @@ fn a_full_side_pauses_while_the_other_lags_and_the_backlog_drains_exactly() {
         .matches("reading the partition again")
         .count();
 
-    let count = |series: &str| value(&metrics, series).unwrap_or(-1.0);
+    let count = |series: &str| metric_value(&metrics, series).unwrap_or(-1.0);
     let usage_full = count(r#"tally_fetch_pauses_total{reason="full",side="usage"}"#);
     let commands_full = count(r#"tally_fetch_pauses_total{reason="full",side="commands"}"#);
     let peak = count("tally_queue_peak_records");

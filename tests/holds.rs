@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use common::free_port;
 use common::server::{Answer, Server, ACME_KEY, ACME_SERVICE_KEY, ADMIN_KEY, GLOBEX_SERVICE_KEY};
-use common::{grant, milli, rfc3339, usage, Deployment, Running};
+use common::{grant, metric_value, milli, rfc3339, usage, Deployment, Running};
 use serde_json::{json, Value};
 
 /// erase costs 7 credits (config/matrix.toml).
@@ -410,12 +410,8 @@ fn concurrent_holds_grant_exactly_what_credits_cover_then_settle_release_expire(
     // an answer follows at least one produce.
     let metrics = server.get("/metrics", None).body;
     let count = |phase: &str| -> u64 {
-        let name = format!("tally_hold_phase_seconds_count{{phase=\"{phase}\"}} ");
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&name))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        let series = format!("tally_hold_phase_seconds_count{{phase=\"{phase}\"}}");
+        metric_value(&metrics, &series).unwrap_or_else(|| panic!("no {series} in {metrics}")) as u64
     };
     let (produced, answered) = (count("produce"), count("answer"));
     assert!(answered >= N as u64 + 3, "{answered} answers timed");

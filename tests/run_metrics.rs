@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::free_port;
 use common::maildev::MailDev;
-use common::{grant, hours_ago, rfc3339, usage, Deployment};
+use common::{grant, hours_ago, metric_value, rfc3339, usage, Deployment};
 use serde_json::{json, Value};
 
 /// How long the run may take to apply and commit everything; a bound, not a pace.
@@ -28,14 +28,6 @@ fn get(base: &str, path: &str) -> (u16, String) {
         Some((body, code)) => (code.trim().parse().unwrap_or(0), body.to_string()),
         None => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
     }
-}
-
-/// The value of one series (name and labels exactly as Prometheus text writes them).
-fn value(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.trim().parse().ok()
-    })
 }
 
 /// Every series of `name` with its labels, e.g. `tally_consumer_lag`.
@@ -204,7 +196,7 @@ fn run_metrics_count_what_was_applied_rejected_and_alerted() {
             .sum();
         let lags = series(&text, "tally_consumer_lag");
         if code == 200
-            && value(&text, "tally_flush_batch_events_sum") == Some(total as f64)
+            && metric_value(&text, "tally_flush_batch_events_sum") == Some(total as f64)
             && lags.len() == 4
             && lags.iter().all(|(_, v)| *v == 0.0)
             && alerts == 3.0
@@ -219,7 +211,7 @@ fn run_metrics_count_what_was_applied_rejected_and_alerted() {
     };
 
     let m = |series: &str| {
-        value(&metrics, series).unwrap_or_else(|| panic!("no `{series}` in:\n{metrics}"))
+        metric_value(&metrics, series).unwrap_or_else(|| panic!("no `{series}` in:\n{metrics}"))
     };
     assert_eq!(
         m(&format!(
@@ -330,14 +322,14 @@ fn run_metrics_count_what_was_applied_rejected_and_alerted() {
     // The endpoint counts its own requests by route and status.
     let (_, after) = get(&base, "/metrics");
     assert!(
-        value(
+        metric_value(
             &after,
             r#"tally_http_requests_total{method="GET",route="/readyz",status="200"}"#
         ) == Some(1.0),
         "{after}"
     );
     assert!(
-        value(
+        metric_value(
             &after,
             r#"tally_http_requests_total{method="GET",route="unmatched",status="404"}"#
         ) == Some(1.0),
@@ -386,7 +378,7 @@ fn consumer_lag_counts_records_received_but_not_applied() {
     });
     assert_eq!(lag(&held, &d.commands_topic), (2, 0.0), "{held}");
     let applied = format!("tally_events_applied_total{{topic=\"{}\"}}", d.usage_topic);
-    assert_eq!(value(&held, &applied), Some(0.0), "{held}");
+    assert_eq!(metric_value(&held, &applied), Some(0.0), "{held}");
     // Waiting is no reason to be unready: the process works, it is the merge that waits.
     assert_eq!(get(&base, "/readyz"), (200, "ready\n".into()));
     let (_, status) = get(&base, "/status");
@@ -403,12 +395,12 @@ fn consumer_lag_counts_records_received_but_not_applied() {
     let caught_up = scrape_until(&base, "the tick let every call through", |text| {
         lag(text, &d.usage_topic) == (2, 0.0)
             && lag(text, &d.commands_topic) == (2, 2.0)
-            && value(text, &applied) == Some(calls as f64)
+            && metric_value(text, &applied) == Some(calls as f64)
             // ... and committed: the ticks are in no flush yet.
-            && value(text, "tally_flush_batch_events_sum") == Some(calls as f64)
+            && metric_value(text, "tally_flush_batch_events_sum") == Some(calls as f64)
     });
     assert_eq!(
-        value(&caught_up, "tally_apply_delay_seconds_count"),
+        metric_value(&caught_up, "tally_apply_delay_seconds_count"),
         Some(calls as f64),
         "{caught_up}"
     );

@@ -21,6 +21,14 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
+/// The value of one series of a Prometheus text (name and labels exactly as written there).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
