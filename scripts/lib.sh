@@ -119,6 +119,86 @@ stop_service() {
   log "$name stopped"
 }
 
+# The ClickHouse servers keep their data on a journaled ext4 filesystem of their own: an
+# image file mounted once per machine at $CH_DISK. This machine's root filesystem is ext4
+# without a journal, and there ext4 skips every inode deleted in the last minutes when it
+# allocates one: after a few minutes of parts created and merged away, a 6-row INSERT into
+# `ledger` (about 60 files) took 28-65 ms instead of 6 ms, and grew with each run
+# (docs/benchmarks.md, session 16). A production server's disk has a journal. Without root
+# or a loop device, the data stays under .stack, as before.
+CH_DISK=/var/lib/tally-stack-disk
+CH_DISK_IMAGE=/var/lib/tally-stack-disk.ext4
+CH_DISK_SIZE=40G   # sparse: the image takes only what ClickHouse has written
+# One inode per 8 KiB (5 million), twice ext4's default: a part of 18.16 is a few files a
+# column, and merged-away parts stay 8 minutes; the holds benchmark alone left 2.6 million.
+
+# ch_disk_ready: true once $CH_DISK is a mounted journaled filesystem (mounting it if needed).
+ch_disk_ready() {
+  mountpoint -q "$CH_DISK" && return 0
+  [[ $(id -u) == 0 ]] || return 1
+  if [[ ! -s $CH_DISK_IMAGE ]]; then
+    truncate -s "$CH_DISK_SIZE" "$CH_DISK_IMAGE" &&
+      mkfs.ext4 -q -F -L tally-stack -i 8192 "$CH_DISK_IMAGE" >>"$LOGS/install-disk.log" 2>&1 ||
+      { rm -f "$CH_DISK_IMAGE"; return 1; }
+  fi
+  # Direct I/O: without it every write is cached twice (in the image's filesystem and in the
+  # root's) and the loop device's kernel workers took a core under the holds benchmark.
+  local device
+  device=$(losetup --find --show --direct-io=on "$CH_DISK_IMAGE" 2>>"$LOGS/install-disk.log") ||
+    return 1
+  mkdir -p "$CH_DISK" && mount "$device" "$CH_DISK" >>"$LOGS/install-disk.log" 2>&1 ||
+    { losetup -d "$device"; return 1; }
+}
+
+# clickhouse_data_dir DIR: prints where the server configured in DIR keeps its data and
+# temporary files. The first call for DIR (a new checkout, or after stack-down.sh --clean)
+# starts it empty; DIR/data-dir records the choice so a restart keeps the data.
+clickhouse_data_dir() {
+  local dir=$1 data
+  if [[ -s $dir/data-dir ]]; then
+    data=$(cat "$dir/data-dir")
+    # After a reboot the disk is not mounted: mount it before a server writes beneath it.
+    if [[ $data == "$CH_DISK"/* ]]; then ch_disk_ready || die "cannot mount $CH_DISK_IMAGE"; fi
+    echo "$data"
+    return 0
+  fi
+  mkdir -p "$dir"
+  if [[ ${CH_DISK_OFF:-} != 1 ]] && ch_disk_ready; then
+    ch_disk_prune
+    data="$CH_DISK/$(printf '%s' "$dir" | sha1sum | cut -c1-12)-$(basename "$dir")"
+    # The record first: a prune running beside this one keeps what it names.
+    echo "$data" >"$dir/data-dir"
+    rm -rf "$data"
+    mkdir -p "$data"
+    echo "$dir" >"$data/owner"
+  else
+    [[ ${CH_DISK_OFF:-} == 1 ]] ||
+      log "WARNING: no journaled disk for ClickHouse (needs root and a loop device); data in $dir"
+    data=$dir
+    echo "$data" >"$dir/data-dir"
+  fi
+  echo "$data"
+}
+
+# ch_disk_prune: removes the data of servers whose checkout is gone (a deleted clone), so
+# the shared disk does not fill up with them.
+ch_disk_prune() {
+  local owner dir
+  for owner in "$CH_DISK"/*/owner; do
+    [[ -s $owner ]] || continue
+    dir=$(cat "$owner")
+    [[ -s $dir/data-dir && $(cat "$dir/data-dir") == "${owner%/owner}" ]] && continue
+    rm -rf "${owner%/owner}"
+  done
+}
+
+# clickhouse_remove_data DIR: removes the data of the server configured in DIR.
+clickhouse_remove_data() {
+  local dir=$1
+  [[ -s $dir/data-dir ]] && rm -rf "$(cat "$dir/data-dir")"
+  rm -rf "$dir"
+}
+
 # clickhouse_config DIR LOG MARK_CACHE PORTS [EXTRA] [PROFILE]: writes DIR/config.xml and
 # DIR/users.xml for a clickhouse-server 18.16 on $HOST with its data under DIR: logs LOG.log and
 # LOG.err.log, PORTS its *_port elements, EXTRA more elements (TLS, query_log), PROFILE the
@@ -126,7 +206,9 @@ stop_service() {
 clickhouse_config() {
   local dir=$1 log=$2 mark_cache=$3 ports=$4 extra=${5:-}
   local profile=${6:-<max_memory_usage>10000000000</max_memory_usage>}
-  mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
+  local data
+  data=$(clickhouse_data_dir "$dir")
+  mkdir -p "$dir"/{user_files,format_schemas} "$data"/{data,tmp}
   cat >"$dir/config.xml" <<EOF
 <?xml version="1.0"?>
 <yandex>
@@ -140,8 +222,8 @@ clickhouse_config() {
     <listen_host>$HOST</listen_host>
     $ports
     $extra
-    <path>$dir/data/</path>
-    <tmp_path>$dir/tmp/</tmp_path>
+    <path>$data/data/</path>
+    <tmp_path>$data/tmp/</tmp_path>
     <user_files_path>$dir/user_files/</user_files_path>
     <format_schema_path>$dir/format_schemas/</format_schema_path>
     <users_config>$dir/users.xml</users_config>

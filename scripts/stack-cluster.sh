@@ -41,6 +41,7 @@ if [[ ${1:-} == --down ]]; then
   for server in "${SERVERS[@]}"; do stop_recorded "cluster-${server%%:*}"; done
   stop_recorded cluster-zookeeper
   if [[ ${2:-} == --clean ]]; then
+    for server in "${SERVERS[@]}"; do clickhouse_remove_data "$BASE/${server%%:*}"; done
     rm -rf "$BASE" "$ENV_FILE"
     log "removed the cluster's data"
   fi

@@ -28,6 +28,7 @@ for service in "${services[@]}"; do
 done
 
 if $clean; then
-  rm -rf "$STACK/clickhouse" "$STACK/tansu" "$STACK/maildev/mail" "$LOGS"
+  clickhouse_remove_data "$STACK/clickhouse"
+  rm -rf "$STACK/tansu" "$STACK/maildev/mail" "$LOGS"
   log "removed stack data and logs under $STACK (kept $STACK/maildev/node_modules)"
 fi

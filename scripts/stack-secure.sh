@@ -41,7 +41,8 @@ flock -w 900 9 || die "another stack-secure.sh held the lock for 15 minutes"
 if [[ ${1:-} == --down ]]; then
   for name in socat-secure-mtls socat-secure tansu-secure clickhouse-secure; do stop_recorded "$name"; done
   if [[ ${2:-} == --clean ]]; then
-    rm -rf "$TANSU_DIR" "$CH_DIR" "$CERTS" "$ENV_FILE"
+    clickhouse_remove_data "$CH_DIR"
+    rm -rf "$TANSU_DIR" "$CERTS" "$ENV_FILE"
     log "removed the secured stack's data and certificates"
   fi
   exit 0
