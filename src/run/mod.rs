@@ -35,7 +35,7 @@ use self::edges::{Claim, Clock, Exec, Ingest, Outbox, Rebalance, Record, Source,
 use self::flush::{Committed, Failed, Flush, Order, Snapshot, Writing};
 use self::merge::{Pending, Which};
 use self::metrics::{phase, RunMetrics};
-use self::partition::{Counts, Outputs, PartitionWork};
+use self::partition::{Counts, Earlier, Outputs, PartitionWork};
 use crate::config::Config;
 use crate::kafka;
 use crate::status::ProcessState;
@@ -71,20 +71,14 @@ pub struct Summary {
     pub flushes: u64,
 }
 
-/// Flushes in flight at once. Above one, a later flush starts only for a decision a
-/// caller waits on; it writes its outputs beside the earlier one's and its checkpoint
-/// after it, so checkpoints still land in order. Measured on ClickHouse 18.16 with holds
-/// at 100/s (docs/benchmarks.md, session 8): with two in flight the outputs' INSERTs (into
-/// the same tables at once) took 117-158 ms instead of 8 ms, and holds got slower with
-/// them; so one, until a commit stage writes each partition on its own.
-const MAX_IN_FLIGHT: usize = 1;
-// Building a flush seals the dedup keys of the flushes before it as committed
-// (`PartitionWork::drain_into`), which holds only while the one before has committed when
-// the next is built. Two in flight need a seal of committed versions only first.
-const _: () = assert!(
-    MAX_IN_FLIGHT == 1,
-    "seal committed versions only before overlapping flushes"
-);
+/// Flushes in flight at once. The second starts only for a decision a caller waits on, so
+/// a hold waits for its own flush and not also for the one before; it writes its outputs
+/// beside the earlier one's and its checkpoint after it, so checkpoints still land in
+/// order, and it seals no dedup keys and takes no snapshot ([`Earlier::InFlight`]).
+/// Session 8 measured two in flight as slower (same-table INSERTs at once took 117-158 ms
+/// instead of 8 ms); that was the test server's disk, an ext4 without a journal
+/// (docs/benchmarks.md, session 16).
+const MAX_IN_FLIGHT: usize = 2;
 
 struct Pipeline {
     /// What it was given: edges, settings and the process's shared parts.
@@ -625,9 +619,14 @@ impl Pipeline {
         let mut drafts = Vec::new();
         let mut offsets = Vec::new();
         let mut snapshots = Vec::new();
+        let earlier = if self.writing.is_empty() {
+            Earlier::Committed
+        } else {
+            Earlier::InFlight
+        };
         for work in self.parts.values_mut() {
             let min_rows = self.env.config.pipeline.snapshot_min_rows;
-            let Some(draft) = work.drain_into(&mut out, now_secs, min_rows) else {
+            let Some(draft) = work.drain_into(&mut out, now_secs, min_rows, earlier) else {
                 continue;
             };
             debug_assert_eq!(

@@ -26,6 +26,17 @@ pub struct Counts {
     pub rejected: u64,
 }
 
+/// Where the flushes before the one being built stand, which decides what its drafts may
+/// take as committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// Every one has committed: the dedup keys they took may be sealed, and a snapshot taken.
+    Committed,
+    /// One is still being written: its dedup keys are not committed, so none are sealed (a
+    /// sealed key is confirmed against the rows it wrote) and a snapshot waits.
+    InFlight,
+}
+
 /// What a flush takes from its partitions besides their rows.
 #[derive(Default)]
 pub struct Outputs {
@@ -394,6 +405,7 @@ impl PartitionWork {
         out: &mut Outputs,
         now_secs: u32,
         snapshot_min_rows: usize,
+        earlier: Earlier,
     ) -> Option<Draft> {
         if !self.dirty {
             return None;
@@ -403,7 +415,8 @@ impl PartitionWork {
         // reads stay bounded by live accounts, open days and the dedup window, and what
         // the snapshot supersedes is deleted after the commit.
         let live = self.book.accounts.len() + self.rollups.len();
-        let snapshot = self.rows_since_snapshot > snapshot_min_rows.max(2 * live);
+        let snapshot = earlier == Earlier::Committed
+            && self.rows_since_snapshot > snapshot_min_rows.max(2 * live);
         if snapshot {
             self.touched.clear();
             let _ = self.rollups.take_changed();
@@ -430,8 +443,11 @@ impl PartitionWork {
         // Dedup keys: the new ones one row each (the exact record a confirmation reads),
         // and the committed ones, once enough (or at a snapshot: all), sealed into one
         // compact blob that a restart loads instead of their rows. Sealing first: the
-        // keys taken now are not committed yet.
-        let blob = self.book.seen.seal(snapshot);
+        // keys taken now are not committed yet, nor are those of a flush in flight.
+        let blob = match earlier {
+            Earlier::Committed => self.book.seen.seal(snapshot),
+            Earlier::InFlight => None,
+        };
         let seen = self.book.seen.take_fresh(self.version);
         if snapshot {
             self.rows_since_snapshot = 0;

@@ -1,5 +1,6 @@
 //! The simulation's input and what it must come to: a seeded history of CloudEvents over
-//! both topics (grants, usage calls, copies of earlier events, unreadable payloads), and
+//! both topics (grants, holds and releases, usage calls, some settling a hold, copies of
+//! earlier events, unreadable payloads), and
 //! the reference model's ledger and lots for it, per partition, in the order the merge of
 //! the two topics applies them (event time; every event of a partition is later than the
 //! one before, so that order is the generation order).
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use tally_core::{Credits, LedgerEntry, LotKind, Rules};
 
 use super::super::merge::Which;
-use super::reference::{self, Data, GrantData, Input, Model, UsageData};
+use super::reference::{self, Data, GrantData, HoldData, Input, Model, UsageData};
 use super::Rng;
 use crate::partitioner::Partitioner;
 
@@ -52,6 +53,17 @@ pub fn generate(rng: &mut Rng, partitions: i32, partitioner: Partitioner) -> Vec
             .iter()
             .filter(|e| e.partition == partition && e.input.is_some())
             .collect();
+        // Holds of this account placed before: a release or a call may name one (it may
+        // have expired or been settled since; the model says what that does).
+        let holds: Vec<String> = earlier
+            .iter()
+            .filter(|e| e.account == account)
+            .filter_map(|e| match &e.input.as_ref()?.data {
+                Data::Hold(h) => h.hold.clone(),
+                _ => None,
+            })
+            .collect();
+        let (feature, variant) = FEATURES[rng.below(FEATURES.len() as u64) as usize];
         let (which, input) = if roll < 8 && !earlier.is_empty() {
             // Delivered again (a producer's retry): the same source and id, so the same
             // event for the dedup window, at a later time.
@@ -91,15 +103,42 @@ pub fn generate(rng: &mut Rng, partitions: i32, partitioner: Partitioner) -> Vec
                 Which::Commands,
                 Some(input(n, "credit.grant", &account, time, Data::Grant(grant))),
             )
+        } else if roll < 48 {
+            // A hold: the run answers it only once its flush commits, so it is the one
+            // that starts a flush beside the one in flight. Most expire within the history.
+            let hold = HoldData {
+                hold: Some(format!("hold-{n}")),
+                feature: feature.into(),
+                variant: variant.map(str::to_string),
+                quantity: None,
+                ttl: 60 + rng.below(3_600) as u32,
+            };
+            (
+                Which::Commands,
+                Some(input(n, "credit.hold", &account, time, Data::Hold(hold))),
+            )
+        } else if roll < 51 && !holds.is_empty() {
+            let hold = holds[rng.below(holds.len() as u64) as usize].clone();
+            (
+                Which::Commands,
+                Some(input(
+                    n,
+                    "credit.release",
+                    &account,
+                    time,
+                    Data::Release { hold },
+                )),
+            )
         } else {
-            let (feature, variant) = FEATURES[rng.below(FEATURES.len() as u64) as usize];
+            let settles = (!holds.is_empty() && rng.chance(300))
+                .then(|| (holds[rng.below(holds.len() as u64) as usize].clone(), None));
             let usage = UsageData {
                 user: format!("user-{}", rng.below(3)),
                 feature: feature.into(),
                 variant: variant.map(str::to_string),
                 quantity: None,
                 status: None,
-                hold: None,
+                hold: settles,
             };
             (
                 Which::Usage,
@@ -147,8 +186,19 @@ pub fn to_json(input: &Input) -> String {
             if let Some(v) = &u.variant {
                 data["variant"] = json!(v);
             }
+            if let Some((hold, _)) = &u.hold {
+                data["hold"] = json!(hold);
+            }
             data
         }
+        Data::Hold(h) => {
+            let mut data = json!({"hold": h.hold, "feature": h.feature, "ttl": h.ttl});
+            if let Some(v) = &h.variant {
+                data["variant"] = json!(v);
+            }
+            data
+        }
+        Data::Release { hold } => json!({ "hold": hold }),
         Data::Grant(g) => {
             let mut data = json!({
                 "pool": g.pool,
