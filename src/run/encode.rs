@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use tally_core::AccountState;
 
+use super::lot_rows::LotRows;
 use crate::store::checkpoint::Commit;
 use crate::store::ledger_block::LedgerBlock;
 use crate::store::rollup::{daily_row, StoredDay};
@@ -38,8 +39,9 @@ pub struct Draft {
     pub segment_records: u32,
     /// Ledger rows in the order they were applied, encoded.
     pub ledger: LedgerBlock,
-    /// The states to write: those changed since the last flush, or all at a snapshot.
-    pub states: Vec<(String, AccountState)>,
+    /// The states to write: those changed since the last flush, or all at a snapshot; and
+    /// whether each account's `lots` rows go too.
+    pub states: Vec<(String, AccountState, LotRows)>,
     /// Open days to write.
     pub days: Vec<(String, StoredDay)>,
     /// New dedup keys, one row each.
@@ -72,7 +74,7 @@ impl Rows {
 /// doubling, copying every row built so far several times over.
 fn reserve(batch: &mut Batch, drafts: &[Draft]) {
     let count = |rows: fn(&Draft) -> usize| drafts.iter().map(rows).sum::<usize>();
-    let lots = count(|d| d.states.iter().map(|(_, s)| s.lots.len()).sum());
+    let lots = count(|d| d.states.iter().map(|(_, s, _)| s.lots.len()).sum());
     batch.ledger.reserve(drafts.len());
     batch.lots.reserve(lots);
     batch.balances.reserve(count(|d| d.states.len()));
@@ -107,11 +109,13 @@ impl Draft {
             written_at: self.written_at,
             segment_records: self.segment_records,
         };
-        for (account, state) in &self.states {
-            for lot in &state.lots {
-                let mut row = LotRow::new(account, lot, version);
-                row.partition = partition;
-                batch.lots.push(row);
+        for (account, state, lots) in &self.states {
+            if *lots == LotRows::Write {
+                for lot in &state.lots {
+                    let mut row = LotRow::new(account, lot, version);
+                    row.partition = partition;
+                    batch.lots.push(row);
+                }
             }
             batch.balances.extend(
                 balance_rows(account, &state.lots, self.as_of, version)
@@ -155,8 +159,12 @@ mod tests {
             segment_records: 1_000,
             ledger: LedgerBlock::new(partition as u32, version, 0),
             states: vec![
-                ("acme".to_string(), AccountState::default()),
-                ("globex".to_string(), AccountState::default()),
+                ("acme".to_string(), AccountState::default(), LotRows::Write),
+                (
+                    "globex".to_string(),
+                    AccountState::default(),
+                    LotRows::Write,
+                ),
             ],
             days: Vec::new(),
             seen: vec![((1 << 64) | 5, 11), (9, 12)],

@@ -11,6 +11,7 @@ pub mod edges;
 pub mod encode;
 pub mod flush;
 pub mod kafka_edge;
+pub mod lot_rows;
 pub mod merge;
 pub mod metrics;
 pub mod partition;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tally_core::{AccountState, Book, Outcome, Rules};
 
 use super::encode::Draft;
+use super::lot_rows::{LotRows, LotsWritten};
 use super::merge::{self, Decision, Pending, Side, WaitReason, Which};
 use super::metrics::PartitionMetrics;
 use super::rollup::Rollups;
@@ -63,6 +64,8 @@ pub struct PartitionWork {
     /// Latest broker timestamp applied, in seconds.
     pub arrival_high: i64,
     touched: FxHashSet<String>,
+    /// What each account's `lots` rows show, so a flush skips rows that would not change.
+    lots_written: LotsWritten,
     /// Accounts changed since the last publish to the checks' view.
     unpublished: FxHashSet<String>,
     /// What checks read: the states as of the last publish.
@@ -122,6 +125,7 @@ impl PartitionWork {
             decided: Vec::new(),
             arrival_high: restored.arrival_high,
             touched: FxHashSet::default(),
+            lots_written: LotsWritten::default(),
             unpublished: FxHashSet::default(),
             view,
             ledger: LedgerBlock::new(partition as u32, restored.version + 1, 0),
@@ -427,11 +431,12 @@ impl PartitionWork {
             self.touched.drain().collect()
         };
         // Copies: the encoder reads them while the next batch changes the book.
-        let states: Vec<(String, AccountState)> = accounts
+        let states: Vec<(String, AccountState, LotRows)> = accounts
             .into_iter()
             .filter_map(|account| {
                 let state = self.book.accounts.get(&account)?.clone();
-                Some((account, state))
+                let lots = self.lots_written.note(&account, &state.lots);
+                Some((account, state, lots))
             })
             .collect();
         let days = if snapshot {

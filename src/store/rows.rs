@@ -234,6 +234,34 @@ impl LotRow {
         }
     }
 
+    /// What the rows of `lots` show, every column but the account, version and partition,
+    /// hashed with `hasher`: equal fingerprints, the rows written before still show them.
+    /// Beside [`LotRow::new`] on purpose: a column added there is hashed here.
+    pub fn fingerprint(lots: &[Lot], mut hasher: impl std::hash::Hasher) -> u64 {
+        let text = |hasher: &mut dyn std::hash::Hasher, s: &str| {
+            hasher.write_usize(s.len());
+            hasher.write(s.as_bytes());
+        };
+        hasher.write_usize(lots.len());
+        for lot in lots {
+            text(&mut hasher, lot.id.as_str());
+            text(&mut hasher, lot.pool.as_str());
+            text(&mut hasher, lot.kind.as_str());
+            hasher.write_i64(lot.granted.milli());
+            hasher.write_i64(lot.remaining.milli());
+            hasher.write_u32(seconds(lot.effective_at));
+            hasher.write_u32(lot.expires_at.map(seconds).unwrap_or(0));
+            hasher.write_u8(u8::from(lot.expires_at.is_none()));
+            hasher.write_i32(lot.priority.unwrap_or(0));
+            hasher.write_u8(u8::from(lot.priority.is_some()));
+            hasher.write_u64(lot.seq);
+            hasher.write_u8(u8::from(lot.voided));
+            hasher.write_u8(u8::from(lot.expired));
+            hasher.write_u8(u8::from(lot.from_plan));
+        }
+        hasher.finish()
+    }
+
     /// Back to the core's lot, for balances computed at read time; a kind no lot has is
     /// an error, never read as some default kind.
     pub fn to_lot(&self) -> Result<Lot, super::StoreError> {
