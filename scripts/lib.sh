@@ -81,7 +81,9 @@ stop_other_checkouts() {
   for pid in /proc/[0-9]*; do
     pid=${pid#/proc/}
     cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || continue
-    [[ $cwd == */.stack/* && $cwd != "$own"/* ]] && others+=("$pid")
+    # A folder deleted under a running service (a clone replaced at the same path) reads
+    # as "PATH (deleted)": that service is not this checkout's either.
+    [[ $cwd == */.stack/* && ($cwd != "$own"/* || $cwd == *" (deleted)") ]] && others+=("$pid")
   done
   ((${#others[@]})) || return 0
   log "stopping ${#others[@]} stack service(s) of another checkout (pids ${others[*]})"
@@ -132,19 +134,33 @@ CH_DISK_SIZE=40G   # sparse: the image takes only what ClickHouse has written
 # One inode per 8 KiB (5 million), twice ext4's default: a part of 18.16 is a few files a
 # column, and merged-away parts stay 8 minutes; the holds benchmark alone left 2.6 million.
 
-# ch_disk_ready: true once $CH_DISK is a mounted journaled filesystem (mounting it if needed).
+# ch_disk_ready: true once $CH_DISK is a mounted journaled filesystem this user can write
+# (mounting it if needed, one script at a time: two mounts of one ext4 would corrupt it).
 ch_disk_ready() {
+  if ! mountpoint -q "$CH_DISK"; then
+    [[ $(id -u) == 0 ]] || return 1
+    (flock -w 300 7 && ch_disk_mount) 7>"$CH_DISK_IMAGE.lock" || return 1
+  fi
+  [[ -w $CH_DISK ]]
+}
+
+# ch_disk_mount: makes the image if there is none and mounts it (under the lock).
+ch_disk_mount() {
   mountpoint -q "$CH_DISK" && return 0
-  [[ $(id -u) == 0 ]] || return 1
   if [[ ! -s $CH_DISK_IMAGE ]]; then
-    truncate -s "$CH_DISK_SIZE" "$CH_DISK_IMAGE" &&
-      mkfs.ext4 -q -F -L tally-stack -i 8192 "$CH_DISK_IMAGE" >>"$LOGS/install-disk.log" 2>&1 ||
-      { rm -f "$CH_DISK_IMAGE"; return 1; }
+    # Made aside and renamed, so an image that exists is a whole filesystem.
+    rm -f "$CH_DISK_IMAGE.new"
+    truncate -s "$CH_DISK_SIZE" "$CH_DISK_IMAGE.new" &&
+      mkfs.ext4 -q -F -L tally-stack -i 8192 "$CH_DISK_IMAGE.new" >>"$LOGS/install-disk.log" 2>&1 &&
+      mv "$CH_DISK_IMAGE.new" "$CH_DISK_IMAGE" ||
+      { rm -f "$CH_DISK_IMAGE.new"; return 1; }
   fi
   # Direct I/O: without it every write is cached twice (in the image's filesystem and in the
   # root's) and the loop device's kernel workers took a core under the holds benchmark.
   local device
-  device=$(losetup --find --show --direct-io=on "$CH_DISK_IMAGE" 2>>"$LOGS/install-disk.log") ||
+  device=$(losetup -j "$CH_DISK_IMAGE" -n -O NAME | head -n 1)
+  [[ -n $device ]] ||
+    device=$(losetup --find --show --direct-io=on "$CH_DISK_IMAGE" 2>>"$LOGS/install-disk.log") ||
     return 1
   mkdir -p "$CH_DISK" && mount "$device" "$CH_DISK" >>"$LOGS/install-disk.log" 2>&1 ||
     { losetup -d "$device"; return 1; }
@@ -158,7 +174,11 @@ clickhouse_data_dir() {
   if [[ -s $dir/data-dir ]]; then
     data=$(cat "$dir/data-dir")
     # After a reboot the disk is not mounted: mount it before a server writes beneath it.
-    if [[ $data == "$CH_DISK"/* ]]; then ch_disk_ready || die "cannot mount $CH_DISK_IMAGE"; fi
+    # The owner is written again, so a checkout that moved is not pruned from then on.
+    if [[ $data == "$CH_DISK"/* ]]; then
+      ch_disk_ready || die "cannot mount $CH_DISK_IMAGE"
+      mkdir -p "$data" && echo "$dir" >"$data/owner"
+    fi
     echo "$data"
     return 0
   fi

@@ -294,6 +294,10 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    pub fn is_empty(&self) -> bool {
+        self.dead_letters.is_empty() && self.forwards.is_empty()
+    }
+
     pub fn append(&mut self, other: &mut Outgoing) {
         self.dead_letters.append(&mut other.dead_letters);
         self.forwards.append(&mut other.forwards);

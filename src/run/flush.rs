@@ -249,7 +249,8 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
             }
         }
     };
-    if let Err(error) = commit(&to, &batch, order).await {
+    let Order { after, committed } = order;
+    if let Err(error) = commit(&to, &batch, after).await {
         let step = Step::Sent {
             forwarded,
             recorded: Recorded::Hooks { mails },
@@ -265,6 +266,9 @@ pub async fn write(to: Targets, flush: Flush, order: Order) -> Result<Committed,
     // next looks at this task.
     let decided = std::mem::take(&mut commits.decided);
     to.owner.committed(&commits.offsets, decided);
+    // Only now may the flush started after this one commit: its answers must come after
+    // these (the owner keeps one committed offset a partition).
+    let _ = committed.send(());
     prune(&to, &commits.snapshots).await;
     Ok(Committed {
         forwarded,
@@ -320,8 +324,12 @@ async fn prune(to: &Targets, snapshots: &[Snapshot]) {
 }
 
 /// The checkpoint, after the flush before this one committed.
-async fn commit(to: &Targets, batch: &Batch, order: Order) -> anyhow::Result<()> {
-    if let Some(after) = order.after {
+async fn commit(
+    to: &Targets,
+    batch: &Batch,
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
+    if let Some(after) = after {
         after.await.map_err(|_| {
             anyhow::anyhow!("the flush before this one failed; both are written again")
         })?;
@@ -329,8 +337,5 @@ async fn commit(to: &Targets, batch: &Batch, order: Order) -> anyhow::Result<()>
     to.store
         .commit(batch)
         .await
-        .map_err(|e| anyhow::Error::new(e).context("ClickHouse"))?;
-    // The flush started after this one may commit now; none may be waiting.
-    let _ = order.committed.send(());
-    Ok(())
+        .map_err(|e| anyhow::Error::new(e).context("ClickHouse"))
 }

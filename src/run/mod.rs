@@ -89,6 +89,8 @@ struct Pipeline {
     writing: VecDeque<Writing>,
     /// The last flush started tells here that it committed (see [`Order`]).
     last_commit: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Where the flushes before the last one built stood when it was built.
+    last_built: Earlier,
     /// Flushes that failed, oldest first, written again from `retry_at`, one at a time;
     /// nothing is applied meanwhile.
     pending: VecDeque<Flush>,
@@ -570,10 +572,16 @@ impl Pipeline {
         }
     }
 
-    /// Whether another flush may start beside those in flight: there is room, and no
-    /// failed flush waits (those go again one at a time).
+    /// Whether another flush may start beside those in flight: there is room, no failed
+    /// flush waits (those go again one at a time), the last one built could seal and
+    /// snapshot (so a steady stream of decisions still lets every other flush do both),
+    /// and nothing is to be produced: dead letters and forwards go before a flush's
+    /// outputs, and two flushes at once could land one account's forwards out of order.
     fn may_overlap(&self) -> bool {
-        self.writing.len() < MAX_IN_FLIGHT && self.pending.is_empty()
+        self.writing.len() < MAX_IN_FLIGHT
+            && self.pending.is_empty()
+            && self.last_built == Earlier::Committed
+            && self.parts.values().all(|work| work.outgoing.is_empty())
     }
 
     /// Starts writing the next flush in the background: the failed one again, or what was
@@ -625,6 +633,7 @@ impl Pipeline {
         } else {
             Earlier::InFlight
         };
+        self.last_built = earlier;
         for work in self.parts.values_mut() {
             let min_rows = self.env.config.pipeline.snapshot_min_rows;
             let Some(draft) = work.drain_into(&mut out, now_secs, min_rows, earlier) else {
@@ -1252,6 +1261,7 @@ impl Pipeline {
             parts: BTreeMap::new(),
             writing: VecDeque::new(),
             last_commit: None,
+            last_built: Earlier::Committed,
             pending: VecDeque::new(),
             last_any_received: now,
             last_flush: now,
