@@ -669,8 +669,17 @@ pub fn fetched_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     topic: &str,
     partition: i32,
 ) -> Option<i64> {
-    use rdkafka::consumer::Consumer;
     let topic = std::ffi::CString::new(topic).ok()?;
+    fetched_high_watermark_of(consumer, &topic, partition)
+}
+
+/// [`fetched_high_watermark`] with the topic's name already a C string.
+pub fn fetched_high_watermark_of<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &std::ffi::CStr,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
     let (mut low, mut high) = (-1_i64, -1_i64);
     // SAFETY: the client pointer lives as long as `consumer`; `topic` is a valid C string
     // for the duration of the call; `low` and `high` are valid for writes.

@@ -150,7 +150,7 @@ pub trait Source {
     /// (or from where a seek since put them): nothing is skipped or handed over twice.
     fn resume(&mut self, sides: &[(Which, i32)]);
     /// The side's end as of the last fetch response, without a request.
-    fn fetched_end(&self, which: Which, partition: i32) -> Option<i64>;
+    fn fetched_end(&mut self, which: Which, partition: i32) -> Option<i64>;
     /// Every partition's end of both topics now (asks the broker).
     fn end_offsets(&self) -> anyhow::Result<BTreeMap<(Which, i32), i64>>;
     /// The group offsets (partition, usage next, commands next), for lag monitoring.

@@ -3,10 +3,11 @@
 //! partitions (or flushes before giving them up) and then assigns (or unassigns), which
 //! librdkafka waits for before the group goes on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
@@ -24,6 +25,13 @@ use crate::kafka::{self, Outgoing};
 /// Rebalance changes waiting for the run thread. The group waits for the run thread's
 /// assign or unassign before it changes again, so a few are plenty.
 const REBALANCES: usize = 8;
+
+/// How long an end read from librdkafka is answered again without asking it. Each read
+/// takes librdkafka's client-wide write lock (the topic lookup), which its broker threads
+/// contend on, and the run loop asks for every side at every turn: 6.8% of a drain's
+/// samples (docs/benchmarks.md, session 17). A millisecond is far below anything the ends
+/// decide (`kafka.max_idle`, the stalls).
+const FETCHED_END_REUSE: Duration = Duration::from_millis(1);
 
 /// Hands rebalances to the run thread; does no work itself.
 pub struct TallyContext {
@@ -76,6 +84,10 @@ pub struct KafkaSource {
     rebalances: Receiver<Rebalance>,
     usage_topic: String,
     commands_topic: String,
+    /// The topics' names as librdkafka takes them, made once.
+    topics_c: [CString; 2],
+    /// The last end read of each side, and when (see [`FETCHED_END_REUSE`]).
+    ends: HashMap<(Which, i32), (Instant, Option<i64>)>,
     brokers: String,
 }
 
@@ -88,11 +100,19 @@ impl KafkaSource {
                 closing: AtomicBool::new(false),
             })
             .context("cannot create the Kafka consumer")?;
+        let c_name = |topic: &str| {
+            CString::new(topic).with_context(|| format!("topic `{topic}` holds a NUL byte"))
+        };
         Ok(KafkaSource {
             consumer,
             rebalances,
             usage_topic: config.usage_topic.clone(),
             commands_topic: config.commands_topic.clone(),
+            topics_c: [
+                c_name(&config.usage_topic)?,
+                c_name(&config.commands_topic)?,
+            ],
+            ends: HashMap::new(),
             brokers: config.brokers.clone(),
         })
     }
@@ -214,8 +234,20 @@ impl Source for KafkaSource {
         }
     }
 
-    fn fetched_end(&self, which: Which, partition: i32) -> Option<i64> {
-        kafka::fetched_high_watermark(&self.consumer, self.topic(which), partition)
+    fn fetched_end(&mut self, which: Which, partition: i32) -> Option<i64> {
+        let now = Instant::now();
+        if let Some(&(at, end)) = self.ends.get(&(which, partition)) {
+            if now.duration_since(at) < FETCHED_END_REUSE {
+                return end;
+            }
+        }
+        let topic = match which {
+            Which::Usage => &self.topics_c[0],
+            Which::Commands => &self.topics_c[1],
+        };
+        let end = kafka::fetched_high_watermark_of(&self.consumer, topic, partition);
+        self.ends.insert((which, partition), (now, end));
+        end
     }
 
     fn end_offsets(&self) -> anyhow::Result<BTreeMap<(Which, i32), i64>> {

@@ -139,6 +139,7 @@ impl Pipeline {
     fn rebalance(&mut self, source: &mut dyn Source, change: Rebalance) {
         match change {
             Rebalance::Assign(partitions) => {
+                tracing::debug!(partitions = ?partitions, "assigned by the group, claiming");
                 let at = self.env.clock.now();
                 for partition in partitions {
                     self.claiming.insert(
@@ -993,7 +994,7 @@ impl Ends {
         self.confirmed.get(&(which, partition)).copied()
     }
 
-    fn confirm(&mut self, source: &dyn Source, partitions: &[i32]) {
+    fn confirm(&mut self, source: &mut dyn Source, partitions: &[i32]) {
         for &partition in partitions {
             for which in [Which::Usage, Which::Commands] {
                 if self.confirmed.contains_key(&(which, partition)) {

@@ -240,7 +240,7 @@ impl Source for SimSource {
         }
     }
 
-    fn fetched_end(&self, which: Which, partition: i32) -> Option<i64> {
+    fn fetched_end(&mut self, which: Which, partition: i32) -> Option<i64> {
         self.fetched.get(&(which, partition)).copied()
     }
 
