@@ -94,6 +94,10 @@ struct Pipeline {
     /// Flushes that failed, oldest first, written again from `retry_at`, one at a time;
     /// nothing is applied meanwhile.
     pending: VecDeque<Flush>,
+    /// How many of the flushes in flight were behind one that failed: they cannot commit
+    /// (each waits for the one before), and each goes to `pending` as it ends, after the
+    /// failed one. The loop goes on polling meanwhile rather than wait for them.
+    behind_failed: usize,
     /// When any partition last received a record.
     last_any_received: Instant,
     last_flush: Instant,
@@ -710,10 +714,15 @@ impl Pipeline {
                 .writing
                 .pop_front()
                 .expect("flush in flight checked above");
+            if self.behind_failed > 0 {
+                self.behind_failed -= 1;
+                self.after_failed(handle);
+                continue;
+            }
             match self.finish_one(handle) {
                 Ok(offsets) => committed.extend(offsets),
                 Err(e) => {
-                    self.after_failure();
+                    self.behind_failed = self.writing.len();
                     return Err(e);
                 }
             }
@@ -721,16 +730,29 @@ impl Pipeline {
         Ok(committed)
     }
 
-    /// After a failed flush, the flushes in flight behind it cannot commit (their
-    /// checkpoints come after its one): they wait to be written again, in order.
-    fn after_failure(&mut self) {
-        while let Some(handle) = self.writing.pop_front() {
-            match self.env.rt.block_on(handle) {
-                Ok(Err(Failed { flush, .. })) => self.pending.push_back(flush),
-                Ok(Ok(_)) => debug_assert!(false, "a flush committed after a failed one"),
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+    /// Collects a flush that was in flight behind a failed one. It cannot have committed
+    /// (its checkpoint waits for the one before), so it goes again, in order, after the
+    /// failed one.
+    fn after_failed(&mut self, handle: Writing) {
+        debug_assert!(!self.pending.is_empty(), "the failed flush waits before it");
+        match self.env.rt.block_on(handle) {
+            Ok(Err(Failed { flush, .. })) => self.pending.push_back(flush),
+            Ok(Ok(_)) => debug_assert!(false, "a flush committed after a failed one"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+
+    /// Waits for the flushes in flight behind a failed one (on giving up: their rows must
+    /// not land after the partitions went to another owner).
+    fn collect_behind_failed(&mut self) {
+        while self.behind_failed > 0 {
+            let Some(handle) = self.writing.pop_front() else {
+                break;
+            };
+            self.behind_failed -= 1;
+            self.after_failed(handle);
+        }
+        self.behind_failed = 0;
     }
 
     /// Collects one flush; see [`Pipeline::finish_flush`].
@@ -848,6 +870,7 @@ impl Pipeline {
             }
         }
         tracing::error!("giving up the flush; the next owner replays from the last checkpoint");
+        self.collect_behind_failed();
         self.pending.clear();
         Vec::new()
     }
@@ -929,6 +952,7 @@ impl Pipeline {
         while let Some(handle) = self.writing.pop_front() {
             let _ = self.env.rt.block_on(handle);
         }
+        self.behind_failed = 0;
         self.last_commit = None;
         self.pending.clear();
         self.applied_since_flush = 0;
@@ -1264,6 +1288,7 @@ impl Pipeline {
             last_commit: None,
             last_built: Earlier::Committed,
             pending: VecDeque::new(),
+            behind_failed: 0,
             last_any_received: now,
             last_flush: now,
             applied_since_flush: 0,
