@@ -112,9 +112,11 @@ impl PartitionWork {
     pub fn new(
         partition: i32,
         restored: Restored,
+        rollups: Rollups,
         metrics: PartitionMetrics,
         view: Arc<PartitionView>,
     ) -> Self {
+        debug_assert!(restored.days.is_empty(), "the open days are in `rollups`");
         PartitionWork {
             partition,
             book: restored.book,
@@ -129,7 +131,7 @@ impl PartitionWork {
             unpublished: FxHashSet::default(),
             view,
             ledger: LedgerBlock::new(partition as u32, restored.version + 1, 0),
-            rollups: Rollups::restore(restored.segment_records, restored.days),
+            rollups,
             outgoing: Outgoing::default(),
             alerts: Vec::new(),
             notices: Vec::new(),
