@@ -24,6 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// of 200,000 calls spent 1.3-2.0 s in the kernel that way, against 0.5-0.8 s without
 /// (docs/benchmarks.md, session 17), and compaction stalls a check or a hold behind it.
 /// Only this process is affected: the machine's setting stays as it is.
+#[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     let status = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
@@ -32,6 +33,10 @@ fn disable_transparent_huge_pages() {
         eprintln!("note: cannot disable transparent huge pages for this process");
     }
 }
+
+/// Transparent huge pages are Linux's.
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}
 
 #[derive(Parser)]
 #[command(

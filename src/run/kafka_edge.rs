@@ -3,7 +3,7 @@
 //! partitions (or flushes before giving them up) and then assigns (or unassigns), which
 //! librdkafka waits for before the group goes on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 
 use super::edges::{BoxFuture, Headers, Ingest, Outbox, Rebalance, Record, Source};
 use super::merge::{Rewind, Which};
@@ -86,8 +87,8 @@ pub struct KafkaSource {
     commands_topic: String,
     /// The topics' names as librdkafka takes them, made once.
     topics_c: [CString; 2],
-    /// The last end read of each side, and when (see [`FETCHED_END_REUSE`]).
-    ends: HashMap<(Which, i32), (Instant, Option<i64>)>,
+    /// The ends last read from librdkafka.
+    ends: KnownEnds,
     brokers: String,
 }
 
@@ -112,7 +113,7 @@ impl KafkaSource {
                 c_name(&config.usage_topic)?,
                 c_name(&config.commands_topic)?,
             ],
-            ends: HashMap::new(),
+            ends: KnownEnds::default(),
             brokers: config.brokers.clone(),
         })
     }
@@ -141,6 +142,35 @@ impl KafkaSource {
     }
 }
 
+/// Each side's end as last read from librdkafka, and when, answered again for
+/// [`FETCHED_END_REUSE`]. librdkafka raises a side's end before it hands over the records
+/// of that fetch, so an end read afresh is never below what was received; a kept one may
+/// be, and the side would be taken as at its end while more records wait (with
+/// `kafka.max_idle` 0 the other side would go ahead of them). So a kept end is forgotten
+/// once a record at or past it arrives.
+#[derive(Default)]
+struct KnownEnds(FxHashMap<(Which, i32), (Instant, Option<i64>)>);
+
+impl KnownEnds {
+    /// The end kept for the side, if read less than [`FETCHED_END_REUSE`] before `now`.
+    fn kept(&self, which: Which, partition: i32, now: Instant) -> Option<Option<i64>> {
+        let &(at, end) = self.0.get(&(which, partition))?;
+        (now.duration_since(at) < FETCHED_END_REUSE).then_some(end)
+    }
+
+    fn read(&mut self, which: Which, partition: i32, now: Instant, end: Option<i64>) {
+        self.0.insert((which, partition), (now, end));
+    }
+
+    fn received(&mut self, which: Which, partition: i32, offset: i64) {
+        if let Some(&(_, end)) = self.0.get(&(which, partition)) {
+            if end.is_none_or(|end| offset >= end) {
+                self.0.remove(&(which, partition));
+            }
+        }
+    }
+}
+
 fn offset(to: Rewind) -> Offset {
     match to {
         Rewind::To(offset) => Offset::Offset(offset),
@@ -161,11 +191,13 @@ impl Source for KafkaSource {
                 } else {
                     Which::Commands
                 };
+                let (partition, offset) = (message.partition(), message.offset());
+                self.ends.received(which, partition, offset);
                 let record = Record {
                     which,
                     topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
+                    partition,
+                    offset,
                     key: message.key(),
                     payload: message.payload().unwrap_or_default(),
                     timestamp: message.timestamp().to_millis(),
@@ -236,17 +268,15 @@ impl Source for KafkaSource {
 
     fn fetched_end(&mut self, which: Which, partition: i32) -> Option<i64> {
         let now = Instant::now();
-        if let Some(&(at, end)) = self.ends.get(&(which, partition)) {
-            if now.duration_since(at) < FETCHED_END_REUSE {
-                return end;
-            }
+        if let Some(end) = self.ends.kept(which, partition, now) {
+            return end;
         }
         let topic = match which {
             Which::Usage => &self.topics_c[0],
             Which::Commands => &self.topics_c[1],
         };
         let end = kafka::fetched_high_watermark_of(&self.consumer, topic, partition);
-        self.ends.insert((which, partition), (now, end));
+        self.ends.read(which, partition, now, end);
         end
     }
 
@@ -369,5 +399,42 @@ pub fn listed_partitions(
     match listed {
         Some(chosen) => chosen.into_iter().collect(),
         None => ends.keys().map(|(_, partition)| *partition).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_end_is_answered_for_a_millisecond_and_forgotten_once_passed() {
+        let t0 = Instant::now();
+        let mut ends = KnownEnds::default();
+        assert_eq!(ends.kept(Which::Usage, 0, t0), None, "nothing read yet");
+        ends.read(Which::Usage, 0, t0, Some(100));
+        ends.read(Which::Commands, 0, t0, None);
+        let soon = t0 + FETCHED_END_REUSE / 2;
+        assert_eq!(ends.kept(Which::Usage, 0, soon), Some(Some(100)));
+        assert_eq!(ends.kept(Which::Usage, 1, soon), None, "another partition");
+        assert_eq!(
+            ends.kept(Which::Usage, 0, t0 + FETCHED_END_REUSE),
+            None,
+            "too old"
+        );
+        // A record before the end keeps it; one at the end means the end moved on.
+        ends.received(Which::Usage, 0, 99);
+        assert_eq!(ends.kept(Which::Usage, 0, soon), Some(Some(100)));
+        ends.received(Which::Commands, 1, 500);
+        assert_eq!(
+            ends.kept(Which::Usage, 0, soon),
+            Some(Some(100)),
+            "other sides"
+        );
+        ends.received(Which::Usage, 0, 100);
+        assert_eq!(ends.kept(Which::Usage, 0, soon), None);
+        // An unknown end is read again as soon as anything arrives.
+        assert_eq!(ends.kept(Which::Commands, 0, soon), Some(None));
+        ends.received(Which::Commands, 0, 0);
+        assert_eq!(ends.kept(Which::Commands, 0, soon), None);
     }
 }
