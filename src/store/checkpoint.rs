@@ -480,11 +480,10 @@ pub fn restore(
     let days = days
         .into_iter()
         .map(|row| {
-            let day: StoredDay =
-                serde_json::from_slice(&row.state).map_err(|e| StoreError::State {
-                    account: row.account.clone(),
-                    problem: format!("daily totals: {e}"),
-                })?;
+            let day = StoredDay::decode(&row.state).map_err(|e| StoreError::State {
+                account: row.account.clone(),
+                problem: e.to_string(),
+            })?;
             Ok((row.account, day))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -817,7 +816,7 @@ impl Commit<'_> {
         row.account = account.to_string();
         row.key_hi = rollup::checkpoint_key(&day.key);
         row.key_lo = day.key.group_hash();
-        row.state = day.json();
+        row.state = day.encode();
         row
     }
 

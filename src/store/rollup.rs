@@ -65,7 +65,7 @@ impl Totals {
 
 /// A stored open day: the key and its totals, as the checkpoint carries them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(from = "FlatDay")]
+#[serde(from = "FlatDay<String>")]
 pub struct StoredDay {
     #[serde(flatten)]
     pub key: DayKey,
@@ -73,18 +73,19 @@ pub struct StoredDay {
     pub totals: Totals,
 }
 
-/// A stored day's JSON as one flat struct. serde reads a `flatten`ed struct through a
-/// buffer of every field and a map lookup per field; a claim reads every open day of its
-/// partition on the run thread, and that took 7.6% of a drain's samples (session 17).
-/// The fields and defaults are `DayKey`'s and `Totals`'s, in their order.
-#[derive(Deserialize)]
-struct FlatDay {
+/// A stored day as one flat struct, from its bytes or from the JSON of earlier versions.
+/// serde reads a `flatten`ed struct through a buffer of every field and a map lookup per
+/// field, which took 7.6% of a drain's samples (session 17). The fields and defaults are
+/// `DayKey`'s and `Totals`'s, in their order. The names are borrowed to write one
+/// (postcard writes a struct as its fields in order, so writing and reading share it).
+#[derive(Serialize, Deserialize)]
+struct FlatDay<S> {
     #[serde(default)]
     segment: u64,
     day: u16,
-    service: String,
-    user: String,
-    feature: String,
+    service: S,
+    user: S,
+    feature: S,
     calls: u64,
     failed_calls: u64,
     credits: i64,
@@ -95,8 +96,8 @@ struct FlatDay {
     shortfall: i64,
 }
 
-impl From<FlatDay> for StoredDay {
-    fn from(d: FlatDay) -> Self {
+impl From<FlatDay<String>> for StoredDay {
+    fn from(d: FlatDay<String>) -> Self {
         StoredDay {
             key: DayKey {
                 segment: d.segment,
@@ -119,96 +120,62 @@ impl From<FlatDay> for StoredDay {
     }
 }
 
+/// The first byte of a day stored in binary. A day stored as JSON (before session 18)
+/// starts with `{`.
+const DAY_FORMAT_V1: u8 = 1;
+
+/// Why a stored day cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DayError {
+    #[error("empty daily totals")]
+    Empty,
+    #[error("unknown daily totals format byte {0}")]
+    UnknownFormat(u8),
+    #[error("binary daily totals: {0}")]
+    Binary(#[from] postcard::Error),
+    #[error("JSON daily totals: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 impl StoredDay {
-    /// The checkpoint's JSON of this day, byte for byte what `serde_json::to_vec` writes
-    /// (the fields flattened, in declaration order), and what `restore` reads back with
-    /// serde. Written by hand because the flush's workers wrote one per changed day and
-    /// serde's flattening went through a map serializer field by field.
-    pub fn json(&self) -> Vec<u8> {
+    /// The checkpoint's bytes of this day: a format byte, then the fields as varints and
+    /// length-prefixed names, about a quarter of the JSON earlier versions wrote. A claim
+    /// reads every open day of its partition (47,000 rows a partition after three rounds
+    /// of `scripts/bench.sh`), and ClickHouse picks the latest of each through the bytes.
+    pub fn encode(&self) -> Vec<u8> {
         let (k, t) = (&self.key, &self.totals);
-        let mut out = Vec::with_capacity(200 + k.service.len() + k.user.len() + k.feature.len());
-        put_field(&mut out, b"{\"segment\":", k.segment);
-        put_field(&mut out, b",\"day\":", k.day);
-        put_text(&mut out, b",\"service\":", &k.service);
-        put_text(&mut out, b",\"user\":", &k.user);
-        put_text(&mut out, b",\"feature\":", &k.feature);
-        put_field(&mut out, b",\"calls\":", t.calls);
-        put_field(&mut out, b",\"failed_calls\":", t.failed_calls);
-        put_field(&mut out, b",\"credits\":", t.credits);
-        put_field(&mut out, b",\"included\":", t.included);
-        put_field(&mut out, b",\"promotional\":", t.promotional);
-        put_field(&mut out, b",\"purchased\":", t.purchased);
-        put_field(&mut out, b",\"flex\":", t.flex);
-        put_field(&mut out, b",\"shortfall\":", t.shortfall);
-        out.push(b'}');
-        out
-    }
-}
-
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: impl itoa::Integer) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// A JSON string as serde_json escapes it: quotes and backslashes, the control characters
-/// (the five with a short form, the rest as `\u00XX`); everything else, UTF-8 included,
-/// as it is. Names rarely hold any of those: eight bytes at a time are checked at once and
-/// copied whole when clean.
-fn put_text(out: &mut Vec<u8>, name: &[u8], text: &str) {
-    out.extend_from_slice(name);
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut clean = 0;
-    while let Some(chunk) = bytes.get(clean..clean + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        if needs_escape(word) {
-            break;
-        }
-        clean += 8;
-    }
-    out.extend_from_slice(&bytes[..clean]);
-    let mut start = clean;
-    for (i, &byte) in bytes.iter().enumerate().skip(clean) {
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x00..=0x1f => 0,
-            _ => continue,
+        let flat = FlatDay::<&str> {
+            segment: k.segment,
+            day: k.day,
+            service: &k.service,
+            user: &k.user,
+            feature: &k.feature,
+            calls: t.calls,
+            failed_calls: t.failed_calls,
+            credits: t.credits,
+            included: t.included,
+            promotional: t.promotional,
+            purchased: t.purchased,
+            flex: t.flex,
+            shortfall: t.shortfall,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        start = i + 1;
-        if short == 0 {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0xf)]);
-        } else {
-            out.extend_from_slice(&[b'\\', short]);
+        let mut bytes = Vec::with_capacity(48 + k.service.len() + k.user.len() + k.feature.len());
+        bytes.push(DAY_FORMAT_V1);
+        // Serializing plain data into a growing buffer cannot fail.
+        postcard::to_extend(&flat, bytes).unwrap_or_default()
+    }
+
+    /// Reads a stored day: the binary format, or the JSON of earlier versions.
+    pub fn decode(bytes: &[u8]) -> Result<StoredDay, DayError> {
+        match bytes.first() {
+            None => Err(DayError::Empty),
+            Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+            Some(&DAY_FORMAT_V1) => {
+                Ok(postcard::from_bytes::<FlatDay<String>>(&bytes[1..])?.into())
+            }
+            Some(&other) => Err(DayError::UnknownFormat(other)),
         }
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-/// Whether any of the eight bytes of `word` is below 0x20, a quote or a backslash (the
-/// classic "has a byte less than n" and "has a zero byte" tests; a byte of 0x80 or more
-/// never sets its lane's flag).
-fn needs_escape(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below = word.wrapping_sub(ONES * 0x20);
-    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-    let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-    ((below & !word)
-        | (quote & !(word ^ (ONES * u64::from(b'"'))))
-        | (backslash & !(word ^ (ONES * u64::from(b'\\')))))
-        & HIGH
-        != 0
 }
 
 /// The checkpoint's `key_hi` of an open total: segment, then day, so the totals of the
@@ -326,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn the_day_json_is_what_serde_json_wrote_and_reads_back() {
+    fn a_day_reads_back_from_its_bytes_and_from_the_json_of_before() {
         let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
         let names = [
             ["chat", "alice", ""],
@@ -377,14 +344,13 @@ mod tests {
             for (t, totals) in totals.iter().enumerate() {
                 let (segment, number) = keys[(n + t) % keys.len()];
                 let stored = day(segment, number, *names, *totals);
-                let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
-                let json = stored.json();
-                assert_eq!(
-                    String::from_utf8_lossy(&json),
-                    String::from_utf8_lossy(&want)
-                );
-                assert_eq!(json, want);
-                let back: StoredDay = serde_json::from_slice(&json).expect("reads back");
+                let bytes = stored.encode();
+                assert_eq!(bytes[0], DAY_FORMAT_V1);
+                let back = StoredDay::decode(&bytes).expect("reads back");
+                assert_eq!((&back.key, &back.totals), (&stored.key, &stored.totals));
+                // Earlier versions wrote serde_json's bytes of the same struct.
+                let json = serde_json::to_vec(&stored).expect("serde_json writes a day");
+                let back = StoredDay::decode(&json).expect("reads the JSON of before");
                 assert_eq!((back.key, back.totals), (stored.key, stored.totals));
                 checked += 1;
             }
@@ -393,36 +359,52 @@ mod tests {
     }
 
     #[test]
-    fn an_escape_is_found_at_every_position_of_a_long_name() {
-        // Names longer than a checked word, one byte to escape (or a byte next to one in
-        // value) at each position, among ASCII and multi-byte text.
-        let specials = [
-            '"', '\\', '\u{0}', '\u{1f}', '\n', ' ', '!', '#', '[', ']', '\u{7f}', 'é',
-        ];
-        for len in [8, 15, 16, 17, 24, 40] {
-            for at in 0..len {
-                for special in specials {
-                    let name: String = (0..len)
-                        .map(|i| if i == at { special } else { 'x' })
-                        .collect();
-                    let stored = day(1, 2, ["s", &name, "f"], Totals::default());
-                    let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
-                    assert_eq!(stored.json(), want, "{special:?} at {at} of {len}");
-                }
-            }
-        }
+    fn day_bytes_are_a_fixed_format_and_much_smaller_than_json() {
+        let stored = day(
+            3,
+            20_454,
+            ["chat", "alice", "summarize"],
+            Totals {
+                calls: 300,
+                failed_calls: 1,
+                credits: 1_000,
+                included: 600,
+                promotional: 0,
+                purchased: 400,
+                flex: 0,
+                shortfall: -2,
+            },
+        );
+        // Worked by hand: the format byte, segment 3, day 20454 as the varint e6 9f 01,
+        // the names with their lengths, then the totals (i64 zigzagged: 1000 -> 2000).
+        let mut want = vec![1, 3, 0xe6, 0x9f, 0x01, 4];
+        want.extend(b"chat");
+        want.push(5);
+        want.extend(b"alice");
+        want.push(9);
+        want.extend(b"summarize");
+        want.extend([0xac, 0x02, 1, 0xd0, 0x0f, 0xb0, 0x09, 0, 0xa0, 0x06, 0, 3]);
+        assert_eq!(stored.encode(), want);
+        let json = serde_json::to_vec(&stored).expect("serde_json writes a day");
+        assert!(stored.encode().len() * 4 < json.len());
     }
 
     #[test]
-    fn every_character_class_is_escaped_as_serde_json_does() {
-        // Each code point below 0x800 and a sample above, alone between two letters.
-        let points = (0u32..0x800).chain((0x800..=0x10ffff).step_by(997));
-        for c in points.filter_map(char::from_u32) {
-            let name = format!("a{c}b");
-            let stored = day(1, 2, [&name, "u", "f"], Totals::default());
-            let want = serde_json::to_vec(&stored).expect("serde_json writes a day");
-            assert_eq!(stored.json(), want, "code point {:#x}", u32::from(c));
-        }
+    fn day_bytes_that_cannot_be_read_say_why() {
+        assert!(matches!(StoredDay::decode(&[]), Err(DayError::Empty)));
+        assert!(matches!(
+            StoredDay::decode(&[7, 1]),
+            Err(DayError::UnknownFormat(7))
+        ));
+        let whole = day(1, 2, ["s", "u", "f"], Totals::default()).encode();
+        assert!(matches!(
+            StoredDay::decode(&whole[..whole.len() - 1]),
+            Err(DayError::Binary(_))
+        ));
+        assert!(matches!(
+            StoredDay::decode(b"{\"day\":"),
+            Err(DayError::Json(_))
+        ));
     }
 
     #[test]
