@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -369,9 +370,31 @@ impl Headers for BorrowedMessage<'_> {
 
 /// Dead letters and forwards through the producer; ticks queued on the commands topic.
 pub struct KafkaOutbox {
-    pub producer: FutureProducer,
-    pub dlq_topic: String,
-    pub config: KafkaConfig,
+    /// Made for the first record to send: a drain with no dead letter and no forward needs
+    /// none, and dropping one waits for its poll thread's 100 ms poll (rdkafka's
+    /// `ThreadedProducer`). `kafka::check_access` has made one from the same settings.
+    producer: OnceLock<FutureProducer>,
+    dlq_topic: String,
+    config: KafkaConfig,
+}
+
+impl KafkaOutbox {
+    pub fn new(config: &KafkaConfig) -> KafkaOutbox {
+        KafkaOutbox {
+            producer: OnceLock::new(),
+            dlq_topic: config.dlq_topic.clone(),
+            config: config.clone(),
+        }
+    }
+
+    fn producer(&self) -> Result<&FutureProducer, kafka::KafkaError> {
+        if let Some(producer) = self.producer.get() {
+            return Ok(producer);
+        }
+        // Two first sends at once make two; the one not kept is dropped.
+        let made = kafka::producer(&self.config)?;
+        Ok(self.producer.get_or_init(|| made))
+    }
 }
 
 impl Outbox for KafkaOutbox {
@@ -380,14 +403,28 @@ impl Outbox for KafkaOutbox {
         outgoing: &'a Outgoing,
     ) -> BoxFuture<'a, anyhow::Result<Vec<(String, i32, i64)>>> {
         Box::pin(async move {
-            kafka::send_outgoing(&self.producer, &self.dlq_topic, outgoing)
+            if outgoing.dead_letters.is_empty() && outgoing.forwards.is_empty() {
+                return Ok(Vec::new());
+            }
+            let producer = self
+                .producer()
+                .context("cannot create the Kafka producer")?;
+            kafka::send_outgoing(producer, &self.dlq_topic, outgoing)
                 .await
                 .map_err(anyhow::Error::new)
         })
     }
 
     fn ticks(&self, partitions: &[i32], at: DateTime<Utc>) {
-        kafka::enqueue_ticks(&self.producer, &self.config, partitions, at);
+        if partitions.is_empty() {
+            return;
+        }
+        match self.producer() {
+            Ok(producer) => kafka::enqueue_ticks(producer, &self.config, partitions, at),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create the Kafka producer for clock ticks")
+            }
+        }
     }
 }
 

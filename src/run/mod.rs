@@ -1099,7 +1099,6 @@ pub fn run(
         ))
     })?;
     kafka::check_access(&config.kafka)?;
-    let producer = kafka::producer(&config.kafka)?;
     let notifier = crate::notify::Notifier::spawn_counted(
         &rt,
         &config.smtp,
@@ -1150,11 +1149,7 @@ pub fn run(
             target,
             stream: stream.clone(),
         }),
-        outbox: Arc::new(kafka_edge::KafkaOutbox {
-            producer,
-            dlq_topic: kafka_config.dlq_topic.clone(),
-            config: kafka_config.clone(),
-        }),
+        outbox: Arc::new(kafka_edge::KafkaOutbox::new(&kafka_config)),
         clock: Arc::new(edges::SystemClock),
         rules,
         config,
@@ -1243,7 +1238,13 @@ pub fn run(
     }
     let offsets = p.flush_before_leaving(if drain { 20 } else { 10 });
     source.commit(&offsets, true);
-    drop(source);
+    // Closing the consumer (leaving the group) waits on librdkafka in 100 ms polls; the
+    // workers stop and the partitions' state is freed meanwhile.
+    let closing = std::thread::Builder::new()
+        .name("tally-close".into())
+        .spawn(move || drop(source))
+        .map_err(|e| tracing::warn!(error = %e, "closing the consumer on the run thread"))
+        .ok();
     if let Some(notifier) = p.env.notifier.take() {
         let report = p.env.rt.block_on(notifier.shutdown(NOTIFIER_GRACE));
         tracing::info!(
@@ -1267,6 +1268,12 @@ pub fn run(
         counts: p.counts(),
         flushes: p.summary.flushes,
     };
+    drop(p);
+    if let Some(closing) = closing {
+        closing
+            .join()
+            .map_err(|_| anyhow::anyhow!("closing the Kafka consumer panicked"))?;
+    }
     Ok(summary)
 }
 
