@@ -372,7 +372,9 @@ impl Headers for BorrowedMessage<'_> {
 pub struct KafkaOutbox {
     /// Made for the first record to send: a drain with no dead letter and no forward needs
     /// none, and dropping one waits for its poll thread's 100 ms poll (rdkafka's
-    /// `ThreadedProducer`). `kafka::check_access` has made one from the same settings.
+    /// `ThreadedProducer`). `kafka::check_access` has made one from the same settings at
+    /// start, so a setting it refuses stops start-up; one that fails here fails the flush
+    /// (retried, nothing committed) or skips the tick, with the error.
     producer: OnceLock<FutureProducer>,
     dlq_topic: String,
     config: KafkaConfig,
@@ -391,7 +393,8 @@ impl KafkaOutbox {
         if let Some(producer) = self.producer.get() {
             return Ok(producer);
         }
-        // Two first sends at once make two; the one not kept is dropped.
+        // Two first sends at once (a tick and a flush) make two; the one not kept is dropped
+        // where it was made, waiting out its poll thread once.
         let made = kafka::producer(&self.config)?;
         Ok(self.producer.get_or_init(|| made))
     }

@@ -1269,10 +1269,12 @@ pub fn run(
         flushes: p.summary.flushes,
     };
     drop(p);
+    // Everything is committed by now: a close that went wrong costs the group a session
+    // timeout, not a result.
     if let Some(closing) = closing {
-        closing
-            .join()
-            .map_err(|_| anyhow::anyhow!("closing the Kafka consumer panicked"))?;
+        if closing.join().is_err() {
+            tracing::warn!("closing the Kafka consumer panicked");
+        }
     }
     Ok(summary)
 }

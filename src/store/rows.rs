@@ -121,7 +121,8 @@ pub struct CheckpointRow {
     pub usage_offset: i64,
     pub commands_offset: i64,
     pub arrival_high: i64,
-    /// An account state (`state_codec`), or an open day's totals as JSON.
+    /// An account state (`state_codec`), or an open day's totals (`StoredDay::encode`; JSON
+    /// in rows of earlier versions).
     #[serde(with = "serde_bytes")]
     pub state: Vec<u8>,
     pub seen_at: i64,
