@@ -419,9 +419,6 @@ impl Outbox for KafkaOutbox {
     }
 
     fn ticks(&self, partitions: &[i32], at: DateTime<Utc>) {
-        if partitions.is_empty() {
-            return;
-        }
         match self.producer() {
             Ok(producer) => kafka::enqueue_ticks(producer, &self.config, partitions, at),
             Err(e) => {

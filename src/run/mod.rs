@@ -764,14 +764,14 @@ impl Pipeline {
     /// Waits for the flushes in flight behind a failed one (on giving up: their rows must
     /// not land after the partitions went to another owner).
     fn collect_behind_failed(&mut self) {
-        while self.behind_failed > 0 {
-            let Some(handle) = self.writing.pop_front() else {
-                break;
-            };
-            self.behind_failed -= 1;
+        debug_assert!(
+            self.behind_failed <= self.writing.len(),
+            "the flushes behind a failed one are the first in flight"
+        );
+        let behind = std::mem::take(&mut self.behind_failed).min(self.writing.len());
+        for handle in self.writing.drain(..behind).collect::<Vec<_>>() {
             self.after_failed(handle);
         }
-        self.behind_failed = 0;
     }
 
     /// Collects one flush; see [`Pipeline::finish_flush`].
